@@ -1,0 +1,107 @@
+//! One typed connection: length-delimited postcard frames over any async byte stream.
+//!
+//! No other code reads or writes protocol bytes.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::length_delimited::LengthDelimitedCodecError;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// Why a frame could not be sent or received.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("peer announced a frame larger than the limit of {max} bytes")]
+    Oversize { max: usize },
+    #[error("frame could not be decoded: {0}")]
+    Decode(postcard::Error),
+    #[error("message could not be encoded: {0}")]
+    Encode(postcard::Error),
+    #[error("no message within {0:?}")]
+    Timeout(Duration),
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl FrameError {
+    /// True when the peer sent something we cannot read (as opposed to the link failing).
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, FrameError::Oversize { .. } | FrameError::Decode(_))
+    }
+}
+
+/// A connection carrying protocol messages.
+pub struct Connection<S> {
+    framed: Framed<S, LengthDelimitedCodec>,
+    max_frame: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Wraps a stream; frames longer than `max_frame` are refused in both directions. The
+    /// codec checks the length prefix before it reserves any buffer for the frame.
+    pub fn new(stream: S, max_frame: usize) -> Self {
+        let codec = LengthDelimitedCodec::builder()
+            .big_endian()
+            .length_field_length(4)
+            .max_frame_length(max_frame)
+            .new_codec();
+        Self { framed: Framed::new(stream, codec), max_frame }
+    }
+
+    /// Encodes and sends one message.
+    pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
+        let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
+        if bytes.len() > self.max_frame {
+            return Err(FrameError::TooLarge { len: bytes.len(), max: self.max_frame });
+        }
+        self.framed.send(Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Receives one message; `Ok(None)` when the peer closed the connection cleanly.
+    ///
+    /// Cancel-safe: a partly read frame stays buffered for the next call.
+    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(Ok(frame)) => postcard::from_bytes(&frame).map(Some).map_err(FrameError::Decode),
+            Some(Err(err))
+                if err
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) =>
+            {
+                Err(FrameError::Oversize { max: self.max_frame })
+            }
+            Some(Err(err)) => Err(FrameError::Io(err)),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), giving up after `limit`.
+    pub async fn recv_timeout<M: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<M>, FrameError> {
+        match tokio::time::timeout(limit, self.recv()).await {
+            Ok(result) => result,
+            Err(_) => Err(FrameError::Timeout(limit)),
+        }
+    }
+
+    /// Flushes and shuts down the write side.
+    pub async fn close(&mut self) -> Result<(), FrameError> {
+        SinkExt::<Bytes>::close(&mut self.framed).await?;
+        Ok(())
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        self.framed.get_ref()
+    }
+}

@@ -1,0 +1,36 @@
+//! Wire types and framing of the Tally license protocol.
+//!
+//! Everything a client and the daemon say to each other is defined here, and nothing else:
+//! this crate knows nothing of sockets, TLS or SQL. A connection carries length-delimited
+//! frames (a 4-byte big-endian length, then a postcard-encoded message) through
+//! [`Connection`], which works over any async byte stream.
+//!
+//! Postcard encodes an enum variant by its index, so every enum here is **append-only**:
+//! never reorder or remove a variant, never add a field to an existing struct. The golden-bytes
+//! tests in `tests.rs` fail if that happens.
+
+mod connection;
+mod error;
+mod ids;
+mod message;
+mod names;
+
+pub use connection::{Connection, FrameError};
+pub use error::{ErrorBody, ErrorCode};
+pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};
+pub use message::*;
+pub use names::{validate_feature, validate_username, FEATURE_MAX_LEN};
+
+/// The protocol version this build speaks. A `Hello` with another version is refused with
+/// `version_unsupported`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The port `tallyd` listens on unless configured otherwise.
+pub const DEFAULT_PORT: u16 = 27010;
+
+/// The largest frame accepted by default (64 KiB). A larger length prefix closes the
+/// connection before anything is allocated.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests;

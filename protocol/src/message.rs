@@ -1,0 +1,425 @@
+//! The messages of the protocol.
+//!
+//! A client opens with [`Hello`] and the server answers [`Welcome`]; the client then sends
+//! [`Authenticate`]. After that the client sends [`ClientMessage::Request`]s, each with an id
+//! the server echoes in its [`ServerMessage::Response`]; requests may be pipelined. Times are
+//! milliseconds since the Unix epoch (UTC).
+//!
+//! Append-only: never reorder or remove a variant, never change a field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClientId, ErrorBody, LeaseId, RequestId};
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type UnixMillis = i64;
+
+/// Everything a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(Hello),
+    Authenticate(Authenticate),
+    Request { id: u32, body: Request },
+}
+
+/// Everything the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Welcome(Welcome),
+    Authenticated(Authenticated),
+    Response { id: u32, outcome: Outcome },
+    /// A connection-level refusal (wrong version, request before authentication, bad frame);
+    /// the server closes the connection after sending it.
+    Error(ErrorBody),
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Ok(Response),
+    Err(ErrorBody),
+}
+
+/// The first frame from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub client: ClientInfo,
+}
+
+/// Who is connecting: shown to admins as a lease's holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The program, e.g. `tally-cli 0.1.0` or an application's name.
+    pub agent: String,
+    /// The host name of the machine the client runs on.
+    pub host: String,
+    /// The client instance; leases belong to it and it resumes them after a reconnect.
+    pub instance: ClientId,
+    /// The machine id (`/etc/machine-id`), which borrowed seats are bound to.
+    pub machine_id: String,
+    /// The client's process id, for admins tracking down a holder.
+    pub pid: u32,
+}
+
+/// The server's answer to a `Hello` it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u16,
+    /// Stable id of this server's data directory.
+    pub server_id: String,
+    /// The server's Ed25519 public key, which signs borrow tokens.
+    pub signing_key: Vec<u8>,
+    /// How often the client must heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// How long a lease lives without a heartbeat.
+    pub lease_ttl_ms: u64,
+    /// The server's software version.
+    pub server_version: String,
+}
+
+/// The client's credential, sent once after `Welcome`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authenticate {
+    pub token: String,
+}
+
+impl std::fmt::Debug for Authenticate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticate { token: *** }")
+    }
+}
+
+/// Sent when a token is accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authenticated {
+    pub username: String,
+    pub role: Role,
+}
+
+/// A user's role (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Guest,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Guest => "guest",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            "guest" => Some(Role::Guest),
+            _ => None,
+        }
+    }
+
+    /// Owners and admins may manage the pool.
+    pub fn is_admin(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// A request, after authentication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Renews every lease this connection holds.
+    Heartbeat,
+    Checkout(Checkout),
+    Checkin(Checkin),
+    /// Binds leases granted to this client instance on an earlier connection to this one.
+    Resume(Resume),
+    Status(StatusQuery),
+    Leases(LeasesQuery),
+    EntitlementAdd(NewEntitlement),
+    EntitlementList(EntitlementQuery),
+    EntitlementRemove(EntitlementRemove),
+    /// An admin's forced check-in of someone's lease.
+    Release(Release),
+    ServerInfo,
+}
+
+impl Request {
+    /// A short name for logs and the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Heartbeat => "heartbeat",
+            Request::Checkout(_) => "checkout",
+            Request::Checkin(_) => "checkin",
+            Request::Resume(_) => "resume",
+            Request::Status(_) => "status",
+            Request::Leases(_) => "leases",
+            Request::EntitlementAdd(_) => "entitlement_add",
+            Request::EntitlementList(_) => "entitlement_list",
+            Request::EntitlementRemove(_) => "entitlement_remove",
+            Request::Release(_) => "release",
+            Request::ServerInfo => "server_info",
+        }
+    }
+
+    /// Whether sending the request twice has the effect of sending it once, so that a client
+    /// may resend it after losing the connection.
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(
+            self,
+            Request::EntitlementAdd(_) | Request::EntitlementRemove(_) | Request::Release(_)
+        )
+    }
+}
+
+/// The answer to a successful request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Heartbeat(HeartbeatAck),
+    Lease(LeaseInfo),
+    CheckedIn(LeaseId),
+    Resumed(Resumed),
+    Status(Vec<FeatureStatus>),
+    Leases(Vec<LeaseInfo>),
+    Entitlement(Entitlement),
+    Entitlements(Vec<Entitlement>),
+    EntitlementRemoved(u64),
+    Released(LeaseId),
+    ServerInfo(ServerInfo),
+}
+
+/// Check out `seats` seats of `feature`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkout {
+    /// Chosen by the client; a retry with the same id returns the same lease.
+    pub request_id: RequestId,
+    pub feature: String,
+    pub seats: u32,
+}
+
+/// Give a lease back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkin {
+    pub lease: LeaseId,
+}
+
+/// Resume leases after a reconnect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    pub leases: Vec<LeaseId>,
+}
+
+/// The answer to `Resume`: the leases now bound to this connection, and those that ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    pub resumed: Vec<LeaseInfo>,
+    pub ended: Vec<EndedLease>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// How many leases were renewed.
+    pub renewed: u32,
+    /// Leases of this connection that ended since the last heartbeat, and why.
+    pub ended: Vec<EndedLease>,
+}
+
+/// A lease that is no longer held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndedLease {
+    pub lease: LeaseId,
+    pub reason: EndReason,
+}
+
+/// Why a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The holder checked it in.
+    CheckedIn,
+    /// Not renewed within the lease's time to live, or its entitlement expired.
+    Expired,
+    /// An admin revoked the seats it was drawn from, or removed its entitlement.
+    Revoked,
+    /// An admin released it (forced check-in).
+    Released,
+    /// The holder's account was deactivated.
+    Deactivated,
+    /// The server no longer knows the lease (e.g. it ended before a restart).
+    Unknown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::CheckedIn => "checked_in",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+            EndReason::Released => "released",
+            EndReason::Deactivated => "deactivated",
+            EndReason::Unknown => "unknown",
+        }
+    }
+}
+
+/// Which seats of the pool a lease holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LeaseSource {
+    Floating,
+    /// Seats assigned to the holder by name: the assignment's id.
+    Assignment(u64),
+}
+
+/// Whether a lease is heartbeated or borrowed for offline use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LeaseKind {
+    Online,
+    Borrowed,
+}
+
+impl LeaseKind {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "online" => Some(Self::Online),
+            "borrowed" => Some(Self::Borrowed),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Online => "online",
+            LeaseKind::Borrowed => "borrowed",
+        }
+    }
+}
+
+/// A checked-out seat (or seats) as the server reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: LeaseId,
+    pub feature: String,
+    pub seats: u32,
+    pub user: String,
+    pub host: String,
+    pub kind: LeaseKind,
+    pub source: LeaseSource,
+    pub granted_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+/// Ask for the status of one feature, or of all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusQuery {
+    pub feature: Option<String>,
+}
+
+/// The status figures of one feature (SPEC §1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureStatus {
+    pub feature: String,
+    pub total: u32,
+    pub assigned: u32,
+    pub floating: u32,
+    pub in_use: u32,
+    pub borrowed: u32,
+    pub available: u32,
+    pub queued: u32,
+}
+
+/// List leases, optionally of one feature or one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasesQuery {
+    pub feature: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Whether an entitlement was bought or is a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntitlementKind {
+    Standard,
+    Trial,
+}
+
+impl EntitlementKind {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "standard" => Some(Self::Standard),
+            "trial" => Some(Self::Trial),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntitlementKind::Standard => "standard",
+            EntitlementKind::Trial => "trial",
+        }
+    }
+}
+
+/// One purchase of a feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entitlement {
+    pub id: u64,
+    pub feature: String,
+    pub seats: u32,
+    pub starts_at: UnixMillis,
+    pub expires_at: Option<UnixMillis>,
+    pub kind: EntitlementKind,
+    pub borrowable: bool,
+    pub max_borrow_secs: u64,
+    /// Free text, e.g. the order number.
+    pub reference: String,
+}
+
+/// Add an entitlement. Absent times mean "now" and "never".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEntitlement {
+    pub feature: String,
+    pub seats: u32,
+    pub starts_at: Option<UnixMillis>,
+    pub expires_at: Option<UnixMillis>,
+    pub kind: EntitlementKind,
+    pub borrowable: bool,
+    /// Absent: the default of 168 hours.
+    pub max_borrow_secs: Option<u64>,
+    pub reference: String,
+}
+
+/// List entitlements, optionally of one feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntitlementQuery {
+    pub feature: Option<String>,
+}
+
+/// Remove an entitlement by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntitlementRemove {
+    pub id: u64,
+}
+
+/// Force the check-in of a lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub lease: LeaseId,
+}
+
+/// What `tally server info` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: String,
+    pub version: String,
+    pub protocol: u16,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    pub uptime_secs: u64,
+    pub connections: u64,
+}

@@ -1,0 +1,147 @@
+//! The `tallyd` command line: `tallyd [--config FILE]`, `tallyd check-config`,
+//! `tallyd owner-token`. Kept in the library so that test harnesses can link the same
+//! binary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::{init, store, Control};
+
+#[derive(Debug, Parser)]
+#[command(name = "tallyd", version, about = "The Tally floating license server")]
+struct Args {
+    /// Configuration file.
+    #[arg(long, global = true, env = "TALLYD_CONFIG", default_value = "/etc/tally/tallyd.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration file and exit.
+    CheckConfig,
+    /// Mint a new owner token (needs access to the data directory) and write it to
+    /// DATA_DIR/owner.token. Earlier owner tokens stay valid.
+    OwnerToken,
+}
+
+/// Runs `tallyd` with the process's arguments.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("tallyd: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.command {
+        Some(Command::CheckConfig) => {
+            println!("{}: configuration is valid", args.config.display());
+            ExitCode::SUCCESS
+        }
+        Some(Command::OwnerToken) => report(runtime().and_then(|rt| rt.block_on(owner_token(&config)))),
+        None => {
+            init_logging(&config.log.format);
+            report(runtime().and_then(|rt| rt.block_on(serve(config, args.config))))
+        }
+    }
+}
+
+fn report(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "tallyd failed");
+            eprintln!("tallyd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config, path: PathBuf) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let store = store::open(config.database.as_ref().map(|s| s.0.as_str()), &init::prepare_data_dir(&config)?.root)
+        .await
+        .context("cannot open the store")?;
+    let (reload_tx, reload_rx) = watch::channel(config.clone());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let control = Control { shutdown: Default::default(), reload: Some(reload_rx), ready: Some(ready_tx) };
+    let shutdown = control.shutdown.clone();
+    tokio::spawn(async move {
+        if ready_rx.await.is_ok() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
+    });
+    tokio::spawn(signals(shutdown, reload_tx, path));
+    crate::run(listener, config, store, control).await
+}
+
+/// SIGTERM and SIGINT stop the server; SIGHUP re-reads the configuration file.
+async fn signals(shutdown: tokio_util::sync::CancellationToken, reload: watch::Sender<Config>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload_config(&reload, &path),
+        }
+    }
+    tracing::info!("stop requested");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+}
+
+fn reload_config(reload: &watch::Sender<Config>, path: &Path) {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+    match Config::load(path) {
+        Ok(config) => {
+            let _ = reload.send(config);
+        }
+        Err(err) => tracing::error!(error = %err, "SIGHUP: configuration not reloaded"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+async fn owner_token(config: &Config) -> Result<()> {
+    let dir = init::prepare_data_dir(config)?;
+    let store = store::open(config.database.as_ref().map(|s| s.0.as_str()), &dir.root)
+        .await
+        .context("cannot open the store")?;
+    let token = init::new_token();
+    let owner = store.add_owner_token(&init::token_hash(&token), crate::engine::now_millis()).await?;
+    init::write_private(&dir.owner_token(), format!("{token}\n").as_bytes())?;
+    store.close().await;
+    println!("{token}");
+    eprintln!("new token for {owner}, also written to {}", dir.owner_token().display());
+    Ok(())
+}

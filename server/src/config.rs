@@ -1,0 +1,323 @@
+//! `tallyd.toml`: parsed strictly (unknown keys are errors), then [`Config::validate`]d.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The daemon's configuration (SPEC §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to accept clients on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the database, keys, certificates and the owner token live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// A database URL; absent means SQLite in `data_dir`.
+    #[serde(default)]
+    pub database: Option<Secret>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub leases: LeaseConfig,
+    #[serde(default)]
+    pub borrow: BorrowConfig,
+    #[serde(default)]
+    pub users: UserConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// TLS: files to use, or the names to put in a generated certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; absent means a private CA and certificate are generated.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+    /// Subject names of a generated certificate (DNS names or IP addresses).
+    #[serde(default = "default_names")]
+    pub names: Vec<String>,
+}
+
+/// How long leases live without a heartbeat, and how often they are swept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    #[serde(default = "default_sweep", deserialize_with = "duration")]
+    pub sweep: Duration,
+}
+
+/// Limits of borrowing for offline use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BorrowConfig {
+    #[serde(default = "default_borrow_max", deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+/// User policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The most active users; 0 means no limit.
+    #[serde(default)]
+    pub max_active: u32,
+    /// Whether guests may draw floating seats.
+    #[serde(default)]
+    pub guests_use_floating: bool,
+}
+
+/// Connection limits; reloaded on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_frame")]
+    pub max_frame: usize,
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (the default) or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+/// A string kept out of logs: its `Debug` prints `***`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A configuration that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config = Config::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, without validating it.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|err| err.to_string())
+    }
+
+    /// A configuration with every default, serving from `data_dir` on `listen`.
+    pub fn with_defaults(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        let mut config = Config::parse("").expect("the empty configuration parses");
+        config.listen = listen;
+        config.data_dir = data_dir;
+        config
+    }
+
+    /// Checks what the types cannot: ranges, pairs of keys, and known values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir is empty".into());
+        }
+        if let Some(url) = &self.database {
+            let url = url.0.as_str();
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                return invalid(
+                    "database: PostgreSQL is not supported by this version of tallyd yet; remove `database` to use the embedded SQLite store".into(),
+                );
+            }
+            if !url.starts_with("sqlite://") {
+                return invalid("database must be a sqlite:// URL, or absent for SQLite in data_dir".into());
+            }
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return invalid("tls.cert is set but tls.key is not".into()),
+            (None, Some(_)) => return invalid("tls.key is set but tls.cert is not".into()),
+            _ => {}
+        }
+        if self.tls.cert.is_none() && self.tls.names.is_empty() {
+            return invalid("tls.names must name at least one host for the generated certificate".into());
+        }
+        if let Some(bad) = self.tls.names.iter().find(|n| n.is_empty() || n.contains(char::is_whitespace)) {
+            return invalid(format!("tls.names: {bad:?} is not a host name or address"));
+        }
+        if self.leases.ttl < Duration::from_secs(1) {
+            return invalid(format!("leases.ttl must be at least 1s, not {}", humantime::format_duration(self.leases.ttl)));
+        }
+        if self.leases.sweep < Duration::from_millis(100) || self.leases.sweep > self.leases.ttl {
+            return invalid("leases.sweep must be between 100ms and leases.ttl".into());
+        }
+        if self.borrow.max < Duration::from_secs(60) {
+            return invalid("borrow.max must be at least 1m".into());
+        }
+        if self.limits.max_connections == 0 {
+            return invalid("limits.max_connections must be at least 1".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_frame) {
+            return invalid(format!("limits.max_frame must be between 1024 and 16777216, not {}", self.limits.max_frame));
+        }
+        if self.limits.handshake_timeout < Duration::from_millis(100) {
+            return invalid("limits.handshake_timeout must be at least 100ms".into());
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return invalid(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format));
+        }
+        Ok(())
+    }
+
+    /// How often clients must heartbeat: a third of the ttl.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.leases.ttl / 3
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert: None, key: None, client_ca: None, names: default_names() }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self { ttl: default_ttl(), sweep: default_sweep() }
+    }
+}
+
+impl Default for BorrowConfig {
+    fn default() -> Self {
+        Self { max: default_borrow_max() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_frame: default_max_frame(),
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: default_log_format() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], tally_protocol::DEFAULT_PORT))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tally")
+}
+fn default_names() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_sweep() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_borrow_max() -> Duration {
+    Duration::from_secs(168 * 3600)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_frame() -> usize {
+    tally_protocol::DEFAULT_MAX_FRAME
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_log_format() -> String {
+    "human".into()
+}
+
+/// Reads durations such as `90s`, `15m`, `8h` or `7d`.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|err| serde::de::Error::custom(format!("{text:?} is not a duration like 90s, 15m, 8h or 7d ({err})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::parse("listen = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err();
+        assert!(err.contains("listne"), "{err}");
+        let err = Config::parse("[leases]\nttl = \"5s\"\ntll = \"1s\"\n").unwrap_err();
+        assert!(err.contains("tll"), "{err}");
+    }
+
+    #[test]
+    fn durations_name_the_bad_value() {
+        let err = Config::parse("[leases]\nttl = \"five seconds\"\n").unwrap_err();
+        assert!(err.contains("five seconds"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range_values() {
+        let mut config = Config::parse("").unwrap();
+        config.validate().unwrap();
+        config.leases.ttl = Duration::from_millis(500);
+        assert!(config.validate().unwrap_err().to_string().contains("leases.ttl"));
+        let config = Config::parse("[tls]\ncert = \"/x.pem\"\n").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("tls.key"));
+        let config = Config::parse("database = \"postgres://x@y/z\"\n").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("PostgreSQL"));
+        let config = Config::parse("[log]\nformat = \"xml\"\n").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("log.format"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = Config::parse("database = \"sqlite:///tmp/secret-path.db\"\n").unwrap();
+        assert!(!format!("{config:?}").contains("secret-path"));
+    }
+
+    #[test]
+    fn example_configurations_parse_and_validate() {
+        for name in ["tallyd.toml", "dev.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(name);
+            Config::load(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! One client connection: TLS, `Hello`/`Welcome`, `Authenticate`, then pipelined requests.
+//!
+//! The connection task only moves messages: it forwards each request to the engine and
+//! writes the answers back in the order the requests came. Anything malformed closes this
+//! connection with an error naming what was wrong; it never affects anyone else.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tally_protocol::{
+    Authenticated, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello, Outcome, Request, Response,
+    ServerInfo, ServerMessage, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::core::{Actor, Holder};
+use crate::engine::Job;
+use crate::init::token_hash;
+use crate::server::Shared;
+
+/// Most requests of one connection waiting for their answers; past it, reading pauses.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let limits = shared.limits();
+        let deadline = Instant::now() + limits.handshake_timeout;
+        let acceptor = TlsAcceptor::from(shared.tls());
+        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not finished within {:?}", limits.handshake_timeout);
+                return;
+            }
+        };
+        let conn = Connection::new(tls, limits.max_frame);
+        if let Err(reason) = session(conn, &shared, deadline, &shutdown).await {
+            tracing::debug!(%reason, "connection closed");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Refuses the peer with a connection-level error, then closes.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Connection<S>, error: ErrorBody) -> String {
+    let text = error.to_string();
+    let _ = conn.send(&ServerMessage::Error(error)).await;
+    let _ = conn.close().await;
+    text
+}
+
+/// What a frame error means for the peer, if anything can be told.
+fn frame_refusal(err: &FrameError) -> Option<ErrorBody> {
+    match err {
+        FrameError::Oversize { max } => Some(ErrorBody::invalid(format!("frame larger than the limit of {max} bytes"))),
+        FrameError::Decode(why) => Some(ErrorBody::invalid(format!("malformed message: {why}"))),
+        FrameError::Timeout(limit) => Some(ErrorBody::invalid(format!("nothing received within {limit:?}"))),
+        _ => None,
+    }
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Connection<S>,
+    shared: &Shared,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    // Hello, within the handshake timeout.
+    let hello: Hello = match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
+        Err(_) => return Err(refuse(&mut conn, ErrorBody::invalid("no Hello within the handshake timeout")).await),
+        Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
+        Ok(Ok(Some(_))) => {
+            let err = ErrorBody::new(ErrorCode::Unauthenticated, "the first message must be Hello");
+            return Err(refuse(&mut conn, err).await);
+        }
+        Ok(Ok(None)) => return Err("closed before Hello".into()),
+        Ok(Err(err)) => {
+            return Err(match frame_refusal(&err) {
+                Some(body) => refuse(&mut conn, body).await,
+                None => err.to_string(),
+            })
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let err = ErrorBody::new(
+            ErrorCode::VersionUnsupported,
+            format!(
+                "client speaks protocol version {}, this server speaks {PROTOCOL_VERSION}; upgrade the older side",
+                hello.protocol_version
+            ),
+        );
+        return Err(refuse(&mut conn, err).await);
+    }
+    conn.send(&ServerMessage::Welcome(shared.welcome.clone())).await.map_err(|e| e.to_string())?;
+
+    // Authenticate, within the same deadline.
+    let token = match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
+        Err(_) => return Err(refuse(&mut conn, ErrorBody::invalid("no Authenticate within the handshake timeout")).await),
+        Ok(Ok(Some(ClientMessage::Authenticate(auth)))) => auth.token,
+        Ok(Ok(Some(_))) => {
+            let err = ErrorBody::new(ErrorCode::Unauthenticated, "authenticate before sending requests");
+            return Err(refuse(&mut conn, err).await);
+        }
+        Ok(Ok(None)) => return Err("closed before Authenticate".into()),
+        Ok(Err(err)) => {
+            return Err(match frame_refusal(&err) {
+                Some(body) => refuse(&mut conn, body).await,
+                None => err.to_string(),
+            })
+        }
+    };
+    let principal = match shared.store.authenticate(&token_hash(&token)).await {
+        Ok(Some(principal)) if principal.active => principal,
+        Ok(Some(principal)) => {
+            let err = ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                format!("the account {} is deactivated; ask an admin to activate it", principal.username),
+            );
+            return Err(refuse(&mut conn, err).await);
+        }
+        Ok(None) => {
+            let err = ErrorBody::new(ErrorCode::Unauthenticated, "the token is not recognised; check token_file or --token");
+            return Err(refuse(&mut conn, err).await);
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "token look-up failed");
+            return Err(refuse(&mut conn, ErrorBody::internal()).await);
+        }
+    };
+    tracing::Span::current().record("user", principal.username.as_str());
+    let actor = Actor { username: principal.username.clone(), role: principal.role };
+    let holder = Holder { client: hello.client.instance, host: truncate(&hello.client.host, 255) };
+    conn.send(&ServerMessage::Authenticated(Authenticated { username: principal.username, role: principal.role }))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(agent = %hello.client.agent, host = %holder.host, "signed in");
+
+    // Requests, pipelined; answers go back in order.
+    let idle = shared.ttl;
+    let mut pending = FuturesOrdered::new();
+    let mut closing = false;
+    loop {
+        if closing && pending.is_empty() {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
+                conn.send(&ServerMessage::Response { id, outcome }).await.map_err(|e| e.to_string())?;
+            }
+            _ = shutdown.cancelled(), if !closing => closing = true,
+            message = conn.recv_timeout::<ClientMessage>(idle), if !closing && pending.len() < MAX_IN_FLIGHT => {
+                match message {
+                    Ok(Some(ClientMessage::Request { id, body })) => {
+                        pending.push_back(dispatch(shared, &actor, &holder, id, body));
+                    }
+                    Ok(Some(_)) => {
+                        let err = ErrorBody::invalid("Hello and Authenticate are sent once, at the start");
+                        return Err(refuse(&mut conn, err).await);
+                    }
+                    Ok(None) => closing = true,
+                    Err(FrameError::Timeout(_)) => {
+                        let err = ErrorBody::invalid(format!("no heartbeat within {idle:?}; closing the idle connection"));
+                        return Err(refuse(&mut conn, err).await);
+                    }
+                    Err(err) => return Err(match frame_refusal(&err) {
+                        Some(body) => refuse(&mut conn, body).await,
+                        None => err.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Starts one request: answered here (`ServerInfo`) or by the engine.
+fn dispatch(
+    shared: &Shared,
+    actor: &Actor,
+    holder: &Holder,
+    id: u32,
+    request: Request,
+) -> futures::future::BoxFuture<'static, (u32, Outcome)> {
+    if matches!(request, Request::ServerInfo) {
+        let info = ServerInfo {
+            id: shared.welcome.server_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            store: shared.store.backend().to_string(),
+            uptime_secs: shared.started.elapsed().as_secs(),
+            connections: shared.connections.load(Ordering::Relaxed) as u64,
+        };
+        return Box::pin(futures::future::ready((id, Outcome::Ok(Response::ServerInfo(info)))));
+    }
+    let name = request.name();
+    let (reply, answer) = oneshot::channel();
+    let job = Job { actor: actor.clone(), holder: holder.clone(), request, reply };
+    let engine = shared.engine.clone();
+    Box::pin(async move {
+        let started = std::time::Instant::now();
+        let outcome = match engine.send(job).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| Outcome::Err(shutting_down())),
+            Err(_) => Outcome::Err(shutting_down()),
+        };
+        tracing::debug!(request = name, elapsed_us = started.elapsed().as_micros() as u64, ok = matches!(outcome, Outcome::Ok(_)), "request");
+        (id, outcome)
+    })
+}
+
+fn shutting_down() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, "the server is shutting down; retry against another server or in a moment")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// How long to wait before re-reading limits, exposed for the accept loop.
+pub const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(5);

@@ -1,0 +1,757 @@
+//! The seat accounting: entitlements, the floating pool and leases (SPEC R1–R5, R10).
+//!
+//! Plain synchronous Rust with no I/O: every operation takes `now` (Unix milliseconds) and
+//! records what it changed in a [`Batch`], which the engine makes durable before anyone is
+//! told the outcome. The property tests in `tests.rs` drive this module directly.
+//!
+//! Online leases belong to a client *session* (one running client instance). One heartbeat
+//! renews every lease of the session, so a session has a single expiry time and the sweep
+//! reclaims all its leases together when it passes.
+
+mod batch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tally_protocol::{
+    validate_feature, Checkout, ClientId, EndReason, EndedLease, Entitlement,
+    ErrorBody, ErrorCode, FeatureStatus, HeartbeatAck, LeaseId, LeaseInfo, LeaseKind, LeaseSource,
+    LeasesQuery, NewEntitlement, RequestId, Resumed, Role,
+};
+
+pub use batch::{AuditEvent, Batch, Snapshot};
+
+/// The default longest borrow of an entitlement (SPEC §1): 168 hours.
+pub const DEFAULT_MAX_BORROW_SECS: u64 = 168 * 3600;
+
+/// The most seats one entitlement or one checkout may name.
+pub const MAX_SEATS: u32 = 1_000_000;
+
+/// How long the reason a lease ended is kept for its holder to collect.
+const ENDED_KEPT_MS: i64 = 3600 * 1000;
+
+/// The signed-in user a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub username: String,
+    pub role: Role,
+}
+
+/// The client instance a request comes from: leases are held by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub client: ClientId,
+    pub host: String,
+}
+
+/// A checked-out seat as the core keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub feature: String,
+    pub seats: u32,
+    pub user: String,
+    pub host: String,
+    /// The client instance holding it; its heartbeats renew the lease.
+    pub client: ClientId,
+    /// The client's id for the checkout, so that a retry returns this lease.
+    pub request_id: RequestId,
+    pub kind: LeaseKind,
+    pub source: LeaseSource,
+    pub granted_at: i64,
+    /// For online leases: when it was granted (plus the ttl). The live expiry is the
+    /// session's; this is what the store records.
+    pub expires_at: i64,
+}
+
+/// One client instance's online leases and when they lapse.
+#[derive(Debug, Default)]
+struct Session {
+    /// The user the client signed in as; only they may renew or resume these leases.
+    user: String,
+    leases: BTreeSet<LeaseId>,
+    /// Leases that ended since the client last heartbeated, for it to learn why.
+    ended: Vec<EndedLease>,
+    /// When the leases lapse unless renewed; meaningful while `leases` is not empty.
+    expires_at: i64,
+    /// When `ended` was last added to; stale tombstones are dropped after an hour.
+    ended_at: i64,
+}
+
+/// Seats of a feature currently drawn from the floating pool.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    online: u32,
+    borrowed: u32,
+}
+
+/// The whole seat state of a server.
+#[derive(Debug)]
+pub struct Pool {
+    ttl_ms: i64,
+    entitlements: BTreeMap<u64, Entitlement>,
+    next_entitlement_id: u64,
+    leases: HashMap<LeaseId, Lease>,
+    by_request: HashMap<(ClientId, RequestId), LeaseId>,
+    sessions: HashMap<ClientId, Session>,
+    /// Sessions with leases, by expiry: the sweep pops from the front.
+    expiry: BTreeSet<(i64, ClientId)>,
+    usage: HashMap<String, Usage>,
+    /// The next instant at which an entitlement starts or ends; capacity is re-checked then.
+    next_boundary: i64,
+}
+
+impl Pool {
+    /// An empty pool whose online leases live `ttl_ms` without a heartbeat.
+    pub fn new(ttl_ms: i64) -> Self {
+        Self {
+            ttl_ms,
+            entitlements: BTreeMap::new(),
+            next_entitlement_id: 1,
+            leases: HashMap::new(),
+            by_request: HashMap::new(),
+            sessions: HashMap::new(),
+            expiry: BTreeSet::new(),
+            usage: HashMap::new(),
+            next_boundary: i64::MAX,
+        }
+    }
+
+    /// Rebuilds the pool from what the store holds, as after a restart. Every online lease
+    /// gets one full ttl from `now` to be renewed (R5).
+    pub fn restore(snapshot: Snapshot, ttl_ms: i64, now: i64) -> Self {
+        let mut pool = Pool::new(ttl_ms);
+        pool.next_entitlement_id = snapshot.next_entitlement_id.max(1);
+        for entitlement in snapshot.entitlements {
+            pool.next_entitlement_id = pool.next_entitlement_id.max(entitlement.id + 1);
+            pool.entitlements.insert(entitlement.id, entitlement);
+        }
+        for lease in snapshot.leases {
+            pool.insert_lease(lease, now + ttl_ms);
+        }
+        pool.next_boundary = pool.compute_next_boundary(now);
+        pool
+    }
+
+    /// What the store should hold for this pool; used by tests to compare with a reload.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut leases: Vec<Lease> = self.leases.values().cloned().collect();
+        leases.sort_by_key(|lease| lease.id);
+        Snapshot {
+            entitlements: self.entitlements.values().cloned().collect(),
+            leases,
+            next_entitlement_id: self.next_entitlement_id,
+        }
+    }
+
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Brings the pool up to `now`: reclaims lapsed online leases (R3) and, when an
+    /// entitlement has started or ended, ends leases the smaller pool can no longer hold
+    /// (R10). Every operation calls this first, so no caller ever sees a state past its
+    /// time.
+    pub fn advance(&mut self, now: i64, batch: &mut Batch) {
+        while let Some(&(expires_at, client)) = self.expiry.first() {
+            if expires_at > now {
+                break;
+            }
+            self.expiry.pop_first();
+            let ids: Vec<LeaseId> = match self.sessions.get(&client) {
+                Some(session) => session.leases.iter().copied().collect(),
+                None => continue,
+            };
+            for id in ids {
+                self.end_lease(id, EndReason::Expired, now, "system", batch);
+            }
+        }
+        if now >= self.next_boundary {
+            let features: Vec<String> = self.usage.keys().cloned().collect();
+            for feature in features {
+                self.enforce_capacity(&feature, now, EndReason::Expired, batch);
+            }
+            self.next_boundary = self.compute_next_boundary(now);
+        }
+    }
+
+    /// The periodic sweep: [`advance`](Self::advance), then forgets sessions with no leases
+    /// whose tombstones are older than an hour.
+    pub fn sweep(&mut self, now: i64, batch: &mut Batch) {
+        self.advance(now, batch);
+        let cutoff = now.saturating_sub(ENDED_KEPT_MS);
+        self.sessions.retain(|_, session| {
+            !(session.leases.is_empty() && (session.ended.is_empty() || session.ended_at < cutoff))
+        });
+    }
+
+    /// The pool of a feature at `now`: seats of its active entitlements.
+    pub fn capacity(&self, feature: &str, now: i64) -> u32 {
+        self.entitlements
+            .values()
+            .filter(|e| e.feature == feature && is_active(e, now))
+            .fold(0u32, |sum, e| sum.saturating_add(e.seats))
+    }
+
+    fn usage(&self, feature: &str) -> Usage {
+        self.usage.get(feature).copied().unwrap_or_default()
+    }
+
+    /// Checks R1 for every feature at `now`; returns a description of the first breach.
+    pub fn check_invariants(&self, now: i64) -> Result<(), String> {
+        let mut counted: HashMap<&str, Usage> = HashMap::new();
+        for lease in self.leases.values() {
+            let usage = counted.entry(lease.feature.as_str()).or_default();
+            match lease.kind {
+                LeaseKind::Online => usage.online += lease.seats,
+                LeaseKind::Borrowed => usage.borrowed += lease.seats,
+            }
+        }
+        for (feature, usage) in &counted {
+            let cached = self.usage(feature);
+            if cached.online != usage.online || cached.borrowed != usage.borrowed {
+                return Err(format!("usage counters of {feature} disagree with the leases"));
+            }
+            let capacity = self.capacity(feature, now);
+            if usage.online + usage.borrowed > capacity {
+                return Err(format!(
+                    "R1: {feature} has {} seats out of a floating capacity of {capacity}",
+                    usage.online + usage.borrowed
+                ));
+            }
+        }
+        for (client, session) in &self.sessions {
+            for id in &session.leases {
+                match self.leases.get(id) {
+                    Some(lease) if lease.client == *client => {}
+                    _ => return Err(format!("session {client} lists lease {id} it does not hold")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- requests -------------------------------------------------------------------
+
+    /// Checks out `seats` floating seats (R1, R2), or returns the lease an earlier attempt
+    /// of the same request got (R4).
+    pub fn checkout(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Checkout,
+        new_id: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseInfo, ErrorBody> {
+        self.advance(now, batch);
+        if let Some(id) = self.by_request.get(&(holder.client, request.request_id)).copied() {
+            let lease = &self.leases[&id];
+            if lease.user == actor.username {
+                self.renew_session(holder.client, now);
+                return Ok(self.info(&self.leases[&id]));
+            }
+        }
+        let refuse = |batch: &mut Batch, err: ErrorBody| {
+            batch.audit(now, actor, "checkout", &request.feature, Some(&request.feature), Err(&err));
+            Err(err)
+        };
+        if let Err(why) = validate_feature(&request.feature) {
+            return refuse(batch, ErrorBody::invalid(why));
+        }
+        if request.seats == 0 || request.seats > MAX_SEATS {
+            let msg = format!("seats must be between 1 and {MAX_SEATS}, not {}", request.seats);
+            return refuse(batch, ErrorBody::invalid(msg));
+        }
+        let feature = request.feature.as_str();
+        let known: Vec<&Entitlement> =
+            self.entitlements.values().filter(|e| e.feature == feature).collect();
+        if known.is_empty() {
+            let msg = format!(
+                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
+            );
+            return refuse(batch, ErrorBody::not_found(msg));
+        }
+        let capacity = self.capacity(feature, now);
+        if capacity == 0 {
+            if let Some(last) = known.iter().filter_map(|e| e.expires_at).max() {
+                if known.iter().all(|e| e.expires_at.is_some_and(|end| end <= now)) {
+                    let msg = format!(
+                        "every entitlement of {feature} has expired, the last at {}",
+                        rfc3339(last)
+                    );
+                    return refuse(batch, ErrorBody::new(ErrorCode::Expired, msg));
+                }
+            }
+        }
+        let usage = self.usage(feature);
+        let used = usage.online + usage.borrowed;
+        let free = capacity.saturating_sub(used);
+        if request.seats > free {
+            let mut msg = format!(
+                "no seat of {feature}: {used} of {capacity} floating seats are in use, {free} free, {} asked for",
+                request.seats
+            );
+            if actor.role.is_admin() && used > 0 {
+                msg.push_str(&format!("; held by {}", self.holders_of(feature)));
+            }
+            return refuse(batch, ErrorBody::new(ErrorCode::NoSeat, msg));
+        }
+        let lease = Lease {
+            id: new_id,
+            feature: feature.to_string(),
+            seats: request.seats,
+            user: actor.username.clone(),
+            host: holder.host.clone(),
+            client: holder.client,
+            request_id: request.request_id,
+            kind: LeaseKind::Online,
+            source: LeaseSource::Floating,
+            granted_at: now,
+            expires_at: now + self.ttl_ms,
+        };
+        self.renew_session(holder.client, now);
+        self.insert_lease(lease.clone(), now + self.ttl_ms);
+        let info = self.info(&lease);
+        batch.audit(now, actor, "checkout", &new_id.to_string(), Some(feature), Ok(""));
+        batch.add_lease(lease);
+        Ok(info)
+    }
+
+    /// Renews every online lease of the client's session (R3) and reports the leases that
+    /// ended since its last heartbeat.
+    pub fn heartbeat(&mut self, now: i64, actor: &Actor, holder: &Holder, batch: &mut Batch) -> HeartbeatAck {
+        self.advance(now, batch);
+        let renewed = match self.sessions.get(&holder.client) {
+            Some(session) if session.user == actor.username => session.leases.len() as u32,
+            _ => return HeartbeatAck { renewed: 0, ended: Vec::new() },
+        };
+        self.renew_session(holder.client, now);
+        let session = self.sessions.get_mut(&holder.client).expect("session exists");
+        HeartbeatAck { renewed, ended: std::mem::take(&mut session.ended) }
+    }
+
+    /// Binds leases the same user held on an earlier connection to this client instance and
+    /// renews them (R4).
+    pub fn resume(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        ids: &[LeaseId],
+        batch: &mut Batch,
+    ) -> Resumed {
+        self.advance(now, batch);
+        let mut resumed = Vec::new();
+        let mut ended = Vec::new();
+        let mut tombstones: HashMap<LeaseId, EndReason> = HashMap::new();
+        if let Some(session) = self.sessions.get_mut(&holder.client) {
+            if session.user == actor.username {
+                session.ended.retain(|gone| {
+                    let asked = ids.contains(&gone.lease);
+                    if asked {
+                        tombstones.insert(gone.lease, gone.reason);
+                    }
+                    !asked
+                });
+            }
+        }
+        for &id in ids {
+            let owned = self
+                .leases
+                .get(&id)
+                .is_some_and(|l| l.user == actor.username && l.kind == LeaseKind::Online);
+            if !owned {
+                let reason = tombstones.get(&id).copied().unwrap_or(EndReason::Unknown);
+                ended.push(EndedLease { lease: id, reason });
+                continue;
+            }
+            let from = self.leases[&id].client;
+            if from != holder.client {
+                self.detach(id, from);
+                let lease = self.leases.get_mut(&id).expect("lease exists");
+                lease.client = holder.client;
+                lease.host = holder.host.clone();
+                let request_id = lease.request_id;
+                self.by_request.remove(&(from, request_id));
+                self.by_request.insert((holder.client, request_id), id);
+                self.session_mut(holder.client, &actor.username).leases.insert(id);
+                batch.update_lease(self.leases[&id].clone());
+            }
+            resumed.push(id);
+        }
+        self.renew_session(holder.client, now);
+        let resumed = resumed.iter().map(|id| self.info(&self.leases[id])).collect();
+        Resumed { resumed, ended }
+    }
+
+    /// The holder gives a lease back.
+    pub fn checkin(&mut self, now: i64, actor: &Actor, lease: LeaseId, batch: &mut Batch) -> Result<LeaseId, ErrorBody> {
+        self.advance(now, batch);
+        match self.leases.get(&lease) {
+            Some(l) if l.user == actor.username => {
+                self.end_lease(lease, EndReason::CheckedIn, now, &actor.username, batch);
+                Ok(lease)
+            }
+            _ => {
+                let err = ErrorBody::not_found(format!("you hold no lease {lease}"));
+                batch.audit(now, actor, "checkin", &lease.to_string(), None, Err(&err));
+                Err(err)
+            }
+        }
+    }
+
+    /// An admin's forced check-in of anyone's lease.
+    pub fn release(&mut self, now: i64, actor: &Actor, lease: LeaseId, batch: &mut Batch) -> Result<LeaseId, ErrorBody> {
+        self.advance(now, batch);
+        let subject = lease.to_string();
+        if let Err(err) = require_admin(actor, "release a lease") {
+            batch.audit(now, actor, "release", &subject, None, Err(&err));
+            return Err(err);
+        }
+        if !self.leases.contains_key(&lease) {
+            let err = ErrorBody::not_found(format!("no lease {lease}; `tally leases` lists the leases held"));
+            batch.audit(now, actor, "release", &subject, None, Err(&err));
+            return Err(err);
+        }
+        self.end_lease(lease, EndReason::Released, now, &actor.username, batch);
+        Ok(lease)
+    }
+
+    /// Adds an entitlement (R10 dates). Admins only.
+    pub fn add_entitlement(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        new: &NewEntitlement,
+        batch: &mut Batch,
+    ) -> Result<Entitlement, ErrorBody> {
+        self.advance(now, batch);
+        let result = self.check_new_entitlement(now, actor, new);
+        let entitlement = match result {
+            Ok(entitlement) => entitlement,
+            Err(err) => {
+                batch.audit(now, actor, "entitlement_add", &new.feature, Some(&new.feature), Err(&err));
+                return Err(err);
+            }
+        };
+        self.next_entitlement_id += 1;
+        batch.next_entitlement_id = Some(self.next_entitlement_id);
+        self.entitlements.insert(entitlement.id, entitlement.clone());
+        self.next_boundary = self.compute_next_boundary(now);
+        let subject = format!("entitlement {}", entitlement.id);
+        let detail = format!("{} seats", entitlement.seats);
+        batch.audit(now, actor, "entitlement_add", &subject, Some(&entitlement.feature), Ok(&detail));
+        batch.add_entitlement(entitlement.clone());
+        Ok(entitlement)
+    }
+
+    fn check_new_entitlement(&self, now: i64, actor: &Actor, new: &NewEntitlement) -> Result<Entitlement, ErrorBody> {
+        require_admin(actor, "add entitlements")?;
+        validate_feature(&new.feature).map_err(ErrorBody::invalid)?;
+        if new.seats == 0 || new.seats > MAX_SEATS {
+            return Err(ErrorBody::invalid(format!(
+                "seats must be between 1 and {MAX_SEATS}, not {}",
+                new.seats
+            )));
+        }
+        let starts_at = new.starts_at.unwrap_or(now);
+        if let Some(expires_at) = new.expires_at {
+            if expires_at <= starts_at {
+                return Err(ErrorBody::invalid(format!(
+                    "expiry {} is not after the start {}",
+                    rfc3339(expires_at),
+                    rfc3339(starts_at)
+                )));
+            }
+            if expires_at <= now {
+                return Err(ErrorBody::invalid(format!("expiry {} is in the past", rfc3339(expires_at))));
+            }
+        }
+        let max_borrow_secs = new.max_borrow_secs.unwrap_or(DEFAULT_MAX_BORROW_SECS);
+        if max_borrow_secs == 0 {
+            return Err(ErrorBody::invalid("max borrow must be at least one second"));
+        }
+        if new.reference.len() > 256 {
+            return Err(ErrorBody::invalid("reference is longer than 256 characters"));
+        }
+        Ok(Entitlement {
+            id: self.next_entitlement_id,
+            feature: new.feature.clone(),
+            seats: new.seats,
+            starts_at,
+            expires_at: new.expires_at,
+            kind: new.kind,
+            borrowable: new.borrowable,
+            max_borrow_secs,
+            reference: new.reference.clone(),
+        })
+    }
+
+    /// Removes an entitlement. Admins only. Leases the smaller pool can no longer hold end,
+    /// newest first, with reason `revoked`, so that R1 holds at once.
+    pub fn remove_entitlement(&mut self, now: i64, actor: &Actor, id: u64, batch: &mut Batch) -> Result<u64, ErrorBody> {
+        self.advance(now, batch);
+        let subject = format!("entitlement {id}");
+        let feature = self.entitlements.get(&id).map(|e| e.feature.clone());
+        let checked = require_admin(actor, "remove entitlements").and_then(|()| {
+            feature.clone().ok_or_else(|| {
+                ErrorBody::not_found(format!("no entitlement {id}; `tally entitlement list` shows them"))
+            })
+        });
+        let feature = match checked {
+            Ok(feature) => feature,
+            Err(err) => {
+                batch.audit(now, actor, "entitlement_remove", &subject, feature.as_deref(), Err(&err));
+                return Err(err);
+            }
+        };
+        self.entitlements.remove(&id);
+        batch.remove_entitlement(id);
+        batch.audit(now, actor, "entitlement_remove", &subject, Some(&feature), Ok(""));
+        self.enforce_capacity(&feature, now, EndReason::Revoked, batch);
+        self.next_boundary = self.compute_next_boundary(now);
+        Ok(id)
+    }
+
+    /// Entitlements, optionally of one feature, by id.
+    pub fn entitlements(&self, feature: Option<&str>) -> Vec<Entitlement> {
+        self.entitlements
+            .values()
+            .filter(|e| feature.is_none_or(|f| e.feature == f))
+            .cloned()
+            .collect()
+    }
+
+    /// The status figures of one feature or of every feature known (SPEC §1).
+    pub fn status(&mut self, now: i64, feature: Option<&str>, batch: &mut Batch) -> Result<Vec<FeatureStatus>, ErrorBody> {
+        self.advance(now, batch);
+        let mut features: BTreeSet<&str> = self.entitlements.values().map(|e| e.feature.as_str()).collect();
+        features.extend(self.leases.values().map(|l| l.feature.as_str()));
+        if let Some(wanted) = feature {
+            validate_feature(wanted).map_err(ErrorBody::invalid)?;
+            if !features.contains(wanted) {
+                return Err(ErrorBody::not_found(format!(
+                    "no entitlement for feature {wanted}; `tally entitlement list` shows the licensed features"
+                )));
+            }
+            features.retain(|f| *f == wanted);
+        }
+        Ok(features
+            .into_iter()
+            .map(|feature| {
+                let total = self.capacity(feature, now);
+                let usage = self.usage(feature);
+                let floating = total;
+                FeatureStatus {
+                    feature: feature.to_string(),
+                    total,
+                    assigned: 0,
+                    floating,
+                    in_use: usage.online,
+                    borrowed: usage.borrowed,
+                    available: floating.saturating_sub(usage.online + usage.borrowed),
+                    queued: 0,
+                }
+            })
+            .collect())
+    }
+
+    /// Leases held, newest first; members and guests see only their own.
+    pub fn leases(&mut self, now: i64, actor: &Actor, query: &LeasesQuery, batch: &mut Batch) -> Vec<LeaseInfo> {
+        self.advance(now, batch);
+        let mut leases: Vec<&Lease> = self
+            .leases
+            .values()
+            .filter(|l| actor.role.is_admin() || l.user.eq_ignore_ascii_case(&actor.username))
+            .filter(|l| query.feature.as_deref().is_none_or(|f| l.feature == f))
+            .filter(|l| query.user.as_deref().is_none_or(|u| l.user.eq_ignore_ascii_case(u)))
+            .collect();
+        leases.sort_by(|a, b| b.granted_at.cmp(&a.granted_at).then(a.id.cmp(&b.id)));
+        leases.into_iter().map(|l| self.info(l)).collect()
+    }
+
+    // ----- internals ------------------------------------------------------------------
+
+    fn info(&self, lease: &Lease) -> LeaseInfo {
+        let expires_at = match lease.kind {
+            LeaseKind::Online => self.sessions.get(&lease.client).map_or(lease.expires_at, |s| s.expires_at),
+            LeaseKind::Borrowed => lease.expires_at,
+        };
+        LeaseInfo {
+            id: lease.id,
+            feature: lease.feature.clone(),
+            seats: lease.seats,
+            user: lease.user.clone(),
+            host: lease.host.clone(),
+            kind: lease.kind,
+            source: lease.source,
+            granted_at: lease.granted_at,
+            expires_at,
+        }
+    }
+
+    fn session_mut(&mut self, client: ClientId, user: &str) -> &mut Session {
+        self.sessions.entry(client).or_insert_with(|| Session { user: user.to_string(), ..Session::default() })
+    }
+
+    /// Pushes the session's expiry to `now + ttl`.
+    fn renew_session(&mut self, client: ClientId, now: i64) {
+        let expires_at = now + self.ttl_ms;
+        if let Some(session) = self.sessions.get_mut(&client) {
+            if !session.leases.is_empty() {
+                self.expiry.remove(&(session.expires_at, client));
+                self.expiry.insert((expires_at, client));
+            }
+            session.expires_at = expires_at;
+        }
+    }
+
+    fn insert_lease(&mut self, lease: Lease, session_expires_at: i64) {
+        let usage = self.usage.entry(lease.feature.clone()).or_default();
+        match lease.kind {
+            LeaseKind::Online => usage.online += lease.seats,
+            LeaseKind::Borrowed => usage.borrowed += lease.seats,
+        }
+        self.by_request.insert((lease.client, lease.request_id), lease.id);
+        if lease.kind == LeaseKind::Online {
+            let client = lease.client;
+            let session = self.session_mut(client, &lease.user);
+            let was_empty = session.leases.is_empty();
+            session.leases.insert(lease.id);
+            let old = session.expires_at;
+            if was_empty || session_expires_at > old {
+                session.expires_at = session_expires_at;
+                if !was_empty {
+                    self.expiry.remove(&(old, client));
+                }
+                self.expiry.insert((session_expires_at, client));
+            }
+        }
+        self.leases.insert(lease.id, lease);
+    }
+
+    /// Takes a lease out of its session's set (and the expiry queue when it was the last).
+    fn detach(&mut self, id: LeaseId, client: ClientId) {
+        if let Some(session) = self.sessions.get_mut(&client) {
+            if session.leases.remove(&id) && session.leases.is_empty() {
+                self.expiry.remove(&(session.expires_at, client));
+            }
+        }
+    }
+
+    fn end_lease(&mut self, id: LeaseId, reason: EndReason, now: i64, actor: &str, batch: &mut Batch) {
+        let Some(lease) = self.leases.remove(&id) else { return };
+        if let Some(usage) = self.usage.get_mut(&lease.feature) {
+            match lease.kind {
+                LeaseKind::Online => usage.online -= lease.seats,
+                LeaseKind::Borrowed => usage.borrowed -= lease.seats,
+            }
+            if usage.online == 0 && usage.borrowed == 0 {
+                self.usage.remove(&lease.feature);
+            }
+        }
+        self.by_request.remove(&(lease.client, lease.request_id));
+        self.detach(id, lease.client);
+        if reason != EndReason::CheckedIn {
+            if let Some(session) = self.sessions.get_mut(&lease.client) {
+                session.ended.push(EndedLease { lease: id, reason });
+                session.ended_at = now;
+            }
+        }
+        let action = match reason {
+            EndReason::CheckedIn => "checkin",
+            EndReason::Released => "release",
+            _ => "reclaim",
+        };
+        batch.audit_raw(AuditEvent {
+            at: now,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            subject: id.to_string(),
+            feature: Some(lease.feature.clone()),
+            outcome: "ok".to_string(),
+            reason: format!("{} ({} of {} on {})", reason.as_str(), lease.seats, lease.user, lease.host),
+        });
+        batch.remove_lease(id);
+    }
+
+    /// Ends the newest online leases of `feature` until its floating seats fit its pool.
+    fn enforce_capacity(&mut self, feature: &str, now: i64, reason: EndReason, batch: &mut Batch) {
+        let capacity = self.capacity(feature, now);
+        let usage = self.usage(feature);
+        let mut excess = (usage.online + usage.borrowed).saturating_sub(capacity);
+        if excess == 0 {
+            return;
+        }
+        let mut online: Vec<(i64, LeaseId)> = self
+            .leases
+            .values()
+            .filter(|l| l.feature == feature && l.kind == LeaseKind::Online)
+            .map(|l| (l.granted_at, l.id))
+            .collect();
+        online.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, id) in online {
+            if excess == 0 {
+                break;
+            }
+            let seats = self.leases[&id].seats;
+            self.end_lease(id, reason, now, "system", batch);
+            excess = excess.saturating_sub(seats);
+        }
+    }
+
+    fn compute_next_boundary(&self, now: i64) -> i64 {
+        self.entitlements
+            .values()
+            .flat_map(|e| [Some(e.starts_at), e.expires_at])
+            .flatten()
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// "alice@example.com on node7 (2), ..." for a `no_seat` message to an admin.
+    fn holders_of(&self, feature: &str) -> String {
+        let mut by_holder: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for lease in self.leases.values().filter(|l| l.feature == feature) {
+            *by_holder.entry((lease.user.clone(), lease.host.clone())).or_default() += lease.seats;
+        }
+        let mut holders: Vec<((String, String), u32)> = by_holder.into_iter().collect();
+        holders.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let shown: Vec<String> = holders
+            .iter()
+            .take(10)
+            .map(|((user, host), seats)| format!("{user} on {host} ({seats})"))
+            .collect();
+        let mut text = shown.join(", ");
+        if holders.len() > 10 {
+            text.push_str(&format!(" and {} more", holders.len() - 10));
+        }
+        text
+    }
+}
+
+fn is_active(entitlement: &Entitlement, now: i64) -> bool {
+    entitlement.starts_at <= now && entitlement.expires_at.is_none_or(|end| now < end)
+}
+
+/// Refuses with `forbidden` unless the actor is an owner or admin.
+pub fn require_admin(actor: &Actor, what: &str) -> Result<(), ErrorBody> {
+    if actor.role.is_admin() {
+        Ok(())
+    } else {
+        Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!("only an admin may {what}; {} is a {}", actor.username, actor.role.as_str()),
+        ))
+    }
+}
+
+/// RFC 3339 UTC, to the second, for messages.
+pub fn rfc3339(millis: i64) -> String {
+    let secs = millis.div_euclid(1000).max(0) as u64;
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+

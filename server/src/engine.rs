@@ -1,0 +1,144 @@
+//! The engine: the one task that owns the [`Pool`] and the group commit.
+//!
+//! Connections send it [`Job`]s. It takes every job waiting in its queue, applies each to the
+//! pool (collecting their changes in one [`Batch`]), commits the batch in one transaction, and
+//! only then answers them all (R5). While a commit is in flight, new jobs queue up and form
+//! the next batch, so the commit rate grows with the load. If a commit fails, every job of
+//! the batch gets `internal` and the pool is rebuilt from the store, so nothing is
+//! half-applied.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tally_protocol::{ErrorBody, LeaseId, Outcome, Request, Response};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{Actor, Batch, Holder, Pool};
+use crate::store::Store;
+
+/// Most jobs answered by one commit.
+const MAX_BATCH: usize = 4096;
+
+/// A request for the engine, and where to send its outcome.
+#[derive(Debug)]
+pub struct Job {
+    pub actor: Actor,
+    pub holder: Holder,
+    pub request: Request,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+pub struct Engine {
+    pool: Pool,
+    store: Arc<dyn Store>,
+    ttl_ms: i64,
+    sweep: Duration,
+}
+
+impl Engine {
+    pub fn new(pool: Pool, store: Arc<dyn Store>, ttl: Duration, sweep: Duration) -> Self {
+        Self { pool, store, ttl_ms: ttl.as_millis() as i64, sweep }
+    }
+
+    /// Serves jobs until every sender is gone, then returns after the last commit.
+    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut sweep = tokio::time::interval(self.sweep);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut batch = Batch::default();
+            let mut replies = Vec::new();
+            tokio::select! {
+                biased;
+                job = jobs.recv() => match job {
+                    Some(job) => self.apply(job, &mut batch, &mut replies),
+                    None => break,
+                },
+                _ = sweep.tick() => self.pool.sweep(now_millis(), &mut batch),
+            }
+            while replies.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => self.apply(job, &mut batch, &mut replies),
+                    Err(_) => break,
+                }
+            }
+            self.flush(batch, replies).await;
+        }
+        tracing::debug!("engine stopped");
+    }
+
+    fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+        let now = now_millis();
+        let Job { actor, holder, request, reply } = job;
+        let result = self.handle(now, &actor, &holder, request, batch);
+        let outcome = match result {
+            Ok(response) => Outcome::Ok(response),
+            Err(err) => Outcome::Err(err),
+        };
+        replies.push((reply, outcome));
+    }
+
+    fn handle(&mut self, now: i64, actor: &Actor, holder: &Holder, request: Request, batch: &mut Batch) -> Result<Response, ErrorBody> {
+        let pool = &mut self.pool;
+        match request {
+            Request::Heartbeat => Ok(Response::Heartbeat(pool.heartbeat(now, actor, holder, batch))),
+            Request::Checkout(checkout) => {
+                let id = LeaseId(rand::random());
+                pool.checkout(now, actor, holder, &checkout, id, batch).map(Response::Lease)
+            }
+            Request::Checkin(checkin) => pool.checkin(now, actor, checkin.lease, batch).map(Response::CheckedIn),
+            Request::Resume(resume) => Ok(Response::Resumed(pool.resume(now, actor, holder, &resume.leases, batch))),
+            Request::Status(query) => pool.status(now, query.feature.as_deref(), batch).map(Response::Status),
+            Request::Leases(query) => Ok(Response::Leases(pool.leases(now, actor, &query, batch))),
+            Request::EntitlementAdd(new) => pool.add_entitlement(now, actor, &new, batch).map(Response::Entitlement),
+            Request::EntitlementList(query) => {
+                pool.advance(now, batch);
+                Ok(Response::Entitlements(pool.entitlements(query.feature.as_deref())))
+            }
+            Request::EntitlementRemove(remove) => {
+                pool.remove_entitlement(now, actor, remove.id, batch).map(Response::EntitlementRemoved)
+            }
+            Request::Release(release) => pool.release(now, actor, release.lease, batch).map(Response::Released),
+            Request::ServerInfo => Err(ErrorBody::invalid("server info is answered by the connection")),
+        }
+    }
+
+    /// Makes the batch durable, then answers its jobs.
+    async fn flush(&mut self, batch: Batch, replies: Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+        if !batch.is_empty() {
+            let started = std::time::Instant::now();
+            if let Err(err) = self.store.commit(&batch).await {
+                tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
+                for (reply, _) in replies {
+                    let _ = reply.send(Outcome::Err(ErrorBody::internal()));
+                }
+                self.reload().await;
+                return;
+            }
+            tracing::trace!(rows = batch.rows(), jobs = replies.len(), elapsed_us = started.elapsed().as_micros() as u64, "committed");
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    async fn reload(&mut self) {
+        loop {
+            match self.store.load().await {
+                Ok(snapshot) => {
+                    self.pool = Pool::restore(snapshot, self.ttl_ms, now_millis());
+                    tracing::warn!(leases = self.pool.lease_count(), "pool reloaded from the store");
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot reload the pool from the store; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}

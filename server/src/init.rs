@@ -1,0 +1,222 @@
+//! The data directory: first-start initialisation, keys, certificates and the owner token.
+//!
+//! Layout of `DATA_DIR`:
+//!
+//! | file | what |
+//! |---|---|
+//! | `tally.db` | the SQLite store (when `database` is not set) |
+//! | `signing.key` | the Ed25519 key that signs borrow tokens (PKCS#8) |
+//! | `tls/ca.pem`, `tls/ca.key` | the private CA, when the config names no certificate |
+//! | `tls/server.pem`, `tls/server.key` | the server certificate that CA signed |
+//! | `owner.token` | the owner's token (mode 0600) |
+//! | `client.toml` | a client configuration for the owner (mode 0600) |
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+/// The owner account made at first start.
+pub const OWNER_USERNAME: &str = "owner@localhost";
+
+/// Paths inside the data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+    pub fn signing_key(&self) -> PathBuf {
+        self.root.join("signing.key")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("tls/ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("tls/ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("tls/server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("tls/server.key")
+    }
+    pub fn owner_token(&self) -> PathBuf {
+        self.root.join("owner.token")
+    }
+    pub fn client_config(&self) -> PathBuf {
+        self.root.join("client.toml")
+    }
+}
+
+/// Creates the data directory (mode 0700) and makes the absolute path of it.
+pub fn prepare_data_dir(config: &Config) -> Result<DataDir> {
+    let root = &config.data_dir;
+    fs::create_dir_all(root).with_context(|| format!("cannot create data directory {}", root.display()))?;
+    let root = fs::canonicalize(root).with_context(|| format!("cannot resolve {}", root.display()))?;
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", root.display()))?;
+    Ok(DataDir::new(&root))
+}
+
+/// A new random token: 32 bytes as 64 hex digits.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// What the store keeps of a token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+/// Writes a file only its owner can read, atomically (write, fsync, rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Loads the Ed25519 signing key, making it on first start. Returns the key pair.
+pub fn signing_key(dir: &DataDir) -> Result<Ed25519KeyPair> {
+    let path = dir.signing_key();
+    if !path.exists() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("cannot generate a signing key"))?;
+        write_private(&path, pkcs8.as_ref())?;
+        tracing::info!(path = %path.display(), "generated the Ed25519 signing key");
+    }
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ed25519KeyPair::from_pkcs8(&bytes).map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))
+}
+
+/// The public half of the signing key, as sent in `Welcome`.
+pub fn public_key(key: &Ed25519KeyPair) -> Vec<u8> {
+    key.public_key().as_ref().to_vec()
+}
+
+/// Makes a private CA and a server certificate for `names` when the config names no
+/// certificate and the data directory has none yet.
+pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
+    if config.tls.cert.is_some() || dir.server_cert().exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir.root.join("tls"))?;
+    let now = SystemTime::now();
+    let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "Tally private CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = (now - Duration::from_secs(3600)).into();
+    ca.not_after = (now + Duration::from_secs(20 * 365 * 86400)).into();
+    let ca_cert = ca.self_signed(&ca_key).context("cannot sign the CA certificate")?;
+
+    let server_key = KeyPair::generate().context("cannot generate the server key")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, config.tls.names[0].clone());
+    for name in &config.tls.names {
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.clone().try_into().with_context(|| format!("tls.names: {name:?}"))?),
+        };
+        params.subject_alt_names.push(san);
+    }
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + Duration::from_secs(10 * 365 * 86400)).into();
+    let server_cert = params.signed_by(&server_key, &ca_cert, &ca_key).context("cannot sign the server certificate")?;
+
+    write_private(&dir.ca_key(), ca_key.serialize_pem().as_bytes())?;
+    fs::write(dir.ca_cert(), ca_cert.pem())?;
+    write_private(&dir.server_key(), server_key.serialize_pem().as_bytes())?;
+    fs::write(dir.server_cert(), server_cert.pem())?;
+    tracing::info!(names = ?config.tls.names, dir = %dir.root.join("tls").display(), "generated a private CA and server certificate");
+    Ok(())
+}
+
+/// Builds the TLS configuration from the configured or generated files. Called at start
+/// and on SIGHUP.
+pub fn tls_config(config: &Config, dir: &DataDir) -> Result<Arc<ServerConfig>> {
+    let (cert_path, key_path) = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => (dir.server_cert(), dir.server_key()),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("cannot read {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", cert_path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match &config.tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("cannot read {}", path.display()))? {
+                roots.add(cert.with_context(|| format!("{} is not PEM", path.display()))?)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .with_context(|| format!("tls.client_ca {}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let server = builder
+        .with_single_cert(certs, key)
+        .with_context(|| format!("{} does not match {}", key_path.display(), cert_path.display()))?;
+    Ok(Arc::new(server))
+}
+
+/// Writes `owner.token` and `client.toml` for a freshly made owner account. The client file
+/// names the server by the first of `tls.names` and the port actually bound.
+pub fn write_owner_files(config: &Config, dir: &DataDir, token: &str, port: u16) -> Result<()> {
+    write_private(&dir.owner_token(), format!("{token}\n").as_bytes())?;
+    let host = config.tls.names.first().map_or("localhost", String::as_str);
+    let server = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{host}:{port}"),
+    };
+    let ca = if config.tls.cert.is_none() {
+        format!("ca = {:?}\n", dir.ca_cert().display().to_string())
+    } else {
+        "# ca = \"/path/to/the/ca.pem\"   # the CA that signed tls.cert\n".to_string()
+    };
+    let text = format!(
+        "# Client configuration for the owner of this Tally server, written at first start.\n\
+         servers = [{server:?}]\n{ca}token_file = {:?}\n",
+        dir.owner_token().display().to_string()
+    );
+    write_private(&dir.client_config(), text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `run`: prepares the data directory, loads the pool, starts the engine and accepts
+//! connections until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rustls::ServerConfig;
+use tally_protocol::{Welcome, PROTOCOL_VERSION};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Limits};
+use crate::core::Pool;
+use crate::engine::{now_millis, Engine};
+use crate::init::{self, DataDir, OWNER_USERNAME};
+use crate::store::Store;
+
+/// How many jobs may wait for the engine before connections wait to send more.
+const ENGINE_QUEUE: usize = 65_536;
+
+/// What connection tasks share.
+pub struct Shared {
+    /// Swapped on SIGHUP.
+    tls: RwLock<Arc<ServerConfig>>,
+    /// Swapped on SIGHUP.
+    limits: RwLock<Limits>,
+    /// Open connections, for `max_connections` and `server info`.
+    pub connections: AtomicUsize,
+    /// Where requests go.
+    pub engine: mpsc::Sender<crate::engine::Job>,
+    /// Token look-ups.
+    pub store: Arc<dyn Store>,
+    /// Sent to every client after its `Hello`.
+    pub welcome: Welcome,
+    /// For `uptime_secs`.
+    pub started: Instant,
+    /// Lease time to live; also the idle timeout of a connection.
+    pub ttl: Duration,
+}
+
+impl Shared {
+    pub fn tls(&self) -> Arc<ServerConfig> {
+        self.tls.read().expect("tls lock").clone()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits.read().expect("limits lock").clone()
+    }
+}
+
+/// How the caller controls a running server.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Cancel to stop: no new connections, in-flight requests finish, the store is flushed.
+    pub shutdown: CancellationToken,
+    /// A new configuration to apply (TLS files and limits) on SIGHUP.
+    pub reload: Option<watch::Receiver<Config>>,
+    /// Told once the server is serving (for `sd_notify`).
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Runs the daemon on `listener` until `control.shutdown` is cancelled.
+///
+/// On first start with an empty data directory this initialises it: the signing key, a
+/// private CA and server certificate (unless the config names one), the owner account,
+/// `owner.token` and `client.toml`.
+pub async fn run(listener: TcpListener, config: Config, store: Box<dyn Store>, mut control: Control) -> Result<()> {
+    let store: Arc<dyn Store> = Arc::from(store);
+    let dir = init::prepare_data_dir(&config)?;
+    let port = listener.local_addr()?.port();
+    let signing_key = init::signing_key(&dir)?;
+    init::ensure_certificates(&config, &dir)?;
+    let tls = init::tls_config(&config, &dir)?;
+    let identity = initialize_owner(&config, &dir, store.as_ref(), port).await?;
+
+    let started = Instant::now();
+    let snapshot = store.load().await.context("cannot load the pool from the store")?;
+    let ttl_ms = config.leases.ttl.as_millis() as i64;
+    let pool = Pool::restore(snapshot, ttl_ms, now_millis());
+    tracing::info!(
+        leases = pool.lease_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pool loaded; every online lease has one ttl to be renewed"
+    );
+
+    let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+    let engine = Engine::new(pool, store.clone(), config.leases.ttl, config.leases.sweep);
+    let engine_task = tokio::spawn(engine.run(engine_rx));
+
+    let shared = Arc::new(Shared {
+        tls: RwLock::new(tls),
+        limits: RwLock::new(config.limits.clone()),
+        connections: AtomicUsize::new(0),
+        engine: engine_tx,
+        store: store.clone(),
+        welcome: Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            server_id: identity,
+            signing_key: init::public_key(&signing_key),
+            heartbeat_interval_ms: config.heartbeat_interval().as_millis() as u64,
+            lease_ttl_ms: ttl_ms as u64,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        started,
+        ttl: config.leases.ttl,
+    });
+    tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), "tallyd serving");
+    if let Some(ready) = control.ready.take() {
+        let _ = ready.send(());
+    }
+
+    let tracker = TaskTracker::new();
+    let mut last_overload_log: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = control.shutdown.cancelled() => break,
+            changed = wait_reload(&mut control.reload) => {
+                if let Some(new) = changed {
+                    apply_reload(&shared, &new, &dir);
+                }
+            }
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let max = shared.limits().max_connections;
+                if shared.connections.load(Ordering::Relaxed) >= max {
+                    if last_overload_log.is_none_or(|at| at.elapsed() >= crate::conn::OVERLOAD_LOG_EVERY) {
+                        tracing::warn!(%peer, max, "refusing connection: limits.max_connections reached");
+                        last_overload_log = Some(Instant::now());
+                    }
+                    drop(tcp);
+                    continue;
+                }
+                spawn_connection(&tracker, tcp, peer, shared.clone(), control.shutdown.clone());
+            }
+        }
+    }
+
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+    drop(shared);
+    let _ = engine_task.await;
+    store.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn spawn_connection(tracker: &TaskTracker, tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    tracker.spawn(async move {
+        crate::conn::serve(tcp, peer, shared.clone(), shutdown).await;
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+async fn wait_reload(reload: &mut Option<watch::Receiver<Config>>) -> Option<Config> {
+    match reload {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => {
+                *reload = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies what can change while running: TLS certificates and limits. Connections stay.
+fn apply_reload(shared: &Shared, config: &Config, dir: &DataDir) {
+    match init::tls_config(config, dir) {
+        Ok(tls) => *shared.tls.write().expect("tls lock") = tls,
+        Err(err) => tracing::error!(error = format!("{err:#}"), "reload: keeping the old TLS certificates"),
+    }
+    *shared.limits.write().expect("limits lock") = config.limits.clone();
+    tracing::info!(max_connections = config.limits.max_connections, "configuration reloaded");
+}
+
+/// Makes the owner account on first start and writes its token and client file.
+async fn initialize_owner(config: &Config, dir: &DataDir, store: &dyn Store, port: u16) -> Result<String> {
+    let token = init::new_token();
+    let identity = store
+        .initialize(OWNER_USERNAME, &init::token_hash(&token), now_millis())
+        .await
+        .context("cannot initialise the store")?;
+    if identity.owner_created {
+        init::write_owner_files(config, dir, &token, port)?;
+        tracing::info!(
+            owner = OWNER_USERNAME,
+            token_file = %dir.owner_token().display(),
+            client_config = %dir.client_config().display(),
+            "initialised a new data directory"
+        );
+    }
+    Ok(identity.server_id)
+}

@@ -1,0 +1,291 @@
+//! The embedded SQLite store: WAL journal, `synchronous = FULL`, so a commit that returned
+//! survives a crash or power loss.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use tally_protocol::{ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, RequestId, Role};
+
+use super::{Identity, Principal, Store, StoreError};
+use crate::core::{Batch, Lease, Snapshot};
+
+/// Embedded migrations, applied in order; the version is the position in this list.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// Rows per multi-row statement: well under SQLite's limit of 32,766 bound parameters.
+const CHUNK: usize = 1000;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = current.unwrap_or(0);
+        let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > newest {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {current} is newer than this tallyd knows ({newest}); run a newer tallyd"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(version).execute(&mut *tx).await?;
+            tracing::info!(version, "applied database migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn initialize(&self, owner: &str, owner_token_hash: &[u8; 32], now: i64) -> Result<Identity, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'server_id'")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let server_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = hex::encode(rand::random::<[u8; 16]>());
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('server_id', ?)").bind(&id).execute(&mut *tx).await?;
+                id
+            }
+        };
+        let owners: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'owner'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let owner_created = owners == 0;
+        if owner_created {
+            let user_id: i64 = sqlx::query_scalar(
+                "INSERT INTO users (username, name, role, state, created_at) VALUES (?, 'Owner', 'owner', 'active', ?) RETURNING id",
+            )
+            .bind(owner)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
+                .bind(&owner_token_hash[..])
+                .bind(user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Identity { server_id, owner_created })
+    }
+
+    async fn add_owner_token(&self, token_hash: &[u8; 32], now: i64) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let owner: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, username FROM users WHERE role = 'owner' ORDER BY id LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((user_id, username)) = owner else {
+            return Err(StoreError::Corrupt("there is no owner account; start tallyd once to create it".into()));
+        };
+        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
+            .bind(&token_hash[..])
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(username)
+    }
+
+    async fn authenticate(&self, token_hash: &[u8; 32]) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.username, u.role, u.state FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = ?",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let role: String = row.try_get("role")?;
+        let state: String = row.try_get("state")?;
+        Ok(Some(Principal {
+            username: row.try_get("username")?,
+            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+            active: state == "active",
+        }))
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let next: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_entitlement_id'")
+            .fetch_optional(&mut *conn)
+            .await?;
+        let next_entitlement_id = match next {
+            Some(text) => text.parse().map_err(|_| StoreError::Corrupt(format!("next_entitlement_id {text:?}")))?,
+            None => 1,
+        };
+        let mut entitlements = Vec::new();
+        for row in sqlx::query("SELECT * FROM entitlements ORDER BY id").fetch_all(&mut *conn).await? {
+            let kind: String = row.try_get("kind")?;
+            entitlements.push(Entitlement {
+                id: row.try_get::<i64, _>("id")? as u64,
+                feature: row.try_get("feature")?,
+                seats: row.try_get::<i64, _>("seats")? as u32,
+                starts_at: row.try_get("starts_at")?,
+                expires_at: row.try_get("expires_at")?,
+                kind: EntitlementKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entitlement kind {kind:?}")))?,
+                borrowable: row.try_get("borrowable")?,
+                max_borrow_secs: row.try_get::<i64, _>("max_borrow_secs")? as u64,
+                reference: row.try_get("reference")?,
+            });
+        }
+        let mut leases = Vec::new();
+        for row in sqlx::query("SELECT * FROM leases ORDER BY id").fetch_all(&mut *conn).await? {
+            let kind: String = row.try_get("kind")?;
+            let assignment: Option<i64> = row.try_get("source_assignment")?;
+            leases.push(Lease {
+                id: LeaseId(id16(&row, "id")?),
+                feature: row.try_get("feature")?,
+                seats: row.try_get::<i64, _>("seats")? as u32,
+                user: row.try_get("username")?,
+                host: row.try_get("host")?,
+                client: ClientId(id16(&row, "client_id")?),
+                request_id: RequestId(id16(&row, "request_id")?),
+                kind: LeaseKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("lease kind {kind:?}")))?,
+                source: assignment.map_or(LeaseSource::Floating, |id| LeaseSource::Assignment(id as u64)),
+                granted_at: row.try_get("granted_at")?,
+                expires_at: row.try_get("expires_at")?,
+            });
+        }
+        Ok(Snapshot { entitlements, leases, next_entitlement_id })
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        write_batch(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreError> {
+    let bytes: Vec<u8> = row.try_get(column)?;
+    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{column} is not 16 bytes")))
+}
+
+/// Writes every list of the batch as multi-row statements.
+async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<(), StoreError> {
+    for chunk in batch.entitlements_added.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO entitlements (id, feature, seats, starts_at, expires_at, kind, borrowable, max_borrow_secs, reference) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.id as i64)
+                .push_bind(&e.feature)
+                .push_bind(e.seats as i64)
+                .push_bind(e.starts_at)
+                .push_bind(e.expires_at)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.borrowable)
+                .push_bind(e.max_borrow_secs as i64)
+                .push_bind(&e.reference);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.leases_added.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO leases (id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at) ",
+        );
+        q.push_values(chunk, |mut b, l| {
+            let assignment = match l.source {
+                LeaseSource::Floating => None,
+                LeaseSource::Assignment(id) => Some(id as i64),
+            };
+            b.push_bind(&l.id.0[..])
+                .push_bind(&l.feature)
+                .push_bind(l.seats as i64)
+                .push_bind(&l.user)
+                .push_bind(&l.host)
+                .push_bind(&l.client.0[..])
+                .push_bind(&l.request_id.0[..])
+                .push_bind(l.kind.as_str())
+                .push_bind(assignment)
+                .push_bind(l.granted_at)
+                .push_bind(l.expires_at);
+        });
+        q.push(" ON CONFLICT (id) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.leases_removed.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM leases WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(&id.0[..]);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.entitlements_removed.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM entitlements WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id as i64);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.audit.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO audit (at, actor, action, subject, feature, outcome, reason) ");
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.at)
+                .push_bind(&e.actor)
+                .push_bind(&e.action)
+                .push_bind(&e.subject)
+                .push_bind(&e.feature)
+                .push_bind(&e.outcome)
+                .push_bind(&e.reason);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    if let Some(next) = batch.next_entitlement_id {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('next_entitlement_id', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(next.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
