@@ -1,1 +1,37 @@
-//! placeholder
+//! The Tally client library: acquire a license in a few lines.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tally_client::Error> {
+//! use tally_client::{Client, ClientConfig};
+//!
+//! let config = ClientConfig::from_file("/etc/tally/client.toml".as_ref())?;
+//! let client = Client::connect(config).await?;
+//! let mut lease = client.checkout("vray-render", 1).await?;
+//! // ... render, while the lease heartbeats in the background ...
+//! tokio::select! {
+//!     reason = lease.lost() => eprintln!("license lost: {reason:?}"),
+//!     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+//! }
+//! lease.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Client`] keeps one connection to the first server of its list that answers. It
+//! heartbeats while connected, reconnects with backoff (trying the next server) when the
+//! connection drops, resumes its leases by id, and resends checkouts with the same request id
+//! so that a retry never takes a second seat. [`blocking`] wraps it for applications that
+//! are not async.
+#![deny(clippy::await_holding_lock)]
+
+pub mod blocking;
+pub mod cli;
+mod config;
+mod error;
+mod lease;
+mod session;
+
+pub use config::{machine_id, ClientConfig, ServerAddr};
+pub use error::Error;
+pub use lease::Lease;
+pub use session::Client;
+pub use tally_protocol as protocol;

@@ -1,1 +1,5 @@
-fn main(){}
+//! `tally`: the command-line client of the Tally license server.
+
+fn main() -> std::process::ExitCode {
+    tally_client::cli::main()
+}

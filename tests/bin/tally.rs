@@ -1,1 +1,5 @@
-fn main(){}
+//! The CLI, linked into the test package so that tests can run it as a real process.
+
+fn main() -> std::process::ExitCode {
+    tally_client::cli::main()
+}

@@ -1,0 +1,417 @@
+//! The `tally` command line (SPEC §6): global options, commands, `--json` documents and
+//! exit codes. Kept in the library so that test harnesses can link the same binary.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tally_protocol::{
+    validate_feature, EntitlementKind, EntitlementQuery, EntitlementRemove, ErrorCode, LeaseId, LeasesQuery,
+    NewEntitlement, Release, Request, Response, StatusQuery,
+};
+
+use crate::config::ClientFile;
+use crate::{Client, ClientConfig, Error};
+use output::Output;
+
+/// Exit codes (SPEC §6).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NO_SEAT: u8 = 3;
+    pub const DENIED: u8 = 4;
+    pub const UNREACHABLE: u8 = 5;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about = "Command-line client of the Tally license server")]
+struct Cli {
+    /// Client configuration file.
+    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Server to use, HOST:PORT (repeatable; TALLY_SERVER takes a comma-separated list).
+    #[arg(long = "server", global = true, env = "TALLY_SERVER", value_delimiter = ',')]
+    servers: Vec<String>,
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, global = true, env = "TALLY_CA")]
+    ca: Option<PathBuf>,
+    /// Token to sign in with.
+    #[arg(long, global = true, env = "TALLY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seat figures of every feature, or of one.
+    Status { feature: Option<String> },
+    /// Leases held (admins see everyone's).
+    Leases {
+        #[arg(long)]
+        feature: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Check out seats and hold them until interrupted, or while running a command.
+    Checkout(CheckoutArgs),
+    /// Manage entitlements (purchases of a feature).
+    #[command(subcommand)]
+    Entitlement(EntitlementCommand),
+    /// Force the check-in of someone's lease (admins).
+    Release { lease_id: String },
+    /// About the server.
+    #[command(subcommand)]
+    Server(ServerCommand),
+}
+
+#[derive(Debug, Args)]
+struct CheckoutArgs {
+    feature: String,
+    #[arg(long, default_value_t = 1)]
+    seats: u32,
+    /// Command to run while holding the lease; tally exits with its status.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EntitlementCommand {
+    /// Add an entitlement.
+    Add {
+        feature: String,
+        #[arg(long)]
+        seats: u32,
+        /// Start (RFC 3339 or YYYY-MM-DD, UTC); default now.
+        #[arg(long)]
+        starts: Option<String>,
+        /// End (RFC 3339 or YYYY-MM-DD, UTC); default never.
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        trial: bool,
+        #[arg(long)]
+        borrowable: bool,
+        /// Longest borrow, e.g. 72h or 7d (default 168h).
+        #[arg(long)]
+        max_borrow: Option<String>,
+        /// Free text, e.g. the order number.
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+    /// List entitlements.
+    List { feature: Option<String> },
+    /// Remove an entitlement by id.
+    Remove { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Server id, version, store, uptime and connections.
+    Info,
+}
+
+/// A failure of a command, with its exit code.
+struct Failure {
+    code: u8,
+    error_code: String,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self { code: exit::USAGE, error_code: "invalid".into(), message: message.into() }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::Server(body) => match body.code {
+                ErrorCode::NoSeat | ErrorCode::QueueTimeout => exit::NO_SEAT,
+                ErrorCode::Unauthenticated | ErrorCode::Forbidden => exit::DENIED,
+                _ => exit::FAILED,
+            },
+            Error::Unreachable(_) => exit::UNREACHABLE,
+            Error::Config(_) => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        Failure { code, error_code: err.code_str().to_string(), message: err.to_string() }
+    }
+}
+
+/// Runs `tally` with the process's arguments.
+pub fn main() -> ExitCode {
+    let json = std::env::args().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if json && !matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let message = err.kind().to_string();
+                let detail = err.to_string();
+                let detail = detail.lines().next().unwrap_or(&message).trim_start_matches("error: ");
+                output::print_error(true, "invalid", detail);
+                return ExitCode::from(exit::USAGE);
+            }
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    tracing_to_stderr();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            output::print_error(cli.json, "internal", &format!("cannot start the runtime: {err}"));
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            output::print_error(json, &failure.error_code, &failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Warnings of the library (reconnects, lost leases) go to stderr; `TALLY_LOG` tunes them.
+fn tracing_to_stderr() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let out = Output::new(cli.json);
+    // Check what can be checked before touching the network.
+    validate(&cli.command)?;
+    let config = client_config(&cli)?;
+    let client = Client::connect(config).await?;
+    match cli.command {
+        Command::Status { feature } => {
+            let response = client.call(Request::Status(StatusQuery { feature })).await?;
+            let Response::Status(features) = response else { return Err(bad(&response)) };
+            out.status(&features);
+        }
+        Command::Leases { feature, user } => {
+            let response = client.call(Request::Leases(LeasesQuery { feature, user })).await?;
+            let Response::Leases(leases) = response else { return Err(bad(&response)) };
+            out.leases(&leases);
+        }
+        Command::Checkout(args) => return checkout(&client, args, &out).await,
+        Command::Entitlement(EntitlementCommand::Add {
+            feature,
+            seats,
+            starts,
+            expires,
+            trial,
+            borrowable,
+            max_borrow,
+            reference,
+        }) => {
+            let new = NewEntitlement {
+                feature,
+                seats,
+                starts_at: starts.as_deref().map(parse_time).transpose()?,
+                expires_at: expires.as_deref().map(parse_time).transpose()?,
+                kind: if trial { EntitlementKind::Trial } else { EntitlementKind::Standard },
+                borrowable,
+                max_borrow_secs: max_borrow.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs()),
+                reference: reference.unwrap_or_default(),
+            };
+            let response = client.call(Request::EntitlementAdd(new)).await?;
+            let Response::Entitlement(entitlement) = response else { return Err(bad(&response)) };
+            out.entitlement(&entitlement);
+        }
+        Command::Entitlement(EntitlementCommand::List { feature }) => {
+            let response = client.call(Request::EntitlementList(EntitlementQuery { feature })).await?;
+            let Response::Entitlements(list) = response else { return Err(bad(&response)) };
+            out.entitlements(&list);
+        }
+        Command::Entitlement(EntitlementCommand::Remove { id }) => {
+            let id = parse_entitlement_id(&id)?;
+            let response = client.call(Request::EntitlementRemove(EntitlementRemove { id })).await?;
+            let Response::EntitlementRemoved(id) = response else { return Err(bad(&response)) };
+            out.removed(id);
+        }
+        Command::Release { lease_id } => {
+            let lease = parse_lease_id(&lease_id)?;
+            let response = client.call(Request::Release(Release { lease })).await?;
+            let Response::Released(id) = response else { return Err(bad(&response)) };
+            out.released(id);
+        }
+        Command::Server(ServerCommand::Info) => {
+            let response = client.call(Request::ServerInfo).await?;
+            let Response::ServerInfo(info) = response else { return Err(bad(&response)) };
+            out.server_info(&info);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn bad(response: &Response) -> Failure {
+    Failure::from(crate::session::unexpected(response))
+}
+
+/// Arguments the server would refuse anyway are refused here, as usage errors.
+fn validate(command: &Command) -> Result<(), Failure> {
+    let feature = |f: &str| validate_feature(f).map_err(Failure::usage);
+    match command {
+        Command::Status { feature: Some(f) } | Command::Leases { feature: Some(f), .. } => feature(f)?,
+        Command::Entitlement(EntitlementCommand::List { feature: Some(f) }) => feature(f)?,
+        Command::Checkout(args) => {
+            feature(&args.feature)?;
+            if args.seats == 0 {
+                return Err(Failure::usage("--seats must be at least 1"));
+            }
+        }
+        Command::Entitlement(EntitlementCommand::Add { feature: f, seats, starts, expires, max_borrow, .. }) => {
+            feature(f)?;
+            if *seats == 0 {
+                return Err(Failure::usage("--seats must be at least 1"));
+            }
+            for time in [starts, expires].into_iter().flatten() {
+                parse_time(time)?;
+            }
+            if let Some(d) = max_borrow {
+                parse_duration(d)?;
+            }
+        }
+        Command::Entitlement(EntitlementCommand::Remove { id }) => {
+            parse_entitlement_id(id)?;
+        }
+        Command::Release { lease_id } => {
+            parse_lease_id(lease_id)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Merges the client file with flags and environment (flags win).
+fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
+    let file = match &cli.config {
+        Some(path) => ClientFile::load(path).map_err(|err| Failure::usage(err.to_string()))?,
+        None => match default_config_path() {
+            Some(path) if path.exists() => ClientFile::load(&path).map_err(|err| Failure::usage(err.to_string()))?,
+            _ => ClientFile::default(),
+        },
+    };
+    let servers = if cli.servers.is_empty() { file.servers } else { cli.servers.clone() };
+    let ca = cli.ca.clone().or(file.ca);
+    let (token, token_file) = if cli.token.is_some() || cli.token_file.is_some() {
+        (cli.token.clone(), cli.token_file.clone())
+    } else {
+        (file.token, file.token_file)
+    };
+    let mut config = ClientConfig::from_parts(servers, ca, token, token_file).map_err(|err| Failure::usage(err.to_string()))?;
+    config.agent = format!("tally-cli/{}", env!("CARGO_PKG_VERSION"));
+    Ok(config)
+}
+
+/// `$XDG_CONFIG_HOME/tally/client.toml`, or `~/.config/tally/client.toml`.
+fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(base.join("tally/client.toml"))
+}
+
+/// Durations such as `90s`, `15m`, `8h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, Failure> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|_| Failure::usage(format!("{text:?} is not a duration; use a number and a unit, like 90s, 15m, 8h or 7d")))?;
+    if duration.is_zero() {
+        return Err(Failure::usage(format!("duration {text:?} must be longer than zero")));
+    }
+    Ok(duration)
+}
+
+/// RFC 3339 times (`2027-01-31T18:00:00Z`) or dates (`2027-01-31`, midnight UTC), as Unix
+/// milliseconds.
+fn parse_time(text: &str) -> Result<i64, Failure> {
+    let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
+    let time = humantime::parse_rfc3339(&full)
+        .map_err(|_| Failure::usage(format!("{text:?} is not a time; use RFC 3339 UTC like 2027-01-31T18:00:00Z, or a date like 2027-01-31")))?;
+    let millis = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| Failure::usage(format!("{text:?} is before 1970")))?
+        .as_millis();
+    Ok(millis as i64)
+}
+
+fn parse_entitlement_id(text: &str) -> Result<u64, Failure> {
+    text.parse().map_err(|_| Failure::usage(format!("{text:?} is not an entitlement id; `tally entitlement list` shows them")))
+}
+
+fn parse_lease_id(text: &str) -> Result<LeaseId, Failure> {
+    LeaseId::from_hex(text).map_err(|err| Failure::usage(format!("{err}; `tally leases` shows lease ids")))
+}
+
+/// `tally checkout`: hold until SIGINT/SIGTERM, or around a command.
+async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u8, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut lease = client.checkout(&args.feature, args.seats).await?;
+    out.lease_granted(lease.info(), args.command.is_empty());
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return Err(Failure { code: exit::FAILED, error_code: "internal".into(), message: "cannot install signal handlers".into() });
+    };
+    if args.command.is_empty() {
+        let code = tokio::select! {
+            _ = term.recv() => exit::OK,
+            _ = int.recv() => exit::OK,
+            reason = lease.lost() => {
+                let message = format!("lease {} of {} was lost: {}", lease.id(), args.feature, reason.as_str());
+                return Err(Failure { code: exit::FAILED, error_code: "lease_lost".into(), message });
+            }
+        };
+        lease.release().await?;
+        out.note(&format!("checked in {}", args.feature));
+        return Ok(code);
+    }
+    let mut child = tokio::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .spawn()
+        .map_err(|err| Failure { code: exit::FAILED, error_code: "invalid".into(), message: format!("cannot run {:?}: {err}", args.command[0]) })?;
+    let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    let forward = |signal: nix::sys::signal::Signal| {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    };
+    let mut warned = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = term.recv() => forward(nix::sys::signal::Signal::SIGTERM),
+            _ = int.recv() => forward(nix::sys::signal::Signal::SIGINT),
+            reason = lease.lost(), if !warned => {
+                warned = true;
+                eprintln!("tally: warning: lease {} of {} was lost ({}); the command keeps running unlicensed", lease.id(), args.feature, reason.as_str());
+            }
+        }
+    };
+    let status = status.map_err(|err| Failure { code: exit::FAILED, error_code: "internal".into(), message: format!("waiting for the command: {err}") })?;
+    if let Err(err) = lease.release().await {
+        eprintln!("tally: warning: check-in failed: {err}");
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        _ => 1,
+    };
+    Ok(code.clamp(0, 255) as u8)
+}

@@ -1,0 +1,223 @@
+//! What `tally` prints: a JSON document with `--json`, aligned text otherwise.
+
+use serde_json::{json, Value};
+use tally_protocol::{Entitlement, FeatureStatus, LeaseId, LeaseInfo, LeaseSource, ServerInfo};
+
+/// Where results go.
+pub struct Output {
+    json: bool,
+}
+
+/// RFC 3339 UTC to the second.
+pub fn time(millis: i64) -> String {
+    let secs = millis.div_euclid(1000).max(0) as u64;
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
+fn source(source: LeaseSource) -> String {
+    match source {
+        LeaseSource::Floating => "floating".into(),
+        LeaseSource::Assignment(id) => format!("assignment:{id}"),
+    }
+}
+
+pub fn lease_json(lease: &LeaseInfo) -> Value {
+    json!({
+        "id": lease.id.to_string(),
+        "feature": lease.feature,
+        "seats": lease.seats,
+        "user": lease.user,
+        "host": lease.host,
+        "kind": lease.kind.as_str(),
+        "source": source(lease.source),
+        "granted_at": time(lease.granted_at),
+        "expires_at": time(lease.expires_at),
+    })
+}
+
+pub fn entitlement_json(e: &Entitlement) -> Value {
+    json!({
+        "id": e.id,
+        "feature": e.feature,
+        "seats": e.seats,
+        "starts_at": time(e.starts_at),
+        "expires_at": e.expires_at.map(time),
+        "kind": e.kind.as_str(),
+        "borrowable": e.borrowable,
+        "max_borrow_secs": e.max_borrow_secs,
+        "reference": e.reference,
+    })
+}
+
+/// Prints a failure: `{"error": {...}}` on stdout with `--json`, a line on stderr otherwise.
+pub fn print_error(json: bool, code: &str, message: &str) {
+    if json {
+        println!("{}", json!({"error": {"code": code, "message": message}}));
+    } else {
+        eprintln!("tally: {message}");
+    }
+}
+
+/// Left-aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+impl Output {
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    fn doc(&self, value: Value) {
+        println!("{value}");
+    }
+
+    /// A remark for people; silent with `--json`.
+    pub fn note(&self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+        }
+    }
+
+    pub fn status(&self, features: &[FeatureStatus]) {
+        if self.json {
+            let list: Vec<Value> = features
+                .iter()
+                .map(|f| {
+                    json!({"feature": f.feature, "total": f.total, "assigned": f.assigned, "floating": f.floating,
+                           "in_use": f.in_use, "borrowed": f.borrowed, "available": f.available, "queued": f.queued})
+                })
+                .collect();
+            return self.doc(json!({ "features": list }));
+        }
+        if features.is_empty() {
+            println!("no features yet: add one with `tally entitlement add FEATURE --seats N`");
+            return;
+        }
+        let rows = features
+            .iter()
+            .map(|f| {
+                [&f.feature as &dyn ToString, &f.total, &f.assigned, &f.floating, &f.in_use, &f.borrowed, &f.available, &f.queued]
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect()
+            })
+            .collect();
+        table(&["feature", "total", "assigned", "floating", "in_use", "borrowed", "available", "queued"], rows);
+    }
+
+    pub fn leases(&self, leases: &[LeaseInfo]) {
+        if self.json {
+            let list: Vec<Value> = leases.iter().map(lease_json).collect();
+            return self.doc(json!({ "leases": list }));
+        }
+        if leases.is_empty() {
+            println!("no leases held");
+            return;
+        }
+        let rows = leases
+            .iter()
+            .map(|l| {
+                vec![
+                    l.id.to_string(),
+                    l.feature.clone(),
+                    l.seats.to_string(),
+                    l.user.clone(),
+                    l.host.clone(),
+                    l.kind.as_str().to_string(),
+                    source(l.source),
+                    time(l.granted_at),
+                    time(l.expires_at),
+                ]
+            })
+            .collect();
+        table(&["id", "feature", "seats", "user", "host", "kind", "source", "granted_at", "expires_at"], rows);
+    }
+
+    pub fn lease_granted(&self, lease: &LeaseInfo, holding: bool) {
+        if self.json {
+            return self.doc(json!({ "lease": lease_json(lease) }));
+        }
+        eprintln!(
+            "checked out {} seat(s) of {} (lease {}){}",
+            lease.seats,
+            lease.feature,
+            lease.id,
+            if holding { "; holding until interrupted (Ctrl-C)" } else { "" }
+        );
+    }
+
+    pub fn entitlement(&self, e: &Entitlement) {
+        if self.json {
+            return self.doc(json!({ "entitlement": entitlement_json(e) }));
+        }
+        println!("added entitlement {}: {} seats of {}", e.id, e.seats, e.feature);
+    }
+
+    pub fn entitlements(&self, list: &[Entitlement]) {
+        if self.json {
+            let list: Vec<Value> = list.iter().map(entitlement_json).collect();
+            return self.doc(json!({ "entitlements": list }));
+        }
+        if list.is_empty() {
+            println!("no entitlements");
+            return;
+        }
+        let rows = list
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.to_string(),
+                    e.feature.clone(),
+                    e.seats.to_string(),
+                    time(e.starts_at),
+                    e.expires_at.map_or("never".into(), time),
+                    e.kind.as_str().to_string(),
+                    if e.borrowable { "yes".into() } else { "no".into() },
+                    e.reference.clone(),
+                ]
+            })
+            .collect();
+        table(&["id", "feature", "seats", "starts_at", "expires_at", "kind", "borrowable", "reference"], rows);
+    }
+
+    pub fn removed(&self, id: u64) {
+        if self.json {
+            return self.doc(json!({ "removed": id }));
+        }
+        println!("removed entitlement {id}");
+    }
+
+    pub fn released(&self, id: LeaseId) {
+        if self.json {
+            return self.doc(json!({ "released": id.to_string() }));
+        }
+        println!("released lease {id}");
+    }
+
+    pub fn server_info(&self, info: &ServerInfo) {
+        if self.json {
+            return self.doc(json!({"server": {"id": info.id, "version": info.version, "protocol": info.protocol,
+                "store": info.store, "uptime_secs": info.uptime_secs, "connections": info.connections}}));
+        }
+        println!("id           {}", info.id);
+        println!("version      {}", info.version);
+        println!("protocol     {}", info.protocol);
+        println!("store        {}", info.store);
+        println!("uptime       {}", humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs)));
+        println!("connections  {}", info.connections);
+    }
+}

@@ -1,0 +1,210 @@
+//! Client configuration: the servers, the CA that signed them, and the token.
+//!
+//! A client file (`client.toml`) has three keys: `servers = ["HOST:PORT", ...]`,
+//! `ca = "PATH"` and `token_file = "PATH"` (or `token = "..."`). Relative paths are taken
+//! from the file's directory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tally_protocol::DEFAULT_PORT;
+
+use crate::Error;
+
+/// One server: a host name or address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerAddr {
+    /// Parses `HOST:PORT`, `[V6]:PORT` or `HOST` (port 27010).
+    pub fn parse(text: &str) -> Result<ServerAddr, Error> {
+        let text = text.trim();
+        let bad = || Error::Config(format!("server {text:?} is not HOST:PORT"));
+        if text.is_empty() {
+            return Err(bad());
+        }
+        if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => port.parse().map_err(|_| bad())?,
+                None if after.is_empty() => DEFAULT_PORT,
+                None => return Err(bad()),
+            };
+            return Ok(ServerAddr { host: host.to_string(), port });
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => {
+                if host.is_empty() {
+                    return Err(bad());
+                }
+                Ok(ServerAddr { host: host.to_string(), port: port.parse().map_err(|_| bad())? })
+            }
+            Some(_) => Ok(ServerAddr { host: text.to_string(), port: DEFAULT_PORT }),
+            None => Ok(ServerAddr { host: text.to_string(), port: DEFAULT_PORT }),
+        }
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Everything a [`Client`](crate::Client) needs.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Tried in order; on failure the client moves to the next.
+    pub servers: Vec<ServerAddr>,
+    /// PEM certificates of the CA that signed the servers' certificates.
+    pub ca_pem: Vec<u8>,
+    /// The user's token.
+    pub token: String,
+    /// The program, shown to admins as part of a lease's holder.
+    pub agent: String,
+    /// How long a request waits for a connection before failing with `Unreachable`.
+    pub request_timeout: Duration,
+    /// How long connecting to one server may take (TCP, TLS and the handshake).
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("servers", &self.servers)
+            .field("token", &"***")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file as written on disk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+impl ClientFile {
+    /// Reads a client file, resolving its relative paths against its directory.
+    pub fn load(path: &Path) -> Result<ClientFile, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| Error::Config(format!("cannot read client configuration {}: {err}", path.display())))?;
+        let mut file: ClientFile =
+            toml::from_str(&text).map_err(|err| Error::Config(format!("{}: {err}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.ca = file.ca.map(|p| base.join(p));
+        file.token_file = file.token_file.map(|p| base.join(p));
+        Ok(file)
+    }
+}
+
+impl ClientConfig {
+    /// A configuration from parts; `ca_pem` is the CA certificate in PEM form.
+    pub fn new(servers: Vec<ServerAddr>, ca_pem: Vec<u8>, token: impl Into<String>) -> Self {
+        Self {
+            servers,
+            ca_pem,
+            token: token.into(),
+            agent: format!("tally-client/{}", env!("CARGO_PKG_VERSION")),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Reads a client file (`servers`, `ca`, `token_file` or `token`).
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let file = ClientFile::load(path)?;
+        Self::from_parts(file.servers, file.ca, file.token, file.token_file)
+    }
+
+    /// Builds a configuration from the pieces a file, the environment or flags give.
+    pub fn from_parts(
+        servers: Vec<String>,
+        ca: Option<PathBuf>,
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+    ) -> Result<Self, Error> {
+        if servers.is_empty() {
+            return Err(Error::Config("no server given: set `servers` in the client file, --server or TALLY_SERVER".into()));
+        }
+        let servers = servers.iter().map(|s| ServerAddr::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let ca = ca.ok_or_else(|| Error::Config("no CA given: set `ca` in the client file, --ca or TALLY_CA".into()))?;
+        let ca_pem = std::fs::read(&ca).map_err(|err| Error::Config(format!("cannot read CA file {}: {err}", ca.display())))?;
+        let token = match (token, token_file) {
+            (Some(token), _) => token,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|err| Error::Config(format!("cannot read token file {}: {err}", path.display())))?
+                .trim()
+                .to_string(),
+            (None, None) => {
+                return Err(Error::Config(
+                    "no token given: set `token_file` in the client file, --token, --token-file or TALLY_TOKEN".into(),
+                ))
+            }
+        };
+        if token.is_empty() {
+            return Err(Error::Config("the token is empty".into()));
+        }
+        Ok(Self::new(servers, ca_pem, token))
+    }
+}
+
+/// This machine's id: `TALLY_MACHINE_ID`, else `/etc/machine-id`, else empty.
+pub fn machine_id() -> String {
+    if let Ok(id) = std::env::var("TALLY_MACHINE_ID") {
+        return id.trim().to_string();
+    }
+    std::fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(ServerAddr::parse("lic1:27011").unwrap(), ServerAddr { host: "lic1".into(), port: 27011 });
+        assert_eq!(ServerAddr::parse("lic1").unwrap().port, DEFAULT_PORT);
+        assert_eq!(ServerAddr::parse("[::1]:9").unwrap(), ServerAddr { host: "::1".into(), port: 9 });
+        assert_eq!(ServerAddr::parse("::1").unwrap().host, "::1");
+        assert!(ServerAddr::parse("lic1:http").is_err());
+        assert!(ServerAddr::parse(":80").is_err());
+        assert!(ServerAddr::parse("").is_err());
+    }
+
+    #[test]
+    fn client_file_rejects_unknown_keys_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, "servers = [\"a:1\"]\nca = \"ca.pem\"\ntoken_file = \"t\"\n").unwrap();
+        let file = ClientFile::load(&path).unwrap();
+        assert_eq!(file.ca.unwrap(), dir.path().join("ca.pem"));
+        std::fs::write(&path, "servers = [\"a:1\"]\nsrevers = 1\n").unwrap();
+        let err = ClientFile::load(&path).err().unwrap().to_string();
+        assert!(err.contains("srevers"), "{err}");
+    }
+}

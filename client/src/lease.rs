@@ -1,0 +1,78 @@
+//! The lease guard: a held seat that heartbeats in the background and is checked in on drop.
+
+use tally_protocol::{Checkin, EndReason, LeaseInfo, Request, Response};
+use tokio::sync::watch;
+
+use crate::session::unexpected;
+use crate::{Client, Error};
+
+/// Seats checked out from the server.
+///
+/// While it lives, the client's connection task heartbeats it and resumes it after a
+/// reconnect. [`lost`](Lease::lost) resolves when the server ends it (expired, revoked,
+/// released by an admin). Dropping it checks it in in the background;
+/// [`release`](Lease::release) does so and waits for the answer.
+#[derive(Debug)]
+pub struct Lease {
+    info: LeaseInfo,
+    client: Client,
+    lost: watch::Receiver<Option<EndReason>>,
+    released: bool,
+}
+
+impl Lease {
+    pub(crate) fn new(info: LeaseInfo, client: Client, lost: watch::Receiver<Option<EndReason>>) -> Self {
+        Self { info, client, lost, released: false }
+    }
+
+    /// The lease as the server granted it.
+    pub fn info(&self) -> &LeaseInfo {
+        &self.info
+    }
+
+    /// The lease id.
+    pub fn id(&self) -> tally_protocol::LeaseId {
+        self.info.id
+    }
+
+    /// Why the lease was lost, if it was.
+    pub fn is_lost(&self) -> Option<EndReason> {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the server ends the lease, with the reason.
+    pub async fn lost(&mut self) -> EndReason {
+        loop {
+            if let Some(reason) = *self.lost.borrow_and_update() {
+                return reason;
+            }
+            if self.lost.changed().await.is_err() {
+                // The connection task is gone: the client was shut down.
+                return EndReason::Unknown;
+            }
+        }
+    }
+
+    /// Checks the lease in and waits for the server to confirm it.
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.released = true;
+        if self.is_lost().is_some() {
+            return Ok(());
+        }
+        let request = Request::Checkin(Checkin { lease: self.info.id });
+        match self.client.call(request).await {
+            Ok(Response::CheckedIn(_)) => Ok(()),
+            Ok(other) => Err(unexpected(&other)),
+            Err(Error::Server(body)) if body.code == tally_protocol::ErrorCode::NotFound => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.released && self.is_lost().is_none() {
+            self.client.checkin_in_background(self.info.id);
+        }
+    }
+}
