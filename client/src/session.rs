@@ -165,6 +165,7 @@ impl Settings {
                 Ok(Ok((conn, welcome, user))) => return Ok((conn, welcome, user, index)),
                 // A refusal by the server itself (bad token, wrong version) is final.
                 Ok(Err(Error::Server(body))) => return Err(Error::Server(body)),
+                Ok(Err(Error::Unreachable(why))) => failures.push(format!("{server}: {why}")),
                 Ok(Err(err)) => failures.push(format!("{server}: {err}")),
                 Err(_) => failures.push(format!("{server}: no answer within {:?}", self.config.connect_timeout)),
             }

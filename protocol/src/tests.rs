@@ -1,0 +1,164 @@
+//! Golden bytes (enums are append-only), framing limits, and decoding arbitrary bytes.
+
+use proptest::prelude::*;
+use tokio::io::AsyncWriteExt;
+
+use super::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    hex(&postcard::to_allocvec(value).unwrap())
+}
+
+fn lease_info() -> LeaseInfo {
+    LeaseInfo {
+        id: LeaseId([0xab; 16]),
+        feature: "vray".into(),
+        seats: 2,
+        user: "a@b".into(),
+        host: "n1".into(),
+        kind: LeaseKind::Online,
+        source: LeaseSource::Assignment(7),
+        granted_at: 1000,
+        expires_at: 2000,
+    }
+}
+
+/// Each variant's index is part of the wire format. If one of these fails, a variant was
+/// reordered, removed or changed: put it back and append the new one at the end instead.
+#[test]
+fn golden_bytes() {
+    let hello = ClientMessage::Hello(Hello {
+        protocol_version: 1,
+        client: ClientInfo {
+            agent: "t".into(),
+            host: "h".into(),
+            instance: ClientId([1; 16]),
+            machine_id: "m".into(),
+            pid: 300,
+        },
+    });
+    assert_eq!(encode(&hello), "00010174016801010101010101010101010101010101016dac02");
+    assert_eq!(encode(&ClientMessage::Authenticate(Authenticate { token: "k".into() })), "01016b");
+    let requests: Vec<(Request, &str)> = vec![
+        (Request::Heartbeat, "00"),
+        (
+            Request::Checkout(Checkout { request_id: RequestId([2; 16]), feature: "f".into(), seats: 1 }),
+            "0102020202020202020202020202020202016601",
+        ),
+        (Request::Checkin(Checkin { lease: LeaseId([3; 16]) }), "0203030303030303030303030303030303"),
+        (Request::Resume(Resume { leases: vec![] }), "0300"),
+        (Request::Status(StatusQuery { feature: None }), "0400"),
+        (Request::Leases(LeasesQuery { feature: None, user: Some("u".into()) }), "050001" ),
+        (
+            Request::EntitlementAdd(NewEntitlement {
+                feature: "f".into(),
+                seats: 3,
+                starts_at: None,
+                expires_at: Some(5),
+                kind: EntitlementKind::Trial,
+                borrowable: true,
+                max_borrow_secs: None,
+                reference: "r".into(),
+            }),
+            "0601660300010a0101000172",
+        ),
+        (Request::EntitlementList(EntitlementQuery { feature: None }), "0700"),
+        (Request::EntitlementRemove(EntitlementRemove { id: 9 }), "0809"),
+        (Request::Release(Release { lease: LeaseId([4; 16]) }), "0904040404040404040404040404040404"),
+        (Request::ServerInfo, "0a"),
+    ];
+    for (request, expected) in requests {
+        let name = request.name();
+        let got = encode(&request);
+        assert!(got.starts_with(expected), "{name}: {got} does not start with {expected}");
+    }
+    let response = ServerMessage::Response { id: 5, outcome: Outcome::Ok(Response::Lease(lease_info())) };
+    let expected = format!("02050001{}04767261790203614062026e31000107d00fa01f", "ab".repeat(16));
+    assert_eq!(encode(&response), expected);
+    let refusal = ServerMessage::Error(ErrorBody::new(ErrorCode::VersionUnsupported, "v"));
+    assert_eq!(encode(&refusal), "030f0176");
+}
+
+#[test]
+fn error_codes_keep_their_wire_index_and_names() {
+    for (index, code) in ErrorCode::ALL.iter().enumerate() {
+        assert_eq!(postcard::to_allocvec(code).unwrap(), vec![index as u8], "{code}");
+    }
+    let names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "unauthenticated", "forbidden", "not_found", "already_exists", "invalid", "no_seat", "user_limit",
+            "borrowed", "has_assignments", "not_borrowable", "expired", "trial_locked", "self_or_owner",
+            "queue_timeout", "not_leader", "version_unsupported", "rate_limited", "internal",
+        ]
+    );
+}
+
+#[test]
+fn ids_round_trip_and_reject_garbage() {
+    let id = LeaseId([0x5a; 16]);
+    assert_eq!(LeaseId::from_hex(&id.to_string()).unwrap(), id);
+    assert!(LeaseId::from_hex("xyz").is_err());
+    assert!(LeaseId::from_hex(&"ab".repeat(15)).is_err());
+}
+
+#[test]
+fn feature_names() {
+    for good in ["vray", "vray-render", "a", "nuke_13.2", &"a".repeat(64)] {
+        assert!(validate_feature(good).is_ok(), "{good}");
+    }
+    for bad in ["", "Vray", "-x", ".x", "a b", "é", &"a".repeat(65)] {
+        assert!(validate_feature(bad).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn oversize_length_prefix_is_refused_before_reading_the_body() {
+    let (mut near, far) = tokio::io::duplex(1024);
+    let mut conn = Connection::new(far, DEFAULT_MAX_FRAME);
+    near.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    match conn.recv::<ClientMessage>().await {
+        Err(FrameError::Oversize { max }) => assert_eq!(max, DEFAULT_MAX_FRAME),
+        other => panic!("expected Oversize, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn truncated_and_garbage_frames_are_errors() {
+    let (mut near, far) = tokio::io::duplex(1024);
+    let mut conn = Connection::new(far, DEFAULT_MAX_FRAME);
+    near.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+    assert!(matches!(conn.recv::<ClientMessage>().await, Err(FrameError::Decode(_))));
+    // A frame cut short by the peer closing.
+    near.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
+    drop(near);
+    assert!(conn.recv::<ClientMessage>().await.is_err());
+}
+
+#[tokio::test]
+async fn messages_round_trip_over_a_connection() {
+    let (near, far) = tokio::io::duplex(1 << 16);
+    let mut a = Connection::new(near, DEFAULT_MAX_FRAME);
+    let mut b = Connection::new(far, DEFAULT_MAX_FRAME);
+    let message = ServerMessage::Response { id: 9, outcome: Outcome::Ok(Response::Leases(vec![lease_info()])) };
+    a.send(&message).await.unwrap();
+    assert_eq!(b.recv::<ServerMessage>().await.unwrap(), Some(message));
+    let too_big = ClientMessage::Authenticate(Authenticate { token: "x".repeat(DEFAULT_MAX_FRAME) });
+    assert!(matches!(a.send(&too_big).await, Err(FrameError::TooLarge { .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever a peer sends, decoding returns a value or an error; it never panics.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = postcard::from_bytes::<ClientMessage>(&bytes);
+        let _ = postcard::from_bytes::<ServerMessage>(&bytes);
+    }
+}
