@@ -33,7 +33,10 @@ impl Client {
             .build()
             .map_err(|err| Error::Config(format!("cannot start the client runtime: {err}")))?;
         let inner = runtime.block_on(crate::Client::connect(config))?;
-        Ok(Client { runtime: Arc::new(runtime), inner })
+        Ok(Client {
+            runtime: Arc::new(runtime),
+            inner,
+        })
     }
 
     /// Sends a request and waits for its answer.
@@ -44,7 +47,10 @@ impl Client {
     /// Checks out seats; the lease heartbeats on the client's own thread.
     pub fn checkout(&self, feature: &str, seats: u32) -> Result<Lease, Error> {
         let lease = self.runtime.block_on(self.inner.checkout(feature, seats))?;
-        Ok(Lease { runtime: self.runtime.clone(), inner: Some(lease) })
+        Ok(Lease {
+            runtime: self.runtime.clone(),
+            inner: Some(lease),
+        })
     }
 }
 
@@ -58,7 +64,10 @@ pub struct Lease {
 
 impl Lease {
     pub fn info(&self) -> &LeaseInfo {
-        self.inner.as_ref().expect("lease present until dropped").info()
+        self.inner
+            .as_ref()
+            .expect("lease present until dropped")
+            .info()
     }
 
     /// Why the lease was lost, if it was.
@@ -78,7 +87,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(lease) = self.inner.take() {
-            let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), lease.release()).await });
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), lease.release()).await
+            });
         }
     }
 }

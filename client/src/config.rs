@@ -35,17 +35,29 @@ impl ServerAddr {
                 None if after.is_empty() => DEFAULT_PORT,
                 None => return Err(bad()),
             };
-            return Ok(ServerAddr { host: host.to_string(), port });
+            return Ok(ServerAddr {
+                host: host.to_string(),
+                port,
+            });
         }
         match text.rsplit_once(':') {
             Some((host, port)) if !host.contains(':') => {
                 if host.is_empty() {
                     return Err(bad());
                 }
-                Ok(ServerAddr { host: host.to_string(), port: port.parse().map_err(|_| bad())? })
+                Ok(ServerAddr {
+                    host: host.to_string(),
+                    port: port.parse().map_err(|_| bad())?,
+                })
             }
-            Some(_) => Ok(ServerAddr { host: text.to_string(), port: DEFAULT_PORT }),
-            None => Ok(ServerAddr { host: text.to_string(), port: DEFAULT_PORT }),
+            Some(_) => Ok(ServerAddr {
+                host: text.to_string(),
+                port: DEFAULT_PORT,
+            }),
+            None => Ok(ServerAddr {
+                host: text.to_string(),
+                port: DEFAULT_PORT,
+            }),
         }
     }
 }
@@ -101,10 +113,14 @@ pub struct ClientFile {
 impl ClientFile {
     /// Reads a client file, resolving its relative paths against its directory.
     pub fn load(path: &Path) -> Result<ClientFile, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| Error::Config(format!("cannot read client configuration {}: {err}", path.display())))?;
-        let mut file: ClientFile =
-            toml::from_str(&text).map_err(|err| Error::Config(format!("{}: {err}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Error::Config(format!(
+                "cannot read client configuration {}: {err}",
+                path.display()
+            ))
+        })?;
+        let mut file: ClientFile = toml::from_str(&text)
+            .map_err(|err| Error::Config(format!("{}: {err}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         file.ca = file.ca.map(|p| base.join(p));
         file.token_file = file.token_file.map(|p| base.join(p));
@@ -139,11 +155,20 @@ impl ClientConfig {
         token_file: Option<PathBuf>,
     ) -> Result<Self, Error> {
         if servers.is_empty() {
-            return Err(Error::Config("no server given: set `servers` in the client file, --server or TALLY_SERVER".into()));
+            return Err(Error::Config(
+                "no server given: set `servers` in the client file, --server or TALLY_SERVER"
+                    .into(),
+            ));
         }
-        let servers = servers.iter().map(|s| ServerAddr::parse(s)).collect::<Result<Vec<_>, _>>()?;
-        let ca = ca.ok_or_else(|| Error::Config("no CA given: set `ca` in the client file, --ca or TALLY_CA".into()))?;
-        let ca_pem = std::fs::read(&ca).map_err(|err| Error::Config(format!("cannot read CA file {}: {err}", ca.display())))?;
+        let servers = servers
+            .iter()
+            .map(|s| ServerAddr::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ca = ca.ok_or_else(|| {
+            Error::Config("no CA given: set `ca` in the client file, --ca or TALLY_CA".into())
+        })?;
+        let ca_pem = std::fs::read(&ca)
+            .map_err(|err| Error::Config(format!("cannot read CA file {}: {err}", ca.display())))?;
         let token = match (token, token_file) {
             (Some(token), _) => token,
             (None, Some(path)) => std::fs::read_to_string(&path)
@@ -168,7 +193,9 @@ pub fn machine_id() -> String {
     if let Ok(id) = std::env::var("TALLY_MACHINE_ID") {
         return id.trim().to_string();
     }
-    std::fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// This machine's host name.
@@ -187,9 +214,21 @@ mod tests {
 
     #[test]
     fn server_addresses() {
-        assert_eq!(ServerAddr::parse("lic1:27011").unwrap(), ServerAddr { host: "lic1".into(), port: 27011 });
+        assert_eq!(
+            ServerAddr::parse("lic1:27011").unwrap(),
+            ServerAddr {
+                host: "lic1".into(),
+                port: 27011
+            }
+        );
         assert_eq!(ServerAddr::parse("lic1").unwrap().port, DEFAULT_PORT);
-        assert_eq!(ServerAddr::parse("[::1]:9").unwrap(), ServerAddr { host: "::1".into(), port: 9 });
+        assert_eq!(
+            ServerAddr::parse("[::1]:9").unwrap(),
+            ServerAddr {
+                host: "::1".into(),
+                port: 9
+            }
+        );
         assert_eq!(ServerAddr::parse("::1").unwrap().host, "::1");
         assert!(ServerAddr::parse("lic1:http").is_err());
         assert!(ServerAddr::parse(":80").is_err());
@@ -200,7 +239,11 @@ mod tests {
     fn client_file_rejects_unknown_keys_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("client.toml");
-        std::fs::write(&path, "servers = [\"a:1\"]\nca = \"ca.pem\"\ntoken_file = \"t\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "servers = [\"a:1\"]\nca = \"ca.pem\"\ntoken_file = \"t\"\n",
+        )
+        .unwrap();
         let file = ClientFile::load(&path).unwrap();
         assert_eq!(file.ca.unwrap(), dir.path().join("ca.pem"));
         std::fs::write(&path, "servers = [\"a:1\"]\nsrevers = 1\n").unwrap();

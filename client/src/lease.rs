@@ -21,8 +21,17 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(info: LeaseInfo, client: Client, lost: watch::Receiver<Option<EndReason>>) -> Self {
-        Self { info, client, lost, released: false }
+    pub(crate) fn new(
+        info: LeaseInfo,
+        client: Client,
+        lost: watch::Receiver<Option<EndReason>>,
+    ) -> Self {
+        Self {
+            info,
+            client,
+            lost,
+            released: false,
+        }
     }
 
     /// The lease as the server granted it.
@@ -59,7 +68,9 @@ impl Lease {
         if self.is_lost().is_some() {
             return Ok(());
         }
-        let request = Request::Checkin(Checkin { lease: self.info.id });
+        let request = Request::Checkin(Checkin {
+            lease: self.info.id,
+        });
         match self.client.call(request).await {
             Ok(Response::CheckedIn(_)) => Ok(()),
             Ok(other) => Err(unexpected(&other)),

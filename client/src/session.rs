@@ -15,9 +15,9 @@ use rustls::{ClientConfig as TlsConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tally_protocol::{
-    Authenticate, Checkin, Checkout, ClientId, ClientInfo, ClientMessage, Connection, EndReason, ErrorCode,
-    Hello, LeaseId, Outcome, Request, RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME,
-    PROTOCOL_VERSION,
+    Authenticate, Checkin, Checkout, ClientId, ClientInfo, ClientMessage, Connection, EndReason,
+    ErrorCode, Hello, LeaseId, Outcome, Request, RequestId, Response, Resume, ServerMessage,
+    Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,7 +36,11 @@ pub(crate) type LostSender = watch::Sender<Option<EndReason>>;
 
 /// What a handle asks of the connection task.
 pub(crate) enum Command {
-    Call { request: Request, reply: oneshot::Sender<Result<Response, Error>>, lost: Option<LostSender> },
+    Call {
+        request: Request,
+        reply: oneshot::Sender<Result<Response, Error>>,
+        lost: Option<LostSender>,
+    },
     /// A lease guard was dropped: check it in, nobody waits for the answer.
     Drop(LeaseId),
 }
@@ -54,7 +58,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("server_id", &self.welcome.server_id).field("user", &self.username).finish()
+        f.debug_struct("Client")
+            .field("server_id", &self.welcome.server_id)
+            .field("user", &self.username)
+            .finish()
     }
 }
 
@@ -73,7 +80,11 @@ impl Client {
             heartbeat: Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
         };
         tokio::spawn(task.run(conn));
-        Ok(Client { commands, welcome: Arc::new(welcome), username: username.into() })
+        Ok(Client {
+            commands,
+            welcome: Arc::new(welcome),
+            username: username.into(),
+        })
     }
 
     /// The server's `Welcome` on the first connection.
@@ -91,9 +102,19 @@ impl Client {
         self.call_with(request, None).await
     }
 
-    async fn call_with(&self, request: Request, lost: Option<LostSender>) -> Result<Response, Error> {
+    async fn call_with(
+        &self,
+        request: Request,
+        lost: Option<LostSender>,
+    ) -> Result<Response, Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Call { request, reply, lost }).map_err(|_| Error::Closed)?;
+        self.commands
+            .send(Command::Call {
+                request,
+                reply,
+                lost,
+            })
+            .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -132,8 +153,11 @@ impl Settings {
     fn new(config: ClientConfig) -> Result<Self, Error> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&config.ca_pem) {
-            let cert = cert.map_err(|err| Error::Config(format!("the CA file is not PEM: {err}")))?;
-            roots.add(cert).map_err(|err| Error::Config(format!("the CA certificate is not usable: {err}")))?;
+            let cert =
+                cert.map_err(|err| Error::Config(format!("the CA file is not PEM: {err}")))?;
+            roots
+                .add(cert)
+                .map_err(|err| Error::Config(format!("the CA certificate is not usable: {err}")))?;
         }
         if roots.is_empty() {
             return Err(Error::Config("the CA file holds no certificate".into()));
@@ -151,7 +175,11 @@ impl Settings {
             machine_id: machine_id(),
             pid: std::process::id(),
         };
-        Ok(Self { config, tls: TlsConnector::from(Arc::new(tls)), info })
+        Ok(Self {
+            config,
+            tls: TlsConnector::from(Arc::new(tls)),
+            info,
+        })
     }
 
     /// Tries every server once, starting at `start`; returns the first that signs us in.
@@ -161,13 +189,17 @@ impl Settings {
         for step in 0..servers.len() {
             let index = (start + step) % servers.len();
             let server = &servers[index];
-            match tokio::time::timeout(self.config.connect_timeout, self.connect_one(server)).await {
+            match tokio::time::timeout(self.config.connect_timeout, self.connect_one(server)).await
+            {
                 Ok(Ok((conn, welcome, user))) => return Ok((conn, welcome, user, index)),
                 // A refusal by the server itself (bad token, wrong version) is final.
                 Ok(Err(Error::Server(body))) => return Err(Error::Server(body)),
                 Ok(Err(Error::Unreachable(why))) => failures.push(format!("{server}: {why}")),
                 Ok(Err(err)) => failures.push(format!("{server}: {err}")),
-                Err(_) => failures.push(format!("{server}: no answer within {:?}", self.config.connect_timeout)),
+                Err(_) => failures.push(format!(
+                    "{server}: no answer within {:?}",
+                    self.config.connect_timeout
+                )),
             }
         }
         Err(Error::Unreachable(failures.join("; ")))
@@ -175,30 +207,49 @@ impl Settings {
 
     async fn connect_one(&self, server: &ServerAddr) -> Result<(Conn, Welcome, String), Error> {
         let io = |err: std::io::Error| Error::Unreachable(err.to_string());
-        let tcp = TcpStream::connect((server.host.as_str(), server.port)).await.map_err(io)?;
+        let tcp = TcpStream::connect((server.host.as_str(), server.port))
+            .await
+            .map_err(io)?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(server.host.clone())
             .map_err(|_| Error::Config(format!("{:?} is not a valid server name", server.host)))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|err| Error::Unreachable(format!("TLS: {err}")))?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|err| Error::Unreachable(format!("TLS: {err}")))?;
         let mut conn = Connection::new(tls, DEFAULT_MAX_FRAME);
         let frame = |err: tally_protocol::FrameError| Error::Unreachable(err.to_string());
-        conn.send(&ClientMessage::Hello(Hello { protocol_version: PROTOCOL_VERSION, client: self.info.clone() }))
-            .await
-            .map_err(frame)?;
+        conn.send(&ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client: self.info.clone(),
+        }))
+        .await
+        .map_err(frame)?;
         let welcome = match conn.recv::<ServerMessage>().await.map_err(frame)? {
             Some(ServerMessage::Welcome(welcome)) => welcome,
             Some(ServerMessage::Error(body)) => return Err(Error::Server(body)),
             Some(other) => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
-            None => return Err(Error::Unreachable("the server closed the connection".into())),
+            None => {
+                return Err(Error::Unreachable(
+                    "the server closed the connection".into(),
+                ))
+            }
         };
-        conn.send(&ClientMessage::Authenticate(Authenticate { token: self.config.token.clone() }))
-            .await
-            .map_err(frame)?;
+        conn.send(&ClientMessage::Authenticate(Authenticate {
+            token: self.config.token.clone(),
+        }))
+        .await
+        .map_err(frame)?;
         match conn.recv::<ServerMessage>().await.map_err(frame)? {
             Some(ServerMessage::Authenticated(auth)) => Ok((conn, welcome, auth.username)),
             Some(ServerMessage::Error(body)) => Err(Error::Server(body)),
-            Some(other) => Err(Error::Protocol(format!("expected Authenticated, got {other:?}"))),
-            None => Err(Error::Unreachable("the server closed the connection".into())),
+            Some(other) => Err(Error::Protocol(format!(
+                "expected Authenticated, got {other:?}"
+            ))),
+            None => Err(Error::Unreachable(
+                "the server closed the connection".into(),
+            )),
         }
     }
 }
@@ -206,7 +257,10 @@ impl Settings {
 /// Why the task asked for something: decides what an answer does.
 enum Purpose {
     /// A handle waits for the answer.
-    Call { reply: oneshot::Sender<Result<Response, Error>>, lost: Option<LostSender> },
+    Call {
+        reply: oneshot::Sender<Result<Response, Error>>,
+        lost: Option<LostSender>,
+    },
     /// The task's own heartbeat, resume or background check-in.
     Internal,
 }
@@ -243,7 +297,9 @@ impl Task {
         loop {
             match self.serve(&mut conn, &mut queue, &mut closed).await {
                 Ended::Finished => return,
-                Ended::Lost(why) => tracing::warn!(reason = %why, "connection to the license server lost; reconnecting"),
+                Ended::Lost(why) => {
+                    tracing::warn!(reason = %why, "connection to the license server lost; reconnecting")
+                }
             }
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -256,11 +312,16 @@ impl Task {
                         tracing::info!(server = %self.settings.config.servers[index], "reconnected to the license server");
                         conn = new;
                         self.server_index = index;
-                        self.heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+                        self.heartbeat =
+                            Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
                         if !self.held.is_empty() {
                             let leases: Vec<LeaseId> = self.held.keys().copied().collect();
                             let request = Request::Resume(Resume { leases });
-                            queue.push_front(Pending { request, purpose: Purpose::Internal, deadline: far() });
+                            queue.push_front(Pending {
+                                request,
+                                purpose: Purpose::Internal,
+                                deadline: far(),
+                            });
                         }
                         break;
                     }
@@ -273,7 +334,9 @@ impl Task {
                         }
                     }
                 }
-                let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+                let jitter = Duration::from_millis(
+                    rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1),
+                );
                 let wake = Instant::now() + backoff + jitter;
                 while Instant::now() < wake {
                     tokio::select! {
@@ -290,14 +353,20 @@ impl Task {
     }
 
     /// Serves one connection until it fails or everything is done.
-    async fn serve(&mut self, conn: &mut Conn, queue: &mut VecDeque<Pending>, closed: &mut bool) -> Ended {
+    async fn serve(
+        &mut self,
+        conn: &mut Conn,
+        queue: &mut VecDeque<Pending>,
+        closed: &mut bool,
+    ) -> Ended {
         let mut inflight: HashMap<u32, Pending> = HashMap::new();
         while let Some(pending) = queue.pop_front() {
             if let Err(why) = self.send(conn, pending, &mut inflight).await {
                 return self.lost(why, inflight, queue);
             }
         }
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut finishing: Option<Instant> = None;
         loop {
@@ -345,24 +414,42 @@ impl Task {
     fn enqueue(&mut self, command: Command, queue: &mut VecDeque<Pending>) {
         let deadline = Instant::now() + self.settings.config.request_timeout;
         match command {
-            Command::Call { request, reply, lost } => {
-                queue.push_back(Pending { request, purpose: Purpose::Call { reply, lost }, deadline })
-            }
+            Command::Call {
+                request,
+                reply,
+                lost,
+            } => queue.push_back(Pending {
+                request,
+                purpose: Purpose::Call { reply, lost },
+                deadline,
+            }),
             Command::Drop(lease) => {
                 self.held.remove(&lease);
                 let request = Request::Checkin(Checkin { lease });
-                queue.push_back(Pending { request, purpose: Purpose::Internal, deadline });
+                queue.push_back(Pending {
+                    request,
+                    purpose: Purpose::Internal,
+                    deadline,
+                });
             }
         }
     }
 
-    async fn send(&mut self, conn: &mut Conn, pending: Pending, inflight: &mut HashMap<u32, Pending>) -> Result<(), String> {
+    async fn send(
+        &mut self,
+        conn: &mut Conn,
+        pending: Pending,
+        inflight: &mut HashMap<u32, Pending>,
+    ) -> Result<(), String> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         if let Request::Checkin(checkin) = &pending.request {
             self.held.remove(&checkin.lease);
         }
-        let message = ClientMessage::Request { id, body: pending.request.clone() };
+        let message = ClientMessage::Request {
+            id,
+            body: pending.request.clone(),
+        };
         inflight.insert(id, pending);
         conn.send(&message).await.map_err(|err| err.to_string())
     }
@@ -386,7 +473,11 @@ impl Task {
                 for ended in &resumed.ended {
                     self.lose(ended.lease, ended.reason);
                 }
-                tracing::info!(resumed = resumed.resumed.len(), lost = resumed.ended.len(), "leases resumed");
+                tracing::info!(
+                    resumed = resumed.resumed.len(),
+                    lost = resumed.ended.len(),
+                    "leases resumed"
+                );
             }
             _ => {}
         }
@@ -410,16 +501,25 @@ impl Task {
     }
 
     /// The connection failed: keep what may be resent, fail the rest.
-    fn lost(&mut self, why: String, inflight: HashMap<u32, Pending>, queue: &mut VecDeque<Pending>) -> Ended {
+    fn lost(
+        &mut self,
+        why: String,
+        inflight: HashMap<u32, Pending>,
+        queue: &mut VecDeque<Pending>,
+    ) -> Ended {
         let mut resend: Vec<(u32, Pending)> = inflight.into_iter().collect();
         resend.sort_by_key(|(id, _)| *id);
         for (_, pending) in resend.into_iter().rev() {
             match pending.purpose {
-                Purpose::Internal if matches!(pending.request, Request::Checkin(_)) => queue.push_front(pending),
-                Purpose::Internal => {}
-                Purpose::Call { reply, lost } if pending.request.is_idempotent() => {
-                    queue.push_front(Pending { purpose: Purpose::Call { reply, lost }, ..pending })
+                Purpose::Internal if matches!(pending.request, Request::Checkin(_)) => {
+                    queue.push_front(pending)
                 }
+                Purpose::Internal => {}
+                Purpose::Call { reply, lost } if pending.request.is_idempotent() => queue
+                    .push_front(Pending {
+                        purpose: Purpose::Call { reply, lost },
+                        ..pending
+                    }),
                 Purpose::Call { reply, .. } => {
                     let _ = reply.send(Err(Error::ConnectionLost(why.clone())));
                 }

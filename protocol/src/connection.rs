@@ -52,14 +52,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .length_field_length(4)
             .max_frame_length(max_frame)
             .new_codec();
-        Self { framed: Framed::new(stream, codec), max_frame }
+        Self {
+            framed: Framed::new(stream, codec),
+            max_frame,
+        }
     }
 
     /// Encodes and sends one message.
     pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
         let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
         if bytes.len() > self.max_frame {
-            return Err(FrameError::TooLarge { len: bytes.len(), max: self.max_frame });
+            return Err(FrameError::TooLarge {
+                len: bytes.len(),
+                max: self.max_frame,
+            });
         }
         self.framed.send(Bytes::from(bytes)).await?;
         Ok(())
@@ -71,13 +77,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
         match self.framed.next().await {
             None => Ok(None),
-            Some(Ok(frame)) => postcard::from_bytes(&frame).map(Some).map_err(FrameError::Decode),
+            Some(Ok(frame)) => postcard::from_bytes(&frame)
+                .map(Some)
+                .map_err(FrameError::Decode),
             Some(Err(err))
                 if err
                     .get_ref()
                     .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) =>
             {
-                Err(FrameError::Oversize { max: self.max_frame })
+                Err(FrameError::Oversize {
+                    max: self.max_frame,
+                })
             }
             Some(Err(err)) => Err(FrameError::Io(err)),
         }
@@ -103,5 +113,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         self.framed.get_ref()
+    }
+
+    /// The underlying stream, to write past the framing (tests of broken peers).
+    pub fn get_mut(&mut self) -> &mut S {
+        self.framed.get_mut()
     }
 }

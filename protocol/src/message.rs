@@ -27,7 +27,10 @@ pub enum ClientMessage {
 pub enum ServerMessage {
     Welcome(Welcome),
     Authenticated(Authenticated),
-    Response { id: u32, outcome: Outcome },
+    Response {
+        id: u32,
+        outcome: Outcome,
+    },
     /// A connection-level refusal (wrong version, request before authentication, bad frame);
     /// the server closes the connection after sending it.
     Error(ErrorBody),

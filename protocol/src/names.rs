@@ -42,7 +42,10 @@ pub fn validate_username(username: &str) -> Result<(), String> {
     if local.is_empty() || domain.is_empty() || domain.contains('@') {
         return Err(format!("username {username:?} is not an e-mail address"));
     }
-    if username.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if username
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(format!("username {username:?} contains white space"));
     }
     Ok(())

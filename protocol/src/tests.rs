@@ -41,18 +41,41 @@ fn golden_bytes() {
             pid: 300,
         },
     });
-    assert_eq!(encode(&hello), "00010174016801010101010101010101010101010101016dac02");
-    assert_eq!(encode(&ClientMessage::Authenticate(Authenticate { token: "k".into() })), "01016b");
+    assert_eq!(
+        encode(&hello),
+        "00010174016801010101010101010101010101010101016dac02"
+    );
+    assert_eq!(
+        encode(&ClientMessage::Authenticate(Authenticate {
+            token: "k".into()
+        })),
+        "01016b"
+    );
     let requests: Vec<(Request, &str)> = vec![
         (Request::Heartbeat, "00"),
         (
-            Request::Checkout(Checkout { request_id: RequestId([2; 16]), feature: "f".into(), seats: 1 }),
+            Request::Checkout(Checkout {
+                request_id: RequestId([2; 16]),
+                feature: "f".into(),
+                seats: 1,
+            }),
             "0102020202020202020202020202020202016601",
         ),
-        (Request::Checkin(Checkin { lease: LeaseId([3; 16]) }), "0203030303030303030303030303030303"),
+        (
+            Request::Checkin(Checkin {
+                lease: LeaseId([3; 16]),
+            }),
+            "0203030303030303030303030303030303",
+        ),
         (Request::Resume(Resume { leases: vec![] }), "0300"),
         (Request::Status(StatusQuery { feature: None }), "0400"),
-        (Request::Leases(LeasesQuery { feature: None, user: Some("u".into()) }), "050001" ),
+        (
+            Request::Leases(LeasesQuery {
+                feature: None,
+                user: Some("u".into()),
+            }),
+            "050001",
+        ),
         (
             Request::EntitlementAdd(NewEntitlement {
                 feature: "f".into(),
@@ -66,18 +89,38 @@ fn golden_bytes() {
             }),
             "0601660300010a0101000172",
         ),
-        (Request::EntitlementList(EntitlementQuery { feature: None }), "0700"),
-        (Request::EntitlementRemove(EntitlementRemove { id: 9 }), "0809"),
-        (Request::Release(Release { lease: LeaseId([4; 16]) }), "0904040404040404040404040404040404"),
+        (
+            Request::EntitlementList(EntitlementQuery { feature: None }),
+            "0700",
+        ),
+        (
+            Request::EntitlementRemove(EntitlementRemove { id: 9 }),
+            "0809",
+        ),
+        (
+            Request::Release(Release {
+                lease: LeaseId([4; 16]),
+            }),
+            "0904040404040404040404040404040404",
+        ),
         (Request::ServerInfo, "0a"),
     ];
     for (request, expected) in requests {
         let name = request.name();
         let got = encode(&request);
-        assert!(got.starts_with(expected), "{name}: {got} does not start with {expected}");
+        assert!(
+            got.starts_with(expected),
+            "{name}: {got} does not start with {expected}"
+        );
     }
-    let response = ServerMessage::Response { id: 5, outcome: Outcome::Ok(Response::Lease(lease_info())) };
-    let expected = format!("02050001{}04767261790203614062026e31000107d00fa01f", "ab".repeat(16));
+    let response = ServerMessage::Response {
+        id: 5,
+        outcome: Outcome::Ok(Response::Lease(lease_info())),
+    };
+    let expected = format!(
+        "02050001{}04767261790203614062026e31000107d00fa01f",
+        "ab".repeat(16)
+    );
     assert_eq!(encode(&response), expected);
     let refusal = ServerMessage::Error(ErrorBody::new(ErrorCode::VersionUnsupported, "v"));
     assert_eq!(encode(&refusal), "030f0176");
@@ -86,15 +129,34 @@ fn golden_bytes() {
 #[test]
 fn error_codes_keep_their_wire_index_and_names() {
     for (index, code) in ErrorCode::ALL.iter().enumerate() {
-        assert_eq!(postcard::to_allocvec(code).unwrap(), vec![index as u8], "{code}");
+        assert_eq!(
+            postcard::to_allocvec(code).unwrap(),
+            vec![index as u8],
+            "{code}"
+        );
     }
     let names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(
         names,
         [
-            "unauthenticated", "forbidden", "not_found", "already_exists", "invalid", "no_seat", "user_limit",
-            "borrowed", "has_assignments", "not_borrowable", "expired", "trial_locked", "self_or_owner",
-            "queue_timeout", "not_leader", "version_unsupported", "rate_limited", "internal",
+            "unauthenticated",
+            "forbidden",
+            "not_found",
+            "already_exists",
+            "invalid",
+            "no_seat",
+            "user_limit",
+            "borrowed",
+            "has_assignments",
+            "not_borrowable",
+            "expired",
+            "trial_locked",
+            "self_or_owner",
+            "queue_timeout",
+            "not_leader",
+            "version_unsupported",
+            "rate_limited",
+            "internal",
         ]
     );
 }
@@ -132,8 +194,13 @@ async fn oversize_length_prefix_is_refused_before_reading_the_body() {
 async fn truncated_and_garbage_frames_are_errors() {
     let (mut near, far) = tokio::io::duplex(1024);
     let mut conn = Connection::new(far, DEFAULT_MAX_FRAME);
-    near.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
-    assert!(matches!(conn.recv::<ClientMessage>().await, Err(FrameError::Decode(_))));
+    near.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.recv::<ClientMessage>().await,
+        Err(FrameError::Decode(_))
+    ));
     // A frame cut short by the peer closing.
     near.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
     drop(near);
@@ -145,11 +212,19 @@ async fn messages_round_trip_over_a_connection() {
     let (near, far) = tokio::io::duplex(1 << 16);
     let mut a = Connection::new(near, DEFAULT_MAX_FRAME);
     let mut b = Connection::new(far, DEFAULT_MAX_FRAME);
-    let message = ServerMessage::Response { id: 9, outcome: Outcome::Ok(Response::Leases(vec![lease_info()])) };
+    let message = ServerMessage::Response {
+        id: 9,
+        outcome: Outcome::Ok(Response::Leases(vec![lease_info()])),
+    };
     a.send(&message).await.unwrap();
     assert_eq!(b.recv::<ServerMessage>().await.unwrap(), Some(message));
-    let too_big = ClientMessage::Authenticate(Authenticate { token: "x".repeat(DEFAULT_MAX_FRAME) });
-    assert!(matches!(a.send(&too_big).await, Err(FrameError::TooLarge { .. })));
+    let too_big = ClientMessage::Authenticate(Authenticate {
+        token: "x".repeat(DEFAULT_MAX_FRAME),
+    });
+    assert!(matches!(
+        a.send(&too_big).await,
+        Err(FrameError::TooLarge { .. })
+    ));
 }
 
 proptest! {

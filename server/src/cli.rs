@@ -17,7 +17,12 @@ use crate::{init, store, Control};
 #[command(name = "tallyd", version, about = "The Tally floating license server")]
 struct Args {
     /// Configuration file.
-    #[arg(long, global = true, env = "TALLYD_CONFIG", default_value = "/etc/tally/tallyd.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "TALLYD_CONFIG",
+        default_value = "/etc/tally/tallyd.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,7 +52,9 @@ pub fn main() -> ExitCode {
             println!("{}: configuration is valid", args.config.display());
             ExitCode::SUCCESS
         }
-        Some(Command::OwnerToken) => report(runtime().and_then(|rt| rt.block_on(owner_token(&config)))),
+        Some(Command::OwnerToken) => {
+            report(runtime().and_then(|rt| rt.block_on(owner_token(&config))))
+        }
         None => {
             init_logging(&config.log.format);
             report(runtime().and_then(|rt| rt.block_on(serve(config, args.config))))
@@ -67,12 +74,17 @@ fn report(result: Result<()>) -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -84,12 +96,19 @@ async fn serve(config: Config, path: PathBuf) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let store = store::open(config.database.as_ref().map(|s| s.0.as_str()), &init::prepare_data_dir(&config)?.root)
-        .await
-        .context("cannot open the store")?;
+    let store = store::open(
+        config.database.as_ref().map(|s| s.0.as_str()),
+        &init::prepare_data_dir(&config)?.root,
+    )
+    .await
+    .context("cannot open the store")?;
     let (reload_tx, reload_rx) = watch::channel(config.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let control = Control { shutdown: Default::default(), reload: Some(reload_rx), ready: Some(ready_tx) };
+    let control = Control {
+        shutdown: Default::default(),
+        reload: Some(reload_rx),
+        ready: Some(ready_tx),
+    };
     let shutdown = control.shutdown.clone();
     tokio::spawn(async move {
         if ready_rx.await.is_ok() {
@@ -101,11 +120,17 @@ async fn serve(config: Config, path: PathBuf) -> Result<()> {
 }
 
 /// SIGTERM and SIGINT stop the server; SIGHUP re-reads the configuration file.
-async fn signals(shutdown: tokio_util::sync::CancellationToken, reload: watch::Sender<Config>, path: PathBuf) {
+async fn signals(
+    shutdown: tokio_util::sync::CancellationToken,
+    reload: watch::Sender<Config>,
+    path: PathBuf,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -138,10 +163,15 @@ async fn owner_token(config: &Config) -> Result<()> {
         .await
         .context("cannot open the store")?;
     let token = init::new_token();
-    let owner = store.add_owner_token(&init::token_hash(&token), crate::engine::now_millis()).await?;
+    let owner = store
+        .add_owner_token(&init::token_hash(&token), crate::engine::now_millis())
+        .await?;
     init::write_private(&dir.owner_token(), format!("{token}\n").as_bytes())?;
     store.close().await;
     println!("{token}");
-    eprintln!("new token for {owner}, also written to {}", dir.owner_token().display());
+    eprintln!(
+        "new token for {owner}, also written to {}",
+        dir.owner_token().display()
+    );
     Ok(())
 }

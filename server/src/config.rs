@@ -114,7 +114,10 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -124,10 +127,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config = Config::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -159,7 +166,9 @@ impl Config {
                 );
             }
             if !url.starts_with("sqlite://") {
-                return invalid("database must be a sqlite:// URL, or absent for SQLite in data_dir".into());
+                return invalid(
+                    "database must be a sqlite:// URL, or absent for SQLite in data_dir".into(),
+                );
             }
         }
         match (&self.tls.cert, &self.tls.key) {
@@ -168,13 +177,23 @@ impl Config {
             _ => {}
         }
         if self.tls.cert.is_none() && self.tls.names.is_empty() {
-            return invalid("tls.names must name at least one host for the generated certificate".into());
+            return invalid(
+                "tls.names must name at least one host for the generated certificate".into(),
+            );
         }
-        if let Some(bad) = self.tls.names.iter().find(|n| n.is_empty() || n.contains(char::is_whitespace)) {
+        if let Some(bad) = self
+            .tls
+            .names
+            .iter()
+            .find(|n| n.is_empty() || n.contains(char::is_whitespace))
+        {
             return invalid(format!("tls.names: {bad:?} is not a host name or address"));
         }
         if self.leases.ttl < Duration::from_secs(1) {
-            return invalid(format!("leases.ttl must be at least 1s, not {}", humantime::format_duration(self.leases.ttl)));
+            return invalid(format!(
+                "leases.ttl must be at least 1s, not {}",
+                humantime::format_duration(self.leases.ttl)
+            ));
         }
         if self.leases.sweep < Duration::from_millis(100) || self.leases.sweep > self.leases.ttl {
             return invalid("leases.sweep must be between 100ms and leases.ttl".into());
@@ -186,13 +205,19 @@ impl Config {
             return invalid("limits.max_connections must be at least 1".into());
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_frame) {
-            return invalid(format!("limits.max_frame must be between 1024 and 16777216, not {}", self.limits.max_frame));
+            return invalid(format!(
+                "limits.max_frame must be between 1024 and 16777216, not {}",
+                self.limits.max_frame
+            ));
         }
         if self.limits.handshake_timeout < Duration::from_millis(100) {
             return invalid("limits.handshake_timeout must be at least 100ms".into());
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            return invalid(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format));
+            return invalid(format!(
+                "log.format must be \"human\" or \"json\", not {:?}",
+                self.log.format
+            ));
         }
         Ok(())
     }
@@ -205,19 +230,29 @@ impl Config {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { cert: None, key: None, client_ca: None, names: default_names() }
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            names: default_names(),
+        }
     }
 }
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { ttl: default_ttl(), sweep: default_sweep() }
+        Self {
+            ttl: default_ttl(),
+            sweep: default_sweep(),
+        }
     }
 }
 
 impl Default for BorrowConfig {
     fn default() -> Self {
-        Self { max: default_borrow_max() }
+        Self {
+            max: default_borrow_max(),
+        }
     }
 }
 
@@ -233,7 +268,9 @@ impl Default for Limits {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: default_log_format() }
+        Self {
+            format: default_log_format(),
+        }
     }
 }
 
@@ -271,8 +308,11 @@ fn default_log_format() -> String {
 /// Reads durations such as `90s`, `15m`, `8h` or `7d`.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text)
-        .map_err(|err| serde::de::Error::custom(format!("{text:?} is not a duration like 90s, 15m, 8h or 7d ({err})")))
+    humantime::parse_duration(&text).map_err(|err| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like 90s, 15m, 8h or 7d ({err})"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -298,13 +338,29 @@ mod tests {
         let mut config = Config::parse("").unwrap();
         config.validate().unwrap();
         config.leases.ttl = Duration::from_millis(500);
-        assert!(config.validate().unwrap_err().to_string().contains("leases.ttl"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("leases.ttl"));
         let config = Config::parse("[tls]\ncert = \"/x.pem\"\n").unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("tls.key"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tls.key"));
         let config = Config::parse("database = \"postgres://x@y/z\"\n").unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("PostgreSQL"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("PostgreSQL"));
         let config = Config::parse("[log]\nformat = \"xml\"\n").unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("log.format"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("log.format"));
     }
 
     #[test]
@@ -316,7 +372,9 @@ mod tests {
     #[test]
     fn example_configurations_parse_and_validate() {
         for name in ["tallyd.toml", "dev.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(name);
             Config::load(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
         }
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tally_protocol::{
-    Authenticated, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello, Outcome, Request, Response,
-    ServerInfo, ServerMessage, PROTOCOL_VERSION,
+    Authenticated, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello, Outcome,
+    Request, Response, ServerInfo, ServerMessage, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -32,7 +32,12 @@ use crate::server::Shared;
 const MAX_IN_FLIGHT: usize = 64;
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
@@ -46,7 +51,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
                 return;
             }
             Err(_) => {
-                tracing::debug!("TLS handshake not finished within {:?}", limits.handshake_timeout);
+                tracing::debug!(
+                    "TLS handshake not finished within {:?}",
+                    limits.handshake_timeout
+                );
                 return;
             }
         };
@@ -60,7 +68,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
 }
 
 /// Refuses the peer with a connection-level error, then closes.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Connection<S>, error: ErrorBody) -> String {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    error: ErrorBody,
+) -> String {
     let text = error.to_string();
     let _ = conn.send(&ServerMessage::Error(error)).await;
     let _ = conn.close().await;
@@ -70,9 +81,13 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Connection<S>, err
 /// What a frame error means for the peer, if anything can be told.
 fn frame_refusal(err: &FrameError) -> Option<ErrorBody> {
     match err {
-        FrameError::Oversize { max } => Some(ErrorBody::invalid(format!("frame larger than the limit of {max} bytes"))),
+        FrameError::Oversize { max } => Some(ErrorBody::invalid(format!(
+            "frame larger than the limit of {max} bytes"
+        ))),
         FrameError::Decode(why) => Some(ErrorBody::invalid(format!("malformed message: {why}"))),
-        FrameError::Timeout(limit) => Some(ErrorBody::invalid(format!("nothing received within {limit:?}"))),
+        FrameError::Timeout(limit) => Some(ErrorBody::invalid(format!(
+            "nothing received within {limit:?}"
+        ))),
         _ => None,
     }
 }
@@ -85,10 +100,19 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     // Hello, within the handshake timeout.
     let hello: Hello = match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
-        Err(_) => return Err(refuse(&mut conn, ErrorBody::invalid("no Hello within the handshake timeout")).await),
+        Err(_) => {
+            return Err(refuse(
+                &mut conn,
+                ErrorBody::invalid("no Hello within the handshake timeout"),
+            )
+            .await)
+        }
         Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
         Ok(Ok(Some(_))) => {
-            let err = ErrorBody::new(ErrorCode::Unauthenticated, "the first message must be Hello");
+            let err = ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                "the first message must be Hello",
+            );
             return Err(refuse(&mut conn, err).await);
         }
         Ok(Ok(None)) => return Err("closed before Hello".into()),
@@ -109,14 +133,25 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return Err(refuse(&mut conn, err).await);
     }
-    conn.send(&ServerMessage::Welcome(shared.welcome.clone())).await.map_err(|e| e.to_string())?;
+    conn.send(&ServerMessage::Welcome(shared.welcome.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
 
     // Authenticate, within the same deadline.
     let token = match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
-        Err(_) => return Err(refuse(&mut conn, ErrorBody::invalid("no Authenticate within the handshake timeout")).await),
+        Err(_) => {
+            return Err(refuse(
+                &mut conn,
+                ErrorBody::invalid("no Authenticate within the handshake timeout"),
+            )
+            .await)
+        }
         Ok(Ok(Some(ClientMessage::Authenticate(auth)))) => auth.token,
         Ok(Ok(Some(_))) => {
-            let err = ErrorBody::new(ErrorCode::Unauthenticated, "authenticate before sending requests");
+            let err = ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                "authenticate before sending requests",
+            );
             return Err(refuse(&mut conn, err).await);
         }
         Ok(Ok(None)) => return Err("closed before Authenticate".into()),
@@ -132,12 +167,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Some(principal)) => {
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
-                format!("the account {} is deactivated; ask an admin to activate it", principal.username),
+                format!(
+                    "the account {} is deactivated; ask an admin to activate it",
+                    principal.username
+                ),
             );
             return Err(refuse(&mut conn, err).await);
         }
         Ok(None) => {
-            let err = ErrorBody::new(ErrorCode::Unauthenticated, "the token is not recognised; check token_file or --token");
+            let err = ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                "the token is not recognised; check token_file or --token",
+            );
             return Err(refuse(&mut conn, err).await);
         }
         Err(err) => {
@@ -146,11 +187,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     tracing::Span::current().record("user", principal.username.as_str());
-    let actor = Actor { username: principal.username.clone(), role: principal.role };
-    let holder = Holder { client: hello.client.instance, host: truncate(&hello.client.host, 255) };
-    conn.send(&ServerMessage::Authenticated(Authenticated { username: principal.username, role: principal.role }))
-        .await
-        .map_err(|e| e.to_string())?;
+    let actor = Actor {
+        username: principal.username.clone(),
+        role: principal.role,
+    };
+    let holder = Holder {
+        client: hello.client.instance,
+        host: truncate(&hello.client.host, 255),
+    };
+    conn.send(&ServerMessage::Authenticated(Authenticated {
+        username: principal.username,
+        role: principal.role,
+    }))
+    .await
+    .map_err(|e| e.to_string())?;
     tracing::debug!(agent = %hello.client.agent, host = %holder.host, "signed in");
 
     // Requests, pipelined; answers go back in order.
@@ -209,25 +259,43 @@ fn dispatch(
             uptime_secs: shared.started.elapsed().as_secs(),
             connections: shared.connections.load(Ordering::Relaxed) as u64,
         };
-        return Box::pin(futures::future::ready((id, Outcome::Ok(Response::ServerInfo(info)))));
+        return Box::pin(futures::future::ready((
+            id,
+            Outcome::Ok(Response::ServerInfo(info)),
+        )));
     }
     let name = request.name();
     let (reply, answer) = oneshot::channel();
-    let job = Job { actor: actor.clone(), holder: holder.clone(), request, reply };
+    let job = Job {
+        actor: actor.clone(),
+        holder: holder.clone(),
+        request,
+        reply,
+    };
     let engine = shared.engine.clone();
     Box::pin(async move {
         let started = std::time::Instant::now();
         let outcome = match engine.send(job).await {
-            Ok(()) => answer.await.unwrap_or_else(|_| Outcome::Err(shutting_down())),
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Outcome::Err(shutting_down())),
             Err(_) => Outcome::Err(shutting_down()),
         };
-        tracing::debug!(request = name, elapsed_us = started.elapsed().as_micros() as u64, ok = matches!(outcome, Outcome::Ok(_)), "request");
+        tracing::debug!(
+            request = name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            ok = matches!(outcome, Outcome::Ok(_)),
+            "request"
+        );
         (id, outcome)
     })
 }
 
 fn shutting_down() -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, "the server is shutting down; retry against another server or in a moment")
+    ErrorBody::new(
+        ErrorCode::Internal,
+        "the server is shutting down; retry against another server or in a moment",
+    )
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -30,7 +30,9 @@ pub struct Job {
 
 /// The current time in Unix milliseconds.
 pub fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub struct Engine {
@@ -42,7 +44,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(pool: Pool, store: Arc<dyn Store>, ttl: Duration, sweep: Duration) -> Self {
-        Self { pool, store, ttl_ms: ttl.as_millis() as i64, sweep }
+        Self {
+            pool,
+            store,
+            ttl_ms: ttl.as_millis() as i64,
+            sweep,
+        }
     }
 
     /// Serves jobs until every sender is gone, then returns after the last commit.
@@ -71,9 +78,19 @@ impl Engine {
         tracing::debug!("engine stopped");
     }
 
-    fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+    fn apply(
+        &mut self,
+        job: Job,
+        batch: &mut Batch,
+        replies: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    ) {
         let now = now_millis();
-        let Job { actor, holder, request, reply } = job;
+        let Job {
+            actor,
+            holder,
+            request,
+            reply,
+        } = job;
         let result = self.handle(now, &actor, &holder, request, batch);
         let outcome = match result {
             Ok(response) => Outcome::Ok(response),
@@ -82,28 +99,56 @@ impl Engine {
         replies.push((reply, outcome));
     }
 
-    fn handle(&mut self, now: i64, actor: &Actor, holder: &Holder, request: Request, batch: &mut Batch) -> Result<Response, ErrorBody> {
+    fn handle(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: Request,
+        batch: &mut Batch,
+    ) -> Result<Response, ErrorBody> {
         let pool = &mut self.pool;
         match request {
-            Request::Heartbeat => Ok(Response::Heartbeat(pool.heartbeat(now, actor, holder, batch))),
+            Request::Heartbeat => Ok(Response::Heartbeat(
+                pool.heartbeat(now, actor, holder, batch),
+            )),
             Request::Checkout(checkout) => {
                 let id = LeaseId(rand::random());
-                pool.checkout(now, actor, holder, &checkout, id, batch).map(Response::Lease)
+                pool.checkout(now, actor, holder, &checkout, id, batch)
+                    .map(Response::Lease)
             }
-            Request::Checkin(checkin) => pool.checkin(now, actor, checkin.lease, batch).map(Response::CheckedIn),
-            Request::Resume(resume) => Ok(Response::Resumed(pool.resume(now, actor, holder, &resume.leases, batch))),
-            Request::Status(query) => pool.status(now, query.feature.as_deref(), batch).map(Response::Status),
+            Request::Checkin(checkin) => pool
+                .checkin(now, actor, checkin.lease, batch)
+                .map(Response::CheckedIn),
+            Request::Resume(resume) => Ok(Response::Resumed(pool.resume(
+                now,
+                actor,
+                holder,
+                &resume.leases,
+                batch,
+            ))),
+            Request::Status(query) => pool
+                .status(now, query.feature.as_deref(), batch)
+                .map(Response::Status),
             Request::Leases(query) => Ok(Response::Leases(pool.leases(now, actor, &query, batch))),
-            Request::EntitlementAdd(new) => pool.add_entitlement(now, actor, &new, batch).map(Response::Entitlement),
+            Request::EntitlementAdd(new) => pool
+                .add_entitlement(now, actor, &new, batch)
+                .map(Response::Entitlement),
             Request::EntitlementList(query) => {
                 pool.advance(now, batch);
-                Ok(Response::Entitlements(pool.entitlements(query.feature.as_deref())))
+                Ok(Response::Entitlements(
+                    pool.entitlements(query.feature.as_deref()),
+                ))
             }
-            Request::EntitlementRemove(remove) => {
-                pool.remove_entitlement(now, actor, remove.id, batch).map(Response::EntitlementRemoved)
-            }
-            Request::Release(release) => pool.release(now, actor, release.lease, batch).map(Response::Released),
-            Request::ServerInfo => Err(ErrorBody::invalid("server info is answered by the connection")),
+            Request::EntitlementRemove(remove) => pool
+                .remove_entitlement(now, actor, remove.id, batch)
+                .map(Response::EntitlementRemoved),
+            Request::Release(release) => pool
+                .release(now, actor, release.lease, batch)
+                .map(Response::Released),
+            Request::ServerInfo => Err(ErrorBody::invalid(
+                "server info is answered by the connection",
+            )),
         }
     }
 
@@ -119,7 +164,12 @@ impl Engine {
                 self.reload().await;
                 return;
             }
-            tracing::trace!(rows = batch.rows(), jobs = replies.len(), elapsed_us = started.elapsed().as_micros() as u64, "committed");
+            tracing::trace!(
+                rows = batch.rows(),
+                jobs = replies.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "committed"
+            );
         }
         for (reply, outcome) in replies {
             let _ = reply.send(outcome);
@@ -131,7 +181,10 @@ impl Engine {
             match self.store.load().await {
                 Ok(snapshot) => {
                     self.pool = Pool::restore(snapshot, self.ttl_ms, now_millis());
-                    tracing::warn!(leases = self.pool.lease_count(), "pool reloaded from the store");
+                    tracing::warn!(
+                        leases = self.pool.lease_count(),
+                        "pool reloaded from the store"
+                    );
                     return;
                 }
                 Err(err) => {

@@ -41,7 +41,9 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf() }
+        Self {
+            root: root.to_path_buf(),
+        }
     }
     pub fn signing_key(&self) -> PathBuf {
         self.root.join("signing.key")
@@ -69,8 +71,10 @@ impl DataDir {
 /// Creates the data directory (mode 0700) and makes the absolute path of it.
 pub fn prepare_data_dir(config: &Config) -> Result<DataDir> {
     let root = &config.data_dir;
-    fs::create_dir_all(root).with_context(|| format!("cannot create data directory {}", root.display()))?;
-    let root = fs::canonicalize(root).with_context(|| format!("cannot resolve {}", root.display()))?;
+    fs::create_dir_all(root)
+        .with_context(|| format!("cannot create data directory {}", root.display()))?;
+    let root =
+        fs::canonicalize(root).with_context(|| format!("cannot resolve {}", root.display()))?;
     fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", root.display()))?;
     Ok(DataDir::new(&root))
@@ -107,12 +111,14 @@ pub fn signing_key(dir: &DataDir) -> Result<Ed25519KeyPair> {
     let path = dir.signing_key();
     if !path.exists() {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("cannot generate a signing key"))?;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("cannot generate a signing key"))?;
         write_private(&path, pkcs8.as_ref())?;
         tracing::info!(path = %path.display(), "generated the Ed25519 signing key");
     }
     let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ed25519KeyPair::from_pkcs8(&bytes).map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))
+    Ed25519KeyPair::from_pkcs8(&bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))
 }
 
 /// The public half of the signing key, as sent in `Welcome`.
@@ -130,26 +136,37 @@ pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
     let now = SystemTime::now();
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "Tally private CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Tally private CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = (now - Duration::from_secs(3600)).into();
     ca.not_after = (now + Duration::from_secs(20 * 365 * 86400)).into();
-    let ca_cert = ca.self_signed(&ca_key).context("cannot sign the CA certificate")?;
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .context("cannot sign the CA certificate")?;
 
     let server_key = KeyPair::generate().context("cannot generate the server key")?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, config.tls.names[0].clone());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, config.tls.names[0].clone());
     for name in &config.tls.names {
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(name.clone().try_into().with_context(|| format!("tls.names: {name:?}"))?),
+            Err(_) => SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .with_context(|| format!("tls.names: {name:?}"))?,
+            ),
         };
         params.subject_alt_names.push(san);
     }
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + Duration::from_secs(10 * 365 * 86400)).into();
-    let server_cert = params.signed_by(&server_key, &ca_cert, &ca_key).context("cannot sign the server certificate")?;
+    let server_cert = params
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .context("cannot sign the server certificate")?;
 
     write_private(&dir.ca_key(), ca_key.serialize_pem().as_bytes())?;
     fs::write(dir.ca_cert(), ca_cert.pem())?;
@@ -183,7 +200,9 @@ pub fn tls_config(config: &Config, dir: &DataDir) -> Result<Arc<ServerConfig>> {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("cannot read {}", path.display()))? {
+            for cert in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+            {
                 roots.add(cert.with_context(|| format!("{} is not PEM", path.display()))?)?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -192,9 +211,13 @@ pub fn tls_config(config: &Config, dir: &DataDir) -> Result<Arc<ServerConfig>> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let server = builder
-        .with_single_cert(certs, key)
-        .with_context(|| format!("{} does not match {}", key_path.display(), cert_path.display()))?;
+    let server = builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "{} does not match {}",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
     Ok(Arc::new(server))
 }
 

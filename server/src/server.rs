@@ -69,7 +69,12 @@ pub struct Control {
 /// On first start with an empty data directory this initialises it: the signing key, a
 /// private CA and server certificate (unless the config names one), the owner account,
 /// `owner.token` and `client.toml`.
-pub async fn run(listener: TcpListener, config: Config, store: Box<dyn Store>, mut control: Control) -> Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    store: Box<dyn Store>,
+    mut control: Control,
+) -> Result<()> {
     let store: Arc<dyn Store> = Arc::from(store);
     let dir = init::prepare_data_dir(&config)?;
     let port = listener.local_addr()?.port();
@@ -79,7 +84,10 @@ pub async fn run(listener: TcpListener, config: Config, store: Box<dyn Store>, m
     let identity = initialize_owner(&config, &dir, store.as_ref(), port).await?;
 
     let started = Instant::now();
-    let snapshot = store.load().await.context("cannot load the pool from the store")?;
+    let snapshot = store
+        .load()
+        .await
+        .context("cannot load the pool from the store")?;
     let ttl_ms = config.leases.ttl.as_millis() as i64;
     let pool = Pool::restore(snapshot, ttl_ms, now_millis());
     tracing::info!(
@@ -159,7 +167,13 @@ pub async fn run(listener: TcpListener, config: Config, store: Box<dyn Store>, m
     Ok(())
 }
 
-fn spawn_connection(tracker: &TaskTracker, tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+fn spawn_connection(
+    tracker: &TaskTracker,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
     tracker.spawn(async move {
         crate::conn::serve(tcp, peer, shared.clone(), shutdown).await;
@@ -184,14 +198,25 @@ async fn wait_reload(reload: &mut Option<watch::Receiver<Config>>) -> Option<Con
 fn apply_reload(shared: &Shared, config: &Config, dir: &DataDir) {
     match init::tls_config(config, dir) {
         Ok(tls) => *shared.tls.write().expect("tls lock") = tls,
-        Err(err) => tracing::error!(error = format!("{err:#}"), "reload: keeping the old TLS certificates"),
+        Err(err) => tracing::error!(
+            error = format!("{err:#}"),
+            "reload: keeping the old TLS certificates"
+        ),
     }
     *shared.limits.write().expect("limits lock") = config.limits.clone();
-    tracing::info!(max_connections = config.limits.max_connections, "configuration reloaded");
+    tracing::info!(
+        max_connections = config.limits.max_connections,
+        "configuration reloaded"
+    );
 }
 
 /// Makes the owner account on first start and writes its token and client file.
-async fn initialize_owner(config: &Config, dir: &DataDir, store: &dyn Store, port: u16) -> Result<String> {
+async fn initialize_owner(
+    config: &Config,
+    dir: &DataDir,
+    store: &dyn Store,
+    port: u16,
+) -> Result<String> {
     let token = init::new_token();
     let identity = store
         .initialize(OWNER_USERNAME, &init::token_hash(&token), now_millis())

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real daemon (in-process or as a process), the real client crate
+//! and the real `tally` binary, over real TLS on loopback.
 
+mod harness;
+
+mod cli;
+mod hostile;
+mod lifecycle;
+mod pool;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tally_protocol::{
-    validate_feature, EntitlementKind, EntitlementQuery, EntitlementRemove, ErrorCode, LeaseId, LeasesQuery,
-    NewEntitlement, Release, Request, Response, StatusQuery,
+    validate_feature, EntitlementKind, EntitlementQuery, EntitlementRemove, ErrorCode, LeaseId,
+    LeasesQuery, NewEntitlement, Release, Request, Response, StatusQuery,
 };
 
 use crate::config::ClientFile;
@@ -28,13 +28,22 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about = "Command-line client of the Tally license server")]
+#[command(
+    name = "tally",
+    version,
+    about = "Command-line client of the Tally license server"
+)]
 struct Cli {
     /// Client configuration file.
     #[arg(long, global = true, env = "TALLY_CONFIG")]
     config: Option<PathBuf>,
     /// Server to use, HOST:PORT (repeatable; TALLY_SERVER takes a comma-separated list).
-    #[arg(long = "server", global = true, env = "TALLY_SERVER", value_delimiter = ',')]
+    #[arg(
+        long = "server",
+        global = true,
+        env = "TALLY_SERVER",
+        value_delimiter = ','
+    )]
     servers: Vec<String>,
     /// CA certificate (PEM) that signed the server's certificate.
     #[arg(long, global = true, env = "TALLY_CA")]
@@ -130,7 +139,11 @@ struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Self {
-        Self { code: exit::USAGE, error_code: "invalid".into(), message: message.into() }
+        Self {
+            code: exit::USAGE,
+            error_code: "invalid".into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -146,33 +159,61 @@ impl From<Error> for Failure {
             Error::Config(_) => exit::USAGE,
             _ => exit::FAILED,
         };
-        Failure { code, error_code: err.code_str().to_string(), message: err.to_string() }
+        Failure {
+            code,
+            error_code: err.code_str().to_string(),
+            message: err.to_string(),
+        }
     }
 }
 
 /// Runs `tally` with the process's arguments.
 pub fn main() -> ExitCode {
-    let json = std::env::args().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    let json = std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             use clap::error::ErrorKind;
-            if json && !matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            if json
+                && !matches!(
+                    err.kind(),
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                )
+            {
                 let message = err.kind().to_string();
                 let detail = err.to_string();
-                let detail = detail.lines().next().unwrap_or(&message).trim_start_matches("error: ");
+                let detail = detail
+                    .lines()
+                    .next()
+                    .unwrap_or(&message)
+                    .trim_start_matches("error: ");
                 output::print_error(true, "invalid", detail);
                 return ExitCode::from(exit::USAGE);
             }
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if err.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     tracing_to_stderr();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
-            output::print_error(cli.json, "internal", &format!("cannot start the runtime: {err}"));
+            output::print_error(
+                cli.json,
+                "internal",
+                &format!("cannot start the runtime: {err}"),
+            );
             return ExitCode::from(exit::FAILED);
         }
     };
@@ -190,7 +231,11 @@ pub fn main() -> ExitCode {
 fn tracing_to_stderr() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -201,13 +246,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let client = Client::connect(config).await?;
     match cli.command {
         Command::Status { feature } => {
-            let response = client.call(Request::Status(StatusQuery { feature })).await?;
-            let Response::Status(features) = response else { return Err(bad(&response)) };
+            let response = client
+                .call(Request::Status(StatusQuery { feature }))
+                .await?;
+            let Response::Status(features) = response else {
+                return Err(bad(&response));
+            };
             out.status(&features);
         }
         Command::Leases { feature, user } => {
-            let response = client.call(Request::Leases(LeasesQuery { feature, user })).await?;
-            let Response::Leases(leases) = response else { return Err(bad(&response)) };
+            let response = client
+                .call(Request::Leases(LeasesQuery { feature, user }))
+                .await?;
+            let Response::Leases(leases) = response else {
+                return Err(bad(&response));
+            };
             out.leases(&leases);
         }
         Command::Checkout(args) => return checkout(&client, args, &out).await,
@@ -226,35 +279,57 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 seats,
                 starts_at: starts.as_deref().map(parse_time).transpose()?,
                 expires_at: expires.as_deref().map(parse_time).transpose()?,
-                kind: if trial { EntitlementKind::Trial } else { EntitlementKind::Standard },
+                kind: if trial {
+                    EntitlementKind::Trial
+                } else {
+                    EntitlementKind::Standard
+                },
                 borrowable,
-                max_borrow_secs: max_borrow.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs()),
+                max_borrow_secs: max_borrow
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .map(|d| d.as_secs()),
                 reference: reference.unwrap_or_default(),
             };
             let response = client.call(Request::EntitlementAdd(new)).await?;
-            let Response::Entitlement(entitlement) = response else { return Err(bad(&response)) };
+            let Response::Entitlement(entitlement) = response else {
+                return Err(bad(&response));
+            };
             out.entitlement(&entitlement);
         }
         Command::Entitlement(EntitlementCommand::List { feature }) => {
-            let response = client.call(Request::EntitlementList(EntitlementQuery { feature })).await?;
-            let Response::Entitlements(list) = response else { return Err(bad(&response)) };
+            let response = client
+                .call(Request::EntitlementList(EntitlementQuery { feature }))
+                .await?;
+            let Response::Entitlements(list) = response else {
+                return Err(bad(&response));
+            };
             out.entitlements(&list);
         }
         Command::Entitlement(EntitlementCommand::Remove { id }) => {
             let id = parse_entitlement_id(&id)?;
-            let response = client.call(Request::EntitlementRemove(EntitlementRemove { id })).await?;
-            let Response::EntitlementRemoved(id) = response else { return Err(bad(&response)) };
+            let response = client
+                .call(Request::EntitlementRemove(EntitlementRemove { id }))
+                .await?;
+            let Response::EntitlementRemoved(id) = response else {
+                return Err(bad(&response));
+            };
             out.removed(id);
         }
         Command::Release { lease_id } => {
             let lease = parse_lease_id(&lease_id)?;
             let response = client.call(Request::Release(Release { lease })).await?;
-            let Response::Released(id) = response else { return Err(bad(&response)) };
+            let Response::Released(id) = response else {
+                return Err(bad(&response));
+            };
             out.released(id);
         }
         Command::Server(ServerCommand::Info) => {
             let response = client.call(Request::ServerInfo).await?;
-            let Response::ServerInfo(info) = response else { return Err(bad(&response)) };
+            let Response::ServerInfo(info) = response else {
+                return Err(bad(&response));
+            };
             out.server_info(&info);
         }
     }
@@ -269,7 +344,10 @@ fn bad(response: &Response) -> Failure {
 fn validate(command: &Command) -> Result<(), Failure> {
     let feature = |f: &str| validate_feature(f).map_err(Failure::usage);
     match command {
-        Command::Status { feature: Some(f) } | Command::Leases { feature: Some(f), .. } => feature(f)?,
+        Command::Status { feature: Some(f) }
+        | Command::Leases {
+            feature: Some(f), ..
+        } => feature(f)?,
         Command::Entitlement(EntitlementCommand::List { feature: Some(f) }) => feature(f)?,
         Command::Checkout(args) => {
             feature(&args.feature)?;
@@ -277,7 +355,14 @@ fn validate(command: &Command) -> Result<(), Failure> {
                 return Err(Failure::usage("--seats must be at least 1"));
             }
         }
-        Command::Entitlement(EntitlementCommand::Add { feature: f, seats, starts, expires, max_borrow, .. }) => {
+        Command::Entitlement(EntitlementCommand::Add {
+            feature: f,
+            seats,
+            starts,
+            expires,
+            max_borrow,
+            ..
+        }) => {
             feature(f)?;
             if *seats == 0 {
                 return Err(Failure::usage("--seats must be at least 1"));
@@ -305,18 +390,25 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
     let file = match &cli.config {
         Some(path) => ClientFile::load(path).map_err(|err| Failure::usage(err.to_string()))?,
         None => match default_config_path() {
-            Some(path) if path.exists() => ClientFile::load(&path).map_err(|err| Failure::usage(err.to_string()))?,
+            Some(path) if path.exists() => {
+                ClientFile::load(&path).map_err(|err| Failure::usage(err.to_string()))?
+            }
             _ => ClientFile::default(),
         },
     };
-    let servers = if cli.servers.is_empty() { file.servers } else { cli.servers.clone() };
+    let servers = if cli.servers.is_empty() {
+        file.servers
+    } else {
+        cli.servers.clone()
+    };
     let ca = cli.ca.clone().or(file.ca);
     let (token, token_file) = if cli.token.is_some() || cli.token_file.is_some() {
         (cli.token.clone(), cli.token_file.clone())
     } else {
         (file.token, file.token_file)
     };
-    let mut config = ClientConfig::from_parts(servers, ca, token, token_file).map_err(|err| Failure::usage(err.to_string()))?;
+    let mut config = ClientConfig::from_parts(servers, ca, token, token_file)
+        .map_err(|err| Failure::usage(err.to_string()))?;
     config.agent = format!("tally-cli/{}", env!("CARGO_PKG_VERSION"));
     Ok(config)
 }
@@ -331,10 +423,15 @@ fn default_config_path() -> Option<PathBuf> {
 
 /// Durations such as `90s`, `15m`, `8h`, `7d`.
 fn parse_duration(text: &str) -> Result<Duration, Failure> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|_| Failure::usage(format!("{text:?} is not a duration; use a number and a unit, like 90s, 15m, 8h or 7d")))?;
+    let duration = humantime::parse_duration(text).map_err(|_| {
+        Failure::usage(format!(
+            "{text:?} is not a duration; use a number and a unit, like 90s, 15m, 8h or 7d"
+        ))
+    })?;
     if duration.is_zero() {
-        return Err(Failure::usage(format!("duration {text:?} must be longer than zero")));
+        return Err(Failure::usage(format!(
+            "duration {text:?} must be longer than zero"
+        )));
     }
     Ok(duration)
 }
@@ -342,7 +439,11 @@ fn parse_duration(text: &str) -> Result<Duration, Failure> {
 /// RFC 3339 times (`2027-01-31T18:00:00Z`) or dates (`2027-01-31`, midnight UTC), as Unix
 /// milliseconds.
 fn parse_time(text: &str) -> Result<i64, Failure> {
-    let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
     let time = humantime::parse_rfc3339(&full)
         .map_err(|_| Failure::usage(format!("{text:?} is not a time; use RFC 3339 UTC like 2027-01-31T18:00:00Z, or a date like 2027-01-31")))?;
     let millis = time
@@ -353,11 +454,16 @@ fn parse_time(text: &str) -> Result<i64, Failure> {
 }
 
 fn parse_entitlement_id(text: &str) -> Result<u64, Failure> {
-    text.parse().map_err(|_| Failure::usage(format!("{text:?} is not an entitlement id; `tally entitlement list` shows them")))
+    text.parse().map_err(|_| {
+        Failure::usage(format!(
+            "{text:?} is not an entitlement id; `tally entitlement list` shows them"
+        ))
+    })
 }
 
 fn parse_lease_id(text: &str) -> Result<LeaseId, Failure> {
-    LeaseId::from_hex(text).map_err(|err| Failure::usage(format!("{err}; `tally leases` shows lease ids")))
+    LeaseId::from_hex(text)
+        .map_err(|err| Failure::usage(format!("{err}; `tally leases` shows lease ids")))
 }
 
 /// `tally checkout`: hold until SIGINT/SIGTERM, or around a command.
@@ -365,8 +471,15 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
     use tokio::signal::unix::{signal, SignalKind};
     let mut lease = client.checkout(&args.feature, args.seats).await?;
     out.lease_granted(lease.info(), args.command.is_empty());
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return Err(Failure { code: exit::FAILED, error_code: "internal".into(), message: "cannot install signal handlers".into() });
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return Err(Failure {
+            code: exit::FAILED,
+            error_code: "internal".into(),
+            message: "cannot install signal handlers".into(),
+        });
     };
     if args.command.is_empty() {
         let code = tokio::select! {
@@ -384,7 +497,11 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
     let mut child = tokio::process::Command::new(&args.command[0])
         .args(&args.command[1..])
         .spawn()
-        .map_err(|err| Failure { code: exit::FAILED, error_code: "invalid".into(), message: format!("cannot run {:?}: {err}", args.command[0]) })?;
+        .map_err(|err| Failure {
+            code: exit::FAILED,
+            error_code: "invalid".into(),
+            message: format!("cannot run {:?}: {err}", args.command[0]),
+        })?;
     let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     let forward = |signal: nix::sys::signal::Signal| {
         if let Some(pid) = pid {
@@ -403,7 +520,11 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
             }
         }
     };
-    let status = status.map_err(|err| Failure { code: exit::FAILED, error_code: "internal".into(), message: format!("waiting for the command: {err}") })?;
+    let status = status.map_err(|err| Failure {
+        code: exit::FAILED,
+        error_code: "internal".into(),
+        message: format!("waiting for the command: {err}"),
+    })?;
     if let Err(err) = lease.release().await {
         eprintln!("tally: warning: check-in failed: {err}");
     }

@@ -11,7 +11,8 @@ pub struct Output {
 /// RFC 3339 UTC to the second.
 pub fn time(millis: i64) -> String {
     let secs = millis.div_euclid(1000).max(0) as u64;
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 fn source(source: LeaseSource) -> String {
@@ -67,7 +68,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
         println!("{}", text.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect());
@@ -110,13 +115,34 @@ impl Output {
         let rows = features
             .iter()
             .map(|f| {
-                [&f.feature as &dyn ToString, &f.total, &f.assigned, &f.floating, &f.in_use, &f.borrowed, &f.available, &f.queued]
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect()
+                [
+                    &f.feature as &dyn ToString,
+                    &f.total,
+                    &f.assigned,
+                    &f.floating,
+                    &f.in_use,
+                    &f.borrowed,
+                    &f.available,
+                    &f.queued,
+                ]
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
             })
             .collect();
-        table(&["feature", "total", "assigned", "floating", "in_use", "borrowed", "available", "queued"], rows);
+        table(
+            &[
+                "feature",
+                "total",
+                "assigned",
+                "floating",
+                "in_use",
+                "borrowed",
+                "available",
+                "queued",
+            ],
+            rows,
+        );
     }
 
     pub fn leases(&self, leases: &[LeaseInfo]) {
@@ -144,7 +170,20 @@ impl Output {
                 ]
             })
             .collect();
-        table(&["id", "feature", "seats", "user", "host", "kind", "source", "granted_at", "expires_at"], rows);
+        table(
+            &[
+                "id",
+                "feature",
+                "seats",
+                "user",
+                "host",
+                "kind",
+                "source",
+                "granted_at",
+                "expires_at",
+            ],
+            rows,
+        );
     }
 
     pub fn lease_granted(&self, lease: &LeaseInfo, holding: bool) {
@@ -156,7 +195,11 @@ impl Output {
             lease.seats,
             lease.feature,
             lease.id,
-            if holding { "; holding until interrupted (Ctrl-C)" } else { "" }
+            if holding {
+                "; holding until interrupted (Ctrl-C)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -164,7 +207,10 @@ impl Output {
         if self.json {
             return self.doc(json!({ "entitlement": entitlement_json(e) }));
         }
-        println!("added entitlement {}: {} seats of {}", e.id, e.seats, e.feature);
+        println!(
+            "added entitlement {}: {} seats of {}",
+            e.id, e.seats, e.feature
+        );
     }
 
     pub fn entitlements(&self, list: &[Entitlement]) {
@@ -186,12 +232,28 @@ impl Output {
                     time(e.starts_at),
                     e.expires_at.map_or("never".into(), time),
                     e.kind.as_str().to_string(),
-                    if e.borrowable { "yes".into() } else { "no".into() },
+                    if e.borrowable {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                     e.reference.clone(),
                 ]
             })
             .collect();
-        table(&["id", "feature", "seats", "starts_at", "expires_at", "kind", "borrowable", "reference"], rows);
+        table(
+            &[
+                "id",
+                "feature",
+                "seats",
+                "starts_at",
+                "expires_at",
+                "kind",
+                "borrowable",
+                "reference",
+            ],
+            rows,
+        );
     }
 
     pub fn removed(&self, id: u64) {
@@ -217,7 +279,10 @@ impl Output {
         println!("version      {}", info.version);
         println!("protocol     {}", info.protocol);
         println!("store        {}", info.store);
-        println!("uptime       {}", humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs)));
+        println!(
+            "uptime       {}",
+            humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs))
+        );
         println!("connections  {}", info.connections);
     }
 }

@@ -139,8 +139,10 @@ impl Snapshot {
     /// Applies a committed batch, as a store does; the property tests use this as their
     /// model of the store.
     pub fn apply(&mut self, batch: &Batch) {
-        self.entitlements.extend(batch.entitlements_added.iter().cloned());
-        self.entitlements.retain(|e| !batch.entitlements_removed.contains(&e.id));
+        self.entitlements
+            .extend(batch.entitlements_added.iter().cloned());
+        self.entitlements
+            .retain(|e| !batch.entitlements_removed.contains(&e.id));
         self.entitlements.sort_by_key(|e| e.id);
         for lease in &batch.leases_added {
             match self.leases.iter_mut().find(|l| l.id == lease.id) {

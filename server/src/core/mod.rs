@@ -15,9 +15,9 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_protocol::{
-    validate_feature, Checkout, ClientId, EndReason, EndedLease, Entitlement,
-    ErrorBody, ErrorCode, FeatureStatus, HeartbeatAck, LeaseId, LeaseInfo, LeaseKind, LeaseSource,
-    LeasesQuery, NewEntitlement, RequestId, Resumed, Role,
+    validate_feature, Checkout, ClientId, EndReason, EndedLease, Entitlement, ErrorBody, ErrorCode,
+    FeatureStatus, HeartbeatAck, LeaseId, LeaseInfo, LeaseKind, LeaseSource, LeasesQuery,
+    NewEntitlement, RequestId, Resumed, Role,
 };
 
 pub use batch::{AuditEvent, Batch, Snapshot};
@@ -211,7 +211,9 @@ impl Pool {
         for (feature, usage) in &counted {
             let cached = self.usage(feature);
             if cached.online != usage.online || cached.borrowed != usage.borrowed {
-                return Err(format!("usage counters of {feature} disagree with the leases"));
+                return Err(format!(
+                    "usage counters of {feature} disagree with the leases"
+                ));
             }
             let capacity = self.capacity(feature, now);
             if usage.online + usage.borrowed > capacity {
@@ -225,7 +227,11 @@ impl Pool {
             for id in &session.leases {
                 match self.leases.get(id) {
                     Some(lease) if lease.client == *client => {}
-                    _ => return Err(format!("session {client} lists lease {id} it does not hold")),
+                    _ => {
+                        return Err(format!(
+                            "session {client} lists lease {id} it does not hold"
+                        ))
+                    }
                 }
             }
         }
@@ -246,7 +252,11 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<LeaseInfo, ErrorBody> {
         self.advance(now, batch);
-        if let Some(id) = self.by_request.get(&(holder.client, request.request_id)).copied() {
+        if let Some(id) = self
+            .by_request
+            .get(&(holder.client, request.request_id))
+            .copied()
+        {
             let lease = &self.leases[&id];
             if lease.user == actor.username {
                 self.renew_session(holder.client, now);
@@ -254,19 +264,32 @@ impl Pool {
             }
         }
         let refuse = |batch: &mut Batch, err: ErrorBody| {
-            batch.audit(now, actor, "checkout", &request.feature, Some(&request.feature), Err(&err));
+            batch.audit(
+                now,
+                actor,
+                "checkout",
+                &request.feature,
+                Some(&request.feature),
+                Err(&err),
+            );
             Err(err)
         };
         if let Err(why) = validate_feature(&request.feature) {
             return refuse(batch, ErrorBody::invalid(why));
         }
         if request.seats == 0 || request.seats > MAX_SEATS {
-            let msg = format!("seats must be between 1 and {MAX_SEATS}, not {}", request.seats);
+            let msg = format!(
+                "seats must be between 1 and {MAX_SEATS}, not {}",
+                request.seats
+            );
             return refuse(batch, ErrorBody::invalid(msg));
         }
         let feature = request.feature.as_str();
-        let known: Vec<&Entitlement> =
-            self.entitlements.values().filter(|e| e.feature == feature).collect();
+        let known: Vec<&Entitlement> = self
+            .entitlements
+            .values()
+            .filter(|e| e.feature == feature)
+            .collect();
         if known.is_empty() {
             let msg = format!(
                 "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
@@ -276,7 +299,10 @@ impl Pool {
         let capacity = self.capacity(feature, now);
         if capacity == 0 {
             if let Some(last) = known.iter().filter_map(|e| e.expires_at).max() {
-                if known.iter().all(|e| e.expires_at.is_some_and(|end| end <= now)) {
+                if known
+                    .iter()
+                    .all(|e| e.expires_at.is_some_and(|end| end <= now))
+                {
                     let msg = format!(
                         "every entitlement of {feature} has expired, the last at {}",
                         rfc3339(last)
@@ -314,22 +340,46 @@ impl Pool {
         self.renew_session(holder.client, now);
         self.insert_lease(lease.clone(), now + self.ttl_ms);
         let info = self.info(&lease);
-        batch.audit(now, actor, "checkout", &new_id.to_string(), Some(feature), Ok(""));
+        batch.audit(
+            now,
+            actor,
+            "checkout",
+            &new_id.to_string(),
+            Some(feature),
+            Ok(""),
+        );
         batch.add_lease(lease);
         Ok(info)
     }
 
     /// Renews every online lease of the client's session (R3) and reports the leases that
     /// ended since its last heartbeat.
-    pub fn heartbeat(&mut self, now: i64, actor: &Actor, holder: &Holder, batch: &mut Batch) -> HeartbeatAck {
+    pub fn heartbeat(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        batch: &mut Batch,
+    ) -> HeartbeatAck {
         self.advance(now, batch);
         let renewed = match self.sessions.get(&holder.client) {
             Some(session) if session.user == actor.username => session.leases.len() as u32,
-            _ => return HeartbeatAck { renewed: 0, ended: Vec::new() },
+            _ => {
+                return HeartbeatAck {
+                    renewed: 0,
+                    ended: Vec::new(),
+                }
+            }
         };
         self.renew_session(holder.client, now);
-        let session = self.sessions.get_mut(&holder.client).expect("session exists");
-        HeartbeatAck { renewed, ended: std::mem::take(&mut session.ended) }
+        let session = self
+            .sessions
+            .get_mut(&holder.client)
+            .expect("session exists");
+        HeartbeatAck {
+            renewed,
+            ended: std::mem::take(&mut session.ended),
+        }
     }
 
     /// Binds leases the same user held on an earlier connection to this client instance and
@@ -376,18 +426,29 @@ impl Pool {
                 let request_id = lease.request_id;
                 self.by_request.remove(&(from, request_id));
                 self.by_request.insert((holder.client, request_id), id);
-                self.session_mut(holder.client, &actor.username).leases.insert(id);
+                self.session_mut(holder.client, &actor.username)
+                    .leases
+                    .insert(id);
                 batch.update_lease(self.leases[&id].clone());
             }
             resumed.push(id);
         }
         self.renew_session(holder.client, now);
-        let resumed = resumed.iter().map(|id| self.info(&self.leases[id])).collect();
+        let resumed = resumed
+            .iter()
+            .map(|id| self.info(&self.leases[id]))
+            .collect();
         Resumed { resumed, ended }
     }
 
     /// The holder gives a lease back.
-    pub fn checkin(&mut self, now: i64, actor: &Actor, lease: LeaseId, batch: &mut Batch) -> Result<LeaseId, ErrorBody> {
+    pub fn checkin(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
         self.advance(now, batch);
         match self.leases.get(&lease) {
             Some(l) if l.user == actor.username => {
@@ -403,7 +464,13 @@ impl Pool {
     }
 
     /// An admin's forced check-in of anyone's lease.
-    pub fn release(&mut self, now: i64, actor: &Actor, lease: LeaseId, batch: &mut Batch) -> Result<LeaseId, ErrorBody> {
+    pub fn release(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
         self.advance(now, batch);
         let subject = lease.to_string();
         if let Err(err) = require_admin(actor, "release a lease") {
@@ -411,7 +478,9 @@ impl Pool {
             return Err(err);
         }
         if !self.leases.contains_key(&lease) {
-            let err = ErrorBody::not_found(format!("no lease {lease}; `tally leases` lists the leases held"));
+            let err = ErrorBody::not_found(format!(
+                "no lease {lease}; `tally leases` lists the leases held"
+            ));
             batch.audit(now, actor, "release", &subject, None, Err(&err));
             return Err(err);
         }
@@ -432,22 +501,42 @@ impl Pool {
         let entitlement = match result {
             Ok(entitlement) => entitlement,
             Err(err) => {
-                batch.audit(now, actor, "entitlement_add", &new.feature, Some(&new.feature), Err(&err));
+                batch.audit(
+                    now,
+                    actor,
+                    "entitlement_add",
+                    &new.feature,
+                    Some(&new.feature),
+                    Err(&err),
+                );
                 return Err(err);
             }
         };
         self.next_entitlement_id += 1;
         batch.next_entitlement_id = Some(self.next_entitlement_id);
-        self.entitlements.insert(entitlement.id, entitlement.clone());
+        self.entitlements
+            .insert(entitlement.id, entitlement.clone());
         self.next_boundary = self.compute_next_boundary(now);
         let subject = format!("entitlement {}", entitlement.id);
         let detail = format!("{} seats", entitlement.seats);
-        batch.audit(now, actor, "entitlement_add", &subject, Some(&entitlement.feature), Ok(&detail));
+        batch.audit(
+            now,
+            actor,
+            "entitlement_add",
+            &subject,
+            Some(&entitlement.feature),
+            Ok(&detail),
+        );
         batch.add_entitlement(entitlement.clone());
         Ok(entitlement)
     }
 
-    fn check_new_entitlement(&self, now: i64, actor: &Actor, new: &NewEntitlement) -> Result<Entitlement, ErrorBody> {
+    fn check_new_entitlement(
+        &self,
+        now: i64,
+        actor: &Actor,
+        new: &NewEntitlement,
+    ) -> Result<Entitlement, ErrorBody> {
         require_admin(actor, "add entitlements")?;
         validate_feature(&new.feature).map_err(ErrorBody::invalid)?;
         if new.seats == 0 || new.seats > MAX_SEATS {
@@ -466,7 +555,10 @@ impl Pool {
                 )));
             }
             if expires_at <= now {
-                return Err(ErrorBody::invalid(format!("expiry {} is in the past", rfc3339(expires_at))));
+                return Err(ErrorBody::invalid(format!(
+                    "expiry {} is in the past",
+                    rfc3339(expires_at)
+                )));
             }
         }
         let max_borrow_secs = new.max_borrow_secs.unwrap_or(DEFAULT_MAX_BORROW_SECS);
@@ -474,7 +566,9 @@ impl Pool {
             return Err(ErrorBody::invalid("max borrow must be at least one second"));
         }
         if new.reference.len() > 256 {
-            return Err(ErrorBody::invalid("reference is longer than 256 characters"));
+            return Err(ErrorBody::invalid(
+                "reference is longer than 256 characters",
+            ));
         }
         Ok(Entitlement {
             id: self.next_entitlement_id,
@@ -491,25 +585,47 @@ impl Pool {
 
     /// Removes an entitlement. Admins only. Leases the smaller pool can no longer hold end,
     /// newest first, with reason `revoked`, so that R1 holds at once.
-    pub fn remove_entitlement(&mut self, now: i64, actor: &Actor, id: u64, batch: &mut Batch) -> Result<u64, ErrorBody> {
+    pub fn remove_entitlement(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        id: u64,
+        batch: &mut Batch,
+    ) -> Result<u64, ErrorBody> {
         self.advance(now, batch);
         let subject = format!("entitlement {id}");
         let feature = self.entitlements.get(&id).map(|e| e.feature.clone());
         let checked = require_admin(actor, "remove entitlements").and_then(|()| {
             feature.clone().ok_or_else(|| {
-                ErrorBody::not_found(format!("no entitlement {id}; `tally entitlement list` shows them"))
+                ErrorBody::not_found(format!(
+                    "no entitlement {id}; `tally entitlement list` shows them"
+                ))
             })
         });
         let feature = match checked {
             Ok(feature) => feature,
             Err(err) => {
-                batch.audit(now, actor, "entitlement_remove", &subject, feature.as_deref(), Err(&err));
+                batch.audit(
+                    now,
+                    actor,
+                    "entitlement_remove",
+                    &subject,
+                    feature.as_deref(),
+                    Err(&err),
+                );
                 return Err(err);
             }
         };
         self.entitlements.remove(&id);
         batch.remove_entitlement(id);
-        batch.audit(now, actor, "entitlement_remove", &subject, Some(&feature), Ok(""));
+        batch.audit(
+            now,
+            actor,
+            "entitlement_remove",
+            &subject,
+            Some(&feature),
+            Ok(""),
+        );
         self.enforce_capacity(&feature, now, EndReason::Revoked, batch);
         self.next_boundary = self.compute_next_boundary(now);
         Ok(id)
@@ -525,9 +641,18 @@ impl Pool {
     }
 
     /// The status figures of one feature or of every feature known (SPEC §1).
-    pub fn status(&mut self, now: i64, feature: Option<&str>, batch: &mut Batch) -> Result<Vec<FeatureStatus>, ErrorBody> {
+    pub fn status(
+        &mut self,
+        now: i64,
+        feature: Option<&str>,
+        batch: &mut Batch,
+    ) -> Result<Vec<FeatureStatus>, ErrorBody> {
         self.advance(now, batch);
-        let mut features: BTreeSet<&str> = self.entitlements.values().map(|e| e.feature.as_str()).collect();
+        let mut features: BTreeSet<&str> = self
+            .entitlements
+            .values()
+            .map(|e| e.feature.as_str())
+            .collect();
         features.extend(self.leases.values().map(|l| l.feature.as_str()));
         if let Some(wanted) = feature {
             validate_feature(wanted).map_err(ErrorBody::invalid)?;
@@ -559,14 +684,25 @@ impl Pool {
     }
 
     /// Leases held, newest first; members and guests see only their own.
-    pub fn leases(&mut self, now: i64, actor: &Actor, query: &LeasesQuery, batch: &mut Batch) -> Vec<LeaseInfo> {
+    pub fn leases(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &LeasesQuery,
+        batch: &mut Batch,
+    ) -> Vec<LeaseInfo> {
         self.advance(now, batch);
         let mut leases: Vec<&Lease> = self
             .leases
             .values()
             .filter(|l| actor.role.is_admin() || l.user.eq_ignore_ascii_case(&actor.username))
             .filter(|l| query.feature.as_deref().is_none_or(|f| l.feature == f))
-            .filter(|l| query.user.as_deref().is_none_or(|u| l.user.eq_ignore_ascii_case(u)))
+            .filter(|l| {
+                query
+                    .user
+                    .as_deref()
+                    .is_none_or(|u| l.user.eq_ignore_ascii_case(u))
+            })
             .collect();
         leases.sort_by(|a, b| b.granted_at.cmp(&a.granted_at).then(a.id.cmp(&b.id)));
         leases.into_iter().map(|l| self.info(l)).collect()
@@ -576,7 +712,10 @@ impl Pool {
 
     fn info(&self, lease: &Lease) -> LeaseInfo {
         let expires_at = match lease.kind {
-            LeaseKind::Online => self.sessions.get(&lease.client).map_or(lease.expires_at, |s| s.expires_at),
+            LeaseKind::Online => self
+                .sessions
+                .get(&lease.client)
+                .map_or(lease.expires_at, |s| s.expires_at),
             LeaseKind::Borrowed => lease.expires_at,
         };
         LeaseInfo {
@@ -593,7 +732,10 @@ impl Pool {
     }
 
     fn session_mut(&mut self, client: ClientId, user: &str) -> &mut Session {
-        self.sessions.entry(client).or_insert_with(|| Session { user: user.to_string(), ..Session::default() })
+        self.sessions.entry(client).or_insert_with(|| Session {
+            user: user.to_string(),
+            ..Session::default()
+        })
     }
 
     /// Pushes the session's expiry to `now + ttl`.
@@ -614,7 +756,8 @@ impl Pool {
             LeaseKind::Online => usage.online += lease.seats,
             LeaseKind::Borrowed => usage.borrowed += lease.seats,
         }
-        self.by_request.insert((lease.client, lease.request_id), lease.id);
+        self.by_request
+            .insert((lease.client, lease.request_id), lease.id);
         if lease.kind == LeaseKind::Online {
             let client = lease.client;
             let session = self.session_mut(client, &lease.user);
@@ -641,8 +784,17 @@ impl Pool {
         }
     }
 
-    fn end_lease(&mut self, id: LeaseId, reason: EndReason, now: i64, actor: &str, batch: &mut Batch) {
-        let Some(lease) = self.leases.remove(&id) else { return };
+    fn end_lease(
+        &mut self,
+        id: LeaseId,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let Some(lease) = self.leases.remove(&id) else {
+            return;
+        };
         if let Some(usage) = self.usage.get_mut(&lease.feature) {
             match lease.kind {
                 LeaseKind::Online => usage.online -= lease.seats,
@@ -672,7 +824,13 @@ impl Pool {
             subject: id.to_string(),
             feature: Some(lease.feature.clone()),
             outcome: "ok".to_string(),
-            reason: format!("{} ({} of {} on {})", reason.as_str(), lease.seats, lease.user, lease.host),
+            reason: format!(
+                "{} ({} of {} on {})",
+                reason.as_str(),
+                lease.seats,
+                lease.user,
+                lease.host
+            ),
         });
         batch.remove_lease(id);
     }
@@ -716,7 +874,9 @@ impl Pool {
     fn holders_of(&self, feature: &str) -> String {
         let mut by_holder: BTreeMap<(String, String), u32> = BTreeMap::new();
         for lease in self.leases.values().filter(|l| l.feature == feature) {
-            *by_holder.entry((lease.user.clone(), lease.host.clone())).or_default() += lease.seats;
+            *by_holder
+                .entry((lease.user.clone(), lease.host.clone()))
+                .or_default() += lease.seats;
         }
         let mut holders: Vec<((String, String), u32)> = by_holder.into_iter().collect();
         holders.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -744,7 +904,11 @@ pub fn require_admin(actor: &Actor, what: &str) -> Result<(), ErrorBody> {
     } else {
         Err(ErrorBody::new(
             ErrorCode::Forbidden,
-            format!("only an admin may {what}; {} is a {}", actor.username, actor.role.as_str()),
+            format!(
+                "only an admin may {what}; {} is a {}",
+                actor.username,
+                actor.role.as_str()
+            ),
         ))
     }
 }
@@ -752,6 +916,6 @@ pub fn require_admin(actor: &Actor, what: &str) -> Result<(), ErrorBody> {
 /// RFC 3339 UTC, to the second, for messages.
 pub fn rfc3339(millis: i64) -> String {
     let secs = millis.div_euclid(1000).max(0) as u64;
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
-

@@ -1,7 +1,10 @@
 //! The pool under random interleavings, and its rules one by one.
 
 use proptest::prelude::*;
-use tally_protocol::{Checkout, ClientId, EndReason, EntitlementKind, ErrorCode, LeaseId, LeasesQuery, NewEntitlement, RequestId, Role};
+use tally_protocol::{
+    Checkout, ClientId, EndReason, EntitlementKind, ErrorCode, LeaseId, LeasesQuery,
+    NewEntitlement, RequestId, Role,
+};
 
 use super::*;
 
@@ -10,15 +13,24 @@ const USERS: [&str; 2] = ["ana@studio", "ben@studio"];
 const FEATURES: [&str; 2] = ["vray", "nuke"];
 
 fn admin() -> Actor {
-    Actor { username: "owner@localhost".into(), role: Role::Owner }
+    Actor {
+        username: "owner@localhost".into(),
+        role: Role::Owner,
+    }
 }
 
 fn member(i: usize) -> Actor {
-    Actor { username: USERS[i % USERS.len()].into(), role: Role::Member }
+    Actor {
+        username: USERS[i % USERS.len()].into(),
+        role: Role::Member,
+    }
 }
 
 fn holder(i: usize) -> Holder {
-    Holder { client: ClientId([i as u8 + 1; 16]), host: format!("node{i}") }
+    Holder {
+        client: ClientId([i as u8 + 1; 16]),
+        host: format!("node{i}"),
+    }
 }
 
 fn entitlement(feature: &str, seats: u32) -> NewEntitlement {
@@ -35,20 +47,47 @@ fn entitlement(feature: &str, seats: u32) -> NewEntitlement {
 }
 
 fn checkout(feature: &str, seats: u32, request: u8) -> Checkout {
-    Checkout { request_id: RequestId([request; 16]), feature: feature.into(), seats }
+    Checkout {
+        request_id: RequestId([request; 16]),
+        feature: feature.into(),
+        seats,
+    }
 }
 
 /// One step of a random run.
 #[derive(Debug, Clone)]
 enum Op {
-    Checkout { client: usize, feature: usize, seats: u32, retry: bool },
-    Heartbeat { client: usize },
-    Checkin { pick: usize },
-    Release { pick: usize },
-    Resume { client: usize, pick: usize },
-    Advance { ms: i64 },
-    AddEntitlement { feature: usize, seats: u32, starts_in: Option<i64>, lasts: Option<i64> },
-    RemoveEntitlement { pick: usize },
+    Checkout {
+        client: usize,
+        feature: usize,
+        seats: u32,
+        retry: bool,
+    },
+    Heartbeat {
+        client: usize,
+    },
+    Checkin {
+        pick: usize,
+    },
+    Release {
+        pick: usize,
+    },
+    Resume {
+        client: usize,
+        pick: usize,
+    },
+    Advance {
+        ms: i64,
+    },
+    AddEntitlement {
+        feature: usize,
+        seats: u32,
+        starts_in: Option<i64>,
+        lasts: Option<i64>,
+    },
+    RemoveEntitlement {
+        pick: usize,
+    },
     Restart,
 }
 
@@ -73,7 +112,10 @@ fn op() -> impl Strategy<Value = Op> {
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut now: i64 = 1_000_000;
     let mut pool = Pool::new(TTL);
-    let mut store = Snapshot { next_entitlement_id: 1, ..Snapshot::default() };
+    let mut store = Snapshot {
+        next_entitlement_id: 1,
+        ..Snapshot::default()
+    };
     let mut last_request: Vec<u8> = vec![0; 6];
     let mut next_lease: u128 = 1;
     for op in ops {
@@ -85,17 +127,37 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         };
         let pick = |i: usize| (!lease_ids.is_empty()).then(|| lease_ids[i % lease_ids.len()]);
         match op.clone() {
-            Op::Checkout { client, feature, seats, retry } => {
+            Op::Checkout {
+                client,
+                feature,
+                seats,
+                retry,
+            } => {
                 if !retry {
                     last_request[client] = last_request[client].wrapping_add(1);
                 }
                 let id = LeaseId(next_lease.to_be_bytes());
                 next_lease += 1;
                 let before = pool.lease_count();
-                let result = pool.checkout(now, &member(client), &holder(client), &checkout(FEATURES[feature], seats, last_request[client]), id, &mut batch);
+                let result = pool.checkout(
+                    now,
+                    &member(client),
+                    &holder(client),
+                    &checkout(FEATURES[feature], seats, last_request[client]),
+                    id,
+                    &mut batch,
+                );
                 if retry && result.is_ok() && pool.lease_count() == before + 1 {
                     // A retry that got a new lease must not have had a live one to return.
-                    let live = pool.snapshot().leases.iter().filter(|l| l.client == holder(client).client && l.request_id == RequestId([last_request[client]; 16])).count();
+                    let live = pool
+                        .snapshot()
+                        .leases
+                        .iter()
+                        .filter(|l| {
+                            l.client == holder(client).client
+                                && l.request_id == RequestId([last_request[client]; 16])
+                        })
+                        .count();
                     prop_assert_eq!(live, 1, "retried checkout holds two leases");
                 }
             }
@@ -105,14 +167,23 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Checkin { pick: i } => {
                 if let Some(id) = pick(i) {
                     let owner = pool.leases[&id].user.clone();
-                    let actor = Actor { username: owner, role: Role::Member };
+                    let actor = Actor {
+                        username: owner,
+                        role: Role::Member,
+                    };
                     prop_assert!(pool.checkin(now, &actor, id, &mut batch).is_ok());
                 }
             }
             Op::Release { pick: i } => {
                 if let Some(id) = pick(i) {
-                    prop_assert!(pool.release(now, &member(0), id, &mut batch).is_err(), "a member released a lease");
-                    prop_assert!(pool.release(now, &admin(), id, &mut batch).is_ok() || !pool.leases.contains_key(&id));
+                    prop_assert!(
+                        pool.release(now, &member(0), id, &mut batch).is_err(),
+                        "a member released a lease"
+                    );
+                    prop_assert!(
+                        pool.release(now, &admin(), id, &mut batch).is_ok()
+                            || !pool.leases.contains_key(&id)
+                    );
                 }
             }
             Op::Resume { client, pick: i } => {
@@ -124,16 +195,25 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 now += ms;
                 pool.sweep(now, &mut batch);
             }
-            Op::AddEntitlement { feature, seats, starts_in, lasts } => {
+            Op::AddEntitlement {
+                feature,
+                seats,
+                starts_in,
+                lasts,
+            } => {
                 let mut new = entitlement(FEATURES[feature], seats);
                 new.starts_at = starts_in.map(|s| now + s);
                 new.expires_at = lasts.map(|l| new.starts_at.unwrap_or(now) + l);
-                prop_assert!(pool.add_entitlement(now, &admin(), &new, &mut batch).is_ok());
+                prop_assert!(pool
+                    .add_entitlement(now, &admin(), &new, &mut batch)
+                    .is_ok());
             }
             Op::RemoveEntitlement { pick: i } => {
                 let ids: Vec<u64> = pool.entitlements(None).iter().map(|e| e.id).collect();
                 if !ids.is_empty() {
-                    prop_assert!(pool.remove_entitlement(now, &admin(), ids[i % ids.len()], &mut batch).is_ok());
+                    prop_assert!(pool
+                        .remove_entitlement(now, &admin(), ids[i % ids.len()], &mut batch)
+                        .is_ok());
                 }
             }
             Op::Restart => {
@@ -147,7 +227,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         if let Err(breach) = pool.check_invariants(now) {
             return Err(TestCaseError::fail(format!("after {op:?}: {breach}")));
         }
-        prop_assert_eq!(&pool.snapshot(), &store, "the store does not hold what the pool holds after {:?}", op);
+        prop_assert_eq!(
+            &pool.snapshot(),
+            &store,
+            "the store does not hold what the pool holds after {:?}",
+            op
+        );
     }
     Ok(())
 }
@@ -165,7 +250,13 @@ proptest! {
 
 fn pool_with(feature: &str, seats: u32, now: i64) -> Pool {
     let mut pool = Pool::new(TTL);
-    pool.add_entitlement(now, &admin(), &entitlement(feature, seats), &mut Batch::default()).unwrap();
+    pool.add_entitlement(
+        now,
+        &admin(),
+        &entitlement(feature, seats),
+        &mut Batch::default(),
+    )
+    .unwrap();
     pool
 }
 
@@ -173,46 +264,129 @@ fn pool_with(feature: &str, seats: u32, now: i64) -> Pool {
 fn no_seat_names_the_figures_and_for_admins_the_holders() {
     let mut pool = pool_with("vray", 2, 0);
     let mut batch = Batch::default();
-    pool.checkout(1, &member(0), &holder(0), &checkout("vray", 2, 1), LeaseId([1; 16]), &mut batch).unwrap();
-    let err = pool.checkout(2, &member(1), &holder(1), &checkout("vray", 1, 1), LeaseId([2; 16]), &mut batch).unwrap_err();
+    pool.checkout(
+        1,
+        &member(0),
+        &holder(0),
+        &checkout("vray", 2, 1),
+        LeaseId([1; 16]),
+        &mut batch,
+    )
+    .unwrap();
+    let err = pool
+        .checkout(
+            2,
+            &member(1),
+            &holder(1),
+            &checkout("vray", 1, 1),
+            LeaseId([2; 16]),
+            &mut batch,
+        )
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::NoSeat);
     assert!(err.message.contains("2 of 2"), "{}", err.message);
-    assert!(!err.message.contains("ana@studio"), "members are not told who: {}", err.message);
-    let err = pool.checkout(2, &admin(), &holder(2), &checkout("vray", 1, 1), LeaseId([3; 16]), &mut batch).unwrap_err();
-    assert!(err.message.contains("ana@studio on node0 (2)"), "{}", err.message);
-    assert!(batch.audit.iter().any(|e| e.outcome == "no_seat"), "refusals are audited");
+    assert!(
+        !err.message.contains("ana@studio"),
+        "members are not told who: {}",
+        err.message
+    );
+    let err = pool
+        .checkout(
+            2,
+            &admin(),
+            &holder(2),
+            &checkout("vray", 1, 1),
+            LeaseId([3; 16]),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert!(
+        err.message.contains("ana@studio on node0 (2)"),
+        "{}",
+        err.message
+    );
+    assert!(
+        batch.audit.iter().any(|e| e.outcome == "no_seat"),
+        "refusals are audited"
+    );
 }
 
 #[test]
 fn a_retried_checkout_returns_the_same_lease() {
     let mut pool = pool_with("vray", 5, 0);
     let mut batch = Batch::default();
-    let first = pool.checkout(1, &member(0), &holder(0), &checkout("vray", 1, 9), LeaseId([1; 16]), &mut batch).unwrap();
-    let again = pool.checkout(2, &member(0), &holder(0), &checkout("vray", 1, 9), LeaseId([2; 16]), &mut batch).unwrap();
+    let first = pool
+        .checkout(
+            1,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 9),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    let again = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 9),
+            LeaseId([2; 16]),
+            &mut batch,
+        )
+        .unwrap();
     assert_eq!(first.id, again.id);
-    assert_eq!(pool.status(2, Some("vray"), &mut batch).unwrap()[0].in_use, 1);
+    assert_eq!(
+        pool.status(2, Some("vray"), &mut batch).unwrap()[0].in_use,
+        1
+    );
 }
 
 #[test]
 fn leases_lapse_after_ttl_and_not_before() {
     let mut pool = pool_with("vray", 5, 0);
     let mut batch = Batch::default();
-    pool.checkout(0, &member(0), &holder(0), &checkout("vray", 1, 1), LeaseId([1; 16]), &mut batch).unwrap();
+    pool.checkout(
+        0,
+        &member(0),
+        &holder(0),
+        &checkout("vray", 1, 1),
+        LeaseId([1; 16]),
+        &mut batch,
+    )
+    .unwrap();
     pool.heartbeat(5_000, &member(0), &holder(0), &mut batch);
     pool.sweep(5_000 + TTL - 1, &mut batch);
     assert_eq!(pool.lease_count(), 1, "reclaimed before ttl");
     pool.sweep(5_000 + TTL, &mut batch);
     assert_eq!(pool.lease_count(), 0);
-    assert!(batch.audit.iter().any(|e| e.action == "reclaim" && e.reason.starts_with("expired")));
+    assert!(batch
+        .audit
+        .iter()
+        .any(|e| e.action == "reclaim" && e.reason.starts_with("expired")));
     let ack = pool.heartbeat(5_000 + TTL + 1, &member(0), &holder(0), &mut batch);
-    assert_eq!(ack.ended, vec![tally_protocol::EndedLease { lease: LeaseId([1; 16]), reason: EndReason::Expired }]);
+    assert_eq!(
+        ack.ended,
+        vec![tally_protocol::EndedLease {
+            lease: LeaseId([1; 16]),
+            reason: EndReason::Expired
+        }]
+    );
 }
 
 #[test]
 fn a_restart_gives_every_online_lease_one_full_ttl() {
     let mut pool = pool_with("vray", 5, 0);
     let mut batch = Batch::default();
-    pool.checkout(0, &member(0), &holder(0), &checkout("vray", 1, 1), LeaseId([1; 16]), &mut batch).unwrap();
+    pool.checkout(
+        0,
+        &member(0),
+        &holder(0),
+        &checkout("vray", 1, 1),
+        LeaseId([1; 16]),
+        &mut batch,
+    )
+    .unwrap();
     let snapshot = pool.snapshot();
     // Restart long after the lease would have lapsed.
     let mut pool = Pool::restore(snapshot, TTL, 100_000);
@@ -226,19 +400,44 @@ fn a_restart_gives_every_online_lease_one_full_ttl() {
 fn an_expired_entitlement_leaves_the_pool_and_ends_leases_it_no_longer_covers() {
     let mut pool = Pool::new(TTL);
     let mut batch = Batch::default();
-    pool.add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch).unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch)
+        .unwrap();
     let mut short = entitlement("vray", 2);
     short.expires_at = Some(1_000);
-    pool.add_entitlement(0, &admin(), &short, &mut batch).unwrap();
+    pool.add_entitlement(0, &admin(), &short, &mut batch)
+        .unwrap();
     for i in 0..4u8 {
-        pool.checkout(i as i64, &member(0), &holder(i as usize), &checkout("vray", 1, i), LeaseId([i + 1; 16]), &mut batch).unwrap();
+        pool.checkout(
+            i as i64,
+            &member(0),
+            &holder(i as usize),
+            &checkout("vray", 1, i),
+            LeaseId([i + 1; 16]),
+            &mut batch,
+        )
+        .unwrap();
     }
     let status = pool.status(999, None, &mut batch).unwrap();
     assert_eq!((status[0].total, status[0].in_use), (4, 4));
     let status = pool.status(1_000, None, &mut batch).unwrap();
-    assert_eq!((status[0].total, status[0].in_use, status[0].available), (2, 2, 0));
+    assert_eq!(
+        (status[0].total, status[0].in_use, status[0].available),
+        (2, 2, 0)
+    );
     // The newest leases went first.
-    let left: Vec<LeaseId> = pool.leases(1_000, &admin(), &LeasesQuery { feature: None, user: None }, &mut batch).iter().map(|l| l.id).collect();
+    let left: Vec<LeaseId> = pool
+        .leases(
+            1_000,
+            &admin(),
+            &LeasesQuery {
+                feature: None,
+                user: None,
+            },
+            &mut batch,
+        )
+        .iter()
+        .map(|l| l.id)
+        .collect();
     assert!(left.contains(&LeaseId([1; 16])) && left.contains(&LeaseId([2; 16])));
     pool.check_invariants(1_000).unwrap();
 }
@@ -247,15 +446,26 @@ fn an_expired_entitlement_leaves_the_pool_and_ends_leases_it_no_longer_covers() 
 fn entitlements_are_validated_and_admin_only() {
     let mut pool = Pool::new(TTL);
     let mut batch = Batch::default();
-    let err = pool.add_entitlement(0, &member(0), &entitlement("vray", 1), &mut batch).unwrap_err();
+    let err = pool
+        .add_entitlement(0, &member(0), &entitlement("vray", 1), &mut batch)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
-    let err = pool.add_entitlement(0, &admin(), &entitlement("Vray", 1), &mut batch).unwrap_err();
+    let err = pool
+        .add_entitlement(0, &admin(), &entitlement("Vray", 1), &mut batch)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Invalid);
-    let err = pool.add_entitlement(0, &admin(), &entitlement("vray", 0), &mut batch).unwrap_err();
+    let err = pool
+        .add_entitlement(0, &admin(), &entitlement("vray", 0), &mut batch)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Invalid);
     let mut past = entitlement("vray", 1);
     past.expires_at = Some(-5);
-    assert_eq!(pool.add_entitlement(0, &admin(), &past, &mut batch).unwrap_err().code, ErrorCode::Invalid);
+    assert_eq!(
+        pool.add_entitlement(0, &admin(), &past, &mut batch)
+            .unwrap_err()
+            .code,
+        ErrorCode::Invalid
+    );
     assert!(pool.entitlements(None).is_empty(), "nothing half-applied");
     assert!(batch.entitlements_added.is_empty());
     assert_eq!(batch.audit.len(), 4, "every refusal is audited");
@@ -265,12 +475,31 @@ fn entitlements_are_validated_and_admin_only() {
 fn unknown_features_are_not_found_and_expired_ones_say_so() {
     let mut pool = Pool::new(TTL);
     let mut batch = Batch::default();
-    let err = pool.checkout(0, &member(0), &holder(0), &checkout("maya", 1, 1), LeaseId([1; 16]), &mut batch).unwrap_err();
+    let err = pool
+        .checkout(
+            0,
+            &member(0),
+            &holder(0),
+            &checkout("maya", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
     let mut short = entitlement("maya", 1);
     short.expires_at = Some(10);
-    pool.add_entitlement(0, &admin(), &short, &mut batch).unwrap();
-    let err = pool.checkout(20, &member(0), &holder(0), &checkout("maya", 1, 1), LeaseId([1; 16]), &mut batch).unwrap_err();
+    pool.add_entitlement(0, &admin(), &short, &mut batch)
+        .unwrap();
+    let err = pool
+        .checkout(
+            20,
+            &member(0),
+            &holder(0),
+            &checkout("maya", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Expired);
 }
 
@@ -278,7 +507,16 @@ fn unknown_features_are_not_found_and_expired_ones_say_so() {
 fn batches_cancel_a_lease_added_and_removed_together() {
     let mut pool = pool_with("vray", 5, 0);
     let mut batch = Batch::default();
-    let lease = pool.checkout(1, &member(0), &holder(0), &checkout("vray", 1, 1), LeaseId([1; 16]), &mut batch).unwrap();
+    let lease = pool
+        .checkout(
+            1,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
     pool.checkin(2, &member(0), lease.id, &mut batch).unwrap();
     assert!(batch.leases_added.is_empty() && batch.leases_removed.is_empty());
     assert_eq!(batch.audit.len(), 2, "both are still audited");

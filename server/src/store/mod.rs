@@ -50,7 +50,12 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// Makes the server id and, when there is none, the owner account with this token hash.
-    async fn initialize(&self, owner: &str, owner_token_hash: &[u8; 32], now: i64) -> Result<Identity, StoreError>;
+    async fn initialize(
+        &self,
+        owner: &str,
+        owner_token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Identity, StoreError>;
 
     /// Adds another token for the owner (`tallyd owner-token`).
     async fn add_owner_token(&self, token_hash: &[u8; 32], now: i64) -> Result<String, StoreError>;
@@ -72,10 +77,12 @@ pub trait Store: Send + Sync + 'static {
 /// brings its schema up to date.
 pub async fn open(database: Option<&str>, data_dir: &Path) -> Result<Box<dyn Store>, StoreError> {
     match database {
-        None => Ok(Box::new(SqliteStore::open(&data_dir.join("tally.db")).await?)),
-        Some(url) if url.starts_with("sqlite://") => {
-            Ok(Box::new(SqliteStore::open(Path::new(&url["sqlite://".len()..])).await?))
-        }
+        None => Ok(Box::new(
+            SqliteStore::open(&data_dir.join("tally.db")).await?,
+        )),
+        Some(url) if url.starts_with("sqlite://") => Ok(Box::new(
+            SqliteStore::open(Path::new(&url["sqlite://".len()..])).await?,
+        )),
         Some(url) => Err(StoreError::UnsupportedUrl(url.to_string())),
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
-use tally_protocol::{ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, RequestId, Role};
+use tally_protocol::{
+    ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, RequestId, Role,
+};
 
 use super::{Identity, Principal, Store, StoreError};
 use crate::core::{Batch, Lease, Snapshot};
@@ -34,7 +36,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
@@ -57,7 +62,10 @@ impl SqliteStore {
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES (?)").bind(version).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
             tracing::info!(version, "applied database migration");
         }
         tx.commit().await?;
@@ -71,16 +79,25 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    async fn initialize(&self, owner: &str, owner_token_hash: &[u8; 32], now: i64) -> Result<Identity, StoreError> {
+    async fn initialize(
+        &self,
+        owner: &str,
+        owner_token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Identity, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let existing: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'server_id'")
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'server_id'")
+                .fetch_optional(&mut *tx)
+                .await?;
         let server_id = match existing {
             Some(id) => id,
             None => {
                 let id = hex::encode(rand::random::<[u8; 16]>());
-                sqlx::query("INSERT INTO meta (key, value) VALUES ('server_id', ?)").bind(&id).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('server_id', ?)")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
                 id
             }
         };
@@ -104,17 +121,23 @@ impl Store for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(Identity { server_id, owner_created })
+        Ok(Identity {
+            server_id,
+            owner_created,
+        })
     }
 
     async fn add_owner_token(&self, token_hash: &[u8; 32], now: i64) -> Result<String, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let owner: Option<(i64, String)> =
-            sqlx::query_as("SELECT id, username FROM users WHERE role = 'owner' ORDER BY id LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let owner: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, username FROM users WHERE role = 'owner' ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((user_id, username)) = owner else {
-            return Err(StoreError::Corrupt("there is no owner account; start tallyd once to create it".into()));
+            return Err(StoreError::Corrupt(
+                "there is no owner account; start tallyd once to create it".into(),
+            ));
         };
         sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
             .bind(&token_hash[..])
@@ -138,22 +161,29 @@ impl Store for SqliteStore {
         let state: String = row.try_get("state")?;
         Ok(Some(Principal {
             username: row.try_get("username")?,
-            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+            role: Role::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
             active: state == "active",
         }))
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let next: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_entitlement_id'")
-            .fetch_optional(&mut *conn)
-            .await?;
+        let next: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_entitlement_id'")
+                .fetch_optional(&mut *conn)
+                .await?;
         let next_entitlement_id = match next {
-            Some(text) => text.parse().map_err(|_| StoreError::Corrupt(format!("next_entitlement_id {text:?}")))?,
+            Some(text) => text
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("next_entitlement_id {text:?}")))?,
             None => 1,
         };
         let mut entitlements = Vec::new();
-        for row in sqlx::query("SELECT * FROM entitlements ORDER BY id").fetch_all(&mut *conn).await? {
+        for row in sqlx::query("SELECT * FROM entitlements ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?
+        {
             let kind: String = row.try_get("kind")?;
             entitlements.push(Entitlement {
                 id: row.try_get::<i64, _>("id")? as u64,
@@ -161,14 +191,18 @@ impl Store for SqliteStore {
                 seats: row.try_get::<i64, _>("seats")? as u32,
                 starts_at: row.try_get("starts_at")?,
                 expires_at: row.try_get("expires_at")?,
-                kind: EntitlementKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entitlement kind {kind:?}")))?,
+                kind: EntitlementKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("entitlement kind {kind:?}")))?,
                 borrowable: row.try_get("borrowable")?,
                 max_borrow_secs: row.try_get::<i64, _>("max_borrow_secs")? as u64,
                 reference: row.try_get("reference")?,
             });
         }
         let mut leases = Vec::new();
-        for row in sqlx::query("SELECT * FROM leases ORDER BY id").fetch_all(&mut *conn).await? {
+        for row in sqlx::query("SELECT * FROM leases ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?
+        {
             let kind: String = row.try_get("kind")?;
             let assignment: Option<i64> = row.try_get("source_assignment")?;
             leases.push(Lease {
@@ -179,13 +213,20 @@ impl Store for SqliteStore {
                 host: row.try_get("host")?,
                 client: ClientId(id16(&row, "client_id")?),
                 request_id: RequestId(id16(&row, "request_id")?),
-                kind: LeaseKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("lease kind {kind:?}")))?,
-                source: assignment.map_or(LeaseSource::Floating, |id| LeaseSource::Assignment(id as u64)),
+                kind: LeaseKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("lease kind {kind:?}")))?,
+                source: assignment.map_or(LeaseSource::Floating, |id| {
+                    LeaseSource::Assignment(id as u64)
+                }),
                 granted_at: row.try_get("granted_at")?,
                 expires_at: row.try_get("expires_at")?,
             });
         }
-        Ok(Snapshot { entitlements, leases, next_entitlement_id })
+        Ok(Snapshot {
+            entitlements,
+            leases,
+            next_entitlement_id,
+        })
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -202,7 +243,9 @@ impl Store for SqliteStore {
 
 fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreError> {
     let bytes: Vec<u8> = row.try_get(column)?;
-    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{column} is not 16 bytes")))
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{column} is not 16 bytes")))
 }
 
 /// Writes every list of the batch as multi-row statements.
@@ -267,7 +310,9 @@ async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<
         q.build().execute(&mut **tx).await?;
     }
     for chunk in batch.audit.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO audit (at, actor, action, subject, feature, outcome, reason) ");
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit (at, actor, action, subject, feature, outcome, reason) ",
+        );
         q.push_values(chunk, |mut b, e| {
             b.push_bind(e.at)
                 .push_bind(&e.actor)

@@ -1,0 +1,315 @@
+//! The `tally` and `tallyd` binaries as a user runs them: JSON documents, exit codes, and
+//! the README's first five minutes.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn usage_errors_exit_2_and_name_what_is_wrong() {
+    // No server is needed: arguments are checked first.
+    let cases: &[(&[&str], &str)] = &[
+        (&["--json", "checkout", "Bad Name"], "Bad Name"),
+        (
+            &[
+                "--json",
+                "entitlement",
+                "add",
+                "vray",
+                "--seats",
+                "3",
+                "--max-borrow",
+                "ten",
+            ],
+            "\"ten\" is not a duration",
+        ),
+        (
+            &["--json", "entitlement", "add", "vray", "--seats", "0"],
+            "--seats",
+        ),
+        (
+            &[
+                "--json",
+                "entitlement",
+                "add",
+                "vray",
+                "--seats",
+                "1",
+                "--expires",
+                "tomorrow",
+            ],
+            "\"tomorrow\" is not a time",
+        ),
+        (&["--json", "release", "xyz"], "\"xyz\" is not an id"),
+        (
+            &["--json", "entitlement", "remove", "abc"],
+            "not an entitlement id",
+        ),
+        (&["--json", "frobnicate"], "frobnicate"),
+        (&["--json", "checkout", "vray", "--seats", "many"], "many"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let doc = stdout_json(&out);
+        assert_eq!(doc["error"]["code"], "invalid", "{args:?}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{args:?}: {message:?} does not mention {needle:?}"
+        );
+    }
+    // Without --json the message goes to stderr.
+    let out = cli(&["checkout", "Bad Name"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Bad Name"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn no_reachable_server_exits_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, rcgen_free_ca()).unwrap();
+    let port = free_port().to_string();
+    let server = format!("127.0.0.1:{port}");
+    let out = cli(&[
+        "--json",
+        "--server",
+        &server,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--token",
+        "t",
+        "status",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let doc = stdout_json(&out);
+    assert!(doc["error"]["message"].as_str().unwrap().contains(&server));
+}
+
+/// Any well-formed CA certificate will do for a client that never gets to TLS.
+fn rcgen_free_ca() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(
+        "127.0.0.1:1".parse().unwrap(),
+        dir.path(),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    );
+    let data = tally_server::init::prepare_data_dir(&config).unwrap();
+    tally_server::init::ensure_certificates(&config, &data).unwrap();
+    std::fs::read_to_string(data.ca_cert()).unwrap()
+}
+
+#[tokio::test]
+async fn the_readme_tour_works_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+
+    let out = cli(&[
+        "--config",
+        config,
+        "--json",
+        "entitlement",
+        "add",
+        "vray",
+        "--seats",
+        "100",
+        "--ref",
+        "PO-7",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc = stdout_json(&out);
+    let keys: Vec<&String> = doc["entitlement"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "feature",
+            "seats",
+            "starts_at",
+            "expires_at",
+            "kind",
+            "borrowable",
+            "max_borrow_secs",
+            "reference"
+        ]
+    );
+    assert_eq!(doc["entitlement"]["max_borrow_secs"], 168 * 3600);
+    assert_eq!(doc["entitlement"]["reference"], "PO-7");
+
+    let out = cli(&["--config", config, "--json", "status"]);
+    let doc = stdout_json(&out);
+    assert_eq!(
+        doc,
+        serde_json::json!({"features": [{"feature": "vray", "total": 100, "assigned": 0, "floating": 100,
+            "in_use": 0, "borrowed": 0, "available": 100, "queued": 0}]})
+    );
+
+    // `checkout -- CMD` holds a seat while the command runs and exits with its status.
+    let mut held = Command::new(CLI)
+        .args([
+            "--config",
+            config,
+            "checkout",
+            "vray",
+            "--",
+            "sh",
+            "-c",
+            "sleep 3; exit 7",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..100 {
+        let doc = stdout_json(&cli(&["--config", config, "--json", "status", "vray"]));
+        if doc["features"][0]["in_use"] == 1 {
+            seen = true;
+            let leases = stdout_json(&cli(&["--config", config, "--json", "leases"]));
+            let lease = &leases["leases"][0];
+            let keys: Vec<&String> = lease.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                [
+                    "id",
+                    "feature",
+                    "seats",
+                    "user",
+                    "host",
+                    "kind",
+                    "source",
+                    "granted_at",
+                    "expires_at"
+                ]
+            );
+            assert_eq!(lease["kind"], "online");
+            assert_eq!(lease["source"], "floating");
+            assert!(lease["granted_at"].as_str().unwrap().ends_with('Z'));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen, "in_use never showed 1");
+    let status = held.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
+    let doc = stdout_json(&cli(&["--config", config, "--json", "status", "vray"]));
+    assert_eq!(doc["features"][0]["in_use"], 0, "the seat was freed");
+
+    // No seat: exit 3. Unknown feature: exit 1.
+    let out = cli(&[
+        "--config", config, "--json", "checkout", "vray", "--seats", "101", "--", "true",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout_json(&out)["error"]["code"], "no_seat");
+    let out = cli(&["--config", config, "--json", "status", "maya"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["code"], "not_found");
+
+    // A bad token: exit 4.
+    let out = cli(&["--config", config, "--json", "--token", "nope", "status"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(stdout_json(&out)["error"]["code"], "unauthenticated");
+
+    let doc = stdout_json(&cli(&["--config", config, "--json", "server", "info"]));
+    assert_eq!(doc["server"]["store"], "sqlite");
+    assert_eq!(doc["server"]["protocol"], 1);
+
+    let doc = stdout_json(&cli(&["--config", config, "--json", "entitlement", "list"]));
+    let id = doc["entitlements"][0]["id"].as_u64().unwrap().to_string();
+    let out = cli(&["--config", config, "--json", "entitlement", "remove", &id]);
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({"removed": id.parse::<u64>().unwrap()})
+    );
+}
+
+#[tokio::test]
+async fn release_by_an_admin_frees_the_seat() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    cli(&[
+        "--config",
+        config,
+        "entitlement",
+        "add",
+        "nuke",
+        "--seats",
+        "1",
+    ]);
+    let client = tally_client::Client::connect(daemon.client_config())
+        .await
+        .unwrap();
+    let lease = client.checkout("nuke", 1).await.unwrap();
+    let id = lease.id().to_string();
+    let out = cli(&["--config", config, "--json", "release", &id]);
+    assert_eq!(stdout_json(&out), serde_json::json!({"released": id}));
+    let out = cli(&["--config", config, "--json", "release", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["code"], "not_found");
+    let doc = stdout_json(&cli(&["--config", config, "--json", "status", "nuke"]));
+    assert_eq!(doc["features"][0]["available"], 1);
+}
+
+#[test]
+fn check_config_names_the_problem_and_owner_token_mints_a_working_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:1\"\n[leases]\nttl = \"0s\"\n").unwrap();
+    let out = Command::new(DAEMON)
+        .args(["check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leases.ttl"),
+        "{out:?}"
+    );
+    std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nverbose = true\n").unwrap();
+    let out = Command::new(DAEMON)
+        .args(["check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verbose"),
+        "{out:?}"
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tallyd.toml");
+    let out = Command::new(DAEMON)
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let run = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(run.path(), "30s", "1s");
+    let out = Command::new(DAEMON)
+        .args([
+            "owner-token",
+            "--config",
+            daemon.config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(token.len(), 64);
+    let config = daemon.client_toml();
+    let out = cli(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--token",
+        &token,
+        "--json",
+        "status",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

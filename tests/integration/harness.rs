@@ -1,0 +1,388 @@
+//! Starting real servers and driving them: in-process (`TestServer`), as a process that can
+//! be killed with SIGKILL (`DaemonProcess`), through the `tally` binary (`cli`), and with raw
+//! protocol frames (`RawConn`).
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_client::{Client, ClientConfig, ServerAddr};
+use tally_protocol::{
+    Authenticate, ClientId, ClientInfo, ClientMessage, Connection, EntitlementKind, FeatureStatus,
+    Hello, LeaseInfo, LeasesQuery, NewEntitlement, Request, Response, ServerMessage, StatusQuery,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use tally_server::config::Config;
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_tallyd-under-test");
+pub const CLI: &str = env!("CARGO_BIN_EXE_tally-under-test");
+
+/// A test configuration: short leases, quick sweeps.
+pub fn test_config(listen: SocketAddr, data_dir: &Path, ttl: Duration, sweep: Duration) -> Config {
+    let mut config = Config::with_defaults(listen, data_dir.to_path_buf());
+    config.tls.names = vec!["localhost".into(), "127.0.0.1".into()];
+    config.leases.ttl = ttl;
+    config.leases.sweep = sweep;
+    config
+}
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = test_config(
+            addr,
+            &dir.path().join("data"),
+            Duration::from_secs(3),
+            Duration::from_millis(200),
+        );
+        adjust(&mut config);
+        config.validate().unwrap();
+        let store = tally_server::store::open(
+            None,
+            &tally_server::init::prepare_data_dir(&config).unwrap().root,
+        )
+        .await
+        .unwrap();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let control = tally_server::Control {
+            ready: Some(ready_tx),
+            ..Default::default()
+        };
+        let shutdown = control.shutdown.clone();
+        let task = tokio::spawn(tally_server::run(listener, config, store, control));
+        ready_rx.await.expect("server failed to start");
+        TestServer {
+            addr,
+            dir,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn owner_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("owner.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir().join("tls/ca.pem")).unwrap()
+    }
+
+    pub fn client_config(&self, token: &str) -> ClientConfig {
+        let server = ServerAddr {
+            host: "localhost".into(),
+            port: self.addr.port(),
+        };
+        ClientConfig::new(vec![server], self.ca_pem(), token)
+    }
+
+    /// A client signed in as the owner.
+    pub async fn owner(&self) -> Client {
+        Client::connect(self.client_config(&self.owner_token()))
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server as SIGTERM would, and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// `tallyd` as a child process, ready when it says so through `NOTIFY_SOCKET`.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    notify: UnixDatagram,
+}
+
+/// A port that was free a moment ago; a restarted daemon must come back on the same one.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl DaemonProcess {
+    /// Writes a configuration into `dir` and starts the daemon on it.
+    pub fn start(dir: &Path, ttl: &str, sweep: &str) -> DaemonProcess {
+        let port = free_port();
+        let data_dir = dir.join("data");
+        let config_path = dir.join("tallyd.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\", \"127.0.0.1\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"{sweep}\"\n",
+            data_dir.display().to_string()
+        );
+        std::fs::write(&config_path, text).unwrap();
+        Self::spawn(port, config_path, data_dir)
+    }
+
+    fn spawn(port: u16, config_path: PathBuf, data_dir: PathBuf) -> DaemonProcess {
+        let socket_path = config_path.with_file_name(format!("notify-{}", rand::random::<u32>()));
+        let notify = UnixDatagram::bind(&socket_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let child = Command::new(DAEMON)
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("TALLY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = DaemonProcess {
+            child,
+            port,
+            config_path,
+            data_dir,
+            notify,
+        };
+        process.wait_for("READY=1");
+        process
+    }
+
+    /// Blocks until the daemon sends a notification containing `what`.
+    pub fn wait_for(&self, what: &str) {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self
+                .notify
+                .recv(&mut buf)
+                .unwrap_or_else(|err| panic!("no {what} from tallyd: {err}"));
+            if String::from_utf8_lossy(&buf[..n]).contains(what) {
+                return;
+            }
+        }
+    }
+
+    /// Starts the daemon again on the same port and data, after [`kill9`](Self::kill9).
+    pub fn restart(&mut self) {
+        let restarted = Self::spawn(self.port, self.config_path.clone(), self.data_dir.clone());
+        let old = std::mem::replace(self, restarted);
+        drop(old);
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn client_toml(&self) -> PathBuf {
+        self.data_dir.join("client.toml")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::from_file(&self.client_toml()).unwrap()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `tally` binary.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(CLI)
+        .args(args)
+        .env_remove("TALLY_CONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+pub fn stdout_json(output: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|err| {
+        panic!(
+            "not JSON ({err}): {text:?}; stderr {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+pub async fn status(client: &Client, feature: &str) -> FeatureStatus {
+    match client
+        .call(Request::Status(StatusQuery {
+            feature: Some(feature.into()),
+        }))
+        .await
+        .unwrap()
+    {
+        Response::Status(mut list) => list.remove(0),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub async fn leases(client: &Client) -> Vec<LeaseInfo> {
+    match client
+        .call(Request::Leases(LeasesQuery {
+            feature: None,
+            user: None,
+        }))
+        .await
+        .unwrap()
+    {
+        Response::Leases(list) => list,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub async fn add_entitlement(
+    client: &Client,
+    feature: &str,
+    seats: u32,
+    expires_at: Option<i64>,
+) -> u64 {
+    let new = NewEntitlement {
+        feature: feature.into(),
+        seats,
+        starts_at: None,
+        expires_at,
+        kind: EntitlementKind::Standard,
+        borrowable: false,
+        max_borrow_secs: None,
+        reference: "PO-1".into(),
+    };
+    match client.call(Request::EntitlementAdd(new)).await.unwrap() {
+        Response::Entitlement(e) => e.id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A connection that speaks raw protocol frames, to send what a well-behaved client never
+/// would.
+pub struct RawConn {
+    pub conn: Connection<TlsStream<TcpStream>>,
+}
+
+impl RawConn {
+    pub async fn tls(addr: SocketAddr, ca_pem: &[u8]) -> TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
+            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
+            roots.add(cert).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+
+    pub async fn connect(server: &TestServer) -> RawConn {
+        let tls = Self::tls(server.addr, &server.ca_pem()).await;
+        RawConn {
+            conn: Connection::new(tls, DEFAULT_MAX_FRAME),
+        }
+    }
+
+    pub fn hello(version: u16, instance: ClientId) -> ClientMessage {
+        ClientMessage::Hello(Hello {
+            protocol_version: version,
+            client: ClientInfo {
+                agent: "raw-test".into(),
+                host: "raw".into(),
+                instance,
+                machine_id: String::new(),
+                pid: 1,
+            },
+        })
+    }
+
+    /// Hello and Authenticate; panics unless both are accepted.
+    pub async fn signed_in(server: &TestServer, instance: ClientId) -> RawConn {
+        let mut raw = Self::connect(server).await;
+        raw.send(&Self::hello(PROTOCOL_VERSION, instance)).await;
+        assert!(matches!(raw.recv().await, Some(ServerMessage::Welcome(_))));
+        raw.send(&ClientMessage::Authenticate(Authenticate {
+            token: server.owner_token(),
+        }))
+        .await;
+        assert!(matches!(
+            raw.recv().await,
+            Some(ServerMessage::Authenticated(_))
+        ));
+        raw
+    }
+
+    pub async fn send(&mut self, message: &ClientMessage) {
+        self.conn.send(message).await.unwrap();
+    }
+
+    /// The next message, or `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<ServerMessage> {
+        self.conn
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Writes bytes past the framing, as a broken peer would.
+    pub async fn conn_write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let stream = self.conn.get_mut();
+        stream.write_all(bytes).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+
+    pub async fn request(&mut self, id: u32, body: Request) -> ServerMessage {
+        self.send(&ClientMessage::Request { id, body }).await;
+        self.recv().await.expect("an answer")
+    }
+}

@@ -1,0 +1,211 @@
+//! R12: malformed frames, wrong versions, requests before authentication, bad tokens,
+//! slow and excess connections. After each, the daemon goes on serving others.
+
+use std::time::Duration;
+
+use tally_client::Error;
+use tally_protocol::{
+    Authenticate, ClientId, ClientMessage, ErrorCode, Request, ServerMessage, StatusQuery,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+/// The server still answers a well-behaved client.
+async fn still_serving(server: &TestServer) {
+    let client = server.owner().await;
+    let answer = client
+        .call(Request::Status(StatusQuery { feature: None }))
+        .await;
+    assert!(answer.is_ok(), "server stopped serving: {answer:?}");
+}
+
+fn refusal(message: Option<ServerMessage>) -> tally_protocol::ErrorBody {
+    match message {
+        Some(ServerMessage::Error(body)) => body,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_oversize_length_prefix_closes_only_that_connection() {
+    let server = TestServer::start().await;
+    let mut tls = RawConn::tls(server.addr, &server.ca_pem()).await;
+    tls.write_all(&0xFFFF_FFF0u32.to_be_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut raw = RawConn {
+        conn: tally_protocol::Connection::new(tls, 1 << 20),
+    };
+    let body = refusal(raw.recv().await);
+    assert_eq!(body.code, ErrorCode::Invalid);
+    assert!(
+        body.message.contains("larger than the limit"),
+        "{}",
+        body.message
+    );
+    assert!(raw.recv().await.is_none(), "connection closed");
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn truncated_and_random_frames_are_refused() {
+    let server = TestServer::start().await;
+    // A frame that promises 100 bytes and brings 10, then the peer goes away.
+    let mut tls = RawConn::tls(server.addr, &server.ca_pem()).await;
+    tls.write_all(&[0, 0, 0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        .await
+        .unwrap();
+    tls.shutdown().await.unwrap();
+    drop(tls);
+    // Random bytes in well-formed frames, before and after authentication.
+    for round in 0..20u8 {
+        let mut raw = if round % 2 == 0 {
+            RawConn::connect(&server).await
+        } else {
+            RawConn::signed_in(&server, ClientId(rand::random())).await
+        };
+        let junk: Vec<u8> = (0..(round as usize * 7 + 3))
+            .map(|_| rand::random::<u8>() | 0x80)
+            .collect();
+        let mut frame = (junk.len() as u32).to_be_bytes().to_vec();
+        frame.extend(&junk);
+        raw.conn_write(&frame).await;
+        let body = refusal(raw.recv().await);
+        assert_eq!(body.code, ErrorCode::Invalid, "{body:?}");
+        assert!(body.message.contains("malformed"), "{}", body.message);
+    }
+    // Not TLS at all.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("closed");
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version_is_refused_by_name() {
+    let server = TestServer::start().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&RawConn::hello(
+        PROTOCOL_VERSION + 1,
+        ClientId(rand::random()),
+    ))
+    .await;
+    let body = refusal(raw.recv().await);
+    assert_eq!(body.code, ErrorCode::VersionUnsupported);
+    assert!(
+        body.message.contains(&format!("{}", PROTOCOL_VERSION + 1)),
+        "{}",
+        body.message
+    );
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn requests_before_hello_or_authentication_are_refused() {
+    let server = TestServer::start().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&ClientMessage::Request {
+        id: 1,
+        body: Request::ServerInfo,
+    })
+    .await;
+    assert_eq!(refusal(raw.recv().await).code, ErrorCode::Unauthenticated);
+
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&RawConn::hello(PROTOCOL_VERSION, ClientId(rand::random())))
+        .await;
+    assert!(matches!(raw.recv().await, Some(ServerMessage::Welcome(_))));
+    raw.send(&ClientMessage::Request {
+        id: 1,
+        body: Request::Status(StatusQuery { feature: None }),
+    })
+    .await;
+    let body = refusal(raw.recv().await);
+    assert_eq!(body.code, ErrorCode::Unauthenticated);
+    assert!(body.message.contains("authenticate"), "{}", body.message);
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused() {
+    let server = TestServer::start().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&RawConn::hello(PROTOCOL_VERSION, ClientId(rand::random())))
+        .await;
+    assert!(matches!(raw.recv().await, Some(ServerMessage::Welcome(_))));
+    raw.send(&ClientMessage::Authenticate(Authenticate {
+        token: "not-a-token".into(),
+    }))
+    .await;
+    assert_eq!(refusal(raw.recv().await).code, ErrorCode::Unauthenticated);
+    // Through the client library too.
+    match tally_client::Client::connect(server.client_config("0123")).await {
+        Err(Error::Server(body)) => {
+            assert_eq!(body.code, ErrorCode::Unauthenticated);
+            assert!(body.message.contains("token"), "{}", body.message);
+        }
+        other => panic!("expected unauthenticated, got {other:?}"),
+    }
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    let server =
+        TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(500)).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "expected the server to close, got {read:?}"
+    );
+    // TLS done, but no Hello.
+    let mut tls = RawConn::tls(server.addr, &server.ca_pem()).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a silent connection open");
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed() {
+    let server = TestServer::start_with(|c| c.limits.max_connections = 2).await;
+    let a = server.owner().await;
+    let _b = server.owner().await;
+    let third = tally_client::Client::connect(server.client_config(&server.owner_token())).await;
+    assert!(matches!(third, Err(Error::Unreachable(_))), "{third:?}");
+    // The two admitted connections are still served.
+    assert!(a.call(Request::ServerInfo).await.is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_names_and_ids_in_requests_are_invalid() {
+    let server = TestServer::start().await;
+    let owner = server.owner().await;
+    let err = owner.checkout("Not A Feature", 1).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid));
+    assert!(err.to_string().contains("Not A Feature"), "{err}");
+    add_entitlement(&owner, "vray", 1, None).await;
+    let err = owner.checkout("vray", 0).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid));
+    let err = owner
+        .call(Request::EntitlementRemove(
+            tally_protocol::EntitlementRemove { id: 999 },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    assert_eq!(status(&owner, "vray").await.total, 1, "nothing changed");
+    server.stop().await;
+}

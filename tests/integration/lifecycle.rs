@@ -1,0 +1,173 @@
+//! The daemon as a process: SIGKILL with leases held (R5), holders killed with SIGKILL
+//! (R3), SIGTERM and SIGHUP.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tally_client::Client;
+use tally_protocol::LeaseId;
+
+use crate::harness::*;
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns how long it took.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_holder_killed_with_sigkill_loses_its_seat_after_ttl_and_within_ttl_plus_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "3s", "250ms");
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    crate::harness::add_entitlement(&owner, "vray", 2, None).await;
+    let config = daemon.client_toml();
+    let mut holder = Command::new(CLI)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "checkout",
+            "vray",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let granted: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let id: LeaseId = granted["lease"]["id"].as_str().unwrap().parse().unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let lease = leases(&owner)
+        .await
+        .into_iter()
+        .find(|l| l.id == id)
+        .expect("lease held");
+    // Killed before its first heartbeat (ttl / 3): the lease lapses one ttl after the grant.
+    assert_eq!(lease.expires_at - lease.granted_at, 3000);
+    let lapse = lease.expires_at;
+    tokio::time::sleep(Duration::from_millis(
+        (lapse - now_millis() - 300).max(0) as u64
+    ))
+    .await;
+    assert_eq!(
+        status(&owner, "vray").await.in_use,
+        1,
+        "reclaimed before ttl"
+    );
+    let gone = within(Duration::from_millis(2000), || async {
+        status(&owner, "vray").await.in_use == 0
+    })
+    .await;
+    assert!(gone.is_some(), "not reclaimed within ttl + sweep");
+    let late = now_millis() - lapse;
+    assert!(
+        late <= 250 + 400,
+        "reclaimed {late} ms after the lease lapsed; sweep is 250 ms"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_with_50_leases_held_loses_none_and_resumes_every_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), "3s", "250ms");
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    crate::harness::add_entitlement(&owner, "vray", 60, None).await;
+    // 50 live holders, one lease each.
+    let mut live = Vec::new();
+    for _ in 0..50 {
+        let client = Client::connect(daemon.client_config()).await.unwrap();
+        let lease = client.checkout("vray", 1).await.unwrap();
+        live.push((client, lease));
+    }
+    // 5 holders that die with the daemon.
+    let config = daemon.client_toml();
+    let mut doomed = Vec::new();
+    for _ in 0..5 {
+        let mut child = Command::new(CLI)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--json",
+                "checkout",
+                "vray",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"lease\""), "{line}");
+        doomed.push(child);
+    }
+    let live_ids: BTreeSet<LeaseId> = live.iter().map(|(_, lease)| lease.id()).collect();
+    let before: BTreeSet<LeaseId> = leases(&owner).await.iter().map(|l| l.id).collect();
+    assert_eq!(before.len(), 55);
+    drop(owner);
+
+    daemon.kill9();
+    for child in &mut doomed {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    daemon.restart();
+    let restarted_at = now_millis();
+
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    let after: BTreeSet<LeaseId> = leases(&owner).await.iter().map(|l| l.id).collect();
+    assert_eq!(after, before, "the same 55 lease ids after the restart");
+
+    // Two ttls later the live holders have resumed their own leases; the dead ones' leases
+    // were reclaimed one ttl after the restart.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let now: BTreeSet<LeaseId> = leases(&owner).await.iter().map(|l| l.id).collect();
+    assert_eq!(now, live_ids, "live holders keep exactly their leases");
+    let figures = status(&owner, "vray").await;
+    assert_eq!(
+        (figures.in_use, figures.available),
+        (50, 10),
+        "never a second seat"
+    );
+    for (_, lease) in &live {
+        assert!(
+            lease.is_lost().is_none(),
+            "a live holder was told its lease was lost"
+        );
+    }
+    assert!(now_millis() - restarted_at >= 6000);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_cleanly_and_sighup_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), "3s", "250ms");
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    crate::harness::add_entitlement(&owner, "vray", 1, None).await;
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for("READY=1");
+    // The same connection still serves after the reload.
+    assert_eq!(status(&owner, "vray").await.total, 1);
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "tallyd exited with {status:?}");
+}
