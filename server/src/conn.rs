@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
@@ -305,6 +304,3 @@ fn truncate(text: &str, max: usize) -> String {
     }
     text[..end].to_string()
 }
-
-/// How long to wait before re-reading limits, exposed for the accept loop.
-pub const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(5);

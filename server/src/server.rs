@@ -20,6 +20,9 @@ use crate::engine::{now_millis, Engine};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::store::Store;
 
+/// While connections are refused for `max_connections`, one warning per this long.
+const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(5);
+
 /// How many jobs may wait for the engine before connections wait to send more.
 const ENGINE_QUEUE: usize = 65_536;
 
@@ -144,7 +147,7 @@ pub async fn run(
                 };
                 let max = shared.limits().max_connections;
                 if shared.connections.load(Ordering::Relaxed) >= max {
-                    if last_overload_log.is_none_or(|at| at.elapsed() >= crate::conn::OVERLOAD_LOG_EVERY) {
+                    if last_overload_log.is_none_or(|at| at.elapsed() >= OVERLOAD_LOG_EVERY) {
                         tracing::warn!(%peer, max, "refusing connection: limits.max_connections reached");
                         last_overload_log = Some(Instant::now());
                     }

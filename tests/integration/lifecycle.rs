@@ -137,6 +137,10 @@ async fn sigkill_with_50_leases_held_loses_none_and_resumes_every_holder() {
     let after: BTreeSet<LeaseId> = leases(&owner).await.iter().map(|l| l.id).collect();
     assert_eq!(after, before, "the same 55 lease ids after the restart");
 
+    // Just before one ttl has passed, every lease is still held, the dead holders' too.
+    tokio::time::sleep(Duration::from_millis((restarted_at + 2500 - now_millis()).max(0) as u64)).await;
+    assert_eq!(leases(&owner).await.len(), 55, "a lease was reclaimed before its ttl after the restart");
+
     // Two ttls later the live holders have resumed their own leases; the dead ones' leases
     // were reclaimed one ttl after the restart.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -170,4 +174,27 @@ async fn sigterm_finishes_cleanly_and_sighup_keeps_connections() {
     daemon.signal(Signal::SIGTERM);
     let status = daemon.child.wait().unwrap();
     assert!(status.success(), "tallyd exited with {status:?}");
+}
+
+#[tokio::test]
+async fn checkout_holds_until_sigterm_then_checks_in_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    crate::harness::add_entitlement(&owner, "vray", 1, None).await;
+    let config = daemon.client_toml();
+    let mut holder = Command::new(CLI)
+        .args(["--config", config.to_str().unwrap(), "--json", "checkout", "vray"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("\"lease\""), "{line}");
+    assert_eq!(status(&owner, "vray").await.in_use, 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = holder.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert_eq!(status(&owner, "vray").await.in_use, 0, "checked in before exiting");
 }

@@ -267,3 +267,46 @@ async fn a_network_drop_resumes_the_same_lease_and_never_takes_a_second_seat() {
     assert!(lease.is_lost().is_none());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_client_moves_on_to_the_next_server_when_the_first_is_down() {
+    let server = TestServer::start().await;
+    let mut config = server.client_config(&server.owner_token());
+    let dead = tally_client::ServerAddr { host: "127.0.0.1".into(), port: free_port() };
+    config.servers.insert(0, dead);
+    let client = tally_client::Client::connect(config).await.unwrap();
+    assert!(client.call(Request::ServerInfo).await.is_ok());
+    server.stop().await;
+}
+
+#[test]
+fn the_blocking_client_checks_out_and_checks_in_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let client = tally_client::blocking::Client::connect(daemon.client_config()).unwrap();
+    let new = tally_protocol::NewEntitlement {
+        feature: "katana".into(),
+        seats: 1,
+        starts_at: None,
+        expires_at: None,
+        kind: tally_protocol::EntitlementKind::Standard,
+        borrowable: false,
+        max_borrow_secs: None,
+        reference: String::new(),
+    };
+    client.call(Request::EntitlementAdd(new)).unwrap();
+    let in_use = |client: &tally_client::blocking::Client| match client
+        .call(Request::Status(tally_protocol::StatusQuery { feature: Some("katana".into()) }))
+        .unwrap()
+    {
+        Response::Status(list) => list[0].in_use,
+        other => panic!("{other:?}"),
+    };
+    let lease = client.checkout("katana", 1).unwrap();
+    assert_eq!(lease.info().feature, "katana");
+    assert_eq!(in_use(&client), 1);
+    let err = client.checkout("katana", 1).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NoSeat));
+    drop(lease);
+    assert_eq!(in_use(&client), 0, "dropping the blocking lease waits for the check-in");
+}
