@@ -81,6 +81,9 @@ pub struct ClientConfig {
     pub ca_pem: Vec<u8>,
     /// The user's token.
     pub token: String,
+    /// A client certificate chain and its private key (PEM), for servers that require
+    /// mutual TLS (`tls.client_ca`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
     /// The program, shown to admins as part of a lease's holder.
     pub agent: String,
     /// How long a request waits for a connection before failing with `Unreachable`.
@@ -108,6 +111,10 @@ pub struct ClientFile {
     pub ca: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
     pub token: Option<String>,
+    /// Client certificate (PEM), for servers that require mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert` (PEM).
+    pub key: Option<PathBuf>,
 }
 
 impl ClientFile {
@@ -124,6 +131,8 @@ impl ClientFile {
         let base = path.parent().unwrap_or(Path::new("."));
         file.ca = file.ca.map(|p| base.join(p));
         file.token_file = file.token_file.map(|p| base.join(p));
+        file.cert = file.cert.map(|p| base.join(p));
+        file.key = file.key.map(|p| base.join(p));
         Ok(file)
     }
 }
@@ -135,6 +144,7 @@ impl ClientConfig {
             servers,
             ca_pem,
             token: token.into(),
+            identity: None,
             agent: format!("tally-client/{}", env!("CARGO_PKG_VERSION")),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -144,7 +154,31 @@ impl ClientConfig {
     /// Reads a client file (`servers`, `ca`, `token_file` or `token`).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let file = ClientFile::load(path)?;
-        Self::from_parts(file.servers, file.ca, file.token, file.token_file)
+        let identity = (file.cert.clone(), file.key.clone());
+        Self::from_parts(file.servers, file.ca, file.token, file.token_file)?
+            .with_identity_files(identity)
+    }
+
+    /// Adds a client certificate and key read from PEM files; both or neither.
+    pub fn with_identity_files(
+        mut self,
+        files: (Option<PathBuf>, Option<PathBuf>),
+    ) -> Result<Self, Error> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path).map_err(|err| {
+                Error::Config(format!(
+                    "cannot read client {what} {}: {err}",
+                    path.display()
+                ))
+            })
+        };
+        self.identity = match files {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((read(&cert, "certificate")?, read(&key, "key")?)),
+            (Some(_), None) => return Err(Error::Config("`cert` is set but `key` is not".into())),
+            (None, Some(_)) => return Err(Error::Config("`key` is set but `cert` is not".into())),
+        };
+        Ok(self)
     }
 
     /// Builds a configuration from the pieces a file, the environment or flags give.

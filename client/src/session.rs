@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig as TlsConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tally_protocol::{
     Authenticate, Checkin, Checkout, ClientId, ClientInfo, ClientMessage, Connection, EndReason,
     ErrorCode, Hello, LeaseId, Outcome, Request, RequestId, Response, Resume, ServerMessage,
@@ -163,11 +163,26 @@ impl Settings {
             return Err(Error::Config("the CA file holds no certificate".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = TlsConfig::builder_with_provider(provider)
+        let builder = TlsConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|err| Error::Config(err.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let tls = match &config.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let certs = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| {
+                        Error::Config(format!("the client certificate is not PEM: {err}"))
+                    })?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| {
+                    Error::Config(format!("the client key is not a PEM private key: {err}"))
+                })?;
+                builder.with_client_auth_cert(certs, key).map_err(|err| {
+                    Error::Config(format!("the client certificate and key do not fit: {err}"))
+                })?
+            }
+        };
         let info = ClientInfo {
             agent: config.agent.clone(),
             host: host_name(),

@@ -91,6 +91,27 @@ fn frame_refusal(err: &FrameError) -> Option<ErrorBody> {
     }
 }
 
+/// Reads one message of the opening exchange before `deadline`; anything but a message
+/// refuses the peer (when something can be said) and ends the connection.
+async fn handshake_message<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    deadline: Instant,
+    expected: &str,
+) -> Result<ClientMessage, String> {
+    match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
+        Ok(Ok(Some(message))) => Ok(message),
+        Ok(Ok(None)) => Err(format!("closed before {expected}")),
+        Ok(Err(err)) => Err(match frame_refusal(&err) {
+            Some(body) => refuse(conn, body).await,
+            None => err.to_string(),
+        }),
+        Err(_) => {
+            let err = ErrorBody::invalid(format!("no {expected} within the handshake timeout"));
+            Err(refuse(conn, err).await)
+        }
+    }
+}
+
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<S>,
     shared: &Shared,
@@ -98,28 +119,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     // Hello, within the handshake timeout.
-    let hello: Hello = match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
-        Err(_) => {
-            return Err(refuse(
-                &mut conn,
-                ErrorBody::invalid("no Hello within the handshake timeout"),
-            )
-            .await)
-        }
-        Ok(Ok(Some(ClientMessage::Hello(hello)))) => hello,
-        Ok(Ok(Some(_))) => {
+    let hello: Hello = match handshake_message(&mut conn, deadline, "Hello").await? {
+        ClientMessage::Hello(hello) => hello,
+        _ => {
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
                 "the first message must be Hello",
             );
             return Err(refuse(&mut conn, err).await);
-        }
-        Ok(Ok(None)) => return Err("closed before Hello".into()),
-        Ok(Err(err)) => {
-            return Err(match frame_refusal(&err) {
-                Some(body) => refuse(&mut conn, body).await,
-                None => err.to_string(),
-            })
         }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -137,28 +144,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| e.to_string())?;
 
     // Authenticate, within the same deadline.
-    let token = match tokio::time::timeout_at(deadline, conn.recv::<ClientMessage>()).await {
-        Err(_) => {
-            return Err(refuse(
-                &mut conn,
-                ErrorBody::invalid("no Authenticate within the handshake timeout"),
-            )
-            .await)
-        }
-        Ok(Ok(Some(ClientMessage::Authenticate(auth)))) => auth.token,
-        Ok(Ok(Some(_))) => {
+    let token = match handshake_message(&mut conn, deadline, "Authenticate").await? {
+        ClientMessage::Authenticate(auth) => auth.token,
+        _ => {
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
                 "authenticate before sending requests",
             );
             return Err(refuse(&mut conn, err).await);
-        }
-        Ok(Ok(None)) => return Err("closed before Authenticate".into()),
-        Ok(Err(err)) => {
-            return Err(match frame_refusal(&err) {
-                Some(body) => refuse(&mut conn, body).await,
-                None => err.to_string(),
-            })
         }
     };
     let principal = match shared.store.authenticate(&token_hash(&token)).await {

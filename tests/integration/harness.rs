@@ -386,3 +386,29 @@ impl RawConn {
         self.recv().await.expect("an answer")
     }
 }
+
+/// Starts `tally --json checkout FEATURE` as a process holding a seat, and waits for the
+/// grant; returns the process and its lease id.
+pub fn spawn_holder(client_toml: &Path, feature: &str) -> (Child, tally_protocol::LeaseId) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(CLI)
+        .args([
+            "--config",
+            client_toml.to_str().unwrap(),
+            "--json",
+            "checkout",
+            feature,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let granted: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("no grant: {line:?}"));
+    let id = granted["lease"]["id"].as_str().unwrap().parse().unwrap();
+    (child, id)
+}

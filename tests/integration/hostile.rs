@@ -209,3 +209,35 @@ async fn bad_names_and_ids_in_requests_are_invalid() {
     assert_eq!(status(&owner, "vray").await.total, 1, "nothing changed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["render-node-7".into()])
+        .unwrap()
+        .signed_by(&client_key, &ca_cert, &ca_key)
+        .unwrap();
+    let client_ca = dir.path().join("clients.pem");
+    std::fs::write(&client_ca, ca_cert.pem()).unwrap();
+
+    let server = TestServer::start_with(|c| c.tls.client_ca = Some(client_ca.clone())).await;
+    let without = tally_client::Client::connect(server.client_config(&server.owner_token())).await;
+    assert!(matches!(without, Err(Error::Unreachable(_))), "{without:?}");
+
+    let mut config = server.client_config(&server.owner_token());
+    config.identity = Some((
+        client_cert.pem().into_bytes(),
+        client_key.serialize_pem().into_bytes(),
+    ));
+    let with = tally_client::Client::connect(config)
+        .await
+        .expect("a client with a certificate is let in");
+    assert!(with.call(Request::ServerInfo).await.is_ok());
+    server.stop().await;
+}

@@ -2,8 +2,6 @@
 //! (R3), SIGTERM and SIGHUP.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -34,25 +32,7 @@ async fn a_holder_killed_with_sigkill_loses_its_seat_after_ttl_and_within_ttl_pl
     let daemon = DaemonProcess::start(dir.path(), "3s", "250ms");
     let owner = Client::connect(daemon.client_config()).await.unwrap();
     crate::harness::add_entitlement(&owner, "vray", 2, None).await;
-    let config = daemon.client_toml();
-    let mut holder = Command::new(CLI)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-            "checkout",
-            "vray",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let granted: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let id: LeaseId = granted["lease"]["id"].as_str().unwrap().parse().unwrap();
+    let (mut holder, id) = spawn_holder(&daemon.client_toml(), "vray");
     holder.kill().unwrap();
     holder.wait().unwrap();
     let lease = leases(&owner)
@@ -98,35 +78,16 @@ async fn sigkill_with_50_leases_held_loses_none_and_resumes_every_holder() {
         live.push((client, lease));
     }
     // 5 holders that die with the daemon.
-    let config = daemon.client_toml();
-    let mut doomed = Vec::new();
-    for _ in 0..5 {
-        let mut child = Command::new(CLI)
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--json",
-                "checkout",
-                "vray",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("\"lease\""), "{line}");
-        doomed.push(child);
-    }
+    let doomed: Vec<_> = (0..5)
+        .map(|_| spawn_holder(&daemon.client_toml(), "vray").0)
+        .collect();
     let live_ids: BTreeSet<LeaseId> = live.iter().map(|(_, lease)| lease.id()).collect();
     let before: BTreeSet<LeaseId> = leases(&owner).await.iter().map(|l| l.id).collect();
     assert_eq!(before.len(), 55);
     drop(owner);
 
     daemon.kill9();
-    for child in &mut doomed {
+    for mut child in doomed {
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -138,8 +99,15 @@ async fn sigkill_with_50_leases_held_loses_none_and_resumes_every_holder() {
     assert_eq!(after, before, "the same 55 lease ids after the restart");
 
     // Just before one ttl has passed, every lease is still held, the dead holders' too.
-    tokio::time::sleep(Duration::from_millis((restarted_at + 2500 - now_millis()).max(0) as u64)).await;
-    assert_eq!(leases(&owner).await.len(), 55, "a lease was reclaimed before its ttl after the restart");
+    tokio::time::sleep(Duration::from_millis(
+        (restarted_at + 2500 - now_millis()).max(0) as u64,
+    ))
+    .await;
+    assert_eq!(
+        leases(&owner).await.len(),
+        55,
+        "a lease was reclaimed before its ttl after the restart"
+    );
 
     // Two ttls later the live holders have resumed their own leases; the dead ones' leases
     // were reclaimed one ttl after the restart.
@@ -182,19 +150,18 @@ async fn checkout_holds_until_sigterm_then_checks_in_and_exits_0() {
     let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
     let owner = Client::connect(daemon.client_config()).await.unwrap();
     crate::harness::add_entitlement(&owner, "vray", 1, None).await;
-    let config = daemon.client_toml();
-    let mut holder = Command::new(CLI)
-        .args(["--config", config.to_str().unwrap(), "--json", "checkout", "vray"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains("\"lease\""), "{line}");
+    let (mut holder, _) = spawn_holder(&daemon.client_toml(), "vray");
     assert_eq!(status(&owner, "vray").await.in_use, 1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder.id() as i32), Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
     let exit = holder.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
-    assert_eq!(status(&owner, "vray").await.in_use, 0, "checked in before exiting");
+    assert_eq!(
+        status(&owner, "vray").await.in_use,
+        0,
+        "checked in before exiting"
+    );
 }

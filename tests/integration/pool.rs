@@ -272,7 +272,10 @@ async fn a_network_drop_resumes_the_same_lease_and_never_takes_a_second_seat() {
 async fn the_client_moves_on_to_the_next_server_when_the_first_is_down() {
     let server = TestServer::start().await;
     let mut config = server.client_config(&server.owner_token());
-    let dead = tally_client::ServerAddr { host: "127.0.0.1".into(), port: free_port() };
+    let dead = tally_client::ServerAddr {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
     config.servers.insert(0, dead);
     let client = tally_client::Client::connect(config).await.unwrap();
     assert!(client.call(Request::ServerInfo).await.is_ok());
@@ -296,7 +299,9 @@ fn the_blocking_client_checks_out_and_checks_in_on_drop() {
     };
     client.call(Request::EntitlementAdd(new)).unwrap();
     let in_use = |client: &tally_client::blocking::Client| match client
-        .call(Request::Status(tally_protocol::StatusQuery { feature: Some("katana".into()) }))
+        .call(Request::Status(tally_protocol::StatusQuery {
+            feature: Some("katana".into()),
+        }))
         .unwrap()
     {
         Response::Status(list) => list[0].in_use,
@@ -308,5 +313,9 @@ fn the_blocking_client_checks_out_and_checks_in_on_drop() {
     let err = client.checkout("katana", 1).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NoSeat));
     drop(lease);
-    assert_eq!(in_use(&client), 0, "dropping the blocking lease waits for the check-in");
+    assert_eq!(
+        in_use(&client),
+        0,
+        "dropping the blocking lease waits for the check-in"
+    );
 }

@@ -469,8 +469,8 @@ fn parse_lease_id(text: &str) -> Result<LeaseId, Failure> {
 /// `tally checkout`: hold until SIGINT/SIGTERM, or around a command.
 async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u8, Failure> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut lease = client.checkout(&args.feature, args.seats).await?;
-    out.lease_granted(lease.info(), args.command.is_empty());
+    // Handlers first: a signal that comes as soon as the grant is printed must still lead
+    // to a check-in.
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -481,6 +481,8 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
             message: "cannot install signal handlers".into(),
         });
     };
+    let mut lease = client.checkout(&args.feature, args.seats).await?;
+    out.lease_granted(lease.info(), args.command.is_empty());
     if args.command.is_empty() {
         let code = tokio::select! {
             _ = term.recv() => exit::OK,

@@ -337,13 +337,18 @@ async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use tally_protocol::{Checkout, ClientId, EntitlementKind, LeaseId, NewEntitlement, RequestId, Role};
+    use tally_protocol::{
+        Checkout, ClientId, EntitlementKind, LeaseId, NewEntitlement, RequestId, Role,
+    };
 
     use super::*;
     use crate::core::{Actor, Holder, Pool};
 
     fn owner() -> Actor {
-        Actor { username: "owner@localhost".into(), role: Role::Owner }
+        Actor {
+            username: "owner@localhost".into(),
+            role: Role::Owner,
+        }
     }
 
     /// Commits real batches (more rows than one statement takes, updates, removals that
@@ -367,27 +372,54 @@ mod tests {
         };
         pool.add_entitlement(1, &owner(), &new, &mut batch).unwrap();
         for i in 0..2500u32 {
-            let holder = Holder { client: ClientId([(i % 7) as u8; 16]), host: format!("node{i}") };
-            let checkout = Checkout { request_id: RequestId(u128::from(i).to_be_bytes()), feature: "vray".into(), seats: 1 };
+            let holder = Holder {
+                client: ClientId([(i % 7) as u8; 16]),
+                host: format!("node{i}"),
+            };
+            let checkout = Checkout {
+                request_id: RequestId(u128::from(i).to_be_bytes()),
+                feature: "vray".into(),
+                seats: 1,
+            };
             let id = LeaseId((u128::from(i) + 1).to_be_bytes());
-            pool.checkout(2, &owner(), &holder, &checkout, id, &mut batch).unwrap();
+            pool.checkout(2, &owner(), &holder, &checkout, id, &mut batch)
+                .unwrap();
         }
         store.commit(&batch).await.unwrap();
 
         let mut batch = Batch::default();
-        let ids: Vec<LeaseId> = pool.snapshot().leases.iter().map(|l| l.id).take(1200).collect();
+        let ids: Vec<LeaseId> = pool
+            .snapshot()
+            .leases
+            .iter()
+            .map(|l| l.id)
+            .take(1200)
+            .collect();
         for id in &ids[..1100] {
             pool.checkin(3, &owner(), *id, &mut batch).unwrap();
         }
-        let moved = Holder { client: ClientId([99; 16]), host: "laptop".into() };
+        let moved = Holder {
+            client: ClientId([99; 16]),
+            host: "laptop".into(),
+        };
         pool.resume(4, &owner(), &moved, &ids[1100..], &mut batch);
         store.commit(&batch).await.unwrap();
 
         let loaded = store.load().await.unwrap();
         assert_eq!(loaded, pool.snapshot());
         assert_eq!(loaded.leases.len(), 1400);
-        assert!(loaded.leases.iter().filter(|l| l.client == ClientId([99; 16])).count() == 100);
-        let audit: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit").fetch_one(&store.pool).await.unwrap();
+        assert!(
+            loaded
+                .leases
+                .iter()
+                .filter(|l| l.client == ClientId([99; 16]))
+                .count()
+                == 100
+        );
+        let audit: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
         assert_eq!(audit, 1 + 2500 + 1100);
     }
 
@@ -395,12 +427,21 @@ mod tests {
     async fn initialise_is_idempotent_and_tokens_authenticate() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        let first = store.initialize("owner@localhost", &[1; 32], 0).await.unwrap();
+        let first = store
+            .initialize("owner@localhost", &[1; 32], 0)
+            .await
+            .unwrap();
         assert!(first.owner_created);
-        let again = store.initialize("owner@localhost", &[2; 32], 0).await.unwrap();
+        let again = store
+            .initialize("owner@localhost", &[2; 32], 0)
+            .await
+            .unwrap();
         assert!(!again.owner_created);
         assert_eq!(first.server_id, again.server_id);
-        assert!(store.authenticate(&[2; 32]).await.unwrap().is_none(), "a second initialise mints no token");
+        assert!(
+            store.authenticate(&[2; 32]).await.unwrap().is_none(),
+            "a second initialise mints no token"
+        );
         let principal = store.authenticate(&[1; 32]).await.unwrap().unwrap();
         assert_eq!((principal.role, principal.active), (Role::Owner, true));
         store.add_owner_token(&[3; 32], 1).await.unwrap();
