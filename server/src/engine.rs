@@ -146,9 +146,11 @@ impl Engine {
             Request::Release(release) => pool
                 .release(now, actor, release.lease, batch)
                 .map(Response::Released),
-            Request::ServerInfo => Err(ErrorBody::invalid(
-                "server info is answered by the connection",
-            )),
+            // Answered by the connection itself, which knows the connection count.
+            Request::ServerInfo => {
+                tracing::error!("server info reached the engine");
+                Err(ErrorBody::internal())
+            }
         }
     }
 
@@ -170,6 +172,7 @@ impl Engine {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "committed"
             );
+            log_changes(&batch);
         }
         for (reply, outcome) in replies {
             let _ = reply.send(outcome);
@@ -192,6 +195,24 @@ impl Engine {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
+        }
+    }
+}
+
+/// Tells the admin reading the log what changed: reclaims, forced releases and entitlement
+/// changes at `info`; everyday checkouts, check-ins and refusals at `debug`.
+fn log_changes(batch: &Batch) {
+    for event in &batch.audit {
+        let feature = event.feature.as_deref().unwrap_or("");
+        let notable = event.outcome == "ok"
+            && matches!(
+                event.action.as_str(),
+                "reclaim" | "release" | "entitlement_add" | "entitlement_remove"
+            );
+        if notable {
+            tracing::info!(actor = %event.actor, action = %event.action, subject = %event.subject, feature, detail = %event.reason, "pool changed");
+        } else {
+            tracing::debug!(actor = %event.actor, action = %event.action, subject = %event.subject, feature, outcome = %event.outcome, detail = %event.reason, "audit");
         }
     }
 }
