@@ -138,6 +138,18 @@ pub fn free_port() -> u16 {
 impl DaemonProcess {
     /// Writes a configuration into `dir` and starts the daemon on it.
     pub fn start(dir: &Path, ttl: &str, sweep: &str) -> DaemonProcess {
+        Self::start_with(dir, ttl, sweep, "", Stdio::null())
+    }
+
+    /// Like [`start`](Self::start), with more TOML appended to the configuration and the
+    /// daemon's stderr (its log) going to `log`.
+    pub fn start_with(
+        dir: &Path,
+        ttl: &str,
+        sweep: &str,
+        extra: &str,
+        log: Stdio,
+    ) -> DaemonProcess {
         let port = free_port();
         let data_dir = dir.join("data");
         let config_path = dir.join("tallyd.toml");
@@ -145,11 +157,11 @@ impl DaemonProcess {
             "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\", \"127.0.0.1\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"{sweep}\"\n",
             data_dir.display().to_string()
         );
-        std::fs::write(&config_path, text).unwrap();
-        Self::spawn(port, config_path, data_dir)
+        std::fs::write(&config_path, text + extra).unwrap();
+        Self::spawn(port, config_path, data_dir, log)
     }
 
-    fn spawn(port: u16, config_path: PathBuf, data_dir: PathBuf) -> DaemonProcess {
+    fn spawn(port: u16, config_path: PathBuf, data_dir: PathBuf, log: Stdio) -> DaemonProcess {
         let socket_path = config_path.with_file_name(format!("notify-{}", rand::random::<u32>()));
         let notify = UnixDatagram::bind(&socket_path).unwrap();
         notify
@@ -161,7 +173,7 @@ impl DaemonProcess {
             .env("NOTIFY_SOCKET", &socket_path)
             .env("TALLY_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let process = DaemonProcess {
@@ -191,7 +203,12 @@ impl DaemonProcess {
 
     /// Starts the daemon again on the same port and data, after [`kill9`](Self::kill9).
     pub fn restart(&mut self) {
-        let restarted = Self::spawn(self.port, self.config_path.clone(), self.data_dir.clone());
+        let restarted = Self::spawn(
+            self.port,
+            self.config_path.clone(),
+            self.data_dir.clone(),
+            Stdio::null(),
+        );
         let old = std::mem::replace(self, restarted);
         drop(old);
     }

@@ -241,3 +241,23 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     assert!(with.call(Request::ServerInfo).await.is_ok());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_one_ttl_with_a_reason() {
+    let server = TestServer::start_with(|c| {
+        c.leases.ttl = Duration::from_secs(1);
+        c.leases.sweep = Duration::from_millis(100);
+    })
+    .await;
+    let mut raw = RawConn::signed_in(&server, ClientId(rand::random())).await;
+    let started = std::time::Instant::now();
+    let body = refusal(raw.recv().await);
+    assert!(body.message.contains("no heartbeat"), "{}", body.message);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed early: {:?}",
+        started.elapsed()
+    );
+    still_serving(&server).await;
+    server.stop().await;
+}

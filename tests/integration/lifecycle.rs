@@ -2,6 +2,7 @@
 //! (R3), SIGTERM and SIGHUP.
 
 use std::collections::BTreeSet;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -163,5 +164,41 @@ async fn checkout_holds_until_sigterm_then_checks_in_and_exits_0() {
         status(&owner, "vray").await.in_use,
         0,
         "checked in before exiting"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[log]\nformat = \"json\"\n";
+    let mut daemon = DaemonProcess::start_with(dir.path(), "3s", "250ms", extra, Stdio::piped());
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    crate::harness::add_entitlement(&owner, "vray", 1, None).await;
+    drop(owner);
+    daemon.signal(Signal::SIGTERM);
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(daemon.child.wait().unwrap().success());
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "tallyd serving"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "pool changed"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "stopped cleanly"),
+        "{log}"
     );
 }

@@ -54,6 +54,14 @@ fn checkout(feature: &str, seats: u32, request: u8) -> Checkout {
     }
 }
 
+/// A request id unique to one client's `n`th checkout, as a client's random ids are.
+fn request_id(client: usize, n: u8) -> RequestId {
+    let mut bytes = [0u8; 16];
+    bytes[0] = client as u8 + 1;
+    bytes[1] = n;
+    RequestId(bytes)
+}
+
 /// One step of a random run.
 #[derive(Debug, Clone)]
 enum Op {
@@ -143,7 +151,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     now,
                     &member(client),
                     &holder(client),
-                    &checkout(FEATURES[feature], seats, last_request[client]),
+                    &Checkout {
+                        request_id: request_id(client, last_request[client]),
+                        feature: FEATURES[feature].into(),
+                        seats,
+                    },
                     id,
                     &mut batch,
                 );
@@ -155,7 +167,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         .iter()
                         .filter(|l| {
                             l.client == holder(client).client
-                                && l.request_id == RequestId([last_request[client]; 16])
+                                && l.request_id == request_id(client, last_request[client])
                         })
                         .count();
                     prop_assert_eq!(live, 1, "retried checkout holds two leases");
