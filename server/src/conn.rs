@@ -157,6 +157,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let principal = match shared.store.authenticate(&token_hash(&token)).await {
         Ok(Some(principal)) if principal.active => principal,
         Ok(Some(principal)) => {
+            tracing::info!(user = %principal.username, "refused: account deactivated");
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
                 format!(
@@ -167,6 +168,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(refuse(&mut conn, err).await);
         }
         Ok(None) => {
+            tracing::info!(agent = %hello.client.agent, host = %hello.client.host, "refused: unknown token");
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
                 "the token is not recognised; check token_file or --token",
