@@ -319,3 +319,13 @@ fn the_blocking_client_checks_out_and_checks_in_on_drop() {
         "dropping the blocking lease waits for the check-in"
     );
 }
+
+#[tokio::test]
+async fn the_server_tells_clients_to_heartbeat_every_third_of_the_ttl() {
+    let server = TestServer::start_with(|c| c.leases.ttl = Duration::from_secs(45)).await;
+    let client = server.owner().await;
+    assert_eq!(client.welcome().lease_ttl_ms, 45_000);
+    assert_eq!(client.welcome().heartbeat_interval_ms, 15_000);
+    assert_eq!(client.welcome().signing_key.len(), 32, "the Ed25519 public key");
+    server.stop().await;
+}
