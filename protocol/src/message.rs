@@ -152,6 +152,18 @@ pub enum Request {
     /// An admin's forced check-in of someone's lease.
     Release(Release),
     ServerInfo,
+    /// Who am I: my account, my assignments, my leases.
+    Whoami,
+    UserAdd(UserAdd),
+    UserList,
+    /// Mint another token for a user.
+    UserToken(UserRef),
+    UserDeactivate(UserRef),
+    UserActivate(UserRef),
+    UserRemove(UserRef),
+    Assign(Assign),
+    Revoke(Revoke),
+    Audit(AuditQuery),
 }
 
 impl Request {
@@ -169,6 +181,16 @@ impl Request {
             Request::EntitlementRemove(_) => "entitlement_remove",
             Request::Release(_) => "release",
             Request::ServerInfo => "server_info",
+            Request::Whoami => "whoami",
+            Request::UserAdd(_) => "user_add",
+            Request::UserList => "user_list",
+            Request::UserToken(_) => "user_token",
+            Request::UserDeactivate(_) => "user_deactivate",
+            Request::UserActivate(_) => "user_activate",
+            Request::UserRemove(_) => "user_remove",
+            Request::Assign(_) => "assign",
+            Request::Revoke(_) => "revoke",
+            Request::Audit(_) => "audit",
         }
     }
 
@@ -177,7 +199,14 @@ impl Request {
     pub fn is_idempotent(&self) -> bool {
         !matches!(
             self,
-            Request::EntitlementAdd(_) | Request::EntitlementRemove(_) | Request::Release(_)
+            Request::EntitlementAdd(_)
+                | Request::EntitlementRemove(_)
+                | Request::Release(_)
+                | Request::UserAdd(_)
+                | Request::UserToken(_)
+                | Request::UserRemove(_)
+                | Request::Assign(_)
+                | Request::Revoke(_)
         )
     }
 }
@@ -196,6 +225,20 @@ pub enum Response {
     EntitlementRemoved(u64),
     Released(LeaseId),
     ServerInfo(ServerInfo),
+    Whoami(Whoami),
+    /// A new user and their first token (shown once).
+    UserAdded {
+        user: UserInfo,
+        token: String,
+    },
+    Users(Vec<UserInfo>),
+    /// A new token (shown once).
+    Token(String),
+    User(UserInfo),
+    Assignment(AssignmentInfo),
+    /// How many seats were revoked.
+    Revoked(u32),
+    AuditEvents(Vec<AuditEvent>),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -425,4 +468,119 @@ pub struct ServerInfo {
     pub store: String,
     pub uptime_secs: u64,
     pub connections: u64,
+}
+
+/// Whether a user may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UserState {
+    Active,
+    Deactivated,
+}
+
+impl UserState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserState::Active => "active",
+            UserState::Deactivated => "deactivated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "deactivated" => Some(Self::Deactivated),
+            _ => None,
+        }
+    }
+}
+
+/// A user as admins see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub username: String,
+    pub name: String,
+    pub role: Role,
+    pub state: UserState,
+    /// Seats assigned to the user by name (suspended while deactivated).
+    pub assigned_seats: u32,
+}
+
+/// Add a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserAdd {
+    pub username: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// Names a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub username: String,
+}
+
+/// Assign seats of a feature to a user by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assign {
+    pub username: String,
+    pub feature: String,
+    pub seats: u32,
+    /// The entitlement to draw from; absent: the active one expiring last that has room.
+    pub entitlement: Option<u64>,
+    /// Take the seats from this user's assignment instead of the floating pool.
+    pub from: Option<String>,
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// Revoke seats of a user's assignments of a feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revoke {
+    pub username: String,
+    pub feature: String,
+    /// Absent: all of them.
+    pub seats: Option<u32>,
+}
+
+/// Seats of one entitlement given by name to one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentInfo {
+    pub id: u64,
+    pub user: String,
+    pub feature: String,
+    pub seats: u32,
+    pub entitlement: u64,
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// What `whoami` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Whoami {
+    pub user: UserInfo,
+    pub assignments: Vec<AssignmentInfo>,
+    pub leases: Vec<LeaseInfo>,
+}
+
+/// Query the audit log; every filter is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    pub since: Option<UnixMillis>,
+    /// Events by this user or about them.
+    pub user: Option<String>,
+    pub feature: Option<String>,
+    /// At most this many, newest first (the server caps it).
+    pub limit: Option<u32>,
+}
+
+/// One line of the audit log (R11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at: UnixMillis,
+    /// The username, or `system`.
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub feature: Option<String>,
+    /// `ok`, or the error code of a refusal.
+    pub outcome: String,
+    pub reason: String,
 }

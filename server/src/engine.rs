@@ -10,22 +10,36 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tally_protocol::{ErrorBody, LeaseId, Outcome, Request, Response};
-use tokio::sync::{mpsc, oneshot};
+use tally_protocol::{AuditQuery, ErrorBody, LeaseId, Outcome, Request, Response};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::core::{Actor, Batch, Holder, Pool};
+use crate::core::{require_admin, Actor, Batch, Holder, NewToken, Policy, Pool};
+use crate::init::{new_token, token_hash};
 use crate::store::Store;
 
 /// Most jobs answered by one commit.
 const MAX_BATCH: usize = 4096;
 
+/// The most audit events one query returns.
+pub const MAX_AUDIT_EVENTS: u32 = 10_000;
+
 /// A request for the engine, and where to send its outcome.
 #[derive(Debug)]
 pub struct Job {
+    /// The user the connection signed in as; the pool checks they are still active and
+    /// what their role is now.
     pub actor: Actor,
     pub holder: Holder,
     pub request: Request,
     pub reply: oneshot::Sender<Outcome>,
+}
+
+/// An answer waiting for its batch to commit.
+enum Reply {
+    Ready(oneshot::Sender<Outcome>, Outcome),
+    /// An authorised audit query, read from the store once the batch (and the refusals or
+    /// changes it records) is committed.
+    Audit(oneshot::Sender<Outcome>, AuditQuery),
 }
 
 /// The current time in Unix milliseconds.
@@ -35,20 +49,40 @@ pub fn now_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn mint_token() -> NewToken {
+    let token = new_token();
+    NewToken {
+        hash: token_hash(&token),
+        token,
+    }
+}
+
 pub struct Engine {
     pool: Pool,
     store: Arc<dyn Store>,
     ttl_ms: i64,
+    policy: Policy,
     sweep: Duration,
+    /// Woken after a commit that queued notifications.
+    outbox: Arc<Notify>,
 }
 
 impl Engine {
-    pub fn new(pool: Pool, store: Arc<dyn Store>, ttl: Duration, sweep: Duration) -> Self {
+    pub fn new(
+        pool: Pool,
+        store: Arc<dyn Store>,
+        ttl: Duration,
+        policy: Policy,
+        sweep: Duration,
+        outbox: Arc<Notify>,
+    ) -> Self {
         Self {
             pool,
             store,
             ttl_ms: ttl.as_millis() as i64,
+            policy,
             sweep,
+            outbox,
         }
     }
 
@@ -78,12 +112,7 @@ impl Engine {
         tracing::debug!("engine stopped");
     }
 
-    fn apply(
-        &mut self,
-        job: Job,
-        batch: &mut Batch,
-        replies: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>,
-    ) {
+    fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<Reply>) {
         let now = now_millis();
         let Job {
             actor,
@@ -91,12 +120,29 @@ impl Engine {
             request,
             reply,
         } = job;
-        let result = self.handle(now, &actor, &holder, request, batch);
-        let outcome = match result {
+        // The account as it is now, not as it was when the connection signed in.
+        let actor = match self.pool.authorize(&actor.username) {
+            Ok(actor) => actor,
+            Err(err) => {
+                replies.push(Reply::Ready(reply, Outcome::Err(err)));
+                return;
+            }
+        };
+        if let Request::Audit(query) = request {
+            match require_admin(&actor, "read the audit log") {
+                Ok(()) => replies.push(Reply::Audit(reply, query)),
+                Err(err) => {
+                    batch.audit(now, &actor, "audit", "audit log", None, Err(&err));
+                    replies.push(Reply::Ready(reply, Outcome::Err(err)));
+                }
+            }
+            return;
+        }
+        let outcome = match self.handle(now, &actor, &holder, request, batch) {
             Ok(response) => Outcome::Ok(response),
             Err(err) => Outcome::Err(err),
         };
-        replies.push((reply, outcome));
+        replies.push(Reply::Ready(reply, outcome));
     }
 
     fn handle(
@@ -146,21 +192,49 @@ impl Engine {
             Request::Release(release) => pool
                 .release(now, actor, release.lease, batch)
                 .map(Response::Released),
-            // Answered by the connection itself, which knows the connection count.
-            Request::ServerInfo => {
-                tracing::error!("server info reached the engine");
+            Request::Whoami => pool.whoami(now, actor, batch).map(Response::Whoami),
+            Request::UserAdd(add) => pool
+                .add_user(now, actor, &add, mint_token(), batch)
+                .map(|(user, token)| Response::UserAdded { user, token }),
+            Request::UserList => pool.users(actor).map(Response::Users),
+            Request::UserToken(user) => pool
+                .add_token(now, actor, &user.username, mint_token(), batch)
+                .map(Response::Token),
+            Request::UserDeactivate(user) => pool
+                .deactivate_user(now, actor, &user.username, batch)
+                .map(Response::User),
+            Request::UserActivate(user) => pool
+                .activate_user(now, actor, &user.username, batch)
+                .map(Response::User),
+            Request::UserRemove(user) => pool
+                .remove_user(now, actor, &user.username, batch)
+                .map(Response::User),
+            Request::Assign(assign) => pool
+                .assign(now, actor, &assign, batch)
+                .map(Response::Assignment),
+            Request::Revoke(revoke) => pool
+                .revoke(now, actor, &revoke, batch)
+                .map(Response::Revoked),
+            // Answered elsewhere: server info by the connection, audit queries after the
+            // commit (see `apply`).
+            Request::ServerInfo | Request::Audit(_) => {
+                tracing::error!(
+                    request = request.name(),
+                    "request reached the wrong handler"
+                );
                 Err(ErrorBody::internal())
             }
         }
     }
 
     /// Makes the batch durable, then answers its jobs.
-    async fn flush(&mut self, batch: Batch, replies: Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+    async fn flush(&mut self, batch: Batch, replies: Vec<Reply>) {
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             if let Err(err) = self.store.commit(&batch).await {
                 tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
-                for (reply, _) in replies {
+                for reply in replies {
+                    let (Reply::Ready(reply, _) | Reply::Audit(reply, _)) = reply;
                     let _ = reply.send(Outcome::Err(ErrorBody::internal()));
                 }
                 self.reload().await;
@@ -173,9 +247,30 @@ impl Engine {
                 "committed"
             );
             log_changes(&batch);
+            if !batch.notifications.is_empty() {
+                self.outbox.notify_one();
+            }
         }
-        for (reply, outcome) in replies {
-            let _ = reply.send(outcome);
+        for reply in replies {
+            match reply {
+                Reply::Ready(reply, outcome) => {
+                    let _ = reply.send(outcome);
+                }
+                Reply::Audit(reply, mut query) => {
+                    query.limit = Some(query.limit.unwrap_or(1000).min(MAX_AUDIT_EVENTS));
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        let outcome = match store.audit(&query).await {
+                            Ok(events) => Outcome::Ok(Response::AuditEvents(events)),
+                            Err(err) => {
+                                tracing::error!(error = %err, "audit query failed");
+                                Outcome::Err(ErrorBody::internal())
+                            }
+                        };
+                        let _ = reply.send(outcome);
+                    });
+                }
+            }
         }
     }
 
@@ -183,7 +278,7 @@ impl Engine {
         loop {
             match self.store.load().await {
                 Ok(snapshot) => {
-                    self.pool = Pool::restore(snapshot, self.ttl_ms, now_millis());
+                    self.pool = Pool::restore(snapshot, self.ttl_ms, self.policy, now_millis());
                     tracing::warn!(
                         leases = self.pool.lease_count(),
                         "pool reloaded from the store"
@@ -207,7 +302,17 @@ fn log_changes(batch: &Batch) {
         let notable = event.outcome == "ok"
             && matches!(
                 event.action.as_str(),
-                "reclaim" | "release" | "entitlement_add" | "entitlement_remove"
+                "reclaim"
+                    | "release"
+                    | "entitlement_add"
+                    | "entitlement_remove"
+                    | "assign"
+                    | "revoke"
+                    | "assignment_end"
+                    | "user_add"
+                    | "user_deactivate"
+                    | "user_activate"
+                    | "user_remove"
             );
         if notable {
             tracing::info!(actor = %event.actor, action = %event.action, subject = %event.subject, feature, detail = %event.reason, "pool changed");

@@ -5,6 +5,7 @@
 //! - [`engine`]: the task that owns the pool and commits its changes in groups.
 //! - [`conn`]: one client connection.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
+//! - [`notify`]: delivery of the notification outbox.
 //! - [`config`], [`init`]: configuration and the data directory.
 #![deny(clippy::await_holding_lock)]
 
@@ -14,6 +15,7 @@ mod conn;
 pub mod core;
 mod engine;
 pub mod init;
+pub mod notify;
 mod server;
 pub mod store;
 

@@ -10,14 +10,15 @@ use anyhow::{Context, Result};
 use rustls::ServerConfig;
 use tally_protocol::{Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits};
-use crate::core::Pool;
+use crate::core::{Policy, Pool};
 use crate::engine::{now_millis, Engine};
 use crate::init::{self, DataDir, OWNER_USERNAME};
+use crate::notify;
 use crate::store::Store;
 
 /// While connections are refused for `max_connections`, one warning per this long.
@@ -92,7 +93,11 @@ pub async fn run(
         .await
         .context("cannot load the pool from the store")?;
     let ttl_ms = config.leases.ttl.as_millis() as i64;
-    let pool = Pool::restore(snapshot, ttl_ms, now_millis());
+    let policy = Policy {
+        guests_use_floating: config.users.guests_use_floating,
+        max_active: config.users.max_active,
+    };
+    let pool = Pool::restore(snapshot, ttl_ms, policy, now_millis());
     tracing::info!(
         leases = pool.lease_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -100,8 +105,23 @@ pub async fn run(
     );
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-    let engine = Engine::new(pool, store.clone(), config.leases.ttl, config.leases.sweep);
+    let outbox = Arc::new(Notify::new());
+    let engine = Engine::new(
+        pool,
+        store.clone(),
+        config.leases.ttl,
+        policy,
+        config.leases.sweep,
+        outbox.clone(),
+    );
     let engine_task = tokio::spawn(engine.run(engine_rx));
+    let notifier_stop = CancellationToken::new();
+    let notifier = tokio::spawn(notify::run(
+        store.clone(),
+        Arc::new(notify::LogSink),
+        outbox,
+        notifier_stop.clone(),
+    ));
 
     let shared = Arc::new(Shared {
         tls: RwLock::new(tls),
@@ -165,6 +185,11 @@ pub async fn run(
     tracker.wait().await;
     drop(shared);
     let _ = engine_task.await;
+    notifier_stop.cancel();
+    let _ = notifier.await;
+    if let Err(err) = notify::deliver_pending(store.as_ref(), &notify::LogSink).await {
+        tracing::warn!(error = %err, "notifications left in the outbox for the next start");
+    }
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -326,6 +326,10 @@ async fn the_server_tells_clients_to_heartbeat_every_third_of_the_ttl() {
     let client = server.owner().await;
     assert_eq!(client.welcome().lease_ttl_ms, 45_000);
     assert_eq!(client.welcome().heartbeat_interval_ms, 15_000);
-    assert_eq!(client.welcome().signing_key.len(), 32, "the Ed25519 public key");
+    assert_eq!(
+        client.welcome().signing_key.len(),
+        32,
+        "the Ed25519 public key"
+    );
     server.stop().await;
 }

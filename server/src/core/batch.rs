@@ -2,22 +2,21 @@
 
 use std::collections::HashSet;
 
-use tally_protocol::{Entitlement, ErrorBody, LeaseId};
+use tally_protocol::{AuditEvent, Entitlement, ErrorBody, LeaseId};
 
-use super::{Actor, Lease};
+use super::{Actor, Assignment, Lease, User};
 
-/// One line of the audit log (R11).
+/// A message for the outbox, written in the same transaction as the change it reports and
+/// delivered at least once by the notification worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEvent {
+pub struct Notification {
     pub at: i64,
-    /// The username, or `system` for the sweep.
-    pub actor: String,
-    pub action: String,
+    /// `assignment_granted`, `assignment_revoked`, `user_added`, `user_deactivated`,
+    /// `user_activated`, `user_removed` or `user_limit_exceeded`.
+    pub kind: String,
+    /// The user it is about.
     pub subject: String,
-    pub feature: Option<String>,
-    /// `ok`, or the error code of a refusal.
-    pub outcome: String,
-    pub reason: String,
+    pub detail: String,
 }
 
 /// The durable changes of one or more requests, written in one transaction.
@@ -31,8 +30,20 @@ pub struct Batch {
     pub leases_added: Vec<Lease>,
     pub leases_removed: Vec<LeaseId>,
     pub audit: Vec<AuditEvent>,
+    /// Users added or changed (an upsert by username).
+    pub users_upserted: Vec<User>,
+    /// Users removed, with their tokens. Written before `users_upserted`.
+    pub users_removed: Vec<String>,
+    /// Token hashes to add: (username, hash, created at).
+    pub tokens_added: Vec<(String, [u8; 32], i64)>,
+    /// Assignments added or changed (an upsert by id).
+    pub assignments_upserted: Vec<Assignment>,
+    pub assignments_removed: Vec<u64>,
+    pub notifications: Vec<Notification>,
     /// The entitlement id counter, so that ids are never reused after a restart.
     pub next_entitlement_id: Option<u64>,
+    /// The assignment id counter, likewise.
+    pub next_assignment_id: Option<u64>,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
@@ -47,7 +58,14 @@ impl Batch {
             && self.leases_added.is_empty()
             && self.leases_removed.is_empty()
             && self.audit.is_empty()
+            && self.users_upserted.is_empty()
+            && self.users_removed.is_empty()
+            && self.tokens_added.is_empty()
+            && self.assignments_upserted.is_empty()
+            && self.assignments_removed.is_empty()
+            && self.notifications.is_empty()
             && self.next_entitlement_id.is_none()
+            && self.next_assignment_id.is_none()
     }
 
     /// How many rows the batch writes.
@@ -57,6 +75,12 @@ impl Batch {
             + self.leases_added.len()
             + self.leases_removed.len()
             + self.audit.len()
+            + self.users_upserted.len()
+            + self.users_removed.len()
+            + self.tokens_added.len()
+            + self.assignments_upserted.len()
+            + self.assignments_removed.len()
+            + self.notifications.len()
     }
 
     pub fn add_lease(&mut self, lease: Lease) {
@@ -83,6 +107,43 @@ impl Batch {
             self.leases_added.retain(|lease| lease.id != id);
         }
         self.leases_removed.push(id);
+    }
+
+    pub fn upsert_user(&mut self, user: User) {
+        self.users_upserted.retain(|u| u.username != user.username);
+        self.users_upserted.push(user);
+    }
+
+    /// Removes a user and their tokens; what this batch had written for them goes too.
+    pub fn remove_user(&mut self, username: &str) {
+        self.users_upserted.retain(|u| u.username != username);
+        self.tokens_added.retain(|t| t.0 != username);
+        self.users_removed.push(username.to_string());
+    }
+
+    pub fn add_token(&mut self, username: &str, hash: [u8; 32], at: i64) {
+        self.tokens_added.push((username.to_string(), hash, at));
+    }
+
+    pub fn upsert_assignment(&mut self, assignment: Assignment) {
+        self.assignments_removed.retain(|id| *id != assignment.id);
+        self.assignments_upserted.retain(|a| a.id != assignment.id);
+        self.assignments_upserted.push(assignment);
+    }
+
+    pub fn remove_assignment(&mut self, id: u64) {
+        self.assignments_upserted.retain(|a| a.id != id);
+        self.assignments_removed.push(id);
+    }
+
+    /// Queues a notification in the outbox.
+    pub fn notify(&mut self, at: i64, kind: &str, subject: &str, detail: &str) {
+        self.notifications.push(Notification {
+            at,
+            kind: kind.to_string(),
+            subject: subject.to_string(),
+            detail: detail.to_string(),
+        });
     }
 
     pub fn add_entitlement(&mut self, entitlement: Entitlement) {
@@ -132,7 +193,10 @@ impl Batch {
 pub struct Snapshot {
     pub entitlements: Vec<Entitlement>,
     pub leases: Vec<Lease>,
+    pub users: Vec<User>,
+    pub assignments: Vec<Assignment>,
     pub next_entitlement_id: u64,
+    pub next_assignment_id: u64,
 }
 
 impl Snapshot {
@@ -155,6 +219,27 @@ impl Snapshot {
         self.leases.sort_by_key(|l| l.id);
         if let Some(next) = batch.next_entitlement_id {
             self.next_entitlement_id = next;
+        }
+        self.users
+            .retain(|u| !batch.users_removed.contains(&u.username));
+        for user in &batch.users_upserted {
+            match self.users.iter_mut().find(|u| u.username == user.username) {
+                Some(slot) => *slot = user.clone(),
+                None => self.users.push(user.clone()),
+            }
+        }
+        self.users.sort_by(|a, b| a.username.cmp(&b.username));
+        for assignment in &batch.assignments_upserted {
+            match self.assignments.iter_mut().find(|a| a.id == assignment.id) {
+                Some(slot) => *slot = assignment.clone(),
+                None => self.assignments.push(assignment.clone()),
+            }
+        }
+        self.assignments
+            .retain(|a| !batch.assignments_removed.contains(&a.id));
+        self.assignments.sort_by_key(|a| a.id);
+        if let Some(next) = batch.next_assignment_id {
+            self.next_assignment_id = next;
         }
     }
 }

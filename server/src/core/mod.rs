@@ -1,4 +1,5 @@
-//! The seat accounting: entitlements, the floating pool and leases (SPEC R1–R5, R10).
+//! The seat accounting: entitlements, the floating pool, users, assignments and leases
+//! (SPEC R1–R5, R7–R10).
 //!
 //! Plain synchronous Rust with no I/O: every operation takes `now` (Unix milliseconds) and
 //! records what it changed in a [`Batch`], which the engine makes durable before anyone is
@@ -8,19 +9,22 @@
 //! renews every lease of the session, so a session has a single expiry time and the sweep
 //! reclaims all its leases together when it passes.
 
+mod assign;
 mod batch;
 #[cfg(test)]
 mod tests;
+mod users;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_protocol::{
     validate_feature, Checkout, ClientId, EndReason, EndedLease, Entitlement, ErrorBody, ErrorCode,
     FeatureStatus, HeartbeatAck, LeaseId, LeaseInfo, LeaseKind, LeaseSource, LeasesQuery,
-    NewEntitlement, RequestId, Resumed, Role,
+    NewEntitlement, RequestId, Resumed, Role, UserState,
 };
 
-pub use batch::{AuditEvent, Batch, Snapshot};
+pub use batch::{Batch, Notification, Snapshot};
+pub use tally_protocol::AuditEvent;
 
 /// The default longest borrow of an entitlement (SPEC §1): 168 hours.
 pub const DEFAULT_MAX_BORROW_SECS: u64 = 168 * 3600;
@@ -65,6 +69,52 @@ pub struct Lease {
     pub expires_at: i64,
 }
 
+/// A person who signs in (SPEC §1). The username is kept in lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    pub name: String,
+    pub role: Role,
+    pub state: UserState,
+    pub created_at: i64,
+}
+
+/// Seats of one entitlement given by name to one user; out of the floating pool while the
+/// user is active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub id: u64,
+    pub user: String,
+    pub feature: String,
+    pub entitlement: u64,
+    pub seats: u32,
+    /// No later than the entitlement's end.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// Server settings the rules depend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether guests may draw floating seats (`users.guests_use_floating`).
+    pub guests_use_floating: bool,
+    /// The most active users; 0 means no limit (`users.max_active`).
+    pub max_active: u32,
+}
+
+/// A freshly minted token: the text goes to the admin once, the hash to the store.
+#[derive(Clone)]
+pub struct NewToken {
+    pub token: String,
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewToken(***)")
+    }
+}
+
 /// One client instance's online leases and when they lapse.
 #[derive(Debug, Default)]
 struct Session {
@@ -79,11 +129,28 @@ struct Session {
     ended_at: i64,
 }
 
-/// Seats of a feature currently drawn from the floating pool.
+/// Seats currently drawn from the floating pool of a feature, or from one assignment.
 #[derive(Debug, Default, Clone, Copy)]
 struct Usage {
     online: u32,
     borrowed: u32,
+}
+
+impl Usage {
+    fn release(&mut self, kind: LeaseKind, seats: u32) {
+        match kind {
+            LeaseKind::Online => self.online -= seats,
+            LeaseKind::Borrowed => self.borrowed -= seats,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.online == 0 && self.borrowed == 0
+    }
+
+    fn total(&self) -> u32 {
+        self.online + self.borrowed
+    }
 }
 
 /// The whole seat state of a server.
@@ -97,14 +164,22 @@ pub struct Pool {
     sessions: HashMap<ClientId, Session>,
     /// Sessions with leases, by expiry: the sweep pops from the front.
     expiry: BTreeSet<(i64, ClientId)>,
+    /// Floating seats in use, per feature.
     usage: HashMap<String, Usage>,
-    /// The next instant at which an entitlement starts or ends; capacity is re-checked then.
+    users: BTreeMap<String, User>,
+    assignments: BTreeMap<u64, Assignment>,
+    next_assignment_id: u64,
+    /// Seats in use per assignment.
+    assignment_use: HashMap<u64, Usage>,
+    policy: Policy,
+    /// The next instant at which an entitlement starts or ends or an assignment ends;
+    /// capacity is re-checked then.
     next_boundary: i64,
 }
 
 impl Pool {
     /// An empty pool whose online leases live `ttl_ms` without a heartbeat.
-    pub fn new(ttl_ms: i64) -> Self {
+    pub fn new(ttl_ms: i64, policy: Policy) -> Self {
         Self {
             ttl_ms,
             entitlements: BTreeMap::new(),
@@ -114,18 +189,31 @@ impl Pool {
             sessions: HashMap::new(),
             expiry: BTreeSet::new(),
             usage: HashMap::new(),
+            users: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            next_assignment_id: 1,
+            assignment_use: HashMap::new(),
+            policy,
             next_boundary: i64::MAX,
         }
     }
 
     /// Rebuilds the pool from what the store holds, as after a restart. Every online lease
     /// gets one full ttl from `now` to be renewed (R5).
-    pub fn restore(snapshot: Snapshot, ttl_ms: i64, now: i64) -> Self {
-        let mut pool = Pool::new(ttl_ms);
+    pub fn restore(snapshot: Snapshot, ttl_ms: i64, policy: Policy, now: i64) -> Self {
+        let mut pool = Pool::new(ttl_ms, policy);
         pool.next_entitlement_id = snapshot.next_entitlement_id.max(1);
         for entitlement in snapshot.entitlements {
             pool.next_entitlement_id = pool.next_entitlement_id.max(entitlement.id + 1);
             pool.entitlements.insert(entitlement.id, entitlement);
+        }
+        for user in snapshot.users {
+            pool.users.insert(user.username.clone(), user);
+        }
+        pool.next_assignment_id = snapshot.next_assignment_id.max(1);
+        for assignment in snapshot.assignments {
+            pool.next_assignment_id = pool.next_assignment_id.max(assignment.id + 1);
+            pool.assignments.insert(assignment.id, assignment);
         }
         for lease in snapshot.leases {
             pool.insert_lease(lease, now + ttl_ms);
@@ -141,7 +229,10 @@ impl Pool {
         Snapshot {
             entitlements: self.entitlements.values().cloned().collect(),
             leases,
+            users: self.users.values().cloned().collect(),
+            assignments: self.assignments.values().cloned().collect(),
             next_entitlement_id: self.next_entitlement_id,
+            next_assignment_id: self.next_assignment_id,
         }
     }
 
@@ -168,6 +259,21 @@ impl Pool {
             }
         }
         if now >= self.next_boundary {
+            let ended: Vec<u64> = self
+                .assignments
+                .values()
+                .filter(|a| {
+                    a.expires_at.is_some_and(|end| end <= now)
+                        || self
+                            .entitlements
+                            .get(&a.entitlement)
+                            .is_none_or(|e| e.expires_at.is_some_and(|end| end <= now))
+                })
+                .map(|a| a.id)
+                .collect();
+            for id in ended {
+                self.end_assignment(id, EndReason::Expired, now, "system", "expired", batch);
+            }
             let features: Vec<String> = self.usage.keys().cloned().collect();
             for feature in features {
                 self.enforce_capacity(&feature, now, EndReason::Expired, batch);
@@ -194,32 +300,134 @@ impl Pool {
             .fold(0u32, |sum, e| sum.saturating_add(e.seats))
     }
 
+    /// Whether an assignment takes seats out of the floating pool now: its user is active,
+    /// its entitlement is active and it has not ended.
+    fn assignment_active(&self, assignment: &Assignment, now: i64) -> bool {
+        self.users
+            .get(&assignment.user)
+            .is_some_and(|u| u.state == UserState::Active)
+            && self
+                .entitlements
+                .get(&assignment.entitlement)
+                .is_some_and(|e| is_active(e, now))
+            && assignment.expires_at.is_none_or(|end| now < end)
+    }
+
+    /// Seats of a feature assigned to active users at `now`.
+    pub fn assigned(&self, feature: &str, now: i64) -> u32 {
+        self.assignments
+            .values()
+            .filter(|a| a.feature == feature && self.assignment_active(a, now))
+            .fold(0u32, |sum, a| sum.saturating_add(a.seats))
+    }
+
+    /// Seats of an entitlement assigned to active users.
+    fn assigned_from(&self, entitlement: u64, now: i64) -> u32 {
+        self.assignments
+            .values()
+            .filter(|a| a.entitlement == entitlement && self.assignment_active(a, now))
+            .fold(0u32, |sum, a| sum.saturating_add(a.seats))
+    }
+
+    /// The floating capacity of a feature: its pool less the seats assigned to active users.
+    pub fn floating_capacity(&self, feature: &str, now: i64) -> u32 {
+        self.capacity(feature, now)
+            .saturating_sub(self.assigned(feature, now))
+    }
+
+    /// Floating seats a new checkout could get now.
+    pub fn available(&self, feature: &str, now: i64) -> u32 {
+        let usage = self.usage(feature);
+        self.floating_capacity(feature, now)
+            .saturating_sub(usage.online + usage.borrowed)
+    }
+
     fn usage(&self, feature: &str) -> Usage {
         self.usage.get(feature).copied().unwrap_or_default()
     }
 
-    /// Checks R1 for every feature at `now`; returns a description of the first breach.
+    fn assignment_usage(&self, id: u64) -> Usage {
+        self.assignment_use.get(&id).copied().unwrap_or_default()
+    }
+
+    /// The signed-in user as the pool knows them now: a removed or deactivated account is
+    /// refused, whatever its connection was told at sign-in.
+    pub fn authorize(&self, username: &str) -> Result<Actor, ErrorBody> {
+        match self.users.get(username) {
+            Some(user) if user.state == UserState::Active => Ok(Actor {
+                username: user.username.clone(),
+                role: user.role,
+            }),
+            Some(_) => Err(ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                format!("the account {username} is deactivated; ask an admin to activate it"),
+            )),
+            None => Err(ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                format!("the account {username} no longer exists"),
+            )),
+        }
+    }
+
+    /// Checks R1 for every feature and assignment at `now`, and that the usage counters
+    /// agree with the leases; returns a description of the first breach.
     pub fn check_invariants(&self, now: i64) -> Result<(), String> {
-        let mut counted: HashMap<&str, Usage> = HashMap::new();
+        let mut floating: HashMap<&str, Usage> = HashMap::new();
+        let mut assigned: HashMap<u64, Usage> = HashMap::new();
         for lease in self.leases.values() {
-            let usage = counted.entry(lease.feature.as_str()).or_default();
+            let usage = match lease.source {
+                LeaseSource::Floating => floating.entry(lease.feature.as_str()).or_default(),
+                LeaseSource::Assignment(id) => assigned.entry(id).or_default(),
+            };
             match lease.kind {
                 LeaseKind::Online => usage.online += lease.seats,
                 LeaseKind::Borrowed => usage.borrowed += lease.seats,
             }
         }
-        for (feature, usage) in &counted {
+        for (feature, usage) in &floating {
             let cached = self.usage(feature);
-            if cached.online != usage.online || cached.borrowed != usage.borrowed {
+            if (cached.online, cached.borrowed) != (usage.online, usage.borrowed) {
                 return Err(format!(
                     "usage counters of {feature} disagree with the leases"
                 ));
             }
-            let capacity = self.capacity(feature, now);
+            let capacity = self.floating_capacity(feature, now);
             if usage.online + usage.borrowed > capacity {
                 return Err(format!(
-                    "R1: {feature} has {} seats out of a floating capacity of {capacity}",
+                    "R1: {feature} has {} floating seats out of a floating capacity of {capacity}",
                     usage.online + usage.borrowed
+                ));
+            }
+        }
+        for (id, usage) in &assigned {
+            let cached = self.assignment_usage(*id);
+            if (cached.online, cached.borrowed) != (usage.online, usage.borrowed) {
+                return Err(format!(
+                    "usage counters of assignment {id} disagree with the leases"
+                ));
+            }
+            let Some(assignment) = self.assignments.get(id) else {
+                return Err(format!("leases draw from assignment {id}, which is gone"));
+            };
+            if usage.online + usage.borrowed > assignment.seats {
+                return Err(format!(
+                    "R1: assignment {id} has {} seats leased out of {}",
+                    usage.online + usage.borrowed,
+                    assignment.seats
+                ));
+            }
+            if !self.assignment_active(assignment, now) {
+                return Err(format!(
+                    "leases draw from assignment {id}, which is not active"
+                ));
+            }
+        }
+        for entitlement in self.entitlements.values() {
+            let assigned = self.assigned_from(entitlement.id, now);
+            if assigned > entitlement.seats {
+                return Err(format!(
+                    "entitlement {} has {assigned} seats assigned out of {}",
+                    entitlement.id, entitlement.seats
                 ));
             }
         }
@@ -296,8 +504,7 @@ impl Pool {
             );
             return refuse(batch, ErrorBody::not_found(msg));
         }
-        let capacity = self.capacity(feature, now);
-        if capacity == 0 {
+        if self.capacity(feature, now) == 0 {
             if let Some(last) = known.iter().filter_map(|e| e.expires_at).max() {
                 if known
                     .iter()
@@ -311,19 +518,32 @@ impl Pool {
                 }
             }
         }
-        let usage = self.usage(feature);
-        let used = usage.online + usage.borrowed;
-        let free = capacity.saturating_sub(used);
-        if request.seats > free {
-            let mut msg = format!(
-                "no seat of {feature}: {used} of {capacity} floating seats are in use, {free} free, {} asked for",
-                request.seats
-            );
-            if actor.role.is_admin() && used > 0 {
-                msg.push_str(&format!("; held by {}", self.holders_of(feature)));
+        let source = match self.free_assignment(&actor.username, feature, request.seats, now) {
+            Some(id) => LeaseSource::Assignment(id),
+            None if actor.role == Role::Guest && !self.policy.guests_use_floating => {
+                let msg = format!(
+                    "no seat of {feature} for you: guests use only seats assigned to them, and you have no free assigned seat of {feature}"
+                );
+                return refuse(batch, ErrorBody::new(ErrorCode::NoSeat, msg));
             }
-            return refuse(batch, ErrorBody::new(ErrorCode::NoSeat, msg));
-        }
+            None => {
+                let capacity = self.floating_capacity(feature, now);
+                let usage = self.usage(feature);
+                let used = usage.online + usage.borrowed;
+                let free = capacity.saturating_sub(used);
+                if request.seats > free {
+                    let mut msg = format!(
+                        "no seat of {feature}: {used} of {capacity} floating seats are in use, {free} free, {} asked for",
+                        request.seats
+                    );
+                    if actor.role.is_admin() && used > 0 {
+                        msg.push_str(&format!("; held by {}", self.holders_of(feature)));
+                    }
+                    return refuse(batch, ErrorBody::new(ErrorCode::NoSeat, msg));
+                }
+                LeaseSource::Floating
+            }
+        };
         let lease = Lease {
             id: new_id,
             feature: feature.to_string(),
@@ -333,7 +553,7 @@ impl Pool {
             client: holder.client,
             request_id: request.request_id,
             kind: LeaseKind::Online,
-            source: LeaseSource::Floating,
+            source,
             granted_at: now,
             expires_at: now + self.ttl_ms,
         };
@@ -616,6 +836,23 @@ impl Pool {
                 return Err(err);
             }
         };
+        let assignments: Vec<u64> = self
+            .assignments
+            .values()
+            .filter(|a| a.entitlement == id)
+            .map(|a| a.id)
+            .collect();
+        for assignment in assignments {
+            let why = format!("entitlement {id} removed");
+            self.end_assignment(
+                assignment,
+                EndReason::Revoked,
+                now,
+                &actor.username,
+                &why,
+                batch,
+            );
+        }
         self.entitlements.remove(&id);
         batch.remove_entitlement(id);
         batch.audit(
@@ -667,16 +904,23 @@ impl Pool {
             .into_iter()
             .map(|feature| {
                 let total = self.capacity(feature, now);
-                let usage = self.usage(feature);
-                let floating = total;
+                let assigned = self.assigned(feature, now);
+                let floating = total.saturating_sub(assigned);
+                let mut usage = self.usage(feature);
+                let available = floating.saturating_sub(usage.total());
+                for assignment in self.assignments.values().filter(|a| a.feature == feature) {
+                    let used = self.assignment_usage(assignment.id);
+                    usage.online += used.online;
+                    usage.borrowed += used.borrowed;
+                }
                 FeatureStatus {
                     feature: feature.to_string(),
                     total,
-                    assigned: 0,
+                    assigned,
                     floating,
                     in_use: usage.online,
                     borrowed: usage.borrowed,
-                    available: floating.saturating_sub(usage.online + usage.borrowed),
+                    available,
                     queued: 0,
                 }
             })
@@ -751,7 +995,10 @@ impl Pool {
     }
 
     fn insert_lease(&mut self, lease: Lease, session_expires_at: i64) {
-        let usage = self.usage.entry(lease.feature.clone()).or_default();
+        let usage = match lease.source {
+            LeaseSource::Floating => self.usage.entry(lease.feature.clone()).or_default(),
+            LeaseSource::Assignment(id) => self.assignment_use.entry(id).or_default(),
+        };
         match lease.kind {
             LeaseKind::Online => usage.online += lease.seats,
             LeaseKind::Borrowed => usage.borrowed += lease.seats,
@@ -795,13 +1042,22 @@ impl Pool {
         let Some(lease) = self.leases.remove(&id) else {
             return;
         };
-        if let Some(usage) = self.usage.get_mut(&lease.feature) {
-            match lease.kind {
-                LeaseKind::Online => usage.online -= lease.seats,
-                LeaseKind::Borrowed => usage.borrowed -= lease.seats,
+        match lease.source {
+            LeaseSource::Floating => {
+                if let Some(usage) = self.usage.get_mut(&lease.feature) {
+                    usage.release(lease.kind, lease.seats);
+                    if usage.is_empty() {
+                        self.usage.remove(&lease.feature);
+                    }
+                }
             }
-            if usage.online == 0 && usage.borrowed == 0 {
-                self.usage.remove(&lease.feature);
+            LeaseSource::Assignment(assignment) => {
+                if let Some(usage) = self.assignment_use.get_mut(&assignment) {
+                    usage.release(lease.kind, lease.seats);
+                    if usage.is_empty() {
+                        self.assignment_use.remove(&assignment);
+                    }
+                }
             }
         }
         self.by_request.remove(&(lease.client, lease.request_id));
@@ -835,18 +1091,22 @@ impl Pool {
         batch.remove_lease(id);
     }
 
-    /// Ends the newest online leases of `feature` until its floating seats fit its pool.
+    /// Ends the newest floating online leases of `feature` until they fit its floating
+    /// capacity.
     fn enforce_capacity(&mut self, feature: &str, now: i64, reason: EndReason, batch: &mut Batch) {
-        let capacity = self.capacity(feature, now);
-        let usage = self.usage(feature);
-        let mut excess = (usage.online + usage.borrowed).saturating_sub(capacity);
+        let capacity = self.floating_capacity(feature, now);
+        let mut excess = self.usage(feature).total().saturating_sub(capacity);
         if excess == 0 {
             return;
         }
         let mut online: Vec<(i64, LeaseId)> = self
             .leases
             .values()
-            .filter(|l| l.feature == feature && l.kind == LeaseKind::Online)
+            .filter(|l| {
+                l.feature == feature
+                    && l.kind == LeaseKind::Online
+                    && l.source == LeaseSource::Floating
+            })
             .map(|l| (l.granted_at, l.id))
             .collect();
         online.sort_unstable_by(|a, b| b.cmp(a));
@@ -861,13 +1121,89 @@ impl Pool {
     }
 
     fn compute_next_boundary(&self, now: i64) -> i64 {
-        self.entitlements
+        let entitlements = self
+            .entitlements
             .values()
-            .flat_map(|e| [Some(e.starts_at), e.expires_at])
+            .flat_map(|e| [Some(e.starts_at), e.expires_at]);
+        let assignments = self.assignments.values().map(|a| a.expires_at);
+        entitlements
+            .chain(assignments)
             .flatten()
             .filter(|&t| t > now)
             .min()
             .unwrap_or(i64::MAX)
+    }
+
+    /// The user's active assignment of `feature` with `seats` free, the one ending first.
+    fn free_assignment(&self, user: &str, feature: &str, seats: u32, now: i64) -> Option<u64> {
+        self.assignments
+            .values()
+            .filter(|a| a.user == user && a.feature == feature && self.assignment_active(a, now))
+            .filter(|a| a.seats.saturating_sub(self.assignment_usage(a.id).total()) >= seats)
+            .min_by_key(|a| (a.expires_at.unwrap_or(i64::MAX), a.id))
+            .map(|a| a.id)
+    }
+
+    /// Ends the newest online leases drawn from an assignment until they fit in `seats`.
+    fn shrink_assignment_leases(
+        &mut self,
+        id: u64,
+        seats: u32,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let mut excess = self.assignment_usage(id).total().saturating_sub(seats);
+        if excess == 0 {
+            return;
+        }
+        let mut online: Vec<(i64, LeaseId)> = self
+            .leases
+            .values()
+            .filter(|l| l.source == LeaseSource::Assignment(id) && l.kind == LeaseKind::Online)
+            .map(|l| (l.granted_at, l.id))
+            .collect();
+        online.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, lease) in online {
+            if excess == 0 {
+                break;
+            }
+            let seats = self.leases[&lease].seats;
+            self.end_lease(lease, reason, now, actor, batch);
+            excess = excess.saturating_sub(seats);
+        }
+    }
+
+    /// Removes an assignment, ending the online leases drawn from it.
+    fn end_assignment(
+        &mut self,
+        id: u64,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        why: &str,
+        batch: &mut Batch,
+    ) {
+        self.shrink_assignment_leases(id, 0, reason, now, actor, batch);
+        let Some(assignment) = self.assignments.remove(&id) else {
+            return;
+        };
+        batch.remove_assignment(id);
+        let detail = format!(
+            "{} seats of {} for {} ({why})",
+            assignment.seats, assignment.feature, assignment.user
+        );
+        batch.audit_raw(AuditEvent {
+            at: now,
+            actor: actor.to_string(),
+            action: "assignment_end".into(),
+            subject: assignment.user.clone(),
+            feature: Some(assignment.feature.clone()),
+            outcome: "ok".into(),
+            reason: detail.clone(),
+        });
+        batch.notify(now, "assignment_revoked", &assignment.user, &detail);
     }
 
     /// "alice@example.com on node7 (2), ..." for a `no_seat` message to an admin.

@@ -9,7 +9,8 @@ use tally_protocol::{
 use super::*;
 
 const TTL: i64 = 10_000;
-const USERS: [&str; 2] = ["ana@studio", "ben@studio"];
+const USERS: [&str; 3] = ["ana@studio", "ben@studio", "gus@studio"];
+const ROLES: [Role; 3] = [Role::Member, Role::Member, Role::Guest];
 const FEATURES: [&str; 2] = ["vray", "nuke"];
 
 fn admin() -> Actor {
@@ -19,10 +20,43 @@ fn admin() -> Actor {
     }
 }
 
+/// The user of client `i`: ana, ben (members) or gus (a guest).
 fn member(i: usize) -> Actor {
     Actor {
         username: USERS[i % USERS.len()].into(),
-        role: Role::Member,
+        role: ROLES[i % USERS.len()],
+    }
+}
+
+/// A pool with the owner and the test users.
+fn pool_with_users(policy: Policy) -> (Pool, Batch) {
+    let mut pool = Pool::new(TTL, policy);
+    let mut batch = Batch::default();
+    let owner = User {
+        username: "owner@localhost".into(),
+        name: "Owner".into(),
+        role: Role::Owner,
+        state: UserState::Active,
+        created_at: 0,
+    };
+    pool.users.insert(owner.username.clone(), owner.clone());
+    batch.upsert_user(owner);
+    for (i, name) in USERS.iter().enumerate() {
+        let add = tally_protocol::UserAdd {
+            username: name.to_string(),
+            name: String::new(),
+            role: ROLES[i],
+        };
+        pool.add_user(0, &admin(), &add, token(i as u8), &mut batch)
+            .unwrap();
+    }
+    (pool, batch)
+}
+
+fn token(n: u8) -> NewToken {
+    NewToken {
+        token: format!("t{n}"),
+        hash: [n; 32],
     }
 }
 
@@ -96,6 +130,23 @@ enum Op {
     RemoveEntitlement {
         pick: usize,
     },
+    Assign {
+        user: usize,
+        feature: usize,
+        seats: u32,
+        from: Option<usize>,
+    },
+    Revoke {
+        user: usize,
+        feature: usize,
+        seats: Option<u32>,
+    },
+    Deactivate {
+        user: usize,
+    },
+    Activate {
+        user: usize,
+    },
     Restart,
 }
 
@@ -111,6 +162,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..2usize, 1..6u32, proptest::option::of(0..TTL), proptest::option::of(1..3 * TTL))
             .prop_map(|(feature, seats, starts_in, lasts)| Op::AddEntitlement { feature, seats, starts_in, lasts }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveEntitlement { pick }),
+        3 => (0..3usize, 0..2usize, 1..4u32, proptest::option::of(0..3usize))
+            .prop_map(|(user, feature, seats, from)| Op::Assign { user, feature, seats, from }),
+        2 => (0..3usize, 0..2usize, proptest::option::of(1..4u32))
+            .prop_map(|(user, feature, seats)| Op::Revoke { user, feature, seats }),
+        2 => (0..3usize).prop_map(|user| Op::Deactivate { user }),
+        2 => (0..3usize).prop_map(|user| Op::Activate { user }),
         1 => Just(Op::Restart),
     ]
 }
@@ -119,15 +176,32 @@ fn op() -> impl Strategy<Value = Op> {
 /// that the store always holds exactly what the pool holds.
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut now: i64 = 1_000_000;
-    let mut pool = Pool::new(TTL);
+    let policy = Policy {
+        guests_use_floating: false,
+        max_active: 0,
+    };
+    let (mut pool, seed) = pool_with_users(policy);
     let mut store = Snapshot {
         next_entitlement_id: 1,
+        next_assignment_id: 1,
         ..Snapshot::default()
     };
+    store.apply(&seed);
     let mut last_request: Vec<u8> = vec![0; 6];
     let mut next_lease: u128 = 1;
     for op in ops {
         let mut batch = Batch::default();
+        let before = pool.snapshot();
+        // A refused change must leave the pool exactly as it was.
+        let unchanged = |pool: &Pool, what: &str| -> Result<(), TestCaseError> {
+            prop_assert_eq!(
+                &pool.snapshot(),
+                &before,
+                "{} was refused but changed the pool",
+                what
+            );
+            Ok(())
+        };
         let lease_ids: Vec<LeaseId> = {
             let mut ids: Vec<LeaseId> = pool.snapshot().leases.iter().map(|l| l.id).collect();
             ids.sort();
@@ -147,9 +221,13 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let id = LeaseId(next_lease.to_be_bytes());
                 next_lease += 1;
                 let before = pool.lease_count();
+                // As the engine does: a deactivated account is refused before the pool.
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
                 let result = pool.checkout(
                     now,
-                    &member(client),
+                    &actor,
                     &holder(client),
                     &Checkout {
                         request_id: request_id(client, last_request[client]),
@@ -174,7 +252,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Heartbeat { client } => {
-                pool.heartbeat(now, &member(client), &holder(client), &mut batch);
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
+                pool.heartbeat(now, &actor, &holder(client), &mut batch);
             }
             Op::Checkin { pick: i } => {
                 if let Some(id) = pick(i) {
@@ -199,8 +280,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Resume { client, pick: i } => {
-                if let Some(id) = pick(i) {
-                    pool.resume(now, &member(client), &holder(client), &[id], &mut batch);
+                if let (Some(id), Ok(actor)) = (pick(i), pool.authorize(&member(client).username)) {
+                    pool.resume(now, &actor, &holder(client), &[id], &mut batch);
                 }
             }
             Op::Advance { ms } => {
@@ -228,9 +309,63 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         .is_ok());
                 }
             }
+            Op::Assign {
+                user,
+                feature,
+                seats,
+                from,
+            } => {
+                let request = tally_protocol::Assign {
+                    username: USERS[user].into(),
+                    feature: FEATURES[feature].into(),
+                    seats,
+                    entitlement: None,
+                    from: from.map(|f| USERS[f].to_string()),
+                    expires_at: None,
+                };
+                if pool.assign(now, &admin(), &request, &mut batch).is_err() {
+                    unchanged(&pool, "assign")?;
+                }
+            }
+            Op::Revoke {
+                user,
+                feature,
+                seats,
+            } => {
+                let request = tally_protocol::Revoke {
+                    username: USERS[user].into(),
+                    feature: FEATURES[feature].into(),
+                    seats,
+                };
+                if pool.revoke(now, &admin(), &request, &mut batch).is_err() {
+                    unchanged(&pool, "revoke")?;
+                }
+            }
+            Op::Deactivate { user } => {
+                if pool
+                    .deactivate_user(now, &admin(), USERS[user], &mut batch)
+                    .is_err()
+                {
+                    unchanged(&pool, "deactivate")?;
+                }
+                let leases = pool.snapshot().leases;
+                prop_assert!(
+                    pool.users[USERS[user]].state == UserState::Active
+                        || leases.iter().all(|l| l.user != USERS[user]),
+                    "a deactivated user still holds online leases"
+                );
+            }
+            Op::Activate { user } => {
+                if pool
+                    .activate_user(now, &admin(), USERS[user], &mut batch)
+                    .is_err()
+                {
+                    unchanged(&pool, "activate")?;
+                }
+            }
             Op::Restart => {
                 let held: Vec<LeaseId> = lease_ids.clone();
-                pool = Pool::restore(store.clone(), TTL, now);
+                pool = Pool::restore(store.clone(), TTL, policy, now);
                 let back: Vec<LeaseId> = pool.snapshot().leases.iter().map(|l| l.id).collect();
                 prop_assert_eq!(held, back, "leases differ after a restart");
             }
@@ -253,7 +388,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
 
     /// R1 after every step of 10,000 random interleavings of checkout (and retries),
-    /// heartbeat, check-in, release, resume, expiry, entitlement add/remove and restart.
+    /// heartbeat, check-in, release, resume, expiry, entitlement add/remove, assign (and
+    /// moves), revoke, deactivate, activate and restart.
     #[test]
     fn r1_holds_under_random_interleavings(ops in proptest::collection::vec(op(), 1..40)) {
         run(&ops)?;
@@ -261,7 +397,7 @@ proptest! {
 }
 
 fn pool_with(feature: &str, seats: u32, now: i64) -> Pool {
-    let mut pool = Pool::new(TTL);
+    let mut pool = Pool::new(TTL, Policy::default());
     pool.add_entitlement(
         now,
         &admin(),
@@ -401,7 +537,7 @@ fn a_restart_gives_every_online_lease_one_full_ttl() {
     .unwrap();
     let snapshot = pool.snapshot();
     // Restart long after the lease would have lapsed.
-    let mut pool = Pool::restore(snapshot, TTL, 100_000);
+    let mut pool = Pool::restore(snapshot, TTL, Policy::default(), 100_000);
     pool.sweep(100_000 + TTL - 1, &mut batch);
     assert_eq!(pool.lease_count(), 1);
     pool.sweep(100_000 + TTL, &mut batch);
@@ -410,7 +546,7 @@ fn a_restart_gives_every_online_lease_one_full_ttl() {
 
 #[test]
 fn an_expired_entitlement_leaves_the_pool_and_ends_leases_it_no_longer_covers() {
-    let mut pool = Pool::new(TTL);
+    let mut pool = Pool::new(TTL, Policy::default());
     let mut batch = Batch::default();
     pool.add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch)
         .unwrap();
@@ -456,7 +592,7 @@ fn an_expired_entitlement_leaves_the_pool_and_ends_leases_it_no_longer_covers() 
 
 #[test]
 fn entitlements_are_validated_and_admin_only() {
-    let mut pool = Pool::new(TTL);
+    let mut pool = Pool::new(TTL, Policy::default());
     let mut batch = Batch::default();
     let err = pool
         .add_entitlement(0, &member(0), &entitlement("vray", 1), &mut batch)
@@ -485,7 +621,7 @@ fn entitlements_are_validated_and_admin_only() {
 
 #[test]
 fn unknown_features_are_not_found_and_expired_ones_say_so() {
-    let mut pool = Pool::new(TTL);
+    let mut pool = Pool::new(TTL, Policy::default());
     let mut batch = Batch::default();
     let err = pool
         .checkout(
@@ -532,4 +668,129 @@ fn batches_cancel_a_lease_added_and_removed_together() {
     pool.checkin(2, &member(0), lease.id, &mut batch).unwrap();
     assert!(batch.leases_added.is_empty() && batch.leases_removed.is_empty());
     assert_eq!(batch.audit.len(), 2, "both are still audited");
+}
+
+fn assign_request(
+    user: &str,
+    feature: &str,
+    seats: u32,
+    from: Option<&str>,
+) -> tally_protocol::Assign {
+    tally_protocol::Assign {
+        username: user.into(),
+        feature: feature.into(),
+        seats,
+        entitlement: None,
+        from: from.map(str::to_string),
+        expires_at: None,
+    }
+}
+
+#[test]
+fn activating_a_user_whose_seats_were_taken_meanwhile_is_refused_naming_the_feature() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch)
+        .unwrap();
+    pool.assign(
+        0,
+        &admin(),
+        &assign_request(USERS[0], "vray", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    pool.deactivate_user(1, &admin(), USERS[0], &mut batch)
+        .unwrap();
+    assert_eq!(pool.available("vray", 1), 2, "suspended seats float again");
+    let ben = pool.authorize(USERS[1]).unwrap();
+    for i in 0..2u8 {
+        pool.checkout(
+            2,
+            &ben,
+            &holder(1),
+            &checkout("vray", 1, i),
+            LeaseId([i + 1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    }
+    let before = pool.snapshot();
+    let err = pool
+        .activate_user(3, &admin(), USERS[0], &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoSeat);
+    assert!(err.message.contains("vray"), "{}", err.message);
+    assert_eq!(pool.snapshot(), before);
+    pool.check_invariants(3).unwrap();
+}
+
+#[test]
+fn named_seats_serve_their_user_first_and_guests_only_from_them() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 3), &mut batch)
+        .unwrap();
+    let guest = pool.authorize(USERS[2]).unwrap();
+    let err = pool
+        .checkout(
+            1,
+            &guest,
+            &holder(2),
+            &checkout("nuke", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoSeat);
+    assert!(err.message.contains("guests"), "{}", err.message);
+    let assignment = pool
+        .assign(
+            1,
+            &admin(),
+            &assign_request(USERS[2], "nuke", 1, None),
+            &mut batch,
+        )
+        .unwrap();
+    let lease = pool
+        .checkout(
+            2,
+            &guest,
+            &holder(2),
+            &checkout("nuke", 1, 2),
+            LeaseId([2; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(
+        lease.source,
+        tally_protocol::LeaseSource::Assignment(assignment.id)
+    );
+    let status = pool.status(2, Some("nuke"), &mut batch).unwrap();
+    assert_eq!(
+        (
+            status[0].total,
+            status[0].assigned,
+            status[0].floating,
+            status[0].in_use,
+            status[0].available
+        ),
+        (3, 1, 2, 1, 2)
+    );
+    // With the policy, guests may float.
+    let (mut open, mut batch) = pool_with_users(Policy {
+        guests_use_floating: true,
+        max_active: 0,
+    });
+    open.add_entitlement(0, &admin(), &entitlement("nuke", 1), &mut batch)
+        .unwrap();
+    let guest = open.authorize(USERS[2]).unwrap();
+    let lease = open
+        .checkout(
+            1,
+            &guest,
+            &holder(2),
+            &checkout("nuke", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(lease.source, tally_protocol::LeaseSource::Floating);
 }

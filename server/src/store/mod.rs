@@ -9,9 +9,9 @@ mod sqlite;
 use std::path::Path;
 
 use async_trait::async_trait;
-use tally_protocol::Role;
+use tally_protocol::{AuditEvent, AuditQuery, Role};
 
-use crate::core::{Batch, Snapshot};
+use crate::core::{Batch, Notification, Snapshot};
 
 pub use sqlite::SqliteStore;
 
@@ -68,6 +68,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch in one transaction: all of it or none.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Audit events matching the query, newest first.
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Notifications not yet delivered, oldest first, with their outbox ids.
+    async fn pending_notifications(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError>;
+
+    /// Marks notifications delivered.
+    async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError>;
 
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);

@@ -9,14 +9,21 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use tally_protocol::{
-    ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, RequestId, Role,
+    AuditEvent, AuditQuery, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind,
+    LeaseSource, RequestId, Role, UserState,
 };
 
 use super::{Identity, Principal, Store, StoreError};
-use crate::core::{Batch, Lease, Snapshot};
+use crate::core::{Assignment, Batch, Lease, Notification, Snapshot, User};
 
 /// Embedded migrations, applied in order; the version is the position in this list.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_assignments.sql"),
+    ),
+];
 
 /// Rows per multi-row statement: well under SQLite's limit of 32,766 bound parameters.
 const CHUNK: usize = 1000;
@@ -222,11 +229,129 @@ impl Store for SqliteStore {
                 expires_at: row.try_get("expires_at")?,
             });
         }
+        let mut users = Vec::new();
+        for row in sqlx::query("SELECT * FROM users ORDER BY username")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let role: String = row.try_get("role")?;
+            let state: String = row.try_get("state")?;
+            users.push(User {
+                username: row.try_get("username")?,
+                name: row.try_get("name")?,
+                role: Role::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+                state: UserState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("user state {state:?}")))?,
+                created_at: row.try_get("created_at")?,
+            });
+        }
+        let mut assignments = Vec::new();
+        for row in sqlx::query("SELECT * FROM assignments ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            assignments.push(Assignment {
+                id: row.try_get::<i64, _>("id")? as u64,
+                user: row.try_get("username")?,
+                feature: row.try_get("feature")?,
+                entitlement: row.try_get::<i64, _>("entitlement")? as u64,
+                seats: row.try_get::<i64, _>("seats")? as u32,
+                expires_at: row.try_get("expires_at")?,
+                created_at: row.try_get("created_at")?,
+            });
+        }
+        let next: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_assignment_id'")
+                .fetch_optional(&mut *conn)
+                .await?;
+        let next_assignment_id = match next {
+            Some(text) => text
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("next_assignment_id {text:?}")))?,
+            None => 1,
+        };
         Ok(Snapshot {
             entitlements,
             leases,
+            users,
+            assignments,
             next_entitlement_id,
+            next_assignment_id,
         })
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT at, actor, action, subject, feature, outcome, reason FROM audit WHERE 1 = 1",
+        );
+        if let Some(since) = query.since {
+            q.push(" AND at >= ").push_bind(since);
+        }
+        if let Some(user) = &query.user {
+            let user = user.to_lowercase();
+            q.push(" AND (actor = ")
+                .push_bind(user.clone())
+                .push(" OR subject = ")
+                .push_bind(user)
+                .push(")");
+        }
+        if let Some(feature) = &query.feature {
+            q.push(" AND feature = ").push_bind(feature.clone());
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(query.limit.unwrap_or(1000)));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEvent {
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    subject: row.try_get("subject")?,
+                    feature: row.try_get("feature")?,
+                    outcome: row.try_get("outcome")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn pending_notifications(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError> {
+        let rows = sqlx::query("SELECT id, at, kind, subject, detail FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    Notification {
+                        at: row.try_get("at")?,
+                        kind: row.try_get("kind")?,
+                        subject: row.try_get("subject")?,
+                        detail: row.try_get("detail")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
+        for chunk in ids.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET delivered_at = ");
+            q.push_bind(at).push(" WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -250,6 +375,92 @@ fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreEr
 
 /// Writes every list of the batch as multi-row statements.
 async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<(), StoreError> {
+    for chunk in batch.users_removed.chunks(CHUNK) {
+        // Tokens first: they point at the users.
+        for (head, tail) in [
+            (
+                "DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE username IN (",
+                "))",
+            ),
+            ("DELETE FROM users WHERE username IN (", ")"),
+        ] {
+            let mut q = QueryBuilder::<Sqlite>::new(head);
+            let mut names = q.separated(", ");
+            for name in chunk {
+                names.push_bind(name);
+            }
+            q.push(tail);
+            q.build().execute(&mut **tx).await?;
+        }
+    }
+    for chunk in batch.users_upserted.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO users (username, name, role, state, created_at) ",
+        );
+        q.push_values(chunk, |mut b, u| {
+            b.push_bind(&u.username)
+                .push_bind(&u.name)
+                .push_bind(u.role.as_str())
+                .push_bind(u.state.as_str())
+                .push_bind(u.created_at);
+        });
+        q.push(" ON CONFLICT (username) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.tokens_added.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO tokens (hash, user_id, created_at) ");
+        q.push_values(chunk, |mut b, (username, hash, at)| {
+            b.push_bind(&hash[..])
+                .push("(SELECT id FROM users WHERE username = ")
+                .push_bind_unseparated(username)
+                .push_unseparated(")")
+                .push_bind(*at);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.assignments_upserted.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO assignments (id, username, feature, entitlement, seats, expires_at, created_at) ",
+        );
+        q.push_values(chunk, |mut b, a| {
+            b.push_bind(a.id as i64)
+                .push_bind(&a.user)
+                .push_bind(&a.feature)
+                .push_bind(a.entitlement as i64)
+                .push_bind(a.seats as i64)
+                .push_bind(a.expires_at)
+                .push_bind(a.created_at);
+        });
+        q.push(" ON CONFLICT (id) DO UPDATE SET seats = excluded.seats, expires_at = excluded.expires_at");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.assignments_removed.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM assignments WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id as i64);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.notifications.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (at, kind, subject, detail) ");
+        q.push_values(chunk, |mut b, n| {
+            b.push_bind(n.at)
+                .push_bind(&n.kind)
+                .push_bind(&n.subject)
+                .push_bind(&n.detail);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    if let Some(next) = batch.next_assignment_id {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('next_assignment_id', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(next.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
     for chunk in batch.entitlements_added.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO entitlements (id, feature, seats, starts_at, expires_at, kind, borrowable, max_borrow_secs, reference) ",
@@ -358,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
         let ttl = 60_000;
-        let mut pool = Pool::new(ttl);
+        let mut pool = Pool::new(ttl, crate::core::Policy::default());
         let mut batch = Batch::default();
         let new = NewEntitlement {
             feature: "vray".into(),

@@ -1,0 +1,470 @@
+//! Assigning seats to users by name (SPEC R8) and revoking them (R7).
+
+use tally_protocol::{
+    validate_feature, Assign, AssignmentInfo, EntitlementKind, ErrorBody, ErrorCode, LeaseKind,
+    LeaseSource, Revoke, UserState,
+};
+
+use super::{require_admin, rfc3339, Actor, Assignment, Batch, EndReason, Pool, MAX_SEATS};
+
+/// Where the seats of an assignment come from.
+enum Donor {
+    /// Unassigned floating seats of this entitlement.
+    Floating(u64),
+    /// Seats of another user's assignment, moved atomically.
+    Assignment(u64),
+}
+
+impl Pool {
+    /// Assigns seats to a user: from the floating pool (which needs that many `available`),
+    /// or moved from another user's assignment with `from`. Admins only.
+    pub fn assign(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &Assign,
+        batch: &mut Batch,
+    ) -> Result<AssignmentInfo, ErrorBody> {
+        self.advance(now, batch);
+        let user = request.username.trim().to_lowercase();
+        let from = request.from.as_deref().map(|f| f.trim().to_lowercase());
+        let donor = match self.check_assign(now, actor, &user, from.as_deref(), request) {
+            Ok(donor) => donor,
+            Err(err) => {
+                batch.audit(
+                    now,
+                    actor,
+                    "assign",
+                    &user,
+                    Some(&request.feature),
+                    Err(&err),
+                );
+                return Err(err);
+            }
+        };
+        let entitlement = match donor {
+            Donor::Floating(entitlement) => entitlement,
+            Donor::Assignment(id) => {
+                let mut donor = self.assignments[&id].clone();
+                donor.seats -= request.seats;
+                let detail = format!(
+                    "{} seat(s) of {} moved to {user}",
+                    request.seats, donor.feature
+                );
+                self.shrink_assignment_leases(
+                    id,
+                    donor.seats,
+                    EndReason::Revoked,
+                    now,
+                    &actor.username,
+                    batch,
+                );
+                if donor.seats == 0 {
+                    self.assignments.remove(&id);
+                    batch.remove_assignment(id);
+                } else {
+                    self.assignments.insert(id, donor.clone());
+                    batch.upsert_assignment(donor.clone());
+                }
+                batch.audit(
+                    now,
+                    actor,
+                    "revoke",
+                    &donor.user,
+                    Some(&donor.feature),
+                    Ok(&detail),
+                );
+                batch.notify(now, "assignment_revoked", &donor.user, &detail);
+                donor.entitlement
+            }
+        };
+        let merged = self
+            .assignments
+            .values()
+            .find(|a| {
+                a.user == user && a.entitlement == entitlement && a.expires_at == request.expires_at
+            })
+            .map(|a| a.id);
+        let assignment = match merged {
+            Some(id) => {
+                let existing = self.assignments.get_mut(&id).expect("assignment exists");
+                existing.seats += request.seats;
+                existing.clone()
+            }
+            None => {
+                let id = self.next_assignment_id;
+                self.next_assignment_id += 1;
+                batch.next_assignment_id = Some(self.next_assignment_id);
+                let assignment = Assignment {
+                    id,
+                    user: user.clone(),
+                    feature: request.feature.clone(),
+                    entitlement,
+                    seats: request.seats,
+                    expires_at: request.expires_at,
+                    created_at: now,
+                };
+                self.assignments.insert(id, assignment.clone());
+                assignment
+            }
+        };
+        batch.upsert_assignment(assignment.clone());
+        self.next_boundary = self.compute_next_boundary(now);
+        let detail = match &from {
+            Some(from) => format!(
+                "{} seat(s) from {from}, entitlement {entitlement}",
+                request.seats
+            ),
+            None => format!("{} seat(s), entitlement {entitlement}", request.seats),
+        };
+        batch.audit(
+            now,
+            actor,
+            "assign",
+            &user,
+            Some(&request.feature),
+            Ok(&detail),
+        );
+        batch.notify(
+            now,
+            "assignment_granted",
+            &user,
+            &format!("{detail} of {}", request.feature),
+        );
+        Ok(self
+            .assignments_of(&user)
+            .into_iter()
+            .find(|a| a.id == assignment.id)
+            .expect("assignment listed"))
+    }
+
+    fn check_assign(
+        &self,
+        now: i64,
+        actor: &Actor,
+        user: &str,
+        from: Option<&str>,
+        request: &Assign,
+    ) -> Result<Donor, ErrorBody> {
+        require_admin(actor, "assign seats")?;
+        let feature = request.feature.as_str();
+        validate_feature(feature).map_err(ErrorBody::invalid)?;
+        if request.seats == 0 || request.seats > MAX_SEATS {
+            return Err(ErrorBody::invalid(format!(
+                "seats must be between 1 and {MAX_SEATS}, not {}",
+                request.seats
+            )));
+        }
+        self.existing(user)?;
+        if self.users[user].state == UserState::Deactivated {
+            return Err(ErrorBody::invalid(format!(
+                "{user} is deactivated; activate them before assigning seats"
+            )));
+        }
+        if let Some(id) = request.entitlement {
+            let Some(entitlement) = self.entitlements.get(&id) else {
+                return Err(ErrorBody::not_found(format!(
+                    "no entitlement {id}; `tally entitlement list` shows them"
+                )));
+            };
+            if entitlement.feature != feature {
+                return Err(ErrorBody::invalid(format!(
+                    "entitlement {id} is for {}, not {feature}",
+                    entitlement.feature
+                )));
+            }
+            if !super::is_active(entitlement, now) {
+                return Err(ErrorBody::invalid(format!(
+                    "entitlement {id} is not active now (from {} until {})",
+                    rfc3339(entitlement.starts_at),
+                    entitlement.expires_at.map_or("never".into(), rfc3339)
+                )));
+            }
+        }
+        if let Some(expires_at) = request.expires_at {
+            if expires_at <= now {
+                return Err(ErrorBody::invalid(format!(
+                    "expiry {} is in the past",
+                    rfc3339(expires_at)
+                )));
+            }
+        }
+        let donor = match from {
+            None => self.floating_donor(now, user, request)?,
+            Some(from) => self.assignment_donor(now, user, from, request)?,
+        };
+        let entitlement = match donor {
+            Donor::Floating(id) => id,
+            Donor::Assignment(id) => self.assignments[&id].entitlement,
+        };
+        if let (Some(expires_at), Some(end)) = (
+            request.expires_at,
+            self.entitlements[&entitlement].expires_at,
+        ) {
+            if expires_at > end {
+                return Err(ErrorBody::invalid(format!(
+                    "expiry {} is after the end of entitlement {entitlement} ({})",
+                    rfc3339(expires_at),
+                    rfc3339(end)
+                )));
+            }
+        }
+        Ok(donor)
+    }
+
+    /// Unassigned floating seats: that many must be `available`, from the named
+    /// entitlement or the active one expiring last that has room.
+    fn floating_donor(&self, now: i64, user: &str, request: &Assign) -> Result<Donor, ErrorBody> {
+        let feature = request.feature.as_str();
+        if !self.entitlements.values().any(|e| e.feature == feature) {
+            return Err(ErrorBody::not_found(format!(
+                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
+            )));
+        }
+        let available = self.available(feature, now);
+        if request.seats > available {
+            return Err(ErrorBody::new(
+                ErrorCode::NoSeat,
+                format!(
+                    "only {available} floating seat(s) of {feature} are free, {} asked for; take them from a user with `tally assign {user} {feature} --from EMAIL`",
+                    request.seats
+                ),
+            ));
+        }
+        let room = |id: u64| {
+            self.entitlements[&id]
+                .seats
+                .saturating_sub(self.assigned_from(id, now))
+        };
+        match request.entitlement {
+            Some(id) if room(id) >= request.seats => Ok(Donor::Floating(id)),
+            Some(id) => Err(ErrorBody::new(
+                ErrorCode::NoSeat,
+                format!("entitlement {id} has only {} unassigned seat(s), {} asked for", room(id), request.seats),
+            )),
+            None => self
+                .entitlements
+                .values()
+                .filter(|e| e.feature == feature && super::is_active(e, now) && room(e.id) >= request.seats)
+                .max_by_key(|e| (e.expires_at.unwrap_or(i64::MAX), std::cmp::Reverse(e.id)))
+                .map(|e| Donor::Floating(e.id))
+                .ok_or_else(|| {
+                    ErrorBody::new(
+                        ErrorCode::NoSeat,
+                        format!(
+                            "no active entitlement of {feature} has {} unassigned seat(s); name one with --entitlement or assign fewer",
+                            request.seats
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// Seats moved from another user's assignment: one assignment of theirs must hold
+    /// them, not borrowed and not from a trial.
+    fn assignment_donor(
+        &self,
+        now: i64,
+        user: &str,
+        from: &str,
+        request: &Assign,
+    ) -> Result<Donor, ErrorBody> {
+        let feature = request.feature.as_str();
+        self.existing(from)?;
+        if from == user {
+            return Err(ErrorBody::invalid(format!(
+                "{user} cannot take seats from themselves"
+            )));
+        }
+        let theirs: Vec<&Assignment> = self
+            .assignments
+            .values()
+            .filter(|a| a.user == from && a.feature == feature && self.assignment_active(a, now))
+            .filter(|a| request.entitlement.is_none_or(|id| a.entitlement == id))
+            .collect();
+        if theirs.is_empty() {
+            return Err(ErrorBody::not_found(format!(
+                "{from} has no active assignment of {feature} to take seats from"
+            )));
+        }
+        if let Some(trial) = theirs.iter().find(|a| self.is_trial(a.entitlement)) {
+            return Err(ErrorBody::new(
+                ErrorCode::TrialLocked,
+                format!(
+                    "{from}'s seats of {feature} come from trial entitlement {}; assignments from a trial cannot be moved",
+                    trial.entitlement
+                ),
+            ));
+        }
+        let donor = theirs
+            .iter()
+            .filter(|a| a.seats >= request.seats)
+            .max_by_key(|a| (a.expires_at.unwrap_or(i64::MAX), a.id))
+            .ok_or_else(|| {
+                ErrorBody::invalid(format!(
+                    "no single assignment of {from} holds {} seat(s) of {feature} (they have {}); assign fewer",
+                    request.seats,
+                    theirs.iter().map(|a| a.seats.to_string()).collect::<Vec<_>>().join(" and ")
+                ))
+            })?;
+        let borrowed = self.assignment_usage(donor.id).borrowed;
+        if donor.seats - request.seats < borrowed {
+            return Err(self.borrowed_refusal(from, feature, donor.id, borrowed, "move them"));
+        }
+        Ok(Donor::Assignment(donor.id))
+    }
+
+    /// Revokes some or all seats of a user's assignments of a feature, newest assignment
+    /// first. Online leases on revoked seats end (reason `revoked`). Admins only.
+    pub fn revoke(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &Revoke,
+        batch: &mut Batch,
+    ) -> Result<u32, ErrorBody> {
+        self.advance(now, batch);
+        let user = request.username.trim().to_lowercase();
+        let plan = match self.check_revoke(actor, &user, request) {
+            Ok(plan) => plan,
+            Err(err) => {
+                batch.audit(
+                    now,
+                    actor,
+                    "revoke",
+                    &user,
+                    Some(&request.feature),
+                    Err(&err),
+                );
+                return Err(err);
+            }
+        };
+        let mut revoked = 0;
+        for (id, take) in plan {
+            let mut assignment = self.assignments[&id].clone();
+            assignment.seats -= take;
+            revoked += take;
+            self.shrink_assignment_leases(
+                id,
+                assignment.seats,
+                EndReason::Revoked,
+                now,
+                &actor.username,
+                batch,
+            );
+            if assignment.seats == 0 {
+                self.assignments.remove(&id);
+                batch.remove_assignment(id);
+            } else {
+                self.assignments.insert(id, assignment.clone());
+                batch.upsert_assignment(assignment);
+            }
+        }
+        self.next_boundary = self.compute_next_boundary(now);
+        let detail = format!("{revoked} seat(s) of {}", request.feature);
+        batch.audit(
+            now,
+            actor,
+            "revoke",
+            &user,
+            Some(&request.feature),
+            Ok(&detail),
+        );
+        batch.notify(now, "assignment_revoked", &user, &detail);
+        Ok(revoked)
+    }
+
+    /// Which assignments lose how many seats, or why none may.
+    fn check_revoke(
+        &self,
+        actor: &Actor,
+        user: &str,
+        request: &Revoke,
+    ) -> Result<Vec<(u64, u32)>, ErrorBody> {
+        require_admin(actor, "revoke seats")?;
+        let feature = request.feature.as_str();
+        validate_feature(feature).map_err(ErrorBody::invalid)?;
+        self.existing(user)?;
+        let mut theirs: Vec<&Assignment> = self
+            .assignments
+            .values()
+            .filter(|a| a.user == user && a.feature == feature)
+            .collect();
+        if theirs.is_empty() {
+            return Err(ErrorBody::not_found(format!(
+                "{user} has no seats of {feature} assigned"
+            )));
+        }
+        theirs.sort_by_key(|a| std::cmp::Reverse(a.id));
+        let total: u32 = theirs.iter().map(|a| a.seats).sum();
+        let wanted = request.seats.unwrap_or(total);
+        if wanted == 0 || wanted > total {
+            return Err(ErrorBody::invalid(format!(
+                "{user} has {total} seat(s) of {feature} assigned; cannot revoke {wanted}"
+            )));
+        }
+        let mut plan = Vec::new();
+        let mut left = wanted;
+        for assignment in theirs {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(assignment.seats);
+            if self.is_trial(assignment.entitlement) {
+                return Err(ErrorBody::new(
+                    ErrorCode::TrialLocked,
+                    format!(
+                        "{user}'s seats of {feature} come from trial entitlement {}; assignments from a trial cannot be revoked",
+                        assignment.entitlement
+                    ),
+                ));
+            }
+            let borrowed = self.assignment_usage(assignment.id).borrowed;
+            if assignment.seats - take < borrowed {
+                return Err(self.borrowed_refusal(
+                    user,
+                    feature,
+                    assignment.id,
+                    borrowed,
+                    "revoke",
+                ));
+            }
+            plan.push((assignment.id, take));
+            left -= take;
+        }
+        Ok(plan)
+    }
+
+    fn is_trial(&self, entitlement: u64) -> bool {
+        self.entitlements
+            .get(&entitlement)
+            .is_some_and(|e| e.kind == EntitlementKind::Trial)
+    }
+
+    /// R7's message: "USER has borrowed N seat(s) of FEATURE for offline use until TIME; ...".
+    fn borrowed_refusal(
+        &self,
+        user: &str,
+        feature: &str,
+        assignment: u64,
+        seats: u32,
+        what: &str,
+    ) -> ErrorBody {
+        let until = self
+            .leases
+            .values()
+            .filter(|l| {
+                l.source == LeaseSource::Assignment(assignment) && l.kind == LeaseKind::Borrowed
+            })
+            .map(|l| l.expires_at)
+            .max()
+            .unwrap_or_default();
+        ErrorBody::new(
+            ErrorCode::Borrowed,
+            format!(
+                "{user} has borrowed {seats} seat(s) of {feature} for offline use until {}; {what} after the borrow ends or is returned",
+                rfc3339(until)
+            ),
+        )
+    }
+}

@@ -1,0 +1,95 @@
+//! Delivery of the notification outbox.
+//!
+//! Changes that people should hear about (assignments granted or revoked, users added,
+//! deactivated, activated or removed, the user limit reached) are written to the `outbox`
+//! table in the same transaction as the change itself. This worker delivers them to a
+//! [`Sink`] and marks them delivered afterwards, so each is delivered at least once, even
+//! across a crash. The log sink is the only one today; webhook and e-mail sinks implement
+//! the same trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Notification;
+use crate::engine::now_millis;
+use crate::store::Store;
+
+/// Where notifications go.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers one notification; an error leaves it in the outbox to be tried again.
+    async fn deliver(&self, notification: &Notification) -> Result<(), String>;
+}
+
+/// Writes each notification to the log at `info`.
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+#[async_trait]
+impl Sink for LogSink {
+    async fn deliver(&self, n: &Notification) -> Result<(), String> {
+        tracing::info!(kind = %n.kind, subject = %n.subject, detail = %n.detail, at = n.at, "notification");
+        Ok(())
+    }
+}
+
+/// How often the outbox is looked at even when nobody wakes the worker (after a restart,
+/// or after a failed delivery).
+const POLL: Duration = Duration::from_secs(5);
+
+/// Delivers pending notifications until `shutdown`, woken by `wake` after each commit that
+/// queued some.
+pub async fn run(
+    store: Arc<dyn Store>,
+    sink: Arc<dyn Sink>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Err(err) = deliver_pending(store.as_ref(), sink.as_ref()).await {
+            tracing::warn!(error = %err, "notification delivery failed; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Delivers everything pending, oldest first, stopping at the first failure.
+pub async fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<usize, String> {
+    let mut delivered = 0;
+    loop {
+        let pending = store
+            .pending_notifications(256)
+            .await
+            .map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            return Ok(delivered);
+        }
+        let mut done = Vec::with_capacity(pending.len());
+        let mut failure = None;
+        for (id, notification) in &pending {
+            match sink.deliver(notification).await {
+                Ok(()) => done.push(*id),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        store
+            .mark_delivered(&done, now_millis())
+            .await
+            .map_err(|e| e.to_string())?;
+        delivered += done.len();
+        if let Some(err) = failure {
+            return Err(err);
+        }
+    }
+}
