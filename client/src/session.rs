@@ -344,7 +344,13 @@ impl Task {
                         tracing::warn!(error = %err, retry_in = ?backoff, "reconnect failed");
                         if let Error::Server(body) = &err {
                             if body.code == ErrorCode::Unauthenticated {
+                                // The account was deactivated or removed, or the token
+                                // revoked: nothing will be resumed.
                                 self.fail_all(&mut queue, &err);
+                                let held: Vec<LeaseId> = self.held.keys().copied().collect();
+                                for lease in held {
+                                    self.lose(lease, EndReason::Deactivated);
+                                }
                             }
                         }
                     }

@@ -209,7 +209,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
+                // The account was deactivated or removed since it signed in: answer, then
+                // close, so the client stops using the connection.
+                let signed_out = match &outcome {
+                    Outcome::Err(err) if err.code == ErrorCode::Unauthenticated => Some(err.clone()),
+                    _ => None,
+                };
                 conn.send(&ServerMessage::Response { id, outcome }).await.map_err(|e| e.to_string())?;
+                if let Some(err) = signed_out {
+                    return Err(refuse(&mut conn, err).await);
+                }
             }
             _ = shutdown.cancelled(), if !closing => closing = true,
             message = conn.recv_timeout::<ClientMessage>(idle), if !closing && pending.len() < MAX_IN_FLIGHT => {

@@ -196,7 +196,7 @@ impl Engine {
             Request::UserAdd(add) => pool
                 .add_user(now, actor, &add, mint_token(), batch)
                 .map(|(user, token)| Response::UserAdded { user, token }),
-            Request::UserList => pool.users(actor).map(Response::Users),
+            Request::UserList => pool.users(now, actor, batch).map(Response::Users),
             Request::UserToken(user) => pool
                 .add_token(now, actor, &user.username, mint_token(), batch)
                 .map(Response::Token),

@@ -93,3 +93,68 @@ pub async fn deliver_pending(store: &dyn Store, sink: &dyn Sink) -> Result<usize
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::core::Batch;
+    use crate::store::SqliteStore;
+
+    /// Records deliveries; fails while `fail` is set.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+        fail: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl Sink for Recorder {
+        async fn deliver(&self, n: &Notification) -> Result<(), String> {
+            if *self.fail.lock().unwrap() {
+                return Err("sink down".into());
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("{}:{}", n.kind, n.subject));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_are_delivered_at_least_once_and_then_not_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let mut batch = Batch::default();
+        batch.notify(1, "user_added", "ana@studio.com", "role member");
+        batch.notify(
+            2,
+            "user_limit_exceeded",
+            "ben@studio.com",
+            "the server allows 3",
+        );
+        store.commit(&batch).await.unwrap();
+
+        let sink = Recorder::default();
+        *sink.fail.lock().unwrap() = true;
+        assert!(deliver_pending(&store, &sink).await.is_err());
+        assert!(sink.seen.lock().unwrap().is_empty());
+        // Still pending after the failure: delivered on the next attempt.
+        *sink.fail.lock().unwrap() = false;
+        assert_eq!(deliver_pending(&store, &sink).await.unwrap(), 2);
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            [
+                "user_added:ana@studio.com",
+                "user_limit_exceeded:ben@studio.com"
+            ]
+        );
+        assert_eq!(
+            deliver_pending(&store, &sink).await.unwrap(),
+            0,
+            "marked delivered"
+        );
+    }
+}

@@ -7,3 +7,4 @@ mod cli;
 mod hostile;
 mod lifecycle;
 mod pool;
+mod users;

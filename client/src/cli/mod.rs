@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tally_protocol::{
-    validate_feature, EntitlementKind, EntitlementQuery, EntitlementRemove, ErrorCode, LeaseId,
-    LeasesQuery, NewEntitlement, Release, Request, Response, StatusQuery,
+    validate_feature, validate_username, Assign, AuditQuery, EntitlementKind, EntitlementQuery,
+    EntitlementRemove, ErrorCode, LeaseId, LeasesQuery, NewEntitlement, Release, Request, Response,
+    Revoke, Role, StatusQuery, UserAdd, UserRef,
 };
 
 use crate::config::ClientFile;
@@ -82,6 +83,74 @@ enum Command {
     /// About the server.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Your account, the seats assigned to you and the leases you hold.
+    Whoami,
+    /// Manage users (admins).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Assign seats of a feature to a user by name (admins).
+    Assign {
+        email: String,
+        feature: String,
+        #[arg(long, default_value_t = 1)]
+        seats: u32,
+        /// The entitlement to draw from (default: the active one expiring last with room).
+        #[arg(long)]
+        entitlement: Option<String>,
+        /// Take the seats from this user's assignment instead of the floating pool.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the assignment (RFC 3339 or YYYY-MM-DD); no later than the entitlement's.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Revoke seats assigned to a user (admins); all of them unless --seats.
+    Revoke {
+        email: String,
+        feature: String,
+        #[arg(long)]
+        seats: Option<u32>,
+    },
+    /// Read the audit log (admins), newest first.
+    Audit {
+        /// Only events at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events by or about this user.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        feature: Option<String>,
+        /// At most this many events (default 1000, at most 10000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print CSV instead of a table or JSON.
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; prints their first token, shown once.
+    Add {
+        email: String,
+        /// admin, member or guest.
+        #[arg(long, default_value = "member")]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List users.
+    List,
+    /// Mint another token for a user, shown once.
+    Token { email: String },
+    /// Deactivate a user: their leases end and their assigned seats return to the pool.
+    Deactivate { email: String },
+    /// Activate a user again, restoring their assigned seats.
+    Activate { email: String },
+    /// Remove a user who has no assignments and no borrowed seats.
+    Remove { email: String },
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +238,7 @@ impl From<Error> for Failure {
 
 /// Runs `tally` with the process's arguments.
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     let json = std::env::args()
         .skip(1)
         .take_while(|a| a != "--")
@@ -225,6 +295,16 @@ pub fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// `tally ... | head` should end quietly when `head` stops reading, as other command-line
+/// tools do, instead of failing to print. Rust ignores SIGPIPE by default; put it back.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in `main`, before any other thread exists, and installs
+    // the default disposition, which runs no code of ours.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// Warnings of the library (reconnects, lost leases) go to stderr; `TALLY_LOG` tunes them.
@@ -325,6 +405,74 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             out.released(id);
         }
+        Command::Whoami => {
+            let response = client.call(Request::Whoami).await?;
+            let Response::Whoami(me) = response else {
+                return Err(bad(&response));
+            };
+            out.whoami(&me);
+        }
+        Command::User(command) => user_command(&client, command, &out).await?,
+        Command::Assign {
+            email,
+            feature,
+            seats,
+            entitlement,
+            from,
+            expires,
+        } => {
+            let request = Assign {
+                username: email,
+                feature,
+                seats,
+                entitlement: entitlement
+                    .as_deref()
+                    .map(parse_entitlement_id)
+                    .transpose()?,
+                from,
+                expires_at: expires.as_deref().map(parse_time).transpose()?,
+            };
+            let response = client.call(Request::Assign(request)).await?;
+            let Response::Assignment(assignment) = response else {
+                return Err(bad(&response));
+            };
+            out.assignment(&assignment);
+        }
+        Command::Revoke {
+            email,
+            feature,
+            seats,
+        } => {
+            let request = Revoke {
+                username: email,
+                feature,
+                seats,
+            };
+            let response = client.call(Request::Revoke(request)).await?;
+            let Response::Revoked(count) = response else {
+                return Err(bad(&response));
+            };
+            out.revoked(count);
+        }
+        Command::Audit {
+            since,
+            user,
+            feature,
+            limit,
+            csv,
+        } => {
+            let query = AuditQuery {
+                since: since.as_deref().map(parse_time).transpose()?,
+                user,
+                feature,
+                limit,
+            };
+            let response = client.call(Request::Audit(query)).await?;
+            let Response::AuditEvents(events) = response else {
+                return Err(bad(&response));
+            };
+            out.audit(&events, csv);
+        }
         Command::Server(ServerCommand::Info) => {
             let response = client.call(Request::ServerInfo).await?;
             let Response::ServerInfo(info) = response else {
@@ -334,6 +482,30 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
     }
     Ok(exit::OK)
+}
+
+async fn user_command(client: &Client, command: UserCommand, out: &Output) -> Result<(), Failure> {
+    let user = |email: String| UserRef { username: email };
+    let request = match command {
+        UserCommand::Add { email, role, name } => Request::UserAdd(UserAdd {
+            username: email,
+            name,
+            role: parse_role(&role)?,
+        }),
+        UserCommand::List => Request::UserList,
+        UserCommand::Token { email } => Request::UserToken(user(email)),
+        UserCommand::Deactivate { email } => Request::UserDeactivate(user(email)),
+        UserCommand::Activate { email } => Request::UserActivate(user(email)),
+        UserCommand::Remove { email } => Request::UserRemove(user(email)),
+    };
+    match client.call(request).await? {
+        Response::UserAdded { user, token } => out.user_added(&user, &token),
+        Response::Users(users) => out.users(&users),
+        Response::Token(token) => out.token(&token),
+        Response::User(user) => out.user(&user),
+        other => return Err(bad(&other)),
+    }
+    Ok(())
 }
 
 fn bad(response: &Response) -> Failure {
@@ -380,9 +552,77 @@ fn validate(command: &Command) -> Result<(), Failure> {
         Command::Release { lease_id } => {
             parse_lease_id(lease_id)?;
         }
+        Command::User(UserCommand::Add { email, role, .. }) => {
+            validate_username(email).map_err(Failure::usage)?;
+            parse_role(role)?;
+        }
+        Command::User(
+            UserCommand::Token { email }
+            | UserCommand::Deactivate { email }
+            | UserCommand::Activate { email }
+            | UserCommand::Remove { email },
+        ) => validate_username(email).map_err(Failure::usage)?,
+        Command::Assign {
+            email,
+            feature: f,
+            seats,
+            entitlement,
+            from,
+            expires,
+        } => {
+            validate_username(email).map_err(Failure::usage)?;
+            feature(f)?;
+            if *seats == 0 {
+                return Err(Failure::usage("--seats must be at least 1"));
+            }
+            if let Some(id) = entitlement {
+                parse_entitlement_id(id)?;
+            }
+            if let Some(from) = from {
+                validate_username(from).map_err(Failure::usage)?;
+            }
+            if let Some(time) = expires {
+                parse_time(time)?;
+            }
+        }
+        Command::Revoke {
+            email,
+            feature: f,
+            seats,
+        } => {
+            validate_username(email).map_err(Failure::usage)?;
+            feature(f)?;
+            if *seats == Some(0) {
+                return Err(Failure::usage("--seats must be at least 1"));
+            }
+        }
+        Command::Audit {
+            since,
+            feature: f,
+            limit,
+            ..
+        } => {
+            if let Some(time) = since {
+                parse_time(time)?;
+            }
+            if let Some(f) = f {
+                feature(f)?;
+            }
+            if *limit == Some(0) {
+                return Err(Failure::usage("--limit must be at least 1"));
+            }
+        }
         _ => {}
     }
     Ok(())
+}
+
+fn parse_role(text: &str) -> Result<Role, Failure> {
+    Role::parse(text).ok_or_else(|| {
+        Failure::usage(format!(
+            "{text:?} is not a role; use admin, member or guest"
+        ))
+    })
 }
 
 /// Merges the client file with flags and environment (flags win).

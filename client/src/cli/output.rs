@@ -1,7 +1,10 @@
 //! What `tally` prints: a JSON document with `--json`, aligned text otherwise.
 
 use serde_json::{json, Value};
-use tally_protocol::{Entitlement, FeatureStatus, LeaseId, LeaseInfo, LeaseSource, ServerInfo};
+use tally_protocol::{
+    AssignmentInfo, AuditEvent, Entitlement, FeatureStatus, LeaseId, LeaseInfo, LeaseSource,
+    ServerInfo, UserInfo, Whoami,
+};
 
 /// Where results go.
 pub struct Output {
@@ -48,6 +51,35 @@ pub fn entitlement_json(e: &Entitlement) -> Value {
         "max_borrow_secs": e.max_borrow_secs,
         "reference": e.reference,
     })
+}
+
+pub fn user_json(user: &UserInfo) -> Value {
+    json!({"username": user.username, "name": user.name, "role": user.role.as_str(), "state": user.state.as_str()})
+}
+
+pub fn assignment_json(a: &AssignmentInfo) -> Value {
+    json!({"id": a.id, "user": a.user, "feature": a.feature, "seats": a.seats, "entitlement": a.entitlement,
+           "expires_at": a.expires_at.map(time)})
+}
+
+fn event_json(e: &AuditEvent) -> Value {
+    json!({"at": time_millis(e.at), "actor": e.actor, "action": e.action, "subject": e.subject,
+           "feature": e.feature, "outcome": e.outcome, "reason": e.reason})
+}
+
+/// RFC 3339 UTC to the millisecond, for audit events.
+fn time_millis(millis: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// One CSV field, quoted when it must be (RFC 4180).
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// Prints a failure: `{"error": {...}}` on stdout with `--json`, a line on stderr otherwise.
@@ -284,5 +316,177 @@ impl Output {
             humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs))
         );
         println!("connections  {}", info.connections);
+    }
+
+    pub fn whoami(&self, me: &Whoami) {
+        if self.json {
+            let assignments: Vec<Value> = me.assignments.iter().map(assignment_json).collect();
+            let leases: Vec<Value> = me.leases.iter().map(lease_json).collect();
+            return self.doc(
+                json!({"user": user_json(&me.user), "assignments": assignments, "leases": leases}),
+            );
+        }
+        let name = if me.user.name.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", me.user.name)
+        };
+        println!(
+            "{}{name}: {}, {}",
+            me.user.username,
+            me.user.role.as_str(),
+            me.user.state.as_str()
+        );
+        if me.assignments.is_empty() {
+            println!("no seats assigned to you");
+        } else {
+            println!();
+            self.assignment_table(&me.assignments);
+        }
+        println!();
+        self.leases(&me.leases);
+    }
+
+    fn assignment_table(&self, list: &[AssignmentInfo]) {
+        let rows = list
+            .iter()
+            .map(|a| {
+                vec![
+                    a.id.to_string(),
+                    a.feature.clone(),
+                    a.seats.to_string(),
+                    a.entitlement.to_string(),
+                    a.expires_at.map_or("with the entitlement".into(), time),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "assignment",
+                "feature",
+                "seats",
+                "entitlement",
+                "expires_at",
+            ],
+            rows,
+        );
+    }
+
+    pub fn user_added(&self, user: &UserInfo, token: &str) {
+        if self.json {
+            return self.doc(json!({"user": user_json(user), "token": token}));
+        }
+        println!("added {} ({})", user.username, user.role.as_str());
+        println!("token (shown once; give it to them for their client file): {token}");
+    }
+
+    pub fn users(&self, users: &[UserInfo]) {
+        if self.json {
+            let list: Vec<Value> = users
+                .iter()
+                .map(|u| {
+                    let mut doc = user_json(u);
+                    doc["assigned_seats"] = json!(u.assigned_seats);
+                    doc
+                })
+                .collect();
+            return self.doc(json!({ "users": list }));
+        }
+        let rows = users
+            .iter()
+            .map(|u| {
+                vec![
+                    u.username.clone(),
+                    u.name.clone(),
+                    u.role.as_str().into(),
+                    u.state.as_str().into(),
+                    u.assigned_seats.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &["username", "name", "role", "state", "assigned_seats"],
+            rows,
+        );
+    }
+
+    pub fn token(&self, token: &str) {
+        if self.json {
+            return self.doc(json!({ "token": token }));
+        }
+        println!("new token (shown once): {token}");
+    }
+
+    pub fn user(&self, user: &UserInfo) {
+        if self.json {
+            return self.doc(json!({ "user": user_json(user) }));
+        }
+        println!(
+            "{}: {}, {}",
+            user.username,
+            user.role.as_str(),
+            user.state.as_str()
+        );
+    }
+
+    pub fn assignment(&self, a: &AssignmentInfo) {
+        if self.json {
+            return self.doc(json!({ "assignment": assignment_json(a) }));
+        }
+        println!(
+            "{} now has {} seat(s) of {} assigned (assignment {}, entitlement {})",
+            a.user, a.seats, a.feature, a.id, a.entitlement
+        );
+    }
+
+    pub fn revoked(&self, count: u32) {
+        if self.json {
+            return self.doc(json!({ "revoked": count }));
+        }
+        println!("revoked {count} seat(s)");
+    }
+
+    pub fn audit(&self, events: &[AuditEvent], csv: bool) {
+        if csv {
+            println!("at,actor,action,subject,feature,outcome,reason");
+            for e in events {
+                let fields = [
+                    time_millis(e.at),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.subject.clone(),
+                    e.feature.clone().unwrap_or_default(),
+                    e.outcome.clone(),
+                    e.reason.clone(),
+                ];
+                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                println!("{}", line.join(","));
+            }
+            return;
+        }
+        if self.json {
+            let list: Vec<Value> = events.iter().map(event_json).collect();
+            return self.doc(json!({ "events": list }));
+        }
+        let rows = events
+            .iter()
+            .map(|e| {
+                vec![
+                    time(e.at),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.subject.clone(),
+                    e.feature.clone().unwrap_or_default(),
+                    e.outcome.clone(),
+                    e.reason.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "at", "actor", "action", "subject", "feature", "outcome", "reason",
+            ],
+            rows,
+        );
     }
 }

@@ -794,3 +794,59 @@ fn named_seats_serve_their_user_first_and_guests_only_from_them() {
         .unwrap();
     assert_eq!(lease.source, tally_protocol::LeaseSource::Floating);
 }
+
+#[test]
+fn the_user_limit_refuses_and_queues_a_notification() {
+    let (mut pool, _) = pool_with_users(Policy {
+        guests_use_floating: false,
+        max_active: 4,
+    });
+    let mut batch = Batch::default();
+    let add = tally_protocol::UserAdd {
+        username: "dan@studio".into(),
+        name: String::new(),
+        role: Role::Member,
+    };
+    let err = pool
+        .add_user(1, &admin(), &add, token(9), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::UserLimit);
+    assert!(
+        batch.users_upserted.is_empty() && batch.tokens_added.is_empty(),
+        "nothing half-applied"
+    );
+    assert_eq!(batch.notifications.len(), 1);
+    assert_eq!(batch.notifications[0].kind, "user_limit_exceeded");
+    assert_eq!(batch.notifications[0].subject, "dan@studio");
+}
+
+#[test]
+fn an_expiring_assignment_ends_with_its_leases() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch)
+        .unwrap();
+    let mut request = assign_request(USERS[0], "vray", 1, None);
+    request.expires_at = Some(1_000);
+    pool.assign(0, &admin(), &request, &mut batch).unwrap();
+    let ana = pool.authorize(USERS[0]).unwrap();
+    pool.checkout(
+        1,
+        &ana,
+        &holder(0),
+        &checkout("vray", 1, 1),
+        LeaseId([1; 16]),
+        &mut batch,
+    )
+    .unwrap();
+    assert_eq!(pool.status(999, None, &mut batch).unwrap()[0].assigned, 1);
+    let status = pool.status(1_000, None, &mut batch).unwrap();
+    assert_eq!(
+        (status[0].assigned, status[0].in_use, status[0].available),
+        (0, 0, 2)
+    );
+    assert!(batch
+        .notifications
+        .iter()
+        .any(|n| n.kind == "assignment_revoked"));
+    pool.check_invariants(1_000).unwrap();
+}

@@ -99,8 +99,16 @@ impl Pool {
     }
 
     /// Every user, by username.
-    pub fn users(&self, actor: &Actor) -> Result<Vec<UserInfo>, ErrorBody> {
-        require_admin(actor, "list users")?;
+    pub fn users(
+        &self,
+        now: i64,
+        actor: &Actor,
+        batch: &mut Batch,
+    ) -> Result<Vec<UserInfo>, ErrorBody> {
+        if let Err(err) = require_admin(actor, "list users") {
+            batch.audit(now, actor, "user_list", "users", None, Err(&err));
+            return Err(err);
+        }
         Ok(self.users.keys().map(|name| self.user_info(name)).collect())
     }
 
