@@ -313,3 +313,86 @@ fn check_config_names_the_problem_and_owner_token_mints_a_working_token() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[tokio::test]
+async fn the_admin_tour_prints_the_documents_of_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config, "--json"];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        (out.status.code(), stdout_json(&out))
+    };
+    run(&["entitlement", "add", "vray", "--seats", "10"]);
+
+    let (code, doc) = run(&["user", "add", "ana@studio.com", "--name", "Ana Lima"]);
+    assert_eq!(code, Some(0));
+    let keys: Vec<&String> = doc["user"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["username", "name", "role", "state"]);
+    assert_eq!(doc["user"]["role"], "member");
+    let token = doc["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64);
+
+    let (_, doc) = run(&["assign", "ana@studio.com", "vray", "--seats", "2"]);
+    let keys: Vec<&String> = doc["assignment"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["id", "user", "feature", "seats", "entitlement", "expires_at"]);
+    assert_eq!(doc["assignment"]["seats"], 2);
+
+    let (_, doc) = run(&["user", "list"]);
+    let ana = doc["users"].as_array().unwrap().iter().find(|u| u["username"] == "ana@studio.com").unwrap();
+    let keys: Vec<&String> = ana.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["username", "name", "role", "state", "assigned_seats"]);
+    assert_eq!(ana["assigned_seats"], 2);
+
+    let (_, doc) = run(&["status", "vray"]);
+    assert_eq!(doc["features"][0]["assigned"], 2);
+    assert_eq!(doc["features"][0]["floating"], 8);
+
+    // Ana signs in with her own token and sees what is hers.
+    let out = cli(&["--config", config, "--token", &token, "--json", "whoami"]);
+    let doc = stdout_json(&out);
+    let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["user", "assignments", "leases"]);
+    assert_eq!(doc["user"]["username"], "ana@studio.com");
+    assert_eq!(doc["assignments"][0]["seats"], 2);
+    // and may not manage anyone: exit 4, forbidden.
+    let out = cli(&["--config", config, "--token", &token, "--json", "user", "list"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(stdout_json(&out)["error"]["code"], "forbidden");
+
+    let (code, doc) = run(&["revoke", "ana@studio.com", "vray", "--seats", "1"]);
+    assert_eq!((code, doc), (Some(0), serde_json::json!({"revoked": 1})));
+    let (_, doc) = run(&["user", "token", "ana@studio.com"]);
+    assert_eq!(doc["token"].as_str().unwrap().len(), 64);
+    let (code, doc) = run(&["user", "remove", "ana@studio.com"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(doc["error"]["code"], "has_assignments");
+    let (_, doc) = run(&["user", "deactivate", "ana@studio.com"]);
+    assert_eq!(doc["user"]["state"], "deactivated");
+    let (_, doc) = run(&["user", "activate", "ana@studio.com"]);
+    assert_eq!(doc["user"]["state"], "active");
+
+    let (_, doc) = run(&["audit", "--user", "ana@studio.com", "--limit", "3"]);
+    let events = doc["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    let keys: Vec<&String> = events[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["at", "actor", "action", "subject", "feature", "outcome", "reason"]);
+    assert_eq!(events[0]["action"], "user_activate");
+
+    let out = cli(&["--config", config, "audit", "--csv", "--feature", "vray"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("at,actor,action,subject,feature,outcome,reason"));
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.iter().any(|r| r.contains(",assign,ana@studio.com,vray,ok,\"2 seat(s), entitlement 1\"")), "{text}");
+
+    // Bad arguments are usage errors, before any request.
+    let out = cli(&["--config", config, "--json", "user", "add", "not-an-email"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&["--config", config, "--json", "user", "add", "x@y.z", "--role", "king"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout_json(&out)["error"]["message"].as_str().unwrap().contains("king"));
+}
