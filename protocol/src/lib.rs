@@ -9,12 +9,14 @@
 //! never reorder or remove a variant, never add a field to an existing struct. The golden-bytes
 //! tests in `tests.rs` fail if that happens.
 
+mod borrow;
 mod connection;
 mod error;
 mod ids;
 mod message;
 mod names;
 
+pub use borrow::{decode_token, key_id, BorrowClaims, SignedClaims, TokenError, TOKEN_PREFIX};
 pub use connection::{Connection, FrameError};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};

@@ -164,6 +164,10 @@ pub enum Request {
     Assign(Assign),
     Revoke(Revoke),
     Audit(AuditQuery),
+    /// Borrow seats for offline use.
+    Borrow(Borrow),
+    /// Give a borrowed lease back before it ends.
+    Return(Return),
 }
 
 impl Request {
@@ -191,6 +195,8 @@ impl Request {
             Request::Assign(_) => "assign",
             Request::Revoke(_) => "revoke",
             Request::Audit(_) => "audit",
+            Request::Borrow(_) => "borrow",
+            Request::Return(_) => "return",
         }
     }
 
@@ -207,6 +213,7 @@ impl Request {
                 | Request::UserRemove(_)
                 | Request::Assign(_)
                 | Request::Revoke(_)
+                | Request::Borrow(_)
         )
     }
 }
@@ -239,6 +246,8 @@ pub enum Response {
     /// How many seats were revoked.
     Revoked(u32),
     AuditEvents(Vec<AuditEvent>),
+    Borrowed(Borrowed),
+    Returned(LeaseId),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -583,4 +592,27 @@ pub struct AuditEvent {
     /// `ok`, or the error code of a refusal.
     pub outcome: String,
     pub reason: String,
+}
+
+/// Borrow `seats` seats of `feature` for `duration_secs`, bound to this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Borrow {
+    pub feature: String,
+    pub seats: u32,
+    pub duration_secs: u64,
+    /// The machine the token is bound to (`/etc/machine-id` or `TALLY_MACHINE_ID`).
+    pub machine_id: String,
+}
+
+/// A granted borrow: the lease, and the signed token the client verifies offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Borrowed {
+    pub lease: LeaseInfo,
+    pub token: String,
+}
+
+/// Return a borrowed lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Return {
+    pub lease: LeaseId,
 }

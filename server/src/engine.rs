@@ -10,7 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tally_protocol::{AuditQuery, ErrorBody, LeaseId, Outcome, Request, Response};
+use tally_protocol::{
+    key_id, AuditQuery, BorrowClaims, Borrowed, ErrorBody, LeaseId, LeaseInfo, Outcome, Request,
+    Response,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::core::{require_admin, Actor, Batch, Holder, NewToken, Policy, Pool};
@@ -57,7 +60,34 @@ fn mint_token() -> NewToken {
     }
 }
 
+/// Signs borrow tokens with the server's Ed25519 key.
+pub struct Signer {
+    pub key: ring::signature::Ed25519KeyPair,
+    pub server_id: String,
+}
+
+impl Signer {
+    /// The token for a granted borrow.
+    fn token(&self, lease: &LeaseInfo, machine_id: &str) -> String {
+        use ring::signature::KeyPair;
+        let claims = BorrowClaims {
+            server_id: self.server_id.clone(),
+            key_id: key_id(self.key.public_key().as_ref()),
+            lease: lease.id,
+            feature: lease.feature.clone(),
+            seats: lease.seats,
+            user: lease.user.clone(),
+            machine_id: machine_id.to_string(),
+            issued_at: lease.granted_at,
+            expires_at: lease.expires_at,
+        };
+        let signature = self.key.sign(&claims.to_bytes());
+        claims.encode(signature.as_ref())
+    }
+}
+
 pub struct Engine {
+    signer: Signer,
     pool: Pool,
     store: Arc<dyn Store>,
     ttl_ms: i64,
@@ -71,12 +101,14 @@ impl Engine {
     pub fn new(
         pool: Pool,
         store: Arc<dyn Store>,
+        signer: Signer,
         ttl: Duration,
         policy: Policy,
         sweep: Duration,
         outbox: Arc<Notify>,
     ) -> Self {
         Self {
+            signer,
             pool,
             store,
             ttl_ms: ttl.as_millis() as i64,
@@ -215,6 +247,15 @@ impl Engine {
             Request::Revoke(revoke) => pool
                 .revoke(now, actor, &revoke, batch)
                 .map(Response::Revoked),
+            Request::Borrow(borrow) => {
+                let id = LeaseId(rand::random());
+                let lease = pool.borrow(now, actor, holder, &borrow, id, batch)?;
+                let token = self.signer.token(&lease, &borrow.machine_id);
+                Ok(Response::Borrowed(Borrowed { lease, token }))
+            }
+            Request::Return(ret) => pool
+                .return_borrow(now, actor, ret.lease, batch)
+                .map(Response::Returned),
             // Answered elsewhere: server info by the connection, audit queries after the
             // commit (see `apply`).
             Request::ServerInfo | Request::Audit(_) => {

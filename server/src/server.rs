@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits};
 use crate::core::{Policy, Pool};
-use crate::engine::{now_millis, Engine};
+use crate::engine::{now_millis, Engine, Signer};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::notify;
 use crate::store::Store;
@@ -96,6 +96,7 @@ pub async fn run(
     let policy = Policy {
         guests_use_floating: config.users.guests_use_floating,
         max_active: config.users.max_active,
+        borrow_max_ms: config.borrow.max.as_millis() as i64,
     };
     let pool = Pool::restore(snapshot, ttl_ms, policy, now_millis());
     tracing::info!(
@@ -106,9 +107,15 @@ pub async fn run(
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
     let outbox = Arc::new(Notify::new());
+    let public_key = init::public_key(&signing_key);
+    let signer = Signer {
+        key: signing_key,
+        server_id: identity.clone(),
+    };
     let engine = Engine::new(
         pool,
         store.clone(),
+        signer,
         config.leases.ttl,
         policy,
         config.leases.sweep,
@@ -132,7 +139,7 @@ pub async fn run(
         welcome: Welcome {
             protocol_version: PROTOCOL_VERSION,
             server_id: identity,
-            signing_key: init::public_key(&signing_key),
+            signing_key: public_key,
             heartbeat_interval_ms: config.heartbeat_interval().as_millis() as u64,
             lease_ttl_ms: ttl_ms as u64,
             server_version: env!("CARGO_PKG_VERSION").to_string(),

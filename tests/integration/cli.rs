@@ -338,13 +338,31 @@ async fn the_admin_tour_prints_the_documents_of_the_spec() {
 
     let (_, doc) = run(&["assign", "ana@studio.com", "vray", "--seats", "2"]);
     let keys: Vec<&String> = doc["assignment"].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["id", "user", "feature", "seats", "entitlement", "expires_at"]);
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "user",
+            "feature",
+            "seats",
+            "entitlement",
+            "expires_at"
+        ]
+    );
     assert_eq!(doc["assignment"]["seats"], 2);
 
     let (_, doc) = run(&["user", "list"]);
-    let ana = doc["users"].as_array().unwrap().iter().find(|u| u["username"] == "ana@studio.com").unwrap();
+    let ana = doc["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "ana@studio.com")
+        .unwrap();
     let keys: Vec<&String> = ana.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["username", "name", "role", "state", "assigned_seats"]);
+    assert_eq!(
+        keys,
+        ["username", "name", "role", "state", "assigned_seats"]
+    );
     assert_eq!(ana["assigned_seats"], 2);
 
     let (_, doc) = run(&["status", "vray"]);
@@ -359,7 +377,9 @@ async fn the_admin_tour_prints_the_documents_of_the_spec() {
     assert_eq!(doc["user"]["username"], "ana@studio.com");
     assert_eq!(doc["assignments"][0]["seats"], 2);
     // and may not manage anyone: exit 4, forbidden.
-    let out = cli(&["--config", config, "--token", &token, "--json", "user", "list"]);
+    let out = cli(&[
+        "--config", config, "--token", &token, "--json", "user", "list",
+    ]);
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(stdout_json(&out)["error"]["code"], "forbidden");
 
@@ -379,20 +399,35 @@ async fn the_admin_tour_prints_the_documents_of_the_spec() {
     let events = doc["events"].as_array().unwrap();
     assert_eq!(events.len(), 3);
     let keys: Vec<&String> = events[0].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["at", "actor", "action", "subject", "feature", "outcome", "reason"]);
+    assert_eq!(
+        keys,
+        ["at", "actor", "action", "subject", "feature", "outcome", "reason"]
+    );
     assert_eq!(events[0]["action"], "user_activate");
 
     let out = cli(&["--config", config, "audit", "--csv", "--feature", "vray"]);
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("at,actor,action,subject,feature,outcome,reason"));
+    assert_eq!(
+        lines.next(),
+        Some("at,actor,action,subject,feature,outcome,reason")
+    );
     let rows: Vec<&str> = lines.collect();
-    assert!(rows.iter().any(|r| r.contains(",assign,ana@studio.com,vray,ok,\"2 seat(s), entitlement 1\"")), "{text}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains(",assign,ana@studio.com,vray,ok,\"2 seat(s), entitlement 1\"")),
+        "{text}"
+    );
 
     // Bad arguments are usage errors, before any request.
     let out = cli(&["--config", config, "--json", "user", "add", "not-an-email"]);
     assert_eq!(out.status.code(), Some(2));
-    let out = cli(&["--config", config, "--json", "user", "add", "x@y.z", "--role", "king"]);
+    let out = cli(&[
+        "--config", config, "--json", "user", "add", "x@y.z", "--role", "king",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stdout_json(&out)["error"]["message"].as_str().unwrap().contains("king"));
+    assert!(stdout_json(&out)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("king"));
 }

@@ -231,11 +231,7 @@ impl Pool {
                 ),
             ));
         }
-        let room = |id: u64| {
-            self.entitlements[&id]
-                .seats
-                .saturating_sub(self.assigned_from(id, now))
-        };
+        let room = |id: u64| self.unassigned(id, now);
         match request.entitlement {
             Some(id) if room(id) >= request.seats => Ok(Donor::Floating(id)),
             Some(id) => Err(ErrorBody::new(

@@ -11,6 +11,7 @@
 
 mod assign;
 mod batch;
+mod borrow;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -67,6 +68,9 @@ pub struct Lease {
     /// For online leases: when it was granted (plus the ttl). The live expiry is the
     /// session's; this is what the store records.
     pub expires_at: i64,
+    /// For a borrowed floating lease: the borrowable entitlement its seats are charged to,
+    /// so that they always fit in that entitlement until the borrow ends.
+    pub entitlement: Option<u64>,
 }
 
 /// A person who signs in (SPEC §1). The username is kept in lowercase.
@@ -100,6 +104,9 @@ pub struct Policy {
     pub guests_use_floating: bool,
     /// The most active users; 0 means no limit (`users.max_active`).
     pub max_active: u32,
+    /// The longest borrow the server allows, in milliseconds (`borrow.max`); 0 means the
+    /// default of 168 hours.
+    pub borrow_max_ms: i64,
 }
 
 /// A freshly minted token: the text goes to the admin once, the hash to the store.
@@ -172,6 +179,8 @@ pub struct Pool {
     /// Seats in use per assignment.
     assignment_use: HashMap<u64, Usage>,
     policy: Policy,
+    /// Borrowed leases by their fixed end: the sweep pops from the front.
+    borrow_expiry: BTreeSet<(i64, LeaseId)>,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
@@ -194,6 +203,7 @@ impl Pool {
             next_assignment_id: 1,
             assignment_use: HashMap::new(),
             policy,
+            borrow_expiry: BTreeSet::new(),
             next_boundary: i64::MAX,
         }
     }
@@ -245,6 +255,13 @@ impl Pool {
     /// (R10). Every operation calls this first, so no caller ever sees a state past its
     /// time.
     pub fn advance(&mut self, now: i64, batch: &mut Batch) {
+        while let Some(&(expires_at, id)) = self.borrow_expiry.first() {
+            if expires_at > now {
+                break;
+            }
+            self.borrow_expiry.pop_first();
+            self.end_lease(id, EndReason::Expired, now, "system", batch);
+        }
         while let Some(&(expires_at, client)) = self.expiry.first() {
             if expires_at > now {
                 break;
@@ -423,10 +440,11 @@ impl Pool {
             }
         }
         for entitlement in self.entitlements.values() {
-            let assigned = self.assigned_from(entitlement.id, now);
+            let assigned =
+                self.assigned_from(entitlement.id, now) + self.borrowed_from(entitlement.id);
             if assigned > entitlement.seats {
                 return Err(format!(
-                    "entitlement {} has {assigned} seats assigned out of {}",
+                    "entitlement {} has {assigned} seats assigned or borrowed floating out of {}",
                     entitlement.id, entitlement.seats
                 ));
             }
@@ -556,6 +574,7 @@ impl Pool {
             source,
             granted_at: now,
             expires_at: now + self.ttl_ms,
+            entitlement: None,
         };
         self.renew_session(holder.client, now);
         self.insert_lease(lease.clone(), now + self.ttl_ms);
@@ -697,10 +716,22 @@ impl Pool {
             batch.audit(now, actor, "release", &subject, None, Err(&err));
             return Err(err);
         }
-        if !self.leases.contains_key(&lease) {
-            let err = ErrorBody::not_found(format!(
+        let refusal = match self.leases.get(&lease) {
+            None => Some(ErrorBody::not_found(format!(
                 "no lease {lease}; `tally leases` lists the leases held"
-            ));
+            ))),
+            // The token works offline whatever the server does: the seat stays used.
+            Some(l) if l.kind == LeaseKind::Borrowed => Some(ErrorBody::new(
+                ErrorCode::Borrowed,
+                format!(
+                    "lease {lease} is borrowed by {} for offline use until {}; it cannot be released before it ends or is returned",
+                    l.user,
+                    rfc3339(l.expires_at)
+                ),
+            )),
+            Some(_) => None,
+        };
+        if let Some(err) = refusal {
             batch.audit(now, actor, "release", &subject, None, Err(&err));
             return Err(err);
         }
@@ -815,13 +846,15 @@ impl Pool {
         self.advance(now, batch);
         let subject = format!("entitlement {id}");
         let feature = self.entitlements.get(&id).map(|e| e.feature.clone());
-        let checked = require_admin(actor, "remove entitlements").and_then(|()| {
-            feature.clone().ok_or_else(|| {
-                ErrorBody::not_found(format!(
-                    "no entitlement {id}; `tally entitlement list` shows them"
-                ))
+        let checked = require_admin(actor, "remove entitlements")
+            .and_then(|()| {
+                feature.clone().ok_or_else(|| {
+                    ErrorBody::not_found(format!(
+                        "no entitlement {id}; `tally entitlement list` shows them"
+                    ))
+                })
             })
-        });
+            .and_then(|feature| self.no_borrows_from(id).map(|()| feature));
         let feature = match checked {
             Ok(feature) => feature,
             Err(err) => {
@@ -1005,6 +1038,9 @@ impl Pool {
         }
         self.by_request
             .insert((lease.client, lease.request_id), lease.id);
+        if lease.kind == LeaseKind::Borrowed {
+            self.borrow_expiry.insert((lease.expires_at, lease.id));
+        }
         if lease.kind == LeaseKind::Online {
             let client = lease.client;
             let session = self.session_mut(client, &lease.user);
@@ -1062,6 +1098,9 @@ impl Pool {
         }
         self.by_request.remove(&(lease.client, lease.request_id));
         self.detach(id, lease.client);
+        if lease.kind == LeaseKind::Borrowed {
+            self.borrow_expiry.remove(&(lease.expires_at, id));
+        }
         if reason != EndReason::CheckedIn {
             if let Some(session) = self.sessions.get_mut(&lease.client) {
                 session.ended.push(EndedLease { lease: id, reason });
@@ -1069,6 +1108,7 @@ impl Pool {
             }
         }
         let action = match reason {
+            EndReason::CheckedIn if lease.kind == LeaseKind::Borrowed => "return",
             EndReason::CheckedIn => "checkin",
             EndReason::Released => "release",
             _ => "reclaim",

@@ -126,8 +126,18 @@ enum Op {
         seats: u32,
         starts_in: Option<i64>,
         lasts: Option<i64>,
+        borrowable: bool,
     },
     RemoveEntitlement {
+        pick: usize,
+    },
+    Borrow {
+        client: usize,
+        feature: usize,
+        seats: u32,
+        secs: u64,
+    },
+    Return {
         pick: usize,
     },
     Assign {
@@ -160,7 +170,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..6usize, any::<usize>()).prop_map(|(client, pick)| Op::Resume { client, pick }),
         4 => (0..2 * TTL).prop_map(|ms| Op::Advance { ms }),
         2 => (0..2usize, 1..6u32, proptest::option::of(0..TTL), proptest::option::of(1..3 * TTL))
-            .prop_map(|(feature, seats, starts_in, lasts)| Op::AddEntitlement { feature, seats, starts_in, lasts }),
+            .prop_map(|(feature, seats, starts_in, lasts)| Op::AddEntitlement { feature, seats, starts_in, lasts, borrowable: seats % 2 == 1 }),
+        3 => (0..6usize, 0..2usize, 1..3u32, 1..40u64)
+            .prop_map(|(client, feature, seats, secs)| Op::Borrow { client, feature, seats, secs }),
+        1 => any::<usize>().prop_map(|pick| Op::Return { pick }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveEntitlement { pick }),
         3 => (0..3usize, 0..2usize, 1..4u32, proptest::option::of(0..3usize))
             .prop_map(|(user, feature, seats, from)| Op::Assign { user, feature, seats, from }),
@@ -179,6 +192,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let policy = Policy {
         guests_use_floating: false,
         max_active: 0,
+        borrow_max_ms: 3 * TTL,
     };
     let (mut pool, seed) = pool_with_users(policy);
     let mut store = Snapshot {
@@ -273,10 +287,18 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         pool.release(now, &member(0), id, &mut batch).is_err(),
                         "a member released a lease"
                     );
-                    prop_assert!(
-                        pool.release(now, &admin(), id, &mut batch).is_ok()
-                            || !pool.leases.contains_key(&id)
-                    );
+                    let borrowed = pool
+                        .leases
+                        .get(&id)
+                        .is_some_and(|l| l.kind == tally_protocol::LeaseKind::Borrowed);
+                    let released = pool.release(now, &admin(), id, &mut batch);
+                    prop_assert!(released.is_ok() || borrowed || !pool.leases.contains_key(&id));
+                    if borrowed {
+                        prop_assert!(
+                            pool.leases.contains_key(&id),
+                            "a borrowed lease was released"
+                        );
+                    }
                 }
             }
             Op::Resume { client, pick: i } => {
@@ -293,8 +315,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 seats,
                 starts_in,
                 lasts,
+                borrowable,
             } => {
                 let mut new = entitlement(FEATURES[feature], seats);
+                new.borrowable = borrowable;
+                new.max_borrow_secs = Some(20);
                 new.starts_at = starts_in.map(|s| now + s);
                 new.expires_at = lasts.map(|l| new.starts_at.unwrap_or(now) + l);
                 prop_assert!(pool
@@ -304,9 +329,54 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::RemoveEntitlement { pick: i } => {
                 let ids: Vec<u64> = pool.entitlements(None).iter().map(|e| e.id).collect();
                 if !ids.is_empty() {
-                    prop_assert!(pool
-                        .remove_entitlement(now, &admin(), ids[i % ids.len()], &mut batch)
-                        .is_ok());
+                    if let Err(err) =
+                        pool.remove_entitlement(now, &admin(), ids[i % ids.len()], &mut batch)
+                    {
+                        prop_assert_eq!(err.code, ErrorCode::Borrowed, "{}", err.message);
+                        unchanged(&pool, "entitlement remove")?;
+                    }
+                }
+            }
+            Op::Borrow {
+                client,
+                feature,
+                seats,
+                secs,
+            } => {
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
+                let request = tally_protocol::Borrow {
+                    feature: FEATURES[feature].into(),
+                    seats,
+                    duration_secs: secs,
+                    machine_id: "m1".into(),
+                };
+                let id = LeaseId(next_lease.to_be_bytes());
+                next_lease += 1;
+                match pool.borrow(now, &actor, &holder(client), &request, id, &mut batch) {
+                    Ok(lease) => prop_assert!(
+                        lease.expires_at <= now + 3 * TTL,
+                        "a borrow past borrow.max"
+                    ),
+                    Err(_) => unchanged(&pool, "borrow")?,
+                }
+            }
+            Op::Return { pick: i } => {
+                let borrowed: Vec<(LeaseId, String)> = pool
+                    .snapshot()
+                    .leases
+                    .iter()
+                    .filter(|l| l.kind == tally_protocol::LeaseKind::Borrowed)
+                    .map(|l| (l.id, l.user.clone()))
+                    .collect();
+                if !borrowed.is_empty() {
+                    let (id, user) = &borrowed[i % borrowed.len()];
+                    let actor = Actor {
+                        username: user.clone(),
+                        role: Role::Member,
+                    };
+                    prop_assert!(pool.return_borrow(now, &actor, *id, &mut batch).is_ok());
                 }
             }
             Op::Assign {
@@ -778,6 +848,7 @@ fn named_seats_serve_their_user_first_and_guests_only_from_them() {
     let (mut open, mut batch) = pool_with_users(Policy {
         guests_use_floating: true,
         max_active: 0,
+        ..Policy::default()
     });
     open.add_entitlement(0, &admin(), &entitlement("nuke", 1), &mut batch)
         .unwrap();
@@ -800,6 +871,7 @@ fn the_user_limit_refuses_and_queues_a_notification() {
     let (mut pool, _) = pool_with_users(Policy {
         guests_use_floating: false,
         max_active: 4,
+        ..Policy::default()
     });
     let mut batch = Batch::default();
     let add = tally_protocol::UserAdd {

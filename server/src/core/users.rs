@@ -236,9 +236,7 @@ impl Pool {
             }
         }
         for (entitlement, seats) in by_entitlement {
-            let room = self.entitlements[&entitlement]
-                .seats
-                .saturating_sub(self.assigned_from(entitlement, now));
+            let room = self.unassigned(entitlement, now);
             if seats > room {
                 let feature = &self.entitlements[&entitlement].feature;
                 return Err(ErrorBody::new(

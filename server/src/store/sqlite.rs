@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_assignments.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_borrow.sql")),
 ];
 
 /// Rows per multi-row statement: well under SQLite's limit of 32,766 bound parameters.
@@ -227,6 +228,9 @@ impl Store for SqliteStore {
                 }),
                 granted_at: row.try_get("granted_at")?,
                 expires_at: row.try_get("expires_at")?,
+                entitlement: row
+                    .try_get::<Option<i64>, _>("entitlement")?
+                    .map(|id| id as u64),
             });
         }
         let mut users = Vec::new();
@@ -480,7 +484,7 @@ async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<
     }
     for chunk in batch.leases_added.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO leases (id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at) ",
+            "INSERT INTO leases (id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at, entitlement) ",
         );
         q.push_values(chunk, |mut b, l| {
             let assignment = match l.source {
@@ -497,7 +501,8 @@ async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<
                 .push_bind(l.kind.as_str())
                 .push_bind(assignment)
                 .push_bind(l.granted_at)
-                .push_bind(l.expires_at);
+                .push_bind(l.expires_at)
+                .push_bind(l.entitlement.map(|id| id as i64));
         });
         q.push(" ON CONFLICT (id) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at");
         q.build().execute(&mut **tx).await?;

@@ -1,0 +1,324 @@
+//! Borrowing seats for offline use (SPEC R6).
+//!
+//! A borrow is a lease of kind `borrowed` with a fixed end and no heartbeats. It comes from
+//! the user's own assignment when that is borrowable and has room, else from the floating
+//! pool. A floating borrow is charged to one borrowable entitlement, and the seats charged to
+//! an entitlement plus those assigned from it never exceed its seats, so borrowed seats
+//! always fit in the pool until they end: a borrow never outlives its entitlement (nor its
+//! assignment), and the entitlement cannot be removed while it has borrows.
+
+use tally_protocol::{
+    validate_feature, Borrow, Entitlement, ErrorBody, ErrorCode, LeaseId, LeaseInfo, LeaseKind,
+    LeaseSource, RequestId, Role,
+};
+
+use super::{rfc3339, Actor, Batch, EndReason, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
+
+/// Where a borrow draws from, and the longest it may last.
+struct Source {
+    source: LeaseSource,
+    entitlement: u64,
+    /// The latest end allowed, and which limit sets it.
+    until: i64,
+    limit: String,
+}
+
+impl Pool {
+    /// Grants a borrow, or says which rule refuses it.
+    pub fn borrow(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Borrow,
+        new_id: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseInfo, ErrorBody> {
+        self.advance(now, batch);
+        let checked = self.check_borrow(now, actor, request);
+        let source = match checked {
+            Ok(source) => source,
+            Err(err) => {
+                batch.audit(
+                    now,
+                    actor,
+                    "borrow",
+                    &request.feature,
+                    Some(&request.feature),
+                    Err(&err),
+                );
+                return Err(err);
+            }
+        };
+        let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
+        if ends > source.until {
+            let err = ErrorBody::invalid(format!(
+                "{} can be borrowed until {} at the latest ({}); ask for a shorter time",
+                request.feature,
+                rfc3339(source.until),
+                source.limit
+            ));
+            batch.audit(
+                now,
+                actor,
+                "borrow",
+                &request.feature,
+                Some(&request.feature),
+                Err(&err),
+            );
+            return Err(err);
+        }
+        let lease = Lease {
+            id: new_id,
+            feature: request.feature.clone(),
+            seats: request.seats,
+            user: actor.username.clone(),
+            host: holder.host.clone(),
+            client: holder.client,
+            // A borrow is not retried by request id; the lease id keeps the key unique.
+            request_id: RequestId(new_id.0),
+            kind: LeaseKind::Borrowed,
+            source: source.source,
+            granted_at: now,
+            expires_at: ends,
+            entitlement: matches!(source.source, LeaseSource::Floating)
+                .then_some(source.entitlement),
+        };
+        self.insert_lease(lease.clone(), now);
+        let info = self.info(&lease);
+        let detail = format!(
+            "{} seat(s) until {} on {}",
+            lease.seats,
+            rfc3339(ends),
+            request.machine_id
+        );
+        batch.audit(
+            now,
+            actor,
+            "borrow",
+            &new_id.to_string(),
+            Some(&request.feature),
+            Ok(&detail),
+        );
+        batch.add_lease(lease);
+        Ok(info)
+    }
+
+    fn check_borrow(&self, now: i64, actor: &Actor, request: &Borrow) -> Result<Source, ErrorBody> {
+        let feature = request.feature.as_str();
+        validate_feature(feature).map_err(ErrorBody::invalid)?;
+        if request.seats == 0 || request.seats > super::MAX_SEATS {
+            return Err(ErrorBody::invalid(format!(
+                "seats must be between 1 and {}, not {}",
+                super::MAX_SEATS,
+                request.seats
+            )));
+        }
+        if request.duration_secs == 0 {
+            return Err(ErrorBody::invalid("a borrow must last at least one second"));
+        }
+        if request.machine_id.trim().is_empty() || request.machine_id.len() > 128 {
+            return Err(ErrorBody::invalid(
+                "the client sent no usable machine id; set TALLY_MACHINE_ID or check /etc/machine-id",
+            ));
+        }
+        let known: Vec<&Entitlement> = self
+            .entitlements
+            .values()
+            .filter(|e| e.feature == feature)
+            .collect();
+        if known.is_empty() {
+            return Err(ErrorBody::not_found(format!(
+                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
+            )));
+        }
+        if !known
+            .iter()
+            .any(|e| e.borrowable && super::is_active(e, now))
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::NotBorrowable,
+                format!("no active entitlement of {feature} allows borrowing; check it out online instead"),
+            ));
+        }
+        let server_max = if self.policy.borrow_max_ms > 0 {
+            self.policy.borrow_max_ms
+        } else {
+            DEFAULT_MAX_BORROW_SECS as i64 * 1000
+        };
+        // The user's own borrowable assignment first.
+        let mine = self
+            .assignments
+            .values()
+            .filter(|a| {
+                a.user == actor.username && a.feature == feature && self.assignment_active(a, now)
+            })
+            .filter(|a| self.entitlements[&a.entitlement].borrowable)
+            .filter(|a| {
+                a.seats.saturating_sub(self.assignment_usage(a.id).total()) >= request.seats
+            })
+            .max_by_key(|a| (a.expires_at.unwrap_or(i64::MAX), a.id));
+        if let Some(assignment) = mine {
+            let entitlement = &self.entitlements[&assignment.entitlement];
+            let (until, limit) = self.borrow_limit(now, entitlement, server_max);
+            let (until, limit) = match assignment.expires_at {
+                Some(end) if end < until => {
+                    (end, format!("the end of your assignment {}", assignment.id))
+                }
+                _ => (until, limit),
+            };
+            return Ok(Source {
+                source: LeaseSource::Assignment(assignment.id),
+                entitlement: entitlement.id,
+                until,
+                limit,
+            });
+        }
+        if actor.role == Role::Guest && !self.policy.guests_use_floating {
+            return Err(ErrorBody::new(
+                ErrorCode::NoSeat,
+                format!("no seat of {feature} to borrow: guests borrow only seats assigned to them, and you have no free borrowable assigned seat of {feature}"),
+            ));
+        }
+        let available = self.available(feature, now);
+        if request.seats > available {
+            return Err(ErrorBody::new(
+                ErrorCode::NoSeat,
+                format!("no seat of {feature} to borrow: {available} floating seat(s) free, {} asked for", request.seats),
+            ));
+        }
+        let entitlement = known
+            .iter()
+            .filter(|e| {
+                e.borrowable
+                    && super::is_active(e, now)
+                    && self.unassigned(e.id, now) >= request.seats
+            })
+            .max_by_key(|e| (self.borrow_limit(now, e, server_max).0, e.id))
+            .ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::NoSeat,
+                    format!(
+                        "the borrowable entitlements of {feature} have no {} seat(s) left to lend",
+                        request.seats
+                    ),
+                )
+            })?;
+        let (until, limit) = self.borrow_limit(now, entitlement, server_max);
+        Ok(Source {
+            source: LeaseSource::Floating,
+            entitlement: entitlement.id,
+            until,
+            limit,
+        })
+    }
+
+    /// The latest end a borrow from `entitlement` may have, and which limit sets it.
+    fn borrow_limit(&self, now: i64, entitlement: &Entitlement, server_max: i64) -> (i64, String) {
+        let own = now.saturating_add((entitlement.max_borrow_secs as i64).saturating_mul(1000));
+        let server = now.saturating_add(server_max);
+        let mut best = (
+            own,
+            format!(
+                "entitlement {}'s max_borrow of {}",
+                entitlement.id,
+                human(entitlement.max_borrow_secs)
+            ),
+        );
+        if server < best.0 {
+            best = (
+                server,
+                format!(
+                    "the server's borrow.max of {}",
+                    human((server_max / 1000) as u64)
+                ),
+            );
+        }
+        if let Some(end) = entitlement.expires_at {
+            if end < best.0 {
+                best = (end, format!("the end of entitlement {}", entitlement.id));
+            }
+        }
+        best
+    }
+
+    /// Gives a borrowed lease back: the seat is free at once.
+    pub fn return_borrow(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
+        self.advance(now, batch);
+        match self.leases.get(&lease) {
+            Some(l) if l.user == actor.username && l.kind == LeaseKind::Borrowed => {
+                self.end_lease(lease, EndReason::CheckedIn, now, &actor.username, batch);
+                Ok(lease)
+            }
+            _ => {
+                let err = ErrorBody::not_found(format!(
+                    "you have no borrowed lease {lease}; it may have ended already"
+                ));
+                batch.audit(now, actor, "return", &lease.to_string(), None, Err(&err));
+                Err(err)
+            }
+        }
+    }
+
+    /// Floating borrowed seats charged to an entitlement.
+    pub(super) fn borrowed_from(&self, entitlement: u64) -> u32 {
+        self.leases
+            .values()
+            .filter(|l| l.kind == LeaseKind::Borrowed && l.entitlement == Some(entitlement))
+            .map(|l| l.seats)
+            .sum()
+    }
+
+    /// Seats of an entitlement neither assigned to active users nor lent out floating.
+    pub(super) fn unassigned(&self, entitlement: u64, now: i64) -> u32 {
+        self.entitlements[&entitlement]
+            .seats
+            .saturating_sub(self.assigned_from(entitlement, now))
+            .saturating_sub(self.borrowed_from(entitlement))
+    }
+
+    /// Refuses to remove an entitlement that seats are borrowed from.
+    pub(super) fn no_borrows_from(&self, entitlement: u64) -> Result<(), ErrorBody> {
+        let mut borrowed = self.borrowed_from(entitlement);
+        let mut until = 0;
+        for lease in self
+            .leases
+            .values()
+            .filter(|l| l.kind == LeaseKind::Borrowed)
+        {
+            let from_it = match lease.source {
+                LeaseSource::Floating => lease.entitlement == Some(entitlement),
+                LeaseSource::Assignment(id) => self
+                    .assignments
+                    .get(&id)
+                    .is_some_and(|a| a.entitlement == entitlement),
+            };
+            if from_it {
+                until = until.max(lease.expires_at);
+                if matches!(lease.source, LeaseSource::Assignment(_)) {
+                    borrowed += lease.seats;
+                }
+            }
+        }
+        if borrowed == 0 {
+            return Ok(());
+        }
+        Err(ErrorBody::new(
+            ErrorCode::Borrowed,
+            format!(
+                "{borrowed} seat(s) of entitlement {entitlement} are borrowed for offline use until {}; remove it after the borrows end or are returned",
+                rfc3339(until)
+            ),
+        ))
+    }
+}
+
+fn human(secs: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
