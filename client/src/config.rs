@@ -90,6 +90,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long connecting to one server may take (TCP, TLS and the handshake).
     pub connect_timeout: Duration,
+    /// Where borrows, pinned keys and the clock are kept; `None` means the user's data
+    /// directory (see [`BorrowStore::open_default`](crate::BorrowStore::open_default)).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -148,6 +151,7 @@ impl ClientConfig {
             agent: format!("tally-client/{}", env!("CARGO_PKG_VERSION")),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            data_dir: None,
         }
     }
 

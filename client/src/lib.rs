@@ -24,12 +24,14 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod blocking;
+pub mod borrow;
 pub mod cli;
 mod config;
 mod error;
 mod lease;
 mod session;
 
+pub use borrow::{verify_offline, BorrowStore, Verdict};
 pub use config::{machine_id, ClientConfig, ServerAddr};
 pub use error::Error;
 pub use lease::Lease;

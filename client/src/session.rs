@@ -14,10 +14,12 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig as TlsConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::PathBuf;
+
 use tally_protocol::{
-    Authenticate, Checkin, Checkout, ClientId, ClientInfo, ClientMessage, Connection, EndReason,
-    ErrorCode, Hello, LeaseId, Outcome, Request, RequestId, Response, Resume, ServerMessage,
-    Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    decode_token, Authenticate, Borrow, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
+    Connection, EndReason, ErrorCode, Hello, LeaseId, LeaseInfo, Outcome, Request, RequestId,
+    Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,6 +27,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::borrow::BorrowStore;
 use crate::config::{host_name, machine_id, ClientConfig, ServerAddr};
 use crate::lease::Lease;
 use crate::Error;
@@ -52,6 +55,8 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
+    /// Where borrows are kept.
+    data_dir: Option<PathBuf>,
     welcome: Arc<Welcome>,
     username: Arc<str>,
 }
@@ -68,6 +73,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to the first server of the list that answers and signs in.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let data_dir = config.data_dir.clone();
         let settings = Arc::new(Settings::new(config)?);
         let (conn, welcome, username, index) = settings.connect_any(0).await?;
         let (commands, rx) = mpsc::unbounded_channel();
@@ -82,6 +88,7 @@ impl Client {
         tokio::spawn(task.run(conn));
         Ok(Client {
             commands,
+            data_dir,
             welcome: Arc::new(welcome),
             username: username.into(),
         })
@@ -130,6 +137,71 @@ impl Client {
         match self.call_with(request, Some(lost_tx)).await? {
             Response::Lease(info) => Ok(Lease::new(info, self.clone(), lost_rx)),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Borrows seats for offline use, bound to this machine, and keeps the signed token in
+    /// the user's data directory (see [`BorrowStore`]). Returns the lease and the token file.
+    pub async fn borrow(
+        &self,
+        feature: &str,
+        seats: u32,
+        duration: Duration,
+    ) -> Result<(LeaseInfo, PathBuf), Error> {
+        let store = self.borrow_store()?;
+        // Pin the server's key first: a server presenting another key gets no request.
+        store.pin(&self.welcome.server_id, &self.welcome.signing_key)?;
+        store.observe_clock(crate::borrow::now_millis())?;
+        let request = Request::Borrow(Borrow {
+            feature: feature.to_string(),
+            seats,
+            duration_secs: duration.as_secs().max(1),
+            machine_id: machine_id(),
+        });
+        let granted = match self.call(request).await? {
+            Response::Borrowed(granted) => granted,
+            other => return Err(unexpected(&other)),
+        };
+        let signed =
+            decode_token(&granted.token).map_err(|err| Error::Protocol(err.to_string()))?;
+        let path = store.save(&granted.token, &signed.claims)?;
+        Ok((granted.lease, path))
+    }
+
+    /// Returns every borrow of `feature` this machine holds from this server; returns how
+    /// many seats were given back. The token files go.
+    pub async fn return_borrows(&self, feature: &str) -> Result<u32, Error> {
+        let store = self.borrow_store()?;
+        let mut returned = 0;
+        for borrow in store.of_feature(feature)? {
+            let Some(claims) = &borrow.claims else {
+                continue;
+            };
+            if claims.server_id != self.welcome.server_id {
+                continue;
+            }
+            match self
+                .call(Request::Return(Return {
+                    lease: claims.lease,
+                }))
+                .await
+            {
+                Ok(Response::Returned(_)) => returned += claims.seats,
+                // Already over (expired or returned from elsewhere): nothing to give back.
+                Err(Error::Server(body)) if body.code == ErrorCode::NotFound => {}
+                Ok(other) => return Err(unexpected(&other)),
+                Err(err) => return Err(err),
+            }
+            store.remove(&borrow)?;
+        }
+        Ok(returned)
+    }
+
+    /// The borrows of this client's user on this machine.
+    pub fn borrow_store(&self) -> Result<BorrowStore, Error> {
+        match &self.data_dir {
+            Some(dir) => Ok(BorrowStore::at(dir.clone())),
+            None => BorrowStore::open_default(),
         }
     }
 

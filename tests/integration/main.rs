@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod borrow;
 mod cli;
 mod hostile;
 mod lifecycle;

@@ -111,6 +111,21 @@ enum Command {
         #[arg(long)]
         seats: Option<u32>,
     },
+    /// Borrow seats for offline use on this machine.
+    Borrow {
+        feature: String,
+        /// How long, e.g. 3d or 72h.
+        #[arg(long = "for")]
+        duration: String,
+        #[arg(long, default_value_t = 1)]
+        seats: u32,
+    },
+    /// Give back the borrows of a feature that this machine holds.
+    Return { feature: String },
+    /// The borrows kept on this machine and whether they are valid (offline).
+    Borrows,
+    /// Check the stored borrow of a feature with no network: exit 0 if valid, else 3.
+    Verify { feature: String },
     /// Read the audit log (admins), newest first.
     Audit {
         /// Only events at or after this time (RFC 3339 or YYYY-MM-DD).
@@ -322,6 +337,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let out = Output::new(cli.json);
     // Check what can be checked before touching the network.
     validate(&cli.command)?;
+    // Borrows are checked offline, with no server at all.
+    if matches!(cli.command, Command::Borrows | Command::Verify { .. }) {
+        return offline(&cli.command, &out);
+    }
     let config = client_config(&cli)?;
     let client = Client::connect(config).await?;
     match cli.command {
@@ -454,6 +473,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             out.revoked(count);
         }
+        Command::Borrow {
+            feature,
+            duration,
+            seats,
+        } => {
+            let (lease, path) = client
+                .borrow(&feature, seats, parse_duration(&duration)?)
+                .await?;
+            out.borrowed(&lease, &path);
+        }
+        Command::Return { feature } => {
+            let seats = client.return_borrows(&feature).await?;
+            out.returned(seats);
+        }
+        Command::Borrows | Command::Verify { .. } => return offline(&cli.command, &out),
         Command::Audit {
             since,
             user,
@@ -506,6 +540,33 @@ async fn user_command(client: &Client, command: UserCommand, out: &Output) -> Re
         other => return Err(bad(&other)),
     }
     Ok(())
+}
+
+/// `borrows` and `verify`: the borrows kept on this machine, checked with no network.
+fn offline(command: &Command, out: &Output) -> Result<u8, Failure> {
+    if let Command::Verify { feature } = command {
+        let verdict = crate::verify_offline(feature)?;
+        out.verdict(&verdict);
+        return Ok(if verdict.valid {
+            exit::OK
+        } else {
+            exit::NO_SEAT
+        });
+    }
+    let store = crate::BorrowStore::open_default()?;
+    let now = crate::borrow::now_millis();
+    let latest = store.observe_clock(now)?;
+    let machine = crate::machine_id();
+    let borrows: Vec<_> = store
+        .list()?
+        .into_iter()
+        .map(|borrow| {
+            let verdict = store.verify(&borrow.token, &machine, now, latest);
+            (borrow, verdict)
+        })
+        .collect();
+    out.borrows(&borrows);
+    Ok(exit::OK)
 }
 
 fn bad(response: &Response) -> Failure {
@@ -596,6 +657,18 @@ fn validate(command: &Command) -> Result<(), Failure> {
                 return Err(Failure::usage("--seats must be at least 1"));
             }
         }
+        Command::Borrow {
+            feature: f,
+            duration,
+            seats,
+        } => {
+            feature(f)?;
+            parse_duration(duration)?;
+            if *seats == 0 {
+                return Err(Failure::usage("--seats must be at least 1"));
+            }
+        }
+        Command::Return { feature: f } | Command::Verify { feature: f } => feature(f)?,
         Command::Audit {
             since,
             feature: f,

@@ -240,7 +240,7 @@ impl Output {
             return self.doc(json!({ "entitlement": entitlement_json(e) }));
         }
         println!(
-            "added entitlement {}: {} seats of {}",
+            "added entitlement {}: {} seat(s) of {}",
             e.id, e.seats, e.feature
         );
     }
@@ -487,6 +487,79 @@ impl Output {
                 "at", "actor", "action", "subject", "feature", "outcome", "reason",
             ],
             rows,
+        );
+    }
+
+    pub fn borrowed(&self, lease: &LeaseInfo, path: &std::path::Path) {
+        if self.json {
+            return self.doc(
+                json!({"lease": lease_json(lease), "token_file": path.display().to_string()}),
+            );
+        }
+        println!(
+            "borrowed {} seat(s) of {} until {} for offline use on this machine",
+            lease.seats,
+            lease.feature,
+            time(lease.expires_at)
+        );
+        println!("token: {}", path.display());
+    }
+
+    pub fn returned(&self, seats: u32) {
+        if self.json {
+            return self.doc(json!({ "returned": seats }));
+        }
+        println!("returned {seats} seat(s)");
+    }
+
+    pub fn borrows(&self, borrows: &[(crate::borrow::StoredBorrow, crate::Verdict)]) {
+        if self.json {
+            let list: Vec<Value> = borrows
+                .iter()
+                .map(|(b, verdict)| match &b.claims {
+                    Some(c) => json!({"feature": c.feature, "seats": c.seats, "expires_at": time(c.expires_at),
+                        "server_id": c.server_id, "valid": verdict.valid, "reason": verdict.reason}),
+                    None => json!({"feature": null, "seats": 0, "expires_at": null, "server_id": null,
+                        "valid": false, "reason": verdict.reason}),
+                })
+                .collect();
+            return self.doc(json!({ "borrows": list }));
+        }
+        if borrows.is_empty() {
+            println!("no borrows on this machine");
+            return;
+        }
+        let rows = borrows
+            .iter()
+            .map(|(b, verdict)| {
+                let (feature, seats, expires) = match &b.claims {
+                    Some(c) => (c.feature.clone(), c.seats.to_string(), time(c.expires_at)),
+                    None => (b.path.display().to_string(), "?".into(), "?".into()),
+                };
+                vec![
+                    feature,
+                    seats,
+                    expires,
+                    if verdict.valid {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    verdict.reason.clone(),
+                ]
+            })
+            .collect();
+        table(&["feature", "seats", "expires_at", "valid", "reason"], rows);
+    }
+
+    pub fn verdict(&self, verdict: &crate::Verdict) {
+        if self.json {
+            return self.doc(json!({"valid": verdict.valid, "reason": verdict.reason}));
+        }
+        println!(
+            "{}: {}",
+            if verdict.valid { "valid" } else { "not valid" },
+            verdict.reason
         );
     }
 }
