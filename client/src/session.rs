@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use tally_protocol::{
     decode_token, Authenticate, Borrow, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
     Connection, EndReason, ErrorCode, Hello, LeaseId, LeaseInfo, Outcome, Request, RequestId,
-    Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
+    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -305,7 +306,7 @@ impl Settings {
             .connect(name, tcp)
             .await
             .map_err(|err| Error::Unreachable(format!("TLS: {err}")))?;
-        let mut conn = Connection::new(tls, DEFAULT_MAX_FRAME);
+        let mut conn = Connection::with_limits(tls, MAX_RESPONSE_FRAME, DEFAULT_MAX_FRAME);
         let frame = |err: tally_protocol::FrameError| Error::Unreachable(err.to_string());
         conn.send(&ClientMessage::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,

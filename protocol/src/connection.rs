@@ -6,12 +6,13 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::length_delimited::LengthDelimitedCodecError;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 /// Why a frame could not be sent or received.
 #[derive(Debug, thiserror::Error)]
@@ -37,34 +38,76 @@ impl FrameError {
     }
 }
 
+/// The largest frame a server sends (a long lease list or audit query): 16 MiB. Clients
+/// accept frames up to this size from a server they trust, while a server accepts only
+/// `max_frame` (64 KiB by default) from clients.
+pub const MAX_RESPONSE_FRAME: usize = 16 * 1024 * 1024;
+
+/// Length-delimited framing with separate limits for what is read and what is written.
+struct FrameCodec {
+    read: LengthDelimitedCodec,
+    write: LengthDelimitedCodec,
+}
+
+fn codec(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .big_endian()
+        .length_field_length(4)
+        .max_frame_length(max)
+        .new_codec()
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        self.read.decode(src)
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        self.write.encode(item, dst)
+    }
+}
+
 /// A connection carrying protocol messages.
 pub struct Connection<S> {
-    framed: Framed<S, LengthDelimitedCodec>,
-    max_frame: usize,
+    framed: Framed<S, FrameCodec>,
+    max_read: usize,
+    max_write: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Wraps a stream; frames longer than `max_frame` are refused in both directions. The
     /// codec checks the length prefix before it reserves any buffer for the frame.
     pub fn new(stream: S, max_frame: usize) -> Self {
-        let codec = LengthDelimitedCodec::builder()
-            .big_endian()
-            .length_field_length(4)
-            .max_frame_length(max_frame)
-            .new_codec();
+        Self::with_limits(stream, max_frame, max_frame)
+    }
+
+    /// Wraps a stream with one limit for frames read and another for frames written.
+    pub fn with_limits(stream: S, max_read: usize, max_write: usize) -> Self {
+        let codec = FrameCodec {
+            read: codec(max_read),
+            write: codec(max_write),
+        };
         Self {
             framed: Framed::new(stream, codec),
-            max_frame,
+            max_read,
+            max_write,
         }
     }
 
     /// Encodes and sends one message.
     pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
         let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
-        if bytes.len() > self.max_frame {
+        if bytes.len() > self.max_write {
             return Err(FrameError::TooLarge {
                 len: bytes.len(),
-                max: self.max_frame,
+                max: self.max_write,
             });
         }
         self.framed.send(Bytes::from(bytes)).await?;
@@ -85,9 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .get_ref()
                     .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) =>
             {
-                Err(FrameError::Oversize {
-                    max: self.max_frame,
-                })
+                Err(FrameError::Oversize { max: self.max_read })
             }
             Some(Err(err)) => Err(FrameError::Io(err)),
         }

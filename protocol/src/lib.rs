@@ -17,7 +17,7 @@ mod message;
 mod names;
 
 pub use borrow::{decode_token, key_id, BorrowClaims, SignedClaims, TokenError, TOKEN_PREFIX};
-pub use connection::{Connection, FrameError};
+pub use connection::{Connection, FrameError, MAX_RESPONSE_FRAME};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};
 pub use message::*;

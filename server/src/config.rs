@@ -88,6 +88,10 @@ pub struct Limits {
     pub max_frame: usize,
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// Failed sign-ins allowed per client address per minute; past it, `rate_limited`.
+    /// 0 turns the limit off.
+    #[serde(default = "default_signin_failures")]
+    pub signin_failures: u32,
 }
 
 /// Log output.
@@ -262,6 +266,7 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_frame: default_max_frame(),
             handshake_timeout: default_handshake_timeout(),
+            signin_failures: default_signin_failures(),
         }
     }
 }
@@ -300,6 +305,9 @@ fn default_max_frame() -> usize {
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_signin_failures() -> u32 {
+    10
 }
 fn default_log_format() -> String {
     "human".into()

@@ -12,7 +12,7 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tally_protocol::{
     Authenticated, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello, Outcome,
-    Request, Response, ServerInfo, ServerMessage, PROTOCOL_VERSION,
+    Request, Response, ServerInfo, ServerMessage, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -57,8 +57,8 @@ pub async fn serve(
                 return;
             }
         };
-        let conn = Connection::new(tls, limits.max_frame);
-        if let Err(reason) = session(conn, &shared, deadline, &shutdown).await {
+        let conn = Connection::with_limits(tls, limits.max_frame, MAX_RESPONSE_FRAME);
+        if let Err(reason) = session(conn, &shared, peer.ip(), deadline, &shutdown).await {
             tracing::debug!(%reason, "connection closed");
         }
     }
@@ -115,6 +115,7 @@ async fn handshake_message<S: AsyncRead + AsyncWrite + Unpin>(
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<S>,
     shared: &Shared,
+    ip: std::net::IpAddr,
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
@@ -154,9 +155,21 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(refuse(&mut conn, err).await);
         }
     };
+    if let Err(wait) = shared.auth_limiter.check(ip, std::time::Instant::now()) {
+        tracing::info!(%ip, "refused: too many failed sign-ins");
+        let err = ErrorBody::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many failed sign-ins from {ip}; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+        return Err(refuse(&mut conn, err).await);
+    }
     let principal = match shared.store.authenticate(&token_hash(&token)).await {
         Ok(Some(principal)) if principal.active => principal,
         Ok(Some(principal)) => {
+            shared.auth_limiter.failed(ip, std::time::Instant::now());
             tracing::info!(user = %principal.username, "refused: account deactivated");
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
@@ -168,6 +181,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(refuse(&mut conn, err).await);
         }
         Ok(None) => {
+            shared.auth_limiter.failed(ip, std::time::Instant::now());
             tracing::info!(agent = %hello.client.agent, host = %hello.client.host, "refused: unknown token");
             let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,

@@ -15,6 +15,7 @@ mod conn;
 pub mod core;
 mod engine;
 pub mod init;
+mod limiter;
 pub mod notify;
 mod server;
 pub mod store;

@@ -18,6 +18,7 @@ use crate::config::{Config, Limits};
 use crate::core::{Policy, Pool};
 use crate::engine::{now_millis, Engine, Signer};
 use crate::init::{self, DataDir, OWNER_USERNAME};
+use crate::limiter::AuthLimiter;
 use crate::notify;
 use crate::store::Store;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub started: Instant,
     /// Lease time to live; also the idle timeout of a connection.
     pub ttl: Duration,
+    /// Failed sign-ins per address.
+    pub auth_limiter: AuthLimiter,
 }
 
 impl Shared {
@@ -146,6 +149,7 @@ pub async fn run(
         },
         started,
         ttl: config.leases.ttl,
+        auth_limiter: AuthLimiter::new(config.limits.signin_failures),
     });
     tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), "tallyd serving");
     if let Some(ready) = control.ready.take() {
@@ -239,6 +243,9 @@ fn apply_reload(shared: &Shared, config: &Config, dir: &DataDir) {
         ),
     }
     *shared.limits.write().expect("limits lock") = config.limits.clone();
+    shared
+        .auth_limiter
+        .set_max_failures(config.limits.signin_failures);
     tracing::info!(
         max_connections = config.limits.max_connections,
         "configuration reloaded"

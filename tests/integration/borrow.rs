@@ -11,7 +11,12 @@ use tally_protocol::{
 
 use crate::harness::*;
 
-fn borrowable(feature: &str, seats: u32, max_borrow_secs: Option<u64>, expires_at: Option<i64>) -> NewEntitlement {
+fn borrowable(
+    feature: &str,
+    seats: u32,
+    max_borrow_secs: Option<u64>,
+    expires_at: Option<i64>,
+) -> NewEntitlement {
     NewEntitlement {
         feature: feature.into(),
         seats,
@@ -32,8 +37,18 @@ async fn add(owner: &Client, new: NewEntitlement) -> u64 {
 }
 
 /// A user of the server with their own data directory for borrows.
-async fn user(server: &TestServer, owner: &Client, email: &str, role: Role, data: &std::path::Path) -> Client {
-    let request = Request::UserAdd(UserAdd { username: email.into(), name: String::new(), role });
+async fn user(
+    server: &TestServer,
+    owner: &Client,
+    email: &str,
+    role: Role,
+    data: &std::path::Path,
+) -> Client {
+    let request = Request::UserAdd(UserAdd {
+        username: email.into(),
+        name: String::new(),
+        role,
+    });
     let token = match owner.call(request).await.unwrap() {
         Response::UserAdded { token, .. } => token,
         other => panic!("{other:?}"),
@@ -47,7 +62,11 @@ fn refused(result: Result<impl std::fmt::Debug, Error>, code: ErrorCode, needle:
     match result {
         Err(Error::Server(body)) => {
             assert_eq!(body.code, code, "{}", body.message);
-            assert!(body.message.contains(needle), "{:?} does not mention {needle:?}", body.message);
+            assert!(
+                body.message.contains(needle),
+                "{:?} does not mention {needle:?}",
+                body.message
+            );
         }
         other => panic!("expected {code}, got {other:?}"),
     }
@@ -68,8 +87,25 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
             .output()
             .unwrap()
     };
-    tally(&["--config", config, "entitlement", "add", "vray", "--seats", "2", "--borrowable"], "m1");
-    let out = tally(&["--config", config, "--json", "borrow", "vray", "--for", "2d"], "laptop-1");
+    tally(
+        &[
+            "--config",
+            config,
+            "entitlement",
+            "add",
+            "vray",
+            "--seats",
+            "2",
+            "--borrowable",
+        ],
+        "m1",
+    );
+    let out = tally(
+        &[
+            "--config", config, "--json", "borrow", "vray", "--for", "2d",
+        ],
+        "laptop-1",
+    );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let doc = stdout_json(&out);
     assert_eq!(doc["lease"]["kind"], "borrowed");
@@ -89,11 +125,17 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
     // Another machine.
     let out = tally(&["--json", "verify", "vray"], "laptop-2");
     assert_eq!(out.status.code(), Some(3));
-    assert!(stdout_json(&out)["reason"].as_str().unwrap().contains("another machine"));
+    assert!(stdout_json(&out)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("another machine"));
 
     // Any byte changed.
     let store = BorrowStore::at(data.clone());
-    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
     let now = now_millis();
     assert!(store.verify(&token, "laptop-1", now, now).valid);
     for i in 0..token.len() {
@@ -101,9 +143,14 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let altered = String::from_utf8(bytes).unwrap();
         let verdict = store.verify(&altered, "laptop-1", now, now);
-        assert!(!verdict.valid, "byte {i} changed and the token still verifies");
         assert!(
-            verdict.reason.contains("malformed") || verdict.reason.contains("signature") || verdict.reason.contains("key"),
+            !verdict.valid,
+            "byte {i} changed and the token still verifies"
+        );
+        assert!(
+            verdict.reason.contains("malformed")
+                || verdict.reason.contains("signature")
+                || verdict.reason.contains("key"),
             "byte {i}: {}",
             verdict.reason
         );
@@ -111,13 +158,22 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
 
     // Expired.
     let verdict = store.verify(&token, "laptop-1", now + 3 * 86_400_000, 0);
-    assert!(!verdict.valid && verdict.reason.contains("expired"), "{verdict:?}");
+    assert!(
+        !verdict.valid && verdict.reason.contains("expired"),
+        "{verdict:?}"
+    );
 
     // The clock set back: this machine has seen a time an hour ahead of its clock.
     std::fs::write(data.join("clock"), (now + 3_600_000).to_string()).unwrap();
     let out = tally(&["--json", "verify", "vray"], "laptop-1");
     assert_eq!(out.status.code(), Some(3));
-    assert!(stdout_json(&out)["reason"].as_str().unwrap().contains("clock rolled back"), "{out:?}");
+    assert!(
+        stdout_json(&out)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("clock rolled back"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -127,7 +183,14 @@ async fn borrowed_seats_block_revoke_deactivate_and_remove_until_returned() {
     let data = tempfile::tempdir().unwrap();
     add(&owner, borrowable("vray", 4, None, None)).await;
     let ana = user(&server, &owner, "ana@studio.com", Role::Member, data.path()).await;
-    let ben = user(&server, &owner, "ben@studio.com", Role::Member, &data.path().join("ben")).await;
+    let ben = user(
+        &server,
+        &owner,
+        "ben@studio.com",
+        Role::Member,
+        &data.path().join("ben"),
+    )
+    .await;
     let assign = Assign {
         username: "ana@studio.com".into(),
         feature: "vray".into(),
@@ -137,33 +200,105 @@ async fn borrowed_seats_block_revoke_deactivate_and_remove_until_returned() {
         expires_at: None,
     };
     owner.call(Request::Assign(assign.clone())).await.unwrap();
-    let (lease, _) = ana.borrow("vray", 1, Duration::from_secs(3600)).await.unwrap();
+    let (lease, _) = ana
+        .borrow("vray", 1, Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert_eq!(lease.kind, LeaseKind::Borrowed);
-    assert!(matches!(lease.source, LeaseSource::Assignment(_)), "from her own assignment first");
+    assert!(
+        matches!(lease.source, LeaseSource::Assignment(_)),
+        "from her own assignment first"
+    );
     let figures = status(&owner, "vray").await;
-    assert_eq!((figures.assigned, figures.borrowed, figures.in_use, figures.available), (1, 1, 0, 3));
+    assert_eq!(
+        (
+            figures.assigned,
+            figures.borrowed,
+            figures.in_use,
+            figures.available
+        ),
+        (1, 1, 0, 3)
+    );
 
-    let revoke = Request::Revoke(Revoke { username: "ana@studio.com".into(), feature: "vray".into(), seats: None });
+    let revoke = Request::Revoke(Revoke {
+        username: "ana@studio.com".into(),
+        feature: "vray".into(),
+        seats: None,
+    });
     let err = owner.call(revoke.clone()).await.unwrap_err();
-    refused(Err::<(), _>(err.clone()), ErrorCode::Borrowed, "ana@studio.com has borrowed 1 seat(s) of vray for offline use until");
-    assert!(err.to_string().contains("revoke after the borrow ends or is returned"), "{err}");
+    refused(
+        Err::<(), _>(err.clone()),
+        ErrorCode::Borrowed,
+        "ana@studio.com has borrowed 1 seat(s) of vray for offline use until",
+    );
+    assert!(
+        err.to_string()
+            .contains("revoke after the borrow ends or is returned"),
+        "{err}"
+    );
     let mut take = assign.clone();
     take.username = "ben@studio.com".into();
     take.from = Some("ana@studio.com".into());
-    refused(owner.call(Request::Assign(take)).await, ErrorCode::Borrowed, "for offline use until");
-    refused(owner.call(Request::UserDeactivate(UserRef { username: "ana@studio.com".into() })).await, ErrorCode::Borrowed, "1 seat(s) of vray until");
-    refused(owner.call(Request::Release(Release { lease: lease.id })).await, ErrorCode::Borrowed, "cannot be released");
+    refused(
+        owner.call(Request::Assign(take)).await,
+        ErrorCode::Borrowed,
+        "for offline use until",
+    );
+    refused(
+        owner
+            .call(Request::UserDeactivate(UserRef {
+                username: "ana@studio.com".into(),
+            }))
+            .await,
+        ErrorCode::Borrowed,
+        "1 seat(s) of vray until",
+    );
+    refused(
+        owner
+            .call(Request::Release(Release { lease: lease.id }))
+            .await,
+        ErrorCode::Borrowed,
+        "cannot be released",
+    );
 
     // A floating borrow blocks removing the user and the entitlement.
-    let (_, _) = ben.borrow("vray", 1, Duration::from_secs(600)).await.unwrap();
-    refused(owner.call(Request::UserRemove(UserRef { username: "ben@studio.com".into() })).await, ErrorCode::Borrowed, "remove them after");
-    refused(owner.call(Request::EntitlementRemove(EntitlementRemove { id: 1 })).await, ErrorCode::Borrowed, "remove it after");
+    let (_, _) = ben
+        .borrow("vray", 1, Duration::from_secs(600))
+        .await
+        .unwrap();
+    refused(
+        owner
+            .call(Request::UserRemove(UserRef {
+                username: "ben@studio.com".into(),
+            }))
+            .await,
+        ErrorCode::Borrowed,
+        "remove them after",
+    );
+    refused(
+        owner
+            .call(Request::EntitlementRemove(EntitlementRemove { id: 1 }))
+            .await,
+        ErrorCode::Borrowed,
+        "remove it after",
+    );
 
     // After the return, the revoke goes through.
     assert_eq!(ana.return_borrows("vray").await.unwrap(), 1);
-    assert!(ana.borrow_store().unwrap().of_feature("vray").unwrap().is_empty(), "the token file is gone");
+    assert!(
+        ana.borrow_store()
+            .unwrap()
+            .of_feature("vray")
+            .unwrap()
+            .is_empty(),
+        "the token file is gone"
+    );
     assert_eq!(owner.call(revoke).await.unwrap(), Response::Revoked(1));
-    assert_eq!(status(&owner, "vray").await.borrowed, 1, "ben's borrow is still counted");
+    assert_eq!(
+        status(&owner, "vray").await.borrowed,
+        1,
+        "ben's borrow is still counted"
+    );
     server.stop().await;
 }
 
@@ -177,29 +312,63 @@ async fn every_limit_of_a_borrow_is_enforced() {
 
     // The entitlement's max_borrow (24h here).
     add(&owner, borrowable("maya", 2, Some(86_400), None)).await;
-    refused(ana.borrow("maya", 1, day * 2).await, ErrorCode::Invalid, "max_borrow");
+    refused(
+        ana.borrow("maya", 1, day * 2).await,
+        ErrorCode::Invalid,
+        "max_borrow",
+    );
     assert!(ana.borrow("maya", 1, day).await.is_ok());
 
     // The server's borrow.max (48h) below the entitlement's default of 168h.
     add(&owner, borrowable("nuke", 2, None, None)).await;
-    refused(ana.borrow("nuke", 1, day * 3).await, ErrorCode::Invalid, "borrow.max");
+    refused(
+        ana.borrow("nuke", 1, day * 3).await,
+        ErrorCode::Invalid,
+        "borrow.max",
+    );
     assert!(ana.borrow("nuke", 1, day * 2).await.is_ok());
 
     // The entitlement's end, an hour away.
-    add(&owner, borrowable("houdini", 2, None, Some(now_millis() + 3_600_000))).await;
-    refused(ana.borrow("houdini", 1, Duration::from_secs(7200)).await, ErrorCode::Invalid, "the end of entitlement");
-    let (lease, _) = ana.borrow("houdini", 1, Duration::from_secs(1800)).await.unwrap();
+    add(
+        &owner,
+        borrowable("houdini", 2, None, Some(now_millis() + 3_600_000)),
+    )
+    .await;
+    refused(
+        ana.borrow("houdini", 1, Duration::from_secs(7200)).await,
+        ErrorCode::Invalid,
+        "the end of entitlement",
+    );
+    let (lease, _) = ana
+        .borrow("houdini", 1, Duration::from_secs(1800))
+        .await
+        .unwrap();
     assert!(lease.expires_at <= now_millis() + 3_600_000);
 
     // Not borrowable.
     let mut online_only = borrowable("katana", 2, None, None);
     online_only.borrowable = false;
     add(&owner, online_only).await;
-    refused(ana.borrow("katana", 1, day).await, ErrorCode::NotBorrowable, "allows borrowing");
+    refused(
+        ana.borrow("katana", 1, day).await,
+        ErrorCode::NotBorrowable,
+        "allows borrowing",
+    );
 
     // A guest borrows only from their own assignment.
-    let gus = user(&server, &owner, "gus@studio.com", Role::Guest, &data.path().join("gus")).await;
-    refused(gus.borrow("nuke", 1, day).await, ErrorCode::NoSeat, "guests borrow only seats assigned to them");
+    let gus = user(
+        &server,
+        &owner,
+        "gus@studio.com",
+        Role::Guest,
+        &data.path().join("gus"),
+    )
+    .await;
+    refused(
+        gus.borrow("nuke", 1, day).await,
+        ErrorCode::NoSeat,
+        "guests borrow only seats assigned to them",
+    );
     let assign = Assign {
         username: "gus@studio.com".into(),
         feature: "nuke".into(),
@@ -211,11 +380,23 @@ async fn every_limit_of_a_borrow_is_enforced() {
     owner.call(Request::Assign(assign)).await.unwrap();
     let (lease, _) = gus.borrow("nuke", 1, day).await.unwrap();
     assert!(matches!(lease.source, LeaseSource::Assignment(_)));
-    refused(gus.borrow("nuke", 1, day).await, ErrorCode::NoSeat, "guests");
+    refused(
+        gus.borrow("nuke", 1, day).await,
+        ErrorCode::NoSeat,
+        "guests",
+    );
 
     // Nothing refused was granted: every figure adds up.
     let figures = status(&owner, "nuke").await;
-    assert_eq!((figures.total, figures.assigned, figures.borrowed, figures.available), (2, 1, 2, 0));
+    assert_eq!(
+        (
+            figures.total,
+            figures.assigned,
+            figures.borrowed,
+            figures.available
+        ),
+        (2, 1, 2, 0)
+    );
     server.stop().await;
 }
 
@@ -228,7 +409,10 @@ async fn borrows_survive_sigkill_and_need_no_heartbeats() {
     owner.data_dir = Some(data.clone());
     let owner = Client::connect(owner).await.unwrap();
     add(&owner, borrowable("vray", 3, None, None)).await;
-    let (lease, _) = owner.borrow("vray", 2, Duration::from_secs(3600)).await.unwrap();
+    let (lease, _) = owner
+        .borrow("vray", 2, Duration::from_secs(3600))
+        .await
+        .unwrap();
     drop(owner);
 
     daemon.kill9();
@@ -240,5 +424,8 @@ async fn borrows_survive_sigkill_and_need_no_heartbeats() {
     assert_eq!(held.len(), 1);
     assert_eq!((held[0].id, held[0].kind), (lease.id, LeaseKind::Borrowed));
     let figures = status(&owner, "vray").await;
-    assert_eq!((figures.borrowed, figures.in_use, figures.available), (2, 0, 1));
+    assert_eq!(
+        (figures.borrowed, figures.in_use, figures.available),
+        (2, 0, 1)
+    );
 }

@@ -261,3 +261,24 @@ async fn an_idle_connection_is_closed_after_one_ttl_with_a_reason() {
     still_serving(&server).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_bad_tokens_is_rate_limited_while_others_are_served() {
+    let server = TestServer::start_with(|c| c.limits.signin_failures = 5).await;
+    let owner = server.owner().await;
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        match tally_client::Client::connect(server.client_config("bad-token")).await {
+            Err(Error::Server(body)) => codes.push(body.code),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(&codes[..5], &[ErrorCode::Unauthenticated; 5]);
+    assert_eq!(&codes[5..], &[ErrorCode::RateLimited; 3]);
+    // Clients already signed in go on being served.
+    assert!(owner
+        .call(Request::Status(StatusQuery { feature: None }))
+        .await
+        .is_ok());
+    server.stop().await;
+}

@@ -333,3 +333,30 @@ async fn the_server_tells_clients_to_heartbeat_every_third_of_the_ttl() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn long_lists_of_leases_and_audit_events_come_back_whole() {
+    let server = TestServer::start().await;
+    let owner = server.owner().await;
+    add_entitlement(&owner, "vray", 3000, None).await;
+    let checkouts = (0..2000).map(|_| owner.checkout("vray", 1));
+    let held: Vec<_> = futures::future::join_all(checkouts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // Far more than one 64 KiB frame holds.
+    assert_eq!(leases(&owner).await.len(), 2000);
+    let query = tally_protocol::AuditQuery {
+        since: None,
+        user: None,
+        feature: None,
+        limit: Some(5000),
+    };
+    match owner.call(Request::Audit(query)).await.unwrap() {
+        Response::AuditEvents(events) => assert_eq!(events.len(), 2001),
+        other => panic!("{other:?}"),
+    }
+    drop(held);
+    server.stop().await;
+}
