@@ -93,8 +93,7 @@ fn init_logging(format: &str) {
 }
 
 async fn serve(config: Config, path: PathBuf) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = crate::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store = store::open(
         config.database.as_ref().map(|s| s.0.as_str()),

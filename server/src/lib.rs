@@ -21,3 +21,19 @@ mod server;
 pub mod store;
 
 pub use server::{run, Control};
+
+/// The accept queue of the listening socket: deep enough that a storm of clients starting
+/// at once (a render farm coming up) is queued, not dropped and retried a second later.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with address reuse and a deep accept queue.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}

@@ -1,0 +1,418 @@
+//! `tally-bench`: measures the Tally license server on this machine.
+//!
+//! Each scenario starts `tallyd` itself on a temporary data directory (the binary built next
+//! to this one by `cargo build --release`, or `--tallyd PATH`), drives it over TLS with raw
+//! protocol connections, prints a table for people and, last, one JSON line with at least
+//! `scenario`, `ops_per_sec`, `p50_ms` and `p99_ms`.
+
+mod daemon;
+mod load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tally_protocol::{
+    Checkin, Checkout, EntitlementKind, LeasesQuery, NewEntitlement, Request, RequestId, Response,
+    StatusQuery,
+};
+
+use daemon::{Daemon, Target};
+use load::{EchoServer, Latencies, Session};
+
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", about = "Benchmarks of the Tally license server")]
+struct Args {
+    /// The tallyd binary to start (default: next to this one).
+    #[arg(long, global = true)]
+    tallyd: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// A bare tokio-rustls echo server with the same framing: the ceiling of this machine.
+    Baseline {
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// Each connection loops checkout and check-in of one seat, durable; against baseline.
+    Checkout {
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// Sessions each holding a lease and heartbeating: latency and server memory.
+    Heartbeat {
+        #[arg(long, default_value_t = 15_000)]
+        sessions: usize,
+        /// Seconds between two heartbeats of one session.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Heartbeats each session sends.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Clients that connect, sign in and check out all at once; against baseline handshakes.
+    Storm {
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+    },
+    /// Leases held, tallyd killed with SIGKILL and restarted: time to serve, all back?
+    Restart {
+        #[arg(long, default_value_t = 100_000)]
+        leases: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let tallyd = match args.tallyd {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("tallyd"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        match args.scenario {
+            Scenario::Baseline { conns, secs } => baseline(conns, secs).await,
+            Scenario::Checkout { conns, secs } => checkout(&tallyd, conns, secs).await,
+            Scenario::Heartbeat { sessions, interval, rounds } => heartbeat(&tallyd, sessions, interval, rounds).await,
+            Scenario::Storm { clients } => storm(&tallyd, clients).await,
+            Scenario::Restart { leases } => restart(&tallyd, leases).await,
+        }
+    })?;
+    print_report(&report);
+    Ok(())
+}
+
+/// A table of the report's figures, then the report as one JSON line.
+fn print_report(report: &Value) {
+    if let Some(fields) = report.as_object() {
+        let width = fields.keys().map(String::len).max().unwrap_or(0);
+        for (key, value) in fields {
+            println!("{key:<width$}  {value}");
+        }
+    }
+    println!("{report}");
+}
+
+fn entitlement(feature: &str, seats: u32) -> Request {
+    Request::EntitlementAdd(NewEntitlement {
+        feature: feature.into(),
+        seats,
+        starts_at: None,
+        expires_at: None,
+        kind: EntitlementKind::Standard,
+        borrowable: false,
+        max_borrow_secs: None,
+        reference: "bench".into(),
+    })
+}
+
+async fn setup(target: &Target, connector: &tokio_rustls::TlsConnector, seats: u32) -> Result<()> {
+    let mut admin = Session::open(connector, target).await?;
+    admin.call(entitlement("bench", seats)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Round trips per second against the bare echo server.
+async fn measure_baseline(conns: usize, secs: u64) -> Result<(f64, Latencies)> {
+    let server = EchoServer::start().await?;
+    let server = Arc::new(server);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    // A frame the size of a checkout request.
+    let frame = Bytes::from(vec![7u8; 40]);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut framed = server.open().await?;
+        let frame = frame.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                load::echo(&mut framed, &frame).await?;
+                latencies.record(started.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Latencies::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    Ok((all.0.len() as f64 / started.elapsed().as_secs_f64(), all))
+}
+
+async fn baseline(conns: usize, secs: u64) -> Result<Value> {
+    let (ops, mut latencies) = measure_baseline(conns, secs).await?;
+    println!("baseline: {conns} connections echoing frames for {secs} s");
+    Ok(json!({
+        "scenario": "baseline",
+        "conns": conns,
+        "secs": secs,
+        "ops_per_sec": ops.round(),
+        "p50_ms": latencies.quantile_ms(0.5),
+        "p99_ms": latencies.quantile_ms(0.99),
+    }))
+}
+
+async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<Value> {
+    let (baseline_ops, _) = measure_baseline(conns, secs).await?;
+    let daemon = Daemon::start(tallyd, "60s", conns + 100)?;
+    let target = daemon.target()?;
+    let connector = load::connector(&target.ca_pem)?;
+    setup(&target, &connector, conns as u32 * 2).await?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut session = Session::open(&connector, &target).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let request = Request::Checkout(Checkout {
+                    request_id: RequestId(rand::random()),
+                    feature: "bench".into(),
+                    seats: 1,
+                });
+                let lease = match session.call(request).await? {
+                    Ok(Response::Lease(lease)) => lease,
+                    other => bail!("checkout: {other:?}"),
+                };
+                latencies.record(started.elapsed());
+                let started = Instant::now();
+                match session.call(Request::Checkin(Checkin { lease: lease.id })).await? {
+                    Ok(Response::CheckedIn(_)) => {}
+                    other => bail!("checkin: {other:?}"),
+                }
+                latencies.record(started.elapsed());
+            }
+            Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Latencies::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    let ops = all.0.len() as f64 / started.elapsed().as_secs_f64();
+    println!("checkout: {conns} connections looping checkout + check-in for {secs} s (SQLite, synchronous = FULL)");
+    Ok(json!({
+        "scenario": "checkout",
+        "conns": conns,
+        "secs": secs,
+        "ops_per_sec": ops.round(),
+        "p50_ms": all.quantile_ms(0.5),
+        "p99_ms": all.quantile_ms(0.99),
+        "baseline_ops_per_sec": baseline_ops.round(),
+        "ratio_to_baseline": (ops / baseline_ops * 1000.0).round() / 1000.0,
+    }))
+}
+
+/// Opens `count` sessions, `parallel` at a time.
+async fn open_sessions(connector: &tokio_rustls::TlsConnector, target: &Arc<Target>, count: usize, parallel: usize) -> Result<Vec<Session>> {
+    use futures::StreamExt;
+    let opened: Vec<Result<Session>> = futures::stream::iter(0..count)
+        .map(|_| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move { Session::open(&connector, &target).await }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    opened.into_iter().collect()
+}
+
+async fn heartbeat(tallyd: &std::path::Path, sessions: usize, interval: u64, rounds: u32) -> Result<Value> {
+    let ttl = format!("{}s", interval * 3);
+    let daemon = Daemon::start(tallyd, &ttl, sessions + 100)?;
+    let target = Arc::new(daemon.target()?);
+    let connector = load::connector(&target.ca_pem)?;
+    setup(&target, &connector, sessions as u32).await?;
+    let rss_before = daemon.rss_kib()?;
+    let opening = Instant::now();
+    let mut opened = open_sessions(&connector, &target, sessions, 256).await?;
+    for session in &mut opened {
+        let request = Request::Checkout(Checkout { request_id: RequestId(rand::random()), feature: "bench".into(), seats: 1 });
+        match session.call(request).await? {
+            Ok(Response::Lease(_)) => {}
+            other => bail!("checkout: {other:?}"),
+        }
+    }
+    let opened_in = opening.elapsed();
+    let rss_after = daemon.rss_kib()?;
+    let interval = Duration::from_secs(interval);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut session in opened {
+        // Spread the sessions over the interval, as clients started at different times are.
+        let offset = interval.mul_f64(rand::random::<f64>());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            let mut next = tokio::time::Instant::now() + offset;
+            for _ in 0..rounds {
+                tokio::time::sleep_until(next).await;
+                let sent = Instant::now();
+                match session.call(Request::Heartbeat).await? {
+                    Ok(Response::Heartbeat(ack)) if ack.renewed == 1 => {}
+                    other => bail!("heartbeat: {other:?}"),
+                }
+                latencies.record(sent.elapsed());
+                next += interval;
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut all = Latencies::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    let ops = all.0.len() as f64 / started.elapsed().as_secs_f64();
+    let rss_end = daemon.rss_kib()?;
+    println!("heartbeat: {sessions} sessions each holding a lease, heartbeating every {interval:?}, {rounds} rounds");
+    Ok(json!({
+        "scenario": "heartbeat",
+        "sessions": sessions,
+        "interval_secs": interval.as_secs(),
+        "ops_per_sec": ops.round(),
+        "p50_ms": all.quantile_ms(0.5),
+        "p99_ms": all.quantile_ms(0.99),
+        "sessions_opened_secs": (opened_in.as_secs_f64() * 10.0).round() / 10.0,
+        "server_rss_before_kib": rss_before,
+        "server_rss_kib": rss_after.max(rss_end),
+        "rss_per_session_kib": ((rss_after.max(rss_end) - rss_before) as f64 / sessions as f64 * 100.0).round() / 100.0,
+    }))
+}
+
+/// Time for `clients` TLS handshakes (and one echo each) at once against the echo server.
+async fn baseline_handshakes(clients: usize) -> Result<Duration> {
+    let server = Arc::new(EchoServer::start().await?);
+    let frame = Bytes::from(vec![7u8; 40]);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let server = server.clone();
+            let frame = frame.clone();
+            tokio::spawn(async move {
+                let mut framed = server.open().await?;
+                load::echo(&mut framed, &frame).await?;
+                Ok::<_, anyhow::Error>(framed)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for task in tasks {
+        held.push(task.await??);
+    }
+    Ok(started.elapsed())
+}
+
+async fn storm(tallyd: &std::path::Path, clients: usize) -> Result<Value> {
+    let baseline = baseline_handshakes(clients).await?;
+    let daemon = Daemon::start(tallyd, "60s", clients + 100)?;
+    let target = Arc::new(daemon.target()?);
+    let connector = load::connector(&target.ca_pem)?;
+    setup(&target, &connector, clients as u32).await?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let connector = connector.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let begun = Instant::now();
+                let mut session = Session::open(&connector, &target).await?;
+                let request = Request::Checkout(Checkout { request_id: RequestId(rand::random()), feature: "bench".into(), seats: 1 });
+                match session.call(request).await? {
+                    Ok(Response::Lease(_)) => Ok::<_, anyhow::Error>((session, begun.elapsed())),
+                    other => bail!("checkout: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut latencies = Latencies::default();
+    for task in tasks {
+        let (session, elapsed) = task.await??;
+        latencies.record(elapsed);
+        held.push(session);
+    }
+    let all_granted = started.elapsed();
+    println!("storm: {clients} clients connect, sign in and check out at once");
+    Ok(json!({
+        "scenario": "storm",
+        "clients": clients,
+        "ops_per_sec": (clients as f64 / all_granted.as_secs_f64()).round(),
+        "p50_ms": latencies.quantile_ms(0.5),
+        "p99_ms": latencies.quantile_ms(0.99),
+        "all_granted_secs": (all_granted.as_secs_f64() * 1000.0).round() / 1000.0,
+        "baseline_handshakes_secs": (baseline.as_secs_f64() * 1000.0).round() / 1000.0,
+        "ratio_to_baseline": (all_granted.as_secs_f64() / baseline.as_secs_f64() * 1000.0).round() / 1000.0,
+    }))
+}
+
+async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
+    // Leases must not lapse while the test runs.
+    let mut daemon = Daemon::start(tallyd, "600s", 1000)?;
+    let target = Arc::new(daemon.target()?);
+    let connector = load::connector(&target.ca_pem)?;
+    setup(&target, &connector, leases as u32).await?;
+    let conns = 64.min(leases.max(1));
+    let filling = Instant::now();
+    let sessions = open_sessions(&connector, &target, conns, conns).await?;
+    let mut tasks = Vec::new();
+    for (i, mut session) in sessions.into_iter().enumerate() {
+        let share = leases / conns + usize::from(i < leases % conns);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            for _ in 0..share {
+                let started = Instant::now();
+                let request = Request::Checkout(Checkout { request_id: RequestId(rand::random()), feature: "bench".into(), seats: 1 });
+                match session.call(request).await? {
+                    Ok(Response::Lease(_)) => latencies.record(started.elapsed()),
+                    other => bail!("checkout: {other:?}"),
+                }
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut all = Latencies::default();
+    for task in tasks {
+        all.merge(task.await??);
+    }
+    let fill_secs = filling.elapsed().as_secs_f64();
+
+    let to_ready = daemon.kill9_and_restart()?;
+    let restarted = Instant::now();
+    let mut session = Session::open(&connector, &target).await.context("after the restart")?;
+    let in_use = match session.call(Request::Status(StatusQuery { feature: Some("bench".into()) })).await? {
+        Ok(Response::Status(list)) => list[0].in_use,
+        other => bail!("status: {other:?}"),
+    };
+    let serving = to_ready + restarted.elapsed();
+    let listed = match session.call(Request::Leases(LeasesQuery { feature: None, user: None })).await? {
+        Ok(Response::Leases(list)) => list.len(),
+        other => bail!("leases: {other:?}"),
+    };
+    println!("restart: {leases} leases held, tallyd killed with SIGKILL and restarted");
+    Ok(json!({
+        "scenario": "restart",
+        "leases": leases,
+        "ops_per_sec": (leases as f64 / fill_secs).round(),
+        "p50_ms": all.quantile_ms(0.5),
+        "p99_ms": all.quantile_ms(0.99),
+        "serving_again_secs": (serving.as_secs_f64() * 1000.0).round() / 1000.0,
+        "in_use_after": in_use,
+        "leases_listed_after": listed,
+        "all_back": in_use as usize == leases && listed == leases,
+    }))
+}
