@@ -28,7 +28,9 @@ impl Daemon {
     /// Starts `binary` with leases of `ttl` and room for `max_connections`.
     pub fn start(binary: &Path, ttl: &str, max_connections: usize) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"1s\"\n[limits]\nmax_connections = {max_connections}\n",
             dir.path().join("data").display().to_string()
@@ -37,7 +39,13 @@ impl Daemon {
         let notify = UnixDatagram::bind(dir.path().join("notify"))?;
         notify.set_read_timeout(Some(Duration::from_secs(120)))?;
         let child = spawn(binary, dir.path())?;
-        let daemon = Daemon { child, port, dir, binary: binary.to_path_buf(), notify };
+        let daemon = Daemon {
+            child,
+            port,
+            dir,
+            binary: binary.to_path_buf(),
+            notify,
+        };
         daemon.wait_ready()?;
         Ok(daemon)
     }
@@ -45,7 +53,10 @@ impl Daemon {
     fn wait_ready(&self) -> Result<()> {
         let mut buf = [0u8; 256];
         loop {
-            let n = self.notify.recv(&mut buf).context("tallyd did not report ready")?;
+            let n = self
+                .notify
+                .recv(&mut buf)
+                .context("tallyd did not report ready")?;
             if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
                 return Ok(());
             }
@@ -57,7 +68,9 @@ impl Daemon {
         Ok(Target {
             addr: ([127, 0, 0, 1], self.port).into(),
             ca_pem: std::fs::read(data.join("tls/ca.pem"))?,
-            token: std::fs::read_to_string(data.join("owner.token"))?.trim().to_string(),
+            token: std::fs::read_to_string(data.join("owner.token"))?
+                .trim()
+                .to_string(),
         })
     }
 
@@ -87,13 +100,19 @@ impl Drop for Daemon {
 
 fn spawn(binary: &Path, dir: &Path) -> Result<Child> {
     if !binary.exists() {
-        bail!("{} does not exist: build it with `cargo build --release` or pass --tallyd", binary.display());
+        bail!(
+            "{} does not exist: build it with `cargo build --release` or pass --tallyd",
+            binary.display()
+        );
     }
     Command::new(binary)
         .arg("--config")
         .arg(dir.join("tallyd.toml"))
         .env("NOTIFY_SOCKET", dir.join("notify"))
-        .env("TALLY_LOG", std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "TALLY_LOG",
+            std::env::var("TALLY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

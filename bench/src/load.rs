@@ -66,7 +66,10 @@ impl Session {
             Some(ServerMessage::Welcome(_)) => {}
             other => bail!("expected Welcome, got {other:?}"),
         }
-        conn.send(&ClientMessage::Authenticate(Authenticate { token: target.token.clone() })).await?;
+        conn.send(&ClientMessage::Authenticate(Authenticate {
+            token: target.token.clone(),
+        }))
+        .await?;
         match conn.recv::<ServerMessage>().await? {
             Some(ServerMessage::Authenticated(_)) => {}
             other => bail!("expected Authenticated, got {other:?}"),
@@ -104,7 +107,8 @@ impl EchoServer {
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key)?;
         let key = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?.signed_by(&key, &ca_cert, &ca_key)?;
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?
+            .signed_by(&key, &ca_cert, &ca_key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -124,8 +128,12 @@ impl EchoServer {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    let Ok(stream) = acceptor.accept(tcp).await else { return };
-                    let codec = LengthDelimitedCodec::builder().max_frame_length(DEFAULT_MAX_FRAME).new_codec();
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let codec = LengthDelimitedCodec::builder()
+                        .max_frame_length(DEFAULT_MAX_FRAME)
+                        .new_codec();
                     let mut framed = Framed::new(stream, codec);
                     while let Some(Ok(frame)) = framed.next().await {
                         if framed.send(frame.freeze()).await.is_err() {
@@ -135,7 +143,10 @@ impl EchoServer {
                 });
             }
         });
-        Ok(EchoServer { addr, connector: connector(ca_cert.pem().as_bytes())? })
+        Ok(EchoServer {
+            addr,
+            connector: connector(ca_cert.pem().as_bytes())?,
+        })
     }
 
     /// A connection sending `frame` and waiting for it to come back.
@@ -146,7 +157,10 @@ impl EchoServer {
 }
 
 /// One echo round trip.
-pub async fn echo(framed: &mut Framed<TlsStream<TcpStream>, LengthDelimitedCodec>, frame: &Bytes) -> Result<()> {
+pub async fn echo(
+    framed: &mut Framed<TlsStream<TcpStream>, LengthDelimitedCodec>,
+    frame: &Bytes,
+) -> Result<()> {
     framed.send(frame.clone()).await?;
     framed.next().await.context("echo server closed")??;
     Ok(())
@@ -158,7 +172,8 @@ pub struct Latencies(pub Vec<u32>);
 
 impl Latencies {
     pub fn record(&mut self, elapsed: Duration) {
-        self.0.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+        self.0
+            .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
     }
 
     pub fn merge(&mut self, other: Latencies) {

@@ -79,12 +79,18 @@ fn main() -> Result<()> {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("tallyd"),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(async {
         match args.scenario {
             Scenario::Baseline { conns, secs } => baseline(conns, secs).await,
             Scenario::Checkout { conns, secs } => checkout(&tallyd, conns, secs).await,
-            Scenario::Heartbeat { sessions, interval, rounds } => heartbeat(&tallyd, sessions, interval, rounds).await,
+            Scenario::Heartbeat {
+                sessions,
+                interval,
+                rounds,
+            } => heartbeat(&tallyd, sessions, interval, rounds).await,
             Scenario::Storm { clients } => storm(&tallyd, clients).await,
             Scenario::Restart { leases } => restart(&tallyd, leases).await,
         }
@@ -119,7 +125,10 @@ fn entitlement(feature: &str, seats: u32) -> Request {
 
 async fn setup(target: &Target, connector: &tokio_rustls::TlsConnector, seats: u32) -> Result<()> {
     let mut admin = Session::open(connector, target).await?;
-    admin.call(entitlement("bench", seats)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    admin
+        .call(entitlement("bench", seats))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 
@@ -190,7 +199,10 @@ async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<V
                 };
                 latencies.record(started.elapsed());
                 let started = Instant::now();
-                match session.call(Request::Checkin(Checkin { lease: lease.id })).await? {
+                match session
+                    .call(Request::Checkin(Checkin { lease: lease.id }))
+                    .await?
+                {
                     Ok(Response::CheckedIn(_)) => {}
                     other => bail!("checkin: {other:?}"),
                 }
@@ -219,7 +231,12 @@ async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<V
 }
 
 /// Opens `count` sessions, `parallel` at a time.
-async fn open_sessions(connector: &tokio_rustls::TlsConnector, target: &Arc<Target>, count: usize, parallel: usize) -> Result<Vec<Session>> {
+async fn open_sessions(
+    connector: &tokio_rustls::TlsConnector,
+    target: &Arc<Target>,
+    count: usize,
+    parallel: usize,
+) -> Result<Vec<Session>> {
     use futures::StreamExt;
     let opened: Vec<Result<Session>> = futures::stream::iter(0..count)
         .map(|_| {
@@ -233,7 +250,12 @@ async fn open_sessions(connector: &tokio_rustls::TlsConnector, target: &Arc<Targ
     opened.into_iter().collect()
 }
 
-async fn heartbeat(tallyd: &std::path::Path, sessions: usize, interval: u64, rounds: u32) -> Result<Value> {
+async fn heartbeat(
+    tallyd: &std::path::Path,
+    sessions: usize,
+    interval: u64,
+    rounds: u32,
+) -> Result<Value> {
     let ttl = format!("{}s", interval * 3);
     let daemon = Daemon::start(tallyd, &ttl, sessions + 100)?;
     let target = Arc::new(daemon.target()?);
@@ -243,7 +265,11 @@ async fn heartbeat(tallyd: &std::path::Path, sessions: usize, interval: u64, rou
     let opening = Instant::now();
     let mut opened = open_sessions(&connector, &target, sessions, 256).await?;
     for session in &mut opened {
-        let request = Request::Checkout(Checkout { request_id: RequestId(rand::random()), feature: "bench".into(), seats: 1 });
+        let request = Request::Checkout(Checkout {
+            request_id: RequestId(rand::random()),
+            feature: "bench".into(),
+            seats: 1,
+        });
         match session.call(request).await? {
             Ok(Response::Lease(_)) => {}
             other => bail!("checkout: {other:?}"),
@@ -331,7 +357,11 @@ async fn storm(tallyd: &std::path::Path, clients: usize) -> Result<Value> {
             tokio::spawn(async move {
                 let begun = Instant::now();
                 let mut session = Session::open(&connector, &target).await?;
-                let request = Request::Checkout(Checkout { request_id: RequestId(rand::random()), feature: "bench".into(), seats: 1 });
+                let request = Request::Checkout(Checkout {
+                    request_id: RequestId(rand::random()),
+                    feature: "bench".into(),
+                    seats: 1,
+                });
                 match session.call(request).await? {
                     Ok(Response::Lease(_)) => Ok::<_, anyhow::Error>((session, begun.elapsed())),
                     other => bail!("checkout: {other:?}"),
@@ -376,7 +406,11 @@ async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
             let mut latencies = Latencies::default();
             for _ in 0..share {
                 let started = Instant::now();
-                let request = Request::Checkout(Checkout { request_id: RequestId(rand::random()), feature: "bench".into(), seats: 1 });
+                let request = Request::Checkout(Checkout {
+                    request_id: RequestId(rand::random()),
+                    feature: "bench".into(),
+                    seats: 1,
+                });
                 match session.call(request).await? {
                     Ok(Response::Lease(_)) => latencies.record(started.elapsed()),
                     other => bail!("checkout: {other:?}"),
@@ -393,13 +427,26 @@ async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
 
     let to_ready = daemon.kill9_and_restart()?;
     let restarted = Instant::now();
-    let mut session = Session::open(&connector, &target).await.context("after the restart")?;
-    let in_use = match session.call(Request::Status(StatusQuery { feature: Some("bench".into()) })).await? {
+    let mut session = Session::open(&connector, &target)
+        .await
+        .context("after the restart")?;
+    let in_use = match session
+        .call(Request::Status(StatusQuery {
+            feature: Some("bench".into()),
+        }))
+        .await?
+    {
         Ok(Response::Status(list)) => list[0].in_use,
         other => bail!("status: {other:?}"),
     };
     let serving = to_ready + restarted.elapsed();
-    let listed = match session.call(Request::Leases(LeasesQuery { feature: None, user: None })).await? {
+    let listed = match session
+        .call(Request::Leases(LeasesQuery {
+            feature: None,
+            user: None,
+        }))
+        .await?
+    {
         Ok(Response::Leases(list)) => list.len(),
         other => bail!("leases: {other:?}"),
     };

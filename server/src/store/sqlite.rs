@@ -1,8 +1,10 @@
 //! The embedded SQLite store: WAL journal, `synchronous = FULL`, so a commit that returned
 //! survives a crash or power loss.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +26,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_assignments.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_borrow.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_lease_rows.sql"),
+    ),
 ];
 
 /// Rows per multi-row statement: well under SQLite's limit of 32,766 bound parameters.
@@ -32,6 +38,16 @@ const CHUNK: usize = 1000;
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Where each lease's row is. Rows are numbered in the order leases are granted, so a
+    /// commit appends to the end of the table instead of writing pages all over it.
+    rows: Mutex<LeaseRows>,
+}
+
+/// The row number (`seq`) of every lease in the table, and the next one to use.
+#[derive(Debug, Default)]
+struct LeaseRows {
+    by_id: HashMap<LeaseId, i64>,
+    next: i64,
 }
 
 impl SqliteStore {
@@ -48,7 +64,10 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            rows: Mutex::new(LeaseRows::default()),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -207,12 +226,16 @@ impl Store for SqliteStore {
             });
         }
         let mut leases = Vec::new();
-        for row in sqlx::query("SELECT * FROM leases ORDER BY id")
+        let mut rows = LeaseRows::default();
+        for row in sqlx::query("SELECT * FROM leases ORDER BY seq")
             .fetch_all(&mut *conn)
             .await?
         {
             let kind: String = row.try_get("kind")?;
             let assignment: Option<i64> = row.try_get("source_assignment")?;
+            let seq: i64 = row.try_get("seq")?;
+            rows.by_id.insert(LeaseId(id16(&row, "id")?), seq);
+            rows.next = rows.next.max(seq + 1);
             leases.push(Lease {
                 id: LeaseId(id16(&row, "id")?),
                 feature: row.try_get("feature")?,
@@ -275,6 +298,7 @@ impl Store for SqliteStore {
                 .map_err(|_| StoreError::Corrupt(format!("next_assignment_id {text:?}")))?,
             None => 1,
         };
+        *self.rows.lock().expect("lease rows lock") = rows;
         Ok(Snapshot {
             entitlements,
             leases,
@@ -359,9 +383,38 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        // Row numbers for this batch, taken for good only once the transaction commits.
+        let (added, removed, next) = {
+            let rows = self.rows.lock().expect("lease rows lock");
+            let mut next = rows.next;
+            let added: Vec<i64> = batch
+                .leases_added
+                .iter()
+                .map(|lease| {
+                    rows.by_id.get(&lease.id).copied().unwrap_or_else(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect();
+            let removed: Vec<i64> = batch
+                .leases_removed
+                .iter()
+                .filter_map(|id| rows.by_id.get(id).copied())
+                .collect();
+            (added, removed, next)
+        };
         let mut tx = self.pool.begin().await?;
-        write_batch(&mut tx, batch).await?;
+        write_batch(&mut tx, batch, &added, &removed).await?;
         tx.commit().await?;
+        let mut rows = self.rows.lock().expect("lease rows lock");
+        for (lease, seq) in batch.leases_added.iter().zip(&added) {
+            rows.by_id.insert(lease.id, *seq);
+        }
+        for id in &batch.leases_removed {
+            rows.by_id.remove(id);
+        }
+        rows.next = next;
         Ok(())
     }
 
@@ -378,7 +431,15 @@ fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreEr
 }
 
 /// Writes every list of the batch as multi-row statements.
-async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<(), StoreError> {
+///
+/// `lease_rows` are the row numbers of `batch.leases_added`, in order; `removed_rows` those
+/// of the leases to delete.
+async fn write_batch(
+    tx: &mut Transaction<'_, Sqlite>,
+    batch: &Batch,
+    lease_rows: &[i64],
+    removed_rows: &[i64],
+) -> Result<(), StoreError> {
     for chunk in batch.users_removed.chunks(CHUNK) {
         // Tokens first: they point at the users.
         for (head, tail) in [
@@ -482,16 +543,22 @@ async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<
         });
         q.build().execute(&mut **tx).await?;
     }
-    for chunk in batch.leases_added.chunks(CHUNK) {
+    let added: Vec<(&Lease, i64)> = batch
+        .leases_added
+        .iter()
+        .zip(lease_rows.iter().copied())
+        .collect();
+    for chunk in added.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO leases (id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at, entitlement) ",
+            "INSERT INTO leases (seq, id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at, entitlement) ",
         );
-        q.push_values(chunk, |mut b, l| {
+        q.push_values(chunk, |mut b, (l, seq)| {
             let assignment = match l.source {
                 LeaseSource::Floating => None,
                 LeaseSource::Assignment(id) => Some(id as i64),
             };
-            b.push_bind(&l.id.0[..])
+            b.push_bind(*seq)
+                .push_bind(&l.id.0[..])
                 .push_bind(&l.feature)
                 .push_bind(l.seats as i64)
                 .push_bind(&l.user)
@@ -504,14 +571,14 @@ async fn write_batch(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<
                 .push_bind(l.expires_at)
                 .push_bind(l.entitlement.map(|id| id as i64));
         });
-        q.push(" ON CONFLICT (id) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at");
+        q.push(" ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at");
         q.build().execute(&mut **tx).await?;
     }
-    for chunk in batch.leases_removed.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM leases WHERE id IN (");
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(&id.0[..]);
+    for chunk in removed_rows.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM leases WHERE seq IN (");
+        let mut seqs = q.separated(", ");
+        for seq in chunk {
+            seqs.push_bind(*seq);
         }
         q.push(")");
         q.build().execute(&mut **tx).await?;
