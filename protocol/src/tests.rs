@@ -235,5 +235,39 @@ proptest! {
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = postcard::from_bytes::<ClientMessage>(&bytes);
         let _ = postcard::from_bytes::<ServerMessage>(&bytes);
+        let _ = postcard::from_bytes::<BorrowClaims>(&bytes);
+        let _ = decode_token(&String::from_utf8_lossy(&bytes));
     }
+
+    /// Borrow tokens built from arbitrary claims bytes are refused or read, never a panic.
+    #[test]
+    fn decoding_arbitrary_tokens_never_panics(claims in proptest::collection::vec(any::<u8>(), 0..256), sig in proptest::collection::vec(any::<u8>(), 0..80)) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = format!("{TOKEN_PREFIX}.{}.{}", b64.encode(&claims), b64.encode(&sig));
+        let _ = decode_token(&token);
+    }
+}
+
+#[test]
+fn borrow_tokens_round_trip() {
+    let claims = BorrowClaims {
+        server_id: "s".into(),
+        key_id: key_id(&[9; 32]),
+        lease: LeaseId([1; 16]),
+        feature: "vray".into(),
+        seats: 1,
+        user: "a@b".into(),
+        machine_id: "m".into(),
+        issued_at: 1,
+        expires_at: 2,
+    };
+    let token = claims.encode(&[7; 64]);
+    assert!(token.starts_with("tally1."));
+    let decoded = decode_token(&token).unwrap();
+    assert_eq!(decoded.claims, claims);
+    assert_eq!(decoded.signature, vec![7; 64]);
+    assert_eq!(decoded.signed, claims.to_bytes());
+    assert!(decode_token("tally2.AA.AA").is_err());
+    assert!(decode_token("tally1.AA").is_err());
 }

@@ -429,3 +429,57 @@ pub fn spawn_holder(client_toml: &Path, feature: &str) -> (Child, tally_protocol
     let id = granted["lease"]["id"].as_str().unwrap().parse().unwrap();
     (child, id)
 }
+
+impl RawConn {
+    /// Signs in to any server, as a client instance running on `host`.
+    pub async fn signed_in_to(
+        addr: SocketAddr,
+        ca_pem: &[u8],
+        token: &str,
+        host: &str,
+    ) -> anyhow::Result<RawConn> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
+            let cert: rustls_pki_types::CertificateDer = cert?;
+            roots.add(cert)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        let mut raw = RawConn {
+            conn: Connection::new(tls, tally_protocol::MAX_RESPONSE_FRAME),
+        };
+        let hello = ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client: ClientInfo {
+                agent: "fault-test".into(),
+                host: host.into(),
+                instance: ClientId(rand::random()),
+                machine_id: String::new(),
+                pid: 1,
+            },
+        });
+        raw.conn.send(&hello).await?;
+        anyhow::ensure!(matches!(
+            raw.conn.recv::<ServerMessage>().await?,
+            Some(ServerMessage::Welcome(_))
+        ));
+        raw.conn
+            .send(&ClientMessage::Authenticate(Authenticate {
+                token: token.into(),
+            }))
+            .await?;
+        anyhow::ensure!(matches!(
+            raw.conn.recv::<ServerMessage>().await?,
+            Some(ServerMessage::Authenticated(_))
+        ));
+        Ok(raw)
+    }
+}

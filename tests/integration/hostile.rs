@@ -282,3 +282,78 @@ async fn a_burst_of_bad_tokens_is_rate_limited_while_others_are_served() {
         .is_ok());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn half_sent_frames_on_many_connections_keep_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_with(
+        dir.path(),
+        "30s",
+        "1s",
+        "[limits]\nmax_connections = 200\n",
+        std::process::Stdio::null(),
+    );
+    let rss = || {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rss();
+    let ca = std::fs::read(daemon.data_dir.join("tls/ca.pem")).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], daemon.port).into();
+    // 400 connections (twice the limit), each announcing a frame just under 64 KiB and
+    // sending 10 bytes of it.
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let Ok(Ok(tcp)) =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+        else {
+            continue;
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca[..]) {
+            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
+            roots.add(cert).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        if let Ok(Ok(mut tls)) =
+            tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await
+        {
+            let _ = tls
+                .write_all(&[0, 0, 0xff, 0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+                .await;
+            let _ = tls.flush().await;
+            held.push(tls);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown = rss().saturating_sub(before);
+    // At most max_connections buffers of one frame each, and the TLS state around them.
+    assert!(
+        grown < 200 * 64 * 2 + 16 * 1024,
+        "server RSS grew by {grown} KiB"
+    );
+    drop(held);
+    // Everyone else is still served.
+    let owner = tally_client::Client::connect(daemon.client_config())
+        .await
+        .unwrap();
+    assert!(owner.call(Request::ServerInfo).await.is_ok());
+}

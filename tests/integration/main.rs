@@ -5,6 +5,7 @@ mod harness;
 
 mod borrow;
 mod cli;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod pool;
