@@ -35,7 +35,18 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<LeaseInfo, ErrorBody> {
         self.advance(now, batch);
-        let checked = self.check_borrow(now, actor, request);
+        let checked = self.check_borrow(now, actor, request).and_then(|source| {
+            let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
+            if ends > source.until {
+                return Err(ErrorBody::invalid(format!(
+                    "{} can be borrowed until {} at the latest ({}); ask for a shorter time",
+                    request.feature,
+                    rfc3339(source.until),
+                    source.limit
+                )));
+            }
+            Ok(source)
+        });
         let source = match checked {
             Ok(source) => source,
             Err(err) => {
@@ -51,23 +62,6 @@ impl Pool {
             }
         };
         let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
-        if ends > source.until {
-            let err = ErrorBody::invalid(format!(
-                "{} can be borrowed until {} at the latest ({}); ask for a shorter time",
-                request.feature,
-                rfc3339(source.until),
-                source.limit
-            ));
-            batch.audit(
-                now,
-                actor,
-                "borrow",
-                &request.feature,
-                Some(&request.feature),
-                Err(&err),
-            );
-            return Err(err);
-        }
         let lease = Lease {
             id: new_id,
             feature: request.feature.clone(),

@@ -1135,18 +1135,34 @@ impl Pool {
     /// capacity.
     fn enforce_capacity(&mut self, feature: &str, now: i64, reason: EndReason, batch: &mut Batch) {
         let capacity = self.floating_capacity(feature, now);
-        let mut excess = self.usage(feature).total().saturating_sub(capacity);
+        let excess = self.usage(feature).total().saturating_sub(capacity);
+        self.end_newest(
+            excess,
+            |l| l.feature == feature && l.source == LeaseSource::Floating,
+            reason,
+            now,
+            "system",
+            batch,
+        );
+    }
+
+    /// Ends the newest online leases that `draws` selects until `excess` seats are free.
+    fn end_newest(
+        &mut self,
+        mut excess: u32,
+        draws: impl Fn(&Lease) -> bool,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
         if excess == 0 {
             return;
         }
         let mut online: Vec<(i64, LeaseId)> = self
             .leases
             .values()
-            .filter(|l| {
-                l.feature == feature
-                    && l.kind == LeaseKind::Online
-                    && l.source == LeaseSource::Floating
-            })
+            .filter(|l| l.kind == LeaseKind::Online && draws(l))
             .map(|l| (l.granted_at, l.id))
             .collect();
         online.sort_unstable_by(|a, b| b.cmp(a));
@@ -1155,7 +1171,7 @@ impl Pool {
                 break;
             }
             let seats = self.leases[&id].seats;
-            self.end_lease(id, reason, now, "system", batch);
+            self.end_lease(id, reason, now, actor, batch);
             excess = excess.saturating_sub(seats);
         }
     }
@@ -1194,25 +1210,9 @@ impl Pool {
         actor: &str,
         batch: &mut Batch,
     ) {
-        let mut excess = self.assignment_usage(id).total().saturating_sub(seats);
-        if excess == 0 {
-            return;
-        }
-        let mut online: Vec<(i64, LeaseId)> = self
-            .leases
-            .values()
-            .filter(|l| l.source == LeaseSource::Assignment(id) && l.kind == LeaseKind::Online)
-            .map(|l| (l.granted_at, l.id))
-            .collect();
-        online.sort_unstable_by(|a, b| b.cmp(a));
-        for (_, lease) in online {
-            if excess == 0 {
-                break;
-            }
-            let seats = self.leases[&lease].seats;
-            self.end_lease(lease, reason, now, actor, batch);
-            excess = excess.saturating_sub(seats);
-        }
+        let excess = self.assignment_usage(id).total().saturating_sub(seats);
+        let source = LeaseSource::Assignment(id);
+        self.end_newest(excess, |l| l.source == source, reason, now, actor, batch);
     }
 
     /// Removes an assignment, ending the online leases drawn from it.
