@@ -271,3 +271,112 @@ fn borrow_tokens_round_trip() {
     assert!(decode_token("tally2.AA.AA").is_err());
     assert!(decode_token("tally1.AA").is_err());
 }
+
+/// The first byte of every request and response is its variant's index: appended variants
+/// keep the next number, and nothing may move.
+#[test]
+fn every_variant_keeps_its_index() {
+    let user = || UserRef {
+        username: "u".into(),
+    };
+    let requests: Vec<(Request, u8)> = vec![
+        (Request::Heartbeat, 0),
+        (Request::ServerInfo, 10),
+        (Request::Whoami, 11),
+        (
+            Request::UserAdd(UserAdd {
+                username: "u".into(),
+                name: String::new(),
+                role: Role::Member,
+            }),
+            12,
+        ),
+        (Request::UserList, 13),
+        (Request::UserToken(user()), 14),
+        (Request::UserDeactivate(user()), 15),
+        (Request::UserActivate(user()), 16),
+        (Request::UserRemove(user()), 17),
+        (
+            Request::Assign(Assign {
+                username: "u".into(),
+                feature: "f".into(),
+                seats: 1,
+                entitlement: None,
+                from: None,
+                expires_at: None,
+            }),
+            18,
+        ),
+        (
+            Request::Revoke(Revoke {
+                username: "u".into(),
+                feature: "f".into(),
+                seats: None,
+            }),
+            19,
+        ),
+        (
+            Request::Audit(AuditQuery {
+                since: None,
+                user: None,
+                feature: None,
+                limit: None,
+            }),
+            20,
+        ),
+        (
+            Request::Borrow(Borrow {
+                feature: "f".into(),
+                seats: 1,
+                duration_secs: 1,
+                machine_id: "m".into(),
+            }),
+            21,
+        ),
+        (
+            Request::Return(Return {
+                lease: LeaseId([0; 16]),
+            }),
+            22,
+        ),
+    ];
+    for (request, index) in requests {
+        assert_eq!(
+            postcard::to_allocvec(&request).unwrap()[0],
+            index,
+            "{}",
+            request.name()
+        );
+    }
+    let responses: Vec<(Response, u8)> = vec![
+        (Response::Revoked(1), 17),
+        (Response::AuditEvents(vec![]), 18),
+        (Response::Returned(LeaseId([0; 16])), 20),
+        (Response::Token("t".into()), 14),
+        (Response::Users(vec![]), 13),
+    ];
+    for (response, index) in responses {
+        assert_eq!(
+            postcard::to_allocvec(&response).unwrap()[0],
+            index,
+            "{response:?}"
+        );
+    }
+    let roles: Vec<u8> = [Role::Owner, Role::Admin, Role::Member, Role::Guest]
+        .iter()
+        .map(|r| postcard::to_allocvec(r).unwrap()[0])
+        .collect();
+    assert_eq!(roles, [0, 1, 2, 3]);
+    let reasons: Vec<u8> = [
+        EndReason::CheckedIn,
+        EndReason::Expired,
+        EndReason::Revoked,
+        EndReason::Released,
+        EndReason::Deactivated,
+        EndReason::Unknown,
+    ]
+    .iter()
+    .map(|r| postcard::to_allocvec(r).unwrap()[0])
+    .collect();
+    assert_eq!(reasons, [0, 1, 2, 3, 4, 5]);
+}
