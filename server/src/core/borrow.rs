@@ -108,8 +108,12 @@ impl Pool {
                 request.seats
             )));
         }
-        if request.duration_secs == 0 {
-            return Err(ErrorBody::invalid("a borrow must last at least one second"));
+        if request.duration_secs == 0 || request.duration_secs > super::MAX_DURATION_SECS {
+            return Err(ErrorBody::invalid(format!(
+                "a borrow lasts from one second to {} days, not {} seconds",
+                super::MAX_DURATION_SECS / 86_400,
+                request.duration_secs
+            )));
         }
         if request.machine_id.trim().is_empty() || request.machine_id.len() > 128 {
             return Err(ErrorBody::invalid(

@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_BORROW_SECS: u64 = 168 * 3600;
 /// The most seats one entitlement or one checkout may name.
 pub const MAX_SEATS: u32 = 1_000_000;
 
+/// The longest duration a request may name (ten years), so that no arithmetic on it can
+/// overflow.
+pub const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
+
 /// How long the reason a lease ended is kept for its holder to collect.
 const ENDED_KEPT_MS: i64 = 3600 * 1000;
 
@@ -813,8 +817,10 @@ impl Pool {
             }
         }
         let max_borrow_secs = new.max_borrow_secs.unwrap_or(DEFAULT_MAX_BORROW_SECS);
-        if max_borrow_secs == 0 {
-            return Err(ErrorBody::invalid("max borrow must be at least one second"));
+        if max_borrow_secs == 0 || max_borrow_secs > MAX_DURATION_SECS {
+            return Err(ErrorBody::invalid(
+                "max borrow must be between one second and ten years",
+            ));
         }
         if new.reference.len() > 256 {
             return Err(ErrorBody::invalid(

@@ -922,3 +922,31 @@ fn an_expiring_assignment_ends_with_its_leases() {
         .any(|n| n.kind == "assignment_revoked"));
     pool.check_invariants(1_000).unwrap();
 }
+
+#[test]
+fn absurd_durations_are_refused_not_wrapped() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut new = entitlement("vray", 2);
+    new.borrowable = true;
+    new.max_borrow_secs = Some(u64::MAX);
+    assert_eq!(
+        pool.add_entitlement(0, &admin(), &new, &mut batch)
+            .unwrap_err()
+            .code,
+        ErrorCode::Invalid
+    );
+    new.max_borrow_secs = None;
+    pool.add_entitlement(0, &admin(), &new, &mut batch).unwrap();
+    let ana = pool.authorize(USERS[0]).unwrap();
+    let request = tally_protocol::Borrow {
+        feature: "vray".into(),
+        seats: 1,
+        duration_secs: u64::MAX,
+        machine_id: "m".into(),
+    };
+    let err = pool
+        .borrow(1, &ana, &holder(0), &request, LeaseId([1; 16]), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert_eq!(pool.lease_count(), 0);
+}
