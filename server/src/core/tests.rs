@@ -950,3 +950,53 @@ fn absurd_durations_are_refused_not_wrapped() {
     assert_eq!(err.code, ErrorCode::Invalid);
     assert_eq!(pool.lease_count(), 0);
 }
+
+#[test]
+fn an_expiring_entitlement_ends_its_assignments_and_their_leases() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut short = entitlement("vray", 3);
+    short.expires_at = Some(5_000);
+    pool.add_entitlement(0, &admin(), &short, &mut batch)
+        .unwrap();
+    pool.assign(
+        0,
+        &admin(),
+        &assign_request(USERS[0], "vray", 2, None),
+        &mut batch,
+    )
+    .unwrap();
+    let ana = pool.authorize(USERS[0]).unwrap();
+    let lease = pool
+        .checkout(
+            1,
+            &ana,
+            &holder(0),
+            &checkout("vray", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    assert!(matches!(
+        lease.source,
+        tally_protocol::LeaseSource::Assignment(_)
+    ));
+    let mut batch = Batch::default();
+    pool.sweep(5_000, &mut batch);
+    assert_eq!(pool.lease_count(), 0, "its leases end");
+    assert!(
+        pool.snapshot().assignments.is_empty(),
+        "its assignments end"
+    );
+    assert_eq!(batch.assignments_removed.len(), 1);
+    assert!(batch
+        .audit
+        .iter()
+        .any(|e| e.action == "reclaim" && e.reason.starts_with("expired")));
+    assert!(batch
+        .notifications
+        .iter()
+        .any(|n| n.kind == "assignment_revoked" && n.subject == USERS[0]));
+    let ack = pool.heartbeat(5_001, &ana, &holder(0), &mut batch);
+    assert_eq!(ack.ended[0].reason, EndReason::Expired);
+    pool.check_invariants(5_001).unwrap();
+}
