@@ -31,13 +31,6 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-impl FrameError {
-    /// True when the peer sent something we cannot read (as opposed to the link failing).
-    pub fn is_peer_fault(&self) -> bool {
-        matches!(self, FrameError::Oversize { .. } | FrameError::Decode(_))
-    }
-}
-
 /// The largest frame a server sends (a long lease list or audit query): 16 MiB. Clients
 /// accept frames up to this size from a server they trust, while a server accepts only
 /// `max_frame` (64 KiB by default) from clients.
@@ -149,11 +142,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn close(&mut self) -> Result<(), FrameError> {
         SinkExt::<Bytes>::close(&mut self.framed).await?;
         Ok(())
-    }
-
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &S {
-        self.framed.get_ref()
     }
 
     /// The underlying stream, to write past the framing (tests of broken peers).

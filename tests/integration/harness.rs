@@ -320,23 +320,32 @@ pub struct RawConn {
     pub conn: Connection<TlsStream<TcpStream>>,
 }
 
+/// A TLS connector trusting one CA (PEM), for raw connections to a test server.
+pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
+        let cert: rustls_pki_types::CertificateDer = cert.expect("the CA is PEM");
+        roots.add(cert).expect("the CA is usable");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The name test servers' certificates carry.
+pub fn server_name() -> rustls_pki_types::ServerName<'static> {
+    rustls_pki_types::ServerName::try_from("localhost").expect("a valid name")
+}
+
 impl RawConn {
     pub async fn tls(addr: SocketAddr, ca_pem: &[u8]) -> TlsStream<TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
-            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
-            roots.add(cert).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
+        tls_connector(ca_pem)
+            .connect(server_name(), tcp)
             .await
             .unwrap()
     }
@@ -438,21 +447,8 @@ impl RawConn {
         token: &str,
         host: &str,
     ) -> anyhow::Result<RawConn> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
-            let cert: rustls_pki_types::CertificateDer = cert?;
-            roots.add(cert)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let tcp = TcpStream::connect(addr).await?;
-        let name = rustls_pki_types::ServerName::try_from("localhost")?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await?;
+        let tls = tls_connector(ca_pem).connect(server_name(), tcp).await?;
         let mut raw = RawConn {
             conn: Connection::new(tls, tally_protocol::MAX_RESPONSE_FRAME),
         };

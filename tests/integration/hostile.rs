@@ -319,20 +319,8 @@ async fn half_sent_frames_on_many_connections_keep_memory_bounded() {
         else {
             continue;
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca[..]) {
-            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
-            roots.add(cert).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let connector = tls_connector(&ca);
+        let name = server_name();
         if let Ok(Ok(mut tls)) =
             tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await
         {

@@ -45,27 +45,11 @@ impl Pool {
         let entitlement = match donor {
             Donor::Floating(entitlement) => entitlement,
             Donor::Assignment(id) => {
-                let mut donor = self.assignments[&id].clone();
-                donor.seats -= request.seats;
+                let donor = self.take_seats(id, request.seats, now, &actor.username, batch);
                 let detail = format!(
                     "{} seat(s) of {} moved to {user}",
                     request.seats, donor.feature
                 );
-                self.shrink_assignment_leases(
-                    id,
-                    donor.seats,
-                    EndReason::Revoked,
-                    now,
-                    &actor.username,
-                    batch,
-                );
-                if donor.seats == 0 {
-                    self.assignments.remove(&id);
-                    batch.remove_assignment(id);
-                } else {
-                    self.assignments.insert(id, donor.clone());
-                    batch.upsert_assignment(donor.clone());
-                }
                 batch.audit(
                     now,
                     actor,
@@ -337,24 +321,8 @@ impl Pool {
         };
         let mut revoked = 0;
         for (id, take) in plan {
-            let mut assignment = self.assignments[&id].clone();
-            assignment.seats -= take;
+            self.take_seats(id, take, now, &actor.username, batch);
             revoked += take;
-            self.shrink_assignment_leases(
-                id,
-                assignment.seats,
-                EndReason::Revoked,
-                now,
-                &actor.username,
-                batch,
-            );
-            if assignment.seats == 0 {
-                self.assignments.remove(&id);
-                batch.remove_assignment(id);
-            } else {
-                self.assignments.insert(id, assignment.clone());
-                batch.upsert_assignment(assignment);
-            }
         }
         self.next_boundary = self.compute_next_boundary(now);
         let detail = format!("{revoked} seat(s) of {}", request.feature);
@@ -429,6 +397,30 @@ impl Pool {
             left -= take;
         }
         Ok(plan)
+    }
+
+    /// Takes `seats` seats away from an assignment (removing it when none are left), ending
+    /// the newest online leases that no longer fit; returns what the assignment was.
+    fn take_seats(
+        &mut self,
+        id: u64,
+        seats: u32,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) -> Assignment {
+        let before = self.assignments[&id].clone();
+        let left = before.seats - seats;
+        self.shrink_assignment_leases(id, left, EndReason::Revoked, now, actor, batch);
+        if left == 0 {
+            self.assignments.remove(&id);
+            batch.remove_assignment(id);
+        } else {
+            let assignment = self.assignments.get_mut(&id).expect("assignment exists");
+            assignment.seats = left;
+            batch.upsert_assignment(assignment.clone());
+        }
+        before
     }
 
     fn is_trial(&self, entitlement: u64) -> bool {

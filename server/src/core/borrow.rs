@@ -12,7 +12,7 @@ use tally_protocol::{
     LeaseSource, RequestId, Role,
 };
 
-use super::{rfc3339, Actor, Batch, EndReason, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
+use super::{rfc3339, Actor, Batch, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
 
 /// Where a borrow draws from, and the longest it may last.
 struct Source {
@@ -248,20 +248,7 @@ impl Pool {
         lease: LeaseId,
         batch: &mut Batch,
     ) -> Result<LeaseId, ErrorBody> {
-        self.advance(now, batch);
-        match self.leases.get(&lease) {
-            Some(l) if l.user == actor.username && l.kind == LeaseKind::Borrowed => {
-                self.end_lease(lease, EndReason::CheckedIn, now, &actor.username, batch);
-                Ok(lease)
-            }
-            _ => {
-                let err = ErrorBody::not_found(format!(
-                    "you have no borrowed lease {lease}; it may have ended already"
-                ));
-                batch.audit(now, actor, "return", &lease.to_string(), None, Err(&err));
-                Err(err)
-            }
-        }
+        self.give_back(now, actor, lease, Some(LeaseKind::Borrowed), batch)
     }
 
     /// Floating borrowed seats charged to an entitlement.

@@ -692,15 +692,35 @@ impl Pool {
         lease: LeaseId,
         batch: &mut Batch,
     ) -> Result<LeaseId, ErrorBody> {
+        self.give_back(now, actor, lease, None, batch)
+    }
+
+    /// Ends one of the actor's own leases (of `kind`, when given) as checked in, or refuses
+    /// with `not_found`; check-in and the return of a borrow both come here.
+    pub(super) fn give_back(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        kind: Option<LeaseKind>,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
         self.advance(now, batch);
         match self.leases.get(&lease) {
-            Some(l) if l.user == actor.username => {
+            Some(l) if l.user == actor.username && kind.is_none_or(|k| l.kind == k) => {
                 self.end_lease(lease, EndReason::CheckedIn, now, &actor.username, batch);
                 Ok(lease)
             }
             _ => {
-                let err = ErrorBody::not_found(format!("you hold no lease {lease}"));
-                batch.audit(now, actor, "checkin", &lease.to_string(), None, Err(&err));
+                let (action, message) = match kind {
+                    Some(LeaseKind::Borrowed) => (
+                        "return",
+                        format!("you have no borrowed lease {lease}; it may have ended already"),
+                    ),
+                    _ => ("checkin", format!("you hold no lease {lease}")),
+                };
+                let err = ErrorBody::not_found(message);
+                batch.audit(now, actor, action, &lease.to_string(), None, Err(&err));
                 Err(err)
             }
         }
