@@ -1000,3 +1000,97 @@ fn an_expiring_entitlement_ends_its_assignments_and_their_leases() {
     assert_eq!(ack.ended[0].reason, EndReason::Expired);
     pool.check_invariants(5_001).unwrap();
 }
+
+#[test]
+fn assign_draws_by_default_from_the_active_entitlement_expiring_last_with_room() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut soon = entitlement("vray", 5);
+    soon.expires_at = Some(10_000);
+    let soon = pool
+        .add_entitlement(0, &admin(), &soon, &mut batch)
+        .unwrap()
+        .id;
+    let mut later = entitlement("vray", 1);
+    later.expires_at = Some(20_000);
+    let later = pool
+        .add_entitlement(0, &admin(), &later, &mut batch)
+        .unwrap()
+        .id;
+    let never = pool
+        .add_entitlement(0, &admin(), &entitlement("vray", 1), &mut batch)
+        .unwrap()
+        .id;
+    let first = pool
+        .assign(
+            1,
+            &admin(),
+            &assign_request(USERS[0], "vray", 1, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(first.entitlement, never, "no end is the latest end");
+    let second = pool
+        .assign(
+            1,
+            &admin(),
+            &assign_request(USERS[1], "vray", 1, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(second.entitlement, later, "the never-ending one is full");
+    let third = pool
+        .assign(
+            1,
+            &admin(),
+            &assign_request(USERS[2], "vray", 2, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(third.entitlement, soon, "only it has two seats of room");
+}
+
+#[test]
+fn a_borrowed_seat_counts_as_used_until_it_ends_and_then_frees_itself() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut lendable = entitlement("vray", 1);
+    lendable.borrowable = true;
+    pool.add_entitlement(0, &admin(), &lendable, &mut batch)
+        .unwrap();
+    let ana = pool.authorize(USERS[0]).unwrap();
+    let request = tally_protocol::Borrow {
+        feature: "vray".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    };
+    pool.borrow(0, &ana, &holder(0), &request, LeaseId([1; 16]), &mut batch)
+        .unwrap();
+    let ben = pool.authorize(USERS[1]).unwrap();
+    // No heartbeat ever comes, and the seat stays used for the whole minute.
+    let err = pool
+        .checkout(
+            59_999,
+            &ben,
+            &holder(1),
+            &checkout("vray", 1, 1),
+            LeaseId([2; 16]),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoSeat);
+    let status = pool.status(59_999, Some("vray"), &mut batch).unwrap();
+    assert_eq!((status[0].borrowed, status[0].available), (1, 0));
+    pool.sweep(60_000, &mut batch);
+    let status = pool.status(60_000, Some("vray"), &mut batch).unwrap();
+    assert_eq!((status[0].borrowed, status[0].available), (0, 1));
+    assert!(pool
+        .checkout(
+            60_000,
+            &ben,
+            &holder(1),
+            &checkout("vray", 1, 2),
+            LeaseId([3; 16]),
+            &mut batch
+        )
+        .is_ok());
+}
