@@ -168,6 +168,12 @@ pub enum Request {
     Borrow(Borrow),
     /// Give a borrowed lease back before it ends.
     Return(Return),
+    /// Mints a token with a label (SPEC R22); answered with [`Response::TokenIssued`].
+    TokenMint(TokenMint),
+    /// Lists a user's tokens, never the tokens themselves.
+    TokenList(UserRef),
+    /// Revokes one token by id; its open connections end at once.
+    TokenRevoke(TokenRevoke),
 }
 
 impl Request {
@@ -197,6 +203,9 @@ impl Request {
             Request::Audit(_) => "audit",
             Request::Borrow(_) => "borrow",
             Request::Return(_) => "return",
+            Request::TokenMint(_) => "token_mint",
+            Request::TokenList(_) => "token_list",
+            Request::TokenRevoke(_) => "token_revoke",
         }
     }
 
@@ -210,6 +219,7 @@ impl Request {
                 | Request::Release(_)
                 | Request::UserAdd(_)
                 | Request::UserToken(_)
+                | Request::TokenMint(_)
                 | Request::UserRemove(_)
                 | Request::Assign(_)
                 | Request::Revoke(_)
@@ -248,6 +258,9 @@ pub enum Response {
     AuditEvents(Vec<AuditEvent>),
     Borrowed(Borrowed),
     Returned(LeaseId),
+    TokenIssued(IssuedToken),
+    Tokens(Vec<TokenInfo>),
+    TokenRevoked(String),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -615,4 +628,40 @@ pub struct Borrowed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Return {
     pub lease: LeaseId,
+}
+
+/// A new token for a user, with a label to tell it from their others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenMint {
+    pub username: String,
+    pub label: String,
+}
+
+/// A token just minted: shown once, stored only as a hash.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    /// The token's id, for `user tokens` and `user token revoke`.
+    pub id: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IssuedToken {{ id: {}, token: *** }}", self.id)
+    }
+}
+
+/// What is known of a token, never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub label: String,
+    pub created_at: UnixMillis,
+    /// The last sign-in with it, to the minute.
+    pub last_used: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRevoke {
+    pub id: String,
 }

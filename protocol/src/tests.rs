@@ -339,6 +339,15 @@ fn every_variant_keeps_its_index() {
             }),
             22,
         ),
+        (
+            Request::TokenMint(TokenMint {
+                username: "u".into(),
+                label: "l".into(),
+            }),
+            23,
+        ),
+        (Request::TokenList(user()), 24),
+        (Request::TokenRevoke(TokenRevoke { id: "i".into() }), 25),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -354,6 +363,15 @@ fn every_variant_keeps_its_index() {
         (Response::Returned(LeaseId([0; 16])), 20),
         (Response::Token("t".into()), 14),
         (Response::Users(vec![]), 13),
+        (
+            Response::TokenIssued(IssuedToken {
+                id: "i".into(),
+                token: "t".into(),
+            }),
+            21,
+        ),
+        (Response::Tokens(vec![]), 22),
+        (Response::TokenRevoked("i".into()), 23),
     ];
     for (response, index) in responses {
         assert_eq!(

@@ -33,8 +33,13 @@ enum Command {
     /// Validate the configuration file and exit.
     CheckConfig,
     /// Mint a new owner token (needs access to the data directory) and write it to
-    /// DATA_DIR/owner.token. Earlier owner tokens stay valid.
-    OwnerToken,
+    /// DATA_DIR/owner.token. Earlier owner tokens stay valid unless --revoke-others.
+    OwnerToken {
+        /// Revoke every other owner token (a leaked one). A running tallyd refuses them
+        /// at their next sign-in; restart it to end connections already signed in.
+        #[arg(long)]
+        revoke_others: bool,
+    },
 }
 
 /// Runs `tallyd` with the process's arguments.
@@ -52,8 +57,8 @@ pub fn main() -> ExitCode {
             println!("{}: configuration is valid", args.config.display());
             ExitCode::SUCCESS
         }
-        Some(Command::OwnerToken) => {
-            report(runtime().and_then(|rt| rt.block_on(owner_token(&config))))
+        Some(Command::OwnerToken { revoke_others }) => {
+            report(runtime().and_then(|rt| rt.block_on(owner_token(&config, revoke_others))))
         }
         None => {
             init_logging(&config.log.format);
@@ -156,14 +161,18 @@ fn reload_config(reload: &watch::Sender<Config>, path: &Path) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
-async fn owner_token(config: &Config) -> Result<()> {
+async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
     let dir = init::prepare_data_dir(config)?;
     let store = store::open(config.database.as_ref().map(|s| s.0.as_str()), &dir.root)
         .await
         .context("cannot open the store")?;
     let token = init::new_token();
-    let owner = store
-        .add_owner_token(&init::token_hash(&token), crate::engine::now_millis())
+    let (owner, revoked) = store
+        .add_owner_token(
+            &init::token_hash(&token),
+            crate::engine::now_millis(),
+            revoke_others,
+        )
         .await?;
     init::write_private(&dir.owner_token(), format!("{token}\n").as_bytes())?;
     store.close().await;
@@ -172,5 +181,10 @@ async fn owner_token(config: &Config) -> Result<()> {
         "new token for {owner}, also written to {}",
         dir.owner_token().display()
     );
+    if revoke_others {
+        eprintln!(
+            "revoked {revoked} other owner token(s); a running tallyd refuses them from their next sign-in: restart it (systemctl restart tallyd) to end connections they already opened"
+        );
+    }
     Ok(())
 }

@@ -11,19 +11,19 @@ use std::sync::Arc;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tally_protocol::{
-    Authenticated, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello, Outcome,
-    Request, Response, ServerInfo, ServerMessage, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    Authenticated, ClientId, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello,
+    Outcome, Request, Response, ServerInfo, ServerMessage, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::core::{Actor, Holder};
-use crate::engine::Job;
+use crate::core::{Holder, SignOut, SignedIn};
+use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::init::token_hash;
 use crate::server::Shared;
 
@@ -166,46 +166,32 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return Err(refuse(&mut conn, err).await);
     }
-    let principal = match shared.store.authenticate(&token_hash(&token)).await {
-        Ok(Some(principal)) if principal.active => principal,
-        Ok(Some(principal)) => {
-            shared.auth_limiter.failed(ip, std::time::Instant::now());
-            tracing::info!(user = %principal.username, "refused: account deactivated");
-            let err = ErrorBody::new(
-                ErrorCode::Unauthenticated,
-                format!(
-                    "the account {} is deactivated; ask an admin to activate it",
-                    principal.username
-                ),
-            );
-            return Err(refuse(&mut conn, err).await);
-        }
-        Ok(None) => {
-            shared.auth_limiter.failed(ip, std::time::Instant::now());
-            tracing::info!(agent = %hello.client.agent, host = %hello.client.host, "refused: unknown token");
-            let err = ErrorBody::new(
-                ErrorCode::Unauthenticated,
-                "the token is not recognised; check token_file or --token",
-            );
-            return Err(refuse(&mut conn, err).await);
-        }
+    // Subscribed before signing in, so that a revocation committed meanwhile is seen.
+    let mut sign_outs = shared.sign_outs.subscribe();
+    let peer = format!(
+        "{} ({}, pid {})",
+        truncate(&hello.client.host, 255),
+        truncate(&hello.client.agent, 64),
+        hello.client.pid
+    );
+    let session = match sign_in(shared, token_hash(&token), ip, peer).await {
+        Ok(session) => session,
         Err(err) => {
-            tracing::error!(error = %err, "token look-up failed");
-            return Err(refuse(&mut conn, ErrorBody::internal()).await);
+            if err.code == ErrorCode::Unauthenticated {
+                shared.auth_limiter.failed(ip, std::time::Instant::now());
+            }
+            tracing::info!(agent = %hello.client.agent, host = %hello.client.host, reason = %err.message, "sign-in refused");
+            return Err(refuse(&mut conn, err).await);
         }
     };
-    tracing::Span::current().record("user", principal.username.as_str());
-    let actor = Actor {
-        username: principal.username.clone(),
-        role: principal.role,
-    };
+    tracing::Span::current().record("user", session.username.as_str());
     let holder = Holder {
-        client: hello.client.instance,
+        client: session_client(session.user_id, hello.client.instance),
         host: truncate(&hello.client.host, 255),
     };
     conn.send(&ServerMessage::Authenticated(Authenticated {
-        username: principal.username,
-        role: principal.role,
+        username: session.username.clone(),
+        role: session.role,
     }))
     .await
     .map_err(|e| e.to_string())?;
@@ -235,10 +221,23 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = shutdown.cancelled(), if !closing => closing = true,
+            ended = sign_outs.recv() => match ended {
+                Ok(SignOut::Token(id)) if id == session.token => {
+                    let err = ErrorBody::new(ErrorCode::Unauthenticated, "the token of this connection was revoked");
+                    return Err(refuse(&mut conn, err).await);
+                }
+                Ok(SignOut::User(id)) if id == session.user_id => {
+                    let err = ErrorBody::new(ErrorCode::Unauthenticated, format!("the account {} was deactivated or removed", session.username));
+                    return Err(refuse(&mut conn, err).await);
+                }
+                // Missed notices: every request is still checked against the pool.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => closing = true,
+            },
             message = conn.recv_timeout::<ClientMessage>(idle), if !closing && pending.len() < MAX_IN_FLIGHT => {
                 match message {
                     Ok(Some(ClientMessage::Request { id, body })) => {
-                        pending.push_back(dispatch(shared, &actor, &holder, id, body));
+                        pending.push_back(dispatch(shared, &session, &holder, id, body));
                     }
                     Ok(Some(_)) => {
                         let err = ErrorBody::invalid("Hello and Authenticate are sent once, at the start");
@@ -262,7 +261,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 /// Starts one request: answered here (`ServerInfo`) or by the engine.
 fn dispatch(
     shared: &Shared,
-    actor: &Actor,
+    session: &SignedIn,
     holder: &Holder,
     id: u32,
     request: Request,
@@ -283,12 +282,12 @@ fn dispatch(
     }
     let name = request.name();
     let (reply, answer) = oneshot::channel();
-    let job = Job {
-        actor: actor.clone(),
+    let job = Job::Request(RequestJob {
+        session: session.clone(),
         holder: holder.clone(),
         request,
         reply,
-    };
+    });
     let engine = shared.engine.clone();
     Box::pin(async move {
         let started = std::time::Instant::now();
@@ -306,6 +305,54 @@ fn dispatch(
         );
         (id, outcome)
     })
+}
+
+/// Signs a token in through the engine, asking the store about a hash the pool does not
+/// know (a token `tallyd owner-token` added while this server ran).
+async fn sign_in(
+    shared: &Shared,
+    hash: [u8; 32],
+    ip: std::net::IpAddr,
+    peer: String,
+) -> Result<SignedIn, ErrorBody> {
+    let mut looked_up = None;
+    loop {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::SignIn(SignInJob {
+            hash,
+            address: ip.to_string(),
+            peer: peer.clone(),
+            looked_up: looked_up.clone(),
+            reply,
+        });
+        shared.engine.send(job).await.map_err(|_| shutting_down())?;
+        match answer.await.map_err(|_| shutting_down())? {
+            SignInOutcome::Ok(session) => return Ok(session),
+            SignInOutcome::Refused(err) => return Err(err),
+            SignInOutcome::Unknown if looked_up.is_none() => {
+                let found = shared.store.find_token(&hash).await.map_err(|err| {
+                    tracing::error!(error = %err, "token look-up failed");
+                    ErrorBody::internal()
+                })?;
+                looked_up = Some(found);
+            }
+            SignInOutcome::Unknown => return Err(ErrorBody::internal()),
+        }
+    }
+}
+
+/// The client instance as the pool knows it: bound to the account, so that another user
+/// presenting the same instance id never shares its session or its leases.
+fn session_client(user_id: u64, instance: ClientId) -> ClientId {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"tally session");
+    hasher.update(user_id.to_be_bytes());
+    hasher.update(instance.0);
+    let digest = hasher.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    ClientId(id)
 }
 
 fn shutting_down() -> ErrorBody {

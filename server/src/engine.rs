@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tally_protocol::{
-    key_id, AuditQuery, BorrowClaims, Borrowed, ErrorBody, LeaseId, LeaseInfo, Outcome, Request,
-    Response,
+    key_id, AuditQuery, BorrowClaims, Borrowed, ErrorBody, IssuedToken, LeaseId, LeaseInfo,
+    Outcome, Request, Response,
 };
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use crate::core::{require_admin, Actor, Batch, Holder, NewToken, Policy, Pool};
+use crate::core::{
+    require_admin, Actor, Batch, Holder, NewToken, Policy, Pool, SignOut, SignedIn, Token,
+};
+use crate::fold::RefusalFolder;
 use crate::init::{new_token, token_hash};
 use crate::store::Store;
 
@@ -29,15 +32,49 @@ const GATHER: Duration = Duration::from_micros(1000);
 /// The most audit events one query returns.
 pub const MAX_AUDIT_EVENTS: u32 = 10_000;
 
-/// A request for the engine, and where to send its outcome.
+/// Work for the engine.
 #[derive(Debug)]
-pub struct Job {
-    /// The user the connection signed in as; the pool checks they are still active and
-    /// what their role is now.
-    pub actor: Actor,
+pub enum Job {
+    /// A request of a signed-in connection.
+    Request(RequestJob),
+    /// A token presented at sign-in.
+    SignIn(SignInJob),
+}
+
+/// A request, and where to send its outcome.
+#[derive(Debug)]
+pub struct RequestJob {
+    /// Who the connection signed in as; the pool checks that the token and the account
+    /// still stand, and what the role is now.
+    pub session: SignedIn,
     pub holder: Holder,
     pub request: Request,
     pub reply: oneshot::Sender<Outcome>,
+}
+
+/// A sign-in, and where to send its outcome.
+#[derive(Debug)]
+pub struct SignInJob {
+    pub hash: [u8; 32],
+    /// The address the token comes from: the actor of a refusal in the audit log, so that
+    /// refusals from one address fold together.
+    pub address: String,
+    /// Who presents the token, for the audit log: host and program.
+    pub peer: String,
+    /// What the store said of a hash the pool did not know: `None` on the first attempt,
+    /// then `Some(what the store holds)`. A token the store holds is adopted.
+    pub looked_up: Option<Option<Token>>,
+    pub reply: oneshot::Sender<SignInOutcome>,
+}
+
+/// How a sign-in went.
+#[derive(Debug)]
+pub enum SignInOutcome {
+    Ok(SignedIn),
+    /// The pool does not know the hash: ask the store, then send the job again.
+    Unknown,
+    /// Refused, and audited.
+    Refused(ErrorBody),
 }
 
 /// An answer waiting for its batch to commit.
@@ -46,6 +83,7 @@ enum Reply {
     /// An authorised audit query, read from the store once the batch (and the refusals or
     /// changes it records) is committed.
     Audit(oneshot::Sender<Outcome>, AuditQuery),
+    SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
 }
 
 /// The current time in Unix milliseconds.
@@ -92,6 +130,10 @@ impl Signer {
 pub struct Engine {
     signer: Signer,
     pool: Pool,
+    /// Folds repeated identical refusals in the audit log (R11).
+    folder: RefusalFolder,
+    /// Told, after each commit, which connections must end.
+    sign_outs: broadcast::Sender<SignOut>,
     store: Arc<dyn Store>,
     ttl_ms: i64,
     policy: Policy,
@@ -109,10 +151,13 @@ impl Engine {
         policy: Policy,
         sweep: Duration,
         outbox: Arc<Notify>,
+        sign_outs: broadcast::Sender<SignOut>,
     ) -> Self {
         Self {
             signer,
             pool,
+            folder: RefusalFolder::default(),
+            sign_outs,
             store,
             ttl_ms: ttl.as_millis() as i64,
             policy,
@@ -123,6 +168,7 @@ impl Engine {
 
     /// Serves jobs until every sender is gone, then returns after the last commit.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        self.catch_up().await;
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // How many jobs the last commit answered.
@@ -136,7 +182,11 @@ impl Engine {
                     Some(job) => self.apply(job, &mut batch, &mut replies),
                     None => break,
                 },
-                _ = sweep.tick() => self.pool.sweep(now_millis(), &mut batch),
+                _ = sweep.tick() => {
+                    let now = now_millis();
+                    self.pool.sweep(now, &mut batch);
+                    self.folder.flush(now, &mut batch.audit);
+                }
             }
             // Gather the batch. Clients answered by the last commit come back within a
             // few hundred microseconds; waiting that long for them (when there is already
@@ -158,21 +208,41 @@ impl Engine {
             answered = replies.len();
             self.flush(batch, replies).await;
         }
+        // Refusals folded but not yet written.
+        let mut batch = Batch::default();
+        self.folder.flush(i64::MAX, &mut batch.audit);
+        self.flush(batch, Vec::new()).await;
         tracing::debug!("engine stopped");
     }
 
     fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<Reply>) {
         let now = now_millis();
-        let Job {
-            actor,
+        let job = match job {
+            Job::Request(job) => job,
+            Job::SignIn(job) => return self.sign_in(now, job, batch, replies),
+        };
+        let RequestJob {
+            session,
             holder,
             request,
             reply,
         } = job;
-        // The account as it is now, not as it was when the connection signed in.
-        let actor = match self.pool.authorize(&actor.username) {
+        // The token and the account as they are now, not as they were at sign-in.
+        let actor = match self.pool.authorize_session(session.user_id, &session.token) {
             Ok(actor) => actor,
             Err(err) => {
+                let actor = Actor {
+                    username: session.username,
+                    role: session.role,
+                };
+                batch.audit(
+                    now,
+                    &actor,
+                    request.name(),
+                    "refused request",
+                    None,
+                    Err(&err),
+                );
                 replies.push(Reply::Ready(reply, Outcome::Err(err)));
                 return;
             }
@@ -192,6 +262,41 @@ impl Engine {
             Err(err) => Outcome::Err(err),
         };
         replies.push(Reply::Ready(reply, outcome));
+    }
+
+    fn sign_in(&mut self, now: i64, job: SignInJob, batch: &mut Batch, replies: &mut Vec<Reply>) {
+        let SignInJob {
+            hash,
+            address,
+            peer,
+            looked_up,
+            reply,
+        } = job;
+        let last_try = looked_up.is_some();
+        if let Some(Some(token)) = looked_up {
+            self.pool.adopt_token(token);
+        }
+        let refused = |batch: &mut Batch, actor: &str, err: ErrorBody| {
+            let actor = Actor {
+                username: actor.to_string(),
+                role: tally_protocol::Role::Guest,
+            };
+            batch.audit(now, &actor, "sign_in", &peer, None, Err(&err));
+            SignInOutcome::Refused(err)
+        };
+        let outcome = match self.pool.sign_in(now, &hash, batch) {
+            Ok(signed_in) => SignInOutcome::Ok(signed_in),
+            Err(Some(err)) => refused(batch, &address, err),
+            Err(None) if !last_try => SignInOutcome::Unknown,
+            Err(None) => {
+                let err = ErrorBody::new(
+                    tally_protocol::ErrorCode::Unauthenticated,
+                    "the token is not recognised; check token_file or --token",
+                );
+                refused(batch, &address, err)
+            }
+        };
+        replies.push(Reply::SignIn(reply, outcome));
     }
 
     fn handle(
@@ -246,9 +351,24 @@ impl Engine {
                 .add_user(now, actor, &add, mint_token(), batch)
                 .map(|(user, token)| Response::UserAdded { user, token }),
             Request::UserList => pool.users(now, actor, batch).map(Response::Users),
-            Request::UserToken(user) => pool
-                .add_token(now, actor, &user.username, mint_token(), batch)
-                .map(Response::Token),
+            Request::UserToken(user) => {
+                let token = mint_token();
+                let text = token.token.clone();
+                pool.mint_token(now, actor, &user.username, "", token, batch)
+                    .map(|_| Response::Token(text))
+            }
+            Request::TokenMint(mint) => {
+                let token = mint_token();
+                let text = token.token.clone();
+                pool.mint_token(now, actor, &mint.username, &mint.label, token, batch)
+                    .map(|id| Response::TokenIssued(IssuedToken { id, token: text }))
+            }
+            Request::TokenList(user) => pool
+                .tokens_of(now, actor, &user.username, batch)
+                .map(Response::Tokens),
+            Request::TokenRevoke(revoke) => pool
+                .revoke_token(now, actor, &revoke.id, batch)
+                .map(Response::TokenRevoked),
             Request::UserDeactivate(user) => pool
                 .deactivate_user(now, actor, &user.username, batch)
                 .map(Response::User),
@@ -286,17 +406,30 @@ impl Engine {
     }
 
     /// Makes the batch durable, then answers its jobs.
-    async fn flush(&mut self, batch: Batch, replies: Vec<Reply>) {
+    async fn flush(&mut self, mut batch: Batch, replies: Vec<Reply>) {
+        let pool = &self.pool;
+        self.folder
+            .fold(now_millis(), &mut batch.audit, |actor| pool.is_admin(actor));
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             if let Err(err) = self.store.commit(&batch).await {
                 tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
                 for reply in replies {
-                    let (Reply::Ready(reply, _) | Reply::Audit(reply, _)) = reply;
-                    let _ = reply.send(Outcome::Err(ErrorBody::internal()));
+                    match reply {
+                        Reply::Ready(reply, _) | Reply::Audit(reply, _) => {
+                            let _ = reply.send(Outcome::Err(ErrorBody::internal()));
+                        }
+                        Reply::SignIn(reply, _) => {
+                            let _ = reply.send(SignInOutcome::Refused(ErrorBody::internal()));
+                        }
+                    }
                 }
                 self.reload().await;
                 return;
+            }
+            for sign_out in batch.sign_outs.drain(..) {
+                // No receiver means no connection is open: nothing to end.
+                let _ = self.sign_outs.send(sign_out);
             }
             tracing::trace!(
                 rows = batch.rows(),
@@ -312,6 +445,9 @@ impl Engine {
         for reply in replies {
             match reply {
                 Reply::Ready(reply, outcome) => {
+                    let _ = reply.send(outcome);
+                }
+                Reply::SignIn(reply, outcome) => {
                     let _ = reply.send(outcome);
                 }
                 Reply::Audit(reply, mut query) => {
@@ -332,7 +468,15 @@ impl Engine {
         }
     }
 
+    /// Rebuilds the pool from the store after a failed commit, then applies what passed
+    /// meanwhile.
     async fn reload(&mut self) {
+        self.load().await;
+        self.catch_up().await;
+    }
+
+    /// Replaces the pool with what the store holds, retrying until the store answers.
+    async fn load(&mut self) {
         loop {
             match self.store.load().await {
                 Ok(snapshot) => {
@@ -346,6 +490,32 @@ impl Engine {
                 Err(err) => {
                     tracing::error!(error = %err, "cannot reload the pool from the store; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Applies every start and end that passed while the pool was not serving (after a
+    /// start or a reload) and makes that durable, before any request is served (R10).
+    async fn catch_up(&mut self) {
+        loop {
+            let mut batch = Batch::default();
+            self.pool.advance(now_millis(), &mut batch);
+            if batch.is_empty() {
+                return;
+            }
+            match self.store.commit(&batch).await {
+                Ok(()) => {
+                    log_changes(&batch);
+                    if !batch.notifications.is_empty() {
+                        self.outbox.notify_one();
+                    }
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot record the ends that passed while not serving; reloading and retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.load().await;
                 }
             }
         }

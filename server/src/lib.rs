@@ -14,6 +14,7 @@ pub mod config;
 mod conn;
 pub mod core;
 mod engine;
+mod fold;
 pub mod init;
 mod limiter;
 pub mod notify;

@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use rustls::ServerConfig;
 use tally_protocol::{Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits};
-use crate::core::{Policy, Pool};
+use crate::core::{Policy, Pool, SignOut};
 use crate::engine::{now_millis, Engine, Signer};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::AuthLimiter;
@@ -38,6 +38,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Where requests go.
     pub engine: mpsc::Sender<crate::engine::Job>,
+    /// Connections to end: revoked tokens, deactivated and removed accounts.
+    pub sign_outs: broadcast::Sender<SignOut>,
     /// Token look-ups.
     pub store: Arc<dyn Store>,
     /// Sent to every client after its `Hello`.
@@ -109,6 +111,7 @@ pub async fn run(
     );
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+    let (sign_outs, _) = broadcast::channel(1024);
     let outbox = Arc::new(Notify::new());
     let public_key = init::public_key(&signing_key);
     let signer = Signer {
@@ -123,6 +126,7 @@ pub async fn run(
         policy,
         config.leases.sweep,
         outbox.clone(),
+        sign_outs.clone(),
     );
     let engine_task = tokio::spawn(engine.run(engine_rx));
     let notifier_stop = CancellationToken::new();
@@ -138,6 +142,7 @@ pub async fn run(
         limits: RwLock::new(config.limits.clone()),
         connections: AtomicUsize::new(0),
         engine: engine_tx,
+        sign_outs,
         store: store.clone(),
         welcome: Welcome {
             protocol_version: PROTOCOL_VERSION,

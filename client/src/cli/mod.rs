@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tally_protocol::{
     validate_feature, validate_username, Assign, AuditQuery, EntitlementKind, EntitlementQuery,
     EntitlementRemove, ErrorCode, LeaseId, LeasesQuery, NewEntitlement, Release, Request, Response,
-    Revoke, Role, StatusQuery, UserAdd, UserRef,
+    Revoke, Role, StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
 };
 
 use crate::config::ClientFile;
@@ -158,14 +158,32 @@ enum UserCommand {
     },
     /// List users.
     List,
-    /// Mint another token for a user, shown once.
-    Token { email: String },
+    /// Mint another token for a user, shown once; `user token revoke ID` revokes one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Token {
+        #[arg(required = true)]
+        email: Option<String>,
+        /// What the token is for, to tell it from the user's others.
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(subcommand)]
+        action: Option<TokenCommand>,
+    },
+    /// List a user's tokens (ids, labels, when last used; never the tokens).
+    Tokens { email: String },
     /// Deactivate a user: their leases end and their assigned seats return to the pool.
     Deactivate { email: String },
     /// Activate a user again, restoring their assigned seats.
     Activate { email: String },
     /// Remove a user who has no assignments and no borrowed seats.
     Remove { email: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Revoke a token by id (`tally user tokens EMAIL` lists them); connections signed in
+    /// with it end at once.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -527,7 +545,15 @@ async fn user_command(client: &Client, command: UserCommand, out: &Output) -> Re
             role: parse_role(&role)?,
         }),
         UserCommand::List => Request::UserList,
-        UserCommand::Token { email } => Request::UserToken(user(email)),
+        UserCommand::Token {
+            action: Some(TokenCommand::Revoke { id }),
+            ..
+        } => Request::TokenRevoke(TokenRevoke { id }),
+        UserCommand::Token { email, label, .. } => Request::TokenMint(TokenMint {
+            username: email.unwrap_or_default(),
+            label,
+        }),
+        UserCommand::Tokens { email } => Request::TokenList(user(email)),
         UserCommand::Deactivate { email } => Request::UserDeactivate(user(email)),
         UserCommand::Activate { email } => Request::UserActivate(user(email)),
         UserCommand::Remove { email } => Request::UserRemove(user(email)),
@@ -536,6 +562,9 @@ async fn user_command(client: &Client, command: UserCommand, out: &Output) -> Re
         Response::UserAdded { user, token } => out.user_added(&user, &token),
         Response::Users(users) => out.users(&users),
         Response::Token(token) => out.token(&token),
+        Response::TokenIssued(issued) => out.token_issued(&issued),
+        Response::Tokens(tokens) => out.tokens(&tokens),
+        Response::TokenRevoked(id) => out.token_revoked(&id),
         Response::User(user) => out.user(&user),
         other => return Err(bad(&other)),
     }
@@ -617,8 +646,12 @@ fn validate(command: &Command) -> Result<(), Failure> {
             validate_username(email).map_err(Failure::usage)?;
             parse_role(role)?;
         }
+        Command::User(UserCommand::Token {
+            email: Some(email), ..
+        }) => validate_username(email).map_err(Failure::usage)?,
+        Command::User(UserCommand::Token { .. }) => {}
         Command::User(
-            UserCommand::Token { email }
+            UserCommand::Tokens { email }
             | UserCommand::Deactivate { email }
             | UserCommand::Activate { email }
             | UserCommand::Remove { email },

@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 use tally_protocol::{
-    AssignmentInfo, AuditEvent, Entitlement, FeatureStatus, LeaseId, LeaseInfo, LeaseSource,
-    ServerInfo, UserInfo, Whoami,
+    AssignmentInfo, AuditEvent, Entitlement, FeatureStatus, IssuedToken, LeaseId, LeaseInfo,
+    LeaseSource, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
 /// Where results go.
@@ -415,6 +415,49 @@ impl Output {
             return self.doc(json!({ "token": token }));
         }
         println!("new token (shown once): {token}");
+    }
+
+    pub fn token_issued(&self, issued: &IssuedToken) {
+        if self.json {
+            return self.doc(json!({ "token": issued.token, "id": issued.id }));
+        }
+        println!("new token {} (shown once): {}", issued.id, issued.token);
+    }
+
+    pub fn tokens(&self, tokens: &[TokenInfo]) {
+        if self.json {
+            let list: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    json!({
+                        "id": t.id,
+                        "label": t.label,
+                        "created_at": time(t.created_at),
+                        "last_used": t.last_used.map(time),
+                    })
+                })
+                .collect();
+            return self.doc(json!({ "tokens": list }));
+        }
+        let rows = tokens
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.label.clone(),
+                    time(t.created_at),
+                    t.last_used.map_or_else(|| "never".into(), time),
+                ]
+            })
+            .collect();
+        table(&["id", "label", "created_at", "last_used"], rows);
+    }
+
+    pub fn token_revoked(&self, id: &str) {
+        if self.json {
+            return self.doc(json!({ "revoked": id }));
+        }
+        println!("revoked token {id}; its connections are closed");
     }
 
     pub fn user(&self, user: &UserInfo) {

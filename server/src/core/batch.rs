@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use tally_protocol::{AuditEvent, Entitlement, ErrorBody, LeaseId};
 
-use super::{Actor, Assignment, Lease, User};
+use super::{Actor, Assignment, Lease, Token, User};
 
 /// A message for the outbox, written in the same transaction as the change it reports and
 /// delivered at least once by the notification worker.
@@ -34,8 +34,17 @@ pub struct Batch {
     pub users_upserted: Vec<User>,
     /// Users removed, with their tokens. Written before `users_upserted`.
     pub users_removed: Vec<String>,
-    /// Token hashes to add: (username, hash, created at).
-    pub tokens_added: Vec<(String, [u8; 32], i64)>,
+    /// The user id counter, so that no account id is ever reused.
+    pub next_user_id: Option<u64>,
+    /// Tokens to add.
+    pub tokens_added: Vec<Token>,
+    /// Tokens revoked, by id.
+    pub tokens_removed: Vec<String>,
+    /// When tokens were last used: (id, time), at most once a minute each.
+    pub tokens_used: Vec<(String, i64)>,
+    /// Connections to end once the batch is committed: revoked tokens, deactivated and
+    /// removed accounts. Not written.
+    pub sign_outs: Vec<SignOut>,
     /// Assignments added or changed (an upsert by id).
     pub assignments_upserted: Vec<Assignment>,
     pub assignments_removed: Vec<u64>,
@@ -61,6 +70,9 @@ impl Batch {
             && self.users_upserted.is_empty()
             && self.users_removed.is_empty()
             && self.tokens_added.is_empty()
+            && self.tokens_removed.is_empty()
+            && self.tokens_used.is_empty()
+            && self.next_user_id.is_none()
             && self.assignments_upserted.is_empty()
             && self.assignments_removed.is_empty()
             && self.notifications.is_empty()
@@ -78,6 +90,8 @@ impl Batch {
             + self.users_upserted.len()
             + self.users_removed.len()
             + self.tokens_added.len()
+            + self.tokens_removed.len()
+            + self.tokens_used.len()
             + self.assignments_upserted.len()
             + self.assignments_removed.len()
             + self.notifications.len()
@@ -110,19 +124,42 @@ impl Batch {
     }
 
     pub fn upsert_user(&mut self, user: User) {
-        self.users_upserted.retain(|u| u.username != user.username);
+        self.users_upserted.retain(|u| u.id != user.id);
         self.users_upserted.push(user);
     }
 
     /// Removes a user and their tokens; what this batch had written for them goes too.
-    pub fn remove_user(&mut self, username: &str) {
-        self.users_upserted.retain(|u| u.username != username);
-        self.tokens_added.retain(|t| t.0 != username);
-        self.users_removed.push(username.to_string());
+    pub fn remove_user(&mut self, user: &User) {
+        self.users_upserted.retain(|u| u.id != user.id);
+        self.tokens_added.retain(|t| t.user != user.id);
+        self.users_removed.push(user.username.clone());
+        self.sign_outs.push(SignOut::User(user.id));
     }
 
-    pub fn add_token(&mut self, username: &str, hash: [u8; 32], at: i64) {
-        self.tokens_added.push((username.to_string(), hash, at));
+    pub fn add_token(&mut self, token: Token) {
+        self.tokens_added.push(token);
+    }
+
+    /// Revokes a token; a token added by this batch is simply not written.
+    pub fn remove_token(&mut self, id: &str) {
+        let before = self.tokens_added.len();
+        self.tokens_added.retain(|t| t.id != id);
+        self.tokens_used.retain(|(used, _)| used != id);
+        if self.tokens_added.len() == before {
+            self.tokens_removed.push(id.to_string());
+        }
+        self.sign_outs.push(SignOut::Token(id.to_string()));
+    }
+
+    /// Records when a token was last used.
+    pub fn use_token(&mut self, id: &str, at: i64) {
+        match self.tokens_added.iter_mut().find(|t| t.id == id) {
+            Some(token) => token.last_used = Some(at),
+            None => {
+                self.tokens_used.retain(|(used, _)| used != id);
+                self.tokens_used.push((id.to_string(), at));
+            }
+        }
     }
 
     pub fn upsert_assignment(&mut self, assignment: Assignment) {
@@ -188,12 +225,25 @@ impl Batch {
     }
 }
 
+/// Connections the engine ends once a batch is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignOut {
+    /// Every connection signed in with this token.
+    Token(String),
+    /// Every connection of this account.
+    User(u64),
+}
+
 /// The durable state a store holds: what the pool is rebuilt from at start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub entitlements: Vec<Entitlement>,
     pub leases: Vec<Lease>,
     pub users: Vec<User>,
+    /// Every user's tokens, by id.
+    pub tokens: Vec<Token>,
+    /// The next account id (ids are never reused).
+    pub next_user_id: u64,
     pub assignments: Vec<Assignment>,
     pub next_entitlement_id: u64,
     pub next_assignment_id: u64,
@@ -229,6 +279,19 @@ impl Snapshot {
             }
         }
         self.users.sort_by(|a, b| a.username.cmp(&b.username));
+        if let Some(next) = batch.next_user_id {
+            self.next_user_id = next;
+        }
+        let live: HashSet<u64> = self.users.iter().map(|u| u.id).collect();
+        self.tokens
+            .retain(|t| live.contains(&t.user) && !batch.tokens_removed.contains(&t.id));
+        self.tokens.extend(batch.tokens_added.iter().cloned());
+        for (id, at) in &batch.tokens_used {
+            if let Some(token) = self.tokens.iter_mut().find(|t| &t.id == id) {
+                token.last_used = Some(*at);
+            }
+        }
+        self.tokens.sort_by(|a, b| a.id.cmp(&b.id));
         for assignment in &batch.assignments_upserted {
             match self.assignments.iter_mut().find(|a| a.id == assignment.id) {
                 Some(slot) => *slot = assignment.clone(),

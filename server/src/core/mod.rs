@@ -14,6 +14,7 @@ mod batch;
 mod borrow;
 #[cfg(test)]
 mod tests;
+mod tokens;
 mod users;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -24,8 +25,9 @@ use tally_protocol::{
     NewEntitlement, RequestId, Resumed, Role, UserState,
 };
 
-pub use batch::{Batch, Notification, Snapshot};
+pub use batch::{Batch, Notification, SignOut, Snapshot};
 pub use tally_protocol::AuditEvent;
+pub use tokens::{token_id, SignedIn, Token};
 
 /// The default longest borrow of an entitlement (SPEC §1): 168 hours.
 pub const DEFAULT_MAX_BORROW_SECS: u64 = 168 * 3600;
@@ -80,6 +82,9 @@ pub struct Lease {
 /// A person who signs in (SPEC §1). The username is kept in lowercase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// The account's identity, never reused: a session is bound to it, so a connection of a
+    /// removed user never acts for a new account of the same name (R22).
+    pub id: u64,
     pub username: String,
     pub name: String,
     pub role: Role,
@@ -178,6 +183,12 @@ pub struct Pool {
     /// Floating seats in use, per feature.
     usage: HashMap<String, Usage>,
     users: BTreeMap<String, User>,
+    /// Username by account id.
+    user_ids: HashMap<u64, String>,
+    next_user_id: u64,
+    /// Every token by id, and the id of each hash, for sign-in.
+    tokens: BTreeMap<String, Token>,
+    token_hashes: HashMap<[u8; 32], String>,
     assignments: BTreeMap<u64, Assignment>,
     next_assignment_id: u64,
     /// Seats in use per assignment.
@@ -203,6 +214,10 @@ impl Pool {
             expiry: BTreeSet::new(),
             usage: HashMap::new(),
             users: BTreeMap::new(),
+            user_ids: HashMap::new(),
+            next_user_id: 1,
+            tokens: BTreeMap::new(),
+            token_hashes: HashMap::new(),
             assignments: BTreeMap::new(),
             next_assignment_id: 1,
             assignment_use: HashMap::new(),
@@ -214,6 +229,10 @@ impl Pool {
 
     /// Rebuilds the pool from what the store holds, as after a restart. Every online lease
     /// gets one full ttl from `now` to be renewed (R5).
+    ///
+    /// Starts and ends that passed while the server was down (or while a commit failed) are
+    /// not applied yet: the first [`advance`](Self::advance) applies every one of them, so
+    /// callers run it, and commit its batch, before serving any request (R10).
     pub fn restore(snapshot: Snapshot, ttl_ms: i64, policy: Policy, now: i64) -> Self {
         let mut pool = Pool::new(ttl_ms, policy);
         pool.next_entitlement_id = snapshot.next_entitlement_id.max(1);
@@ -221,8 +240,12 @@ impl Pool {
             pool.next_entitlement_id = pool.next_entitlement_id.max(entitlement.id + 1);
             pool.entitlements.insert(entitlement.id, entitlement);
         }
+        pool.next_user_id = snapshot.next_user_id.max(1);
         for user in snapshot.users {
-            pool.users.insert(user.username.clone(), user);
+            pool.insert_user(user);
+        }
+        for token in snapshot.tokens {
+            pool.insert_token(token);
         }
         pool.next_assignment_id = snapshot.next_assignment_id.max(1);
         for assignment in snapshot.assignments {
@@ -232,7 +255,8 @@ impl Pool {
         for lease in snapshot.leases {
             pool.insert_lease(lease, now + ttl_ms);
         }
-        pool.next_boundary = pool.compute_next_boundary(now);
+        // Whatever boundary passed while the store was not serving is due now.
+        pool.next_boundary = i64::MIN;
         pool
     }
 
@@ -244,7 +268,9 @@ impl Pool {
             entitlements: self.entitlements.values().cloned().collect(),
             leases,
             users: self.users.values().cloned().collect(),
+            tokens: self.tokens.values().cloned().collect(),
             assignments: self.assignments.values().cloned().collect(),
+            next_user_id: self.next_user_id,
             next_entitlement_id: self.next_entitlement_id,
             next_assignment_id: self.next_assignment_id,
         }
@@ -369,6 +395,30 @@ impl Pool {
 
     fn assignment_usage(&self, id: u64) -> Usage {
         self.assignment_use.get(&id).copied().unwrap_or_default()
+    }
+
+    /// The user a request comes from, by account id and token, as the pool knows them now:
+    /// a revoked token, or a removed or deactivated account, is refused whatever the
+    /// connection was told at sign-in (R22).
+    pub fn authorize_session(&self, user_id: u64, token: &str) -> Result<Actor, ErrorBody> {
+        if !self.tokens.get(token).is_some_and(|t| t.user == user_id) {
+            return Err(ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                "the token of this connection was revoked; sign in with another",
+            ));
+        }
+        match self.user_ids.get(&user_id) {
+            Some(username) => self.authorize(username),
+            None => Err(ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                "the account of this connection no longer exists",
+            )),
+        }
+    }
+
+    /// Whether `username` is an owner or admin now (their refusals are never folded).
+    pub fn is_admin(&self, username: &str) -> bool {
+        self.users.get(username).is_some_and(|u| u.role.is_admin())
     }
 
     /// The signed-in user as the pool knows them now: a removed or deactivated account is

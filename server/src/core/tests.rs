@@ -33,13 +33,14 @@ fn pool_with_users(policy: Policy) -> (Pool, Batch) {
     let mut pool = Pool::new(TTL, policy);
     let mut batch = Batch::default();
     let owner = User {
+        id: pool.next_user_id,
         username: "owner@localhost".into(),
         name: "Owner".into(),
         role: Role::Owner,
         state: UserState::Active,
         created_at: 0,
     };
-    pool.users.insert(owner.username.clone(), owner.clone());
+    pool.insert_user(owner.clone());
     batch.upsert_user(owner);
     for (i, name) in USERS.iter().enumerate() {
         let add = tally_protocol::UserAdd {
@@ -145,6 +146,8 @@ enum Op {
         feature: usize,
         seats: u32,
         from: Option<usize>,
+        /// When the assignment ends, from now, if it does.
+        lasts: Option<i64>,
     },
     Revoke {
         user: usize,
@@ -157,7 +160,15 @@ enum Op {
     Activate {
         user: usize,
     },
-    Restart,
+    /// The server stops and comes back `downtime` ms later, with what the store holds.
+    Restart {
+        downtime: i64,
+    },
+    /// The commit of the next step fails: its batch is lost and the pool is rebuilt from
+    /// the store `delay` ms later, as the engine does.
+    FailNextCommit {
+        delay: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -175,13 +186,14 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, feature, seats, secs)| Op::Borrow { client, feature, seats, secs }),
         1 => any::<usize>().prop_map(|pick| Op::Return { pick }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveEntitlement { pick }),
-        3 => (0..3usize, 0..2usize, 1..4u32, proptest::option::of(0..3usize))
-            .prop_map(|(user, feature, seats, from)| Op::Assign { user, feature, seats, from }),
+        3 => (0..3usize, 0..2usize, 1..4u32, proptest::option::of(0..3usize), proptest::option::of(1..3 * TTL))
+            .prop_map(|(user, feature, seats, from, lasts)| Op::Assign { user, feature, seats, from, lasts }),
         2 => (0..3usize, 0..2usize, proptest::option::of(1..4u32))
             .prop_map(|(user, feature, seats)| Op::Revoke { user, feature, seats }),
         2 => (0..3usize).prop_map(|user| Op::Deactivate { user }),
         2 => (0..3usize).prop_map(|user| Op::Activate { user }),
-        1 => Just(Op::Restart),
+        1 => (0..4 * TTL).prop_map(|downtime| Op::Restart { downtime }),
+        1 => (0..2 * TTL).prop_map(|delay| Op::FailNextCommit { delay }),
     ]
 }
 
@@ -203,7 +215,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     store.apply(&seed);
     let mut last_request: Vec<u8> = vec![0; 6];
     let mut next_lease: u128 = 1;
+    // Set by `FailNextCommit`: the current step's commit fails.
+    let mut commit_fails: Option<i64> = None;
     for op in ops {
+        let failing = commit_fails.take();
         let mut batch = Batch::default();
         let before = pool.snapshot();
         // A refused change must leave the pool exactly as it was.
@@ -384,6 +399,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 feature,
                 seats,
                 from,
+                lasts,
             } => {
                 let request = tally_protocol::Assign {
                     username: USERS[user].into(),
@@ -391,7 +407,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     seats,
                     entitlement: None,
                     from: from.map(|f| USERS[f].to_string()),
-                    expires_at: None,
+                    expires_at: lasts.map(|l| now + l),
                 };
                 if pool.assign(now, &admin(), &request, &mut batch).is_err() {
                     unchanged(&pool, "assign")?;
@@ -433,12 +449,26 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     unchanged(&pool, "activate")?;
                 }
             }
-            Op::Restart => {
+            Op::Restart { downtime } => {
                 let held: Vec<LeaseId> = lease_ids.clone();
                 pool = Pool::restore(store.clone(), TTL, policy, now);
                 let back: Vec<LeaseId> = pool.snapshot().leases.iter().map(|l| l.id).collect();
                 prop_assert_eq!(held, back, "leases differ after a restart");
+                // Down for a while: boundaries may pass before it serves again.
+                now += downtime;
+                pool = Pool::restore(store.clone(), TTL, policy, now);
+                // As the engine does before serving: apply what passed meanwhile.
+                pool.advance(now, &mut batch);
             }
+            Op::FailNextCommit { delay } => commit_fails = Some(delay),
+        }
+        if let Some(delay) = failing {
+            // The batch never reaches the store; the engine reloads the pool and applies
+            // what passed meanwhile, as a commit of its own.
+            now += delay;
+            pool = Pool::restore(store.clone(), TTL, policy, now);
+            batch = Batch::default();
+            pool.advance(now, &mut batch);
         }
         store.apply(&batch);
         if let Err(breach) = pool.check_invariants(now) {
@@ -868,9 +898,23 @@ fn named_seats_serve_their_user_first_and_guests_only_from_them() {
 
 #[test]
 fn the_user_limit_refuses_and_queues_a_notification() {
+    // The owner and three users are active; the owner is not counted (R9), so a limit of
+    // 3 is full and a limit of 4 has room for one more.
+    let (mut roomy, _) = pool_with_users(Policy {
+        max_active: 4,
+        ..Policy::default()
+    });
+    let dan = tally_protocol::UserAdd {
+        username: "dan@studio".into(),
+        name: String::new(),
+        role: Role::Member,
+    };
+    roomy
+        .add_user(1, &admin(), &dan, token(9), &mut Batch::default())
+        .expect("the owner does not count toward users.max_active");
     let (mut pool, _) = pool_with_users(Policy {
         guests_use_floating: false,
-        max_active: 4,
+        max_active: 3,
         ..Policy::default()
     });
     let mut batch = Batch::default();

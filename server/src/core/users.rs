@@ -31,19 +31,37 @@ impl Pool {
             return Err(err);
         }
         let user = User {
+            id: self.next_user_id,
             username: username.clone(),
             name: request.name.trim().to_string(),
             role: request.role,
             state: UserState::Active,
             created_at: now,
         };
-        self.users.insert(username.clone(), user.clone());
-        batch.upsert_user(user);
-        batch.add_token(&username, token.hash, now);
+        self.next_user_id += 1;
+        batch.next_user_id = Some(self.next_user_id);
+        self.insert_user(user.clone());
+        batch.upsert_user(user.clone());
+        let token = self.first_token(user.id, token, now, batch);
         let detail = format!("role {}", request.role.as_str());
         batch.audit(now, actor, "user_add", &username, None, Ok(&detail));
         batch.notify(now, "user_added", &username, &detail);
-        Ok((self.user_info(&username), token.token))
+        Ok((self.user_info(&username), token))
+    }
+
+    /// A new user's first token, labelled "first".
+    fn first_token(&mut self, user: u64, token: NewToken, now: i64, batch: &mut Batch) -> String {
+        let record = super::Token {
+            id: super::token_id(&token.hash),
+            hash: token.hash,
+            user,
+            label: "first".into(),
+            created_at: now,
+            last_used: None,
+        };
+        self.insert_token(record.clone());
+        batch.add_token(record);
+        token.token
     }
 
     fn check_new_user(
@@ -83,10 +101,11 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<(), ErrorBody> {
         let max = self.policy.max_active;
+        // The owner is not counted (R9).
         let active = self
             .users
             .values()
-            .filter(|u| u.state == UserState::Active)
+            .filter(|u| u.state == UserState::Active && u.role != Role::Owner)
             .count();
         if max > 0 && active >= max as usize {
             let message = format!(
@@ -110,27 +129,6 @@ impl Pool {
             return Err(err);
         }
         Ok(self.users.keys().map(|name| self.user_info(name)).collect())
-    }
-
-    /// Mints another token for a user. Admins only.
-    pub fn add_token(
-        &mut self,
-        now: i64,
-        actor: &Actor,
-        username: &str,
-        token: NewToken,
-        batch: &mut Batch,
-    ) -> Result<String, ErrorBody> {
-        self.advance(now, batch);
-        let username = username.trim().to_lowercase();
-        let checked = require_admin(actor, "issue tokens").and_then(|()| self.existing(&username));
-        if let Err(err) = checked {
-            batch.audit(now, actor, "user_token", &username, None, Err(&err));
-            return Err(err);
-        }
-        batch.add_token(&username, token.hash, now);
-        batch.audit(now, actor, "user_token", &username, None, Ok("new token"));
-        Ok(token.token)
     }
 
     /// Deactivates a user: their online leases end (reason `deactivated`) and their
@@ -166,6 +164,7 @@ impl Pool {
         let user = self.users.get_mut(&username).expect("user exists");
         user.state = UserState::Deactivated;
         batch.upsert_user(user.clone());
+        batch.sign_outs.push(super::SignOut::User(user.id));
         let suspended = self.assigned_seats(&username);
         let detail = format!("{suspended} assigned seats suspended");
         batch.audit(now, actor, "user_deactivate", &username, None, Ok(&detail));
@@ -278,8 +277,11 @@ impl Pool {
             &actor.username,
             batch,
         );
-        self.users.remove(&username);
-        batch.remove_user(&username);
+        if let Some(user) = self.users.remove(&username) {
+            self.user_ids.remove(&user.id);
+            self.remove_tokens_of(user.id);
+            batch.remove_user(&user);
+        }
         batch.audit(now, actor, "user_remove", &username, None, Ok(""));
         batch.notify(now, "user_removed", &username, "");
         Ok(info)
@@ -346,13 +348,20 @@ impl Pool {
     }
 
     pub(super) fn existing(&self, username: &str) -> Result<(), ErrorBody> {
-        if self.users.contains_key(username) {
-            Ok(())
-        } else {
-            Err(ErrorBody::not_found(format!(
-                "no user {username}; `tally user list` shows them"
-            )))
-        }
+        self.user(username).map(|_| ())
+    }
+
+    /// The user of this name, or `not_found`.
+    pub(super) fn user(&self, username: &str) -> Result<&User, ErrorBody> {
+        self.users.get(username).ok_or_else(|| {
+            ErrorBody::not_found(format!("no user {username}; `tally user list` shows them"))
+        })
+    }
+
+    pub(super) fn insert_user(&mut self, user: User) {
+        self.next_user_id = self.next_user_id.max(user.id + 1);
+        self.user_ids.insert(user.id, user.username.clone());
+        self.users.insert(user.username.clone(), user);
     }
 
     fn not_self_or_owner(

@@ -9,9 +9,9 @@ mod sqlite;
 use std::path::Path;
 
 use async_trait::async_trait;
-use tally_protocol::{AuditEvent, AuditQuery, Role};
+use tally_protocol::{AuditEvent, AuditQuery};
 
-use crate::core::{Batch, Notification, Snapshot};
+use crate::core::{Batch, Notification, Snapshot, Token};
 
 pub use sqlite::SqliteStore;
 
@@ -24,14 +24,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL {0:?}: use a path, sqlite://PATH or (later) postgres://")]
     UnsupportedUrl(String),
-}
-
-/// The user a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub username: String,
-    pub role: Role,
-    pub active: bool,
 }
 
 /// What first-start initialisation created.
@@ -57,11 +49,18 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Identity, StoreError>;
 
-    /// Adds another token for the owner (`tallyd owner-token`).
-    async fn add_owner_token(&self, token_hash: &[u8; 32], now: i64) -> Result<String, StoreError>;
+    /// Adds another token for the owner (`tallyd owner-token`), and with `revoke_others`
+    /// deletes every other owner token. Returns the owner's username and how many tokens
+    /// were revoked.
+    async fn add_owner_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+        revoke_others: bool,
+    ) -> Result<(String, u64), StoreError>;
 
-    /// The user a token hash belongs to, if any.
-    async fn authenticate(&self, token_hash: &[u8; 32]) -> Result<Option<Principal>, StoreError>;
+    /// The token with this hash, if the store holds it.
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<Token>, StoreError>;
 
     /// Everything the pool is rebuilt from.
     async fn load(&self) -> Result<Snapshot, StoreError>;

@@ -15,8 +15,8 @@ use tally_protocol::{
     LeaseSource, RequestId, Role, UserState,
 };
 
-use super::{Identity, Principal, Store, StoreError};
-use crate::core::{Assignment, Batch, Lease, Notification, Snapshot, User};
+use super::{Identity, Store, StoreError};
+use crate::core::{token_id, Assignment, Batch, Lease, Notification, Snapshot, Token, User};
 
 /// Embedded migrations, applied in order; the version is the position in this list.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_lease_rows.sql"),
     ),
+    (5, include_str!("../../migrations/sqlite/0005_tokens.sql")),
 ];
 
 /// Rows per multi-row statement: well under SQLite's limit of 32,766 bound parameters.
@@ -140,12 +141,13 @@ impl Store for SqliteStore {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
-                .bind(&owner_token_hash[..])
-                .bind(user_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            insert_token(&mut tx, owner_token_hash, user_id, "first", now).await?;
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('next_user_id', ?) ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+            )
+            .bind((user_id + 1).to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Identity {
@@ -154,7 +156,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn add_owner_token(&self, token_hash: &[u8; 32], now: i64) -> Result<String, StoreError> {
+    async fn add_owner_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+        revoke_others: bool,
+    ) -> Result<(String, u64), StoreError> {
         let mut tx = self.pool.begin().await?;
         let owner: Option<(i64, String)> = sqlx::query_as(
             "SELECT id, username FROM users WHERE role = 'owner' ORDER BY id LIMIT 1",
@@ -166,32 +173,31 @@ impl Store for SqliteStore {
                 "there is no owner account; start tallyd once to create it".into(),
             ));
         };
-        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
-            .bind(&token_hash[..])
-            .bind(user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let revoked = if revoke_others {
+            sqlx::query("DELETE FROM tokens WHERE user_id = ?")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
+        let label = if revoke_others {
+            "tallyd owner-token --revoke-others"
+        } else {
+            "tallyd owner-token"
+        };
+        insert_token(&mut tx, token_hash, user_id, label, now).await?;
         tx.commit().await?;
-        Ok(username)
+        Ok((username, revoked))
     }
 
-    async fn authenticate(&self, token_hash: &[u8; 32]) -> Result<Option<Principal>, StoreError> {
-        let row = sqlx::query(
-            "SELECT u.username, u.role, u.state FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = ?",
-        )
-        .bind(&token_hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let role: String = row.try_get("role")?;
-        let state: String = row.try_get("state")?;
-        Ok(Some(Principal {
-            username: row.try_get("username")?,
-            role: Role::parse(&role)
-                .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
-            active: state == "active",
-        }))
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE hash = ?")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_row).transpose()
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
@@ -264,6 +270,7 @@ impl Store for SqliteStore {
             let role: String = row.try_get("role")?;
             let state: String = row.try_get("state")?;
             users.push(User {
+                id: row.try_get::<i64, _>("id")? as u64,
                 username: row.try_get("username")?,
                 name: row.try_get("name")?,
                 role: Role::parse(&role)
@@ -298,11 +305,30 @@ impl Store for SqliteStore {
                 .map_err(|_| StoreError::Corrupt(format!("next_assignment_id {text:?}")))?,
             None => 1,
         };
+        let mut tokens = Vec::new();
+        for row in sqlx::query("SELECT * FROM tokens ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            tokens.push(token_row(&row)?);
+        }
+        let next: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_user_id'")
+                .fetch_optional(&mut *conn)
+                .await?;
+        let next_user_id = match next {
+            Some(text) => text
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("next_user_id {text:?}")))?,
+            None => 1,
+        };
         *self.rows.lock().expect("lease rows lock") = rows;
         Ok(Snapshot {
             entitlements,
             leases,
             users,
+            tokens,
+            next_user_id,
             assignments,
             next_entitlement_id,
             next_assignment_id,
@@ -423,6 +449,39 @@ impl Store for SqliteStore {
     }
 }
 
+/// Writes one token row outside the engine (first start, `tallyd owner-token`).
+async fn insert_token(
+    tx: &mut Transaction<'_, Sqlite>,
+    hash: &[u8; 32],
+    user_id: i64,
+    label: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO tokens (id, hash, user_id, label, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(token_id(hash))
+        .bind(&hash[..])
+        .bind(user_id)
+        .bind(label)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn token_row(row: &sqlx::sqlite::SqliteRow) -> Result<Token, StoreError> {
+    let hash: Vec<u8> = row.try_get("hash")?;
+    Ok(Token {
+        id: row.try_get("id")?,
+        hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?,
+        user: row.try_get::<i64, _>("user_id")? as u64,
+        label: row.try_get("label")?,
+        created_at: row.try_get("created_at")?,
+        last_used: row.try_get("last_used")?,
+    })
+}
+
 fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreError> {
     let bytes: Vec<u8> = row.try_get(column)?;
     bytes
@@ -460,28 +519,56 @@ async fn write_batch(
     }
     for chunk in batch.users_upserted.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO users (username, name, role, state, created_at) ",
+            "INSERT INTO users (id, username, name, role, state, created_at) ",
         );
         q.push_values(chunk, |mut b, u| {
-            b.push_bind(&u.username)
+            b.push_bind(u.id as i64)
+                .push_bind(&u.username)
                 .push_bind(&u.name)
                 .push_bind(u.role.as_str())
                 .push_bind(u.state.as_str())
                 .push_bind(u.created_at);
         });
-        q.push(" ON CONFLICT (username) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state");
+        q.push(" ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state");
+        q.build().execute(&mut **tx).await?;
+    }
+    if let Some(next) = batch.next_user_id {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('next_user_id', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(next.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    for chunk in batch.tokens_removed.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM tokens WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(id);
+        }
+        q.push(")");
         q.build().execute(&mut **tx).await?;
     }
     for chunk in batch.tokens_added.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO tokens (hash, user_id, created_at) ");
-        q.push_values(chunk, |mut b, (username, hash, at)| {
-            b.push_bind(&hash[..])
-                .push("(SELECT id FROM users WHERE username = ")
-                .push_bind_unseparated(username)
-                .push_unseparated(")")
-                .push_bind(*at);
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO tokens (id, hash, user_id, label, created_at, last_used) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(&t.id)
+                .push_bind(&t.hash[..])
+                .push_bind(t.user as i64)
+                .push_bind(&t.label)
+                .push_bind(t.created_at)
+                .push_bind(t.last_used);
         });
         q.build().execute(&mut **tx).await?;
+    }
+    for (id, at) in &batch.tokens_used {
+        sqlx::query("UPDATE tokens SET last_used = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
     }
     for chunk in batch.assignments_upserted.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -722,16 +809,28 @@ mod tests {
         assert!(!again.owner_created);
         assert_eq!(first.server_id, again.server_id);
         assert!(
-            store.authenticate(&[2; 32]).await.unwrap().is_none(),
+            store.find_token(&[2; 32]).await.unwrap().is_none(),
             "a second initialise mints no token"
         );
-        let principal = store.authenticate(&[1; 32]).await.unwrap().unwrap();
-        assert_eq!((principal.role, principal.active), (Role::Owner, true));
-        store.add_owner_token(&[3; 32], 1).await.unwrap();
-        assert!(store.authenticate(&[3; 32]).await.unwrap().is_some());
+        let first = store.find_token(&[1; 32]).await.unwrap().unwrap();
+        assert_eq!(first.id, token_id(&[1; 32]));
+        let snapshot = store.load().await.unwrap();
+        assert_eq!(snapshot.users[0].role, Role::Owner);
+        assert_eq!(snapshot.users[0].id, first.user);
+        assert!(
+            snapshot.next_user_id > first.user,
+            "account ids are not reused"
+        );
+        store.add_owner_token(&[3; 32], 1, false).await.unwrap();
+        assert!(store.find_token(&[3; 32]).await.unwrap().is_some());
         store.close().await;
         // Reopening runs no migration twice.
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        assert!(store.authenticate(&[1; 32]).await.unwrap().is_some());
+        assert!(store.find_token(&[1; 32]).await.unwrap().is_some());
+        let (_, revoked) = store.add_owner_token(&[4; 32], 2, true).await.unwrap();
+        assert_eq!(revoked, 2, "--revoke-others ends every other owner token");
+        assert!(store.find_token(&[1; 32]).await.unwrap().is_none());
+        assert!(store.find_token(&[3; 32]).await.unwrap().is_none());
+        assert!(store.find_token(&[4; 32]).await.unwrap().is_some());
     }
 }
