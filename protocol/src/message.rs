@@ -322,6 +322,8 @@ pub enum EndReason {
     Deactivated,
     /// The server no longer knows the lease (e.g. it ended before a restart).
     Unknown,
+    /// Another client instance of the same user resumed it.
+    Moved,
 }
 
 impl EndReason {
@@ -333,6 +335,7 @@ impl EndReason {
             EndReason::Released => "released",
             EndReason::Deactivated => "deactivated",
             EndReason::Unknown => "unknown",
+            EndReason::Moved => "moved",
         }
     }
 }

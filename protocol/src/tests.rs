@@ -392,9 +392,10 @@ fn every_variant_keeps_its_index() {
         EndReason::Released,
         EndReason::Deactivated,
         EndReason::Unknown,
+        EndReason::Moved,
     ]
     .iter()
     .map(|r| postcard::to_allocvec(r).unwrap()[0])
     .collect();
-    assert_eq!(reasons, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(reasons, [0, 1, 2, 3, 4, 5, 6]);
 }

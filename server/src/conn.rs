@@ -169,7 +169,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     // Subscribed before signing in, so that a revocation committed meanwhile is seen.
     let mut sign_outs = shared.sign_outs.subscribe();
     let peer = format!(
-        "{} ({}, pid {})",
+        "{ip} {} ({}, pid {})",
         truncate(&hello.client.host, 255),
         truncate(&hello.client.agent, 64),
         hello.client.pid

@@ -147,20 +147,18 @@ impl Engine {
         pool: Pool,
         store: Arc<dyn Store>,
         signer: Signer,
-        ttl: Duration,
-        policy: Policy,
         sweep: Duration,
         outbox: Arc<Notify>,
         sign_outs: broadcast::Sender<SignOut>,
     ) -> Self {
         Self {
             signer,
+            ttl_ms: pool.ttl_ms(),
+            policy: pool.policy(),
             pool,
             folder: RefusalFolder::default(),
             sign_outs,
             store,
-            ttl_ms: ttl.as_millis() as i64,
-            policy,
             sweep,
             outbox,
         }
@@ -286,7 +284,8 @@ impl Engine {
         };
         let outcome = match self.pool.sign_in(now, &hash, batch) {
             Ok(signed_in) => SignInOutcome::Ok(signed_in),
-            Err(Some(err)) => refused(batch, &address, err),
+            // The account is known: its refusals are its own.
+            Err(Some((username, err))) => refused(batch, &username, err),
             Err(None) if !last_try => SignInOutcome::Unknown,
             Err(None) => {
                 let err = ErrorBody::new(

@@ -122,8 +122,6 @@ pub async fn run(
         pool,
         store.clone(),
         signer,
-        config.leases.ttl,
-        policy,
         config.leases.sweep,
         outbox.clone(),
         sign_outs.clone(),

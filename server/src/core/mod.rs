@@ -276,6 +276,16 @@ impl Pool {
         }
     }
 
+    /// How long an online lease lives without a heartbeat.
+    pub fn ttl_ms(&self) -> i64 {
+        self.ttl_ms
+    }
+
+    /// The server settings the rules depend on.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     pub fn lease_count(&self) -> usize {
         self.leases.len()
     }
@@ -360,6 +370,19 @@ impl Pool {
             && assignment.expires_at.is_none_or(|end| now < end)
     }
 
+    /// When an assignment really ends: its own end, or its entitlement's when that comes
+    /// first (R10).
+    fn assignment_end(&self, assignment: &Assignment) -> Option<i64> {
+        let entitlement = self
+            .entitlements
+            .get(&assignment.entitlement)
+            .and_then(|e| e.expires_at);
+        match (assignment.expires_at, entitlement) {
+            (Some(own), Some(of_entitlement)) => Some(own.min(of_entitlement)),
+            (own, of_entitlement) => own.or(of_entitlement),
+        }
+    }
+
     /// Seats of a feature assigned to active users at `now`.
     pub fn assigned(&self, feature: &str, now: i64) -> u32 {
         self.assignments
@@ -401,7 +424,7 @@ impl Pool {
     /// a revoked token, or a removed or deactivated account, is refused whatever the
     /// connection was told at sign-in (R22).
     pub fn authorize_session(&self, user_id: u64, token: &str) -> Result<Actor, ErrorBody> {
-        if !self.tokens.get(token).is_some_and(|t| t.user == user_id) {
+        if self.tokens.get(token).is_none_or(|t| t.user != user_id) {
             return Err(ErrorBody::new(
                 ErrorCode::Unauthenticated,
                 "the token of this connection was revoked; sign in with another",
@@ -712,6 +735,26 @@ impl Pool {
             }
             let from = self.leases[&id].client;
             if from != holder.client {
+                // The instance that held it learns at its next heartbeat that it moved.
+                let from_host = self.leases[&id].host.clone();
+                if let Some(session) = self.sessions.get_mut(&from) {
+                    session.ended.push(EndedLease {
+                        lease: id,
+                        reason: EndReason::Moved,
+                    });
+                    session.ended_at = now;
+                }
+                batch.audit(
+                    now,
+                    actor,
+                    "resume",
+                    &id.to_string(),
+                    Some(&self.leases[&id].feature),
+                    Ok(&format!(
+                        "moved from {from_host} to {} (another client instance)",
+                        holder.host
+                    )),
+                );
                 self.detach(id, from);
                 let lease = self.leases.get_mut(&id).expect("lease exists");
                 lease.client = holder.client;

@@ -1138,3 +1138,61 @@ fn a_borrowed_seat_counts_as_used_until_it_ends_and_then_frees_itself() {
         )
         .is_ok());
 }
+
+#[test]
+fn an_assignment_shows_the_end_it_really_has() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut ending = entitlement("vray", 4);
+    ending.expires_at = Some(50_000);
+    pool.add_entitlement(0, &admin(), &ending, &mut batch)
+        .unwrap();
+    // No end of its own: the entitlement's.
+    let open = pool
+        .assign(
+            0,
+            &admin(),
+            &assign_request(USERS[0], "vray", 1, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(open.expires_at, Some(50_000));
+    // Its own end, when that comes first.
+    let mut sooner = assign_request(USERS[1], "vray", 1, None);
+    sooner.expires_at = Some(20_000);
+    let sooner = pool.assign(0, &admin(), &sooner, &mut batch).unwrap();
+    assert_eq!(sooner.expires_at, Some(20_000));
+    let whoami = pool.whoami(1, &member(0), &mut batch).unwrap();
+    assert_eq!(whoami.assignments[0].expires_at, Some(50_000));
+}
+
+#[test]
+fn a_lease_resumed_by_another_instance_is_audited_and_its_old_holder_told() {
+    let mut pool = pool_with("vray", 2, 0);
+    let mut batch = Batch::default();
+    let lease = pool
+        .checkout(
+            0,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    // The same user's other instance (client 3 is ana too) takes it over.
+    let moved = pool.resume(10, &member(3), &holder(3), &[lease.id], &mut batch);
+    assert_eq!(moved.resumed.len(), 1);
+    assert!(batch
+        .audit
+        .iter()
+        .any(|e| e.action == "resume" && e.reason.contains("moved from node0 to node3")));
+    let ack = pool.heartbeat(20, &member(0), &holder(0), &mut batch);
+    assert_eq!(
+        ack.ended,
+        vec![tally_protocol::EndedLease {
+            lease: lease.id,
+            reason: EndReason::Moved
+        }]
+    );
+    pool.check_invariants(20).unwrap();
+}

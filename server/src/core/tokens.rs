@@ -47,26 +47,27 @@ pub struct SignedIn {
 
 impl Pool {
     /// Signs a token in: `Ok` for a known token of an active account, `Err(None)` for a hash
-    /// the pool does not know, `Err(Some(error))` for a deactivated account. Refusals are
-    /// audited by the caller, which knows the peer.
+    /// the pool does not know, `Err(Some((username, error)))` for a deactivated account.
+    /// Refusals are audited by the caller, which knows the peer.
     pub fn sign_in(
         &mut self,
         now: i64,
         hash: &[u8; 32],
         batch: &mut Batch,
-    ) -> Result<SignedIn, Option<ErrorBody>> {
+    ) -> Result<SignedIn, Option<(String, ErrorBody)>> {
         let id = self.token_hashes.get(hash).ok_or(None)?.clone();
         let token = self.tokens.get_mut(&id).ok_or(None)?;
         let username = self.user_ids.get(&token.user).ok_or(None)?;
         let user = &self.users[username];
         if user.state != UserState::Active {
-            return Err(Some(ErrorBody::new(
+            let err = ErrorBody::new(
                 ErrorCode::Unauthenticated,
                 format!(
                     "the account {} is deactivated; ask an admin to activate it",
                     user.username
                 ),
-            )));
+            );
+            return Err(Some((user.username.clone(), err)));
         }
         if token
             .last_used

@@ -342,7 +342,7 @@ impl Pool {
                 feature: a.feature.clone(),
                 seats: a.seats,
                 entitlement: a.entitlement,
-                expires_at: a.expires_at,
+                expires_at: self.assignment_end(a),
             })
             .collect()
     }
