@@ -548,10 +548,6 @@ async fn every_admin_request_is_refused_to_members_guests_and_strangers() {
     let deactivated = Client::connect(server.client_config(&deactivated_token))
         .await
         .unwrap();
-    owner
-        .call(Request::UserDeactivate(user_ref("dee@studio.com")))
-        .await
-        .unwrap();
 
     let admin_requests = || {
         vec![
@@ -563,7 +559,7 @@ async fn every_admin_request_is_refused_to_members_guests_and_strangers() {
             Request::UserList,
             Request::UserToken(user_ref("mia@studio.com")),
             Request::UserDeactivate(user_ref("mia@studio.com")),
-            Request::UserActivate(user_ref("dee@studio.com")),
+            Request::UserActivate(user_ref("owner@localhost")),
             Request::UserRemove(user_ref("gus@studio.com")),
             Request::EntitlementAdd(NewEntitlement {
                 feature: "vray".into(),
@@ -609,7 +605,12 @@ async fn every_admin_request_is_refused_to_members_guests_and_strangers() {
         )
         .await;
     }
-    // A user deactivated while connected is signed out at their next request.
+    // A user deactivated while connected is signed out (at once; at the latest at their
+    // next request).
+    owner
+        .call(Request::UserDeactivate(user_ref("dee@studio.com")))
+        .await
+        .unwrap();
     let before = state(&owner).await;
     match deactivated.call(Request::UserList).await {
         Err(Error::Server(body)) => assert_eq!(body.code, ErrorCode::Unauthenticated),

@@ -790,7 +790,8 @@ mod tests {
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        assert_eq!(audit, 1 + 2500 + 1100);
+        // The entitlement, the checkouts, the check-ins and the moves of resumed leases.
+        assert_eq!(audit, 1 + 2500 + 1100 + 100);
     }
 
     #[tokio::test]
