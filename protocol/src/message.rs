@@ -168,6 +168,9 @@ pub enum Request {
     Borrow(Borrow),
     /// Give a borrowed lease back before it ends.
     Return(Return),
+    /// Borrow seats for offline use, with a request id: a retry returns the same lease and
+    /// token (R4). Clients send this rather than `Borrow`.
+    BorrowOnce(BorrowOnce),
 }
 
 impl Request {
@@ -197,6 +200,7 @@ impl Request {
             Request::Audit(_) => "audit",
             Request::Borrow(_) => "borrow",
             Request::Return(_) => "return",
+            Request::BorrowOnce(_) => "borrow",
         }
     }
 
@@ -601,6 +605,20 @@ pub struct Borrow {
     pub seats: u32,
     pub duration_secs: u64,
     /// The machine the token is bound to (`/etc/machine-id` or `TALLY_MACHINE_ID`).
+    pub machine_id: String,
+}
+
+/// Borrow `seats` seats of `feature` for `duration_secs`, bound to this machine; sent again
+/// with the same `request_id` after a lost answer, it returns the same lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BorrowOnce {
+    /// Chosen by the client; a retry with the same id (and machine) returns the same lease.
+    pub request_id: RequestId,
+    pub feature: String,
+    pub seats: u32,
+    pub duration_secs: u64,
+    /// The machine the token is bound to (`/etc/machine-id`; `TALLY_MACHINE_ID` only where
+    /// the machine has none).
     pub machine_id: String,
 }
 

@@ -1,9 +1,10 @@
 //! Borrowing seats for offline use (R6, and the `borrowed` refusals of R7–R9).
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use tally_client::{BorrowStore, Client, Error};
+use tally_client::{BorrowStore, Client, Error, Trust};
 use tally_protocol::{
     Assign, EntitlementKind, EntitlementRemove, ErrorCode, LeaseKind, LeaseSource, NewEntitlement,
     Release, Request, Response, Revoke, Role, UserAdd, UserRef,
@@ -72,6 +73,29 @@ fn refused(result: Result<impl std::fmt::Debug, Error>, code: ErrorCode, needle:
     }
 }
 
+/// Runs `tally` as a user on a machine: `data` is the user's data directory, `machine` the
+/// machine id its machine-id file holds (a file of the test's, see `tests/bin/tally.rs`).
+fn tally_on(data: &Path, machine: &str, args: &[&str]) -> Output {
+    let machine_file = data.with_extension(format!("machine-id-{machine}"));
+    std::fs::write(&machine_file, format!("{machine}\n")).unwrap();
+    Command::new(CLI)
+        .args(args)
+        .env("TALLY_DATA_DIR", data)
+        .env("TALLY_TEST_MACHINE_ID_FILES", &machine_file)
+        .env_remove("TALLY_MACHINE_ID")
+        .env_remove("TALLY_CONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+fn reason(out: &Output) -> String {
+    stdout_json(out)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test]
 async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,14 +103,9 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
     let mut daemon = DaemonProcess::start(dir.path(), "30s", "1s");
     let config = daemon.client_toml();
     let config = config.to_str().unwrap();
-    let tally = |args: &[&str], machine: &str| {
-        Command::new(CLI)
-            .args(args)
-            .env("TALLY_DATA_DIR", &data)
-            .env("TALLY_MACHINE_ID", machine)
-            .output()
-            .unwrap()
-    };
+    let ca_path = dir.path().join("data/tls/ca.pem");
+    let ca = ca_path.to_str().unwrap();
+    let tally = |args: &[&str], machine: &str| tally_on(&data, machine, args);
     tally(
         &[
             "--config",
@@ -112,37 +131,43 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
     let token_file = doc["token_file"].as_str().unwrap().to_string();
     assert!(token_file.starts_with(data.to_str().unwrap()));
 
-    // With the server stopped.
+    // With the server stopped: only the CA is needed.
     daemon.kill9();
-    let out = tally(&["--json", "verify", "vray"], "laptop-1");
+    let out = tally(&["--ca", ca, "--json", "verify", "vray"], "laptop-1");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(stdout_json(&out)["valid"], true);
-    let out = tally(&["--json", "borrows"], "laptop-1");
+    assert_eq!(stdout_json(&out)["checked"], "offline");
+    let out = tally(&["--ca", ca, "--json", "borrows"], "laptop-1");
     let borrows = stdout_json(&out);
     assert_eq!(borrows["borrows"][0]["feature"], "vray");
     assert_eq!(borrows["borrows"][0]["valid"], true);
-
-    // Another machine.
-    let out = tally(&["--json", "verify", "vray"], "laptop-2");
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stdout_json(&out)["reason"]
+    // Without a CA nothing can be checked: a usage error naming what to set.
+    let out = tally(&["--json", "verify", "vray"], "laptop-1");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stdout_json(&out)["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("another machine"));
+        .contains("set `ca`"));
+
+    // Another machine.
+    let out = tally(&["--ca", ca, "--json", "verify", "vray"], "laptop-2");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(reason(&out).contains("another machine"), "{out:?}");
 
     // Any byte changed.
     let store = BorrowStore::at(data.clone());
+    let trust = Trust::from_pem(&std::fs::read(&ca_path).unwrap()).unwrap();
     let token = std::fs::read_to_string(&token_file)
         .unwrap()
         .trim()
         .to_string();
     let now = now_millis();
-    assert!(store.verify(&token, "laptop-1", now, now).valid);
+    assert!(store.verify(&token, &trust, "laptop-1", now, now).valid);
     for i in 0..token.len() {
         let mut bytes = token.clone().into_bytes();
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let altered = String::from_utf8(bytes).unwrap();
-        let verdict = store.verify(&altered, "laptop-1", now, now);
+        let verdict = store.verify(&altered, &trust, "laptop-1", now, now);
         assert!(
             !verdict.valid,
             "byte {i} changed and the token still verifies"
@@ -150,30 +175,31 @@ async fn a_borrow_verifies_offline_and_fails_for_the_right_reason() {
         assert!(
             verdict.reason.contains("malformed")
                 || verdict.reason.contains("signature")
-                || verdict.reason.contains("key"),
+                || verdict.reason.contains("certif"),
             "byte {i}: {}",
             verdict.reason
         );
     }
 
     // Expired.
-    let verdict = store.verify(&token, "laptop-1", now + 3 * 86_400_000, 0);
+    let verdict = store.verify(&token, &trust, "laptop-1", now + 3 * 86_400_000, 0);
     assert!(
         !verdict.valid && verdict.reason.contains("expired"),
         "{verdict:?}"
     );
 
+    // The clock set back before the token was issued, with no clock file at all.
+    let verdict = store.verify(&token, &trust, "laptop-1", now - 86_400_000, 0);
+    assert!(
+        !verdict.valid && verdict.reason.contains("before the token was issued"),
+        "{verdict:?}"
+    );
+
     // The clock set back: this machine has seen a time an hour ahead of its clock.
     std::fs::write(data.join("clock"), (now + 3_600_000).to_string()).unwrap();
-    let out = tally(&["--json", "verify", "vray"], "laptop-1");
+    let out = tally(&["--ca", ca, "--json", "verify", "vray"], "laptop-1");
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stdout_json(&out)["reason"]
-            .as_str()
-            .unwrap()
-            .contains("clock rolled back"),
-        "{out:?}"
-    );
+    assert!(reason(&out).contains("clock rolled back"), "{out:?}");
 }
 
 #[tokio::test]
