@@ -421,3 +421,25 @@ fn every_variant_keeps_its_index() {
     .collect();
     assert_eq!(reasons, [0, 1, 2, 3, 4, 5]);
 }
+
+/// A borrow with a request id may be resent after a reconnect (the server returns the same
+/// lease); the first form, without one, may not.
+#[test]
+fn only_the_borrow_with_a_request_id_is_resent() {
+    let once = Request::BorrowOnce(BorrowOnce {
+        request_id: RequestId([1; 16]),
+        feature: "f".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    });
+    assert!(once.is_idempotent());
+    assert_eq!(once.name(), "borrow");
+    let first = Request::Borrow(Borrow {
+        feature: "f".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    });
+    assert!(!first.is_idempotent());
+}
