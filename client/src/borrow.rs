@@ -1,12 +1,17 @@
 //! Borrowed seats kept on this machine and checked with no network (SPEC R6).
 //!
+//! Trust rests on the CA of the client configuration (`ca = ...`), which the admin
+//! provisions: every token carries the certificate chain of the server's signing key, and a
+//! token is valid only when that chain leads to the CA ([`Trust`]) and the key it certifies
+//! made the signature. Nothing in the user's own data directory is trusted: forging a token
+//! needs the CA's private key.
+//!
 //! Layout of the user's data directory (`$TALLY_DATA_DIR`, else `$XDG_DATA_HOME/tally`,
 //! else `~/.local/share/tally`):
 //!
 //! | path | what |
 //! |---|---|
 //! | `borrows/FEATURE.LEASE.token` | one borrow token each (mode 0600) |
-//! | `pins/SERVER_ID` | the server's Ed25519 public key in hex, pinned at the first borrow |
 //! | `clock` | the latest time this machine has seen, to notice a clock set back |
 
 use std::fs;
@@ -15,19 +20,119 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ring::signature::{UnparsedPublicKey, ED25519};
-use tally_protocol::{decode_token, key_id, BorrowClaims};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use tally_protocol::{
+    decode_token, BorrowClaims, ErrorBody, LeaseKind, LeasesQuery, Request, Response, Return,
+};
 
-use crate::Error;
+use crate::{Client, Error};
 
-/// How far behind the latest time seen the clock may be before a borrow is refused.
+/// How far behind the latest time seen the clock may be before a borrow is refused; also
+/// how far the clock may be behind a token's `issued_at` (the server's clock) before it
+/// counts as set back.
 pub const CLOCK_ROLLBACK_LIMIT_MS: i64 = 10 * 60 * 1000;
+
+/// The extended key usage a signing certificate must allow when it lists any: code signing
+/// (1.3.6.1.5.5.7.3.3), so a TLS server certificate of the same CA cannot sign borrows.
+const BORROW_SIGNING_EKU: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+
+/// The CA certificates a borrow token's signing key must chain to: the client
+/// configuration's `ca`.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl Trust {
+    /// The CA certificates of a PEM file's contents.
+    pub fn from_pem(ca_pem: &[u8]) -> Result<Trust, Error> {
+        let mut anchors = Vec::new();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert =
+                cert.map_err(|err| Error::Config(format!("the CA file is not PEM: {err}")))?;
+            let anchor = webpki::anchor_from_trusted_cert(&cert)
+                .map_err(|err| Error::Config(format!("the CA certificate is not usable: {err}")))?;
+            anchors.push(anchor.to_owned());
+        }
+        if anchors.is_empty() {
+            return Err(Error::Config("the CA file holds no certificate".into()));
+        }
+        Ok(Trust { anchors })
+    }
+
+    /// Reads the CA file named by the client configuration.
+    pub fn from_file(path: &Path) -> Result<Trust, Error> {
+        let pem = fs::read(path).map_err(|err| {
+            Error::Config(format!("cannot read CA file {}: {err}", path.display()))
+        })?;
+        Self::from_pem(&pem)
+    }
+
+    /// Whether `chain` certifies, through this CA at `at`, the key that made `signature`
+    /// over `signed`; the reason when not.
+    fn check(
+        &self,
+        chain: &[Vec<u8>],
+        signed: &[u8],
+        signature: &[u8],
+        at: i64,
+    ) -> Result<(), String> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err("the token carries no certificate for the server's signing key (a token of the first format, which cannot be trusted); borrow again while online".into());
+        };
+        let leaf = CertificateDer::from(leaf.as_slice());
+        let ee = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|err| format!("the signing certificate cannot be read ({err})"))?;
+        let intermediates: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        let time = UnixTime::since_unix_epoch(Duration::from_millis(at.max(0) as u64));
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            &intermediates,
+            time,
+            webpki::KeyUsage::required_if_present(BORROW_SIGNING_EKU),
+            None,
+            None,
+        )
+        .map_err(|err| {
+            format!("the signing key is not certified by the configured CA ({err}): the token was not issued by a server this CA vouches for")
+        })?;
+        ee.verify_signature(webpki::ring::ED25519, signed, signature)
+            .map_err(|_| {
+                "bad signature: the token was altered or was not issued by this server".to_string()
+            })
+    }
+}
+
+/// How a verdict was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// With no network: the token, the CA, the machine and the clock.
+    Offline,
+    /// Offline, and the server confirmed it still holds the borrow.
+    Server,
+}
+
+impl Checked {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checked::Offline => "offline",
+            Checked::Server => "server",
+        }
+    }
+}
 
 /// Whether a borrow may be used now, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub valid: bool,
     pub reason: String,
+    /// Whether the server was asked.
+    pub checked: Checked,
 }
 
 impl Verdict {
@@ -35,6 +140,7 @@ impl Verdict {
         Self {
             valid: false,
             reason: reason.into(),
+            checked: Checked::Offline,
         }
     }
 }
@@ -174,32 +280,6 @@ impl BorrowStore {
         fs::remove_file(&borrow.path).map_err(|e| io("remove", &borrow.path, e))
     }
 
-    fn pin_path(&self, server_id: &str) -> PathBuf {
-        let safe: String = server_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        self.dir.join("pins").join(safe)
-    }
-
-    /// The key pinned for a server, if any.
-    pub fn pinned(&self, server_id: &str) -> Option<Vec<u8>> {
-        let text = fs::read_to_string(self.pin_path(server_id)).ok()?;
-        hex::decode(text.trim()).ok()
-    }
-
-    /// Pins a server's key on first use; refuses a different key later.
-    pub fn pin(&self, server_id: &str, key: &[u8]) -> Result<(), Error> {
-        match self.pinned(server_id) {
-            Some(pinned) if pinned == key => Ok(()),
-            Some(_) => Err(Error::Protocol(format!(
-                "server {server_id} presents a signing key other than the one pinned in {}; if its key was replaced on purpose, delete that file",
-                self.pin_path(server_id).display()
-            ))),
-            None => write_private(&self.pin_path(server_id), hex::encode(key).as_bytes()),
-        }
-    }
-
     /// Records that the clock read `now`; returns the latest time seen before.
     pub fn observe_clock(&self, now: i64) -> Result<i64, Error> {
         let path = self.dir.join("clock");
@@ -213,34 +293,29 @@ impl BorrowStore {
         Ok(latest)
     }
 
-    /// Checks one token with no network: format, the pinned key's signature, the machine,
-    /// the clock and the expiry.
-    pub fn verify(&self, token: &str, machine_id: &str, now: i64, latest_seen: i64) -> Verdict {
+    /// Checks one token with no network: its format, that the configured CA certifies the
+    /// key that signed it, the machine, the clock (against the latest time seen and the
+    /// token's issue) and the expiry.
+    pub fn verify(
+        &self,
+        token: &str,
+        trust: &Trust,
+        machine_id: &str,
+        now: i64,
+        latest_seen: i64,
+    ) -> Verdict {
         let signed = match decode_token(token) {
             Ok(signed) => signed,
             Err(err) => return Verdict::no(format!("malformed token ({err})")),
         };
         let claims = &signed.claims;
-        let Some(key) = self.pinned(&claims.server_id) else {
-            return Verdict::no(format!(
-                "no key is pinned for server {}; borrow again while online",
-                claims.server_id
-            ));
-        };
-        if key_id(&key) != claims.key_id {
-            return Verdict::no(format!(
-                "signed by key {}, not by the pinned key {}",
-                claims.key_id,
-                key_id(&key)
-            ));
-        }
-        if UnparsedPublicKey::new(&ED25519, &key)
-            .verify(&signed.signed, &signed.signature)
-            .is_err()
-        {
-            return Verdict::no(
-                "bad signature: the token was altered or was not issued by this server",
-            );
+        if let Err(why) = trust.check(
+            &signed.chain,
+            &signed.signed,
+            &signed.signature,
+            claims.issued_at,
+        ) {
+            return Verdict::no(why);
         }
         if claims.machine_id != machine_id {
             return Verdict::no("the token is bound to another machine");
@@ -252,42 +327,227 @@ impl BorrowStore {
                 rfc3339(latest_seen)
             ));
         }
+        if claims.issued_at.saturating_sub(now) > CLOCK_ROLLBACK_LIMIT_MS {
+            return Verdict::no(format!(
+                "clock rolled back: it reads {}, before the token was issued at {}",
+                rfc3339(now),
+                rfc3339(claims.issued_at)
+            ));
+        }
         if now >= claims.expires_at {
             return Verdict::no(format!("expired at {}", rfc3339(claims.expires_at)));
         }
         Verdict {
             valid: true,
             reason: format!("valid until {}", rfc3339(claims.expires_at)),
+            checked: Checked::Offline,
         }
     }
 }
 
 /// Whether this machine holds a valid borrow of `feature`, checked with no network, in the
-/// user's data directory.
-pub fn verify_offline(feature: &str) -> Result<Verdict, Error> {
-    BorrowStore::open_default()?.verify_offline(feature)
+/// user's data directory, against the CA certificates in `ca_pem` (the client
+/// configuration's `ca`; an application may embed its vendor's CA instead).
+pub fn verify_offline(feature: &str, ca_pem: &[u8]) -> Result<Verdict, Error> {
+    BorrowStore::open_default()?.verify_offline(
+        feature,
+        &Trust::from_pem(ca_pem)?,
+        &crate::machine_id(),
+    )
 }
 
 impl BorrowStore {
-    /// Whether this store holds a valid borrow of `feature` for this machine, now.
-    pub fn verify_offline(&self, feature: &str) -> Result<Verdict, Error> {
+    /// Checks every borrow kept here with no network, noting the clock.
+    pub fn verify_all(
+        &self,
+        trust: &Trust,
+        machine_id: &str,
+    ) -> Result<Vec<(StoredBorrow, Verdict)>, Error> {
         let now = now_millis();
         let latest = self.observe_clock(now)?;
-        let machine = crate::machine_id();
-        let borrows = self.of_feature(feature)?;
-        if borrows.is_empty() {
-            return Ok(Verdict::no(format!(
-                "no borrow of {feature} on this machine"
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|borrow| {
+                let verdict = self.verify(&borrow.token, trust, machine_id, now, latest);
+                (borrow, verdict)
+            })
+            .collect())
+    }
+
+    /// The borrows of `feature` kept here, each with its offline verdict, valid ones first.
+    fn verdicts(
+        &self,
+        feature: &str,
+        trust: &Trust,
+        machine_id: &str,
+    ) -> Result<Vec<(StoredBorrow, Verdict)>, Error> {
+        let now = now_millis();
+        let latest = self.observe_clock(now)?;
+        let mut verdicts: Vec<(StoredBorrow, Verdict)> = self
+            .of_feature(feature)?
+            .into_iter()
+            .map(|b| {
+                let verdict = self.verify(&b.token, trust, machine_id, now, latest);
+                (b, verdict)
+            })
+            .collect();
+        verdicts.sort_by_key(|(_, v)| !v.valid);
+        Ok(verdicts)
+    }
+
+    /// Whether this store holds a valid borrow of `feature` for this machine, now.
+    pub fn verify_offline(
+        &self,
+        feature: &str,
+        trust: &Trust,
+        machine_id: &str,
+    ) -> Result<Verdict, Error> {
+        Ok(self
+            .verdicts(feature, trust, machine_id)?
+            .into_iter()
+            .next()
+            .map(|(_, verdict)| verdict)
+            .unwrap_or_else(|| Verdict::no(format!("no borrow of {feature} on this machine"))))
+    }
+}
+
+impl Client {
+    /// Whether this machine holds a valid borrow of `feature`: checked offline, then with
+    /// the server this client is connected to, which must still hold the borrow (so one
+    /// returned, released or ended fails while online). A token of another server or
+    /// another user cannot be asked about; its verdict stays the offline one and says so.
+    pub async fn verify_borrow(&self, feature: &str) -> Result<Verdict, Error> {
+        let store = self.borrow_store()?;
+        let mut first = None;
+        for (borrow, verdict) in store.verdicts(feature, self.trust(), self.machine_id())? {
+            let (Some(claims), true) = (&borrow.claims, verdict.valid) else {
+                first.get_or_insert(verdict);
+                continue;
+            };
+            let verdict = self.ask_server(claims).await?;
+            if verdict.valid {
+                return Ok(verdict);
+            }
+            first.get_or_insert(verdict);
+        }
+        Ok(first.unwrap_or_else(|| Verdict::no(format!("no borrow of {feature} on this machine"))))
+    }
+
+    /// Asks the server whether it still holds the borrow of a token that is valid offline.
+    async fn ask_server(&self, claims: &BorrowClaims) -> Result<Verdict, Error> {
+        let until = rfc3339(claims.expires_at);
+        let offline = |why: String| Verdict {
+            valid: true,
+            reason: format!("valid until {until}; checked offline: {why}"),
+            checked: Checked::Offline,
+        };
+        if claims.server_id != self.welcome().server_id {
+            return Ok(offline(format!(
+                "the token is from server {}, not from the server reached ({})",
+                claims.server_id,
+                self.welcome().server_id
             )));
         }
-        let verdicts: Vec<Verdict> = borrows
+        if !claims.user.eq_ignore_ascii_case(self.username()) {
+            return Ok(offline(format!(
+                "the token is {}'s and this client signed in as {}",
+                claims.user,
+                self.username()
+            )));
+        }
+        let query = Request::Leases(LeasesQuery {
+            feature: Some(claims.feature.clone()),
+            user: Some(claims.user.clone()),
+        });
+        let leases = match self.call(query).await? {
+            Response::Leases(leases) => leases,
+            other => return Err(crate::session::unexpected(&other)),
+        };
+        let held = leases
             .iter()
-            .map(|b| self.verify(&b.token, &machine, now, latest))
-            .collect();
-        Ok(verdicts
-            .iter()
-            .find(|v| v.valid)
-            .cloned()
-            .unwrap_or_else(|| verdicts[0].clone()))
+            .any(|l| l.id == claims.lease && l.kind == LeaseKind::Borrowed);
+        Ok(Verdict {
+            valid: held,
+            reason: if held {
+                format!("valid until {until}; checked with the server, which holds the borrow")
+            } else {
+                format!(
+                    "checked with the server: it no longer holds borrow {} of {} (returned, released or ended)",
+                    claims.lease, claims.feature
+                )
+            },
+            checked: Checked::Server,
+        })
+    }
+
+    /// Gives back every borrow of `feature` kept on this machine from this server; returns
+    /// how many seats the server confirmed. A token file goes only once the server confirms
+    /// its return (or once it has ended by itself); when nothing could be returned, the
+    /// answer is `not_found`, naming each token and why, and the files stay.
+    pub async fn return_borrows(&self, feature: &str) -> Result<u32, Error> {
+        let store = self.borrow_store()?;
+        let mut returned = 0;
+        let mut kept = Vec::new();
+        let borrows = store.of_feature(feature)?;
+        for borrow in &borrows {
+            let Some(claims) = &borrow.claims else {
+                kept.push(format!("{} is not a readable token", borrow.path.display()));
+                continue;
+            };
+            if claims.server_id != self.welcome().server_id {
+                kept.push(format!(
+                    "{} is from server {}, not from the server reached ({})",
+                    borrow.path.display(),
+                    claims.server_id,
+                    self.welcome().server_id
+                ));
+                continue;
+            }
+            match self
+                .call(Request::Return(Return {
+                    lease: claims.lease,
+                }))
+                .await
+            {
+                Ok(Response::Returned(_)) => {
+                    returned += claims.seats;
+                    store.remove(borrow)?;
+                }
+                // The borrow ended by itself: nothing is stranded, the file can go.
+                Err(Error::Server(body))
+                    if body.code == tally_protocol::ErrorCode::NotFound
+                        && claims.expires_at <= now_millis() =>
+                {
+                    store.remove(borrow)?;
+                }
+                Err(Error::Server(body)) if body.code == tally_protocol::ErrorCode::NotFound => {
+                    kept.push(format!(
+                        "the server does not hold borrow {} of {} for {} ({}); {} is kept",
+                        claims.lease,
+                        claims.feature,
+                        self.username(),
+                        body.message,
+                        borrow.path.display()
+                    ));
+                }
+                Ok(other) => return Err(crate::session::unexpected(&other)),
+                Err(err) => return Err(err),
+            }
+        }
+        if returned > 0 {
+            return Ok(returned);
+        }
+        let message = if borrows.is_empty() {
+            format!(
+                "nothing to return: no borrow of {feature} is kept on this machine (in {})",
+                store.dir().join("borrows").display()
+            )
+        } else if kept.is_empty() {
+            format!("nothing to return: every borrow of {feature} on this machine had already ended; their token files are removed")
+        } else {
+            format!("nothing to return: {}", kept.join("; "))
+        };
+        Err(Error::Server(ErrorBody::not_found(message)))
     }
 }

@@ -90,9 +90,11 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long connecting to one server may take (TCP, TLS and the handshake).
     pub connect_timeout: Duration,
-    /// Where borrows, pinned keys and the clock are kept; `None` means the user's data
-    /// directory (see [`BorrowStore::open_default`](crate::BorrowStore::open_default)).
+    /// Where borrows and the clock are kept; `None` means the user's data directory (see
+    /// [`BorrowStore::open_default`](crate::BorrowStore::open_default)).
     pub data_dir: Option<PathBuf>,
+    /// The machine borrows are bound to, sent in `Hello`: [`machine_id()`] unless set.
+    pub machine_id: String,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -152,6 +154,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             data_dir: None,
+            machine_id: machine_id(),
         }
     }
 
@@ -226,13 +229,25 @@ impl ClientConfig {
     }
 }
 
-/// This machine's id: `TALLY_MACHINE_ID`, else `/etc/machine-id`, else empty.
+/// The files a Linux machine keeps its id in: systemd's, then D-Bus's.
+pub const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This machine's id, which borrows are bound to: the first of [`MACHINE_ID_FILES`] that
+/// holds one. `TALLY_MACHINE_ID` counts only on a machine with none of its own (a container
+/// without a machine id); elsewhere it cannot move a borrow to another machine.
 pub fn machine_id() -> String {
-    if let Ok(id) = std::env::var("TALLY_MACHINE_ID") {
-        return id.trim().to_string();
-    }
-    std::fs::read_to_string("/etc/machine-id")
-        .map(|s| s.trim().to_string())
+    machine_id_from(&MACHINE_ID_FILES, std::env::var("TALLY_MACHINE_ID").ok())
+}
+
+/// The machine id read from `files` in order, else `fallback` (the value of
+/// `TALLY_MACHINE_ID`), else empty. Tests pass files of their own.
+pub fn machine_id_from(files: &[impl AsRef<Path>], fallback: Option<String>) -> String {
+    files
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| text.trim().to_string())
+        .find(|id| !id.is_empty())
+        .or_else(|| fallback.map(|id| id.trim().to_string()))
         .unwrap_or_default()
 }
 
@@ -287,5 +302,25 @@ mod tests {
         std::fs::write(&path, "servers = [\"a:1\"]\nsrevers = 1\n").unwrap();
         let err = ClientFile::load(&path).err().unwrap().to_string();
         assert!(err.contains("srevers"), "{err}");
+    }
+
+    #[test]
+    fn tally_machine_id_counts_only_where_the_machine_has_no_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc-machine-id");
+        let dbus = dir.path().join("dbus-machine-id");
+        let files = [&etc, &dbus];
+        let env = || Some("chosen-by-the-user".to_string());
+        // A container: no machine id of its own.
+        assert_eq!(machine_id_from(&files, env()), "chosen-by-the-user");
+        assert_eq!(machine_id_from(&files, None), "");
+        // An empty file is no id.
+        std::fs::write(&etc, "\n").unwrap();
+        assert_eq!(machine_id_from(&files, env()), "chosen-by-the-user");
+        // D-Bus's id, then systemd's first: the variable no longer counts.
+        std::fs::write(&dbus, "dbus-id\n").unwrap();
+        assert_eq!(machine_id_from(&files, env()), "dbus-id");
+        std::fs::write(&etc, "etc-id\n").unwrap();
+        assert_eq!(machine_id_from(&files, env()), "etc-id");
     }
 }

@@ -31,8 +31,8 @@ mod error;
 mod lease;
 mod session;
 
-pub use borrow::{verify_offline, BorrowStore, Verdict};
-pub use config::{machine_id, ClientConfig, ServerAddr};
+pub use borrow::{verify_offline, BorrowStore, Checked, Trust, Verdict};
+pub use config::{machine_id, machine_id_from, ClientConfig, ServerAddr, MACHINE_ID_FILES};
 pub use error::Error;
 pub use lease::Lease;
 pub use session::Client;

@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::PathBuf;
 
 use tally_protocol::{
-    decode_token, Authenticate, Borrow, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
+    decode_token, Authenticate, BorrowOnce, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
     Connection, EndReason, ErrorCode, Hello, LeaseId, LeaseInfo, Outcome, Request, RequestId,
     Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
     PROTOCOL_VERSION,
@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::borrow::BorrowStore;
-use crate::config::{host_name, machine_id, ClientConfig, ServerAddr};
+use crate::borrow::{BorrowStore, Trust};
+use crate::config::{host_name, ClientConfig, ServerAddr};
 use crate::lease::Lease;
 use crate::Error;
 
@@ -58,6 +58,10 @@ pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     /// Where borrows are kept.
     data_dir: Option<PathBuf>,
+    /// The CA of the configuration, which must certify the key of every borrow token.
+    trust: Arc<Trust>,
+    /// The machine borrows are bound to.
+    machine_id: Arc<str>,
     welcome: Arc<Welcome>,
     username: Arc<str>,
 }
@@ -75,6 +79,8 @@ impl Client {
     /// Connects to the first server of the list that answers and signs in.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         let data_dir = config.data_dir.clone();
+        let trust = Arc::new(Trust::from_pem(&config.ca_pem)?);
+        let machine_id = config.machine_id.as_str().into();
         let settings = Arc::new(Settings::new(config)?);
         let (conn, welcome, username, index) = settings.connect_any(0).await?;
         let (commands, rx) = mpsc::unbounded_channel();
@@ -90,6 +96,8 @@ impl Client {
         Ok(Client {
             commands,
             data_dir,
+            trust,
+            machine_id,
             welcome: Arc::new(welcome),
             username: username.into(),
         })
@@ -143,6 +151,9 @@ impl Client {
 
     /// Borrows seats for offline use, bound to this machine, and keeps the signed token in
     /// the user's data directory (see [`BorrowStore`]). Returns the lease and the token file.
+    /// The request carries a request id, so it is resent after a reconnect and a lost
+    /// answer never strands a seat (R4). A token the configured CA does not vouch for is
+    /// given back at once and refused.
     pub async fn borrow(
         &self,
         feature: &str,
@@ -150,52 +161,36 @@ impl Client {
         duration: Duration,
     ) -> Result<(LeaseInfo, PathBuf), Error> {
         let store = self.borrow_store()?;
-        // Pin the server's key first: a server presenting another key gets no request.
-        store.pin(&self.welcome.server_id, &self.welcome.signing_key)?;
         store.observe_clock(crate::borrow::now_millis())?;
-        let request = Request::Borrow(Borrow {
+        let request = Request::BorrowOnce(BorrowOnce {
+            request_id: RequestId(rand::random()),
             feature: feature.to_string(),
             seats,
             duration_secs: duration.as_secs().max(1),
-            machine_id: machine_id(),
+            machine_id: self.machine_id.to_string(),
         });
         let granted = match self.call(request).await? {
             Response::Borrowed(granted) => granted,
             other => return Err(unexpected(&other)),
         };
-        let signed =
-            decode_token(&granted.token).map_err(|err| Error::Protocol(err.to_string()))?;
+        let now = crate::borrow::now_millis();
+        let verdict = store.verify(&granted.token, &self.trust, &self.machine_id, now, now);
+        let signed = match decode_token(&granted.token) {
+            Ok(signed) if verdict.valid => signed,
+            _ => {
+                let _ = self
+                    .call(Request::Return(Return {
+                        lease: granted.lease.id,
+                    }))
+                    .await;
+                return Err(Error::Protocol(format!(
+                    "the server's borrow token does not verify, so the borrow was given back: {}",
+                    verdict.reason
+                )));
+            }
+        };
         let path = store.save(&granted.token, &signed.claims)?;
         Ok((granted.lease, path))
-    }
-
-    /// Returns every borrow of `feature` this machine holds from this server; returns how
-    /// many seats were given back. The token files go.
-    pub async fn return_borrows(&self, feature: &str) -> Result<u32, Error> {
-        let store = self.borrow_store()?;
-        let mut returned = 0;
-        for borrow in store.of_feature(feature)? {
-            let Some(claims) = &borrow.claims else {
-                continue;
-            };
-            if claims.server_id != self.welcome.server_id {
-                continue;
-            }
-            match self
-                .call(Request::Return(Return {
-                    lease: claims.lease,
-                }))
-                .await
-            {
-                Ok(Response::Returned(_)) => returned += claims.seats,
-                // Already over (expired or returned from elsewhere): nothing to give back.
-                Err(Error::Server(body)) if body.code == ErrorCode::NotFound => {}
-                Ok(other) => return Err(unexpected(&other)),
-                Err(err) => return Err(err),
-            }
-            store.remove(&borrow)?;
-        }
-        Ok(returned)
     }
 
     /// The borrows of this client's user on this machine.
@@ -204,6 +199,16 @@ impl Client {
             Some(dir) => Ok(BorrowStore::at(dir.clone())),
             None => BorrowStore::open_default(),
         }
+    }
+
+    /// The CA that must certify borrow tokens' signing keys.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// The machine borrows are bound to.
+    pub fn machine_id(&self) -> &str {
+        &self.machine_id
     }
 
     pub(crate) fn checkin_in_background(&self, lease: LeaseId) {
@@ -260,7 +265,7 @@ impl Settings {
             agent: config.agent.clone(),
             host: host_name(),
             instance: ClientId(rand::random()),
-            machine_id: machine_id(),
+            machine_id: config.machine_id.clone(),
             pid: std::process::id(),
         };
         Ok(Self {

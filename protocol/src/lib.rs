@@ -16,7 +16,10 @@ mod ids;
 mod message;
 mod names;
 
-pub use borrow::{decode_token, key_id, BorrowClaims, SignedClaims, TokenError, TOKEN_PREFIX};
+pub use borrow::{
+    decode_token, key_id, BorrowClaims, SignedClaims, TokenError, MAX_CHAIN, TOKEN_PREFIX,
+    TOKEN_PREFIX_V1,
+};
 pub use connection::{Connection, FrameError, MAX_RESPONSE_FRAME};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};

@@ -174,6 +174,9 @@ pub enum Request {
     TokenList(UserRef),
     /// Revokes one token by id; its open connections end at once.
     TokenRevoke(TokenRevoke),
+    /// Borrow seats for offline use, with a request id: a retry returns the same lease and
+    /// token (R4). Clients send this rather than `Borrow`.
+    BorrowOnce(BorrowOnce),
 }
 
 impl Request {
@@ -206,6 +209,7 @@ impl Request {
             Request::TokenMint(_) => "token_mint",
             Request::TokenList(_) => "token_list",
             Request::TokenRevoke(_) => "token_revoke",
+            Request::BorrowOnce(_) => "borrow",
         }
     }
 
@@ -617,6 +621,20 @@ pub struct Borrow {
     pub seats: u32,
     pub duration_secs: u64,
     /// The machine the token is bound to (`/etc/machine-id` or `TALLY_MACHINE_ID`).
+    pub machine_id: String,
+}
+
+/// Borrow `seats` seats of `feature` for `duration_secs`, bound to this machine; sent again
+/// with the same `request_id` after a lost answer, it returns the same lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BorrowOnce {
+    /// Chosen by the client; a retry with the same id (and machine) returns the same lease.
+    pub request_id: RequestId,
+    pub feature: String,
+    pub seats: u32,
+    pub duration_secs: u64,
+    /// The machine the token is bound to (`/etc/machine-id`; `TALLY_MACHINE_ID` only where
+    /// the machine has none).
     pub machine_id: String,
 }
 

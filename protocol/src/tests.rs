@@ -104,6 +104,17 @@ fn golden_bytes() {
             "0904040404040404040404040404040404",
         ),
         (Request::ServerInfo, "0a"),
+        (
+            Request::BorrowOnce(BorrowOnce {
+                request_id: RequestId([3; 16]),
+                feature: "f".into(),
+                seats: 1,
+                duration_secs: 300,
+                machine_id: "m".into(),
+            }),
+            // index 26, the id, "f", 1 seat, 300 s (varint ac02), "m"
+            "1a03030303030303030303030303030303016601ac02016d",
+        ),
     ];
     for (request, expected) in requests {
         let name = request.name();
@@ -246,6 +257,7 @@ proptest! {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let token = format!("{TOKEN_PREFIX}.{}.{}", b64.encode(&claims), b64.encode(&sig));
         let _ = decode_token(&token);
+        let _ = decode_token(&format!("{token}.{}", b64.encode(&sig)));
     }
 }
 
@@ -262,14 +274,33 @@ fn borrow_tokens_round_trip() {
         issued_at: 1,
         expires_at: 2,
     };
-    let token = claims.encode(&[7; 64]);
-    assert!(token.starts_with("tally1."));
+    let chain = vec![vec![1, 2, 3], vec![4]];
+    let token = claims.encode(&[7; 64], &chain);
+    assert!(token.starts_with("tally2."));
+    assert_eq!(token.split('.').count(), 5);
     let decoded = decode_token(&token).unwrap();
     assert_eq!(decoded.claims, claims);
     assert_eq!(decoded.signature, vec![7; 64]);
     assert_eq!(decoded.signed, claims.to_bytes());
-    assert!(decode_token("tally2.AA.AA").is_err());
+    assert_eq!(decoded.chain, chain);
+    // A `tally2` token without a certificate, or with too many, is refused.
+    let bare = claims.encode(&[7; 64], &[]);
+    let err = decode_token(&bare).unwrap_err().to_string();
+    assert!(err.contains("at least one certificate"), "{err}");
+    let long = claims.encode(&[7; 64], &vec![vec![1]; MAX_CHAIN + 1]);
+    assert!(decode_token(&long)
+        .unwrap_err()
+        .to_string()
+        .contains("more than"));
+    // The first format still reads, with no chain, so a verifier can say what is wrong.
+    let old = bare.replacen("tally2", "tally1", 1);
+    assert_eq!(decode_token(&old).unwrap().chain, Vec::<Vec<u8>>::new());
     assert!(decode_token("tally1.AA").is_err());
+    assert!(decode_token("tally1.AA.AA.AA").is_err());
+    assert!(decode_token("tally9.AA.AA.AA")
+        .unwrap_err()
+        .to_string()
+        .contains("unknown format"));
 }
 
 /// The first byte of every request and response is its variant's index: appended variants
@@ -348,6 +379,16 @@ fn every_variant_keeps_its_index() {
         ),
         (Request::TokenList(user()), 24),
         (Request::TokenRevoke(TokenRevoke { id: "i".into() }), 25),
+        (
+            Request::BorrowOnce(BorrowOnce {
+                request_id: RequestId([0; 16]),
+                feature: "f".into(),
+                seats: 1,
+                duration_secs: 1,
+                machine_id: "m".into(),
+            }),
+            26,
+        ),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -398,4 +439,26 @@ fn every_variant_keeps_its_index() {
     .map(|r| postcard::to_allocvec(r).unwrap()[0])
     .collect();
     assert_eq!(reasons, [0, 1, 2, 3, 4, 5, 6]);
+}
+
+/// A borrow with a request id may be resent after a reconnect (the server returns the same
+/// lease); the first form, without one, may not.
+#[test]
+fn only_the_borrow_with_a_request_id_is_resent() {
+    let once = Request::BorrowOnce(BorrowOnce {
+        request_id: RequestId([1; 16]),
+        feature: "f".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    });
+    assert!(once.is_idempotent());
+    assert_eq!(once.name(), "borrow");
+    let first = Request::Borrow(Borrow {
+        feature: "f".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    });
+    assert!(!first.is_idempotent());
 }

@@ -64,6 +64,11 @@ pub struct LeaseConfig {
 pub struct BorrowConfig {
     #[serde(default = "default_borrow_max", deserialize_with = "duration")]
     pub max: Duration,
+    /// A certificate (PEM, with any intermediates after it) for the borrow signing key,
+    /// issued by the CA clients trust. Needed when `tls.cert` is set: tallyd then has no CA
+    /// key of its own to certify the signing key, and refuses borrows without it.
+    #[serde(default)]
+    pub signing_cert: Option<PathBuf>,
 }
 
 /// User policy.
@@ -256,6 +261,7 @@ impl Default for BorrowConfig {
     fn default() -> Self {
         Self {
             max: default_borrow_max(),
+            signing_cert: None,
         }
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tally_protocol::{
-    key_id, AuditQuery, BorrowClaims, Borrowed, ErrorBody, IssuedToken, LeaseId, LeaseInfo,
-    Outcome, Request, Response,
+    key_id, AuditQuery, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken,
+    LeaseId, LeaseInfo, Outcome, Request, RequestId, Response,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
@@ -105,11 +105,26 @@ fn mint_token() -> NewToken {
 pub struct Signer {
     pub key: ring::signature::Ed25519KeyPair,
     pub server_id: String,
+    /// The DER certificate chain for `key` that every token carries, so clients can check
+    /// it against the CA they trust ([`init::signing_chain`](crate::init::signing_chain));
+    /// `None`: no certificate, so no borrows.
+    pub chain: Option<Vec<Vec<u8>>>,
 }
 
 impl Signer {
+    /// Refuses borrows when no certificate vouches for the key.
+    fn ready(&self) -> Result<&[Vec<u8>], ErrorBody> {
+        self.chain.as_deref().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::NotBorrowable,
+                "this server cannot issue borrow tokens its clients can verify: it uses the admin's TLS certificate (tls.cert), and no certificate for its signing key is configured; an admin must set borrow.signing_cert to one issued by the clients' CA for DATA_DIR/signing.csr",
+            )
+        })
+    }
+
     /// The token for a granted borrow.
-    fn token(&self, lease: &LeaseInfo, machine_id: &str) -> String {
+    fn token(&self, lease: &LeaseInfo, machine_id: &str) -> Result<String, ErrorBody> {
+        let chain = self.ready()?;
         use ring::signature::KeyPair;
         let claims = BorrowClaims {
             server_id: self.server_id.clone(),
@@ -123,7 +138,7 @@ impl Signer {
             expires_at: lease.expires_at,
         };
         let signature = self.key.sign(&claims.to_bytes());
-        claims.encode(signature.as_ref())
+        Ok(claims.encode(signature.as_ref(), chain))
     }
 }
 
@@ -383,11 +398,19 @@ impl Engine {
             Request::Revoke(revoke) => pool
                 .revoke(now, actor, &revoke, batch)
                 .map(Response::Revoked),
+            // The first borrow request has no request id: each one is a new borrow.
             Request::Borrow(borrow) => {
-                let id = LeaseId(rand::random());
-                let lease = pool.borrow(now, actor, holder, &borrow, id, batch)?;
-                let token = self.signer.token(&lease, &borrow.machine_id);
-                Ok(Response::Borrowed(Borrowed { lease, token }))
+                let request = BorrowOnce {
+                    request_id: RequestId(rand::random()),
+                    feature: borrow.feature,
+                    seats: borrow.seats,
+                    duration_secs: borrow.duration_secs,
+                    machine_id: borrow.machine_id,
+                };
+                borrow_signed(pool, &self.signer, now, actor, holder, &request, batch)
+            }
+            Request::BorrowOnce(request) => {
+                borrow_signed(pool, &self.signer, now, actor, holder, &request, batch)
             }
             Request::Return(ret) => pool
                 .return_borrow(now, actor, ret.lease, batch)
@@ -519,6 +542,33 @@ impl Engine {
             }
         }
     }
+}
+
+/// Grants a borrow (or finds the one an earlier try of the request got) and signs its
+/// token; a repeated request gets the same token, since the claims are the lease's.
+fn borrow_signed(
+    pool: &mut Pool,
+    signer: &Signer,
+    now: i64,
+    actor: &Actor,
+    holder: &Holder,
+    request: &BorrowOnce,
+    batch: &mut Batch,
+) -> Result<Response, ErrorBody> {
+    if let Err(err) = signer.ready() {
+        batch.audit(
+            now,
+            actor,
+            "borrow",
+            &request.feature,
+            Some(&request.feature),
+            Err(&err),
+        );
+        return Err(err);
+    }
+    let lease = pool.borrow_once(now, actor, holder, request, LeaseId(rand::random()), batch)?;
+    let token = signer.token(&lease, &request.machine_id)?;
+    Ok(Response::Borrowed(Borrowed { lease, token }))
 }
 
 /// Tells the admin reading the log what changed: reclaims, forced releases and entitlement

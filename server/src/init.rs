@@ -8,6 +8,8 @@
 //! | `signing.key` | the Ed25519 key that signs borrow tokens (PKCS#8) |
 //! | `tls/ca.pem`, `tls/ca.key` | the private CA, when the config names no certificate |
 //! | `tls/server.pem`, `tls/server.key` | the server certificate that CA signed |
+//! | `tls/signing.pem` | the certificate that CA issued for the signing key |
+//! | `signing.csr` | with `tls.cert` set and no `borrow.signing_cert`: a request for one |
 //! | `owner.token` | the owner's token (mode 0600) |
 //! | `client.toml` | a client configuration for the owner (mode 0600) |
 
@@ -20,7 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -29,6 +34,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+
+/// The extended key usage a borrow signing certificate carries (or may leave out): code
+/// signing, 1.3.6.1.5.5.7.3.3, the usage for keys that sign data rather than TLS sessions.
+/// The client requires it when the certificate lists any usage, so the CA's TLS server
+/// certificates cannot pass as borrow signers.
+pub const BORROW_SIGNING_EKU: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
 /// The owner account made at first start.
 pub const OWNER_USERNAME: &str = "owner@localhost";
@@ -59,6 +70,12 @@ impl DataDir {
     }
     pub fn server_key(&self) -> PathBuf {
         self.root.join("tls/server.key")
+    }
+    pub fn signing_cert(&self) -> PathBuf {
+        self.root.join("tls/signing.pem")
+    }
+    pub fn signing_csr(&self) -> PathBuf {
+        self.root.join("signing.csr")
     }
     pub fn owner_token(&self) -> PathBuf {
         self.root.join("owner.token")
@@ -135,14 +152,7 @@ pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
     fs::create_dir_all(dir.root.join("tls"))?;
     let now = SystemTime::now();
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Tally private CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.not_before = (now - Duration::from_secs(3600)).into();
-    ca.not_after = (now + Duration::from_secs(20 * 365 * 86400)).into();
-    let ca_cert = ca
+    let ca_cert = ca_params(now)
         .self_signed(&ca_key)
         .context("cannot sign the CA certificate")?;
 
@@ -173,6 +183,191 @@ pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
     write_private(&dir.server_key(), server_key.serialize_pem().as_bytes())?;
     fs::write(dir.server_cert(), server_cert.pem())?;
     tracing::info!(names = ?config.tls.names, dir = %dir.root.join("tls").display(), "generated a private CA and server certificate");
+    Ok(())
+}
+
+/// The private CA's certificate parameters. Issuing needs only its name and key, so the
+/// same parameters rebuild the issuer from `tls/ca.key` at a later start.
+fn ca_params(now: SystemTime) -> CertificateParams {
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Tally private CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = (now - Duration::from_secs(3600)).into();
+    ca.not_after = (now + Duration::from_secs(20 * 365 * 86400)).into();
+    ca
+}
+
+/// Reads a PEM file of certificates as DER.
+fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .map(|cert| cert.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// Whether the first certificate of `chain` is for `key`: it must verify a signature the key
+/// makes. With `anchor`, also whether the chain leads to that CA at `now`, for borrow signing.
+fn certifies(
+    chain: &[Vec<u8>],
+    key: &Ed25519KeyPair,
+    anchor: Option<&[u8]>,
+    now: SystemTime,
+) -> std::result::Result<(), String> {
+    let leaf = CertificateDer::from(chain[0].as_slice());
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|err| format!("{err}"))?;
+    let probe = b"tally borrow signing key probe";
+    ee.verify_signature(webpki::ring::ED25519, probe, key.sign(probe).as_ref())
+        .map_err(|_| {
+            format!(
+                "it is not a certificate for this server's signing key (public key {})",
+                hex::encode(key.public_key().as_ref())
+            )
+        })?;
+    if let Some(anchor) = anchor {
+        let anchor = CertificateDer::from(anchor);
+        let anchors = [webpki::anchor_from_trusted_cert(&anchor).map_err(|err| format!("{err}"))?];
+        let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        let time = rustls_pki_types::UnixTime::since_unix_epoch(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            time,
+            webpki::KeyUsage::required_if_present(BORROW_SIGNING_EKU),
+            None,
+            None,
+        )
+        .map_err(|err| format!("it does not chain to the CA: {err}"))?;
+    }
+    Ok(())
+}
+
+/// The certificate chain (DER, the signing key's certificate first) that every borrow token
+/// carries, so that clients can check with the CA they trust that the signing key is this
+/// server's. `None` when there is none: the server then refuses borrows.
+///
+/// - `borrow.signing_cert` set: that file, which must certify the signing key.
+/// - no `tls.cert`: `tls/signing.pem`, issued by the generated CA (made now if absent, for
+///   another key, or no longer valid).
+/// - `tls.cert` set without `borrow.signing_cert`: none; a certificate request for the
+///   signing key is written to `signing.csr` for the admin's CA, and a warning says so.
+pub fn signing_chain(
+    config: &Config,
+    dir: &DataDir,
+    key: &Ed25519KeyPair,
+) -> Result<Option<Vec<Vec<u8>>>> {
+    let now = SystemTime::now();
+    if let Some(path) = &config.borrow.signing_cert {
+        let chain = read_chain(path).context("borrow.signing_cert")?;
+        write_signing_request(dir, key)?;
+        if let Err(why) = certifies(&chain, key, None, now) {
+            bail!(
+                "borrow.signing_cert {}: {why}; issue it for the key in {}",
+                path.display(),
+                dir.signing_csr().display()
+            );
+        }
+        return Ok(Some(chain));
+    }
+    if config.tls.cert.is_some() || !dir.ca_key().exists() {
+        write_signing_request(dir, key)?;
+        tracing::warn!(
+            request = %dir.signing_csr().display(),
+            "borrowing is off: clients trust a CA whose key tallyd does not have, so it cannot certify its signing key; have that CA issue a certificate for the request (extendedKeyUsage codeSigning) and set borrow.signing_cert to it"
+        );
+        return Ok(None);
+    }
+    let ca_pem = fs::read(dir.ca_cert())
+        .with_context(|| format!("cannot read {}", dir.ca_cert().display()))?;
+    let ca_der = CertificateDer::from_pem_slice(&ca_pem)
+        .with_context(|| format!("{} is not a PEM certificate", dir.ca_cert().display()))?
+        .as_ref()
+        .to_vec();
+    let path = dir.signing_cert();
+    if path.exists() {
+        let chain = read_chain(&path)?;
+        // Good for another 30 days at least, or made again.
+        let later = now + Duration::from_secs(30 * 86400);
+        match certifies(&chain, key, Some(&ca_der), now)
+            .and_then(|()| certifies(&chain, key, Some(&ca_der), later))
+        {
+            Ok(()) => return Ok(Some(chain)),
+            Err(why) => {
+                tracing::warn!(path = %path.display(), %why, "making the signing certificate again")
+            }
+        }
+    }
+    let ca_key = KeyPair::from_pem(
+        &fs::read_to_string(dir.ca_key())
+            .with_context(|| format!("cannot read {}", dir.ca_key().display()))?,
+    )
+    .with_context(|| format!("{} is not a PEM private key", dir.ca_key().display()))?;
+    let issuer = ca_params(now)
+        .self_signed(&ca_key)
+        .context("cannot rebuild the CA")?;
+    let subject = signing_key_pair(dir)?;
+    let cert = signing_params(key, now)
+        .signed_by(&subject, &issuer, &ca_key)
+        .context("cannot sign the signing key's certificate")?;
+    let chain = vec![cert.der().as_ref().to_vec()];
+    certifies(&chain, key, Some(&ca_der), now)
+        .map_err(|why| anyhow::anyhow!("the signing certificate just made is unusable: {why}"))?;
+    fs::write(&path, cert.pem()).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "the private CA certified the borrow signing key");
+    Ok(Some(chain))
+}
+
+/// The signing key as rcgen needs it to be named in a certificate or request.
+fn signing_key_pair(dir: &DataDir) -> Result<KeyPair> {
+    let pkcs8 = fs::read(dir.signing_key())
+        .with_context(|| format!("cannot read {}", dir.signing_key().display()))?;
+    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.into(), &rcgen::PKCS_ED25519)
+        .with_context(|| format!("{} is not an Ed25519 key", dir.signing_key().display()))
+}
+
+/// What a certificate for the signing key says: its name and its one usage.
+fn signing_params(key: &Ed25519KeyPair, now: SystemTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!(
+            "Tally borrow signing key {}",
+            tally_protocol::key_id(key.public_key().as_ref())
+        ),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + Duration::from_secs(10 * 365 * 86400)).into();
+    params
+}
+
+/// Writes `signing.csr`, a certificate request for the signing key, unless it is there.
+fn write_signing_request(dir: &DataDir, key: &Ed25519KeyPair) -> Result<()> {
+    let path = dir.signing_csr();
+    if path.exists() {
+        return Ok(());
+    }
+    let request = signing_params(key, SystemTime::now())
+        .serialize_request(&signing_key_pair(dir)?)
+        .context("cannot make a certificate request for the signing key")?;
+    let pem = request
+        .pem()
+        .context("cannot encode the certificate request")?;
+    fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -89,6 +89,7 @@ pub async fn run(
     let port = listener.local_addr()?.port();
     let signing_key = init::signing_key(&dir)?;
     init::ensure_certificates(&config, &dir)?;
+    let signing_chain = init::signing_chain(&config, &dir, &signing_key)?;
     let tls = init::tls_config(&config, &dir)?;
     let identity = initialize_owner(&config, &dir, store.as_ref(), port).await?;
 
@@ -117,6 +118,7 @@ pub async fn run(
     let signer = Signer {
         key: signing_key,
         server_id: identity.clone(),
+        chain: signing_chain,
     };
     let engine = Engine::new(
         pool,

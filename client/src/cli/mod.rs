@@ -14,7 +14,7 @@ use tally_protocol::{
     Revoke, Role, StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
 };
 
-use crate::config::ClientFile;
+use crate::config::{machine_id_from, ClientFile, MACHINE_ID_FILES};
 use crate::{Client, ClientConfig, Error};
 use output::Output;
 
@@ -120,11 +120,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seats: u32,
     },
-    /// Give back the borrows of a feature that this machine holds.
+    /// Give back the borrows of a feature that this machine holds; fails when the server
+    /// confirms none (the token files stay).
     Return { feature: String },
     /// The borrows kept on this machine and whether they are valid (offline).
     Borrows,
-    /// Check the stored borrow of a feature with no network: exit 0 if valid, else 3.
+    /// Check the stored borrow of a feature: with the server when one is reachable, else
+    /// offline. Exit 0 if valid, else 3.
     Verify { feature: String },
     /// Read the audit log (admins), newest first.
     Audit {
@@ -271,6 +273,12 @@ impl From<Error> for Failure {
 
 /// Runs `tally` with the process's arguments.
 pub fn main() -> ExitCode {
+    main_with_machine_id_files(&MACHINE_ID_FILES.map(PathBuf::from))
+}
+
+/// Runs `tally`, reading the machine id from `files` (see [`crate::machine_id`]); test
+/// harnesses stand in for other machines with files of their own.
+pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
     restore_sigpipe();
     let json = std::env::args()
         .skip(1)
@@ -321,7 +329,8 @@ pub fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match runtime.block_on(run(cli)) {
+    let machine_id = machine_id_from(files, std::env::var("TALLY_MACHINE_ID").ok());
+    match runtime.block_on(run(cli, machine_id)) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             output::print_error(json, &failure.error_code, &failure.message);
@@ -351,15 +360,16 @@ fn tracing_to_stderr() {
         .try_init();
 }
 
-async fn run(cli: Cli) -> Result<u8, Failure> {
+async fn run(cli: Cli, machine_id: String) -> Result<u8, Failure> {
     let out = Output::new(cli.json);
     // Check what can be checked before touching the network.
     validate(&cli.command)?;
-    // Borrows are checked offline, with no server at all.
+    // Borrows are checked on this machine, with a server only when one answers.
     if matches!(cli.command, Command::Borrows | Command::Verify { .. }) {
-        return offline(&cli.command, &out);
+        return local_borrows(&cli, &machine_id, &out).await;
     }
-    let config = client_config(&cli)?;
+    let mut config = client_config(&cli)?;
+    config.machine_id = machine_id;
     let client = Client::connect(config).await?;
     match cli.command {
         Command::Status { feature } => {
@@ -505,7 +515,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let seats = client.return_borrows(&feature).await?;
             out.returned(seats);
         }
-        Command::Borrows | Command::Verify { .. } => return offline(&cli.command, &out),
+        // Answered before connecting, by `local_borrows`.
+        Command::Borrows | Command::Verify { .. } => {}
         Command::Audit {
             since,
             user,
@@ -571,31 +582,52 @@ async fn user_command(client: &Client, command: UserCommand, out: &Output) -> Re
     Ok(())
 }
 
-/// `borrows` and `verify`: the borrows kept on this machine, checked with no network.
-fn offline(command: &Command, out: &Output) -> Result<u8, Failure> {
-    if let Command::Verify { feature } = command {
-        let verdict = crate::verify_offline(feature)?;
-        out.verdict(&verdict);
-        return Ok(if verdict.valid {
-            exit::OK
-        } else {
-            exit::NO_SEAT
-        });
-    }
+/// `borrows`: the borrows kept on this machine, checked with no network. `verify`: the
+/// borrow of a feature, checked with the server when one is reachable (so a returned or
+/// released borrow fails while online), else offline; the verdict says which.
+async fn local_borrows(cli: &Cli, machine_id: &str, out: &Output) -> Result<u8, Failure> {
+    let file = client_file(cli)?;
+    let Some(ca) = cli.ca.clone().or(file.ca) else {
+        return Err(Failure::usage(
+            "checking a borrow needs the CA that certifies the server's signing key: set `ca` in the client file, --ca or TALLY_CA",
+        ));
+    };
+    let trust = crate::Trust::from_file(&ca)?;
     let store = crate::BorrowStore::open_default()?;
-    let now = crate::borrow::now_millis();
-    let latest = store.observe_clock(now)?;
-    let machine = crate::machine_id();
-    let borrows: Vec<_> = store
-        .list()?
-        .into_iter()
-        .map(|borrow| {
-            let verdict = store.verify(&borrow.token, &machine, now, latest);
-            (borrow, verdict)
-        })
-        .collect();
-    out.borrows(&borrows);
-    Ok(exit::OK)
+    let Command::Verify { feature } = &cli.command else {
+        out.borrows(&store.verify_all(&trust, machine_id)?);
+        return Ok(exit::OK);
+    };
+    let online = match client_config(cli) {
+        Ok(mut config) => {
+            config.machine_id = machine_id.to_string();
+            // Offline is the common case for a borrow: give up on the network quickly.
+            config.connect_timeout = Duration::from_secs(3);
+            config.request_timeout = Duration::from_secs(5);
+            match Client::connect(config).await {
+                Ok(client) => client
+                    .verify_borrow(feature)
+                    .await
+                    .map_err(|err| format!("the server did not answer ({err})")),
+                Err(err) => Err(format!("no server reachable ({err})")),
+            }
+        }
+        Err(failure) => Err(format!("no server configured ({})", failure.message)),
+    };
+    let verdict = match online {
+        Ok(verdict) => verdict,
+        Err(why) => {
+            let mut verdict = store.verify_offline(feature, &trust, machine_id)?;
+            verdict.reason = format!("{}; checked offline: {why}", verdict.reason);
+            verdict
+        }
+    };
+    out.verdict(&verdict);
+    Ok(if verdict.valid {
+        exit::OK
+    } else {
+        exit::NO_SEAT
+    })
 }
 
 fn bad(response: &Response) -> Failure {
@@ -731,9 +763,9 @@ fn parse_role(text: &str) -> Result<Role, Failure> {
     })
 }
 
-/// Merges the client file with flags and environment (flags win).
-fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
-    let file = match &cli.config {
+/// The client file: `--config`, else the default one when it exists.
+fn client_file(cli: &Cli) -> Result<ClientFile, Failure> {
+    Ok(match &cli.config {
         Some(path) => ClientFile::load(path).map_err(|err| Failure::usage(err.to_string()))?,
         None => match default_config_path() {
             Some(path) if path.exists() => {
@@ -741,7 +773,12 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
             }
             _ => ClientFile::default(),
         },
-    };
+    })
+}
+
+/// Merges the client file with flags and environment (flags win).
+fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
+    let file = client_file(cli)?;
     let servers = if cli.servers.is_empty() {
         file.servers
     } else {

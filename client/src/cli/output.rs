@@ -597,7 +597,8 @@ impl Output {
 
     pub fn verdict(&self, verdict: &crate::Verdict) {
         if self.json {
-            return self.doc(json!({"valid": verdict.valid, "reason": verdict.reason}));
+            return self.doc(json!({"valid": verdict.valid, "reason": verdict.reason,
+                "checked": verdict.checked.as_str()}));
         }
         println!(
             "{}: {}",

@@ -6,10 +6,16 @@
 //! an entitlement plus those assigned from it never exceed its seats, so borrowed seats
 //! always fit in the pool until they end: a borrow never outlives its entitlement (nor its
 //! assignment), and the entitlement cannot be removed while it has borrows.
+//!
+//! A borrow carries a request id like a checkout (R4): the same client sending the same
+//! request id for the same machine gets the lease its first try got. The lease is keyed by a
+//! digest of the request id and the machine id ([`borrow_key`]), so a retry naming another
+//! machine is a new borrow and never a second token for one seat.
 
+use sha2::{Digest, Sha256};
 use tally_protocol::{
-    validate_feature, Borrow, Entitlement, ErrorBody, ErrorCode, LeaseId, LeaseInfo, LeaseKind,
-    LeaseSource, RequestId, Role,
+    validate_feature, Borrow, BorrowOnce, Entitlement, ErrorBody, ErrorCode, LeaseId, LeaseInfo,
+    LeaseKind, LeaseSource, RequestId, Role,
 };
 
 use super::{rfc3339, Actor, Batch, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
@@ -23,8 +29,22 @@ struct Source {
     limit: String,
 }
 
+/// The request id a borrow's lease is kept under: the client's request id bound to the
+/// machine the token is for.
+pub fn borrow_key(request: &BorrowOnce) -> RequestId {
+    let digest = Sha256::new()
+        .chain_update(b"tally borrow\0")
+        .chain_update(request.request_id.0)
+        .chain_update(request.machine_id.as_bytes())
+        .finalize();
+    let mut key = [0; 16];
+    key.copy_from_slice(&digest[..16]);
+    RequestId(key)
+}
+
 impl Pool {
-    /// Grants a borrow, or says which rule refuses it.
+    /// Grants a borrow of the first request form, which has no request id: every request is
+    /// a new borrow.
     pub fn borrow(
         &mut self,
         now: i64,
@@ -34,7 +54,36 @@ impl Pool {
         new_id: LeaseId,
         batch: &mut Batch,
     ) -> Result<LeaseInfo, ErrorBody> {
+        let request = BorrowOnce {
+            // The new lease's id is fresh, so no earlier lease is kept under it.
+            request_id: RequestId(new_id.0),
+            feature: request.feature.clone(),
+            seats: request.seats,
+            duration_secs: request.duration_secs,
+            machine_id: request.machine_id.clone(),
+        };
+        self.borrow_once(now, actor, holder, &request, new_id, batch)
+    }
+
+    /// Grants a borrow, or says which rule refuses it; returns the lease an earlier try of
+    /// the same request got, while it lasts (R4).
+    pub fn borrow_once(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &BorrowOnce,
+        new_id: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseInfo, ErrorBody> {
         self.advance(now, batch);
+        let key = borrow_key(request);
+        if let Some(id) = self.by_request.get(&(holder.client, key)).copied() {
+            let lease = &self.leases[&id];
+            if lease.user == actor.username && lease.kind == LeaseKind::Borrowed {
+                return Ok(self.info(lease));
+            }
+        }
         let checked = self.check_borrow(now, actor, request).and_then(|source| {
             let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
             if ends > source.until {
@@ -69,8 +118,7 @@ impl Pool {
             user: actor.username.clone(),
             host: holder.host.clone(),
             client: holder.client,
-            // A borrow is not retried by request id; the lease id keeps the key unique.
-            request_id: RequestId(new_id.0),
+            request_id: key,
             kind: LeaseKind::Borrowed,
             source: source.source,
             granted_at: now,
@@ -98,7 +146,12 @@ impl Pool {
         Ok(info)
     }
 
-    fn check_borrow(&self, now: i64, actor: &Actor, request: &Borrow) -> Result<Source, ErrorBody> {
+    fn check_borrow(
+        &self,
+        now: i64,
+        actor: &Actor,
+        request: &BorrowOnce,
+    ) -> Result<Source, ErrorBody> {
         let feature = request.feature.as_str();
         validate_feature(feature).map_err(ErrorBody::invalid)?;
         if request.seats == 0 || request.seats > super::MAX_SEATS {
