@@ -178,7 +178,9 @@ impl Engine {
             }
         };
         if let Request::Audit(query) = request {
-            match require_admin(&actor, "read the audit log") {
+            let checked = require_admin(&actor, "read the audit log")
+                .and_then(|()| query.validate().map_err(ErrorBody::invalid));
+            match checked {
                 Ok(()) => replies.push(Reply::Audit(reply, query)),
                 Err(err) => {
                     batch.audit(now, &actor, "audit", "audit log", None, Err(&err));
