@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::core::{require_admin, Actor, Batch, Holder, NewToken, Policy, Pool};
 use crate::init::{new_token, token_hash};
 use crate::store::Store;
+use crate::watchdog::Watchdog;
 
 /// Most jobs answered by one commit.
 const MAX_BATCH: usize = 4096;
@@ -98,6 +99,8 @@ pub struct Engine {
     sweep: Duration,
     /// Woken after a commit that queued notifications.
     outbox: Arc<Notify>,
+    /// How often the loop pings the systemd watchdog, if there is one.
+    watchdog: Option<Duration>,
 }
 
 impl Engine {
@@ -118,16 +121,26 @@ impl Engine {
             policy,
             sweep,
             outbox,
+            watchdog: None,
         }
+    }
+
+    /// Pings the systemd watchdog from the loop every `every` (see `watchdog.rs`).
+    pub fn with_watchdog(mut self, every: Option<Duration>) -> Self {
+        self.watchdog = every;
+        self
     }
 
     /// Serves jobs until every sender is gone, then returns after the last commit.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = Watchdog::new(self.watchdog);
         // How many jobs the last commit answered.
         let mut answered = 0;
         loop {
+            // Only a loop that keeps turning pings: a stuck commit goes quiet.
+            watchdog.ping_if_due();
             let mut batch = Batch::default();
             let mut replies = Vec::new();
             tokio::select! {
@@ -137,6 +150,7 @@ impl Engine {
                     None => break,
                 },
                 _ = sweep.tick() => self.pool.sweep(now_millis(), &mut batch),
+                () = watchdog.due() => {}
             }
             // Gather the batch. Clients answered by the last commit come back within a
             // few hundred microseconds; waiting that long for them (when there is already

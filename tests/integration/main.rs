@@ -9,4 +9,5 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod pool;
+mod robust;
 mod users;
