@@ -18,7 +18,8 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -168,8 +169,7 @@ pub fn now_millis() -> i64 {
 }
 
 fn rfc3339(millis: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_secs(millis.div_euclid(1000).max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+    tally_protocol::format_time(millis)
 }
 
 fn io(what: &str, path: &Path, err: std::io::Error) -> Error {

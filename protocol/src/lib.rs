@@ -15,6 +15,8 @@ mod error;
 mod ids;
 mod message;
 mod names;
+mod time;
+mod validate;
 
 pub use borrow::{
     decode_token, key_id, BorrowClaims, SignedClaims, TokenError, MAX_CHAIN, TOKEN_PREFIX,
@@ -25,6 +27,8 @@ pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};
 pub use message::*;
 pub use names::{validate_feature, validate_username, FEATURE_MAX_LEN};
+pub use time::{format_time, format_time_millis, validate_time, MAX_TIME, MIN_TIME};
+pub use validate::{validate_duration_secs, validate_seats, MAX_DURATION_SECS, MAX_SEATS};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused with
 /// `version_unsupported`.

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
+use crate::store::Store;
+use crate::watchdog::Watchdog;
 use crate::{init, store, Control};
 
 #[derive(Debug, Parser)]
@@ -44,6 +46,12 @@ enum Command {
 
 /// Runs `tallyd` with the process's arguments.
 pub fn main() -> ExitCode {
+    main_with(|store| store)
+}
+
+/// Like [`main`], with the store passed through `wrap` before the server uses it: the test
+/// build of the daemon wraps it to inject faults (a commit that panics or never returns).
+pub fn main_with(wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>) -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(&args.config) {
         Ok(config) => config,
@@ -62,7 +70,7 @@ pub fn main() -> ExitCode {
         }
         None => {
             init_logging(&config.log.format);
-            report(runtime().and_then(|rt| rt.block_on(serve(config, args.config))))
+            report(runtime().and_then(|rt| rt.block_on(serve(config, args.config, wrap))))
         }
     }
 }
@@ -97,7 +105,11 @@ fn init_logging(format: &str) {
     }
 }
 
-async fn serve(config: Config, path: PathBuf) -> Result<()> {
+async fn serve(
+    config: Config,
+    path: PathBuf,
+    wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>,
+) -> Result<()> {
     let listener = crate::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store = store::open(
@@ -106,12 +118,21 @@ async fn serve(config: Config, path: PathBuf) -> Result<()> {
     )
     .await
     .context("cannot open the store")?;
+    let store = wrap(store);
     let (reload_tx, reload_rx) = watch::channel(config.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watchdog = Watchdog::period_from_env();
+    if let Some(every) = watchdog {
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "pinging the systemd watchdog from the engine"
+        );
+    }
     let control = Control {
         shutdown: Default::default(),
         reload: Some(reload_rx),
         ready: Some(ready_tx),
+        watchdog,
     };
     let shutdown = control.shutdown.clone();
     tokio::spawn(async move {

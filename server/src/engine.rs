@@ -22,6 +22,7 @@ use crate::core::{
 use crate::fold::RefusalFolder;
 use crate::init::{new_token, token_hash};
 use crate::store::Store;
+use crate::watchdog::Watchdog;
 
 /// Most jobs answered by one commit.
 const MAX_BATCH: usize = 4096;
@@ -155,6 +156,8 @@ pub struct Engine {
     sweep: Duration,
     /// Woken after a commit that queued notifications.
     outbox: Arc<Notify>,
+    /// How often the loop pings the systemd watchdog, if there is one.
+    watchdog: Option<Duration>,
 }
 
 impl Engine {
@@ -176,7 +179,14 @@ impl Engine {
             store,
             sweep,
             outbox,
+            watchdog: None,
         }
+    }
+
+    /// Pings the systemd watchdog from the loop every `every` (see `watchdog.rs`).
+    pub fn with_watchdog(mut self, every: Option<Duration>) -> Self {
+        self.watchdog = every;
+        self
     }
 
     /// Serves jobs until every sender is gone, then returns after the last commit.
@@ -184,9 +194,12 @@ impl Engine {
         self.catch_up().await;
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = Watchdog::new(self.watchdog);
         // How many jobs the last commit answered.
         let mut answered = 0;
         loop {
+            // Only a loop that keeps turning pings: a stuck commit goes quiet.
+            watchdog.ping_if_due();
             let mut batch = Batch::default();
             let mut replies = Vec::new();
             tokio::select! {
@@ -200,6 +213,7 @@ impl Engine {
                     self.pool.sweep(now, &mut batch);
                     self.folder.flush(now, &mut batch.audit);
                 }
+                () = watchdog.due() => {}
             }
             // Gather the batch. Clients answered by the last commit come back within a
             // few hundred microseconds; waiting that long for them (when there is already
@@ -261,7 +275,9 @@ impl Engine {
             }
         };
         if let Request::Audit(query) = request {
-            match require_admin(&actor, "read the audit log") {
+            let checked = require_admin(&actor, "read the audit log")
+                .and_then(|()| query.validate().map_err(ErrorBody::invalid));
+            match checked {
                 Ok(()) => replies.push(Reply::Audit(reply, query)),
                 Err(err) => {
                     batch.audit(now, &actor, "audit", "audit log", None, Err(&err));

@@ -6,6 +6,7 @@
 //! - [`conn`]: one client connection.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`notify`]: delivery of the notification outbox.
+//! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
 //! - [`config`], [`init`]: configuration and the data directory.
 #![deny(clippy::await_holding_lock)]
 
@@ -20,6 +21,7 @@ mod limiter;
 pub mod notify;
 mod server;
 pub mod store;
+mod watchdog;
 
 pub use server::{run, Control};
 

@@ -71,6 +71,9 @@ pub struct Control {
     pub reload: Option<watch::Receiver<Config>>,
     /// Told once the server is serving (for `sd_notify`).
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// How often the engine pings the systemd watchdog (half of `WATCHDOG_USEC`); `None`
+    /// without one.
+    pub watchdog: Option<Duration>,
 }
 
 /// Runs the daemon on `listener` until `control.shutdown` is cancelled.
@@ -127,10 +130,11 @@ pub async fn run(
         config.leases.sweep,
         outbox.clone(),
         sign_outs.clone(),
-    );
-    let engine_task = tokio::spawn(engine.run(engine_rx));
+    )
+    .with_watchdog(control.watchdog);
+    let mut engine_task = tokio::spawn(engine.run(engine_rx));
     let notifier_stop = CancellationToken::new();
-    let notifier = tokio::spawn(notify::run(
+    let mut notifier = tokio::spawn(notify::run(
         store.clone(),
         Arc::new(notify::LogSink),
         outbox,
@@ -166,6 +170,13 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = control.shutdown.cancelled() => break,
+            // Neither ends while the server runs: if one does (a panic), stop and fail, so
+            // that the process exits non-zero and systemd restarts it.
+            ended = &mut engine_task => {
+                notifier_stop.cancel();
+                return Err(task_ended("engine", ended, &control.shutdown));
+            }
+            ended = &mut notifier => return Err(task_ended("notifier", ended, &control.shutdown)),
             changed = wait_reload(&mut control.reload) => {
                 if let Some(new) = changed {
                     apply_reload(&shared, &new, &dir);
@@ -200,15 +211,47 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     drop(shared);
-    let _ = engine_task.await;
+    engine_task
+        .await
+        .map_err(|err| task_ended("engine", Err(err), &control.shutdown))?;
     notifier_stop.cancel();
-    let _ = notifier.await;
+    notifier
+        .await
+        .map_err(|err| task_ended("notifier", Err(err), &control.shutdown))?;
     if let Err(err) = notify::deliver_pending(store.as_ref(), &notify::LogSink).await {
         tracing::warn!(error = %err, "notifications left in the outbox for the next start");
     }
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The error for a task the server cannot run without that ended: its panic message, if it
+/// panicked. Cancels `shutdown`, so that connections stop instead of answering "shutting down"
+/// for ever.
+fn task_ended(
+    task: &str,
+    ended: Result<(), tokio::task::JoinError>,
+    shutdown: &CancellationToken,
+) -> anyhow::Error {
+    shutdown.cancel();
+    let why = match ended {
+        Ok(()) => "it returned".to_string(),
+        Err(err) if err.is_panic() => {
+            let panic = err.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            format!("it panicked: {message}")
+        }
+        Err(err) => err.to_string(),
+    };
+    tracing::error!(task, why = %why, "a task tallyd cannot run without ended; stopping");
+    anyhow::anyhow!(
+        "the {task} task ended unexpectedly ({why}); tallyd stopped so that it can be restarted"
+    )
 }
 
 fn spawn_connection(

@@ -1,5 +1,110 @@
 //! The daemon, linked into the test package so that tests can run it as a real process.
+//!
+//! With `TALLYD_TEST_FAULT` set, its store injects a fault, so that tests can watch what the
+//! daemon does when its engine or notifier dies or hangs (the release `tallyd` has no such
+//! store). The fault is set off by an entitlement whose reference is [`TRIGGER`] (or, for the
+//! notifier, a notification about the user [`TRIGGER_USER`]):
+//! - `engine-panic`: the commit that adds it panics, inside the engine task;
+//! - `engine-hang`: that commit never returns, so the engine is stuck;
+//! - `notifier-panic`: the notifier panics when it reads the notification.
 
-fn main() -> std::process::ExitCode {
-    tally_server::cli::main()
+use std::process::ExitCode;
+
+use async_trait::async_trait;
+use tally_protocol::{AuditEvent, AuditQuery};
+use tally_server::core::{Batch, Notification, Snapshot, Token};
+use tally_server::store::{Identity, Store, StoreError};
+
+/// The entitlement reference that sets off `engine-panic` and `engine-hang`.
+const TRIGGER: &str = "fault-injection";
+
+/// The user whose notification sets off `notifier-panic`.
+const TRIGGER_USER: &str = "fault@injection.test";
+
+fn main() -> ExitCode {
+    match std::env::var("TALLYD_TEST_FAULT") {
+        Ok(fault) => tally_server::cli::main_with(move |inner| Box::new(Faulty { inner, fault })),
+        Err(_) => tally_server::cli::main(),
+    }
+}
+
+/// A store that passes everything to `inner` except the fault it was told to inject.
+struct Faulty {
+    inner: Box<dyn Store>,
+    /// `engine-panic`, `engine-hang` or `notifier-panic`.
+    fault: String,
+}
+
+#[async_trait]
+impl Store for Faulty {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn initialize(
+        &self,
+        owner: &str,
+        owner_token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Identity, StoreError> {
+        self.inner.initialize(owner, owner_token_hash, now).await
+    }
+
+    async fn add_owner_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+        revoke_others: bool,
+    ) -> Result<(String, u64), StoreError> {
+        self.inner
+            .add_owner_token(token_hash, now, revoke_others)
+            .await
+    }
+
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
+        self.inner.find_token(token_hash).await
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load().await
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch
+            .entitlements_added
+            .iter()
+            .any(|e| e.reference == TRIGGER)
+        {
+            match self.fault.as_str() {
+                "engine-panic" => panic!("injected fault: the commit panics"),
+                "engine-hang" => std::future::pending::<()>().await,
+                _ => {}
+            }
+        }
+        self.inner.commit(batch).await
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.audit(query).await
+    }
+
+    async fn pending_notifications(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError> {
+        let pending = self.inner.pending_notifications(limit).await?;
+        if self.fault == "notifier-panic" && pending.iter().any(|(_, n)| n.subject == TRIGGER_USER)
+        {
+            panic!("injected fault: the notifier panics");
+        }
+        Ok(pending)
+    }
+
+    async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
+        self.inner.mark_delivered(ids, at).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
 }

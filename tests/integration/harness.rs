@@ -123,7 +123,8 @@ pub struct DaemonProcess {
     pub port: u16,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
-    notify: UnixDatagram,
+    /// Where the daemon's `sd_notify` messages arrive.
+    pub notify: UnixDatagram,
 }
 
 /// A port that was free a moment ago; a restarted daemon must come back on the same one.

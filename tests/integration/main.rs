@@ -9,5 +9,6 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod pool;
+mod robust;
 mod tokens;
 mod users;

@@ -11,11 +11,10 @@ pub struct Output {
     json: bool,
 }
 
-/// RFC 3339 UTC to the second.
+/// RFC 3339 UTC to the second. Total: a time outside 1970..=9999 (which an older server may
+/// have stored) prints as a number with a note instead of failing.
 pub fn time(millis: i64) -> String {
-    let secs = millis.div_euclid(1000).max(0) as u64;
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    tally_protocol::format_time(millis)
 }
 
 fn source(source: LeaseSource) -> String {
@@ -67,10 +66,9 @@ fn event_json(e: &AuditEvent) -> Value {
            "feature": e.feature, "outcome": e.outcome, "reason": e.reason})
 }
 
-/// RFC 3339 UTC to the millisecond, for audit events.
+/// RFC 3339 UTC to the millisecond, for audit events; total like [`time`].
 fn time_millis(millis: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
+    tally_protocol::format_time_millis(millis)
 }
 
 /// One CSV field, quoted when it must be (RFC 4180).

@@ -5,7 +5,7 @@ use tally_protocol::{
     LeaseSource, Revoke, UserState,
 };
 
-use super::{require_admin, rfc3339, Actor, Assignment, Batch, EndReason, Pool, MAX_SEATS};
+use super::{require_admin, rfc3339, Actor, Assignment, Batch, EndReason, Pool};
 
 /// Where the seats of an assignment come from.
 enum Donor {
@@ -133,12 +133,7 @@ impl Pool {
         require_admin(actor, "assign seats")?;
         let feature = request.feature.as_str();
         validate_feature(feature).map_err(ErrorBody::invalid)?;
-        if request.seats == 0 || request.seats > MAX_SEATS {
-            return Err(ErrorBody::invalid(format!(
-                "seats must be between 1 and {MAX_SEATS}, not {}",
-                request.seats
-            )));
-        }
+        request.validate().map_err(ErrorBody::invalid)?;
         self.existing(user)?;
         if self.users[user].state == UserState::Deactivated {
             return Err(ErrorBody::invalid(format!(
@@ -348,6 +343,7 @@ impl Pool {
         require_admin(actor, "revoke seats")?;
         let feature = request.feature.as_str();
         validate_feature(feature).map_err(ErrorBody::invalid)?;
+        request.validate().map_err(ErrorBody::invalid)?;
         self.existing(user)?;
         let mut theirs: Vec<&Assignment> = self
             .assignments

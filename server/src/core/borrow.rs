@@ -154,20 +154,7 @@ impl Pool {
     ) -> Result<Source, ErrorBody> {
         let feature = request.feature.as_str();
         validate_feature(feature).map_err(ErrorBody::invalid)?;
-        if request.seats == 0 || request.seats > super::MAX_SEATS {
-            return Err(ErrorBody::invalid(format!(
-                "seats must be between 1 and {}, not {}",
-                super::MAX_SEATS,
-                request.seats
-            )));
-        }
-        if request.duration_secs == 0 || request.duration_secs > super::MAX_DURATION_SECS {
-            return Err(ErrorBody::invalid(format!(
-                "a borrow lasts from one second to {} days, not {} seconds",
-                super::MAX_DURATION_SECS / 86_400,
-                request.duration_secs
-            )));
-        }
+        request.validate().map_err(ErrorBody::invalid)?;
         if request.machine_id.trim().is_empty() || request.machine_id.len() > 128 {
             return Err(ErrorBody::invalid(
                 "the client sent no usable machine id; set TALLY_MACHINE_ID or check /etc/machine-id",

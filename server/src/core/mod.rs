@@ -32,12 +32,9 @@ pub use tokens::{token_id, SignedIn, Token};
 /// The default longest borrow of an entitlement (SPEC §1): 168 hours.
 pub const DEFAULT_MAX_BORROW_SECS: u64 = 168 * 3600;
 
-/// The most seats one entitlement or one checkout may name.
-pub const MAX_SEATS: u32 = 1_000_000;
-
-/// The longest duration a request may name (ten years), so that no arithmetic on it can
-/// overflow.
-pub const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
+/// The most seats one request may name, and the longest duration (ten years): the protocol's
+/// range checks (`Checkout::validate` and the like) hold requests to them.
+pub use tally_protocol::{MAX_DURATION_SECS, MAX_SEATS};
 
 /// How long the reason a lease ended is kept for its holder to collect.
 const ENDED_KEPT_MS: i64 = 3600 * 1000;
@@ -580,12 +577,8 @@ impl Pool {
         if let Err(why) = validate_feature(&request.feature) {
             return refuse(batch, ErrorBody::invalid(why));
         }
-        if request.seats == 0 || request.seats > MAX_SEATS {
-            let msg = format!(
-                "seats must be between 1 and {MAX_SEATS}, not {}",
-                request.seats
-            );
-            return refuse(batch, ErrorBody::invalid(msg));
+        if let Err(why) = request.validate() {
+            return refuse(batch, ErrorBody::invalid(why));
         }
         let feature = request.feature.as_str();
         let known: Vec<&Entitlement> = self
@@ -907,12 +900,7 @@ impl Pool {
     ) -> Result<Entitlement, ErrorBody> {
         require_admin(actor, "add entitlements")?;
         validate_feature(&new.feature).map_err(ErrorBody::invalid)?;
-        if new.seats == 0 || new.seats > MAX_SEATS {
-            return Err(ErrorBody::invalid(format!(
-                "seats must be between 1 and {MAX_SEATS}, not {}",
-                new.seats
-            )));
-        }
+        new.validate().map_err(ErrorBody::invalid)?;
         let starts_at = new.starts_at.unwrap_or(now);
         if let Some(expires_at) = new.expires_at {
             if expires_at <= starts_at {
@@ -930,11 +918,6 @@ impl Pool {
             }
         }
         let max_borrow_secs = new.max_borrow_secs.unwrap_or(DEFAULT_MAX_BORROW_SECS);
-        if max_borrow_secs == 0 || max_borrow_secs > MAX_DURATION_SECS {
-            return Err(ErrorBody::invalid(
-                "max borrow must be between one second and ten years",
-            ));
-        }
         if new.reference.len() > 256 {
             return Err(ErrorBody::invalid(
                 "reference is longer than 256 characters",
@@ -1408,9 +1391,8 @@ pub fn require_admin(actor: &Actor, what: &str) -> Result<(), ErrorBody> {
     }
 }
 
-/// RFC 3339 UTC, to the second, for messages.
+/// RFC 3339 UTC, to the second, for messages. Total: a time outside 1970..=9999 (only an
+/// older version could have stored one) is printed as a number with a note.
 pub fn rfc3339(millis: i64) -> String {
-    let secs = millis.div_euclid(1000).max(0) as u64;
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    tally_protocol::format_time(millis)
 }
