@@ -8,5 +8,7 @@ mod cli;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod paging;
 mod pool;
+mod reconnect;
 mod users;
