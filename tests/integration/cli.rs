@@ -484,6 +484,35 @@ fn a_command_that_cannot_start_gives_the_seat_back_and_exits_127_or_126() {
         assert!(out.stdout.is_empty(), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains(command));
     }
+    // A script whose interpreter is missing looks runnable, so the grant is printed
+    // before the start fails: still one document, the reason on stderr, the seat freed.
+    let bad_interpreter = dir.path().join("render-py");
+    std::fs::write(&bad_interpreter, "#!/nonexistent/python\n").unwrap();
+    std::fs::set_permissions(
+        &bad_interpreter,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bad_interpreter = bad_interpreter.to_str().unwrap();
+    let out = cli(&[
+        "--config",
+        config,
+        "--json",
+        "checkout",
+        "vray",
+        "--",
+        bad_interpreter,
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "one document: {stdout:?}");
+    assert!(stdout_json(&out)["lease"]["id"].is_string());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(bad_interpreter));
+    let status = stdout_json(&cli(&["--config", config, "--json", "status", "vray"]));
+    assert_eq!(
+        status["features"][0]["in_use"], 0,
+        "the seat was given back"
+    );
     // The seat is free for a command that does start.
     let out = cli(&["--config", config, "checkout", "vray", "--", "true"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

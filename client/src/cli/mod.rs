@@ -632,6 +632,49 @@ fn printing(err: std::io::Error) -> Failure {
     }
 }
 
+/// Finds a command as `execvp` does: a name with a slash is a path, any other is looked for
+/// in the directories of `PATH`. `NotFound` when nothing of that name exists,
+/// `PermissionDenied` when it exists but is not an executable file.
+fn find_program(name: &str) -> std::io::Result<PathBuf> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| -> std::io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorKind::PermissionDenied, "not a file"));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "not executable (no x permission)",
+            ));
+        }
+        Ok(())
+    };
+    if name.is_empty() {
+        return Err(Error::new(ErrorKind::NotFound, "empty command name"));
+    }
+    if name.contains('/') {
+        return runnable(name.as_ref()).map(|()| PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut refused = None;
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(name);
+        match runnable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => refused = refused.or(Some(err)),
+        }
+    }
+    Err(refused.unwrap_or_else(|| Error::new(ErrorKind::NotFound, "not found in PATH")))
+}
+
 /// Why `checkout -- CMD` could not start the command, with the exit status a shell
 /// gives: 127 when it is not found, 126 when it is found but cannot be run.
 fn spawn_failure(command: &str, err: &std::io::Error) -> Failure {
@@ -888,16 +931,12 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
         out.note(&format!("checked in {}", args.feature));
         return Ok(code);
     }
-    // The command gets no token of ours: it may be anything, and the token is the user's.
-    let spawned = tokio::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .env_remove(TOKEN_ENV)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
+    // Find the command before saying anything: one that cannot start gives the seat back
+    // now rather than at its ttl, and prints only the failure (with `--json`, the one
+    // document on stdout).
+    let program = match find_program(&args.command[0]) {
+        Ok(program) => program,
         Err(err) => {
-            // The command never ran: give the seat back now rather than at its ttl, and
-            // print only the failure (one JSON document with `--json`).
             if let Err(release) = lease.release().await {
                 say_err!("tally: warning: check-in failed: {release}");
             }
@@ -905,6 +944,25 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
         }
     };
     out.lease_granted(lease.info(), false);
+    // The command gets no token of ours: it may be anything, and the token is the user's.
+    let spawned = tokio::process::Command::new(&program)
+        .arg0(&args.command[0])
+        .args(&args.command[1..])
+        .env_remove(TOKEN_ENV)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            // Found but still not startable (a missing interpreter, a bad format): the
+            // lease document is out already, so the reason goes to stderr in any case.
+            if let Err(release) = lease.release().await {
+                say_err!("tally: warning: check-in failed: {release}");
+            }
+            let failure = spawn_failure(&args.command[0], &err);
+            say_err!("tally: {}", failure.message);
+            return Ok(failure.code);
+        }
+    };
     let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     let forward = |signal: nix::sys::signal::Signal| {
         if let Some(pid) = pid {
