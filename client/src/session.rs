@@ -3,8 +3,13 @@
 //! [`Client`] handles send [`Command`]s to one task that owns the connection. Requests are
 //! pipelined with ids. When the connection drops, requests that may safely be sent twice
 //! (checkouts carry a request id, so a resend returns the same lease) wait and are resent
-//! after the reconnect; others fail with [`Error::ConnectionLost`]. After every reconnect the
-//! task first resumes the leases it holds.
+//! after the reconnect, at most [`MAX_SENDS`] times in all (a connection that drops every
+//! time one request is in flight is that request's doing); others fail with
+//! [`Error::ConnectionLost`]. A server's answer, refusal or not, is never resent for. After
+//! every reconnect the task first resumes the leases it holds.
+//!
+//! Reconnect attempts back off with jitter, but never wait longer than the server's
+//! heartbeat interval (SPEC R4: a restart must not cost a lease its ttl).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,9 +23,9 @@ use std::path::PathBuf;
 
 use tally_protocol::{
     decode_token, Authenticate, BorrowOnce, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
-    Connection, EndReason, ErrorCode, Hello, LeaseId, LeaseInfo, Outcome, Request, RequestId,
-    Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
-    PROTOCOL_VERSION,
+    Connection, EndReason, ErrorCode, FrameError, Hello, LeaseId, LeaseInfo, Outcome, Request,
+    RequestId, Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME,
+    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +39,22 @@ use crate::lease::Lease;
 use crate::Error;
 
 type Conn = Connection<TlsStream<TcpStream>>;
+
+/// How many times one request is sent at most: the first time and, after connections
+/// dropped while it was in flight, twice more.
+pub const MAX_SENDS: u8 = 3;
+
+/// The longest wait between reconnect attempts, when the server's heartbeat interval is
+/// longer still.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The wait before the next reconnect attempt: `backoff` plus up to half of it again as
+/// jitter, never more than `limit` (the heartbeat interval) in all.
+pub(crate) fn reconnect_delay(backoff: Duration, limit: Duration) -> Duration {
+    let base = backoff.min(limit * 2 / 3);
+    let jitter = rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1);
+    (base + Duration::from_millis(jitter)).min(limit)
+}
 
 /// Sent to a lease's guard when the server ends it.
 pub(crate) type LostSender = watch::Sender<Option<EndReason>>;
@@ -82,7 +103,9 @@ impl Client {
         let trust = Arc::new(Trust::from_pem(&config.ca_pem)?);
         let machine_id = config.machine_id.as_str().into();
         let settings = Arc::new(Settings::new(config)?);
-        let (conn, welcome, username, index) = settings.connect_any(0).await?;
+        let (conn, welcome, username, index) = settings
+            .connect_any(0, settings.config.connect_timeout)
+            .await?;
         let (commands, rx) = mpsc::unbounded_channel();
         let task = Task {
             settings,
@@ -275,24 +298,25 @@ impl Settings {
         })
     }
 
-    /// Tries every server once, starting at `start`; returns the first that signs us in.
-    async fn connect_any(&self, start: usize) -> Result<(Conn, Welcome, String, usize), Error> {
+    /// Tries every server once, starting at `start`, giving each `timeout`; returns the
+    /// first that signs us in.
+    async fn connect_any(
+        &self,
+        start: usize,
+        timeout: Duration,
+    ) -> Result<(Conn, Welcome, String, usize), Error> {
         let servers = &self.config.servers;
         let mut failures = Vec::new();
         for step in 0..servers.len() {
             let index = (start + step) % servers.len();
             let server = &servers[index];
-            match tokio::time::timeout(self.config.connect_timeout, self.connect_one(server)).await
-            {
+            match tokio::time::timeout(timeout, self.connect_one(server)).await {
                 Ok(Ok((conn, welcome, user))) => return Ok((conn, welcome, user, index)),
                 // A refusal by the server itself (bad token, wrong version) is final.
                 Ok(Err(Error::Server(body))) => return Err(Error::Server(body)),
                 Ok(Err(Error::Unreachable(why))) => failures.push(format!("{server}: {why}")),
                 Ok(Err(err)) => failures.push(format!("{server}: {err}")),
-                Err(_) => failures.push(format!(
-                    "{server}: no answer within {:?}",
-                    self.config.connect_timeout
-                )),
+                Err(_) => failures.push(format!("{server}: no answer within {timeout:?}")),
             }
         }
         Err(Error::Unreachable(failures.join("; ")))
@@ -361,6 +385,8 @@ enum Purpose {
 struct Pending {
     request: Request,
     purpose: Purpose,
+    /// How many times the request was sent.
+    sends: u8,
     /// When a queued request gives up waiting for a connection.
     deadline: Instant,
 }
@@ -400,7 +426,18 @@ impl Task {
                 if closed && queue.is_empty() && self.held.is_empty() {
                     return;
                 }
-                match self.settings.connect_any(self.server_index + 1).await {
+                // A server that does not answer within a heartbeat interval is given up
+                // for the next, so that a black-holed one cannot hold the retries back.
+                let timeout = self
+                    .settings
+                    .config
+                    .connect_timeout
+                    .min(self.heartbeat.max(Duration::from_secs(1)));
+                match self
+                    .settings
+                    .connect_any(self.server_index + 1, timeout)
+                    .await
+                {
                     Ok((new, welcome, _, index)) => {
                         tracing::info!(server = %self.settings.config.servers[index], "reconnected to the license server");
                         conn = new;
@@ -413,6 +450,7 @@ impl Task {
                             queue.push_front(Pending {
                                 request,
                                 purpose: Purpose::Internal,
+                                sends: 0,
                                 deadline: far(),
                             });
                         }
@@ -433,10 +471,7 @@ impl Task {
                         }
                     }
                 }
-                let jitter = Duration::from_millis(
-                    rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1),
-                );
-                let wake = Instant::now() + backoff + jitter;
+                let wake = Instant::now() + reconnect_delay(backoff, self.heartbeat);
                 while Instant::now() < wake {
                     tokio::select! {
                         command = self.commands.recv(), if !closed => match command {
@@ -446,7 +481,7 @@ impl Task {
                         _ = tokio::time::sleep_until(wake) => {}
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -497,7 +532,7 @@ impl Task {
                     Err(err) => return self.lost(err.to_string(), inflight, queue),
                 },
                 _ = heartbeat.tick() => {
-                    let pending = Pending { request: Request::Heartbeat, purpose: Purpose::Internal, deadline: far() };
+                    let pending = Pending { request: Request::Heartbeat, purpose: Purpose::Internal, sends: 0, deadline: far() };
                     if let Err(why) = self.send(conn, pending, &mut inflight).await {
                         return self.lost(why, inflight, queue);
                     }
@@ -520,6 +555,7 @@ impl Task {
             } => queue.push_back(Pending {
                 request,
                 purpose: Purpose::Call { reply, lost },
+                sends: 0,
                 deadline,
             }),
             Command::Drop(lease) => {
@@ -528,16 +564,19 @@ impl Task {
                 queue.push_back(Pending {
                     request,
                     purpose: Purpose::Internal,
+                    sends: 0,
                     deadline,
                 });
             }
         }
     }
 
+    /// Sends one request. `Err` means the connection failed; a request that cannot be
+    /// sent at all (too large for a frame) fails on its own and the connection goes on.
     async fn send(
         &mut self,
         conn: &mut Conn,
-        pending: Pending,
+        mut pending: Pending,
         inflight: &mut HashMap<u32, Pending>,
     ) -> Result<(), String> {
         let id = self.next_id;
@@ -549,8 +588,26 @@ impl Task {
             id,
             body: pending.request.clone(),
         };
+        pending.sends = pending.sends.saturating_add(1);
+        let name = pending.request.name();
         inflight.insert(id, pending);
-        conn.send(&message).await.map_err(|err| err.to_string())
+        match conn.send(&message).await {
+            Ok(()) => Ok(()),
+            Err(err @ (FrameError::TooLarge { .. } | FrameError::Encode(_))) => {
+                // Nothing was written: the request is at fault, not the connection.
+                if let Some(Pending {
+                    purpose: Purpose::Call { reply, .. },
+                    ..
+                }) = inflight.remove(&id)
+                {
+                    let _ = reply.send(Err(Error::Protocol(format!(
+                        "the {name} request cannot be sent: {err}"
+                    ))));
+                }
+                Ok(())
+            }
+            Err(err) => Err(err.to_string()),
+        }
     }
 
     fn complete(&mut self, id: u32, outcome: Outcome, inflight: &mut HashMap<u32, Pending>) {
@@ -609,16 +666,24 @@ impl Task {
         let mut resend: Vec<(u32, Pending)> = inflight.into_iter().collect();
         resend.sort_by_key(|(id, _)| *id);
         for (_, pending) in resend.into_iter().rev() {
+            let again = pending.sends < MAX_SENDS;
             match pending.purpose {
-                Purpose::Internal if matches!(pending.request, Request::Checkin(_)) => {
+                Purpose::Internal if again && matches!(pending.request, Request::Checkin(_)) => {
                     queue.push_front(pending)
                 }
                 Purpose::Internal => {}
-                Purpose::Call { reply, lost } if pending.request.is_idempotent() => queue
+                Purpose::Call { reply, lost } if again && pending.request.is_idempotent() => queue
                     .push_front(Pending {
                         purpose: Purpose::Call { reply, lost },
                         ..pending
                     }),
+                Purpose::Call { reply, .. } if pending.request.is_idempotent() => {
+                    let _ = reply.send(Err(Error::ConnectionLost(format!(
+                        "{why}; the connection dropped each of the {} times the {} request was sent, so it is not sent again",
+                        pending.sends,
+                        pending.request.name()
+                    ))));
+                }
                 Purpose::Call { reply, .. } => {
                     let _ = reply.send(Err(Error::ConnectionLost(why.clone())));
                 }
@@ -652,4 +717,28 @@ impl Task {
 
 fn far() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the backoff has grown to, the wait before the next attempt (jitter
+    /// included) stays within the heartbeat interval, and within the old ceiling of 7.5 s.
+    #[test]
+    fn reconnect_waits_never_pass_the_heartbeat_interval() {
+        for heartbeat_ms in [100, 333, 1_000, 1_666, 20_000, 600_000] {
+            let limit = Duration::from_millis(heartbeat_ms);
+            let mut backoff = Duration::from_millis(100);
+            for _ in 0..20 {
+                for _ in 0..50 {
+                    let wait = reconnect_delay(backoff, limit);
+                    assert!(wait <= limit, "{wait:?} past a heartbeat of {limit:?}");
+                    assert!(wait <= Duration::from_millis(7_500));
+                    assert!(wait >= backoff.min(limit * 2 / 3));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
 }

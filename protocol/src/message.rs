@@ -177,6 +177,10 @@ pub enum Request {
     /// Borrow seats for offline use, with a request id: a retry returns the same lease and
     /// token (R4). Clients send this rather than `Borrow`.
     BorrowOnce(BorrowOnce),
+    /// One page of the audit log, newest first (`Audit` answers only the first page).
+    AuditPage(AuditPageQuery),
+    /// One page of the lease listing (`Leases` answers only the first page).
+    LeasesPage(LeasesPageQuery),
 }
 
 impl Request {
@@ -210,6 +214,8 @@ impl Request {
             Request::TokenList(_) => "token_list",
             Request::TokenRevoke(_) => "token_revoke",
             Request::BorrowOnce(_) => "borrow",
+            Request::AuditPage(_) => "audit",
+            Request::LeasesPage(_) => "leases",
         }
     }
 
@@ -265,6 +271,8 @@ pub enum Response {
     TokenIssued(IssuedToken),
     Tokens(Vec<TokenInfo>),
     TokenRevoked(String),
+    AuditPage(AuditPage),
+    LeasesPage(LeasesPage),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -685,4 +693,54 @@ pub struct TokenInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenRevoke {
     pub id: String,
+}
+
+/// Ask for one page of the audit log, newest first. A client reads the whole log by asking
+/// again with `before` set to the `next` of the page it got, until `next` is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPageQuery {
+    /// The filters; `limit` is the most events on this page (the server caps it, and also
+    /// ends a page early to keep its answer small).
+    pub query: AuditQuery,
+    /// Only events older than this cursor (the `next` of the page before); absent: from the
+    /// newest.
+    pub before: Option<u64>,
+}
+
+/// One page of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Newest first.
+    pub events: Vec<AuditEvent>,
+    /// The cursor to ask for the next page with; absent when no older event matches.
+    pub next: Option<u64>,
+}
+
+/// Where a page of leases ends: leases are listed newest grant first, then by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseCursor {
+    pub granted_at: UnixMillis,
+    pub id: LeaseId,
+}
+
+/// Ask for one page of leases. A client lists them all by asking again with `after` set to
+/// the `next` of the page it got, until `next` is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasesPageQuery {
+    /// The filters.
+    pub query: LeasesQuery,
+    /// Only leases listed after this cursor (the `next` of the page before); absent: from
+    /// the first.
+    pub after: Option<LeaseCursor>,
+    /// The most leases on this page (the server caps it).
+    pub limit: Option<u32>,
+}
+
+/// One page of leases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasesPage {
+    /// Newest grant first, then by id.
+    pub leases: Vec<LeaseInfo>,
+    /// The cursor to ask for the next page with; absent when this page is the last.
+    pub next: Option<LeaseCursor>,
 }

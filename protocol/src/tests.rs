@@ -137,6 +137,60 @@ fn golden_bytes() {
     assert_eq!(encode(&refusal), "030f0176");
 }
 
+/// The paged listings: their requests, answers and cursors, byte for byte.
+#[test]
+fn golden_bytes_of_pages() {
+    let audit = Request::AuditPage(AuditPageQuery {
+        query: AuditQuery {
+            since: None,
+            user: None,
+            feature: Some("f".into()),
+            limit: Some(5),
+        },
+        before: Some(300),
+    });
+    assert_eq!(encode(&audit), "1b0000010166010501ac02");
+    let leases = Request::LeasesPage(LeasesPageQuery {
+        query: LeasesQuery {
+            feature: Some("f".into()),
+            user: None,
+        },
+        after: Some(LeaseCursor {
+            granted_at: 1000,
+            id: LeaseId([5; 16]),
+        }),
+        limit: Some(2),
+    });
+    assert_eq!(
+        encode(&leases),
+        format!("1c0101660001d00f{}0102", "05".repeat(16))
+    );
+    let page = Response::AuditPage(AuditPage {
+        events: vec![AuditEvent {
+            at: 1000,
+            actor: "a".into(),
+            action: "b".into(),
+            subject: "c".into(),
+            feature: None,
+            outcome: "ok".into(),
+            reason: String::new(),
+        }],
+        next: Some(7),
+    });
+    assert_eq!(encode(&page), "1801d00f01610162016300026f6b000107");
+    let page = Response::LeasesPage(LeasesPage {
+        leases: vec![lease_info()],
+        next: None,
+    });
+    assert_eq!(
+        encode(&page),
+        format!(
+            "1901{}04767261790203614062026e31000107d00fa01f00",
+            "ab".repeat(16)
+        )
+    );
+}
+
 #[test]
 fn error_codes_keep_their_wire_index_and_names() {
     for (index, code) in ErrorCode::ALL.iter().enumerate() {
@@ -389,6 +443,29 @@ fn every_variant_keeps_its_index() {
             }),
             26,
         ),
+        (
+            Request::AuditPage(AuditPageQuery {
+                query: AuditQuery {
+                    since: None,
+                    user: None,
+                    feature: None,
+                    limit: None,
+                },
+                before: None,
+            }),
+            27,
+        ),
+        (
+            Request::LeasesPage(LeasesPageQuery {
+                query: LeasesQuery {
+                    feature: None,
+                    user: None,
+                },
+                after: None,
+                limit: None,
+            }),
+            28,
+        ),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -413,6 +490,20 @@ fn every_variant_keeps_its_index() {
         ),
         (Response::Tokens(vec![]), 22),
         (Response::TokenRevoked("i".into()), 23),
+        (
+            Response::AuditPage(AuditPage {
+                events: vec![],
+                next: None,
+            }),
+            24,
+        ),
+        (
+            Response::LeasesPage(LeasesPage {
+                leases: vec![],
+                next: None,
+            }),
+            25,
+        ),
     ];
     for (response, index) in responses {
         assert_eq!(

@@ -30,8 +30,21 @@ const MAX_BATCH: usize = 4096;
 /// How long a batch may wait for the clients the last commit answered to come back.
 const GATHER: Duration = Duration::from_micros(1000);
 
-/// The most audit events one query returns.
+/// The most audit events one `Audit` query returns (it has no cursor: one page only).
 pub const MAX_AUDIT_EVENTS: u32 = 10_000;
+
+/// The most events or leases on one page of `AuditPage` or `LeasesPage`.
+pub const MAX_PAGE_ITEMS: u32 = 1000;
+
+/// Roughly how much text one page may hold; a page ends early past it, so that an answer
+/// stays far below the largest frame (`MAX_RESPONSE_FRAME`) whatever the rows hold.
+pub const PAGE_BYTES: usize = 1024 * 1024;
+
+/// The same bound for the answers of `Audit` and `Leases`, which have no cursor.
+pub const UNPAGED_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most leases one `Leases` query returns.
+pub const MAX_UNPAGED_LEASES: usize = 10_000;
 
 /// Work for the engine.
 #[derive(Debug)]
@@ -83,8 +96,36 @@ enum Reply {
     Ready(oneshot::Sender<Outcome>, Outcome),
     /// An authorised audit query, read from the store once the batch (and the refusals or
     /// changes it records) is committed.
-    Audit(oneshot::Sender<Outcome>, AuditQuery),
+    Audit(oneshot::Sender<Outcome>, AuditRead),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
+}
+
+/// An audit query and how to answer it.
+struct AuditRead {
+    query: AuditQuery,
+    /// The page cursor of `AuditPage`.
+    before: Option<u64>,
+    /// `AuditPage` (answered with a page) rather than `Audit` (with its events only).
+    paged: bool,
+}
+
+impl AuditRead {
+    /// The audit query a request makes, if it is one.
+    fn of(request: &Request) -> Option<AuditRead> {
+        match request {
+            Request::Audit(query) => Some(AuditRead {
+                query: query.clone(),
+                before: None,
+                paged: false,
+            }),
+            Request::AuditPage(page) => Some(AuditRead {
+                query: page.query.clone(),
+                before: page.before,
+                paged: true,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The current time in Unix milliseconds.
@@ -274,11 +315,11 @@ impl Engine {
                 return;
             }
         };
-        if let Request::Audit(query) = request {
+        if let Some(read) = AuditRead::of(&request) {
             let checked = require_admin(&actor, "read the audit log")
-                .and_then(|()| query.validate().map_err(ErrorBody::invalid));
+                .and_then(|()| read.query.validate().map_err(ErrorBody::invalid));
             match checked {
-                Ok(()) => replies.push(Reply::Audit(reply, query)),
+                Ok(()) => replies.push(Reply::Audit(reply, read)),
                 Err(err) => {
                     batch.audit(now, &actor, "audit", "audit log", None, Err(&err));
                     replies.push(Reply::Ready(reply, Outcome::Err(err)));
@@ -360,7 +401,30 @@ impl Engine {
             Request::Status(query) => pool
                 .status(now, query.feature.as_deref(), batch)
                 .map(Response::Status),
-            Request::Leases(query) => Ok(Response::Leases(pool.leases(now, actor, &query, batch))),
+            Request::Leases(query) => {
+                let page = pool.leases_page(
+                    now,
+                    actor,
+                    &query,
+                    None,
+                    MAX_UNPAGED_LEASES,
+                    UNPAGED_BYTES,
+                    batch,
+                );
+                Ok(Response::Leases(page.leases))
+            }
+            Request::LeasesPage(page) => {
+                let limit = page.limit.unwrap_or(MAX_PAGE_ITEMS).min(MAX_PAGE_ITEMS);
+                Ok(Response::LeasesPage(pool.leases_page(
+                    now,
+                    actor,
+                    &page.query,
+                    page.after,
+                    limit as usize,
+                    PAGE_BYTES,
+                    batch,
+                )))
+            }
             Request::EntitlementAdd(new) => pool
                 .add_entitlement(now, actor, &new, batch)
                 .map(Response::Entitlement),
@@ -433,7 +497,7 @@ impl Engine {
                 .map(Response::Returned),
             // Answered elsewhere: server info by the connection, audit queries after the
             // commit (see `apply`).
-            Request::ServerInfo | Request::Audit(_) => {
+            Request::ServerInfo | Request::Audit(_) | Request::AuditPage(_) => {
                 tracing::error!(
                     request = request.name(),
                     "request reached the wrong handler"
@@ -488,12 +552,18 @@ impl Engine {
                 Reply::SignIn(reply, outcome) => {
                     let _ = reply.send(outcome);
                 }
-                Reply::Audit(reply, mut query) => {
-                    query.limit = Some(query.limit.unwrap_or(1000).min(MAX_AUDIT_EVENTS));
+                Reply::Audit(reply, mut read) => {
+                    let (cap, max_bytes) = if read.paged {
+                        (MAX_PAGE_ITEMS, PAGE_BYTES)
+                    } else {
+                        (MAX_AUDIT_EVENTS, UNPAGED_BYTES)
+                    };
+                    read.query.limit = Some(read.query.limit.unwrap_or(1000).min(cap));
                     let store = self.store.clone();
                     tokio::spawn(async move {
-                        let outcome = match store.audit(&query).await {
-                            Ok(events) => Outcome::Ok(Response::AuditEvents(events)),
+                        let outcome = match store.audit(&read.query, read.before, max_bytes).await {
+                            Ok(page) if read.paged => Outcome::Ok(Response::AuditPage(page)),
+                            Ok(page) => Outcome::Ok(Response::AuditEvents(page.events)),
                             Err(err) => {
                                 tracing::error!(error = %err, "audit query failed");
                                 Outcome::Err(ErrorBody::internal())

@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 
 use async_trait::async_trait;
-use tally_protocol::{AuditEvent, AuditQuery};
+use tally_protocol::{AuditPage, AuditQuery};
 use tally_server::core::{Batch, Notification, Snapshot, Token};
 use tally_server::store::{Identity, Store, StoreError};
 
@@ -84,8 +84,13 @@ impl Store for Faulty {
         self.inner.commit(batch).await
     }
 
-    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        self.inner.audit(query).await
+    async fn audit(
+        &self,
+        query: &AuditQuery,
+        before: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<AuditPage, StoreError> {
+        self.inner.audit(query, before, max_bytes).await
     }
 
     async fn pending_notifications(

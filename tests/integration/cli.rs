@@ -432,6 +432,260 @@ async fn the_admin_tour_prints_the_documents_of_the_spec() {
         .contains("king"));
 }
 
+/// `checkout F -- CMD` whose command cannot start gives the seat back at once and exits as
+/// a shell does: 127 when the command is not found, 126 when it cannot be executed; with
+/// `--json` stdout holds exactly one document, the error, naming the command.
+#[test]
+fn a_command_that_cannot_start_gives_the_seat_back_and_exits_127_or_126() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long ttl: a seat kept by mistake would still show as in use.
+    let daemon = DaemonProcess::start(dir.path(), "60s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let out = cli(&[
+        "--config",
+        config,
+        "entitlement",
+        "add",
+        "vray",
+        "--seats",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let not_executable = dir.path().join("render.sh");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").unwrap();
+    let not_executable = not_executable.to_str().unwrap();
+    let missing = dir.path().join("no-such-renderer");
+    let missing = missing.to_str().unwrap();
+    let cases = [
+        (missing, 127, "command_not_found"),
+        ("no-such-renderer-on-the-path", 127, "command_not_found"),
+        (not_executable, 126, "command_not_executable"),
+    ];
+    for (command, exit, code) in cases {
+        let out = cli(&[
+            "--config", config, "--json", "checkout", "vray", "--", command, "--frame", "1",
+        ]);
+        assert_eq!(out.status.code(), Some(exit), "{command}: {out:?}");
+        let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "one document: {stdout:?}");
+        let doc = stdout_json(&out);
+        assert_eq!(doc["error"]["code"], code, "{doc}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(message.contains(command), "{message:?} names {command:?}");
+        let status = stdout_json(&cli(&["--config", config, "--json", "status", "vray"]));
+        assert_eq!(
+            status["features"][0]["in_use"], 0,
+            "{command}: the seat was given back at once"
+        );
+        // Without --json: the same exit status, the reason on stderr, nothing on stdout.
+        let out = cli(&["--config", config, "checkout", "vray", "--", command]);
+        assert_eq!(out.status.code(), Some(exit), "{command}: {out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(command));
+    }
+    // A script whose interpreter is missing looks runnable, so the grant is printed
+    // before the start fails: still one document, the reason on stderr, the seat freed.
+    let bad_interpreter = dir.path().join("render-py");
+    std::fs::write(&bad_interpreter, "#!/nonexistent/python\n").unwrap();
+    std::fs::set_permissions(
+        &bad_interpreter,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bad_interpreter = bad_interpreter.to_str().unwrap();
+    let out = cli(&[
+        "--config",
+        config,
+        "--json",
+        "checkout",
+        "vray",
+        "--",
+        bad_interpreter,
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "one document: {stdout:?}");
+    assert!(stdout_json(&out)["lease"]["id"].is_string());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(bad_interpreter));
+    let status = stdout_json(&cli(&["--config", config, "--json", "status", "vray"]));
+    assert_eq!(
+        status["features"][0]["in_use"], 0,
+        "the seat was given back"
+    );
+    // The seat is free for a command that does start.
+    let out = cli(&["--config", config, "checkout", "vray", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// The command run by `checkout -- CMD` does not inherit `TALLY_TOKEN`, and a token on
+/// the command line draws one warning (it is visible to other local users) while one from
+/// the environment draws none.
+#[test]
+fn the_token_stays_out_of_the_child_and_a_token_on_the_command_line_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config, "--json"];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        (out.status.code(), stdout_json(&out))
+    };
+    run(&["user", "add", "ana@studio.com"]);
+    let (code, doc) = run(&["user", "token", "ana@studio.com", "--label", "laptop"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["token", "id"]);
+    let id = doc["id"].as_str().unwrap().to_string();
+    let token = doc["token"].as_str().unwrap().to_string();
+
+    let (_, doc) = run(&["user", "tokens", "ana@studio.com"]);
+    let list = doc["tokens"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let laptop = list.iter().find(|t| t["id"] == id.as_str()).unwrap();
+    let keys: Vec<&String> = laptop.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["id", "label", "created_at", "last_used"]);
+    assert_eq!(laptop["label"], "laptop");
+    assert!(
+        !doc.to_string().contains(&token),
+        "a listing never shows a token"
+    );
+
+    let (code, doc) = run(&["user", "token", "revoke", &id]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["revoked"], id.as_str());
+    let out = cli(&["--config", config, "--token", &token, "--json", "whoami"]);
+    assert_eq!(out.status.code(), Some(4));
+    let (code, doc) = run(&["user", "token", "revoke", &id]);
+    assert_eq!(code, Some(1));
+    assert_eq!(doc["error"]["code"], "not_found");
+    let token = std::fs::read_to_string(daemon.data_dir.join("owner.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = cli(&[
+        "--config",
+        config,
+        "entitlement",
+        "add",
+        "vray",
+        "--seats",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let tally = |args: &[&str]| {
+        Command::new(CLI)
+            .args(args)
+            .env_remove("TALLY_CONFIG")
+            .env("HOME", "/nonexistent")
+            .env("TALLY_TOKEN", &token)
+            .env("TALLY_OTHER", "kept")
+            .output()
+            .unwrap()
+    };
+    let show = r#"printf '%s|%s' "${TALLY_TOKEN-unset}" "${TALLY_OTHER-unset}""#;
+    let out = tally(&[
+        "--config", config, "checkout", "vray", "--", "sh", "-c", show,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "unset|kept");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("--token"), "{stderr}");
+
+    let out = tally(&[
+        "--config", config, "--token", &token, "--json", "checkout", "vray", "--", "sh", "-c", show,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with("unset|kept"), "{stdout}");
+    assert!(!stdout.contains(&token));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("warning: a token given with --token")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("--token-file"), "{stderr}");
+}
+
+/// Strings a peer chose (a client's host name, a refused feature name) reach an admin's
+/// terminal escaped in tables, and CSV cells that a spreadsheet would evaluate are
+/// neutralised; JSON keeps them exact.
+#[tokio::test]
+async fn peer_text_is_escaped_for_terminals_and_neutralised_in_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let owner = tally_client::Client::connect(daemon.client_config())
+        .await
+        .unwrap();
+    add_entitlement(&owner, "vray", 5, None).await;
+    let ca = std::fs::read(daemon.data_dir.join("tls/ca.pem")).unwrap();
+    let token = std::fs::read_to_string(daemon.data_dir.join("owner.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], daemon.port).into();
+    // Clears the screen, then writes a forged row.
+    let host = "\u{1b}[2J\u{1b}[Hrender-01  vray  1  ceo@studio";
+    let mut raw = RawConn::signed_in_to(addr, &ca, &token, host)
+        .await
+        .unwrap();
+    let formula = "=HYPERLINK(\"http://evil.example\",\"click\")";
+    for (id, feature) in [(1, "vray"), (2, formula), (3, "+cmd|' /C calc'!A0")] {
+        let answer = raw
+            .request(
+                id,
+                tally_protocol::Request::Checkout(tally_protocol::Checkout {
+                    request_id: tally_protocol::RequestId(rand::random()),
+                    feature: feature.into(),
+                    seats: 1,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(answer, tally_protocol::ServerMessage::Response { .. }),
+            "{answer:?}"
+        );
+    }
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+
+    let out = cli(&["--config", config, "leases"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!out.stdout.contains(&0x1b), "raw ESC in {out:?}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("\\u{1b}[2J\\u{1b}[Hrender-01"), "{table}");
+    let doc = stdout_json(&cli(&["--config", config, "--json", "leases"]));
+    assert_eq!(doc["leases"][0]["host"], host, "JSON stays exact");
+
+    let out = cli(&["--config", config, "audit"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!out.stdout.contains(&0x1b), "raw ESC in {out:?}");
+
+    let out = cli(&["--config", config, "audit", "--csv"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!out.stdout.contains(&0x1b), "raw ESC in {out:?}");
+    let mut reader = csv::Reader::from_reader(out.stdout.as_slice());
+    let mut cells = Vec::new();
+    for record in reader.records() {
+        cells.extend(record.unwrap().iter().map(str::to_string));
+    }
+    for cell in &cells {
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+            "a cell a spreadsheet would evaluate: {cell:?}"
+        );
+    }
+    assert!(
+        cells.iter().any(|c| c == &format!("'{formula}")),
+        "the refused feature, neutralised: {cells:?}"
+    );
+}
+
 #[tokio::test]
 async fn user_token_tokens_and_revoke_print_the_documents_of_the_spec() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,16 +7,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tally_protocol::{
-    validate_feature, validate_username, Assign, AuditQuery, EntitlementKind, EntitlementQuery,
-    EntitlementRemove, ErrorCode, LeaseId, LeasesQuery, NewEntitlement, Release, Request, Response,
-    Revoke, Role, StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
+    validate_feature, validate_username, Assign, AuditPageQuery, AuditQuery, EntitlementKind,
+    EntitlementQuery, EntitlementRemove, ErrorCode, LeaseId, LeasesPageQuery, LeasesQuery,
+    NewEntitlement, Release, Request, Response, Revoke, Role, StatusQuery, TokenMint, TokenRevoke,
+    UserAdd, UserRef,
 };
 
 use crate::config::{machine_id_from, ClientFile, MACHINE_ID_FILES};
 use crate::{Client, ClientConfig, Error};
-use output::Output;
+use output::{say_err, Output};
+
+/// Events or leases asked for per page; the server may send fewer.
+const PAGE: u32 = 1000;
+
+/// The environment variable a token may come in; the command run by `checkout -- CMD`
+/// does not get it.
+const TOKEN_ENV: &str = "TALLY_TOKEN";
 
 /// Exit codes (SPEC §6).
 pub mod exit {
@@ -26,6 +35,10 @@ pub mod exit {
     pub const NO_SEAT: u8 = 3;
     pub const DENIED: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
+    /// `checkout -- CMD`: the command was found but cannot be run (as a shell says).
+    pub const CANNOT_EXECUTE: u8 = 126;
+    /// `checkout -- CMD`: the command was not found (as a shell says).
+    pub const NOT_FOUND: u8 = 127;
 }
 
 #[derive(Debug, Parser)]
@@ -138,7 +151,7 @@ enum Command {
         user: Option<String>,
         #[arg(long)]
         feature: Option<String>,
-        /// At most this many events (default 1000, at most 10000).
+        /// At most this many events (default 1000); they are fetched page by page.
         #[arg(long)]
         limit: Option<u32>,
         /// Print CSV instead of a table or JSON.
@@ -284,8 +297,17 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
         .skip(1)
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|matches| {
+        let token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
+        Cli::from_arg_matches(&matches).map(|cli| (cli, token_on_command_line))
+    });
+    let cli = match parsed {
+        Ok((cli, token_on_command_line)) => {
+            if token_on_command_line {
+                eprintln!("tally: warning: a token given with --token can be read by other users of this machine (in the process list); use --token-file FILE or the {TOKEN_ENV} environment variable");
+            }
+            cli
+        }
         Err(err) => {
             use clap::error::ErrorKind;
             if json
@@ -382,12 +404,25 @@ async fn run(cli: Cli, machine_id: String) -> Result<u8, Failure> {
             out.status(&features);
         }
         Command::Leases { feature, user } => {
-            let response = client
-                .call(Request::Leases(LeasesQuery { feature, user }))
-                .await?;
-            let Response::Leases(leases) = response else {
-                return Err(bad(&response));
-            };
+            let query = LeasesQuery { feature, user };
+            let mut leases = Vec::new();
+            let mut after = None;
+            loop {
+                let request = Request::LeasesPage(LeasesPageQuery {
+                    query: query.clone(),
+                    after,
+                    limit: Some(PAGE),
+                });
+                let response = client.call(request).await?;
+                let Response::LeasesPage(page) = response else {
+                    return Err(bad(&response));
+                };
+                leases.extend(page.leases);
+                match page.next {
+                    Some(next) if Some(next) != after => after = Some(next),
+                    _ => break,
+                }
+            }
             out.leases(&leases);
         }
         Command::Checkout(args) => return checkout(&client, args, &out).await,
@@ -524,17 +559,34 @@ async fn run(cli: Cli, machine_id: String) -> Result<u8, Failure> {
             limit,
             csv,
         } => {
-            let query = AuditQuery {
+            let mut query = AuditQuery {
                 since: since.as_deref().map(parse_time).transpose()?,
                 user,
                 feature,
-                limit,
+                limit: None,
             };
-            let response = client.call(Request::Audit(query)).await?;
-            let Response::AuditEvents(events) = response else {
-                return Err(bad(&response));
-            };
-            out.audit(&events, csv);
+            let mut remaining = limit.unwrap_or(1000);
+            let mut printer = out.audit(csv).map_err(printing)?;
+            let mut before = None;
+            while remaining > 0 {
+                query.limit = Some(remaining.min(PAGE));
+                let request = Request::AuditPage(AuditPageQuery {
+                    query: query.clone(),
+                    before,
+                });
+                let response = client.call(request).await?;
+                let Response::AuditPage(page) = response else {
+                    return Err(bad(&response));
+                };
+                let events = &page.events[..page.events.len().min(remaining as usize)];
+                printer.page(events).map_err(printing)?;
+                remaining -= events.len() as u32;
+                match page.next {
+                    Some(next) if !events.is_empty() && Some(next) != before => before = Some(next),
+                    _ => break,
+                }
+            }
+            printer.finish().map_err(printing)?;
         }
         Command::Server(ServerCommand::Info) => {
             let response = client.call(Request::ServerInfo).await?;
@@ -632,6 +684,77 @@ async fn local_borrows(cli: &Cli, machine_id: &str, out: &Output) -> Result<u8, 
 
 fn bad(response: &Response) -> Failure {
     Failure::from(crate::session::unexpected(response))
+}
+
+fn printing(err: std::io::Error) -> Failure {
+    Failure {
+        code: exit::FAILED,
+        error_code: "internal".into(),
+        message: format!("cannot print the result: {err}"),
+    }
+}
+
+/// Finds a command as `execvp` does: a name with a slash is a path, any other is looked for
+/// in the directories of `PATH`. `NotFound` when nothing of that name exists,
+/// `PermissionDenied` when it exists but is not an executable file.
+fn find_program(name: &str) -> std::io::Result<PathBuf> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| -> std::io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorKind::PermissionDenied, "not a file"));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "not executable (no x permission)",
+            ));
+        }
+        Ok(())
+    };
+    if name.is_empty() {
+        return Err(Error::new(ErrorKind::NotFound, "empty command name"));
+    }
+    if name.contains('/') {
+        return runnable(name.as_ref()).map(|()| PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut refused = None;
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(name);
+        match runnable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => refused = refused.or(Some(err)),
+        }
+    }
+    Err(refused.unwrap_or_else(|| Error::new(ErrorKind::NotFound, "not found in PATH")))
+}
+
+/// Why `checkout -- CMD` could not start the command, with the exit status a shell
+/// gives: 127 when it is not found, 126 when it is found but cannot be run.
+fn spawn_failure(command: &str, err: &std::io::Error) -> Failure {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        Failure {
+            code: exit::NOT_FOUND,
+            error_code: "command_not_found".into(),
+            message: format!(
+                "cannot run {command:?}: command not found; the seat was checked in again"
+            ),
+        }
+    } else {
+        Failure {
+            code: exit::CANNOT_EXECUTE,
+            error_code: "command_not_executable".into(),
+            message: format!("cannot run {command:?}: {err}; the seat was checked in again"),
+        }
+    }
 }
 
 /// Arguments the server would refuse anyway are refused here, as usage errors.
@@ -865,8 +988,8 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
         });
     };
     let mut lease = client.checkout(&args.feature, args.seats).await?;
-    out.lease_granted(lease.info(), args.command.is_empty());
     if args.command.is_empty() {
+        out.lease_granted(lease.info(), true);
         let code = tokio::select! {
             _ = term.recv() => exit::OK,
             _ = int.recv() => exit::OK,
@@ -879,14 +1002,38 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
         out.note(&format!("checked in {}", args.feature));
         return Ok(code);
     }
-    let mut child = tokio::process::Command::new(&args.command[0])
+    // Find the command before saying anything: one that cannot start gives the seat back
+    // now rather than at its ttl, and prints only the failure (with `--json`, the one
+    // document on stdout).
+    let program = match find_program(&args.command[0]) {
+        Ok(program) => program,
+        Err(err) => {
+            if let Err(release) = lease.release().await {
+                say_err!("tally: warning: check-in failed: {release}");
+            }
+            return Err(spawn_failure(&args.command[0], &err));
+        }
+    };
+    out.lease_granted(lease.info(), false);
+    // The command gets no token of ours: it may be anything, and the token is the user's.
+    let spawned = tokio::process::Command::new(&program)
+        .arg0(&args.command[0])
         .args(&args.command[1..])
-        .spawn()
-        .map_err(|err| Failure {
-            code: exit::FAILED,
-            error_code: "invalid".into(),
-            message: format!("cannot run {:?}: {err}", args.command[0]),
-        })?;
+        .env_remove(TOKEN_ENV)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            // Found but still not startable (a missing interpreter, a bad format): the
+            // lease document is out already, so the reason goes to stderr in any case.
+            if let Err(release) = lease.release().await {
+                say_err!("tally: warning: check-in failed: {release}");
+            }
+            let failure = spawn_failure(&args.command[0], &err);
+            say_err!("tally: {}", failure.message);
+            return Ok(failure.code);
+        }
+    };
     let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     let forward = |signal: nix::sys::signal::Signal| {
         if let Some(pid) = pid {
@@ -901,7 +1048,7 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
             _ = int.recv() => forward(nix::sys::signal::Signal::SIGINT),
             reason = lease.lost(), if !warned => {
                 warned = true;
-                eprintln!("tally: warning: lease {} of {} was lost ({}); the command keeps running unlicensed", lease.id(), args.feature, reason.as_str());
+                say_err!("tally: warning: lease {} of {} was lost ({}); the command keeps running unlicensed", lease.id(), args.feature, reason.as_str());
             }
         }
     };
@@ -911,7 +1058,7 @@ async fn checkout(client: &Client, args: CheckoutArgs, out: &Output) -> Result<u
         message: format!("waiting for the command: {err}"),
     })?;
     if let Err(err) = lease.release().await {
-        eprintln!("tally: warning: check-in failed: {err}");
+        say_err!("tally: warning: check-in failed: {err}");
     }
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {

@@ -1,10 +1,70 @@
 //! What `tally` prints: a JSON document with `--json`, aligned text otherwise.
+//!
+//! Text for people never carries a peer's control characters raw: a host name, feature or
+//! machine id holding escape sequences could otherwise rewrite an admin's screen or forge
+//! rows, so [`clean`] escapes them in every line, table cell and error printed for people
+//! (`say!`, `say_err!`). CSV cells are cleaned the same way and neutralised against
+//! spreadsheet formulas ([`csv_cell`]). JSON stays exact: serde escapes control characters.
+
+use std::borrow::Cow;
+use std::io::Write;
 
 use serde_json::{json, Value};
 use tally_protocol::{
     AssignmentInfo, AuditEvent, Entitlement, FeatureStatus, IssuedToken, LeaseId, LeaseInfo,
     LeaseSource, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
+
+/// Prints a line for people on stdout, with control characters escaped.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::cli::output::clean(&format!($($arg)*)))
+    };
+}
+
+/// Prints a line for people on stderr, with control characters escaped.
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::cli::output::clean(&format!($($arg)*)))
+    };
+}
+
+pub(crate) use say_err;
+
+/// Whether a character must not reach a terminal raw: C0 and C1 controls (escape
+/// sequences start with them) and the bidirectional overrides, which reorder what is
+/// shown.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every unsafe character escaped as Rust writes it (`\u{1b}`, `\n`).
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One CSV cell: cleaned, and led by `'` when a spreadsheet would take it for a formula
+/// (it starts with `=`, `+`, `-`, `@`, a tab or a carriage return).
+pub fn csv_cell(text: &str) -> Cow<'_, str> {
+    let cleaned = clean(text);
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{cleaned}"))
+    } else {
+        cleaned
+    }
+}
 
 /// Where results go.
 pub struct Output {
@@ -71,43 +131,140 @@ fn time_millis(millis: i64) -> String {
     tally_protocol::format_time_millis(millis)
 }
 
-/// One CSV field, quoted when it must be (RFC 4180).
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
 /// Prints a failure: `{"error": {...}}` on stdout with `--json`, a line on stderr otherwise.
 pub fn print_error(json: bool, code: &str, message: &str) {
     if json {
         println!("{}", json!({"error": {"code": code, "message": message}}));
     } else {
-        eprintln!("tally: {message}");
+        say_err!("tally: {message}");
+    }
+}
+
+/// Left-aligned columns, printed as rows come: the widths grow to fit each new batch of
+/// rows and never shrink, so a long listing can be printed page by page.
+pub struct Table {
+    headers: Vec<String>,
+    widths: Vec<usize>,
+    /// Whether the header line is out.
+    started: bool,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| h.to_uppercase()).collect(),
+            widths: headers.iter().map(|h| h.len()).collect(),
+            started: false,
+        }
+    }
+
+    fn line(&self, cells: &[String]) {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = self.widths[i]))
+            .collect();
+        say!("{}", text.join("  ").trim_end());
+    }
+
+    /// Prints rows (and the header before the first).
+    fn rows(&mut self, rows: Vec<Vec<String>>) {
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|row| row.iter().map(|cell| clean(cell).into_owned()).collect())
+            .collect();
+        for row in &rows {
+            for (i, cell) in row.iter().enumerate() {
+                self.widths[i] = self.widths[i].max(cell.chars().count());
+            }
+        }
+        if !self.started {
+            self.started = true;
+            self.line(&self.headers);
+        }
+        for row in &rows {
+            self.line(row);
+        }
     }
 }
 
 /// Left-aligned columns.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+    Table::new(headers).rows(rows);
+}
+
+/// Prints audit events as their pages come: CSV and table rows at once, JSON as one
+/// document at the end.
+pub enum AuditPrinter {
+    Csv(Box<csv::Writer<std::io::Stdout>>),
+    Table(Table),
+    Json(Vec<Value>),
+}
+
+const AUDIT_COLUMNS: [&str; 7] = [
+    "at", "actor", "action", "subject", "feature", "outcome", "reason",
+];
+
+impl AuditPrinter {
+    /// Prints one page of events.
+    pub fn page(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        match self {
+            AuditPrinter::Csv(writer) => {
+                for e in events {
+                    let at = time_millis(e.at);
+                    let fields = [
+                        at.as_str(),
+                        &e.actor,
+                        &e.action,
+                        &e.subject,
+                        e.feature.as_deref().unwrap_or_default(),
+                        &e.outcome,
+                        &e.reason,
+                    ];
+                    writer.write_record(fields.iter().map(|f| csv_cell(f).into_owned()))?;
+                }
+                writer.flush()
+            }
+            AuditPrinter::Table(table) => {
+                let rows = events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            time(e.at),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.subject.clone(),
+                            e.feature.clone().unwrap_or_default(),
+                            e.outcome.clone(),
+                            e.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                table.rows(rows);
+                std::io::stdout().flush()
+            }
+            AuditPrinter::Json(list) => {
+                list.extend(events.iter().map(event_json));
+                Ok(())
+            }
         }
     }
-    let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for row in rows {
-        line(row);
+
+    /// Ends the listing: the JSON document, or the table's header when no event came.
+    pub fn finish(self) -> std::io::Result<()> {
+        match self {
+            AuditPrinter::Csv(mut writer) => writer.flush(),
+            AuditPrinter::Table(mut table) => {
+                if !table.started {
+                    table.rows(Vec::new());
+                }
+                Ok(())
+            }
+            AuditPrinter::Json(list) => {
+                println!("{}", json!({ "events": list }));
+                Ok(())
+            }
+        }
     }
 }
 
@@ -123,7 +280,7 @@ impl Output {
     /// A remark for people; silent with `--json`.
     pub fn note(&self, text: &str) {
         if !self.json {
-            eprintln!("{text}");
+            say_err!("{text}");
         }
     }
 
@@ -139,7 +296,7 @@ impl Output {
             return self.doc(json!({ "features": list }));
         }
         if features.is_empty() {
-            println!("no features yet: add one with `tally entitlement add FEATURE --seats N`");
+            say!("no features yet: add one with `tally entitlement add FEATURE --seats N`");
             return;
         }
         let rows = features
@@ -181,7 +338,7 @@ impl Output {
             return self.doc(json!({ "leases": list }));
         }
         if leases.is_empty() {
-            println!("no leases held");
+            say!("no leases held");
             return;
         }
         let rows = leases
@@ -220,7 +377,7 @@ impl Output {
         if self.json {
             return self.doc(json!({ "lease": lease_json(lease) }));
         }
-        eprintln!(
+        say_err!(
             "checked out {} seat(s) of {} (lease {}){}",
             lease.seats,
             lease.feature,
@@ -237,9 +394,11 @@ impl Output {
         if self.json {
             return self.doc(json!({ "entitlement": entitlement_json(e) }));
         }
-        println!(
+        say!(
             "added entitlement {}: {} seat(s) of {}",
-            e.id, e.seats, e.feature
+            e.id,
+            e.seats,
+            e.feature
         );
     }
 
@@ -249,7 +408,7 @@ impl Output {
             return self.doc(json!({ "entitlements": list }));
         }
         if list.is_empty() {
-            println!("no entitlements");
+            say!("no entitlements");
             return;
         }
         let rows = list
@@ -290,14 +449,14 @@ impl Output {
         if self.json {
             return self.doc(json!({ "removed": id }));
         }
-        println!("removed entitlement {id}");
+        say!("removed entitlement {id}");
     }
 
     pub fn released(&self, id: LeaseId) {
         if self.json {
             return self.doc(json!({ "released": id.to_string() }));
         }
-        println!("released lease {id}");
+        say!("released lease {id}");
     }
 
     pub fn server_info(&self, info: &ServerInfo) {
@@ -305,15 +464,15 @@ impl Output {
             return self.doc(json!({"server": {"id": info.id, "version": info.version, "protocol": info.protocol,
                 "store": info.store, "uptime_secs": info.uptime_secs, "connections": info.connections}}));
         }
-        println!("id           {}", info.id);
-        println!("version      {}", info.version);
-        println!("protocol     {}", info.protocol);
-        println!("store        {}", info.store);
-        println!(
+        say!("id           {}", info.id);
+        say!("version      {}", info.version);
+        say!("protocol     {}", info.protocol);
+        say!("store        {}", info.store);
+        say!(
             "uptime       {}",
             humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs))
         );
-        println!("connections  {}", info.connections);
+        say!("connections  {}", info.connections);
     }
 
     pub fn whoami(&self, me: &Whoami) {
@@ -329,14 +488,14 @@ impl Output {
         } else {
             format!(" ({})", me.user.name)
         };
-        println!(
+        say!(
             "{}{name}: {}, {}",
             me.user.username,
             me.user.role.as_str(),
             me.user.state.as_str()
         );
         if me.assignments.is_empty() {
-            println!("no seats assigned to you");
+            say!("no seats assigned to you");
         } else {
             println!();
             self.assignment_table(&me.assignments);
@@ -374,8 +533,8 @@ impl Output {
         if self.json {
             return self.doc(json!({"user": user_json(user), "token": token}));
         }
-        println!("added {} ({})", user.username, user.role.as_str());
-        println!("token (shown once; give it to them for their client file): {token}");
+        say!("added {} ({})", user.username, user.role.as_str());
+        say!("token (shown once; give it to them for their client file): {token}");
     }
 
     pub fn users(&self, users: &[UserInfo]) {
@@ -412,7 +571,7 @@ impl Output {
         if self.json {
             return self.doc(json!({ "token": token }));
         }
-        println!("new token (shown once): {token}");
+        say!("new token (shown once): {token}");
     }
 
     pub fn token_issued(&self, issued: &IssuedToken) {
@@ -462,7 +621,7 @@ impl Output {
         if self.json {
             return self.doc(json!({ "user": user_json(user) }));
         }
-        println!(
+        say!(
             "{}: {}, {}",
             user.username,
             user.role.as_str(),
@@ -474,9 +633,13 @@ impl Output {
         if self.json {
             return self.doc(json!({ "assignment": assignment_json(a) }));
         }
-        println!(
+        say!(
             "{} now has {} seat(s) of {} assigned (assignment {}, entitlement {})",
-            a.user, a.seats, a.feature, a.id, a.entitlement
+            a.user,
+            a.seats,
+            a.feature,
+            a.id,
+            a.entitlement
         );
     }
 
@@ -484,51 +647,20 @@ impl Output {
         if self.json {
             return self.doc(json!({ "revoked": count }));
         }
-        println!("revoked {count} seat(s)");
+        say!("revoked {count} seat(s)");
     }
 
-    pub fn audit(&self, events: &[AuditEvent], csv: bool) {
+    /// A printer for audit events, page by page; CSV with `csv` (whatever `--json` says).
+    pub fn audit(&self, csv: bool) -> std::io::Result<AuditPrinter> {
         if csv {
-            println!("at,actor,action,subject,feature,outcome,reason");
-            for e in events {
-                let fields = [
-                    time_millis(e.at),
-                    e.actor.clone(),
-                    e.action.clone(),
-                    e.subject.clone(),
-                    e.feature.clone().unwrap_or_default(),
-                    e.outcome.clone(),
-                    e.reason.clone(),
-                ];
-                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                println!("{}", line.join(","));
-            }
-            return;
+            let mut writer = csv::Writer::from_writer(std::io::stdout());
+            writer.write_record(AUDIT_COLUMNS)?;
+            return Ok(AuditPrinter::Csv(Box::new(writer)));
         }
         if self.json {
-            let list: Vec<Value> = events.iter().map(event_json).collect();
-            return self.doc(json!({ "events": list }));
+            return Ok(AuditPrinter::Json(Vec::new()));
         }
-        let rows = events
-            .iter()
-            .map(|e| {
-                vec![
-                    time(e.at),
-                    e.actor.clone(),
-                    e.action.clone(),
-                    e.subject.clone(),
-                    e.feature.clone().unwrap_or_default(),
-                    e.outcome.clone(),
-                    e.reason.clone(),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "at", "actor", "action", "subject", "feature", "outcome", "reason",
-            ],
-            rows,
-        );
+        Ok(AuditPrinter::Table(Table::new(&AUDIT_COLUMNS)))
     }
 
     pub fn borrowed(&self, lease: &LeaseInfo, path: &std::path::Path) {
@@ -537,20 +669,20 @@ impl Output {
                 json!({"lease": lease_json(lease), "token_file": path.display().to_string()}),
             );
         }
-        println!(
+        say!(
             "borrowed {} seat(s) of {} until {} for offline use on this machine",
             lease.seats,
             lease.feature,
             time(lease.expires_at)
         );
-        println!("token: {}", path.display());
+        say!("token: {}", path.display());
     }
 
     pub fn returned(&self, seats: u32) {
         if self.json {
             return self.doc(json!({ "returned": seats }));
         }
-        println!("returned {seats} seat(s)");
+        say!("returned {seats} seat(s)");
     }
 
     pub fn borrows(&self, borrows: &[(crate::borrow::StoredBorrow, crate::Verdict)]) {
@@ -567,7 +699,7 @@ impl Output {
             return self.doc(json!({ "borrows": list }));
         }
         if borrows.is_empty() {
-            println!("no borrows on this machine");
+            say!("no borrows on this machine");
             return;
         }
         let rows = borrows
@@ -598,10 +730,50 @@ impl Output {
             return self.doc(json!({"valid": verdict.valid, "reason": verdict.reason,
                 "checked": verdict.checked.as_str()}));
         }
-        println!(
+        say!(
             "{}: {}",
             if verdict.valid { "valid" } else { "not valid" },
             verdict.reason
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(clean("node-7.studio"), "node-7.studio");
+        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            clean("evil\u{1b}[2J\u{1b}]0;x\u{7}\r\nrow"),
+            "evil\\u{1b}[2J\\u{1b}]0;x\\u{7}\\r\\nrow"
+        );
+        assert_eq!(clean("a\u{9b}31mb"), "a\\u{9b}31mb");
+        assert_eq!(clean("txt\u{202e}exe.doc"), "txt\\u{202e}exe.doc");
+        assert_eq!(clean("tab\there"), "tab\\there");
+        assert_eq!(clean("é ✓ 名"), "é ✓ 名");
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_evaluate_are_neutralised() {
+        for formula in [
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert!(csv_cell(formula).starts_with('\''), "{formula:?}");
+        }
+        assert_eq!(csv_cell("\u{1b}[31m=1"), "\\u{1b}[31m=1");
+        assert_eq!(csv_cell("=1\u{1b}"), "'=1\\u{1b}");
+        assert_eq!(csv_cell("owner@localhost"), "owner@localhost");
+        assert_eq!(
+            csv_cell("2027-01-31T18:00:00.000Z"),
+            "2027-01-31T18:00:00.000Z"
         );
     }
 }

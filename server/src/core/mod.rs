@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_protocol::{
     validate_feature, Checkout, ClientId, EndReason, EndedLease, Entitlement, ErrorBody, ErrorCode,
-    FeatureStatus, HeartbeatAck, LeaseId, LeaseInfo, LeaseKind, LeaseSource, LeasesQuery,
-    NewEntitlement, RequestId, Resumed, Role, UserState,
+    FeatureStatus, HeartbeatAck, LeaseCursor, LeaseId, LeaseInfo, LeaseKind, LeaseSource,
+    LeasesPage, LeasesQuery, NewEntitlement, RequestId, Resumed, Role, UserState,
 };
 
 pub use batch::{Batch, Notification, SignOut, Snapshot};
@@ -1070,7 +1070,28 @@ impl Pool {
         query: &LeasesQuery,
         batch: &mut Batch,
     ) -> Vec<LeaseInfo> {
+        self.leases_page(now, actor, query, None, usize::MAX, usize::MAX, batch)
+            .leases
+    }
+
+    /// One page of the leases held, newest grant first and then by id, starting after
+    /// `after`; members and guests see only their own. A page holds at most `limit` leases
+    /// and ends early once it passes `max_bytes` (roughly, of text), so that no answer
+    /// outgrows a frame; `next` is where the following page starts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn leases_page(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &LeasesQuery,
+        after: Option<LeaseCursor>,
+        limit: usize,
+        max_bytes: usize,
+        batch: &mut Batch,
+    ) -> LeasesPage {
         self.advance(now, batch);
+        let key = |l: &Lease| (std::cmp::Reverse(l.granted_at), l.id);
+        let after = after.map(|c| (std::cmp::Reverse(c.granted_at), c.id));
         let mut leases: Vec<&Lease> = self
             .leases
             .values()
@@ -1082,9 +1103,27 @@ impl Pool {
                     .as_deref()
                     .is_none_or(|u| l.user.eq_ignore_ascii_case(u))
             })
+            .filter(|l| after.is_none_or(|after| key(l) > after))
             .collect();
-        leases.sort_by(|a, b| b.granted_at.cmp(&a.granted_at).then(a.id.cmp(&b.id)));
-        leases.into_iter().map(|l| self.info(l)).collect()
+        leases.sort_by_key(|l| key(l));
+        let limit = limit.max(1);
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for lease in &leases {
+            if page.len() == limit || (!page.is_empty() && bytes >= max_bytes) {
+                break;
+            }
+            bytes += 64 + lease.feature.len() + lease.user.len() + lease.host.len();
+            page.push(self.info(lease));
+        }
+        let next = match page.last() {
+            Some(last) if page.len() < leases.len() => Some(LeaseCursor {
+                granted_at: last.granted_at,
+                id: last.id,
+            }),
+            _ => None,
+        };
+        LeasesPage { leases: page, next }
     }
 
     // ----- internals ------------------------------------------------------------------

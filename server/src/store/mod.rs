@@ -9,7 +9,7 @@ mod sqlite;
 use std::path::Path;
 
 use async_trait::async_trait;
-use tally_protocol::{AuditEvent, AuditQuery};
+use tally_protocol::{AuditEvent, AuditPage, AuditQuery};
 
 use crate::core::{Batch, Notification, Snapshot, Token};
 
@@ -68,8 +68,17 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a batch in one transaction: all of it or none.
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
 
-    /// Audit events matching the query, newest first.
-    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+    /// One page of the audit events matching the query, newest first (keyset on the audit
+    /// row id): only events older than the cursor `before`, at most `query.limit` of them
+    /// (1000 when absent), and the page ends early once its events pass `max_bytes` (by
+    /// [`event_size`]; the first event always fits). `next` is set exactly when more
+    /// events match.
+    async fn audit(
+        &self,
+        query: &AuditQuery,
+        before: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<AuditPage, StoreError>;
 
     /// Notifications not yet delivered, oldest first, with their outbox ids.
     async fn pending_notifications(
@@ -82,6 +91,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);
+}
+
+/// About how many bytes an audit event takes in an answer: its text plus room for the
+/// rest, so that pages can be bounded before they are encoded.
+pub fn event_size(event: &AuditEvent) -> usize {
+    32 + event.actor.len()
+        + event.action.len()
+        + event.subject.len()
+        + event.feature.as_ref().map_or(0, String::len)
+        + event.outcome.len()
+        + event.reason.len()
 }
 
 /// Opens the store that `database` names, or SQLite in `data_dir` when it names none, and

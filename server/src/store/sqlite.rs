@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use tally_protocol::{
-    AuditEvent, AuditQuery, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind,
+    AuditEvent, AuditPage, AuditQuery, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind,
     LeaseSource, RequestId, Role, UserState,
 };
 
@@ -335,10 +335,20 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn audit(
+        &self,
+        query: &AuditQuery,
+        before: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<AuditPage, StoreError> {
+        use futures::TryStreamExt;
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT at, actor, action, subject, feature, outcome, reason FROM audit WHERE 1 = 1",
+            "SELECT id, at, actor, action, subject, feature, outcome, reason FROM audit WHERE 1 = 1",
         );
+        if let Some(before) = before {
+            q.push(" AND id < ")
+                .push_bind(i64::try_from(before).unwrap_or(i64::MAX));
+        }
         if let Some(since) = query.since {
             q.push(" AND at >= ").push_bind(since);
         }
@@ -353,22 +363,35 @@ impl Store for SqliteStore {
         if let Some(feature) = &query.feature {
             q.push(" AND feature = ").push_bind(feature.clone());
         }
+        let limit = query.limit.unwrap_or(1000).max(1);
+        // One row past the page tells whether another page follows.
         q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(query.limit.unwrap_or(1000)));
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEvent {
-                    at: row.try_get("at")?,
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    subject: row.try_get("subject")?,
-                    feature: row.try_get("feature")?,
-                    outcome: row.try_get("outcome")?,
-                    reason: row.try_get("reason")?,
-                })
-            })
-            .collect()
+            .push_bind(i64::from(limit) + 1);
+        let mut rows = q.build().fetch(&self.pool);
+        let mut events = Vec::new();
+        let mut last_id = 0i64;
+        let mut bytes = 0;
+        let mut more = false;
+        while let Some(row) = rows.try_next().await? {
+            if events.len() == limit as usize || (!events.is_empty() && bytes >= max_bytes) {
+                more = true;
+                break;
+            }
+            let event = AuditEvent {
+                at: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                subject: row.try_get("subject")?,
+                feature: row.try_get("feature")?,
+                outcome: row.try_get("outcome")?,
+                reason: row.try_get("reason")?,
+            };
+            last_id = row.try_get("id")?;
+            bytes += super::event_size(&event);
+            events.push(event);
+        }
+        let next = more.then_some(last_id as u64);
+        Ok(AuditPage { events, next })
     }
 
     async fn pending_notifications(
@@ -833,5 +856,107 @@ mod tests {
         assert!(store.find_token(&[1; 32]).await.unwrap().is_none());
         assert!(store.find_token(&[3; 32]).await.unwrap().is_none());
         assert!(store.find_token(&[4; 32]).await.unwrap().is_some());
+    }
+
+    /// The audit log pages newest first on its row id: pages never overlap or skip, `next`
+    /// is set exactly when older events match, filters hold across pages, and a page of
+    /// large events ends at the byte budget instead of growing past a frame.
+    #[tokio::test]
+    async fn audit_pages_by_row_id_newest_first_within_a_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let mut batch = Batch::default();
+        for i in 0..25i64 {
+            batch.audit_raw(AuditEvent {
+                at: i,
+                actor: "owner@localhost".into(),
+                action: "checkout".into(),
+                subject: format!("lease{i}"),
+                feature: Some(if i % 5 == 0 { "nuke" } else { "vray" }.into()),
+                outcome: "ok".into(),
+                // Every third event is large: 100 KiB of reason.
+                reason: if i % 3 == 0 {
+                    "x".repeat(100 * 1024)
+                } else {
+                    String::new()
+                },
+            });
+        }
+        store.commit(&batch).await.unwrap();
+        let query = |feature: Option<&str>, limit| AuditQuery {
+            since: None,
+            user: None,
+            feature: feature.map(str::to_string),
+            limit: Some(limit),
+        };
+
+        // Small pages: 10, 10, 5, newest first, then no cursor.
+        let mut seen = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .audit(&query(None, 10), before, usize::MAX)
+                .await
+                .unwrap();
+            pages += 1;
+            seen.extend(page.events.iter().map(|e| e.at));
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, (0..25).rev().collect::<Vec<_>>());
+
+        // An exact fit has no next page.
+        let page = store
+            .audit(&query(None, 25), None, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((page.events.len(), page.next), (25, None));
+
+        // Filters hold across pages.
+        let first = store
+            .audit(&query(Some("nuke"), 2), None, usize::MAX)
+            .await
+            .unwrap();
+        let second = store
+            .audit(&query(Some("nuke"), 2), first.next, usize::MAX)
+            .await
+            .unwrap();
+        let third = store
+            .audit(&query(Some("nuke"), 2), second.next, usize::MAX)
+            .await
+            .unwrap();
+        let ats: Vec<i64> = [first, second, third]
+            .iter()
+            .flat_map(|p| p.events.iter().map(|e| e.at))
+            .collect();
+        assert_eq!(ats, [20, 15, 10, 5, 0]);
+
+        // A 150 KiB budget: a page stops once it passes it, and the next page goes on
+        // from there; a single event larger than the budget still comes alone.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .audit(&query(None, 1000), before, 150 * 1024)
+                .await
+                .unwrap();
+            let bytes: usize = page.events.iter().map(crate::store::event_size).sum();
+            let last = page.events.last().map_or(0, crate::store::event_size);
+            assert!(!page.events.is_empty());
+            assert!(
+                bytes - last < 150 * 1024,
+                "a page went on past its budget: {bytes} bytes"
+            );
+            seen.extend(page.events.iter().map(|e| e.at));
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..25).rev().collect::<Vec<_>>());
     }
 }
