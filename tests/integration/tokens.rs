@@ -318,6 +318,6 @@ async fn a_flood_of_refused_checkouts_cannot_grow_the_audit_log() {
     assert_eq!(new.len(), 3, "{new:?}");
     for event in new {
         assert!(event.subject.len() <= 320 && event.reason.len() <= 1024);
-        assert!(event.feature.as_ref().is_none_or(|f| f.len() <= 320));
+        assert!(event.feature.as_ref().is_none_or(|f| f.len() <= 64));
     }
 }

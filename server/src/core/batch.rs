@@ -209,6 +209,9 @@ impl Batch {
             Ok(detail) => ("ok".to_string(), detail.to_string()),
             Err(err) => (err.code.as_str().to_string(), err.message.clone()),
         };
+        // A name that is not a feature's is not stored as one (the subject, bounded like
+        // every field, still shows what was asked).
+        let feature = feature.filter(|f| tally_protocol::validate_feature(f).is_ok());
         self.audit_raw(AuditEvent {
             at,
             actor: actor.username.clone(),
