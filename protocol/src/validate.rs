@@ -93,17 +93,20 @@ impl AuditQuery {
 impl Borrow {
     /// Checks `seats` and `duration_secs`.
     pub fn validate(&self) -> Result<(), String> {
-        validate_seats("seats", self.seats)?;
-        validate_duration_secs("duration_secs", self.duration_secs)
+        validate_borrow(self.seats, self.duration_secs)
     }
 }
 
 impl BorrowOnce {
     /// Checks `seats` and `duration_secs`.
     pub fn validate(&self) -> Result<(), String> {
-        validate_seats("seats", self.seats)?;
-        validate_duration_secs("duration_secs", self.duration_secs)
+        validate_borrow(self.seats, self.duration_secs)
     }
+}
+
+fn validate_borrow(seats: u32, duration_secs: u64) -> Result<(), String> {
+    validate_seats("seats", seats)?;
+    validate_duration_secs("duration_secs", duration_secs)
 }
 
 #[cfg(test)]

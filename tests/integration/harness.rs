@@ -308,6 +308,20 @@ pub async fn add_entitlement(
     }
 }
 
+/// The newest 10,000 events of the audit log, newest first.
+pub async fn audit(owner: &Client) -> Vec<tally_protocol::AuditEvent> {
+    let query = tally_protocol::AuditQuery {
+        since: None,
+        user: None,
+        feature: None,
+        limit: Some(10_000),
+    };
+    match owner.call(Request::Audit(query)).await.unwrap() {
+        Response::AuditEvents(events) => events,
+        other => panic!("{other:?}"),
+    }
+}
+
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,9 +4,9 @@
 
 use tally_client::{Client, Error};
 use tally_protocol::{
-    AuditEvent, AuditQuery, Authenticate, Checkout, ClientId, ClientMessage, ErrorCode,
-    IssuedToken, Request, RequestId, Response, Role, ServerMessage, TokenInfo, TokenMint,
-    TokenRevoke, UserAdd, UserRef, PROTOCOL_VERSION,
+    AuditEvent, Authenticate, Checkout, ClientId, ClientMessage, ErrorCode, IssuedToken, Request,
+    RequestId, Response, Role, ServerMessage, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserRef,
+    PROTOCOL_VERSION,
 };
 
 use crate::harness::*;
@@ -51,19 +51,6 @@ fn refused_with(result: Result<Response, Error>, code: ErrorCode) -> String {
     match result {
         Err(Error::Server(body)) if body.code == code => body.message,
         other => panic!("expected {code}, got {other:?}"),
-    }
-}
-
-async fn audit(owner: &Client) -> Vec<AuditEvent> {
-    let query = AuditQuery {
-        since: None,
-        user: None,
-        feature: None,
-        limit: Some(10_000),
-    };
-    match owner.call(Request::Audit(query)).await.unwrap() {
-        Response::AuditEvents(events) => events,
-        other => panic!("{other:?}"),
     }
 }
 

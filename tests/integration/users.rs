@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use tally_client::{Client, Error};
 use tally_protocol::{
-    Assign, AuditEvent, AuditQuery, ClientId, ClientMessage, EndReason, EntitlementKind,
-    EntitlementRemove, ErrorBody, ErrorCode, LeaseId, LeaseSource, NewEntitlement, Release,
-    Request, Response, Revoke, Role, ServerMessage, StatusQuery, UserAdd, UserInfo, UserRef,
-    PROTOCOL_VERSION,
+    Assign, AuditQuery, ClientId, ClientMessage, EndReason, EntitlementKind, EntitlementRemove,
+    ErrorBody, ErrorCode, LeaseId, LeaseSource, NewEntitlement, Release, Request, Response, Revoke,
+    Role, ServerMessage, StatusQuery, UserAdd, UserInfo, UserRef, PROTOCOL_VERSION,
 };
 
 use crate::harness::*;
@@ -66,19 +65,6 @@ async fn entitlement(
     };
     match owner.call(Request::EntitlementAdd(new)).await.unwrap() {
         Response::Entitlement(e) => e.id,
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn audit(owner: &Client) -> Vec<AuditEvent> {
-    let query = AuditQuery {
-        since: None,
-        user: None,
-        feature: None,
-        limit: Some(10_000),
-    };
-    match owner.call(Request::Audit(query)).await.unwrap() {
-        Response::AuditEvents(events) => events,
         other => panic!("{other:?}"),
     }
 }
