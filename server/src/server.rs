@@ -84,6 +84,8 @@ pub async fn run(
 ) -> Result<()> {
     let store: Arc<dyn Store> = Arc::from(store);
     let dir = init::prepare_data_dir(&config)?;
+    // Held until `run` returns: a second daemon on this directory refuses to start.
+    let _lock = init::lock_data_dir(&dir)?;
     let port = listener.local_addr()?.port();
     let signing_key = init::signing_key(&dir)?;
     init::ensure_certificates(&config, &dir)?;
