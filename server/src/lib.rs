@@ -7,6 +7,8 @@
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`notify`]: delivery of the notification outbox.
 //! - [`config`], [`init`]: configuration and the data directory.
+//! - `limiter`, `logtext`: the front door's limits per client address, and peer text made
+//!   safe for the log.
 #![deny(clippy::await_holding_lock)]
 
 pub mod cli;
@@ -16,6 +18,7 @@ pub mod core;
 mod engine;
 pub mod init;
 mod limiter;
+mod logtext;
 pub mod notify;
 mod server;
 pub mod store;
