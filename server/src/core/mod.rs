@@ -111,6 +111,9 @@ pub struct Policy {
     /// The longest borrow the server allows, in milliseconds (`borrow.max`); 0 means the
     /// default of 168 hours.
     pub borrow_max_ms: i64,
+    /// The most online leases one client instance may hold; 0 means no limit
+    /// (`limits.max_leases_per_client`).
+    pub max_leases_per_client: u32,
 }
 
 /// A freshly minted token: the text goes to the admin once, the hash to the store.
@@ -511,6 +514,17 @@ impl Pool {
             let msg = format!(
                 "seats must be between 1 and {MAX_SEATS}, not {}",
                 request.seats
+            );
+            return refuse(batch, ErrorBody::invalid(msg));
+        }
+        let max = self.policy.max_leases_per_client;
+        let held = self
+            .sessions
+            .get(&holder.client)
+            .map_or(0, |session| session.leases.len());
+        if max != 0 && held >= max as usize {
+            let msg = format!(
+                "this client instance already holds {held} leases, the most limits.max_leases_per_client allows; check some in first"
             );
             return refuse(batch, ErrorBody::invalid(msg));
         }
