@@ -31,9 +31,12 @@ impl Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        // All from one address, all possibly signing in at once: connections not yet signed
+        // in may use half of max_connections, so the daemon gets twice the room.
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"1s\"\n[limits]\nmax_connections = {max_connections}\n",
-            dir.path().join("data").display().to_string()
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"1s\"\n[limits]\nmax_connections = {}\nmax_unauthenticated_per_address = {max_connections}\n",
+            dir.path().join("data").display().to_string(),
+            2 * max_connections
         );
         std::fs::write(dir.path().join("tallyd.toml"), config)?;
         let notify = UnixDatagram::bind(dir.path().join("notify"))?;

@@ -95,8 +95,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: in a file or the journal they are escape sequences.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

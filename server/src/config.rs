@@ -93,10 +93,20 @@ pub struct Limits {
     pub max_frame: usize,
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
-    /// Failed sign-ins allowed per client address per minute; past it, `rate_limited`.
-    /// 0 turns the limit off.
+    /// Failed sign-ins allowed per client address (an IPv4 address, an IPv6 /64) per minute;
+    /// past it, further failures are answered `rate_limited`. A valid token always signs
+    /// in. 0 turns the limit off.
     #[serde(default = "default_signin_failures")]
     pub signin_failures: u32,
+    /// Connections from one address (an IPv4 address, an IPv6 /64) that have not signed in
+    /// yet; past it, new ones from that address are closed at once. All addresses together
+    /// may hold at most half of `max_connections` before signing in.
+    #[serde(default = "default_max_unauthenticated_per_address")]
+    pub max_unauthenticated_per_address: u32,
+    /// Online leases one client instance may hold; past it, a checkout is `invalid`.
+    /// Read at start.
+    #[serde(default = "default_max_leases_per_client")]
+    pub max_leases_per_client: u32,
 }
 
 /// Log output.
@@ -222,6 +232,12 @@ impl Config {
         if self.limits.handshake_timeout < Duration::from_millis(100) {
             return invalid("limits.handshake_timeout must be at least 100ms".into());
         }
+        if self.limits.max_unauthenticated_per_address == 0 {
+            return invalid("limits.max_unauthenticated_per_address must be at least 1".into());
+        }
+        if self.limits.max_leases_per_client == 0 {
+            return invalid("limits.max_leases_per_client must be at least 1".into());
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return invalid(format!(
                 "log.format must be \"human\" or \"json\", not {:?}",
@@ -273,6 +289,8 @@ impl Default for Limits {
             max_frame: default_max_frame(),
             handshake_timeout: default_handshake_timeout(),
             signin_failures: default_signin_failures(),
+            max_unauthenticated_per_address: default_max_unauthenticated_per_address(),
+            max_leases_per_client: default_max_leases_per_client(),
         }
     }
 }
@@ -314,6 +332,12 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_signin_failures() -> u32 {
     10
+}
+fn default_max_unauthenticated_per_address() -> u32 {
+    64
+}
+fn default_max_leases_per_client() -> u32 {
+    1000
 }
 fn default_log_format() -> String {
     "human".into()
@@ -369,6 +393,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PostgreSQL"));
+        for key in ["max_unauthenticated_per_address", "max_leases_per_client"] {
+            let config = Config::parse(&format!("[limits]\n{key} = 0\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("limits.{key}")), "{err}");
+        }
         let config = Config::parse("[log]\nformat = \"xml\"\n").unwrap();
         assert!(config
             .validate()

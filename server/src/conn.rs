@@ -25,15 +25,19 @@ use tracing::Instrument;
 use crate::core::{Holder, SignOut, SignedIn};
 use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::init::token_hash;
+use crate::limiter::{PreAuthPermit, Prefix, FAILURE_PAUSE};
+use crate::logtext;
 use crate::server::Shared;
 
 /// Most requests of one connection waiting for their answers; past it, reading pauses.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Serves one accepted TCP connection until it closes.
+/// Serves one accepted TCP connection until it closes. `permit` holds its place among the
+/// connections not signed in yet until it signs in.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
+    permit: PreAuthPermit,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -58,7 +62,7 @@ pub async fn serve(
             }
         };
         let conn = Connection::with_limits(tls, limits.max_frame, MAX_RESPONSE_FRAME);
-        if let Err(reason) = session(conn, &shared, peer.ip(), deadline, &shutdown).await {
+        if let Err(reason) = session(conn, &shared, peer.ip(), permit, deadline, &shutdown).await {
             tracing::debug!(%reason, "connection closed");
         }
     }
@@ -116,6 +120,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<S>,
     shared: &Shared,
     ip: std::net::IpAddr,
+    permit: PreAuthPermit,
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
@@ -155,17 +160,6 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(refuse(&mut conn, err).await);
         }
     };
-    if let Err(wait) = shared.auth_limiter.check(ip, std::time::Instant::now()) {
-        tracing::info!(%ip, "refused: too many failed sign-ins");
-        let err = ErrorBody::new(
-            ErrorCode::RateLimited,
-            format!(
-                "too many failed sign-ins from {ip}; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        );
-        return Err(refuse(&mut conn, err).await);
-    }
     // Subscribed before signing in, so that a revocation committed meanwhile is seen.
     let mut sign_outs = shared.sign_outs.subscribe();
     let peer = format!(
@@ -176,15 +170,22 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let session = match sign_in(shared, token_hash(&token), ip, peer).await {
         Ok(session) => session,
+        // A refused token (unknown, revoked, or its account deactivated) counts toward the
+        // sign-in limit of its address; a valid one always signs in.
+        Err(err) if err.code == ErrorCode::Unauthenticated => {
+            tracing::info!(agent = %logtext::peer(&hello.client.agent), host = %logtext::peer(&hello.client.host), reason = %logtext::peer(&err.message), "sign-in refused");
+            return Err(sign_in_failed(&mut conn, shared, ip, err, shutdown).await);
+        }
         Err(err) => {
-            if err.code == ErrorCode::Unauthenticated {
-                shared.auth_limiter.failed(ip, std::time::Instant::now());
-            }
-            tracing::info!(agent = %hello.client.agent, host = %hello.client.host, reason = %err.message, "sign-in refused");
+            tracing::warn!(reason = %err.message, "sign-in failed");
             return Err(refuse(&mut conn, err).await);
         }
     };
-    tracing::Span::current().record("user", session.username.as_str());
+    drop(permit);
+    tracing::Span::current().record(
+        "user",
+        tracing::field::display(logtext::peer(&session.username)),
+    );
     let holder = Holder {
         client: session_client(session.user_id, hello.client.instance),
         host: truncate(&hello.client.host, 255),
@@ -195,7 +196,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }))
     .await
     .map_err(|e| e.to_string())?;
-    tracing::debug!(agent = %hello.client.agent, host = %holder.host, "signed in");
+    tracing::debug!(agent = %logtext::peer(&hello.client.agent), host = %logtext::peer(&holder.host), "signed in");
 
     // Requests, pipelined; answers go back in order.
     let idle = shared.ttl;
@@ -256,6 +257,36 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Refuses a failed sign-in and counts it. Past `limits.signin_failures` from this address
+/// the refusal is `rate_limited`, naming the wait, and comes after [`FAILURE_PAUSE`]: with
+/// the connections an address may have before signing in capped, that keeps guessing slow,
+/// while a valid token from the same address still signs in at once.
+async fn sign_in_failed<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    shared: &Shared,
+    ip: std::net::IpAddr,
+    err: ErrorBody,
+    shutdown: &CancellationToken,
+) -> String {
+    let Err(wait) = shared.auth_limiter.failed(ip, std::time::Instant::now()) else {
+        return refuse(conn, err).await;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(FAILURE_PAUSE) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    let limited = ErrorBody::new(
+        ErrorCode::RateLimited,
+        format!(
+            "{}; too many sign-ins from {} failed, so failures are answered slowly for another {} s (a valid token still signs in)",
+            err.message,
+            Prefix(ip),
+            wait.as_secs().max(1)
+        ),
+    );
+    refuse(conn, limited).await
 }
 
 /// Starts one request: answered here (`ServerInfo`) or by the engine.

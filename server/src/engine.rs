@@ -660,6 +660,7 @@ fn borrow_signed(
 /// Tells the admin reading the log what changed: reclaims, forced releases and entitlement
 /// changes at `info`; everyday checkouts, check-ins and refusals at `debug`.
 fn log_changes(batch: &Batch) {
+    use crate::logtext::peer;
     for event in &batch.audit {
         let feature = event.feature.as_deref().unwrap_or("");
         let notable = event.outcome == "ok"
@@ -678,9 +679,9 @@ fn log_changes(batch: &Batch) {
                     | "user_remove"
             );
         if notable {
-            tracing::info!(actor = %event.actor, action = %event.action, subject = %event.subject, feature, detail = %event.reason, "pool changed");
+            tracing::info!(actor = %peer(&event.actor), action = %event.action, subject = %peer(&event.subject), feature = %peer(feature), detail = %peer(&event.reason), "pool changed");
         } else {
-            tracing::debug!(actor = %event.actor, action = %event.action, subject = %event.subject, feature, outcome = %event.outcome, detail = %event.reason, "audit");
+            tracing::debug!(actor = %peer(&event.actor), action = %event.action, subject = %peer(&event.subject), feature = %peer(feature), outcome = %event.outcome, detail = %peer(&event.reason), "audit");
         }
     }
 }

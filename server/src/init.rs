@@ -4,8 +4,10 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `tally.db` | the SQLite store (when `database` is not set) |
+//! | `tallyd.lock` | locked (`flock`) by the running daemon, holding its pid |
+//! | `tally.db` | the SQLite store (when `database` is not set), mode 0600 like its `-wal` and `-shm` |
 //! | `signing.key` | the Ed25519 key that signs borrow tokens (PKCS#8) |
+//! | `tls/` | mode 0700 |
 //! | `tls/ca.pem`, `tls/ca.key` | the private CA, when the config names no certificate |
 //! | `tls/server.pem`, `tls/server.key` | the server certificate that CA signed |
 //! | `tls/signing.pem` | the certificate that CA issued for the signing key |
@@ -83,18 +85,101 @@ impl DataDir {
     pub fn client_config(&self) -> PathBuf {
         self.root.join("client.toml")
     }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("tallyd.lock")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("tally.db")
+    }
 }
 
-/// Creates the data directory (mode 0700) and makes the absolute path of it.
+/// Creates the data directory (mode 0700) and makes the absolute path of it. Whatever the
+/// umask, the SQLite files in it are made mode 0600 (SQLite gives its `-wal` and `-shm`
+/// files the mode of the database file) and `tls/` mode 0700, also when an earlier version
+/// left them readable by others.
 pub fn prepare_data_dir(config: &Config) -> Result<DataDir> {
     let root = &config.data_dir;
     fs::create_dir_all(root)
         .with_context(|| format!("cannot create data directory {}", root.display()))?;
     let root =
         fs::canonicalize(root).with_context(|| format!("cannot resolve {}", root.display()))?;
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot restrict {}", root.display()))?;
-    Ok(DataDir::new(&root))
+    restrict(&root, 0o700)?;
+    let dir = DataDir::new(&root);
+    if config.database.is_none() {
+        let db = dir.database();
+        // An empty file is an empty SQLite database; made here, it has our mode.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&db)
+        {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err).with_context(|| format!("cannot create {}", db.display())),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let path = PathBuf::from(format!("{}{suffix}", db.display()));
+            if path.exists() {
+                restrict(&path, 0o600)?;
+            }
+        }
+    }
+    let tls = root.join("tls");
+    if tls.exists() {
+        restrict(&tls, 0o700)?;
+    }
+    Ok(dir)
+}
+
+/// Sets `path`'s mode, whatever the umask made it.
+fn restrict(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot restrict {} to mode {mode:o}", path.display()))
+}
+
+/// The data directory's lock, held by the running daemon; dropping it (or the process
+/// ending, however it ends) releases it.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+/// Locks the data directory for this process (an advisory `flock` on `tallyd.lock`, with
+/// this process's id written in it), or refuses, naming the directory and the process that
+/// holds it: two daemons on one data directory would grant the same seats twice.
+/// `tallyd owner-token` does not take it: adding a token row is safe beside a running daemon.
+pub fn lock_data_dir(dir: &DataDir) -> Result<DataDirLock> {
+    let path = dir.lock_file();
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "another process".to_string(),
+                pid => format!("another tallyd (pid {pid})"),
+            };
+            bail!(
+                "the data directory {} is in use by {holder}; stop it, or give this daemon another data_dir",
+                dir.root.display()
+            );
+        }
+        Err(fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    file.set_len(0)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    file.sync_all()?;
+    Ok(DataDirLock { _file: file })
 }
 
 /// A new random token: 32 bytes as 64 hex digits.
@@ -150,6 +235,7 @@ pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
         return Ok(());
     }
     fs::create_dir_all(dir.root.join("tls"))?;
+    restrict(&dir.root.join("tls"), 0o700)?;
     let now = SystemTime::now();
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
     let ca_cert = ca_params(now)
@@ -437,4 +523,49 @@ pub fn write_owner_files(config: &Config, dir: &DataDir, token: &str, port: u16)
     );
     write_private(&dir.client_config(), text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn files_an_earlier_version_left_readable_are_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        fs::create_dir_all(root.join("tls")).unwrap();
+        fs::set_permissions(root.join("tls"), fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["tally.db", "tally.db-wal", "tally.db-shm"] {
+            fs::write(root.join(name), b"").unwrap();
+            fs::set_permissions(root.join(name), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let config = Config::with_defaults("127.0.0.1:0".parse().unwrap(), root.clone());
+        let dir = prepare_data_dir(&config).unwrap();
+        assert_eq!(mode(&dir.root), 0o700);
+        assert_eq!(mode(&dir.root.join("tls")), 0o700);
+        for name in ["tally.db", "tally.db-wal", "tally.db-shm"] {
+            assert_eq!(mode(&dir.root.join(name)), 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_second_lock_on_a_data_directory_is_refused_naming_it_and_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let held = lock_data_dir(&dir).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            fs::read_to_string(dir.lock_file()).unwrap(),
+            format!("{pid}\n")
+        );
+        let err = format!("{:#}", lock_data_dir(&dir).unwrap_err());
+        assert!(err.contains(&tmp.path().display().to_string()), "{err}");
+        assert!(err.contains(&format!("pid {pid}")), "{err}");
+        drop(held);
+        lock_data_dir(&dir).expect("free again once the holder is gone");
+    }
 }

@@ -8,6 +8,8 @@
 //! - [`notify`]: delivery of the notification outbox.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
 //! - [`config`], [`init`]: configuration and the data directory.
+//! - `limiter`, `logtext`: the front door's limits per client address, and peer text made
+//!   safe for the log.
 #![deny(clippy::await_holding_lock)]
 
 pub mod cli;
@@ -18,6 +20,7 @@ mod engine;
 mod fold;
 pub mod init;
 mod limiter;
+mod logtext;
 pub mod notify;
 mod server;
 pub mod store;

@@ -32,7 +32,8 @@ pub struct LogSink;
 #[async_trait]
 impl Sink for LogSink {
     async fn deliver(&self, n: &Notification) -> Result<(), String> {
-        tracing::info!(kind = %n.kind, subject = %n.subject, detail = %n.detail, at = n.at, "notification");
+        use crate::logtext::peer;
+        tracing::info!(kind = %n.kind, subject = %peer(&n.subject), detail = %peer(&n.detail), at = n.at, "notification");
         Ok(())
     }
 }

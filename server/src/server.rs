@@ -18,11 +18,11 @@ use crate::config::{Config, Limits};
 use crate::core::{Policy, Pool, SignOut};
 use crate::engine::{now_millis, Engine, Signer};
 use crate::init::{self, DataDir, OWNER_USERNAME};
-use crate::limiter::AuthLimiter;
+use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notify;
 use crate::store::Store;
 
-/// While connections are refused for `max_connections`, one warning per this long.
+/// While connections are refused or `accept` fails, one warning of each kind per this long.
 const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// How many jobs may wait for the engine before connections wait to send more.
@@ -50,6 +50,8 @@ pub struct Shared {
     pub ttl: Duration,
     /// Failed sign-ins per address.
     pub auth_limiter: AuthLimiter,
+    /// Connections not signed in yet, per address and in all.
+    pub preauth: PreAuth,
 }
 
 impl Shared {
@@ -89,6 +91,8 @@ pub async fn run(
 ) -> Result<()> {
     let store: Arc<dyn Store> = Arc::from(store);
     let dir = init::prepare_data_dir(&config)?;
+    // Held until `run` returns: a second daemon on this directory refuses to start.
+    let _lock = init::lock_data_dir(&dir)?;
     let port = listener.local_addr()?.port();
     let signing_key = init::signing_key(&dir)?;
     init::ensure_certificates(&config, &dir)?;
@@ -106,6 +110,7 @@ pub async fn run(
         guests_use_floating: config.users.guests_use_floating,
         max_active: config.users.max_active,
         borrow_max_ms: config.borrow.max.as_millis() as i64,
+        max_leases_per_client: config.limits.max_leases_per_client,
     };
     let pool = Pool::restore(snapshot, ttl_ms, policy, now_millis());
     tracing::info!(
@@ -159,6 +164,7 @@ pub async fn run(
         started,
         ttl: config.leases.ttl,
         auth_limiter: AuthLimiter::new(config.limits.signin_failures),
+        preauth: PreAuth::default(),
     });
     tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), "tallyd serving");
     if let Some(ready) = control.ready.take() {
@@ -166,7 +172,9 @@ pub async fn run(
     }
 
     let tracker = TaskTracker::new();
-    let mut last_overload_log: Option<Instant> = None;
+    let mut accept_failed = Throttle::new(OVERLOAD_LOG_EVERY);
+    let mut overloaded = Throttle::new(OVERLOAD_LOG_EVERY);
+    let mut crowded = Throttle::new(OVERLOAD_LOG_EVERY);
     loop {
         tokio::select! {
             _ = control.shutdown.cancelled() => break,
@@ -186,22 +194,40 @@ pub async fn run(
                 let (tcp, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and say so once in a while, not every time.
+                        if let Some(held_back) = accept_failed.ready(Instant::now()) {
+                            tracing::warn!(error = %err, held_back, "accept failed; retrying every 50ms");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                let max = shared.limits().max_connections;
+                let limits = shared.limits();
+                let max = limits.max_connections;
                 if shared.connections.load(Ordering::Relaxed) >= max {
-                    if last_overload_log.is_none_or(|at| at.elapsed() >= OVERLOAD_LOG_EVERY) {
-                        tracing::warn!(%peer, max, "refusing connection: limits.max_connections reached");
-                        last_overload_log = Some(Instant::now());
+                    if let Some(held_back) = overloaded.ready(Instant::now()) {
+                        tracing::warn!(%peer, max, held_back, "refusing connection: limits.max_connections reached");
                     }
                     drop(tcp);
                     continue;
                 }
-                spawn_connection(&tracker, tcp, peer, shared.clone(), control.shutdown.clone());
+                let admitted = shared.preauth.admit(
+                    peer.ip(),
+                    limits.max_unauthenticated_per_address,
+                    PreAuth::total_share(max),
+                );
+                let permit = match admitted {
+                    Ok(permit) => permit,
+                    Err(why) => {
+                        if let Some(held_back) = crowded.ready(Instant::now()) {
+                            tracing::warn!(address = %Prefix(peer.ip()), held_back, "refusing connection: {why}");
+                        }
+                        drop(tcp);
+                        continue;
+                    }
+                };
+                spawn_connection(&tracker, tcp, peer, permit, shared.clone(), control.shutdown.clone());
             }
         }
     }
@@ -258,12 +284,13 @@ fn spawn_connection(
     tracker: &TaskTracker,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    permit: PreAuthPermit,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
     tracker.spawn(async move {
-        crate::conn::serve(tcp, peer, shared.clone(), shutdown).await;
+        crate::conn::serve(tcp, peer, permit, shared.clone(), shutdown).await;
         shared.connections.fetch_sub(1, Ordering::Relaxed);
     });
 }

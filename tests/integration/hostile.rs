@@ -1,14 +1,16 @@
 //! R12: malformed frames, wrong versions, requests before authentication, bad tokens,
-//! slow and excess connections. After each, the daemon goes on serving others.
+//! slow and excess connections, connections that never sign in, peer text meant for the
+//! admin's log or terminal. After each, the daemon goes on serving others.
 
 use std::time::Duration;
 
 use tally_client::Error;
 use tally_protocol::{
-    Authenticate, ClientId, ClientMessage, ErrorCode, Request, ServerMessage, StatusQuery,
-    PROTOCOL_VERSION,
+    Authenticate, ClientId, ClientInfo, ClientMessage, ErrorCode, Hello, Request, ServerMessage,
+    StatusQuery, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 
@@ -309,13 +311,13 @@ async fn half_sent_frames_on_many_connections_keep_memory_bounded() {
     let before = rss();
     let ca = std::fs::read(daemon.data_dir.join("tls/ca.pem")).unwrap();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], daemon.port).into();
-    // 400 connections (twice the limit), each announcing a frame just under 64 KiB and
-    // sending 10 bytes of it.
+    // 400 connections (twice the limit; the daemon lets 64 in, the default
+    // max_unauthenticated_per_address) from another address than the owner's below, each
+    // announcing a frame just under 64 KiB and sending 10 bytes of it.
     let mut held = Vec::new();
     for _ in 0..400 {
         let Ok(Ok(tcp)) =
-            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-                .await
+            tokio::time::timeout(Duration::from_secs(5), tcp_from([127, 0, 0, 2], addr)).await
         else {
             continue;
         };
@@ -344,4 +346,274 @@ async fn half_sent_frames_on_many_connections_keep_memory_bounded() {
         .await
         .unwrap();
     assert!(owner.call(Request::ServerInfo).await.is_ok());
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (all of 127.0.0.0/8 is
+/// this machine), so that tests can be several client addresses at once.
+async fn tcp_from(source: [u8; 4], addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+    socket.connect(addr).await
+}
+
+/// A TLS connection from `source`, or `None` when the server closed it instead.
+async fn tls_from(
+    source: [u8; 4],
+    addr: std::net::SocketAddr,
+    ca: &[u8],
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(source, addr).await.ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tls_connector(ca).connect(server_name(), tcp),
+    )
+    .await
+    .expect("the server neither closed nor finished the handshake")
+    .ok()
+}
+
+/// Hello and Authenticate over `tls` with `token`; the server's answer to Authenticate.
+async fn sign_in_over(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    token: &str,
+    host: &str,
+) -> Option<ServerMessage> {
+    let mut raw = RawConn {
+        conn: tally_protocol::Connection::new(tls, tally_protocol::MAX_RESPONSE_FRAME),
+    };
+    raw.send(&ClientMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client: ClientInfo {
+            agent: "hostile-test".into(),
+            host: host.into(),
+            instance: ClientId(rand::random()),
+            machine_id: String::new(),
+            pid: 1,
+        },
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Some(ServerMessage::Welcome(_))));
+    raw.send(&ClientMessage::Authenticate(Authenticate {
+        token: token.into(),
+    }))
+    .await;
+    raw.recv().await
+}
+
+#[tokio::test]
+async fn a_valid_token_signs_in_among_many_concurrent_bad_ones_which_are_counted_exactly() {
+    let server = TestServer::start_with(|c| {
+        c.limits.signin_failures = 10;
+        c.limits.max_unauthenticated_per_address = 1000;
+    })
+    .await;
+    let ca = server.ca_pem();
+    let owner_token = server.owner_token();
+    // 150 bad sign-ins at once from one address, the owner's valid one in their midst.
+    let attempts = (0..151).map(|i| {
+        let ca = ca.clone();
+        let token = if i == 75 {
+            owner_token.clone()
+        } else {
+            format!("guess-{i}")
+        };
+        async move {
+            let tls = RawConn::tls(server.addr, &ca).await;
+            (i, sign_in_over(tls, &token, "farm").await)
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let (mut unauthenticated, mut limited) = (0, 0);
+    for (i, answer) in answers {
+        match answer {
+            Some(ServerMessage::Authenticated(_)) => assert_eq!(i, 75, "a bad token got in"),
+            Some(ServerMessage::Error(body)) if body.code == ErrorCode::Unauthenticated => {
+                assert_ne!(i, 75, "the valid token was refused: {body:?}");
+                unauthenticated += 1;
+            }
+            Some(ServerMessage::Error(body)) if body.code == ErrorCode::RateLimited => {
+                assert_ne!(i, 75, "the valid token was refused: {body:?}");
+                assert!(
+                    body.message.contains("127.0.0.1") && body.message.contains(" s "),
+                    "{}",
+                    body.message
+                );
+                limited += 1;
+            }
+            other => panic!("attempt {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        unauthenticated, 10,
+        "exactly limits.signin_failures failures are answered before the limit"
+    );
+    assert_eq!(limited, 140);
+    // Past the limit, the owner's valid token still signs in, at once, every time.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let owner = server.owner().await;
+        assert!(owner.call(Request::ServerInfo).await.is_ok());
+        assert!(started.elapsed() < Duration::from_millis(900));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_holding_silent_connections_cannot_keep_others_from_signing_in() {
+    // Half of max_connections (4) may be connections that have not signed in, 3 of them
+    // from one address.
+    let server = TestServer::start_with(|c| {
+        c.limits.max_connections = 8;
+        c.limits.max_unauthenticated_per_address = 3;
+    })
+    .await;
+    let ca = server.ca_pem();
+    // 127.0.0.2 opens 6 connections and says nothing: 3 are let in, 3 closed at once.
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..6 {
+        match tls_from([127, 0, 0, 2], server.addr, &ca).await {
+            Some(tls) => held.push(tls),
+            None => closed += 1,
+        }
+    }
+    assert_eq!((held.len(), closed), (3, 3));
+    // Another address signs in meanwhile.
+    let owner = server.owner().await;
+    assert!(owner.call(Request::ServerInfo).await.is_ok());
+    // A third address finds the share left for connections not signed in almost used up:
+    // one more gets in, the next is closed.
+    let third = tls_from([127, 0, 0, 3], server.addr, &ca).await;
+    assert!(third.is_some());
+    assert!(tls_from([127, 0, 0, 3], server.addr, &ca).await.is_none());
+    assert!(tls_from([127, 0, 0, 4], server.addr, &ca).await.is_none());
+    // A connection that signs in gives its place back.
+    let signed = sign_in_over(held.pop().unwrap(), &server.owner_token(), "ws").await;
+    assert!(
+        matches!(signed, Some(ServerMessage::Authenticated(_))),
+        "{signed:?}"
+    );
+    let fourth = tls_from([127, 0, 0, 4], server.addr, &ca)
+        .await
+        .expect("a place was given back");
+    let signed = sign_in_over(fourth, &server.owner_token(), "ws").await;
+    assert!(
+        matches!(signed, Some(ServerMessage::Authenticated(_))),
+        "{signed:?}"
+    );
+    // Signed-in clients were served throughout.
+    assert!(owner.call(Request::ServerInfo).await.is_ok());
+    drop(held);
+    drop(third);
+    server.stop().await;
+}
+
+/// The daemon's log (stderr) as it is now.
+fn read_log(path: &std::path::Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn peer_supplied_text_is_logged_escaped_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tallyd.log");
+    let daemon = DaemonProcess::start_with(
+        dir.path(),
+        "30s",
+        "1s",
+        "",
+        std::fs::File::create(&log_path).unwrap().into(),
+    );
+    let ca = std::fs::read(daemon.data_dir.join("tls/ca.pem")).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], daemon.port).into();
+    let forged = "2030-01-01T00:00:00.000000Z  INFO tallyd: owner@localhost signed in";
+    let host = format!(
+        "ws-7\n{forged}\x1b[2J\x1b]0;pwned\x07{}",
+        "h".repeat(60_000)
+    );
+    let tls = RawConn::tls(addr, &ca).await;
+    let answer = sign_in_over(tls, "not-a-token", &host).await;
+    assert!(
+        matches!(&answer, Some(ServerMessage::Error(b)) if b.code == ErrorCode::Unauthenticated),
+        "{answer:?}"
+    );
+    let log = read_log(&log_path);
+    let line = log
+        .lines()
+        .find(|l| l.contains("sign-in refused"))
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert!(line.contains("ws-7\\n2030-01-01"), "{line}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2030-01-01")),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "{log:?}");
+    assert!(
+        line.len() < 2_000,
+        "the host is bounded: {} bytes",
+        line.len()
+    );
+}
+
+#[tokio::test]
+async fn accept_failing_for_lack_of_file_descriptors_is_logged_once_in_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tallyd.log");
+    let daemon = DaemonProcess::start_with(
+        dir.path(),
+        "30s",
+        "1s",
+        "",
+        std::fs::File::create(&log_path).unwrap().into(),
+    );
+    let pid = daemon.child.id().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .to_string();
+    let prlimit = |soft: &str| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    // No descriptor past stderr may be opened: every accept fails (EMFILE), about every
+    // 50 ms, for a second and a half.
+    prlimit("3");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], daemon.port).into();
+    let waiting = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let warnings = read_log(&log_path)
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(warnings, 1, "{}", read_log(&log_path));
+    // With descriptors again, the daemon serves.
+    prlimit(&soft);
+    drop(waiting);
+    let owner = tally_client::Client::connect(daemon.client_config())
+        .await
+        .unwrap();
+    assert!(owner.call(Request::ServerInfo).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_client_instance_past_max_leases_per_client_is_refused_naming_the_limit() {
+    let server = TestServer::start_with(|c| c.limits.max_leases_per_client = 2).await;
+    let owner = server.owner().await;
+    add_entitlement(&owner, "vray", 10, None).await;
+    let _a = owner.checkout("vray", 1).await.unwrap();
+    let _b = owner.checkout("vray", 1).await.unwrap();
+    let err = owner.checkout("vray", 1).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid));
+    assert!(
+        err.to_string().contains("limits.max_leases_per_client"),
+        "{err}"
+    );
+    assert_eq!(status(&owner, "vray").await.in_use, 2);
+    server.stop().await;
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod borrow;
 mod cli;
+mod datadir;
 mod faults;
 mod hostile;
 mod lifecycle;

@@ -30,6 +30,8 @@ fn audit_query(limit: Option<u32>) -> AuditQuery {
 async fn audit_and_leases_page_through_the_protocol_and_the_cli() {
     let server = TestServer::start_with(|config| {
         config.leases.ttl = std::time::Duration::from_secs(60);
+        // One client holds 1,200 leases: more than the default limit of one instance.
+        config.limits.max_leases_per_client = 2000;
     })
     .await;
     let owner = server.owner().await;

@@ -336,7 +336,8 @@ async fn the_server_tells_clients_to_heartbeat_every_third_of_the_ttl() {
 
 #[tokio::test]
 async fn long_lists_of_leases_and_audit_events_come_back_whole() {
-    let server = TestServer::start().await;
+    // One client holds all 2000 leases: twice the default limits.max_leases_per_client.
+    let server = TestServer::start_with(|c| c.limits.max_leases_per_client = 2000).await;
     let owner = server.owner().await;
     add_entitlement(&owner, "vray", 3000, None).await;
     let checkouts = (0..2000).map(|_| owner.checkout("vray", 1));

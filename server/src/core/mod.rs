@@ -113,6 +113,9 @@ pub struct Policy {
     /// The longest borrow the server allows, in milliseconds (`borrow.max`); 0 means the
     /// default of 168 hours.
     pub borrow_max_ms: i64,
+    /// The most online leases one client instance may hold; 0 means no limit
+    /// (`limits.max_leases_per_client`).
+    pub max_leases_per_client: u32,
 }
 
 /// A freshly minted token: the text goes to the admin once, the hash to the store.
@@ -579,6 +582,17 @@ impl Pool {
         }
         if let Err(why) = request.validate() {
             return refuse(batch, ErrorBody::invalid(why));
+        }
+        let max = self.policy.max_leases_per_client;
+        let held = self
+            .sessions
+            .get(&holder.client)
+            .map_or(0, |session| session.leases.len());
+        if max != 0 && held >= max as usize {
+            let msg = format!(
+                "this client instance already holds {held} leases, the most limits.max_leases_per_client allows; check some in first"
+            );
+            return refuse(batch, ErrorBody::invalid(msg));
         }
         let feature = request.feature.as_str();
         let known: Vec<&Entitlement> = self

@@ -205,6 +205,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         guests_use_floating: false,
         max_active: 0,
         borrow_max_ms: 3 * TTL,
+        max_leases_per_client: 0,
     };
     let (mut pool, seed) = pool_with_users(policy);
     let mut store = Snapshot {
@@ -1260,4 +1261,62 @@ fn leases_page_with_a_cursor() {
         .map(|l| l.id)
         .collect();
     assert_eq!(page_through(&mut pool, &member(0), 3, usize::MAX).0, own);
+}
+
+#[test]
+fn a_client_instance_holds_at_most_max_leases_per_client_online_leases() {
+    let (mut pool, mut batch) = pool_with_users(Policy {
+        max_leases_per_client: 3,
+        ..Policy::default()
+    });
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 10), &mut batch)
+        .unwrap();
+    let ana = member(0);
+    let take = |pool: &mut Pool, batch: &mut Batch, client: usize, n: u8| {
+        pool.checkout(
+            1,
+            &ana,
+            &holder(client),
+            &Checkout {
+                request_id: request_id(client, n),
+                feature: "vray".into(),
+                seats: 1,
+            },
+            LeaseId([
+                client as u8 + 1,
+                n,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]),
+            batch,
+        )
+    };
+    let first = take(&mut pool, &mut batch, 0, 1).unwrap();
+    take(&mut pool, &mut batch, 0, 2).unwrap();
+    take(&mut pool, &mut batch, 0, 3).unwrap();
+    let err = take(&mut pool, &mut batch, 0, 4).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(
+        err.message.contains("3 leases") && err.message.contains("limits.max_leases_per_client"),
+        "{}",
+        err.message
+    );
+    // A retry of a granted checkout still gets its lease; another instance has its own count.
+    assert_eq!(take(&mut pool, &mut batch, 0, 1).unwrap().id, first.id);
+    take(&mut pool, &mut batch, 1, 1).unwrap();
+    // Checking one in makes room again.
+    pool.checkin(1, &ana, first.id, &mut batch).unwrap();
+    take(&mut pool, &mut batch, 0, 5).unwrap();
 }
