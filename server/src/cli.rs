@@ -37,8 +37,8 @@ enum Command {
     /// Mint a new owner token (needs access to the data directory) and write it to
     /// DATA_DIR/owner.token. Earlier owner tokens stay valid unless --revoke-others.
     OwnerToken {
-        /// Revoke every other owner token (a leaked one). A running tallyd refuses them
-        /// at their next sign-in; restart it to end connections already signed in.
+        /// Revoke every other owner token (a leaked one). Needs tallyd stopped; while it
+        /// runs, revoke tokens online with `tally user token revoke ID`.
         #[arg(long)]
         revoke_others: bool,
     },
@@ -186,6 +186,16 @@ fn reload_config(reload: &watch::Sender<Config>, path: &Path) {
 
 async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
     let dir = init::prepare_data_dir(config)?;
+    // A running daemon keeps the tokens it knows in memory: revoking behind its back would
+    // leave them working, so revoking needs it stopped (or is done online, one by one).
+    let _lock = match revoke_others {
+        true => Some(init::lock_data_dir(&dir).map_err(|err| {
+            anyhow::anyhow!(
+                "{err:#}\n--revoke-others needs tallyd stopped (systemctl stop tallyd); while it runs, revoke a leaked token with `tally user tokens owner@localhost` and `tally user token revoke ID`"
+            )
+        })?),
+        false => None,
+    };
     let store = store::open(config.database.as_ref().map(|s| s.0.as_str()), &dir.root)
         .await
         .context("cannot open the store")?;
@@ -205,9 +215,7 @@ async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
         dir.owner_token().display()
     );
     if revoke_others {
-        eprintln!(
-            "revoked {revoked} other owner token(s); a running tallyd refuses them from their next sign-in: restart it (systemctl restart tallyd) to end connections they already opened"
-        );
+        eprintln!("revoked {revoked} other owner token(s)");
     }
     Ok(())
 }

@@ -82,3 +82,41 @@ async fn the_database_and_tls_directory_are_private_whatever_the_umask() {
     assert_eq!(mode("."), 0o700);
     server.stop().await;
 }
+
+/// `tallyd owner-token --revoke-others` (for a leaked owner token) refuses while the daemon
+/// runs, since the daemon would keep honouring the tokens it knows; with the daemon stopped
+/// it revokes every other owner token, and after the restart only the new one signs in.
+#[tokio::test]
+async fn owner_token_revoke_others_needs_the_daemon_stopped_and_then_ends_the_old_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let old = daemon.client_config();
+    let revoke = |config: &std::path::Path| {
+        Command::new(DAEMON)
+            .args(["owner-token", "--revoke-others", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = revoke(&daemon.config_path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs tallyd stopped"), "{stderr}");
+    assert!(stderr.contains("tally user token revoke"), "{stderr}");
+    assert!(Client::connect(old.clone()).await.is_ok(), "nothing was revoked");
+
+    daemon.kill9();
+    let out = revoke(&daemon.config_path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    daemon.restart();
+    match Client::connect(old.clone()).await {
+        Err(tally_client::Error::Server(body)) => {
+            assert_eq!(body.code, tally_protocol::ErrorCode::Unauthenticated)
+        }
+        other => panic!("the old owner token still signs in: {other:?}"),
+    }
+    let mut config = old;
+    config.token = new;
+    assert!(Client::connect(config).await.is_ok());
+}
