@@ -103,7 +103,10 @@ async fn owner_token_revoke_others_needs_the_daemon_stopped_and_then_ends_the_ol
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs tallyd stopped"), "{stderr}");
     assert!(stderr.contains("tally user token revoke"), "{stderr}");
-    assert!(Client::connect(old.clone()).await.is_ok(), "nothing was revoked");
+    assert!(
+        Client::connect(old.clone()).await.is_ok(),
+        "nothing was revoked"
+    );
 
     daemon.kill9();
     let out = revoke(&daemon.config_path);

@@ -189,6 +189,9 @@ pub struct Pool {
     /// Every token by id, and the id of each hash, for sign-in.
     tokens: BTreeMap<String, Token>,
     token_hashes: HashMap<[u8; 32], String>,
+    /// Tokens revoked since start, so that a store look-up made before a revocation
+    /// committed cannot bring one back.
+    revoked_tokens: BTreeSet<String>,
     assignments: BTreeMap<u64, Assignment>,
     next_assignment_id: u64,
     /// Seats in use per assignment.
@@ -218,6 +221,7 @@ impl Pool {
             next_user_id: 1,
             tokens: BTreeMap::new(),
             token_hashes: HashMap::new(),
+            revoked_tokens: BTreeSet::new(),
             assignments: BTreeMap::new(),
             next_assignment_id: 1,
             assignment_use: HashMap::new(),

@@ -1320,3 +1320,26 @@ fn a_client_instance_holds_at_most_max_leases_per_client_online_leases() {
     pool.checkin(1, &ana, first.id, &mut batch).unwrap();
     take(&mut pool, &mut batch, 0, 5).unwrap();
 }
+
+#[test]
+fn a_revoked_token_is_not_brought_back_by_a_late_store_look_up() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let hash = [42; 32];
+    let ana = pool.users[USERS[0]].id;
+    let token = Token {
+        id: token_id(&hash),
+        hash,
+        user: ana,
+        label: String::new(),
+        created_at: 0,
+        last_used: None,
+    };
+    // A token minted outside the engine (tallyd owner-token) is adopted at its first sign-in.
+    assert!(pool.sign_in(1, &hash, &mut batch).is_err());
+    assert!(pool.adopt_token(token.clone()));
+    assert_eq!(pool.sign_in(1, &hash, &mut batch).unwrap().user_id, ana);
+    pool.revoke_token(2, &admin(), &token.id, &mut batch)
+        .unwrap();
+    assert!(!pool.adopt_token(token), "a revoked token came back");
+    assert!(pool.sign_in(3, &hash, &mut batch).is_err());
+}

@@ -87,7 +87,7 @@ impl Pool {
     /// Takes in a token the store holds but the pool does not (one `tallyd owner-token`
     /// wrote while this server ran); false if its account is unknown.
     pub fn adopt_token(&mut self, token: Token) -> bool {
-        if !self.user_ids.contains_key(&token.user) {
+        if !self.user_ids.contains_key(&token.user) || self.revoked_tokens.contains(&token.id) {
             return false;
         }
         if !self.tokens.contains_key(&token.id) {
@@ -217,6 +217,7 @@ impl Pool {
         if let Some(token) = self.tokens.remove(&id) {
             self.token_hashes.remove(&token.hash);
         }
+        self.revoked_tokens.insert(id.clone());
         batch.remove_token(&id);
         let detail = format!("token {id} of {username}");
         batch.audit(now, actor, "token_revoke", &id, None, Ok(&detail));
