@@ -32,9 +32,10 @@ impl Daemon {
             .local_addr()?
             .port();
         // All from one address, all possibly signing in at once: connections not yet signed
-        // in may use half of max_connections, so the daemon gets twice the room.
+        // in may use half of max_connections, so the daemon gets twice the room. The restart
+        // scenario holds 100,000 leases over 64 connections, past the default per client.
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"1s\"\n[limits]\nmax_connections = {}\nmax_unauthenticated_per_address = {max_connections}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"1s\"\n[limits]\nmax_connections = {}\nmax_unauthenticated_per_address = {max_connections}\nmax_leases_per_client = 1000000\n",
             dir.path().join("data").display().to_string(),
             2 * max_connections
         );

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tally_protocol::{
-    Checkin, Checkout, EntitlementKind, LeasesQuery, NewEntitlement, Request, RequestId, Response,
-    StatusQuery,
+    Checkin, Checkout, EntitlementKind, LeasesPageQuery, LeasesQuery, NewEntitlement, Request,
+    RequestId, Response, StatusQuery,
 };
 
 use daemon::{Daemon, Target};
@@ -440,16 +440,29 @@ async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
         other => bail!("status: {other:?}"),
     };
     let serving = to_ready + restarted.elapsed();
-    let listed = match session
-        .call(Request::Leases(LeasesQuery {
-            feature: None,
-            user: None,
-        }))
-        .await?
-    {
-        Ok(Response::Leases(list)) => list.len(),
-        other => bail!("leases: {other:?}"),
-    };
+    // Every lease, page by page (a listing answers at most 1,000 a page).
+    let mut listed = 0;
+    let mut after = None;
+    loop {
+        let page = Request::LeasesPage(LeasesPageQuery {
+            query: LeasesQuery {
+                feature: None,
+                user: None,
+            },
+            after,
+            limit: None,
+        });
+        match session.call(page).await? {
+            Ok(Response::LeasesPage(page)) => {
+                listed += page.leases.len();
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            other => bail!("leases: {other:?}"),
+        }
+    }
     println!("restart: {leases} leases held, tallyd killed with SIGKILL and restarted");
     Ok(json!({
         "scenario": "restart",
