@@ -320,12 +320,7 @@ async fn the_admin_tour_prints_the_documents_of_the_spec() {
     let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
     let config = daemon.client_toml();
     let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--config", config, "--json"];
-        all.extend_from_slice(args);
-        let out = cli(&all);
-        (out.status.code(), stdout_json(&out))
-    };
+    let run = |args: &[&str]| cli_json(config, args);
     run(&["entitlement", "add", "vray", "--seats", "10"]);
 
     let (code, doc) = run(&["user", "add", "ana@studio.com", "--name", "Ana Lima"]);
@@ -527,12 +522,7 @@ fn the_token_stays_out_of_the_child_and_a_token_on_the_command_line_is_warned_ab
     let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
     let config = daemon.client_toml();
     let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--config", config, "--json"];
-        all.extend_from_slice(args);
-        let out = cli(&all);
-        (out.status.code(), stdout_json(&out))
-    };
+    let run = |args: &[&str]| cli_json(config, args);
     run(&["user", "add", "ana@studio.com"]);
     let (code, doc) = run(&["user", "token", "ana@studio.com", "--label", "laptop"]);
     assert_eq!(code, Some(0), "{doc}");
@@ -692,12 +682,7 @@ async fn user_token_tokens_and_revoke_print_the_documents_of_the_spec() {
     let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
     let config = daemon.client_toml();
     let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--config", config, "--json"];
-        all.extend_from_slice(args);
-        let out = cli(&all);
-        (out.status.code(), stdout_json(&out))
-    };
+    let run = |args: &[&str]| cli_json(config, args);
     run(&["user", "add", "ana@studio.com"]);
     let (code, doc) = run(&["user", "token", "ana@studio.com", "--label", "laptop"]);
     assert_eq!(code, Some(0), "{doc}");

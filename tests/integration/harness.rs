@@ -249,6 +249,14 @@ pub fn cli(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `tally --config CONFIG --json ARGS...`: its exit code and its one JSON document.
+pub fn cli_json(config: &str, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["--config", config, "--json"];
+    all.extend_from_slice(args);
+    let out = cli(&all);
+    (out.status.code(), stdout_json(&out))
+}
+
 pub fn stdout_json(output: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|err| {
