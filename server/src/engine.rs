@@ -17,7 +17,8 @@ use tally_protocol::{
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::core::{
-    require_admin, Actor, Batch, Holder, NewToken, Policy, Pool, SignOut, SignedIn, Token,
+    require_admin, Action, Actor, AuditOutcome, Batch, Holder, NewToken, Policy, Pool, SignOut,
+    SignedIn, Token,
 };
 use crate::fold::RefusalFolder;
 use crate::init::{new_token, token_hash};
@@ -306,7 +307,7 @@ impl Engine {
                 batch.audit(
                     now,
                     &actor,
-                    request.name(),
+                    Action::of_request(&request),
                     "refused request",
                     None,
                     Err(&err),
@@ -321,7 +322,7 @@ impl Engine {
             match checked {
                 Ok(()) => replies.push(Reply::Audit(reply, read)),
                 Err(err) => {
-                    batch.audit(now, &actor, "audit", "audit log", None, Err(&err));
+                    batch.audit(now, &actor, Action::Audit, "audit log", None, Err(&err));
                     replies.push(Reply::Ready(reply, Outcome::Err(err)));
                 }
             }
@@ -351,7 +352,7 @@ impl Engine {
                 username: actor.to_string(),
                 role: tally_protocol::Role::Guest,
             };
-            batch.audit(now, &actor, "sign_in", &peer, None, Err(&err));
+            batch.audit(now, &actor, Action::SignIn, &peer, None, Err(&err));
             SignInOutcome::Refused(err)
         };
         let outcome = match self.pool.sign_in(now, &hash, batch) {
@@ -431,7 +432,7 @@ impl Engine {
             Request::EntitlementList(query) => {
                 pool.advance(now, batch);
                 Ok(Response::Entitlements(
-                    pool.entitlements(query.feature.as_deref()),
+                    pool.list_entitlements(query.feature.as_deref()),
                 ))
             }
             Request::EntitlementRemove(remove) => pool
@@ -641,17 +642,9 @@ fn borrow_signed(
     request: &BorrowOnce,
     batch: &mut Batch,
 ) -> Result<Response, ErrorBody> {
-    if let Err(err) = signer.ready() {
-        batch.audit(
-            now,
-            actor,
-            "borrow",
-            &request.feature,
-            Some(&request.feature),
-            Err(&err),
-        );
-        return Err(err);
-    }
+    let feature = request.feature.as_str();
+    let ready = signer.ready().map(|_| ());
+    batch.audit_refusal(now, actor, Action::Borrow, feature, Some(feature), ready)?;
     let lease = pool.borrow_once(now, actor, holder, request, LeaseId(rand::random()), batch)?;
     let token = signer.token(&lease, &request.machine_id)?;
     Ok(Response::Borrowed(Borrowed { lease, token }))
@@ -663,21 +656,8 @@ fn log_changes(batch: &Batch) {
     use crate::logtext::peer;
     for event in &batch.audit {
         let feature = event.feature.as_deref().unwrap_or("");
-        let notable = event.outcome == "ok"
-            && matches!(
-                event.action.as_str(),
-                "reclaim"
-                    | "release"
-                    | "entitlement_add"
-                    | "entitlement_remove"
-                    | "assign"
-                    | "revoke"
-                    | "assignment_end"
-                    | "user_add"
-                    | "user_deactivate"
-                    | "user_activate"
-                    | "user_remove"
-            );
+        let notable = AuditOutcome::parse(&event.outcome) == Some(AuditOutcome::Ok)
+            && Action::parse(&event.action).is_some_and(Action::is_notable);
         if notable {
             tracing::info!(actor = %peer(&event.actor), action = %event.action, subject = %peer(&event.subject), feature = %peer(feature), detail = %peer(&event.reason), "pool changed");
         } else {

@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 
-use tally_protocol::AuditEvent;
+use tally_protocol::{AuditEvent, ErrorCode};
 
-use crate::core::rfc3339;
+use crate::core::{rfc3339, AuditOutcome};
 
 /// How long identical refusals are folded into one summary.
 pub const WINDOW_MS: i64 = 60_000;
@@ -29,7 +29,12 @@ const MAX_REASON: usize = 1024;
 type Key = (String, String, String, Option<String>, Option<String>);
 
 /// Refusals whose subject and feature are whatever the peer sent.
-const PEER_MADE: [&str; 4] = ["invalid", "unauthenticated", "forbidden", "rate_limited"];
+const PEER_MADE: [ErrorCode; 4] = [
+    ErrorCode::Invalid,
+    ErrorCode::Unauthenticated,
+    ErrorCode::Forbidden,
+    ErrorCode::RateLimited,
+];
 
 #[derive(Debug)]
 struct Window {
@@ -59,10 +64,12 @@ impl RefusalFolder {
         let mut summaries = Vec::new();
         events.retain_mut(|event| {
             bound(event);
-            if event.outcome == "ok" || is_admin(&event.actor) {
+            let outcome = AuditOutcome::parse(&event.outcome);
+            if outcome == Some(AuditOutcome::Ok) || is_admin(&event.actor) {
                 return true;
             }
-            let specific = !PEER_MADE.contains(&event.outcome.as_str());
+            let specific =
+                !matches!(outcome, Some(AuditOutcome::Refused(code)) if PEER_MADE.contains(&code));
             let key = (
                 event.actor.clone(),
                 event.action.clone(),

@@ -100,7 +100,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::core::Batch;
+    use crate::core::{Batch, NotificationKind};
     use crate::store::SqliteStore;
 
     /// Records deliveries; fails while `fail` is set.
@@ -129,10 +129,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
         let mut batch = Batch::default();
-        batch.notify(1, "user_added", "ana@studio.com", "role member");
+        batch.notify(
+            1,
+            NotificationKind::UserAdded,
+            "ana@studio.com",
+            "role member",
+        );
         batch.notify(
             2,
-            "user_limit_exceeded",
+            NotificationKind::UserLimitExceeded,
             "ben@studio.com",
             "the server allows 3",
         );

@@ -1,11 +1,17 @@
-//! Assigning seats to users by name (SPEC R8) and revoking them (R7).
+//! Assigning seats to users by name (SPEC R8), revoking them (R7), and the end of an
+//! assignment (its own end, or its entitlement's).
 
 use tally_protocol::{
-    validate_feature, Assign, AssignmentInfo, EntitlementKind, ErrorBody, ErrorCode, LeaseKind,
-    LeaseSource, Revoke, UserState,
+    Assign, AssignmentInfo, EntitlementKind, ErrorBody, ErrorCode, LeaseKind, LeaseSource, Revoke,
+    UserState,
 };
 
-use super::{require_admin, rfc3339, Actor, Assignment, Batch, EndReason, Pool};
+use super::capacity::is_active;
+use super::checks::{check_request, require_admin, username};
+use super::{
+    rfc3339, Action, Actor, Assignment, AuditEvent, AuditOutcome, Batch, EndReason,
+    NotificationKind, Pool,
+};
 
 /// Where the seats of an assignment come from.
 enum Donor {
@@ -26,22 +32,11 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<AssignmentInfo, ErrorBody> {
         self.advance(now, batch);
-        let user = request.username.trim().to_lowercase();
-        let from = request.from.as_deref().map(|f| f.trim().to_lowercase());
-        let donor = match self.check_assign(now, actor, &user, from.as_deref(), request) {
-            Ok(donor) => donor,
-            Err(err) => {
-                batch.audit(
-                    now,
-                    actor,
-                    "assign",
-                    &user,
-                    Some(&request.feature),
-                    Err(&err),
-                );
-                return Err(err);
-            }
-        };
+        let user = username(&request.username);
+        let from = request.from.as_deref().map(username);
+        let checked = self.check_assign(now, actor, &user, from.as_deref(), request);
+        let feature = Some(request.feature.as_str());
+        let donor = batch.audit_refusal(now, actor, Action::Assign, &user, feature, checked)?;
         let entitlement = match donor {
             Donor::Floating(entitlement) => entitlement,
             Donor::Assignment(id) => {
@@ -53,12 +48,17 @@ impl Pool {
                 batch.audit(
                     now,
                     actor,
-                    "revoke",
+                    Action::Revoke,
                     &donor.user,
                     Some(&donor.feature),
                     Ok(&detail),
                 );
-                batch.notify(now, "assignment_revoked", &donor.user, &detail);
+                batch.notify(
+                    now,
+                    NotificationKind::AssignmentRevoked,
+                    &donor.user,
+                    &detail,
+                );
                 donor.entitlement
             }
         };
@@ -104,14 +104,14 @@ impl Pool {
         batch.audit(
             now,
             actor,
-            "assign",
+            Action::Assign,
             &user,
             Some(&request.feature),
             Ok(&detail),
         );
         batch.notify(
             now,
-            "assignment_granted",
+            NotificationKind::AssignmentGranted,
             &user,
             &format!("{detail} of {}", request.feature),
         );
@@ -131,9 +131,8 @@ impl Pool {
         request: &Assign,
     ) -> Result<Donor, ErrorBody> {
         require_admin(actor, "assign seats")?;
+        check_request(request)?;
         let feature = request.feature.as_str();
-        validate_feature(feature).map_err(ErrorBody::invalid)?;
-        request.validate().map_err(ErrorBody::invalid)?;
         self.existing(user)?;
         if self.users[user].state == UserState::Deactivated {
             return Err(ErrorBody::invalid(format!(
@@ -152,7 +151,7 @@ impl Pool {
                     entitlement.feature
                 )));
             }
-            if !super::is_active(entitlement, now) {
+            if !is_active(entitlement, now) {
                 return Err(ErrorBody::invalid(format!(
                     "entitlement {id} is not active now (from {} until {})",
                     rfc3339(entitlement.starts_at),
@@ -220,7 +219,7 @@ impl Pool {
             None => self
                 .entitlements
                 .values()
-                .filter(|e| e.feature == feature && super::is_active(e, now) && room(e.id) >= request.seats)
+                .filter(|e| e.feature == feature && is_active(e, now) && room(e.id) >= request.seats)
                 .max_by_key(|e| (e.expires_at.unwrap_or(i64::MAX), std::cmp::Reverse(e.id)))
                 .map(|e| Donor::Floating(e.id))
                 .ok_or_else(|| {
@@ -282,7 +281,7 @@ impl Pool {
                     theirs.iter().map(|a| a.seats.to_string()).collect::<Vec<_>>().join(" and ")
                 ))
             })?;
-        let borrowed = self.assignment_usage(donor.id).borrowed;
+        let borrowed = self.ledger.assignment_usage(donor.id).borrowed;
         if donor.seats - request.seats < borrowed {
             return Err(self.borrowed_refusal(from, feature, donor.id, borrowed, "move them"));
         }
@@ -299,21 +298,10 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<u32, ErrorBody> {
         self.advance(now, batch);
-        let user = request.username.trim().to_lowercase();
-        let plan = match self.check_revoke(actor, &user, request) {
-            Ok(plan) => plan,
-            Err(err) => {
-                batch.audit(
-                    now,
-                    actor,
-                    "revoke",
-                    &user,
-                    Some(&request.feature),
-                    Err(&err),
-                );
-                return Err(err);
-            }
-        };
+        let user = username(&request.username);
+        let checked = self.check_revoke(actor, &user, request);
+        let feature = Some(request.feature.as_str());
+        let plan = batch.audit_refusal(now, actor, Action::Revoke, &user, feature, checked)?;
         let mut revoked = 0;
         for (id, take) in plan {
             self.take_seats(id, take, now, &actor.username, batch);
@@ -324,12 +312,12 @@ impl Pool {
         batch.audit(
             now,
             actor,
-            "revoke",
+            Action::Revoke,
             &user,
             Some(&request.feature),
             Ok(&detail),
         );
-        batch.notify(now, "assignment_revoked", &user, &detail);
+        batch.notify(now, NotificationKind::AssignmentRevoked, &user, &detail);
         Ok(revoked)
     }
 
@@ -341,9 +329,8 @@ impl Pool {
         request: &Revoke,
     ) -> Result<Vec<(u64, u32)>, ErrorBody> {
         require_admin(actor, "revoke seats")?;
+        check_request(request)?;
         let feature = request.feature.as_str();
-        validate_feature(feature).map_err(ErrorBody::invalid)?;
-        request.validate().map_err(ErrorBody::invalid)?;
         self.existing(user)?;
         let mut theirs: Vec<&Assignment> = self
             .assignments
@@ -379,7 +366,7 @@ impl Pool {
                     ),
                 ));
             }
-            let borrowed = self.assignment_usage(assignment.id).borrowed;
+            let borrowed = self.ledger.assignment_usage(assignment.id).borrowed;
             if assignment.seats - take < borrowed {
                 return Err(self.borrowed_refusal(
                     user,
@@ -419,6 +406,62 @@ impl Pool {
         before
     }
 
+    /// Ends the newest online leases drawn from an assignment until they fit in `seats`.
+    fn shrink_assignment_leases(
+        &mut self,
+        id: u64,
+        seats: u32,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let excess = self
+            .ledger
+            .assignment_usage(id)
+            .total()
+            .saturating_sub(seats);
+        let source = LeaseSource::Assignment(id);
+        self.ledger
+            .end_newest(excess, |l| l.source == source, reason, now, actor, batch);
+    }
+
+    /// Removes an assignment, ending the online leases drawn from it.
+    pub(super) fn end_assignment(
+        &mut self,
+        id: u64,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        why: &str,
+        batch: &mut Batch,
+    ) {
+        self.shrink_assignment_leases(id, 0, reason, now, actor, batch);
+        let Some(assignment) = self.assignments.remove(&id) else {
+            return;
+        };
+        batch.remove_assignment(id);
+        let detail = format!(
+            "{} seats of {} for {} ({why})",
+            assignment.seats, assignment.feature, assignment.user
+        );
+        batch.audit_raw(AuditEvent {
+            at: now,
+            actor: actor.to_string(),
+            action: Action::AssignmentEnd.as_str().to_string(),
+            subject: assignment.user.clone(),
+            feature: Some(assignment.feature.clone()),
+            outcome: AuditOutcome::Ok.as_str().to_string(),
+            reason: detail.clone(),
+        });
+        batch.notify(
+            now,
+            NotificationKind::AssignmentRevoked,
+            &assignment.user,
+            &detail,
+        );
+    }
+
     fn is_trial(&self, entitlement: u64) -> bool {
         self.entitlements
             .get(&entitlement)
@@ -435,6 +478,7 @@ impl Pool {
         what: &str,
     ) -> ErrorBody {
         let until = self
+            .ledger
             .leases
             .values()
             .filter(|l| {

@@ -4,15 +4,15 @@ use std::collections::HashSet;
 
 use tally_protocol::{AuditEvent, Entitlement, ErrorBody, LeaseId};
 
-use super::{Actor, Assignment, Lease, Token, User};
+use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
 
 /// A message for the outbox, written in the same transaction as the change it reports and
 /// delivered at least once by the notification worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
     pub at: i64,
-    /// `assignment_granted`, `assignment_revoked`, `user_added`, `user_deactivated`,
-    /// `user_activated`, `user_removed` or `user_limit_exceeded`.
+    /// The stored text of a [`NotificationKind`] (`assignment_granted`, `user_added`, ...):
+    /// kept as text so that the outbox reads back whatever an older version wrote.
     pub kind: String,
     /// The user it is about.
     pub subject: String,
@@ -174,10 +174,10 @@ impl Batch {
     }
 
     /// Queues a notification in the outbox.
-    pub fn notify(&mut self, at: i64, kind: &str, subject: &str, detail: &str) {
+    pub fn notify(&mut self, at: i64, kind: NotificationKind, subject: &str, detail: &str) {
         self.notifications.push(Notification {
             at,
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             subject: subject.to_string(),
             detail: detail.to_string(),
         });
@@ -200,14 +200,14 @@ impl Batch {
         &mut self,
         at: i64,
         actor: &Actor,
-        action: &str,
+        action: Action,
         subject: &str,
         feature: Option<&str>,
         outcome: Result<&str, &ErrorBody>,
     ) {
         let (outcome, reason) = match outcome {
-            Ok(detail) => ("ok".to_string(), detail.to_string()),
-            Err(err) => (err.code.as_str().to_string(), err.message.clone()),
+            Ok(detail) => (AuditOutcome::Ok, detail.to_string()),
+            Err(err) => (AuditOutcome::Refused(err.code), err.message.clone()),
         };
         // A name that is not a feature's is not stored as one (the subject, bounded like
         // every field, still shows what was asked).
@@ -215,12 +215,31 @@ impl Batch {
         self.audit_raw(AuditEvent {
             at,
             actor: actor.username.clone(),
-            action: action.to_string(),
+            action: action.as_str().to_string(),
             subject: subject.to_string(),
             feature: feature.map(str::to_string),
-            outcome,
+            outcome: outcome.as_str().to_string(),
             reason,
         });
+    }
+
+    /// Audits `checked` when it is a refusal, and hands it back: every refusal of a request
+    /// goes through here, so that none is answered without being recorded.
+    ///
+    /// `let x = batch.audit_refusal(now, actor, Action::Assign, &user, feature, check())?;`
+    pub fn audit_refusal<T>(
+        &mut self,
+        at: i64,
+        actor: &Actor,
+        action: Action,
+        subject: &str,
+        feature: Option<&str>,
+        checked: Result<T, ErrorBody>,
+    ) -> Result<T, ErrorBody> {
+        if let Err(err) = &checked {
+            self.audit(at, actor, action, subject, feature, Err(err));
+        }
+        checked
     }
 
     pub fn audit_raw(&mut self, event: AuditEvent) {

@@ -14,11 +14,13 @@
 
 use sha2::{Digest, Sha256};
 use tally_protocol::{
-    validate_feature, Borrow, BorrowOnce, Entitlement, ErrorBody, ErrorCode, LeaseId, LeaseInfo,
-    LeaseKind, LeaseSource, RequestId, Role,
+    Borrow, BorrowOnce, Entitlement, ErrorBody, ErrorCode, LeaseId, LeaseInfo, LeaseKind,
+    LeaseSource, RequestId, Role,
 };
 
-use super::{rfc3339, Actor, Batch, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
+use super::capacity::is_active;
+use super::checks::check_request;
+use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
 
 /// Where a borrow draws from, and the longest it may last.
 struct Source {
@@ -78,10 +80,10 @@ impl Pool {
     ) -> Result<LeaseInfo, ErrorBody> {
         self.advance(now, batch);
         let key = borrow_key(request);
-        if let Some(id) = self.by_request.get(&(holder.client, key)).copied() {
-            let lease = &self.leases[&id];
+        if let Some(id) = self.ledger.by_request.get(&(holder.client, key)).copied() {
+            let lease = &self.ledger.leases[&id];
             if lease.user == actor.username && lease.kind == LeaseKind::Borrowed {
-                return Ok(self.info(lease));
+                return Ok(self.ledger.info(lease));
             }
         }
         let checked = self.check_borrow(now, actor, request).and_then(|source| {
@@ -96,20 +98,9 @@ impl Pool {
             }
             Ok(source)
         });
-        let source = match checked {
-            Ok(source) => source,
-            Err(err) => {
-                batch.audit(
-                    now,
-                    actor,
-                    "borrow",
-                    &request.feature,
-                    Some(&request.feature),
-                    Err(&err),
-                );
-                return Err(err);
-            }
-        };
+        let feature = request.feature.as_str();
+        let source =
+            batch.audit_refusal(now, actor, Action::Borrow, feature, Some(feature), checked)?;
         let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
         let lease = Lease {
             id: new_id,
@@ -126,8 +117,8 @@ impl Pool {
             entitlement: matches!(source.source, LeaseSource::Floating)
                 .then_some(source.entitlement),
         };
-        self.insert_lease(lease.clone(), now);
-        let info = self.info(&lease);
+        self.ledger.insert(lease.clone(), now);
+        let info = self.ledger.info(&lease);
         let detail = format!(
             "{} seat(s) until {} on {}",
             lease.seats,
@@ -137,7 +128,7 @@ impl Pool {
         batch.audit(
             now,
             actor,
-            "borrow",
+            Action::Borrow,
             &new_id.to_string(),
             Some(&request.feature),
             Ok(&detail),
@@ -152,9 +143,8 @@ impl Pool {
         actor: &Actor,
         request: &BorrowOnce,
     ) -> Result<Source, ErrorBody> {
+        check_request(request)?;
         let feature = request.feature.as_str();
-        validate_feature(feature).map_err(ErrorBody::invalid)?;
-        request.validate().map_err(ErrorBody::invalid)?;
         if request.machine_id.trim().is_empty() || request.machine_id.len() > 128 {
             return Err(ErrorBody::invalid(
                 "the client sent no usable machine id; set TALLY_MACHINE_ID or check /etc/machine-id",
@@ -170,10 +160,7 @@ impl Pool {
                 "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
             )));
         }
-        if !known
-            .iter()
-            .any(|e| e.borrowable && super::is_active(e, now))
-        {
+        if !known.iter().any(|e| e.borrowable && is_active(e, now)) {
             return Err(ErrorBody::new(
                 ErrorCode::NotBorrowable,
                 format!("no active entitlement of {feature} allows borrowing; check it out online instead"),
@@ -193,7 +180,9 @@ impl Pool {
             })
             .filter(|a| self.entitlements[&a.entitlement].borrowable)
             .filter(|a| {
-                a.seats.saturating_sub(self.assignment_usage(a.id).total()) >= request.seats
+                a.seats
+                    .saturating_sub(self.ledger.assignment_usage(a.id).total())
+                    >= request.seats
             })
             .max_by_key(|a| (a.expires_at.unwrap_or(i64::MAX), a.id));
         if let Some(assignment) = mine {
@@ -228,9 +217,7 @@ impl Pool {
         let entitlement = known
             .iter()
             .filter(|e| {
-                e.borrowable
-                    && super::is_active(e, now)
-                    && self.unassigned(e.id, now) >= request.seats
+                e.borrowable && is_active(e, now) && self.unassigned(e.id, now) >= request.seats
             })
             .max_by_key(|e| (self.borrow_limit(now, e, server_max).0, e.id))
             .ok_or_else(|| {
@@ -291,28 +278,12 @@ impl Pool {
         self.give_back(now, actor, lease, Some(LeaseKind::Borrowed), batch)
     }
 
-    /// Floating borrowed seats charged to an entitlement.
-    pub(super) fn borrowed_from(&self, entitlement: u64) -> u32 {
-        self.leases
-            .values()
-            .filter(|l| l.kind == LeaseKind::Borrowed && l.entitlement == Some(entitlement))
-            .map(|l| l.seats)
-            .sum()
-    }
-
-    /// Seats of an entitlement neither assigned to active users nor lent out floating.
-    pub(super) fn unassigned(&self, entitlement: u64, now: i64) -> u32 {
-        self.entitlements[&entitlement]
-            .seats
-            .saturating_sub(self.assigned_from(entitlement, now))
-            .saturating_sub(self.borrowed_from(entitlement))
-    }
-
     /// Refuses to remove an entitlement that seats are borrowed from.
     pub(super) fn no_borrows_from(&self, entitlement: u64) -> Result<(), ErrorBody> {
         let mut borrowed = self.borrowed_from(entitlement);
         let mut until = 0;
         for lease in self
+            .ledger
             .leases
             .values()
             .filter(|l| l.kind == LeaseKind::Borrowed)

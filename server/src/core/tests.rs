@@ -289,7 +289,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Checkin { pick: i } => {
                 if let Some(id) = pick(i) {
-                    let owner = pool.leases[&id].user.clone();
+                    let owner = pool.ledger.leases[&id].user.clone();
                     let actor = Actor {
                         username: owner,
                         role: Role::Member,
@@ -304,14 +304,17 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         "a member released a lease"
                     );
                     let borrowed = pool
+                        .ledger
                         .leases
                         .get(&id)
                         .is_some_and(|l| l.kind == tally_protocol::LeaseKind::Borrowed);
                     let released = pool.release(now, &admin(), id, &mut batch);
-                    prop_assert!(released.is_ok() || borrowed || !pool.leases.contains_key(&id));
+                    prop_assert!(
+                        released.is_ok() || borrowed || !pool.ledger.leases.contains_key(&id)
+                    );
                     if borrowed {
                         prop_assert!(
-                            pool.leases.contains_key(&id),
+                            pool.ledger.leases.contains_key(&id),
                             "a borrowed lease was released"
                         );
                     }
@@ -343,7 +346,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     .is_ok());
             }
             Op::RemoveEntitlement { pick: i } => {
-                let ids: Vec<u64> = pool.entitlements(None).iter().map(|e| e.id).collect();
+                let ids: Vec<u64> = pool.list_entitlements(None).iter().map(|e| e.id).collect();
                 if !ids.is_empty() {
                     if let Err(err) =
                         pool.remove_entitlement(now, &admin(), ids[i % ids.len()], &mut batch)
@@ -675,7 +678,7 @@ fn an_expired_entitlement_leaves_the_pool_and_ends_leases_it_no_longer_covers() 
     );
     // The newest leases went first.
     let left: Vec<LeaseId> = pool
-        .leases(
+        .list_leases(
             1_000,
             &admin(),
             &LeasesQuery {
@@ -715,7 +718,10 @@ fn entitlements_are_validated_and_admin_only() {
             .code,
         ErrorCode::Invalid
     );
-    assert!(pool.entitlements(None).is_empty(), "nothing half-applied");
+    assert!(
+        pool.list_entitlements(None).is_empty(),
+        "nothing half-applied"
+    );
     assert!(batch.entitlements_added.is_empty());
     assert_eq!(batch.audit.len(), 4, "every refusal is audited");
 }

@@ -8,7 +8,8 @@
 
 use tally_protocol::{ErrorBody, ErrorCode, Role, TokenInfo, UserState};
 
-use super::{require_admin, Actor, Batch, NewToken, Pool};
+use super::checks::{require_admin, username as normalized};
+use super::{Action, Actor, Batch, NewToken, Pool};
 
 /// The longest token label.
 const MAX_LABEL: usize = 100;
@@ -108,15 +109,9 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<String, ErrorBody> {
         self.advance(now, batch);
-        let username = username.trim().to_lowercase();
+        let username = normalized(username);
         let checked = self.check_mint(actor, &username, label);
-        let user = match checked {
-            Ok(user) => user,
-            Err(err) => {
-                batch.audit(now, actor, "user_token", &username, None, Err(&err));
-                return Err(err);
-            }
-        };
+        let user = batch.audit_refusal(now, actor, Action::UserToken, &username, None, checked)?;
         let id = token_id(&token.hash);
         let label = label.trim().to_string();
         let detail = format!("token {id} {label:?}");
@@ -130,7 +125,7 @@ impl Pool {
         };
         self.insert_token(token.clone());
         batch.add_token(token);
-        batch.audit(now, actor, "user_token", &username, None, Ok(&detail));
+        batch.audit(now, actor, Action::UserToken, &username, None, Ok(&detail));
         Ok(id)
     }
 
@@ -169,19 +164,14 @@ impl Pool {
         username: &str,
         batch: &mut Batch,
     ) -> Result<Vec<TokenInfo>, ErrorBody> {
-        let username = username.trim().to_lowercase();
+        let username = normalized(username);
         let checked = if username == actor.username {
             self.user(&username)
         } else {
             require_admin(actor, "list another user's tokens").and_then(|()| self.user(&username))
         };
-        let user = match checked {
-            Ok(user) => user.id,
-            Err(err) => {
-                batch.audit(now, actor, "user_tokens", &username, None, Err(&err));
-                return Err(err);
-            }
-        };
+        let checked = checked.map(|user| user.id);
+        let user = batch.audit_refusal(now, actor, Action::UserTokens, &username, None, checked)?;
         Ok(self
             .tokens
             .values()
@@ -207,20 +197,14 @@ impl Pool {
         self.advance(now, batch);
         let id = id.trim().to_ascii_lowercase();
         let checked = self.check_token_revoke(actor, &id);
-        let username = match checked {
-            Ok(username) => username,
-            Err(err) => {
-                batch.audit(now, actor, "token_revoke", &id, None, Err(&err));
-                return Err(err);
-            }
-        };
+        let username = batch.audit_refusal(now, actor, Action::TokenRevoke, &id, None, checked)?;
         if let Some(token) = self.tokens.remove(&id) {
             self.token_hashes.remove(&token.hash);
         }
         self.revoked_tokens.insert(id.clone());
         batch.remove_token(&id);
         let detail = format!("token {id} of {username}");
-        batch.audit(now, actor, "token_revoke", &id, None, Ok(&detail));
+        batch.audit(now, actor, Action::TokenRevoke, &id, None, Ok(&detail));
         Ok(id)
     }
 

@@ -7,7 +7,9 @@ use tally_protocol::{
     UserInfo, UserState, Whoami,
 };
 
-use super::{require_admin, rfc3339, Actor, Batch, EndReason, NewToken, Pool, User};
+use super::capacity::is_active;
+use super::checks::{require_admin, username as normalized};
+use super::{rfc3339, Action, Actor, Batch, EndReason, NewToken, NotificationKind, Pool, User};
 
 /// The longest display name.
 const MAX_NAME: usize = 200;
@@ -24,12 +26,9 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<(UserInfo, String), ErrorBody> {
         self.advance(now, batch);
-        let username = request.username.trim().to_lowercase();
-        let result = self.check_new_user(now, actor, &username, request, batch);
-        if let Err(err) = result {
-            batch.audit(now, actor, "user_add", &username, None, Err(&err));
-            return Err(err);
-        }
+        let username = normalized(&request.username);
+        let checked = self.check_new_user(now, actor, &username, request, batch);
+        batch.audit_refusal(now, actor, Action::UserAdd, &username, None, checked)?;
         let user = User {
             id: self.next_user_id,
             username: username.clone(),
@@ -44,8 +43,8 @@ impl Pool {
         batch.upsert_user(user.clone());
         let token = self.first_token(user.id, token, now, batch);
         let detail = format!("role {}", request.role.as_str());
-        batch.audit(now, actor, "user_add", &username, None, Ok(&detail));
-        batch.notify(now, "user_added", &username, &detail);
+        batch.audit(now, actor, Action::UserAdd, &username, None, Ok(&detail));
+        batch.notify(now, NotificationKind::UserAdded, &username, &detail);
         Ok((self.user_info(&username), token))
     }
 
@@ -111,7 +110,7 @@ impl Pool {
             let message = format!(
                 "the server allows {max} active users and has {active}; deactivate someone or raise users.max_active"
             );
-            batch.notify(now, "user_limit_exceeded", username, &message);
+            batch.notify(now, NotificationKind::UserLimitExceeded, username, &message);
             return Err(ErrorBody::new(ErrorCode::UserLimit, message));
         }
         Ok(())
@@ -124,10 +123,8 @@ impl Pool {
         actor: &Actor,
         batch: &mut Batch,
     ) -> Result<Vec<UserInfo>, ErrorBody> {
-        if let Err(err) = require_admin(actor, "list users") {
-            batch.audit(now, actor, "user_list", "users", None, Err(&err));
-            return Err(err);
-        }
+        let checked = require_admin(actor, "list users");
+        batch.audit_refusal(now, actor, Action::UserList, "users", None, checked)?;
         Ok(self.users.keys().map(|name| self.user_info(name)).collect())
     }
 
@@ -142,15 +139,12 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<UserInfo, ErrorBody> {
         self.advance(now, batch);
-        let username = username.trim().to_lowercase();
+        let username = normalized(username);
         let checked = require_admin(actor, "deactivate users")
             .and_then(|()| self.existing(&username))
             .and_then(|()| self.not_self_or_owner(actor, &username, "deactivate"))
             .and_then(|()| self.no_borrows(&username, "deactivate them"));
-        if let Err(err) = checked {
-            batch.audit(now, actor, "user_deactivate", &username, None, Err(&err));
-            return Err(err);
-        }
+        batch.audit_refusal(now, actor, Action::UserDeactivate, &username, None, checked)?;
         if self.users[&username].state == UserState::Deactivated {
             return Ok(self.user_info(&username));
         }
@@ -167,8 +161,15 @@ impl Pool {
         batch.sign_outs.push(super::SignOut::User(user.id));
         let suspended = self.assigned_seats(&username);
         let detail = format!("{suspended} assigned seats suspended");
-        batch.audit(now, actor, "user_deactivate", &username, None, Ok(&detail));
-        batch.notify(now, "user_deactivated", &username, &detail);
+        batch.audit(
+            now,
+            actor,
+            Action::UserDeactivate,
+            &username,
+            None,
+            Ok(&detail),
+        );
+        batch.notify(now, NotificationKind::UserDeactivated, &username, &detail);
         Ok(self.user_info(&username))
     }
 
@@ -182,29 +183,30 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<UserInfo, ErrorBody> {
         self.advance(now, batch);
-        let username = username.trim().to_lowercase();
+        let username = normalized(username);
         let checked =
             require_admin(actor, "activate users").and_then(|()| self.existing(&username));
-        if let Err(err) = checked {
-            batch.audit(now, actor, "user_activate", &username, None, Err(&err));
-            return Err(err);
-        }
+        batch.audit_refusal(now, actor, Action::UserActivate, &username, None, checked)?;
         if self.users[&username].state == UserState::Active {
             return Ok(self.user_info(&username));
         }
         let checked = self
             .check_user_limit(now, &username, batch)
             .and_then(|()| self.check_room_to_restore(&username, now));
-        if let Err(err) = checked {
-            batch.audit(now, actor, "user_activate", &username, None, Err(&err));
-            return Err(err);
-        }
+        batch.audit_refusal(now, actor, Action::UserActivate, &username, None, checked)?;
         let user = self.users.get_mut(&username).expect("user exists");
         user.state = UserState::Active;
         batch.upsert_user(user.clone());
         let detail = format!("{} assigned seats restored", self.assigned_seats(&username));
-        batch.audit(now, actor, "user_activate", &username, None, Ok(&detail));
-        batch.notify(now, "user_activated", &username, &detail);
+        batch.audit(
+            now,
+            actor,
+            Action::UserActivate,
+            &username,
+            None,
+            Ok(&detail),
+        );
+        batch.notify(now, NotificationKind::UserActivated, &username, &detail);
         Ok(self.user_info(&username))
     }
 
@@ -217,7 +219,7 @@ impl Pool {
             let active_entitlement = self
                 .entitlements
                 .get(&assignment.entitlement)
-                .is_some_and(|e| super::is_active(e, now));
+                .is_some_and(|e| is_active(e, now));
             if active_entitlement && assignment.expires_at.is_none_or(|end| now < end) {
                 *by_feature.entry(&assignment.feature).or_default() += assignment.seats;
                 *by_entitlement.entry(assignment.entitlement).or_default() += assignment.seats;
@@ -259,16 +261,13 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<UserInfo, ErrorBody> {
         self.advance(now, batch);
-        let username = username.trim().to_lowercase();
+        let username = normalized(username);
         let checked = require_admin(actor, "remove users")
             .and_then(|()| self.existing(&username))
             .and_then(|()| self.not_self_or_owner(actor, &username, "remove"))
             .and_then(|()| self.no_assignments(&username))
             .and_then(|()| self.no_borrows(&username, "remove them"));
-        if let Err(err) = checked {
-            batch.audit(now, actor, "user_remove", &username, None, Err(&err));
-            return Err(err);
-        }
+        batch.audit_refusal(now, actor, Action::UserRemove, &username, None, checked)?;
         let info = self.user_info(&username);
         self.end_online_leases_of(
             &username,
@@ -282,8 +281,8 @@ impl Pool {
             self.remove_tokens_of(user.id);
             batch.remove_user(&user);
         }
-        batch.audit(now, actor, "user_remove", &username, None, Ok(""));
-        batch.notify(now, "user_removed", &username, "");
+        batch.audit(now, actor, Action::UserRemove, &username, None, Ok(""));
+        batch.notify(now, NotificationKind::UserRemoved, &username, "");
         Ok(info)
     }
 
@@ -294,7 +293,7 @@ impl Pool {
         actor: &Actor,
         batch: &mut Batch,
     ) -> Result<Whoami, ErrorBody> {
-        let leases = self.leases(
+        let leases = self.list_leases(
             now,
             actor,
             &LeasesQuery {
@@ -407,6 +406,7 @@ impl Pool {
     pub(super) fn no_borrows(&self, username: &str, what: &str) -> Result<(), ErrorBody> {
         let mut borrowed: BTreeMap<&str, (u32, i64)> = BTreeMap::new();
         for lease in self
+            .ledger
             .leases
             .values()
             .filter(|l| l.user == username && l.kind == LeaseKind::Borrowed)
@@ -442,13 +442,14 @@ impl Pool {
         batch: &mut Batch,
     ) {
         let ids: Vec<_> = self
+            .ledger
             .leases
             .values()
             .filter(|l| l.user == username && l.kind == LeaseKind::Online)
             .map(|l| l.id)
             .collect();
         for id in ids {
-            self.end_lease(id, reason, now, actor, batch);
+            self.ledger.end(id, reason, now, actor, batch);
         }
     }
 }

@@ -1,0 +1,425 @@
+//! Online leases, as their holders and admins ask for them: checkout (R1, R2, R4),
+//! heartbeat (R3), resume (R4), check-in, an admin's forced release, and the listing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tally_protocol::{
+    Checkout, EndReason, EndedLease, Entitlement, ErrorBody, ErrorCode, HeartbeatAck, LeaseCursor,
+    LeaseId, LeaseInfo, LeaseKind, LeaseSource, LeasesPage, LeasesQuery, Resumed, Role,
+};
+
+use super::checks::{check_request, require_admin};
+use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool};
+
+impl Pool {
+    /// Checks out `seats` floating seats (R1, R2), or returns the lease an earlier attempt
+    /// of the same request got (R4).
+    pub fn checkout(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Checkout,
+        new_id: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseInfo, ErrorBody> {
+        self.advance(now, batch);
+        if let Some(id) = self
+            .ledger
+            .by_request
+            .get(&(holder.client, request.request_id))
+            .copied()
+        {
+            if self.ledger.leases[&id].user == actor.username {
+                self.ledger.renew(holder.client, now);
+                return Ok(self.ledger.info(&self.ledger.leases[&id]));
+            }
+        }
+        let feature = request.feature.as_str();
+        let checked = self.check_checkout(now, actor, holder, request);
+        let source = batch.audit_refusal(
+            now,
+            actor,
+            Action::Checkout,
+            feature,
+            Some(feature),
+            checked,
+        )?;
+        let lease = Lease {
+            id: new_id,
+            feature: feature.to_string(),
+            seats: request.seats,
+            user: actor.username.clone(),
+            host: holder.host.clone(),
+            client: holder.client,
+            request_id: request.request_id,
+            kind: LeaseKind::Online,
+            source,
+            granted_at: now,
+            expires_at: now + self.ledger.ttl_ms,
+            entitlement: None,
+        };
+        self.ledger.renew(holder.client, now);
+        self.ledger.insert(lease.clone(), now + self.ledger.ttl_ms);
+        let info = self.ledger.info(&lease);
+        batch.audit(
+            now,
+            actor,
+            Action::Checkout,
+            &new_id.to_string(),
+            Some(feature),
+            Ok(""),
+        );
+        batch.add_lease(lease);
+        Ok(info)
+    }
+
+    /// Where a checkout's seats come from (the user's free assignment first, else the
+    /// floating pool), or which rule refuses it.
+    fn check_checkout(
+        &self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Checkout,
+    ) -> Result<LeaseSource, ErrorBody> {
+        check_request(request)?;
+        let max = self.policy.max_leases_per_client;
+        let held = self
+            .ledger
+            .sessions
+            .get(&holder.client)
+            .map_or(0, |session| session.leases.len());
+        if max != 0 && held >= max as usize {
+            return Err(ErrorBody::invalid(format!(
+                "this client instance already holds {held} leases, the most limits.max_leases_per_client allows; check some in first"
+            )));
+        }
+        let feature = request.feature.as_str();
+        let known: Vec<&Entitlement> = self
+            .entitlements
+            .values()
+            .filter(|e| e.feature == feature)
+            .collect();
+        if known.is_empty() {
+            return Err(ErrorBody::not_found(format!(
+                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
+            )));
+        }
+        if self.capacity(feature, now) == 0 {
+            if let Some(last) = known.iter().filter_map(|e| e.expires_at).max() {
+                if known
+                    .iter()
+                    .all(|e| e.expires_at.is_some_and(|end| end <= now))
+                {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Expired,
+                        format!(
+                            "every entitlement of {feature} has expired, the last at {}",
+                            rfc3339(last)
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(id) = self.free_assignment(&actor.username, feature, request.seats, now) {
+            return Ok(LeaseSource::Assignment(id));
+        }
+        if actor.role == Role::Guest && !self.policy.guests_use_floating {
+            return Err(ErrorBody::new(
+                ErrorCode::NoSeat,
+                format!(
+                    "no seat of {feature} for you: guests use only seats assigned to them, and you have no free assigned seat of {feature}"
+                ),
+            ));
+        }
+        let capacity = self.floating_capacity(feature, now);
+        let used = self.ledger.usage(feature).total();
+        let free = capacity.saturating_sub(used);
+        if request.seats > free {
+            let mut msg = format!(
+                "no seat of {feature}: {used} of {capacity} floating seats are in use, {free} free, {} asked for",
+                request.seats
+            );
+            if actor.role.is_admin() && used > 0 {
+                msg.push_str(&format!("; held by {}", self.holders_of(feature)));
+            }
+            return Err(ErrorBody::new(ErrorCode::NoSeat, msg));
+        }
+        Ok(LeaseSource::Floating)
+    }
+
+    /// The user's active assignment of `feature` with `seats` free, the one ending first.
+    fn free_assignment(&self, user: &str, feature: &str, seats: u32, now: i64) -> Option<u64> {
+        self.assignments
+            .values()
+            .filter(|a| a.user == user && a.feature == feature && self.assignment_active(a, now))
+            .filter(|a| {
+                a.seats
+                    .saturating_sub(self.ledger.assignment_usage(a.id).total())
+                    >= seats
+            })
+            .min_by_key(|a| (a.expires_at.unwrap_or(i64::MAX), a.id))
+            .map(|a| a.id)
+    }
+
+    /// "alice@example.com on node7 (2), ..." for a `no_seat` message to an admin.
+    fn holders_of(&self, feature: &str) -> String {
+        let mut by_holder: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for lease in self.ledger.leases.values().filter(|l| l.feature == feature) {
+            *by_holder
+                .entry((lease.user.clone(), lease.host.clone()))
+                .or_default() += lease.seats;
+        }
+        let mut holders: Vec<((String, String), u32)> = by_holder.into_iter().collect();
+        holders.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let shown: Vec<String> = holders
+            .iter()
+            .take(10)
+            .map(|((user, host), seats)| format!("{user} on {host} ({seats})"))
+            .collect();
+        let mut text = shown.join(", ");
+        if holders.len() > 10 {
+            text.push_str(&format!(" and {} more", holders.len() - 10));
+        }
+        text
+    }
+
+    /// Renews every online lease of the client's session (R3) and reports the leases that
+    /// ended since its last heartbeat.
+    pub fn heartbeat(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        batch: &mut Batch,
+    ) -> HeartbeatAck {
+        self.advance(now, batch);
+        let renewed = match self.ledger.sessions.get(&holder.client) {
+            Some(session) if session.user == actor.username => session.leases.len() as u32,
+            _ => {
+                return HeartbeatAck {
+                    renewed: 0,
+                    ended: Vec::new(),
+                }
+            }
+        };
+        self.ledger.renew(holder.client, now);
+        let session = self
+            .ledger
+            .sessions
+            .get_mut(&holder.client)
+            .expect("session exists");
+        HeartbeatAck {
+            renewed,
+            ended: std::mem::take(&mut session.ended),
+        }
+    }
+
+    /// Binds leases the same user held on an earlier connection to this client instance and
+    /// renews them (R4).
+    pub fn resume(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        ids: &[LeaseId],
+        batch: &mut Batch,
+    ) -> Resumed {
+        self.advance(now, batch);
+        let mut resumed = Vec::new();
+        let mut ended = Vec::new();
+        let mut tombstones: HashMap<LeaseId, EndReason> = HashMap::new();
+        if let Some(session) = self.ledger.sessions.get_mut(&holder.client) {
+            if session.user == actor.username {
+                session.ended.retain(|gone| {
+                    let asked = ids.contains(&gone.lease);
+                    if asked {
+                        tombstones.insert(gone.lease, gone.reason);
+                    }
+                    !asked
+                });
+            }
+        }
+        for &id in ids {
+            let owned = self
+                .ledger
+                .leases
+                .get(&id)
+                .is_some_and(|l| l.user == actor.username && l.kind == LeaseKind::Online);
+            if !owned {
+                let reason = tombstones.get(&id).copied().unwrap_or(EndReason::Unknown);
+                ended.push(EndedLease { lease: id, reason });
+                continue;
+            }
+            let lease = &self.ledger.leases[&id];
+            if lease.client != holder.client {
+                // The instance that held it learns at its next heartbeat that it moved.
+                batch.audit(
+                    now,
+                    actor,
+                    Action::Resume,
+                    &id.to_string(),
+                    Some(&lease.feature),
+                    Ok(&format!(
+                        "moved from {} to {} (another client instance)",
+                        lease.host, holder.host
+                    )),
+                );
+                self.ledger.rebind(id, holder.client, &holder.host, now);
+                batch.update_lease(self.ledger.leases[&id].clone());
+            }
+            resumed.push(id);
+        }
+        self.ledger.renew(holder.client, now);
+        let resumed = resumed
+            .iter()
+            .map(|id| self.ledger.info(&self.ledger.leases[id]))
+            .collect();
+        Resumed { resumed, ended }
+    }
+
+    /// The holder gives a lease back.
+    pub fn checkin(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
+        self.give_back(now, actor, lease, None, batch)
+    }
+
+    /// Ends one of the actor's own leases (of `kind`, when given) as checked in, or refuses
+    /// with `not_found`; check-in and the return of a borrow both come here.
+    pub(super) fn give_back(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        kind: Option<LeaseKind>,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
+        self.advance(now, batch);
+        let theirs = self
+            .ledger
+            .leases
+            .get(&lease)
+            .is_some_and(|l| l.user == actor.username && kind.is_none_or(|k| l.kind == k));
+        if theirs {
+            self.ledger
+                .end(lease, EndReason::CheckedIn, now, &actor.username, batch);
+            return Ok(lease);
+        }
+        let (action, message) = match kind {
+            Some(LeaseKind::Borrowed) => (
+                Action::Return,
+                format!("you have no borrowed lease {lease}; it may have ended already"),
+            ),
+            _ => (Action::Checkin, format!("you hold no lease {lease}")),
+        };
+        let refused = Err(ErrorBody::not_found(message));
+        batch.audit_refusal(now, actor, action, &lease.to_string(), None, refused)
+    }
+
+    /// An admin's forced check-in of anyone's lease.
+    pub fn release(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        lease: LeaseId,
+        batch: &mut Batch,
+    ) -> Result<LeaseId, ErrorBody> {
+        self.advance(now, batch);
+        let checked = self.check_release(actor, lease);
+        let subject = lease.to_string();
+        batch.audit_refusal(now, actor, Action::Release, &subject, None, checked)?;
+        self.ledger
+            .end(lease, EndReason::Released, now, &actor.username, batch);
+        Ok(lease)
+    }
+
+    fn check_release(&self, actor: &Actor, lease: LeaseId) -> Result<(), ErrorBody> {
+        require_admin(actor, "release a lease")?;
+        match self.ledger.leases.get(&lease) {
+            None => Err(ErrorBody::not_found(format!(
+                "no lease {lease}; `tally leases` lists the leases held"
+            ))),
+            // The token works offline whatever the server does: the seat stays used.
+            Some(l) if l.kind == LeaseKind::Borrowed => Err(ErrorBody::new(
+                ErrorCode::Borrowed,
+                format!(
+                    "lease {lease} is borrowed by {} for offline use until {}; it cannot be released before it ends or is returned",
+                    l.user,
+                    rfc3339(l.expires_at)
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Leases held, newest first; members and guests see only their own.
+    pub fn list_leases(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &LeasesQuery,
+        batch: &mut Batch,
+    ) -> Vec<LeaseInfo> {
+        self.leases_page(now, actor, query, None, usize::MAX, usize::MAX, batch)
+            .leases
+    }
+
+    /// One page of the leases held, newest grant first and then by id, starting after
+    /// `after`; members and guests see only their own. A page holds at most `limit` leases
+    /// and ends early once it passes `max_bytes` (roughly, of text), so that no answer
+    /// outgrows a frame; `next` is where the following page starts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn leases_page(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &LeasesQuery,
+        after: Option<LeaseCursor>,
+        limit: usize,
+        max_bytes: usize,
+        batch: &mut Batch,
+    ) -> LeasesPage {
+        self.advance(now, batch);
+        let key = |l: &Lease| (std::cmp::Reverse(l.granted_at), l.id);
+        let after = after.map(|c| (std::cmp::Reverse(c.granted_at), c.id));
+        let mut leases: Vec<&Lease> = self
+            .ledger
+            .leases
+            .values()
+            .filter(|l| actor.role.is_admin() || l.user.eq_ignore_ascii_case(&actor.username))
+            .filter(|l| query.feature.as_deref().is_none_or(|f| l.feature == f))
+            .filter(|l| {
+                query
+                    .user
+                    .as_deref()
+                    .is_none_or(|u| l.user.eq_ignore_ascii_case(u))
+            })
+            .filter(|l| after.is_none_or(|after| key(l) > after))
+            .collect();
+        leases.sort_by_key(|l| key(l));
+        let limit = limit.max(1);
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for lease in &leases {
+            if page.len() == limit || (!page.is_empty() && bytes >= max_bytes) {
+                break;
+            }
+            bytes += 64 + lease.feature.len() + lease.user.len() + lease.host.len();
+            page.push(self.ledger.info(lease));
+        }
+        let next = match page.last() {
+            Some(last) if page.len() < leases.len() => Some(LeaseCursor {
+                granted_at: last.granted_at,
+                id: last.id,
+            }),
+            _ => None,
+        };
+        LeasesPage { leases: page, next }
+    }
+}

@@ -1,0 +1,351 @@
+//! The lease ledger: every lease held, the client sessions that renew them, the expiry
+//! queues the sweep pops from, and the usage counters the capacity checks read.
+//!
+//! It knows nothing of entitlements or users: it records what was granted and ends what it
+//! is told to (or what lapsed), keeping its indexes and counters in step. Whether a lease
+//! may be granted is decided elsewhere (`capacity.rs` and the request modules).
+//!
+//! Online leases belong to a client *session* (one running client instance). One heartbeat
+//! renews every lease of the session, so a session has a single expiry time and the sweep
+//! reclaims all its leases together when it passes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tally_protocol::{
+    ClientId, EndReason, EndedLease, LeaseId, LeaseInfo, LeaseKind, LeaseSource, RequestId,
+};
+
+use super::{Action, AuditEvent, AuditOutcome, Batch, Lease};
+
+/// How long the reason a lease ended is kept for its holder to collect.
+const ENDED_KEPT_MS: i64 = 3600 * 1000;
+
+/// The actor of what the server does by itself (expiries, capacity enforcement).
+pub(super) const SYSTEM: &str = "system";
+
+/// One client instance's online leases and when they lapse.
+#[derive(Debug, Default)]
+pub(super) struct Session {
+    /// The user the client signed in as; only they may renew or resume these leases.
+    pub(super) user: String,
+    pub(super) leases: BTreeSet<LeaseId>,
+    /// Leases that ended since the client last heartbeated, for it to learn why.
+    pub(super) ended: Vec<EndedLease>,
+    /// When the leases lapse unless renewed; meaningful while `leases` is not empty.
+    pub(super) expires_at: i64,
+    /// When `ended` was last added to; stale tombstones are dropped after an hour.
+    pub(super) ended_at: i64,
+}
+
+/// Seats currently drawn from the floating pool of a feature, or from one assignment.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Usage {
+    pub(super) online: u32,
+    pub(super) borrowed: u32,
+}
+
+impl Usage {
+    pub(super) fn take(&mut self, kind: LeaseKind, seats: u32) {
+        match kind {
+            LeaseKind::Online => self.online += seats,
+            LeaseKind::Borrowed => self.borrowed += seats,
+        }
+    }
+
+    fn release(&mut self, kind: LeaseKind, seats: u32) {
+        match kind {
+            LeaseKind::Online => self.online -= seats,
+            LeaseKind::Borrowed => self.borrowed -= seats,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.online == 0 && self.borrowed == 0
+    }
+
+    pub(super) fn total(&self) -> u32 {
+        self.online + self.borrowed
+    }
+}
+
+/// Every lease held, and the indexes kept in step with them.
+#[derive(Debug)]
+pub(super) struct Ledger {
+    /// How long an online lease lives without a heartbeat.
+    pub(super) ttl_ms: i64,
+    pub(super) leases: HashMap<LeaseId, Lease>,
+    /// The lease each client's request got, so that a retry returns it (R4).
+    pub(super) by_request: HashMap<(ClientId, RequestId), LeaseId>,
+    pub(super) sessions: HashMap<ClientId, Session>,
+    /// Sessions with leases, by expiry: the sweep pops from the front.
+    expiry: BTreeSet<(i64, ClientId)>,
+    /// Borrowed leases by their fixed end: the sweep pops from the front.
+    borrow_expiry: BTreeSet<(i64, LeaseId)>,
+    /// Floating seats in use, per feature.
+    usage: HashMap<String, Usage>,
+    /// Seats in use per assignment.
+    assignment_use: HashMap<u64, Usage>,
+}
+
+impl Ledger {
+    pub(super) fn new(ttl_ms: i64) -> Self {
+        Self {
+            ttl_ms,
+            leases: HashMap::new(),
+            by_request: HashMap::new(),
+            sessions: HashMap::new(),
+            expiry: BTreeSet::new(),
+            borrow_expiry: BTreeSet::new(),
+            usage: HashMap::new(),
+            assignment_use: HashMap::new(),
+        }
+    }
+
+    /// Floating seats of a feature in use.
+    pub(super) fn usage(&self, feature: &str) -> Usage {
+        self.usage.get(feature).copied().unwrap_or_default()
+    }
+
+    /// Seats of an assignment in use.
+    pub(super) fn assignment_usage(&self, id: u64) -> Usage {
+        self.assignment_use.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Features with floating seats in use.
+    pub(super) fn features_in_use(&self) -> Vec<String> {
+        self.usage.keys().cloned().collect()
+    }
+
+    /// A lease as its holder and admins see it: an online lease with its session's expiry.
+    pub(super) fn info(&self, lease: &Lease) -> LeaseInfo {
+        let expires_at = match lease.kind {
+            LeaseKind::Online => self
+                .sessions
+                .get(&lease.client)
+                .map_or(lease.expires_at, |s| s.expires_at),
+            LeaseKind::Borrowed => lease.expires_at,
+        };
+        LeaseInfo {
+            id: lease.id,
+            feature: lease.feature.clone(),
+            seats: lease.seats,
+            user: lease.user.clone(),
+            host: lease.host.clone(),
+            kind: lease.kind,
+            source: lease.source,
+            granted_at: lease.granted_at,
+            expires_at,
+        }
+    }
+
+    /// The session of a client instance, opened for `user` if it has none.
+    pub(super) fn session_mut(&mut self, client: ClientId, user: &str) -> &mut Session {
+        self.sessions.entry(client).or_insert_with(|| Session {
+            user: user.to_string(),
+            ..Session::default()
+        })
+    }
+
+    /// Pushes the session's expiry to `now + ttl`.
+    pub(super) fn renew(&mut self, client: ClientId, now: i64) {
+        let expires_at = now + self.ttl_ms;
+        if let Some(session) = self.sessions.get_mut(&client) {
+            if !session.leases.is_empty() {
+                self.expiry.remove(&(session.expires_at, client));
+                self.expiry.insert((expires_at, client));
+            }
+            session.expires_at = expires_at;
+        }
+    }
+
+    /// Records a lease; an online one joins its client's session, which lapses no earlier
+    /// than `session_expires_at`.
+    pub(super) fn insert(&mut self, lease: Lease, session_expires_at: i64) {
+        let usage = match lease.source {
+            LeaseSource::Floating => self.usage.entry(lease.feature.clone()).or_default(),
+            LeaseSource::Assignment(id) => self.assignment_use.entry(id).or_default(),
+        };
+        usage.take(lease.kind, lease.seats);
+        self.by_request
+            .insert((lease.client, lease.request_id), lease.id);
+        if lease.kind == LeaseKind::Borrowed {
+            self.borrow_expiry.insert((lease.expires_at, lease.id));
+        }
+        if lease.kind == LeaseKind::Online {
+            let client = lease.client;
+            let session = self.session_mut(client, &lease.user);
+            let was_empty = session.leases.is_empty();
+            session.leases.insert(lease.id);
+            let old = session.expires_at;
+            if was_empty || session_expires_at > old {
+                session.expires_at = session_expires_at;
+                if !was_empty {
+                    self.expiry.remove(&(old, client));
+                }
+                self.expiry.insert((session_expires_at, client));
+            }
+        }
+        self.leases.insert(lease.id, lease);
+    }
+
+    /// Takes a lease out of its session's set (and the expiry queue when it was the last).
+    pub(super) fn detach(&mut self, id: LeaseId, client: ClientId) {
+        if let Some(session) = self.sessions.get_mut(&client) {
+            if session.leases.remove(&id) && session.leases.is_empty() {
+                self.expiry.remove(&(session.expires_at, client));
+            }
+        }
+    }
+
+    /// Binds a lease to another client instance of the same user (R4); its former
+    /// instance learns at its next heartbeat that it moved.
+    pub(super) fn rebind(&mut self, id: LeaseId, to: ClientId, host: &str, now: i64) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let from = lease.client;
+        let user = lease.user.clone();
+        let request_id = lease.request_id;
+        lease.client = to;
+        lease.host = host.to_string();
+        if let Some(session) = self.sessions.get_mut(&from) {
+            session.ended.push(EndedLease {
+                lease: id,
+                reason: EndReason::Moved,
+            });
+            session.ended_at = now;
+        }
+        self.detach(id, from);
+        self.by_request.remove(&(from, request_id));
+        self.by_request.insert((to, request_id), id);
+        self.session_mut(to, &user).leases.insert(id);
+    }
+
+    /// Ends a lease: frees its seats, tells its holder why (unless it gave it back itself),
+    /// and records the end in the audit log and the store.
+    pub(super) fn end(
+        &mut self,
+        id: LeaseId,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        let Some(lease) = self.leases.remove(&id) else {
+            return;
+        };
+        match lease.source {
+            LeaseSource::Floating => {
+                if let Some(usage) = self.usage.get_mut(&lease.feature) {
+                    usage.release(lease.kind, lease.seats);
+                    if usage.is_empty() {
+                        self.usage.remove(&lease.feature);
+                    }
+                }
+            }
+            LeaseSource::Assignment(assignment) => {
+                if let Some(usage) = self.assignment_use.get_mut(&assignment) {
+                    usage.release(lease.kind, lease.seats);
+                    if usage.is_empty() {
+                        self.assignment_use.remove(&assignment);
+                    }
+                }
+            }
+        }
+        self.by_request.remove(&(lease.client, lease.request_id));
+        self.detach(id, lease.client);
+        if lease.kind == LeaseKind::Borrowed {
+            self.borrow_expiry.remove(&(lease.expires_at, id));
+        }
+        if reason != EndReason::CheckedIn {
+            if let Some(session) = self.sessions.get_mut(&lease.client) {
+                session.ended.push(EndedLease { lease: id, reason });
+                session.ended_at = now;
+            }
+        }
+        let action = match reason {
+            EndReason::CheckedIn if lease.kind == LeaseKind::Borrowed => Action::Return,
+            EndReason::CheckedIn => Action::Checkin,
+            EndReason::Released => Action::Release,
+            _ => Action::Reclaim,
+        };
+        batch.audit_raw(AuditEvent {
+            at: now,
+            actor: actor.to_string(),
+            action: action.as_str().to_string(),
+            subject: id.to_string(),
+            feature: Some(lease.feature.clone()),
+            outcome: AuditOutcome::Ok.as_str().to_string(),
+            reason: format!(
+                "{} ({} of {} on {})",
+                reason.as_str(),
+                lease.seats,
+                lease.user,
+                lease.host
+            ),
+        });
+        batch.remove_lease(id);
+    }
+
+    /// Ends every borrow whose end has come and every session that lapsed by `now` (R3).
+    pub(super) fn expire(&mut self, now: i64, batch: &mut Batch) {
+        while let Some(&(expires_at, id)) = self.borrow_expiry.first() {
+            if expires_at > now {
+                break;
+            }
+            self.borrow_expiry.pop_first();
+            self.end(id, EndReason::Expired, now, SYSTEM, batch);
+        }
+        while let Some(&(expires_at, client)) = self.expiry.first() {
+            if expires_at > now {
+                break;
+            }
+            self.expiry.pop_first();
+            let ids: Vec<LeaseId> = match self.sessions.get(&client) {
+                Some(session) => session.leases.iter().copied().collect(),
+                None => continue,
+            };
+            for id in ids {
+                self.end(id, EndReason::Expired, now, SYSTEM, batch);
+            }
+        }
+    }
+
+    /// Forgets sessions with no leases whose tombstones are older than an hour.
+    pub(super) fn forget_stale_sessions(&mut self, now: i64) {
+        let cutoff = now.saturating_sub(ENDED_KEPT_MS);
+        self.sessions.retain(|_, session| {
+            !(session.leases.is_empty() && (session.ended.is_empty() || session.ended_at < cutoff))
+        });
+    }
+
+    /// Ends the newest online leases that `draws` selects until `excess` seats are free.
+    pub(super) fn end_newest(
+        &mut self,
+        mut excess: u32,
+        draws: impl Fn(&Lease) -> bool,
+        reason: EndReason,
+        now: i64,
+        actor: &str,
+        batch: &mut Batch,
+    ) {
+        if excess == 0 {
+            return;
+        }
+        let mut online: Vec<(i64, LeaseId)> = self
+            .leases
+            .values()
+            .filter(|l| l.kind == LeaseKind::Online && draws(l))
+            .map(|l| (l.granted_at, l.id))
+            .collect();
+        online.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, id) in online {
+            if excess == 0 {
+                break;
+            }
+            let seats = self.leases[&id].seats;
+            self.end(id, reason, now, actor, batch);
+            excess = excess.saturating_sub(seats);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The words the audit log and the outbox are written in: audit actions, outcomes and
+//! notification kinds.
+//!
+//! The core and the engine name them by these enums; the text (`as_str`) is what the store
+//! keeps and what `AuditEvent` carries on the wire, so it never changes once released: the
+//! audit log's CSV export and older rows read the same. A new action or kind is a new
+//! variant with new text, added to `ALL` (the unit test pins every text).
+
+use tally_protocol::{ErrorCode, Request};
+
+/// What an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A keep-alive of a client's online leases (audited only when refused).
+    Heartbeat,
+    Checkout,
+    /// An online lease given back by its holder.
+    Checkin,
+    /// A borrowed lease given back before its end.
+    Return,
+    /// Leases bound to another client instance of the same user.
+    Resume,
+    Status,
+    Leases,
+    EntitlementAdd,
+    EntitlementList,
+    EntitlementRemove,
+    /// An admin's forced check-in.
+    Release,
+    /// A lease ended by the server: expired, revoked, deactivated, over capacity.
+    Reclaim,
+    ServerInfo,
+    Whoami,
+    UserAdd,
+    UserList,
+    /// A token minted by the first request form (no label).
+    UserToken,
+    /// A user's tokens listed.
+    UserTokens,
+    UserDeactivate,
+    UserActivate,
+    UserRemove,
+    Assign,
+    /// Assigned seats taken back (or moved to another user).
+    Revoke,
+    /// An assignment that ended by itself or with its entitlement.
+    AssignmentEnd,
+    Audit,
+    Borrow,
+    TokenMint,
+    TokenList,
+    TokenRevoke,
+    SignIn,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 30] = [
+        Self::Heartbeat,
+        Self::Checkout,
+        Self::Checkin,
+        Self::Return,
+        Self::Resume,
+        Self::Status,
+        Self::Leases,
+        Self::EntitlementAdd,
+        Self::EntitlementList,
+        Self::EntitlementRemove,
+        Self::Release,
+        Self::Reclaim,
+        Self::ServerInfo,
+        Self::Whoami,
+        Self::UserAdd,
+        Self::UserList,
+        Self::UserToken,
+        Self::UserTokens,
+        Self::UserDeactivate,
+        Self::UserActivate,
+        Self::UserRemove,
+        Self::Assign,
+        Self::Revoke,
+        Self::AssignmentEnd,
+        Self::Audit,
+        Self::Borrow,
+        Self::TokenMint,
+        Self::TokenList,
+        Self::TokenRevoke,
+        Self::SignIn,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Heartbeat => "heartbeat",
+            Self::Checkout => "checkout",
+            Self::Checkin => "checkin",
+            Self::Return => "return",
+            Self::Resume => "resume",
+            Self::Status => "status",
+            Self::Leases => "leases",
+            Self::EntitlementAdd => "entitlement_add",
+            Self::EntitlementList => "entitlement_list",
+            Self::EntitlementRemove => "entitlement_remove",
+            Self::Release => "release",
+            Self::Reclaim => "reclaim",
+            Self::ServerInfo => "server_info",
+            Self::Whoami => "whoami",
+            Self::UserAdd => "user_add",
+            Self::UserList => "user_list",
+            Self::UserToken => "user_token",
+            Self::UserTokens => "user_tokens",
+            Self::UserDeactivate => "user_deactivate",
+            Self::UserActivate => "user_activate",
+            Self::UserRemove => "user_remove",
+            Self::Assign => "assign",
+            Self::Revoke => "revoke",
+            Self::AssignmentEnd => "assignment_end",
+            Self::Audit => "audit",
+            Self::Borrow => "borrow",
+            Self::TokenMint => "token_mint",
+            Self::TokenList => "token_list",
+            Self::TokenRevoke => "token_revoke",
+            Self::SignIn => "sign_in",
+        }
+    }
+
+    /// The action of a stored text, if it is one.
+    pub fn parse(text: &str) -> Option<Action> {
+        Self::ALL.into_iter().find(|action| action.as_str() == text)
+    }
+
+    /// The action a request is audited under when it is refused before its handler (its
+    /// token revoked, its account gone): the request's own name.
+    pub fn of_request(request: &Request) -> Action {
+        match request {
+            Request::Heartbeat => Self::Heartbeat,
+            Request::Checkout(_) => Self::Checkout,
+            Request::Checkin(_) => Self::Checkin,
+            Request::Resume(_) => Self::Resume,
+            Request::Status(_) => Self::Status,
+            Request::Leases(_) | Request::LeasesPage(_) => Self::Leases,
+            Request::EntitlementAdd(_) => Self::EntitlementAdd,
+            Request::EntitlementList(_) => Self::EntitlementList,
+            Request::EntitlementRemove(_) => Self::EntitlementRemove,
+            Request::Release(_) => Self::Release,
+            Request::ServerInfo => Self::ServerInfo,
+            Request::Whoami => Self::Whoami,
+            Request::UserAdd(_) => Self::UserAdd,
+            Request::UserList => Self::UserList,
+            Request::UserToken(_) => Self::UserToken,
+            Request::UserDeactivate(_) => Self::UserDeactivate,
+            Request::UserActivate(_) => Self::UserActivate,
+            Request::UserRemove(_) => Self::UserRemove,
+            Request::Assign(_) => Self::Assign,
+            Request::Revoke(_) => Self::Revoke,
+            Request::Audit(_) | Request::AuditPage(_) => Self::Audit,
+            Request::Borrow(_) | Request::BorrowOnce(_) => Self::Borrow,
+            Request::Return(_) => Self::Return,
+            Request::TokenMint(_) => Self::TokenMint,
+            Request::TokenList(_) => Self::TokenList,
+            Request::TokenRevoke(_) => Self::TokenRevoke,
+        }
+    }
+
+    /// Whether a change of this kind is worth telling the admin reading the log at `info`:
+    /// reclaims, forced releases, entitlement, assignment and user changes. Everyday
+    /// checkouts, check-ins and the like are not.
+    pub fn is_notable(self) -> bool {
+        matches!(
+            self,
+            Self::Reclaim
+                | Self::Release
+                | Self::EntitlementAdd
+                | Self::EntitlementRemove
+                | Self::Assign
+                | Self::Revoke
+                | Self::AssignmentEnd
+                | Self::UserAdd
+                | Self::UserDeactivate
+                | Self::UserActivate
+                | Self::UserRemove
+        )
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an audited request went: done, or refused with an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Ok,
+    Refused(ErrorCode),
+}
+
+impl AuditOutcome {
+    /// The stored text: `ok`, or the error code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused(code) => code.as_str(),
+        }
+    }
+
+    /// The outcome of a stored text, if it is one.
+    pub fn parse(text: &str) -> Option<AuditOutcome> {
+        if text == Self::Ok.as_str() {
+            return Some(Self::Ok);
+        }
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
+            .map(Self::Refused)
+    }
+}
+
+/// What a notification in the outbox is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotificationKind {
+    AssignmentGranted,
+    AssignmentRevoked,
+    UserAdded,
+    UserDeactivated,
+    UserActivated,
+    UserRemoved,
+    /// An add or activation refused past `users.max_active`.
+    UserLimitExceeded,
+}
+
+impl NotificationKind {
+    /// Every kind.
+    pub const ALL: [NotificationKind; 7] = [
+        Self::AssignmentGranted,
+        Self::AssignmentRevoked,
+        Self::UserAdded,
+        Self::UserDeactivated,
+        Self::UserActivated,
+        Self::UserRemoved,
+        Self::UserLimitExceeded,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AssignmentGranted => "assignment_granted",
+            Self::AssignmentRevoked => "assignment_revoked",
+            Self::UserAdded => "user_added",
+            Self::UserDeactivated => "user_deactivated",
+            Self::UserActivated => "user_activated",
+            Self::UserRemoved => "user_removed",
+            Self::UserLimitExceeded => "user_limit_exceeded",
+        }
+    }
+
+    /// The kind of a stored text, if it is one.
+    pub fn parse(text: &str) -> Option<NotificationKind> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for NotificationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts are stored and exported: changing one breaks every log already written.
+    #[test]
+    fn every_action_keeps_its_stored_text() {
+        let texts: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "heartbeat",
+                "checkout",
+                "checkin",
+                "return",
+                "resume",
+                "status",
+                "leases",
+                "entitlement_add",
+                "entitlement_list",
+                "entitlement_remove",
+                "release",
+                "reclaim",
+                "server_info",
+                "whoami",
+                "user_add",
+                "user_list",
+                "user_token",
+                "user_tokens",
+                "user_deactivate",
+                "user_activate",
+                "user_remove",
+                "assign",
+                "revoke",
+                "assignment_end",
+                "audit",
+                "borrow",
+                "token_mint",
+                "token_list",
+                "token_revoke",
+                "sign_in",
+            ]
+        );
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+            assert_eq!(action.to_string(), action.as_str());
+        }
+        assert_eq!(Action::parse("checkout "), None);
+    }
+
+    #[test]
+    fn only_changes_to_the_pool_and_its_people_are_notable() {
+        let notable: Vec<&str> = Action::ALL
+            .iter()
+            .filter(|a| a.is_notable())
+            .map(|a| a.as_str())
+            .collect();
+        assert_eq!(
+            notable,
+            [
+                "entitlement_add",
+                "entitlement_remove",
+                "release",
+                "reclaim",
+                "user_add",
+                "user_deactivate",
+                "user_activate",
+                "user_remove",
+                "assign",
+                "revoke",
+                "assignment_end",
+            ]
+        );
+    }
+
+    /// A request refused before its handler is audited under the request's own name.
+    #[test]
+    fn a_request_is_audited_under_its_name() {
+        use tally_protocol::{
+            Checkin, EntitlementQuery, LeaseId, LeasesQuery, StatusQuery, UserRef,
+        };
+        let requests = [
+            Request::Heartbeat,
+            Request::Checkin(Checkin {
+                lease: LeaseId([1; 16]),
+            }),
+            Request::Status(StatusQuery { feature: None }),
+            Request::Leases(LeasesQuery {
+                feature: None,
+                user: None,
+            }),
+            Request::EntitlementList(EntitlementQuery { feature: None }),
+            Request::ServerInfo,
+            Request::Whoami,
+            Request::UserList,
+            Request::UserRemove(UserRef {
+                username: "ana@studio".into(),
+            }),
+        ];
+        for request in &requests {
+            assert_eq!(Action::of_request(request).as_str(), request.name());
+        }
+    }
+
+    #[test]
+    fn outcomes_are_ok_or_the_error_code() {
+        assert_eq!(AuditOutcome::Ok.as_str(), "ok");
+        assert_eq!(AuditOutcome::parse("ok"), Some(AuditOutcome::Ok));
+        for code in ErrorCode::ALL {
+            let outcome = AuditOutcome::Refused(code);
+            assert_eq!(outcome.as_str(), code.as_str());
+            assert_eq!(AuditOutcome::parse(code.as_str()), Some(outcome));
+        }
+        assert_eq!(AuditOutcome::Refused(ErrorCode::NoSeat).as_str(), "no_seat");
+        assert_eq!(AuditOutcome::parse("fine"), None);
+    }
+
+    #[test]
+    fn every_notification_kind_keeps_its_stored_text() {
+        let texts: Vec<&str> = NotificationKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "assignment_granted",
+                "assignment_revoked",
+                "user_added",
+                "user_deactivated",
+                "user_activated",
+                "user_removed",
+                "user_limit_exceeded",
+            ]
+        );
+        for kind in NotificationKind::ALL {
+            assert_eq!(NotificationKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+    }
+}
