@@ -328,3 +328,52 @@ impl Snapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tally_protocol::{ErrorCode, Role};
+
+    use super::*;
+
+    fn ana() -> Actor {
+        Actor {
+            username: "ana@studio".into(),
+            role: Role::Member,
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_audited_with_its_code_and_handed_back() {
+        let mut batch = Batch::default();
+        let refused: Result<u32, ErrorBody> = Err(ErrorBody::new(ErrorCode::NoSeat, "no seat"));
+        let out = batch.audit_refusal(7, &ana(), Action::Checkout, "vray", Some("vray"), refused);
+        assert_eq!(out.unwrap_err().code, ErrorCode::NoSeat);
+        assert_eq!(
+            batch.audit,
+            [AuditEvent {
+                at: 7,
+                actor: "ana@studio".into(),
+                action: "checkout".into(),
+                subject: "vray".into(),
+                feature: Some("vray".into()),
+                outcome: "no_seat".into(),
+                reason: "no seat".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_success_passes_through_unaudited() {
+        let mut batch = Batch::default();
+        let out = batch.audit_refusal(7, &ana(), Action::Assign, "ben@studio", None, Ok(3));
+        assert_eq!(out.unwrap(), 3);
+        assert!(batch.audit.is_empty(), "the caller audits what it did");
+    }
+
+    #[test]
+    fn notifications_store_the_text_of_their_kind() {
+        let mut batch = Batch::default();
+        batch.notify(1, NotificationKind::UserLimitExceeded, "ana@studio", "full");
+        assert_eq!(batch.notifications[0].kind, "user_limit_exceeded");
+    }
+}

@@ -58,11 +58,15 @@ use ledger::{Ledger, SYSTEM};
 pub struct Pool {
     /// The leases held, their sessions, expiry queues and usage counters.
     ledger: Ledger,
+    /// Every entitlement by id, active or not: the pool of each feature is made of them.
     entitlements: BTreeMap<u64, Entitlement>,
+    /// The id the next entitlement gets; ids are never reused.
     next_entitlement_id: u64,
+    /// Every account by username (lowercase).
     users: BTreeMap<String, User>,
     /// Username by account id.
     user_ids: HashMap<u64, String>,
+    /// The id the next account gets; ids are never reused (R22).
     next_user_id: u64,
     /// Every token by id, and the id of each hash, for sign-in.
     tokens: BTreeMap<String, Token>,
@@ -70,8 +74,11 @@ pub struct Pool {
     /// Tokens revoked since start, so that a store look-up made before a revocation
     /// committed cannot bring one back.
     revoked_tokens: BTreeSet<String>,
+    /// Seats given by name, by id.
     assignments: BTreeMap<u64, Assignment>,
+    /// The id the next assignment gets; ids are never reused.
     next_assignment_id: u64,
+    /// The server settings the rules depend on.
     policy: Policy,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
