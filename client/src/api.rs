@@ -20,26 +20,25 @@ pub const LEASES_PAGE: u32 = 1000;
 /// How much of an unexpected answer an error quotes.
 const QUOTED: usize = 200;
 
+/// The contents of `response` when it matches `pattern`, as `value`; any other answer is
+/// the error for the `name` request.
+macro_rules! answer {
+    ($name:expr, $response:expr, $pattern:pat => $value:expr) => {
+        match $response {
+            $pattern => Ok($value),
+            other => Err($crate::api::unexpected($name, &other)),
+        }
+    };
+}
+pub(crate) use answer;
+
 /// Sends a request and keeps the answer that matches `pattern`, as `value`.
 macro_rules! ask {
     ($client:expr, $request:expr, $pattern:pat => $value:expr) => {{
         let request = $request;
         let name = request.name();
-        let response = $client.call(request).await?;
-        expect(name, response, |response| match response {
-            $pattern => Ok($value),
-            other => Err(other),
-        })
+        answer!(name, $client.call(request).await?, $pattern => $value)
     }};
-}
-
-/// `pick`'s value, or the error for an answer of another variant to the `name` request.
-pub(crate) fn expect<T>(
-    name: &str,
-    response: Response,
-    pick: impl FnOnce(Response) -> Result<T, Response>,
-) -> Result<T, Error> {
-    pick(response).map_err(|other| unexpected(name, &other))
 }
 
 /// The error for an answer that does not fit the `name` request, quoting the start of it.
@@ -219,12 +218,11 @@ mod tests {
     /// naming the request, with a bounded quote of the answer.
     #[test]
     fn an_answer_of_another_variant_is_a_protocol_error_naming_the_request() {
-        let pick = |response| match response {
-            Response::Revoked(count) => Ok(count),
-            other => Err(other),
+        let pick = |response| -> Result<u32, Error> {
+            answer!("revoke", response, Response::Revoked(count) => count)
         };
-        assert_eq!(expect("revoke", Response::Revoked(3), pick).unwrap(), 3);
-        let err = expect("revoke", Response::Users(Vec::new()), pick).unwrap_err();
+        assert_eq!(pick(Response::Revoked(3)).unwrap(), 3);
+        let err = pick(Response::Users(Vec::new())).unwrap_err();
         assert!(matches!(err, Error::Protocol(_)), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("the revoke request"), "{text}");

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::api::expect;
+use crate::api::answer;
 use crate::borrow::{BorrowStore, Trust};
 use crate::config::{host_name, ClientConfig, ServerAddr};
 use crate::lease::Lease;
@@ -168,10 +168,7 @@ impl Client {
             seats,
         });
         let response = self.call_with(request, Some(lost_tx)).await?;
-        let info = expect("checkout", response, |response| match response {
-            Response::Lease(info) => Ok(info),
-            other => Err(other),
-        })?;
+        let info = answer!("checkout", response, Response::Lease(info) => info)?;
         Ok(Lease::new(info, self.clone(), lost_rx))
     }
 
@@ -196,10 +193,7 @@ impl Client {
             machine_id: self.machine_id.to_string(),
         });
         let response = self.call(request).await?;
-        let granted = expect("borrow", response, |response| match response {
-            Response::Borrowed(granted) => Ok(granted),
-            other => Err(other),
-        })?;
+        let granted = answer!("borrow", response, Response::Borrowed(granted) => granted)?;
         let now = crate::borrow::now_millis();
         let verdict = store.verify(&granted.token, &self.trust, &self.machine_id, now, now);
         let signed = match decode_token(&granted.token) {
