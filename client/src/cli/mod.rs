@@ -250,3 +250,116 @@ fn tracing_to_stderr() {
         .with_target(false)
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn planned(args: &[&str]) -> Result<Action, Failure> {
+        let cli = Cli::try_parse_from(std::iter::once("tally").chain(args.iter().copied()))
+            .expect("clap accepts the arguments");
+        plan(cli.command)
+    }
+
+    /// Every family refuses what the server would refuse, as a usage error naming it,
+    /// before anything connects; the first wrong argument is the one named.
+    #[test]
+    fn each_command_is_checked_once_before_connecting() {
+        let refused: &[(&[&str], &str)] = &[
+            (&["status", "Bad Name"], "Bad Name"),
+            (&["leases", "--feature", "Bad Name"], "Bad Name"),
+            (&["checkout", "vray", "--seats", "0"], "--seats"),
+            (&["release", "xyz"], "`tally leases`"),
+            (&["entitlement", "list", "Bad Name"], "Bad Name"),
+            (
+                &[
+                    "entitlement",
+                    "add",
+                    "vray",
+                    "--seats",
+                    "1",
+                    "--starts",
+                    "soon",
+                ],
+                "\"soon\" is not a time",
+            ),
+            (
+                &["user", "add", "ann@example.com", "--role", "root"],
+                "\"root\" is not a role",
+            ),
+            (
+                &["assign", "ann@example.com", "vray", "--entitlement", "x"],
+                "not an entitlement id",
+            ),
+            (
+                &["assign", "ann@example.com", "Bad Name", "--expires", "soon"],
+                "Bad Name",
+            ),
+            (
+                &["assign", "ann@example.com", "vray", "--expires", "soon"],
+                "\"soon\" is not a time",
+            ),
+            (
+                &["revoke", "ann@example.com", "vray", "--seats", "0"],
+                "--seats",
+            ),
+            (&["borrow", "vray", "--for", "0s"], "longer than zero"),
+            (&["return", "Bad Name"], "Bad Name"),
+            (&["verify", "Bad Name"], "Bad Name"),
+            (
+                &["audit", "--since", "yesterday"],
+                "\"yesterday\" is not a time",
+            ),
+            (&["audit", "--limit", "0"], "--limit"),
+        ];
+        for (args, needle) in refused {
+            let Err(failure) = planned(args) else {
+                panic!("{args:?} was accepted");
+            };
+            assert_eq!(failure.code, exit::USAGE, "{args:?}");
+            assert!(
+                failure.message.contains(needle),
+                "{args:?}: {}",
+                failure.message
+            );
+        }
+        let accepted: &[&[&str]] = &[
+            &["status"],
+            &["checkout", "vray", "--", "true"],
+            &[
+                "entitlement",
+                "add",
+                "vray",
+                "--seats",
+                "3",
+                "--expires",
+                "2027-01-31",
+                "--max-borrow",
+                "3d",
+            ],
+            &[
+                "assign",
+                "ann@example.com",
+                "vray",
+                "--from",
+                "bob@example.com",
+                "--entitlement",
+                "7",
+            ],
+            &["user", "token", "revoke", "tok_1"],
+            &["audit", "--since", "2026-01-01T00:00:00Z", "--csv"],
+            &["server", "info"],
+        ];
+        for args in accepted {
+            assert!(matches!(planned(args), Ok(Action::Remote(_))), "{args:?}");
+        }
+        assert!(matches!(planned(&["borrows"]), Ok(Action::Local(_))));
+        assert!(matches!(planned(&["verify", "vray"]), Ok(Action::Local(_))));
+        assert!(matches!(planned(&["man"]), Ok(Action::Docs(_))));
+        assert!(matches!(
+            planned(&["completions", "zsh"]),
+            Ok(Action::Docs(_))
+        ));
+    }
+}
