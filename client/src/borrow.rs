@@ -23,9 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use tally_protocol::{
-    decode_token, BorrowClaims, ErrorBody, LeaseKind, LeasesQuery, Request, Response, Return,
-};
+use tally_protocol::{decode_token, BorrowClaims, ErrorBody, LeaseKind, LeasesQuery};
 
 use crate::{Client, Error};
 
@@ -456,14 +454,11 @@ impl Client {
                 self.username()
             )));
         }
-        let query = Request::Leases(LeasesQuery {
+        let query = LeasesQuery {
             feature: Some(claims.feature.clone()),
             user: Some(claims.user.clone()),
-        });
-        let leases = match self.call(query).await? {
-            Response::Leases(leases) => leases,
-            other => return Err(crate::session::unexpected(&other)),
         };
+        let leases = self.leases_first_page(query).await?;
         let held = leases
             .iter()
             .any(|l| l.id == claims.lease && l.kind == LeaseKind::Borrowed);
@@ -504,13 +499,8 @@ impl Client {
                 ));
                 continue;
             }
-            match self
-                .call(Request::Return(Return {
-                    lease: claims.lease,
-                }))
-                .await
-            {
-                Ok(Response::Returned(_)) => {
+            match self.return_borrow(claims.lease).await {
+                Ok(_) => {
                     returned += claims.seats;
                     store.remove(borrow)?;
                 }
@@ -531,7 +521,6 @@ impl Client {
                         borrow.path.display()
                     ));
                 }
-                Ok(other) => return Err(crate::session::unexpected(&other)),
                 Err(err) => return Err(err),
             }
         }

@@ -1,9 +1,8 @@
 //! The lease guard: a held seat that heartbeats in the background and is checked in on drop.
 
-use tally_protocol::{Checkin, EndReason, LeaseInfo, Request, Response};
+use tally_protocol::{EndReason, LeaseInfo};
 use tokio::sync::watch;
 
-use crate::session::unexpected;
 use crate::{Client, Error};
 
 /// Seats checked out from the server.
@@ -68,12 +67,8 @@ impl Lease {
         if self.is_lost().is_some() {
             return Ok(());
         }
-        let request = Request::Checkin(Checkin {
-            lease: self.info.id,
-        });
-        match self.client.call(request).await {
-            Ok(Response::CheckedIn(_)) => Ok(()),
-            Ok(other) => Err(unexpected(&other)),
+        match self.client.checkin(self.info.id).await {
+            Ok(_) => Ok(()),
             Err(Error::Server(body)) if body.code == tally_protocol::ErrorCode::NotFound => Ok(()),
             Err(err) => Err(err),
         }

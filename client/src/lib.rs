@@ -23,14 +23,17 @@
 //! are not async.
 #![deny(clippy::await_holding_lock)]
 
+mod api;
 pub mod blocking;
 pub mod borrow;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod config;
 mod error;
 mod lease;
 mod session;
 
+pub use api::LEASES_PAGE;
 pub use borrow::{verify_offline, BorrowStore, Checked, Trust, Verdict};
 pub use config::{machine_id, machine_id_from, ClientConfig, ServerAddr, MACHINE_ID_FILES};
 pub use error::Error;

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use tally_protocol::{
     decode_token, Authenticate, BorrowOnce, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
     Connection, EndReason, ErrorCode, FrameError, Hello, LeaseId, LeaseInfo, Outcome, Request,
-    RequestId, Response, Resume, Return, ServerMessage, Welcome, DEFAULT_MAX_FRAME,
-    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
+    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::api::answer;
 use crate::borrow::{BorrowStore, Trust};
 use crate::config::{host_name, ClientConfig, ServerAddr};
 use crate::lease::Lease;
@@ -166,10 +167,9 @@ impl Client {
             feature: feature.to_string(),
             seats,
         });
-        match self.call_with(request, Some(lost_tx)).await? {
-            Response::Lease(info) => Ok(Lease::new(info, self.clone(), lost_rx)),
-            other => Err(unexpected(&other)),
-        }
+        let response = self.call_with(request, Some(lost_tx)).await?;
+        let info = answer!("checkout", response, Response::Lease(info) => info)?;
+        Ok(Lease::new(info, self.clone(), lost_rx))
     }
 
     /// Borrows seats for offline use, bound to this machine, and keeps the signed token in
@@ -192,20 +192,14 @@ impl Client {
             duration_secs: duration.as_secs().max(1),
             machine_id: self.machine_id.to_string(),
         });
-        let granted = match self.call(request).await? {
-            Response::Borrowed(granted) => granted,
-            other => return Err(unexpected(&other)),
-        };
+        let response = self.call(request).await?;
+        let granted = answer!("borrow", response, Response::Borrowed(granted) => granted)?;
         let now = crate::borrow::now_millis();
         let verdict = store.verify(&granted.token, &self.trust, &self.machine_id, now, now);
         let signed = match decode_token(&granted.token) {
             Ok(signed) if verdict.valid => signed,
             _ => {
-                let _ = self
-                    .call(Request::Return(Return {
-                        lease: granted.lease.id,
-                    }))
-                    .await;
+                let _ = self.return_borrow(granted.lease.id).await;
                 return Err(Error::Protocol(format!(
                     "the server's borrow token does not verify, so the borrow was given back: {}",
                     verdict.reason
@@ -237,10 +231,6 @@ impl Client {
     pub(crate) fn checkin_in_background(&self, lease: LeaseId) {
         let _ = self.commands.send(Command::Drop(lease));
     }
-}
-
-pub(crate) fn unexpected(response: &Response) -> Error {
-    Error::Protocol(format!("unexpected answer {response:?}"))
 }
 
 /// What the task needs to (re)connect.

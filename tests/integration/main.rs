@@ -7,6 +7,7 @@ mod borrow;
 mod cli;
 mod datadir;
 mod faults;
+mod features;
 mod hostile;
 mod lifecycle;
 mod paging;

@@ -567,13 +567,6 @@ impl Output {
         );
     }
 
-    pub fn token(&self, token: &str) {
-        if self.json {
-            return self.doc(json!({ "token": token }));
-        }
-        say!("new token (shown once): {token}");
-    }
-
     pub fn token_issued(&self, issued: &IssuedToken) {
         if self.json {
             return self.doc(json!({ "token": issued.token, "id": issued.id }));

@@ -1,0 +1,235 @@
+//! Typed requests: one [`Client`] method per request, each returning the answer's contents.
+//!
+//! Every method sends one [`Request`] and takes its [`Response`] variant apart here, in one
+//! place, so that callers never match on `Response`. An answer of another variant (a server
+//! that does not speak this protocol version correctly) is an [`Error::Protocol`] naming the
+//! request and what came back. [`Client::call`] stays for requests without a method.
+
+use tally_protocol::{
+    Assign, AssignmentInfo, AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementQuery,
+    EntitlementRemove, FeatureStatus, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
+    LeasesQuery, NewEntitlement, Release, Request, Response, Return, Revoke, ServerInfo,
+    StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef, Whoami,
+};
+
+use crate::{Client, Error};
+
+/// Leases asked for per page by [`Client::leases`]; the server may send fewer.
+pub const LEASES_PAGE: u32 = 1000;
+
+/// How much of an unexpected answer an error quotes.
+const QUOTED: usize = 200;
+
+/// The contents of `response` when it matches `pattern`, as `value`; any other answer is
+/// the error for the `name` request.
+macro_rules! answer {
+    ($name:expr, $response:expr, $pattern:pat => $value:expr) => {
+        match $response {
+            $pattern => Ok($value),
+            other => Err($crate::api::unexpected($name, &other)),
+        }
+    };
+}
+pub(crate) use answer;
+
+/// Sends a request and keeps the answer that matches `pattern`, as `value`.
+macro_rules! ask {
+    ($client:expr, $request:expr, $pattern:pat => $value:expr) => {{
+        let request = $request;
+        let name = request.name();
+        answer!(name, $client.call(request).await?, $pattern => $value)
+    }};
+}
+
+/// The error for an answer that does not fit the `name` request, quoting the start of it.
+pub(crate) fn unexpected(name: &str, response: &Response) -> Error {
+    let mut text = format!("{response:?}");
+    if text.len() > QUOTED {
+        let mut end = QUOTED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    Error::Protocol(format!(
+        "the server answered the {name} request with something else: {text}"
+    ))
+}
+
+impl Client {
+    /// Seat figures of every feature, or of one.
+    pub async fn status(&self, feature: Option<&str>) -> Result<Vec<FeatureStatus>, Error> {
+        let query = StatusQuery {
+            feature: feature.map(str::to_string),
+        };
+        ask!(self, Request::Status(query), Response::Status(features) => features)
+    }
+
+    /// One page of the lease listing: leases after `query.after`, and the cursor of the
+    /// next page when there is one.
+    pub async fn leases_page(&self, query: LeasesPageQuery) -> Result<LeasesPage, Error> {
+        ask!(self, Request::LeasesPage(query), Response::LeasesPage(page) => page)
+    }
+
+    /// Every lease the query selects (admins see everyone's), read page by page.
+    pub async fn leases(&self, query: LeasesQuery) -> Result<Vec<LeaseInfo>, Error> {
+        let mut leases = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .leases_page(LeasesPageQuery {
+                    query: query.clone(),
+                    after,
+                    limit: Some(LEASES_PAGE),
+                })
+                .await?;
+            leases.extend(page.leases);
+            match page.next {
+                Some(next) if Some(next) != after => after = Some(next),
+                _ => break,
+            }
+        }
+        Ok(leases)
+    }
+
+    /// The leases the query selects, as far as the server's one bounded page of the bare
+    /// `Leases` request holds them; [`Client::leases`] reads them all.
+    pub async fn leases_first_page(&self, query: LeasesQuery) -> Result<Vec<LeaseInfo>, Error> {
+        ask!(self, Request::Leases(query), Response::Leases(leases) => leases)
+    }
+
+    /// Checks a lease of this client in; the id of the lease checked in.
+    pub(crate) async fn checkin(&self, lease: LeaseId) -> Result<LeaseId, Error> {
+        ask!(self, Request::Checkin(Checkin { lease }), Response::CheckedIn(id) => id)
+    }
+
+    /// An admin's forced check-in of someone's lease; the id of the lease released.
+    pub async fn release(&self, lease: LeaseId) -> Result<LeaseId, Error> {
+        ask!(self, Request::Release(Release { lease }), Response::Released(id) => id)
+    }
+
+    /// Gives a borrowed lease back before it ends; the id of the lease returned.
+    pub async fn return_borrow(&self, lease: LeaseId) -> Result<LeaseId, Error> {
+        ask!(self, Request::Return(Return { lease }), Response::Returned(id) => id)
+    }
+
+    /// Adds an entitlement (admins).
+    pub async fn add_entitlement(&self, new: NewEntitlement) -> Result<Entitlement, Error> {
+        ask!(self, Request::EntitlementAdd(new), Response::Entitlement(entitlement) => entitlement)
+    }
+
+    /// The entitlements of every feature, or of one.
+    pub async fn entitlements(&self, feature: Option<&str>) -> Result<Vec<Entitlement>, Error> {
+        let query = EntitlementQuery {
+            feature: feature.map(str::to_string),
+        };
+        ask!(self, Request::EntitlementList(query), Response::Entitlements(list) => list)
+    }
+
+    /// Removes an entitlement by id (admins); the id removed.
+    pub async fn remove_entitlement(&self, id: u64) -> Result<u64, Error> {
+        let remove = EntitlementRemove { id };
+        ask!(self, Request::EntitlementRemove(remove), Response::EntitlementRemoved(id) => id)
+    }
+
+    /// The server's id, version, store, uptime and connections.
+    pub async fn server_info(&self) -> Result<ServerInfo, Error> {
+        ask!(self, Request::ServerInfo, Response::ServerInfo(info) => info)
+    }
+
+    /// This client's account, the seats assigned to it and the leases it holds.
+    pub async fn whoami(&self) -> Result<Whoami, Error> {
+        ask!(self, Request::Whoami, Response::Whoami(me) => me)
+    }
+
+    /// Adds a user (admins): the account and its first token, which is shown only now.
+    pub async fn add_user(&self, add: UserAdd) -> Result<(UserInfo, String), Error> {
+        ask!(self, Request::UserAdd(add), Response::UserAdded { user, token } => (user, token))
+    }
+
+    /// Every user (admins).
+    pub async fn users(&self) -> Result<Vec<UserInfo>, Error> {
+        ask!(self, Request::UserList, Response::Users(users) => users)
+    }
+
+    /// Mints a labelled token for a user: its id and the token, which is shown only now.
+    pub async fn mint_token(&self, mint: TokenMint) -> Result<IssuedToken, Error> {
+        ask!(self, Request::TokenMint(mint), Response::TokenIssued(issued) => issued)
+    }
+
+    /// A user's tokens: ids, labels and last use, never the tokens themselves.
+    pub async fn tokens(&self, username: &str) -> Result<Vec<TokenInfo>, Error> {
+        let user = user_ref(username);
+        ask!(self, Request::TokenList(user), Response::Tokens(tokens) => tokens)
+    }
+
+    /// Revokes a token by id; connections signed in with it end at once. The id revoked.
+    pub async fn revoke_token(&self, id: &str) -> Result<String, Error> {
+        let revoke = TokenRevoke { id: id.to_string() };
+        ask!(self, Request::TokenRevoke(revoke), Response::TokenRevoked(id) => id)
+    }
+
+    /// Deactivates a user (admins): their leases end, their assigned seats return.
+    pub async fn deactivate_user(&self, username: &str) -> Result<UserInfo, Error> {
+        let user = user_ref(username);
+        ask!(self, Request::UserDeactivate(user), Response::User(user) => user)
+    }
+
+    /// Activates a user again (admins), restoring their assigned seats.
+    pub async fn activate_user(&self, username: &str) -> Result<UserInfo, Error> {
+        let user = user_ref(username);
+        ask!(self, Request::UserActivate(user), Response::User(user) => user)
+    }
+
+    /// Removes a user with no assignments and no borrowed seats (admins).
+    pub async fn remove_user(&self, username: &str) -> Result<UserInfo, Error> {
+        let user = user_ref(username);
+        ask!(self, Request::UserRemove(user), Response::User(user) => user)
+    }
+
+    /// Assigns seats of a feature to a user (admins).
+    pub async fn assign(&self, assign: Assign) -> Result<AssignmentInfo, Error> {
+        ask!(self, Request::Assign(assign), Response::Assignment(assignment) => assignment)
+    }
+
+    /// Revokes seats assigned to a user (admins); how many seats were revoked.
+    pub async fn revoke(&self, revoke: Revoke) -> Result<u32, Error> {
+        ask!(self, Request::Revoke(revoke), Response::Revoked(count) => count)
+    }
+
+    /// One page of the audit log, newest first, and the cursor of the next page.
+    pub async fn audit_page(&self, query: AuditPageQuery) -> Result<AuditPage, Error> {
+        ask!(self, Request::AuditPage(query), Response::AuditPage(page) => page)
+    }
+}
+
+fn user_ref(username: &str) -> UserRef {
+    UserRef {
+        username: username.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer of the variant asked for is taken apart; any other is a protocol error
+    /// naming the request, with a bounded quote of the answer.
+    #[test]
+    fn an_answer_of_another_variant_is_a_protocol_error_naming_the_request() {
+        let pick = |response| -> Result<u32, Error> {
+            answer!("revoke", response, Response::Revoked(count) => count)
+        };
+        assert_eq!(pick(Response::Revoked(3)).unwrap(), 3);
+        let err = pick(Response::Users(Vec::new())).unwrap_err();
+        assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("the revoke request"), "{text}");
+        assert!(text.contains("Users([])"), "{text}");
+        let long = Response::TokenRevoked("é".repeat(1000));
+        let text = unexpected("token_revoke", &long).to_string();
+        assert!(text.len() < 300, "{} bytes", text.len());
+        assert!(text.ends_with("..."), "{text}");
+    }
+}

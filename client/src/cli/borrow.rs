@@ -1,0 +1,123 @@
+//! Borrowed seats for offline use: `borrow` and `return` (with the server), `borrows` and
+//! `verify` (on this machine, with the server only when one answers).
+
+use std::time::Duration;
+
+use super::args::Globals;
+use super::failure::{exit, Failure};
+use super::output::Output;
+use super::settings::{client_config, client_file};
+use super::values;
+use crate::{BorrowStore, Client, Trust};
+
+/// A borrow command that needs the server, checked and ready to send.
+pub enum Action {
+    Borrow {
+        feature: String,
+        seats: u32,
+        duration: Duration,
+    },
+    Return {
+        feature: String,
+    },
+}
+
+/// A borrow command answered on this machine.
+pub enum Local {
+    /// The borrows kept here, checked with no network.
+    Borrows,
+    /// The borrow of a feature, checked with the server when one is reachable, else offline.
+    Verify { feature: String },
+}
+
+impl Action {
+    pub fn borrow(feature: String, duration: &str, seats: u32) -> Result<Self, Failure> {
+        Ok(Action::Borrow {
+            feature: values::feature(feature)?,
+            duration: values::duration(duration)?,
+            seats: values::seats(seats)?,
+        })
+    }
+
+    pub fn give_back(feature: String) -> Result<Self, Failure> {
+        Ok(Action::Return {
+            feature: values::feature(feature)?,
+        })
+    }
+
+    pub async fn run(self, client: &Client, out: &Output) -> Result<u8, Failure> {
+        match self {
+            Action::Borrow {
+                feature,
+                seats,
+                duration,
+            } => {
+                let (lease, path) = client.borrow(&feature, seats, duration).await?;
+                out.borrowed(&lease, &path);
+            }
+            Action::Return { feature } => out.returned(client.return_borrows(&feature).await?),
+        }
+        Ok(exit::OK)
+    }
+}
+
+impl Local {
+    pub fn verify(feature: String) -> Result<Self, Failure> {
+        Ok(Local::Verify {
+            feature: values::feature(feature)?,
+        })
+    }
+
+    /// `borrows`: the borrows kept on this machine, checked with no network. `verify`: the
+    /// borrow of a feature, checked with the server when one is reachable (so a returned or
+    /// released borrow fails while online), else offline; the verdict says which.
+    pub async fn run(
+        self,
+        globals: &Globals,
+        machine_id: &str,
+        out: &Output,
+    ) -> Result<u8, Failure> {
+        let file = client_file(globals)?;
+        let Some(ca) = globals.ca.clone().or(file.ca) else {
+            return Err(Failure::usage(
+                "checking a borrow needs the CA that certifies the server's signing key: set `ca` in the client file, --ca or TALLY_CA",
+            ));
+        };
+        let trust = Trust::from_file(&ca)?;
+        let store = BorrowStore::open_default()?;
+        let Local::Verify { feature } = self else {
+            out.borrows(&store.verify_all(&trust, machine_id)?);
+            return Ok(exit::OK);
+        };
+        let online = match client_config(globals) {
+            Ok(mut config) => {
+                config.machine_id = machine_id.to_string();
+                // Offline is the common case for a borrow: give up on the network quickly.
+                config.connect_timeout = Duration::from_secs(3);
+                config.request_timeout = Duration::from_secs(5);
+                match Client::connect(config).await {
+                    Ok(client) => client
+                        .verify_borrow(&feature)
+                        .await
+                        .map_err(|err| format!("the server did not answer ({err})")),
+                    Err(err) => Err(format!("no server reachable ({err})")),
+                }
+            }
+            Err(failure) => Err(format!("no server configured ({})", failure.message)),
+        };
+        let verdict = match online {
+            Ok(verdict) => verdict,
+            Err(why) => {
+                let mut verdict = store.verify_offline(&feature, &trust, machine_id)?;
+                verdict.reason = format!("{}; checked offline: {why}", verdict.reason);
+                verdict
+            }
+        };
+        out.verdict(&verdict);
+        Ok(if verdict.valid {
+            exit::OK
+        } else {
+            exit::NO_SEAT
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! How a command fails: the exit code (SPEC §6) and the error printed for it.
+
+use tally_protocol::ErrorCode;
+
+use crate::Error;
+
+/// Exit codes (SPEC §6).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NO_SEAT: u8 = 3;
+    pub const DENIED: u8 = 4;
+    pub const UNREACHABLE: u8 = 5;
+    /// `checkout -- CMD`: the command was found but cannot be run (as a shell says).
+    pub const CANNOT_EXECUTE: u8 = 126;
+    /// `checkout -- CMD`: the command was not found (as a shell says).
+    pub const NOT_FOUND: u8 = 127;
+}
+
+/// A failure of a command, with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The process's exit status.
+    pub code: u8,
+    /// The stable code of the JSON error document.
+    pub error_code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl Failure {
+    /// Arguments that cannot work: exit 2, before any server is asked.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: exit::USAGE,
+            error_code: "invalid".into(),
+            message: message.into(),
+        }
+    }
+
+    /// A local failure of `tally` itself: exit 1.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: exit::FAILED,
+            error_code: "internal".into(),
+            message: message.into(),
+        }
+    }
+
+    /// Writing the result failed (stdout closed or full).
+    pub fn printing(err: std::io::Error) -> Self {
+        Self::internal(format!("cannot print the result: {err}"))
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::Server(body) => match body.code {
+                ErrorCode::NoSeat | ErrorCode::QueueTimeout => exit::NO_SEAT,
+                ErrorCode::Unauthenticated | ErrorCode::Forbidden => exit::DENIED,
+                _ => exit::FAILED,
+            },
+            Error::Unreachable(_) => exit::UNREACHABLE,
+            Error::Config(_) => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        Failure {
+            code,
+            error_code: err.code_str().to_string(),
+            message: err.to_string(),
+        }
+    }
+}
