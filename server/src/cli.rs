@@ -135,6 +135,7 @@ async fn serve(
         reload: Some(reload_rx),
         ready: Some(ready_tx),
         watchdog,
+        clock: Default::default(),
     };
     let shutdown = control.shutdown.clone();
     tokio::spawn(async move {
@@ -203,7 +204,7 @@ async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
     let (owner, revoked) = store
         .add_owner_token(
             &init::token_hash(&token),
-            crate::engine::now_millis(),
+            tally_protocol::now_millis(),
             revoke_others,
         )
         .await?;

@@ -8,7 +8,7 @@
 //! half-applied.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tally_protocol::{
     key_id, AuditQuery, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken,
@@ -16,6 +16,7 @@ use tally_protocol::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
+use crate::clock::Clock;
 use crate::core::{
     require_admin, Actor, Batch, Holder, NewToken, Policy, Pool, SignOut, SignedIn, Token,
 };
@@ -128,13 +129,6 @@ impl AuditRead {
     }
 }
 
-/// The current time in Unix milliseconds.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn mint_token() -> NewToken {
     let token = new_token();
     NewToken {
@@ -199,6 +193,9 @@ pub struct Engine {
     outbox: Arc<Notify>,
     /// How often the loop pings the systemd watchdog, if there is one.
     watchdog: Option<Duration>,
+    /// Where every decision by time takes `now` from; a step of a manual clock wakes the
+    /// sweep.
+    clock: Clock,
 }
 
 impl Engine {
@@ -221,7 +218,14 @@ impl Engine {
             sweep,
             outbox,
             watchdog: None,
+            clock: Clock::system(),
         }
+    }
+
+    /// Takes time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Pings the systemd watchdog from the loop every `every` (see `watchdog.rs`).
@@ -236,6 +240,7 @@ impl Engine {
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog = Watchdog::new(self.watchdog);
+        let clock = self.clock.clone();
         // How many jobs the last commit answered.
         let mut answered = 0;
         loop {
@@ -249,11 +254,9 @@ impl Engine {
                     Some(job) => self.apply(job, &mut batch, &mut replies),
                     None => break,
                 },
-                _ = sweep.tick() => {
-                    let now = now_millis();
-                    self.pool.sweep(now, &mut batch);
-                    self.folder.flush(now, &mut batch.audit);
-                }
+                _ = sweep.tick() => self.sweep(&mut batch),
+                // A stepped test clock is applied at once, not at the next tick.
+                () = clock.stepped() => self.sweep(&mut batch),
                 () = watchdog.due() => {}
             }
             // Gather the batch. Clients answered by the last commit come back within a
@@ -283,8 +286,15 @@ impl Engine {
         tracing::debug!("engine stopped");
     }
 
+    /// Reclaims what lapsed and writes the refusals folded long enough.
+    fn sweep(&mut self, batch: &mut Batch) {
+        let now = self.clock.now_millis();
+        self.pool.sweep(now, batch);
+        self.folder.flush(now, &mut batch.audit);
+    }
+
     fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<Reply>) {
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let job = match job {
             Job::Request(job) => job,
             Job::SignIn(job) => return self.sign_in(now, job, batch, replies),
@@ -511,7 +521,9 @@ impl Engine {
     async fn flush(&mut self, mut batch: Batch, replies: Vec<Reply>) {
         let pool = &self.pool;
         self.folder
-            .fold(now_millis(), &mut batch.audit, |actor| pool.is_admin(actor));
+            .fold(self.clock.now_millis(), &mut batch.audit, |actor| {
+                pool.is_admin(actor)
+            });
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             if let Err(err) = self.store.commit(&batch).await {
@@ -588,7 +600,8 @@ impl Engine {
         loop {
             match self.store.load().await {
                 Ok(snapshot) => {
-                    self.pool = Pool::restore(snapshot, self.ttl_ms, self.policy, now_millis());
+                    self.pool =
+                        Pool::restore(snapshot, self.ttl_ms, self.policy, self.clock.now_millis());
                     tracing::warn!(
                         leases = self.pool.lease_count(),
                         "pool reloaded from the store"
@@ -608,7 +621,7 @@ impl Engine {
     async fn catch_up(&mut self) {
         loop {
             let mut batch = Batch::default();
-            self.pool.advance(now_millis(), &mut batch);
+            self.pool.advance(self.clock.now_millis(), &mut batch);
             if batch.is_empty() {
                 return;
             }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use tally_protocol::AuditEvent;
 
-use crate::core::rfc3339;
+use tally_protocol::format_time as rfc3339;
 
 /// How long identical refusals are folded into one summary.
 pub const WINDOW_MS: i64 = 60_000;

@@ -3,6 +3,7 @@
 //!
 //! - [`core`]: the seat accounting, synchronous and free of I/O.
 //! - [`engine`]: the task that owns the pool and commits its changes in groups.
+//! - [`clock`]: the time the engine decides by; tests step a manual one.
 //! - [`conn`]: one client connection.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`notify`]: delivery of the notification outbox.
@@ -13,6 +14,7 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 mod conn;
 pub mod core;
@@ -26,6 +28,7 @@ mod server;
 pub mod store;
 mod watchdog;
 
+pub use clock::Clock;
 pub use server::{run, Control};
 
 /// The accept queue of the listening socket: deep enough that a storm of clients starting

@@ -14,9 +14,10 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::config::{Config, Limits};
 use crate::core::{Policy, Pool, SignOut};
-use crate::engine::{now_millis, Engine, Signer};
+use crate::engine::{Engine, Signer};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notify;
@@ -76,6 +77,9 @@ pub struct Control {
     /// How often the engine pings the systemd watchdog (half of `WATCHDOG_USEC`); `None`
     /// without one.
     pub watchdog: Option<Duration>,
+    /// Where the engine takes the time from: the system clock by default; tests pass a
+    /// [`Clock::manual`] they step.
+    pub clock: Clock,
 }
 
 /// Runs the daemon on `listener` until `control.shutdown` is cancelled.
@@ -98,7 +102,7 @@ pub async fn run(
     init::ensure_certificates(&config, &dir)?;
     let signing_chain = init::signing_chain(&config, &dir, &signing_key)?;
     let tls = init::tls_config(&config, &dir)?;
-    let identity = initialize_owner(&config, &dir, store.as_ref(), port).await?;
+    let identity = initialize_owner(&config, &dir, store.as_ref(), port, &control.clock).await?;
 
     let started = Instant::now();
     let snapshot = store
@@ -112,7 +116,7 @@ pub async fn run(
         borrow_max_ms: config.borrow.max.as_millis() as i64,
         max_leases_per_client: config.limits.max_leases_per_client,
     };
-    let pool = Pool::restore(snapshot, ttl_ms, policy, now_millis());
+    let pool = Pool::restore(snapshot, ttl_ms, policy, control.clock.now_millis());
     tracing::info!(
         leases = pool.lease_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -136,7 +140,8 @@ pub async fn run(
         outbox.clone(),
         sign_outs.clone(),
     )
-    .with_watchdog(control.watchdog);
+    .with_watchdog(control.watchdog)
+    .with_clock(control.clock.clone());
     let mut engine_task = tokio::spawn(engine.run(engine_rx));
     let notifier_stop = CancellationToken::new();
     let mut notifier = tokio::spawn(notify::run(
@@ -333,10 +338,15 @@ async fn initialize_owner(
     dir: &DataDir,
     store: &dyn Store,
     port: u16,
+    clock: &Clock,
 ) -> Result<String> {
     let token = init::new_token();
     let identity = store
-        .initialize(OWNER_USERNAME, &init::token_hash(&token), now_millis())
+        .initialize(
+            OWNER_USERNAME,
+            &init::token_hash(&token),
+            clock.now_millis(),
+        )
         .await
         .context("cannot initialise the store")?;
     if identity.owner_created {
