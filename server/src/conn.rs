@@ -27,7 +27,7 @@ use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::init::token_hash;
 use crate::limiter::{PreAuthPermit, Prefix, FAILURE_PAUSE};
 use crate::logtext;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Most requests of one connection waiting for their answers; past it, reading pauses.
 const MAX_IN_FLIGHT: usize = 64;

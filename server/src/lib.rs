@@ -4,7 +4,7 @@
 //! - [`core`]: the seat accounting, synchronous and free of I/O.
 //! - [`engine`]: the task that owns the pool and commits its changes in groups.
 //! - [`clock`]: the time the engine decides by; tests step a manual one.
-//! - [`conn`]: one client connection.
+//! - [`conn`]: one client connection; `shared`: what connection tasks share.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`notify`]: delivery of the notification outbox.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
@@ -25,6 +25,7 @@ mod limiter;
 mod logtext;
 pub mod notify;
 mod server;
+mod shared;
 pub mod store;
 mod watchdog;
 

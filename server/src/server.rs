@@ -7,7 +7,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rustls::ServerConfig;
 use tally_protocol::{Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
@@ -15,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::{Config, Limits};
-use crate::core::{Policy, Pool, SignOut};
+use crate::config::Config;
+use crate::core::{Policy, Pool};
 use crate::engine::{Engine, Signer};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notify;
+use crate::shared::Shared;
 use crate::store::Store;
 
 /// While connections are refused or `accept` fails, one warning of each kind per this long.
@@ -28,42 +28,6 @@ const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// How many jobs may wait for the engine before connections wait to send more.
 const ENGINE_QUEUE: usize = 65_536;
-
-/// What connection tasks share.
-pub struct Shared {
-    /// Swapped on SIGHUP.
-    tls: RwLock<Arc<ServerConfig>>,
-    /// Swapped on SIGHUP.
-    limits: RwLock<Limits>,
-    /// Open connections, for `max_connections` and `server info`.
-    pub connections: AtomicUsize,
-    /// Where requests go.
-    pub engine: mpsc::Sender<crate::engine::Job>,
-    /// Connections to end: revoked tokens, deactivated and removed accounts.
-    pub sign_outs: broadcast::Sender<SignOut>,
-    /// Token look-ups.
-    pub store: Arc<dyn Store>,
-    /// Sent to every client after its `Hello`.
-    pub welcome: Welcome,
-    /// For `uptime_secs`.
-    pub started: Instant,
-    /// Lease time to live; also the idle timeout of a connection.
-    pub ttl: Duration,
-    /// Failed sign-ins per address.
-    pub auth_limiter: AuthLimiter,
-    /// Connections not signed in yet, per address and in all.
-    pub preauth: PreAuth,
-}
-
-impl Shared {
-    pub fn tls(&self) -> Arc<ServerConfig> {
-        self.tls.read().expect("tls lock").clone()
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits.read().expect("limits lock").clone()
-    }
-}
 
 /// How the caller controls a running server.
 #[derive(Debug, Default)]
