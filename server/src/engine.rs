@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_protocol::{
-    key_id, AuditQuery, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken,
-    LeaseId, LeaseInfo, Outcome, Request, RequestId, Response,
+    key_id, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken, LeaseId,
+    LeaseInfo, Outcome, RequestId, Response,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
@@ -22,6 +22,7 @@ use crate::core::{
 };
 use crate::fold::RefusalFolder;
 use crate::init::{new_token, token_hash};
+use crate::route::{AuditRead, EngineKind, EngineRequest, PoolRequest};
 use crate::store::Store;
 use crate::watchdog::Watchdog;
 
@@ -63,7 +64,8 @@ pub struct RequestJob {
     /// still stand, and what the role is now.
     pub session: SignedIn,
     pub holder: Holder,
-    pub request: Request,
+    /// The request, routed: `ServerInfo` never comes here (see `route.rs`).
+    pub request: EngineRequest,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -99,34 +101,6 @@ enum Reply {
     /// changes it records) is committed.
     Audit(oneshot::Sender<Outcome>, AuditRead),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
-}
-
-/// An audit query and how to answer it.
-struct AuditRead {
-    query: AuditQuery,
-    /// The page cursor of `AuditPage`.
-    before: Option<u64>,
-    /// `AuditPage` (answered with a page) rather than `Audit` (with its events only).
-    paged: bool,
-}
-
-impl AuditRead {
-    /// The audit query a request makes, if it is one.
-    fn of(request: &Request) -> Option<AuditRead> {
-        match request {
-            Request::Audit(query) => Some(AuditRead {
-                query: query.clone(),
-                before: None,
-                paged: false,
-            }),
-            Request::AuditPage(page) => Some(AuditRead {
-                query: page.query.clone(),
-                before: page.before,
-                paged: true,
-            }),
-            _ => None,
-        }
-    }
 }
 
 fn mint_token() -> NewToken {
@@ -316,7 +290,7 @@ impl Engine {
                 batch.audit(
                     now,
                     &actor,
-                    request.name(),
+                    request.name,
                     "refused request",
                     None,
                     Err(&err),
@@ -325,23 +299,37 @@ impl Engine {
                 return;
             }
         };
-        if let Some(read) = AuditRead::of(&request) {
-            let checked = require_admin(&actor, "read the audit log")
-                .and_then(|()| read.query.validate().map_err(ErrorBody::invalid));
-            match checked {
-                Ok(()) => replies.push(Reply::Audit(reply, read)),
-                Err(err) => {
-                    batch.audit(now, &actor, "audit", "audit log", None, Err(&err));
-                    replies.push(Reply::Ready(reply, Outcome::Err(err)));
-                }
+        let request = match request.kind {
+            EngineKind::Pool(request) => request,
+            EngineKind::Audit(read) => {
+                return Self::audit(now, &actor, read, batch, reply, replies)
             }
-            return;
-        }
+        };
         let outcome = match self.handle(now, &actor, &holder, request, batch) {
             Ok(response) => Outcome::Ok(response),
             Err(err) => Outcome::Err(err),
         };
         replies.push(Reply::Ready(reply, outcome));
+    }
+
+    /// Checks an audit read: the store answers it once the batch has committed.
+    fn audit(
+        now: i64,
+        actor: &Actor,
+        read: AuditRead,
+        batch: &mut Batch,
+        reply: oneshot::Sender<Outcome>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let checked = require_admin(actor, "read the audit log")
+            .and_then(|()| read.query.validate().map_err(ErrorBody::invalid));
+        match checked {
+            Ok(()) => replies.push(Reply::Audit(reply, read)),
+            Err(err) => {
+                batch.audit(now, actor, "audit", "audit log", None, Err(&err));
+                replies.push(Reply::Ready(reply, Outcome::Err(err)));
+            }
+        }
     }
 
     fn sign_in(&mut self, now: i64, job: SignInJob, batch: &mut Batch, replies: &mut Vec<Reply>) {
@@ -385,33 +373,33 @@ impl Engine {
         now: i64,
         actor: &Actor,
         holder: &Holder,
-        request: Request,
+        request: PoolRequest,
         batch: &mut Batch,
     ) -> Result<Response, ErrorBody> {
         let pool = &mut self.pool;
         match request {
-            Request::Heartbeat => Ok(Response::Heartbeat(
+            PoolRequest::Heartbeat => Ok(Response::Heartbeat(
                 pool.heartbeat(now, actor, holder, batch),
             )),
-            Request::Checkout(checkout) => {
+            PoolRequest::Checkout(checkout) => {
                 let id = LeaseId(rand::random());
                 pool.checkout(now, actor, holder, &checkout, id, batch)
                     .map(Response::Lease)
             }
-            Request::Checkin(checkin) => pool
+            PoolRequest::Checkin(checkin) => pool
                 .checkin(now, actor, checkin.lease, batch)
                 .map(Response::CheckedIn),
-            Request::Resume(resume) => Ok(Response::Resumed(pool.resume(
+            PoolRequest::Resume(resume) => Ok(Response::Resumed(pool.resume(
                 now,
                 actor,
                 holder,
                 &resume.leases,
                 batch,
             ))),
-            Request::Status(query) => pool
+            PoolRequest::Status(query) => pool
                 .status(now, query.feature.as_deref(), batch)
                 .map(Response::Status),
-            Request::Leases(query) => {
+            PoolRequest::Leases(query) => {
                 let page = pool.leases_page(
                     now,
                     actor,
@@ -423,7 +411,7 @@ impl Engine {
                 );
                 Ok(Response::Leases(page.leases))
             }
-            Request::LeasesPage(page) => {
+            PoolRequest::LeasesPage(page) => {
                 let limit = page.limit.unwrap_or(MAX_PAGE_ITEMS).min(MAX_PAGE_ITEMS);
                 Ok(Response::LeasesPage(pool.leases_page(
                     now,
@@ -435,61 +423,61 @@ impl Engine {
                     batch,
                 )))
             }
-            Request::EntitlementAdd(new) => pool
+            PoolRequest::EntitlementAdd(new) => pool
                 .add_entitlement(now, actor, &new, batch)
                 .map(Response::Entitlement),
-            Request::EntitlementList(query) => {
+            PoolRequest::EntitlementList(query) => {
                 pool.advance(now, batch);
                 Ok(Response::Entitlements(
                     pool.entitlements(query.feature.as_deref()),
                 ))
             }
-            Request::EntitlementRemove(remove) => pool
+            PoolRequest::EntitlementRemove(remove) => pool
                 .remove_entitlement(now, actor, remove.id, batch)
                 .map(Response::EntitlementRemoved),
-            Request::Release(release) => pool
+            PoolRequest::Release(release) => pool
                 .release(now, actor, release.lease, batch)
                 .map(Response::Released),
-            Request::Whoami => pool.whoami(now, actor, batch).map(Response::Whoami),
-            Request::UserAdd(add) => pool
+            PoolRequest::Whoami => pool.whoami(now, actor, batch).map(Response::Whoami),
+            PoolRequest::UserAdd(add) => pool
                 .add_user(now, actor, &add, mint_token(), batch)
                 .map(|(user, token)| Response::UserAdded { user, token }),
-            Request::UserList => pool.users(now, actor, batch).map(Response::Users),
-            Request::UserToken(user) => {
+            PoolRequest::UserList => pool.users(now, actor, batch).map(Response::Users),
+            PoolRequest::UserToken(user) => {
                 let token = mint_token();
                 let text = token.token.clone();
                 pool.mint_token(now, actor, &user.username, "", token, batch)
                     .map(|_| Response::Token(text))
             }
-            Request::TokenMint(mint) => {
+            PoolRequest::TokenMint(mint) => {
                 let token = mint_token();
                 let text = token.token.clone();
                 pool.mint_token(now, actor, &mint.username, &mint.label, token, batch)
                     .map(|id| Response::TokenIssued(IssuedToken { id, token: text }))
             }
-            Request::TokenList(user) => pool
+            PoolRequest::TokenList(user) => pool
                 .tokens_of(now, actor, &user.username, batch)
                 .map(Response::Tokens),
-            Request::TokenRevoke(revoke) => pool
+            PoolRequest::TokenRevoke(revoke) => pool
                 .revoke_token(now, actor, &revoke.id, batch)
                 .map(Response::TokenRevoked),
-            Request::UserDeactivate(user) => pool
+            PoolRequest::UserDeactivate(user) => pool
                 .deactivate_user(now, actor, &user.username, batch)
                 .map(Response::User),
-            Request::UserActivate(user) => pool
+            PoolRequest::UserActivate(user) => pool
                 .activate_user(now, actor, &user.username, batch)
                 .map(Response::User),
-            Request::UserRemove(user) => pool
+            PoolRequest::UserRemove(user) => pool
                 .remove_user(now, actor, &user.username, batch)
                 .map(Response::User),
-            Request::Assign(assign) => pool
+            PoolRequest::Assign(assign) => pool
                 .assign(now, actor, &assign, batch)
                 .map(Response::Assignment),
-            Request::Revoke(revoke) => pool
+            PoolRequest::Revoke(revoke) => pool
                 .revoke(now, actor, &revoke, batch)
                 .map(Response::Revoked),
             // The first borrow request has no request id: each one is a new borrow.
-            Request::Borrow(borrow) => {
+            PoolRequest::Borrow(borrow) => {
                 let request = BorrowOnce {
                     request_id: RequestId(rand::random()),
                     feature: borrow.feature,
@@ -499,21 +487,12 @@ impl Engine {
                 };
                 borrow_signed(pool, &self.signer, now, actor, holder, &request, batch)
             }
-            Request::BorrowOnce(request) => {
+            PoolRequest::BorrowOnce(request) => {
                 borrow_signed(pool, &self.signer, now, actor, holder, &request, batch)
             }
-            Request::Return(ret) => pool
+            PoolRequest::Return(ret) => pool
                 .return_borrow(now, actor, ret.lease, batch)
                 .map(Response::Returned),
-            // Answered elsewhere: server info by the connection, audit queries after the
-            // commit (see `apply`).
-            Request::ServerInfo | Request::Audit(_) | Request::AuditPage(_) => {
-                tracing::error!(
-                    request = request.name(),
-                    "request reached the wrong handler"
-                );
-                Err(ErrorBody::internal())
-            }
         }
     }
 

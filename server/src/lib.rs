@@ -2,7 +2,8 @@
 //! arguments, sets up logging and signals, and calls [`run`]; tests call it directly.
 //!
 //! - [`core`]: the seat accounting, synchronous and free of I/O.
-//! - [`engine`]: the task that owns the pool and commits its changes in groups.
+//! - [`engine`]: the task that owns the pool and commits its changes in groups; `route`:
+//!   who answers a request (the connection, the audit reader or the pool).
 //! - [`clock`]: the time the engine decides by; tests step a manual one.
 //! - [`conn`]: one client connection; `shared`: what connection tasks share.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
@@ -24,6 +25,7 @@ pub mod init;
 mod limiter;
 mod logtext;
 pub mod notify;
+mod route;
 mod server;
 mod shared;
 pub mod store;
