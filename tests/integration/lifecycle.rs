@@ -209,3 +209,52 @@ async fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+/// Under systemd stderr goes to the journal: colour codes would land there as escape
+/// sequences.
+#[tokio::test]
+async fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start_with(dir.path(), "3s", "250ms", "", Stdio::piped());
+    let owner = Client::connect(daemon.client_config()).await.unwrap();
+    crate::harness::add_entitlement(&owner, "vray", 1, None).await;
+    drop(owner);
+    daemon.signal(Signal::SIGTERM);
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(daemon.child.wait().unwrap().success());
+    assert!(
+        log.contains("tallyd serving") && log.contains("pool changed"),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "colour codes in the log: {log:?}");
+}
+
+#[test]
+fn completions_and_the_man_page_need_no_configuration() {
+    let tallyd = |args: &[&str]| {
+        std::process::Command::new(DAEMON)
+            .args(args)
+            .env("TALLYD_CONFIG", "/nonexistent/tallyd.toml")
+            .output()
+            .unwrap()
+    };
+    for (args, words) in [
+        (&["completions", "bash"][..], ["tallyd", "owner-token"]),
+        (&["completions", "fish"][..], ["tallyd", "owner-token"]),
+        (&["man"][..], [".TH tallyd", r"owner\-token"]),
+    ] {
+        let out = tallyd(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        for word in words {
+            assert!(text.contains(word), "{args:?} lacks {word}: {text}");
+        }
+    }
+    let out = tallyd(&["completions", "cmd.exe"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cmd.exe"),
+        "{out:?}"
+    );
+}
