@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
+use crate::error::{Context, Error, Result};
 use crate::store::Store;
 use crate::watchdog::Watchdog;
 use crate::{init, store, Control};
@@ -230,9 +230,9 @@ async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
     // leave them working, so revoking needs it stopped (or is done online, one by one).
     let _lock = match revoke_others {
         true => Some(init::lock_data_dir(&dir).map_err(|err| {
-            anyhow::anyhow!(
+            Error::Invalid(format!(
                 "{err:#}\n--revoke-others needs tallyd stopped (systemctl stop tallyd); while it runs, revoke a leaked token with `tally user tokens owner@localhost` and `tally user token revoke ID`"
-            )
+            ))
         })?),
         false => None,
     };

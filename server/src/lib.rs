@@ -9,7 +9,8 @@
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`notify`]: delivery of the notification outbox.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
-//! - [`config`], [`init`]: configuration and the data directory.
+//! - [`config`], [`init`]: configuration and the data directory; [`error`]: the error of
+//!   setting up and running the daemon.
 //! - `limiter`, `logtext`: the front door's limits per client address, and peer text made
 //!   safe for the log.
 #![deny(clippy::await_holding_lock)]
@@ -20,6 +21,7 @@ pub mod config;
 mod conn;
 pub mod core;
 mod engine;
+pub mod error;
 mod fold;
 pub mod init;
 mod limiter;
@@ -32,6 +34,7 @@ pub mod store;
 mod watchdog;
 
 pub use clock::Clock;
+pub use error::Error;
 pub use server::{run, Control};
 
 /// The accept queue of the listening socket: deep enough that a storm of clients starting

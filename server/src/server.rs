@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use tally_protocol::{Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
@@ -17,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::{Policy, Pool};
 use crate::engine::{Engine, Signer};
+use crate::error::{Context, Error, Result};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notify;
@@ -228,7 +228,7 @@ fn task_ended(
     task: &str,
     ended: Result<(), tokio::task::JoinError>,
     shutdown: &CancellationToken,
-) -> anyhow::Error {
+) -> Error {
     shutdown.cancel();
     let why = match ended {
         Ok(()) => "it returned".to_string(),
@@ -244,9 +244,10 @@ fn task_ended(
         Err(err) => err.to_string(),
     };
     tracing::error!(task, why = %why, "a task tallyd cannot run without ended; stopping");
-    anyhow::anyhow!(
-        "the {task} task ended unexpectedly ({why}); tallyd stopped so that it can be restarted"
-    )
+    Error::TaskEnded {
+        task: task.to_string(),
+        why,
+    }
 }
 
 fn spawn_connection(

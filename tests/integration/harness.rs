@@ -41,7 +41,7 @@ pub struct TestServer {
     /// ([`start_stepped`](Self::start_stepped)).
     pub clock: tally_server::Clock,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), tally_server::Error>>,
 }
 
 impl TestServer {
