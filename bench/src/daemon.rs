@@ -89,6 +89,11 @@ impl Daemon {
         Ok(started.elapsed())
     }
 
+    /// The daemon process, for its CPU time.
+    pub fn cpu(&self) -> crate::cpu::Server {
+        crate::cpu::Server::Process(self.child.id())
+    }
+
     /// The daemon's resident memory, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         rss_kib(self.child.id())

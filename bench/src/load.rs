@@ -16,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::cpu;
 use crate::daemon::Target;
 
 /// A TLS client configuration trusting one CA.
@@ -93,10 +94,14 @@ impl Session {
 }
 
 /// The bare ceiling: a tokio-rustls server with the same framing and certificate type that
-/// echoes every frame.
+/// echoes every frame. It runs on a runtime of its own (as many workers as tallyd's, every
+/// thread named [`cpu::ECHO_THREAD`]) so that its CPU time can be told from the load's.
 pub struct EchoServer {
     pub addr: std::net::SocketAddr,
     pub connector: TlsConnector,
+    /// The server's runtime; shut down in the background on drop, since the benchmark drops
+    /// it from async code.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl EchoServer {
@@ -118,12 +123,19 @@ impl EchoServer {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.bind("127.0.0.1:0".parse()?)?;
-        let listener: TcpListener = socket.listen(4096)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(cpu::ECHO_THREAD)
+            .enable_all()
+            .build()?;
+        let listener: TcpListener = {
+            let _inside = runtime.enter();
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind("127.0.0.1:0".parse()?)?;
+            socket.listen(4096)?
+        };
         let addr = listener.local_addr()?;
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
@@ -146,6 +158,7 @@ impl EchoServer {
         Ok(EchoServer {
             addr,
             connector: connector(ca_cert.pem().as_bytes())?,
+            runtime: Some(runtime),
         })
     }
 
@@ -153,6 +166,14 @@ impl EchoServer {
     pub async fn open(&self) -> Result<Framed<TlsStream<TcpStream>, LengthDelimitedCodec>> {
         let stream = tls(&self.connector, self.addr).await?;
         Ok(Framed::new(stream, LengthDelimitedCodec::new()))
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

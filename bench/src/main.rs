@@ -3,8 +3,10 @@
 //! Each scenario starts `tallyd` itself on a temporary data directory (the binary built next
 //! to this one by `cargo build --release`, or `--tallyd PATH`), drives it over TLS with raw
 //! protocol connections, prints a table for people and, last, one JSON line with at least
-//! `scenario`, `ops_per_sec`, `p50_ms` and `p99_ms`.
+//! `scenario`, `ops_per_sec`, `p50_ms`, `p99_ms` and `server_cpu_us_per_op` (the server's own
+//! CPU time per answered request, see `cpu.rs`).
 
+mod cpu;
 mod daemon;
 mod load;
 
@@ -132,16 +134,28 @@ async fn setup(target: &Target, connector: &tokio_rustls::TlsConnector, seats: u
     Ok(())
 }
 
+/// What a run against the bare echo server measured.
+struct Baseline {
+    ops_per_sec: f64,
+    latencies: Latencies,
+    /// The echo server's CPU time per round trip.
+    server_cpu_us_per_op: f64,
+}
+
 /// Round trips per second against the bare echo server.
-async fn measure_baseline(conns: usize, secs: u64) -> Result<(f64, Latencies)> {
+async fn measure_baseline(conns: usize, secs: u64) -> Result<Baseline> {
     let server = EchoServer::start().await?;
     let server = Arc::new(server);
-    let deadline = Instant::now() + Duration::from_secs(secs);
     // A frame the size of a checkout request.
     let frame = Bytes::from(vec![7u8; 40]);
-    let mut tasks = Vec::new();
+    let mut opened = Vec::new();
     for _ in 0..conns {
-        let mut framed = server.open().await?;
+        opened.push(server.open().await?);
+    }
+    let meter = cpu::Server::EchoThreads.meter()?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for mut framed in opened {
         let frame = frame.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
@@ -158,32 +172,41 @@ async fn measure_baseline(conns: usize, secs: u64) -> Result<(f64, Latencies)> {
     for task in tasks {
         all.merge(task.await??);
     }
-    Ok((all.0.len() as f64 / started.elapsed().as_secs_f64(), all))
+    Ok(Baseline {
+        ops_per_sec: all.0.len() as f64 / started.elapsed().as_secs_f64(),
+        server_cpu_us_per_op: meter.us_per_op(all.0.len())?,
+        latencies: all,
+    })
 }
 
 async fn baseline(conns: usize, secs: u64) -> Result<Value> {
-    let (ops, mut latencies) = measure_baseline(conns, secs).await?;
+    let mut run = measure_baseline(conns, secs).await?;
     println!("baseline: {conns} connections echoing frames for {secs} s");
     Ok(json!({
         "scenario": "baseline",
         "conns": conns,
         "secs": secs,
-        "ops_per_sec": ops.round(),
-        "p50_ms": latencies.quantile_ms(0.5),
-        "p99_ms": latencies.quantile_ms(0.99),
+        "ops_per_sec": run.ops_per_sec.round(),
+        "p50_ms": run.latencies.quantile_ms(0.5),
+        "p99_ms": run.latencies.quantile_ms(0.99),
+        "server_cpu_us_per_op": run.server_cpu_us_per_op,
     }))
 }
 
 async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<Value> {
-    let (baseline_ops, _) = measure_baseline(conns, secs).await?;
+    let baseline = measure_baseline(conns, secs).await?;
     let daemon = Daemon::start(tallyd, "60s", conns + 100)?;
     let target = daemon.target()?;
     let connector = load::connector(&target.ca_pem)?;
     setup(&target, &connector, conns as u32 * 2).await?;
+    let mut opened = Vec::new();
+    for _ in 0..conns {
+        opened.push(Session::open(&connector, &target).await?);
+    }
+    let meter = daemon.cpu().meter()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let mut session = Session::open(&connector, &target).await?;
+    for mut session in opened {
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
             while Instant::now() < deadline {
@@ -225,8 +248,10 @@ async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<V
         "ops_per_sec": ops.round(),
         "p50_ms": all.quantile_ms(0.5),
         "p99_ms": all.quantile_ms(0.99),
-        "baseline_ops_per_sec": baseline_ops.round(),
-        "ratio_to_baseline": (ops / baseline_ops * 1000.0).round() / 1000.0,
+        "server_cpu_us_per_op": meter.us_per_op(all.0.len())?,
+        "baseline_ops_per_sec": baseline.ops_per_sec.round(),
+        "baseline_server_cpu_us_per_op": baseline.server_cpu_us_per_op,
+        "ratio_to_baseline": (ops / baseline.ops_per_sec * 1000.0).round() / 1000.0,
     }))
 }
 
@@ -278,6 +303,7 @@ async fn heartbeat(
     let opened_in = opening.elapsed();
     let rss_after = daemon.rss_kib()?;
     let interval = Duration::from_secs(interval);
+    let meter = daemon.cpu().meter()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for mut session in opened {
@@ -313,6 +339,7 @@ async fn heartbeat(
         "ops_per_sec": ops.round(),
         "p50_ms": all.quantile_ms(0.5),
         "p99_ms": all.quantile_ms(0.99),
+        "server_cpu_us_per_op": meter.us_per_op(all.0.len())?,
         "sessions_opened_secs": (opened_in.as_secs_f64() * 10.0).round() / 10.0,
         "server_rss_before_kib": rss_before,
         "server_rss_kib": rss_after.max(rss_end),
@@ -320,10 +347,12 @@ async fn heartbeat(
     }))
 }
 
-/// Time for `clients` TLS handshakes (and one echo each) at once against the echo server.
-async fn baseline_handshakes(clients: usize) -> Result<Duration> {
+/// Time for `clients` TLS handshakes (and one echo each) at once against the echo server,
+/// and the echo server's CPU time per client.
+async fn baseline_handshakes(clients: usize) -> Result<(Duration, f64)> {
     let server = Arc::new(EchoServer::start().await?);
     let frame = Bytes::from(vec![7u8; 40]);
+    let meter = cpu::Server::EchoThreads.meter()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -340,15 +369,16 @@ async fn baseline_handshakes(clients: usize) -> Result<Duration> {
     for task in tasks {
         held.push(task.await??);
     }
-    Ok(started.elapsed())
+    Ok((started.elapsed(), meter.us_per_op(clients)?))
 }
 
 async fn storm(tallyd: &std::path::Path, clients: usize) -> Result<Value> {
-    let baseline = baseline_handshakes(clients).await?;
+    let (baseline, baseline_cpu) = baseline_handshakes(clients).await?;
     let daemon = Daemon::start(tallyd, "60s", clients + 100)?;
     let target = Arc::new(daemon.target()?);
     let connector = load::connector(&target.ca_pem)?;
     setup(&target, &connector, clients as u32).await?;
+    let meter = daemon.cpu().meter()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -384,7 +414,9 @@ async fn storm(tallyd: &std::path::Path, clients: usize) -> Result<Value> {
         "ops_per_sec": (clients as f64 / all_granted.as_secs_f64()).round(),
         "p50_ms": latencies.quantile_ms(0.5),
         "p99_ms": latencies.quantile_ms(0.99),
+        "server_cpu_us_per_op": meter.us_per_op(clients)?,
         "all_granted_secs": (all_granted.as_secs_f64() * 1000.0).round() / 1000.0,
+        "baseline_server_cpu_us_per_op": baseline_cpu,
         "baseline_handshakes_secs": (baseline.as_secs_f64() * 1000.0).round() / 1000.0,
         "ratio_to_baseline": (all_granted.as_secs_f64() / baseline.as_secs_f64() * 1000.0).round() / 1000.0,
     }))
@@ -397,6 +429,7 @@ async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
     let connector = load::connector(&target.ca_pem)?;
     setup(&target, &connector, leases as u32).await?;
     let conns = 64.min(leases.max(1));
+    let meter = daemon.cpu().meter()?;
     let filling = Instant::now();
     let sessions = open_sessions(&connector, &target, conns, conns).await?;
     let mut tasks = Vec::new();
@@ -424,6 +457,8 @@ async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
         all.merge(task.await??);
     }
     let fill_secs = filling.elapsed().as_secs_f64();
+    // The checkouts that filled the pool, before the process is killed.
+    let fill_cpu = meter.us_per_op(leases)?;
 
     let to_ready = daemon.kill9_and_restart()?;
     let restarted = Instant::now();
@@ -470,6 +505,7 @@ async fn restart(tallyd: &std::path::Path, leases: usize) -> Result<Value> {
         "ops_per_sec": (leases as f64 / fill_secs).round(),
         "p50_ms": all.quantile_ms(0.5),
         "p99_ms": all.quantile_ms(0.99),
+        "server_cpu_us_per_op": fill_cpu,
         "serving_again_secs": (serving.as_secs_f64() * 1000.0).round() / 1000.0,
         "in_use_after": in_use,
         "leases_listed_after": listed,

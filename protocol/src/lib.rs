@@ -27,7 +27,7 @@ pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};
 pub use message::*;
 pub use names::{validate_feature, validate_username, FEATURE_MAX_LEN};
-pub use time::{format_time, format_time_millis, validate_time, MAX_TIME, MIN_TIME};
+pub use time::{format_time, format_time_millis, now_millis, validate_time, MAX_TIME, MIN_TIME};
 pub use validate::{validate_duration_secs, validate_seats, MAX_DURATION_SECS, MAX_SEATS};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused with

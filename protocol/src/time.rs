@@ -6,7 +6,7 @@
 //! `i64`, so a time stored by an older version or sent by a newer peer is printed as a plain
 //! number with a note rather than making the printer fail.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::UnixMillis;
 
@@ -28,6 +28,14 @@ pub fn validate_time(field: &str, at: UnixMillis) -> Result<(), String> {
             out_of_range(at)
         ))
     }
+}
+
+/// The wall-clock time in Unix milliseconds (0 before 1970): the one reading of the system
+/// clock that the daemon, the tests and the benchmark share.
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as UnixMillis)
 }
 
 /// RFC 3339 UTC to the second (`2027-01-31T18:00:00Z`), for any time: one outside 1970..=9999

@@ -1,16 +1,16 @@
 //! The `tallyd` command line: `tallyd [--config FILE]`, `tallyd check-config`,
-//! `tallyd owner-token`. Kept in the library so that test harnesses can link the same
-//! binary.
+//! `tallyd owner-token`, and `tallyd completions SHELL` and `tallyd man` for packagers. Kept
+//! in the library so that test harnesses can link the same binary.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
+use crate::error::{Context, Error, Result};
 use crate::store::Store;
 use crate::watchdog::Watchdog;
 use crate::{init, store, Control};
@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         revoke_others: bool,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    /// to standard output; needs no configuration.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output; needs no configuration.
+    Man,
 }
 
 /// Runs `tallyd` with the process's arguments.
@@ -53,6 +61,13 @@ pub fn main() -> ExitCode {
 /// build of the daemon wraps it to inject faults (a commit that panics or never returns).
 pub fn main_with(wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>) -> ExitCode {
     let args = Args::parse();
+    match &args.command {
+        Some(Command::Completions { shell }) => {
+            return written(completions(*shell, &mut std::io::stdout().lock()))
+        }
+        Some(Command::Man) => return written(man(&mut std::io::stdout().lock())),
+        _ => {}
+    }
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(err) => {
@@ -68,9 +83,33 @@ pub fn main_with(wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>) -> ExitCod
         Some(Command::OwnerToken { revoke_others }) => {
             report(runtime().and_then(|rt| rt.block_on(owner_token(&config, revoke_others))))
         }
+        Some(Command::Completions { .. } | Command::Man) => ExitCode::SUCCESS,
         None => {
             init_logging(&config.log.format);
             report(runtime().and_then(|rt| rt.block_on(serve(config, args.config, wrap))))
+        }
+    }
+}
+
+/// Writes the completion script for `shell`.
+fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut command = Args::command();
+    clap_complete::generate(shell, &mut command, "tallyd", out);
+    out.flush()
+}
+
+/// Writes the manual page.
+fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(Args::command()).render(out)
+}
+
+/// The exit code of printing completions or the manual page.
+fn written(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tallyd: cannot write to standard output: {err}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -135,6 +174,7 @@ async fn serve(
         reload: Some(reload_rx),
         ready: Some(ready_tx),
         watchdog,
+        clock: Default::default(),
     };
     let shutdown = control.shutdown.clone();
     tokio::spawn(async move {
@@ -190,9 +230,9 @@ async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
     // leave them working, so revoking needs it stopped (or is done online, one by one).
     let _lock = match revoke_others {
         true => Some(init::lock_data_dir(&dir).map_err(|err| {
-            anyhow::anyhow!(
+            Error::Invalid(format!(
                 "{err:#}\n--revoke-others needs tallyd stopped (systemctl stop tallyd); while it runs, revoke a leaked token with `tally user tokens owner@localhost` and `tally user token revoke ID`"
-            )
+            ))
         })?),
         false => None,
     };
@@ -203,7 +243,7 @@ async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
     let (owner, revoked) = store
         .add_owner_token(
             &init::token_hash(&token),
-            crate::engine::now_millis(),
+            tally_protocol::now_millis(),
             revoke_others,
         )
         .await?;
@@ -218,4 +258,47 @@ async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
         eprintln!("revoked {revoked} other owner token(s)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arguments_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_name_every_subcommand() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+            let mut out = Vec::new();
+            completions(shell, &mut out).unwrap();
+            let script = String::from_utf8(out).unwrap();
+            for word in [
+                "tallyd",
+                "check-config",
+                "owner-token",
+                "--revoke-others",
+                "--config",
+            ] {
+                assert!(script.contains(word), "{shell:?} completions lack {word}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_man_page_documents_the_subcommands() {
+        let mut out = Vec::new();
+        man(&mut out).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH tallyd"),
+            "{page}"
+        );
+        assert!(
+            page.contains(r"check\-config") && page.contains(r"owner\-token"),
+            "{page}"
+        );
+    }
 }

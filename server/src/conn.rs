@@ -27,7 +27,8 @@ use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::init::token_hash;
 use crate::limiter::{PreAuthPermit, Prefix, FAILURE_PAUSE};
 use crate::logtext;
-use crate::server::Shared;
+use crate::route::{route, Route};
+use crate::shared::Shared;
 
 /// Most requests of one connection waiting for their answers; past it, reading pauses.
 const MAX_IN_FLIGHT: usize = 64;
@@ -297,21 +298,11 @@ fn dispatch(
     id: u32,
     request: Request,
 ) -> futures::future::BoxFuture<'static, (u32, Outcome)> {
-    if matches!(request, Request::ServerInfo) {
-        let info = ServerInfo {
-            id: shared.welcome.server_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol: PROTOCOL_VERSION,
-            store: shared.store.backend().to_string(),
-            uptime_secs: shared.started.elapsed().as_secs(),
-            connections: shared.connections.load(Ordering::Relaxed) as u64,
-        };
-        return Box::pin(futures::future::ready((
-            id,
-            Outcome::Ok(Response::ServerInfo(info)),
-        )));
-    }
-    let name = request.name();
+    let request = match route(request) {
+        Route::Engine(request) => request,
+        Route::ServerInfo => return Box::pin(futures::future::ready((id, server_info(shared)))),
+    };
+    let name = request.name;
     let (reply, answer) = oneshot::channel();
     let job = Job::Request(RequestJob {
         session: session.clone(),
@@ -399,4 +390,16 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_string()
+}
+
+/// The answer to `ServerInfo`, from what the connection tasks share.
+fn server_info(shared: &Shared) -> Outcome {
+    Outcome::Ok(Response::ServerInfo(ServerInfo {
+        id: shared.welcome.server_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL_VERSION,
+        store: shared.store.backend().to_string(),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        connections: shared.connections.load(Ordering::Relaxed) as u64,
+    }))
 }

@@ -8,20 +8,22 @@
 //! half-applied.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tally_protocol::{
-    key_id, AuditQuery, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken,
-    LeaseId, LeaseInfo, Outcome, Request, RequestId, Response,
+    key_id, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken, LeaseId,
+    LeaseInfo, Outcome, RequestId, Response,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
+use crate::clock::Clock;
 use crate::core::{
     require_admin, Action, Actor, AuditOutcome, Batch, Holder, NewToken, Policy, Pool, SignOut,
     SignedIn, Token,
 };
 use crate::fold::RefusalFolder;
 use crate::init::{new_token, token_hash};
+use crate::route::{AuditRead, EngineKind, EngineRequest, PoolRequest};
 use crate::store::Store;
 use crate::watchdog::Watchdog;
 
@@ -63,7 +65,8 @@ pub struct RequestJob {
     /// still stand, and what the role is now.
     pub session: SignedIn,
     pub holder: Holder,
-    pub request: Request,
+    /// The request, routed: `ServerInfo` never comes here (see `route.rs`).
+    pub request: EngineRequest,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -99,41 +102,6 @@ enum Reply {
     /// changes it records) is committed.
     Audit(oneshot::Sender<Outcome>, AuditRead),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
-}
-
-/// An audit query and how to answer it.
-struct AuditRead {
-    query: AuditQuery,
-    /// The page cursor of `AuditPage`.
-    before: Option<u64>,
-    /// `AuditPage` (answered with a page) rather than `Audit` (with its events only).
-    paged: bool,
-}
-
-impl AuditRead {
-    /// The audit query a request makes, if it is one.
-    fn of(request: &Request) -> Option<AuditRead> {
-        match request {
-            Request::Audit(query) => Some(AuditRead {
-                query: query.clone(),
-                before: None,
-                paged: false,
-            }),
-            Request::AuditPage(page) => Some(AuditRead {
-                query: page.query.clone(),
-                before: page.before,
-                paged: true,
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// The current time in Unix milliseconds.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn mint_token() -> NewToken {
@@ -200,6 +168,9 @@ pub struct Engine {
     outbox: Arc<Notify>,
     /// How often the loop pings the systemd watchdog, if there is one.
     watchdog: Option<Duration>,
+    /// Where every decision by time takes `now` from; a step of a manual clock wakes the
+    /// sweep.
+    clock: Clock,
 }
 
 impl Engine {
@@ -222,7 +193,14 @@ impl Engine {
             sweep,
             outbox,
             watchdog: None,
+            clock: Clock::system(),
         }
+    }
+
+    /// Takes time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Pings the systemd watchdog from the loop every `every` (see `watchdog.rs`).
@@ -237,6 +215,7 @@ impl Engine {
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog = Watchdog::new(self.watchdog);
+        let clock = self.clock.clone();
         // How many jobs the last commit answered.
         let mut answered = 0;
         loop {
@@ -250,11 +229,9 @@ impl Engine {
                     Some(job) => self.apply(job, &mut batch, &mut replies),
                     None => break,
                 },
-                _ = sweep.tick() => {
-                    let now = now_millis();
-                    self.pool.sweep(now, &mut batch);
-                    self.folder.flush(now, &mut batch.audit);
-                }
+                _ = sweep.tick() => self.sweep(&mut batch),
+                // A stepped test clock is applied at once, not at the next tick.
+                () = clock.stepped() => self.sweep(&mut batch),
                 () = watchdog.due() => {}
             }
             // Gather the batch. Clients answered by the last commit come back within a
@@ -284,8 +261,15 @@ impl Engine {
         tracing::debug!("engine stopped");
     }
 
+    /// Reclaims what lapsed and writes the refusals folded long enough.
+    fn sweep(&mut self, batch: &mut Batch) {
+        let now = self.clock.now_millis();
+        self.pool.sweep(now, batch);
+        self.folder.flush(now, &mut batch.audit);
+    }
+
     fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<Reply>) {
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let job = match job {
             Job::Request(job) => job,
             Job::SignIn(job) => return self.sign_in(now, job, batch, replies),
@@ -307,7 +291,7 @@ impl Engine {
                 batch.audit(
                     now,
                     &actor,
-                    Action::of_request(&request),
+                    request.action,
                     "refused request",
                     None,
                     Err(&err),
@@ -316,23 +300,37 @@ impl Engine {
                 return;
             }
         };
-        if let Some(read) = AuditRead::of(&request) {
-            let checked = require_admin(&actor, "read the audit log")
-                .and_then(|()| read.query.validate().map_err(ErrorBody::invalid));
-            match checked {
-                Ok(()) => replies.push(Reply::Audit(reply, read)),
-                Err(err) => {
-                    batch.audit(now, &actor, Action::Audit, "audit log", None, Err(&err));
-                    replies.push(Reply::Ready(reply, Outcome::Err(err)));
-                }
+        let request = match request.kind {
+            EngineKind::Pool(request) => request,
+            EngineKind::Audit(read) => {
+                return Self::audit(now, &actor, read, batch, reply, replies)
             }
-            return;
-        }
+        };
         let outcome = match self.handle(now, &actor, &holder, request, batch) {
             Ok(response) => Outcome::Ok(response),
             Err(err) => Outcome::Err(err),
         };
         replies.push(Reply::Ready(reply, outcome));
+    }
+
+    /// Checks an audit read: the store answers it once the batch has committed.
+    fn audit(
+        now: i64,
+        actor: &Actor,
+        read: AuditRead,
+        batch: &mut Batch,
+        reply: oneshot::Sender<Outcome>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let checked = require_admin(actor, "read the audit log")
+            .and_then(|()| read.query.validate().map_err(ErrorBody::invalid));
+        match checked {
+            Ok(()) => replies.push(Reply::Audit(reply, read)),
+            Err(err) => {
+                batch.audit(now, actor, Action::Audit, "audit log", None, Err(&err));
+                replies.push(Reply::Ready(reply, Outcome::Err(err)));
+            }
+        }
     }
 
     fn sign_in(&mut self, now: i64, job: SignInJob, batch: &mut Batch, replies: &mut Vec<Reply>) {
@@ -376,33 +374,33 @@ impl Engine {
         now: i64,
         actor: &Actor,
         holder: &Holder,
-        request: Request,
+        request: PoolRequest,
         batch: &mut Batch,
     ) -> Result<Response, ErrorBody> {
         let pool = &mut self.pool;
         match request {
-            Request::Heartbeat => Ok(Response::Heartbeat(
+            PoolRequest::Heartbeat => Ok(Response::Heartbeat(
                 pool.heartbeat(now, actor, holder, batch),
             )),
-            Request::Checkout(checkout) => {
+            PoolRequest::Checkout(checkout) => {
                 let id = LeaseId(rand::random());
                 pool.checkout(now, actor, holder, &checkout, id, batch)
                     .map(Response::Lease)
             }
-            Request::Checkin(checkin) => pool
+            PoolRequest::Checkin(checkin) => pool
                 .checkin(now, actor, checkin.lease, batch)
                 .map(Response::CheckedIn),
-            Request::Resume(resume) => Ok(Response::Resumed(pool.resume(
+            PoolRequest::Resume(resume) => Ok(Response::Resumed(pool.resume(
                 now,
                 actor,
                 holder,
                 &resume.leases,
                 batch,
             ))),
-            Request::Status(query) => pool
+            PoolRequest::Status(query) => pool
                 .status(now, query.feature.as_deref(), batch)
                 .map(Response::Status),
-            Request::Leases(query) => {
+            PoolRequest::Leases(query) => {
                 let page = pool.leases_page(
                     now,
                     actor,
@@ -414,7 +412,7 @@ impl Engine {
                 );
                 Ok(Response::Leases(page.leases))
             }
-            Request::LeasesPage(page) => {
+            PoolRequest::LeasesPage(page) => {
                 let limit = page.limit.unwrap_or(MAX_PAGE_ITEMS).min(MAX_PAGE_ITEMS);
                 Ok(Response::LeasesPage(pool.leases_page(
                     now,
@@ -426,61 +424,61 @@ impl Engine {
                     batch,
                 )))
             }
-            Request::EntitlementAdd(new) => pool
+            PoolRequest::EntitlementAdd(new) => pool
                 .add_entitlement(now, actor, &new, batch)
                 .map(Response::Entitlement),
-            Request::EntitlementList(query) => {
+            PoolRequest::EntitlementList(query) => {
                 pool.advance(now, batch);
                 Ok(Response::Entitlements(
                     pool.list_entitlements(query.feature.as_deref()),
                 ))
             }
-            Request::EntitlementRemove(remove) => pool
+            PoolRequest::EntitlementRemove(remove) => pool
                 .remove_entitlement(now, actor, remove.id, batch)
                 .map(Response::EntitlementRemoved),
-            Request::Release(release) => pool
+            PoolRequest::Release(release) => pool
                 .release(now, actor, release.lease, batch)
                 .map(Response::Released),
-            Request::Whoami => pool.whoami(now, actor, batch).map(Response::Whoami),
-            Request::UserAdd(add) => pool
+            PoolRequest::Whoami => pool.whoami(now, actor, batch).map(Response::Whoami),
+            PoolRequest::UserAdd(add) => pool
                 .add_user(now, actor, &add, mint_token(), batch)
                 .map(|(user, token)| Response::UserAdded { user, token }),
-            Request::UserList => pool.users(now, actor, batch).map(Response::Users),
-            Request::UserToken(user) => {
+            PoolRequest::UserList => pool.users(now, actor, batch).map(Response::Users),
+            PoolRequest::UserToken(user) => {
                 let token = mint_token();
                 let text = token.token.clone();
                 pool.mint_token(now, actor, &user.username, "", token, batch)
                     .map(|_| Response::Token(text))
             }
-            Request::TokenMint(mint) => {
+            PoolRequest::TokenMint(mint) => {
                 let token = mint_token();
                 let text = token.token.clone();
                 pool.mint_token(now, actor, &mint.username, &mint.label, token, batch)
                     .map(|id| Response::TokenIssued(IssuedToken { id, token: text }))
             }
-            Request::TokenList(user) => pool
+            PoolRequest::TokenList(user) => pool
                 .tokens_of(now, actor, &user.username, batch)
                 .map(Response::Tokens),
-            Request::TokenRevoke(revoke) => pool
+            PoolRequest::TokenRevoke(revoke) => pool
                 .revoke_token(now, actor, &revoke.id, batch)
                 .map(Response::TokenRevoked),
-            Request::UserDeactivate(user) => pool
+            PoolRequest::UserDeactivate(user) => pool
                 .deactivate_user(now, actor, &user.username, batch)
                 .map(Response::User),
-            Request::UserActivate(user) => pool
+            PoolRequest::UserActivate(user) => pool
                 .activate_user(now, actor, &user.username, batch)
                 .map(Response::User),
-            Request::UserRemove(user) => pool
+            PoolRequest::UserRemove(user) => pool
                 .remove_user(now, actor, &user.username, batch)
                 .map(Response::User),
-            Request::Assign(assign) => pool
+            PoolRequest::Assign(assign) => pool
                 .assign(now, actor, &assign, batch)
                 .map(Response::Assignment),
-            Request::Revoke(revoke) => pool
+            PoolRequest::Revoke(revoke) => pool
                 .revoke(now, actor, &revoke, batch)
                 .map(Response::Revoked),
             // The first borrow request has no request id: each one is a new borrow.
-            Request::Borrow(borrow) => {
+            PoolRequest::Borrow(borrow) => {
                 let request = BorrowOnce {
                     request_id: RequestId(rand::random()),
                     feature: borrow.feature,
@@ -490,21 +488,12 @@ impl Engine {
                 };
                 borrow_signed(pool, &self.signer, now, actor, holder, &request, batch)
             }
-            Request::BorrowOnce(request) => {
+            PoolRequest::BorrowOnce(request) => {
                 borrow_signed(pool, &self.signer, now, actor, holder, &request, batch)
             }
-            Request::Return(ret) => pool
+            PoolRequest::Return(ret) => pool
                 .return_borrow(now, actor, ret.lease, batch)
                 .map(Response::Returned),
-            // Answered elsewhere: server info by the connection, audit queries after the
-            // commit (see `apply`).
-            Request::ServerInfo | Request::Audit(_) | Request::AuditPage(_) => {
-                tracing::error!(
-                    request = request.name(),
-                    "request reached the wrong handler"
-                );
-                Err(ErrorBody::internal())
-            }
         }
     }
 
@@ -512,7 +501,9 @@ impl Engine {
     async fn flush(&mut self, mut batch: Batch, replies: Vec<Reply>) {
         let pool = &self.pool;
         self.folder
-            .fold(now_millis(), &mut batch.audit, |actor| pool.is_admin(actor));
+            .fold(self.clock.now_millis(), &mut batch.audit, |actor| {
+                pool.is_admin(actor)
+            });
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             if let Err(err) = self.store.commit(&batch).await {
@@ -589,7 +580,8 @@ impl Engine {
         loop {
             match self.store.load().await {
                 Ok(snapshot) => {
-                    self.pool = Pool::restore(snapshot, self.ttl_ms, self.policy, now_millis());
+                    self.pool =
+                        Pool::restore(snapshot, self.ttl_ms, self.policy, self.clock.now_millis());
                     tracing::warn!(
                         leases = self.pool.lease_count(),
                         "pool reloaded from the store"
@@ -609,7 +601,7 @@ impl Engine {
     async fn catch_up(&mut self) {
         loop {
             let mut batch = Batch::default();
-            self.pool.advance(now_millis(), &mut batch);
+            self.pool.advance(self.clock.now_millis(), &mut batch);
             if batch.is_empty() {
                 return;
             }

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use tally_protocol::{AuditEvent, ErrorCode};
 
-use crate::core::{rfc3339, AuditOutcome};
+use crate::core::AuditOutcome;
+use tally_protocol::format_time as rfc3339;
 
 /// How long identical refusals are folded into one summary.
 pub const WINDOW_MS: i64 = 60_000;

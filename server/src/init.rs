@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -214,13 +214,13 @@ pub fn signing_key(dir: &DataDir) -> Result<Ed25519KeyPair> {
     if !path.exists() {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|_| anyhow::anyhow!("cannot generate a signing key"))?;
+            .map_err(|_| Error::Invalid("cannot generate a signing key".into()))?;
         write_private(&path, pkcs8.as_ref())?;
         tracing::info!(path = %path.display(), "generated the Ed25519 signing key");
     }
     let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     Ed25519KeyPair::from_pkcs8(&bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))
+        .map_err(|_| Error::Invalid(format!("{} is not an Ed25519 PKCS#8 key", path.display())))
 }
 
 /// The public half of the signing key, as sent in `Welcome`.
@@ -409,8 +409,11 @@ pub fn signing_chain(
         .signed_by(&subject, &issuer, &ca_key)
         .context("cannot sign the signing key's certificate")?;
     let chain = vec![cert.der().as_ref().to_vec()];
-    certifies(&chain, key, Some(&ca_der), now)
-        .map_err(|why| anyhow::anyhow!("the signing certificate just made is unusable: {why}"))?;
+    certifies(&chain, key, Some(&ca_der), now).map_err(|why| {
+        Error::Invalid(format!(
+            "the signing certificate just made is unusable: {why}"
+        ))
+    })?;
     fs::write(&path, cert.pem()).with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), "the private CA certified the borrow signing key");
     Ok(Some(chain))

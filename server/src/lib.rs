@@ -2,30 +2,39 @@
 //! arguments, sets up logging and signals, and calls [`run`]; tests call it directly.
 //!
 //! - [`core`]: the seat accounting, synchronous and free of I/O.
-//! - [`engine`]: the task that owns the pool and commits its changes in groups.
-//! - [`conn`]: one client connection.
+//! - [`engine`]: the task that owns the pool and commits its changes in groups; `route`:
+//!   who answers a request (the connection, the audit reader or the pool).
+//! - [`clock`]: the time the engine decides by; tests step a manual one.
+//! - [`conn`]: one client connection; `shared`: what connection tasks share.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`notify`]: delivery of the notification outbox.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
-//! - [`config`], [`init`]: configuration and the data directory.
+//! - [`config`], [`init`]: configuration and the data directory; [`error`]: the error of
+//!   setting up and running the daemon.
 //! - `limiter`, `logtext`: the front door's limits per client address, and peer text made
 //!   safe for the log.
 #![deny(clippy::await_holding_lock)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 mod conn;
 pub mod core;
 mod engine;
+pub mod error;
 mod fold;
 pub mod init;
 mod limiter;
 mod logtext;
 pub mod notify;
+mod route;
 mod server;
+mod shared;
 pub mod store;
 mod watchdog;
 
+pub use clock::Clock;
+pub use error::Error;
 pub use server::{run, Control};
 
 /// The accept queue of the listening socket: deep enough that a storm of clients starting

@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Notification;
-use crate::engine::now_millis;
 use crate::store::Store;
+use tally_protocol::now_millis;
 
 /// Where notifications go.
 #[async_trait]

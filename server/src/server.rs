@@ -6,20 +6,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use rustls::ServerConfig;
 use tally_protocol::{Welcome, PROTOCOL_VERSION};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Limits};
-use crate::core::{Policy, Pool, SignOut};
-use crate::engine::{now_millis, Engine, Signer};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::core::{Policy, Pool};
+use crate::engine::{Engine, Signer};
+use crate::error::{Context, Error, Result};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notify;
+use crate::shared::Shared;
 use crate::store::Store;
 
 /// While connections are refused or `accept` fails, one warning of each kind per this long.
@@ -27,42 +28,6 @@ const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// How many jobs may wait for the engine before connections wait to send more.
 const ENGINE_QUEUE: usize = 65_536;
-
-/// What connection tasks share.
-pub struct Shared {
-    /// Swapped on SIGHUP.
-    tls: RwLock<Arc<ServerConfig>>,
-    /// Swapped on SIGHUP.
-    limits: RwLock<Limits>,
-    /// Open connections, for `max_connections` and `server info`.
-    pub connections: AtomicUsize,
-    /// Where requests go.
-    pub engine: mpsc::Sender<crate::engine::Job>,
-    /// Connections to end: revoked tokens, deactivated and removed accounts.
-    pub sign_outs: broadcast::Sender<SignOut>,
-    /// Token look-ups.
-    pub store: Arc<dyn Store>,
-    /// Sent to every client after its `Hello`.
-    pub welcome: Welcome,
-    /// For `uptime_secs`.
-    pub started: Instant,
-    /// Lease time to live; also the idle timeout of a connection.
-    pub ttl: Duration,
-    /// Failed sign-ins per address.
-    pub auth_limiter: AuthLimiter,
-    /// Connections not signed in yet, per address and in all.
-    pub preauth: PreAuth,
-}
-
-impl Shared {
-    pub fn tls(&self) -> Arc<ServerConfig> {
-        self.tls.read().expect("tls lock").clone()
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits.read().expect("limits lock").clone()
-    }
-}
 
 /// How the caller controls a running server.
 #[derive(Debug, Default)]
@@ -76,6 +41,9 @@ pub struct Control {
     /// How often the engine pings the systemd watchdog (half of `WATCHDOG_USEC`); `None`
     /// without one.
     pub watchdog: Option<Duration>,
+    /// Where the engine takes the time from: the system clock by default; tests pass a
+    /// [`Clock::manual`] they step.
+    pub clock: Clock,
 }
 
 /// Runs the daemon on `listener` until `control.shutdown` is cancelled.
@@ -98,7 +66,7 @@ pub async fn run(
     init::ensure_certificates(&config, &dir)?;
     let signing_chain = init::signing_chain(&config, &dir, &signing_key)?;
     let tls = init::tls_config(&config, &dir)?;
-    let identity = initialize_owner(&config, &dir, store.as_ref(), port).await?;
+    let identity = initialize_owner(&config, &dir, store.as_ref(), port, &control.clock).await?;
 
     let started = Instant::now();
     let snapshot = store
@@ -112,7 +80,7 @@ pub async fn run(
         borrow_max_ms: config.borrow.max.as_millis() as i64,
         max_leases_per_client: config.limits.max_leases_per_client,
     };
-    let pool = Pool::restore(snapshot, ttl_ms, policy, now_millis());
+    let pool = Pool::restore(snapshot, ttl_ms, policy, control.clock.now_millis());
     tracing::info!(
         leases = pool.lease_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -136,7 +104,8 @@ pub async fn run(
         outbox.clone(),
         sign_outs.clone(),
     )
-    .with_watchdog(control.watchdog);
+    .with_watchdog(control.watchdog)
+    .with_clock(control.clock.clone());
     let mut engine_task = tokio::spawn(engine.run(engine_rx));
     let notifier_stop = CancellationToken::new();
     let mut notifier = tokio::spawn(notify::run(
@@ -259,7 +228,7 @@ fn task_ended(
     task: &str,
     ended: Result<(), tokio::task::JoinError>,
     shutdown: &CancellationToken,
-) -> anyhow::Error {
+) -> Error {
     shutdown.cancel();
     let why = match ended {
         Ok(()) => "it returned".to_string(),
@@ -275,9 +244,10 @@ fn task_ended(
         Err(err) => err.to_string(),
     };
     tracing::error!(task, why = %why, "a task tallyd cannot run without ended; stopping");
-    anyhow::anyhow!(
-        "the {task} task ended unexpectedly ({why}); tallyd stopped so that it can be restarted"
-    )
+    Error::TaskEnded {
+        task: task.to_string(),
+        why,
+    }
 }
 
 fn spawn_connection(
@@ -333,10 +303,15 @@ async fn initialize_owner(
     dir: &DataDir,
     store: &dyn Store,
     port: u16,
+    clock: &Clock,
 ) -> Result<String> {
     let token = init::new_token();
     let identity = store
-        .initialize(OWNER_USERNAME, &init::token_hash(&token), now_millis())
+        .initialize(
+            OWNER_USERNAME,
+            &init::token_hash(&token),
+            clock.now_millis(),
+        )
         .await
         .context("cannot initialise the store")?;
     if identity.owner_created {

@@ -37,8 +37,11 @@ pub fn test_config(listen: SocketAddr, data_dir: &Path, ttl: Duration, sweep: Du
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: TempDir,
+    /// The server's time: the system clock, or a manual one the test steps
+    /// ([`start_stepped`](Self::start_stepped)).
+    pub clock: tally_server::Clock,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), tally_server::Error>>,
 }
 
 impl TestServer {
@@ -47,6 +50,27 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_on(tally_server::Clock::system(), adjust).await
+    }
+
+    /// A server on a manual clock that starts at the current time and moves only when the
+    /// test calls [`step`](Self::step): expiry, sweeps and borrow ends happen in stepped
+    /// time, with no waiting.
+    pub async fn start_stepped(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_on(tally_server::Clock::manual(now_millis()), adjust).await
+    }
+
+    /// Steps the manual clock forward (waking the server's sweep); returns the new time.
+    pub fn step(&self, by: Duration) -> i64 {
+        self.clock.advance(by)
+    }
+
+    /// The server's current time.
+    pub fn now(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
+    async fn start_on(clock: tally_server::Clock, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -67,6 +91,7 @@ impl TestServer {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let control = tally_server::Control {
             ready: Some(ready_tx),
+            clock: clock.clone(),
             ..Default::default()
         };
         let shutdown = control.shutdown.clone();
@@ -75,6 +100,7 @@ impl TestServer {
         TestServer {
             addr,
             dir,
+            clock,
             shutdown,
             task,
         }
@@ -330,12 +356,7 @@ pub async fn audit(owner: &Client) -> Vec<tally_protocol::AuditEvent> {
     }
 }
 
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+pub use tally_protocol::now_millis;
 
 /// A connection that speaks raw protocol frames, to send what a well-behaved client never
 /// would.

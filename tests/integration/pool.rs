@@ -114,10 +114,14 @@ async fn a_released_lease_is_reported_lost_at_the_next_heartbeat() {
 
 #[tokio::test]
 async fn an_expiring_entitlement_ends_its_leases_with_reason_expired() {
-    let server = TestServer::start_with(|c| c.leases.ttl = Duration::from_millis(1500)).await;
+    let server = TestServer::start_stepped(|c| c.leases.ttl = Duration::from_millis(1500)).await;
     let owner = server.owner().await;
-    add_entitlement(&owner, "houdini", 1, Some(now_millis() + 1200)).await;
+    add_entitlement(&owner, "houdini", 1, Some(server.now() + 1200)).await;
     let mut lease = owner.checkout("houdini", 1).await.unwrap();
+    assert_eq!(status(&owner, "houdini").await.in_use, 1);
+    // The entitlement's end, in the server's stepped time; the holder learns it at its next
+    // heartbeat.
+    server.step(Duration::from_millis(1200));
     let reason = tokio::time::timeout(Duration::from_secs(5), lease.lost())
         .await
         .unwrap();
@@ -232,7 +236,7 @@ impl Relay {
 
 #[tokio::test]
 async fn a_network_drop_resumes_the_same_lease_and_never_takes_a_second_seat() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_stepped(|c| c.leases.ttl = Duration::from_millis(1500)).await;
     let owner = server.owner().await;
     add_entitlement(&owner, "vray", 3, None).await;
     let relay = Relay::start(server.addr).await;
@@ -259,8 +263,25 @@ async fn a_network_drop_resumes_the_same_lease_and_never_takes_a_second_seat() {
         };
         assert_eq!(figures.in_use, 1);
     }
-    // Two ttls later the lease is still the same one, renewed by heartbeats.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Two ttls later the lease is still the same one, renewed by heartbeats: the server's
+    // clock steps two thirds of a ttl at a time, and each step waits for the heartbeat that
+    // renews the lease from the new time.
+    for _ in 0..3 {
+        let now = server.step(Duration::from_millis(1000));
+        let mut renewed = false;
+        for _ in 0..500 {
+            let held = leases(&owner).await;
+            if held
+                .iter()
+                .any(|l| l.id == lease.id() && l.expires_at >= now + 1500)
+            {
+                renewed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(renewed, "no heartbeat renewed the lease at {now}");
+    }
     let held = leases(&owner).await;
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].id, lease.id());
@@ -359,5 +380,52 @@ async fn long_lists_of_leases_and_audit_events_come_back_whole() {
         other => panic!("{other:?}"),
     }
     drop(held);
+    server.stop().await;
+}
+
+/// A step of the server's clock is applied at once: with a sweep period of an hour, only the
+/// step can have woken the sweep that reclaims the lapsed lease (the audit query that looks
+/// for it does not bring the pool up to date).
+#[tokio::test]
+async fn a_stepped_clock_wakes_the_sweep() {
+    let server = TestServer::start_stepped(|c| {
+        c.leases.ttl = Duration::from_secs(7200);
+        c.leases.sweep = Duration::from_secs(3600);
+    })
+    .await;
+    let owner = server.owner().await;
+    add_entitlement(&owner, "vray", 1, None).await;
+    let mut holder = RawConn::signed_in(&server, ClientId(rand::random())).await;
+    let granted = holder
+        .request(
+            1,
+            Request::Checkout(Checkout {
+                request_id: RequestId([9; 16]),
+                feature: "vray".into(),
+                seats: 1,
+            }),
+        )
+        .await;
+    let lease = match granted {
+        ServerMessage::Response {
+            outcome: Outcome::Ok(Response::Lease(lease)),
+            ..
+        } => lease,
+        other => panic!("{other:?}"),
+    };
+    let stepped = server.step(Duration::from_secs(7201));
+    let mut reclaimed = None;
+    for _ in 0..500 {
+        reclaimed = audit(&owner)
+            .await
+            .into_iter()
+            .find(|e| e.action == "reclaim" && e.subject == lease.id.to_string());
+        if reclaimed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reclaimed = reclaimed.expect("the step did not wake the sweep");
+    assert_eq!(reclaimed.at, stepped, "swept at the stepped time");
     server.stop().await;
 }

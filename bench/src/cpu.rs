@@ -1,0 +1,151 @@
+//! The server's own CPU time, from the kernel's counters, so that a scenario can report
+//! `server_cpu_us_per_op`: what one answered request costs the server, which a noisy machine
+//! changes far less than throughput or latency.
+//!
+//! `tallyd` is a child process: its counters are `utime + stime` in `/proc/PID/stat`. The
+//! baseline's echo server runs inside this process on a runtime of its own whose threads all
+//! carry [`ECHO_THREAD`] as their name, so its counters are the sum over those threads in
+//! `/proc/self/task/*/stat`; the load generator's threads are not counted. (A child process
+//! would need a second binary or a hidden subcommand and a port handshake for the same
+//! figure.)
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// The name of every thread of the echo server's runtime.
+pub const ECHO_THREAD: &str = "tally-echo";
+
+/// Whose CPU time to read.
+#[derive(Debug, Clone)]
+pub enum Server {
+    /// A child process, by pid.
+    Process(u32),
+    /// The threads of this process named [`ECHO_THREAD`].
+    EchoThreads,
+}
+
+impl Server {
+    /// User plus system CPU time used so far.
+    pub fn cpu(&self) -> Result<Duration> {
+        let ticks = match self {
+            Server::Process(pid) => {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+                stat_ticks(&stat)?.1
+            }
+            Server::EchoThreads => {
+                let mut total = 0;
+                for task in std::fs::read_dir("/proc/self/task")? {
+                    // A thread that ended meanwhile has no stat any more.
+                    let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+                        continue;
+                    };
+                    let (name, ticks) = stat_ticks(&stat)?;
+                    if name == ECHO_THREAD {
+                        total += ticks;
+                    }
+                }
+                total
+            }
+        };
+        Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()?))
+    }
+
+    /// Starts measuring.
+    pub fn meter(&self) -> Result<Meter> {
+        Ok(Meter {
+            server: self.clone(),
+            start: self.cpu()?,
+        })
+    }
+}
+
+/// CPU time of a server from a starting point.
+#[derive(Debug)]
+pub struct Meter {
+    server: Server,
+    start: Duration,
+}
+
+impl Meter {
+    /// Microseconds of server CPU per operation since the meter started, to 0.1 µs.
+    pub fn us_per_op(&self, ops: usize) -> Result<f64> {
+        let used = self.server.cpu()?.saturating_sub(self.start);
+        Ok(per_op(used, ops))
+    }
+}
+
+/// `used` spread over `ops`, in microseconds to one decimal.
+pub fn per_op(used: Duration, ops: usize) -> f64 {
+    (used.as_secs_f64() * 1e6 / ops.max(1) as f64 * 10.0).round() / 10.0
+}
+
+/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks() -> Result<f64> {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)? {
+        Some(ticks) if ticks > 0 => Ok(ticks as f64),
+        _ => bail!("the kernel reports no clock tick rate"),
+    }
+}
+
+/// The command name and `utime + stime` (in clock ticks) of a `/proc/.../stat` line.
+fn stat_ticks(stat: &str) -> Result<(&str, u64)> {
+    // The name is in parentheses and may hold spaces or parentheses itself: it ends at the
+    // last `)`.
+    let (open, close) = stat
+        .find('(')
+        .zip(stat.rfind(')'))
+        .context("no command name in stat")?;
+    let name = &stat[open + 1..close];
+    // Fields from the third (state) on; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .context("stat is too short")?
+            .parse()
+            .with_context(|| format!("field {n} of stat is not a number"))
+    };
+    Ok((name, field(14)? + field(15)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utime_and_stime_are_read_past_a_name_with_spaces_and_parentheses() {
+        let stat = "4242 (tally (x) y) S 1 2 3 4 5 6 7 8 9 10 170 30 0 0 20 0 1 0";
+        assert_eq!(stat_ticks(stat).unwrap(), ("tally (x) y", 200));
+        assert!(stat_ticks("1 (short) S 1 2").is_err());
+    }
+
+    #[test]
+    fn this_process_and_its_named_threads_are_measured() {
+        let busy = std::thread::Builder::new()
+            .name(ECHO_THREAD.into())
+            .spawn(|| {
+                let started = std::time::Instant::now();
+                let mut x = 0u64;
+                while started.elapsed() < Duration::from_millis(300) {
+                    x = x.wrapping_add(std::hint::black_box(1));
+                }
+                std::thread::sleep(Duration::from_secs(5));
+                x
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let threads = Server::EchoThreads.cpu().unwrap();
+        let process = Server::Process(std::process::id()).cpu().unwrap();
+        assert!(threads >= Duration::from_millis(100), "{threads:?}");
+        assert!(process >= threads, "{process:?} < {threads:?}");
+        drop(busy);
+    }
+
+    #[test]
+    fn cost_per_op_is_rounded_to_a_tenth_of_a_microsecond() {
+        assert_eq!(per_op(Duration::from_millis(5), 3), 1666.7);
+        assert_eq!(per_op(Duration::ZERO, 0), 0.0);
+    }
+}

@@ -1,0 +1,216 @@
+//! Where a signed-in request is answered, decided once as it arrives: `ServerInfo` by the
+//! connection, audit reads from the store once the engine's batch has committed, every other
+//! request by the pool. The engine's handler takes a [`PoolRequest`], which has no variant
+//! for the first two, so no request can reach the wrong handler.
+
+use crate::core::Action;
+use tally_protocol::{
+    Assign, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementQuery, EntitlementRemove,
+    LeasesPageQuery, LeasesQuery, NewEntitlement, Release, Request, Resume, Return, Revoke,
+    StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
+};
+
+/// Who answers a request.
+#[derive(Debug)]
+pub enum Route {
+    /// The connection, from what it holds.
+    ServerInfo,
+    /// The engine.
+    Engine(EngineRequest),
+}
+
+/// A request for the engine, with its name for the audit log.
+#[derive(Debug)]
+pub struct EngineRequest {
+    /// [`Request::name`], for the log.
+    pub name: &'static str,
+    /// What the audit log calls it, for the event of a refusal.
+    pub action: Action,
+    pub kind: EngineKind,
+}
+
+/// What the engine does with a request.
+#[derive(Debug)]
+pub enum EngineKind {
+    /// Check the role and the query, then read the store after the commit.
+    Audit(AuditRead),
+    /// Apply it to the pool.
+    Pool(PoolRequest),
+}
+
+/// An audit query and how to answer it.
+#[derive(Debug)]
+pub struct AuditRead {
+    pub query: AuditQuery,
+    /// The page cursor of `AuditPage`.
+    pub before: Option<u64>,
+    /// `AuditPage` (answered with a page) rather than `Audit` (with its events only).
+    pub paged: bool,
+}
+
+/// Every request the pool answers: [`Request`] without `ServerInfo`, `Audit` and
+/// `AuditPage`, with the same bodies.
+#[derive(Debug)]
+pub enum PoolRequest {
+    Heartbeat,
+    Checkout(Checkout),
+    Checkin(Checkin),
+    Resume(Resume),
+    Status(StatusQuery),
+    Leases(LeasesQuery),
+    EntitlementAdd(NewEntitlement),
+    EntitlementList(EntitlementQuery),
+    EntitlementRemove(EntitlementRemove),
+    Release(Release),
+    Whoami,
+    UserAdd(UserAdd),
+    UserList,
+    UserToken(UserRef),
+    UserDeactivate(UserRef),
+    UserActivate(UserRef),
+    UserRemove(UserRef),
+    Assign(Assign),
+    Revoke(Revoke),
+    Borrow(Borrow),
+    Return(Return),
+    TokenMint(TokenMint),
+    TokenList(UserRef),
+    TokenRevoke(TokenRevoke),
+    BorrowOnce(BorrowOnce),
+    LeasesPage(LeasesPageQuery),
+}
+
+/// Decides who answers `request`.
+pub fn route(request: Request) -> Route {
+    let name = request.name();
+    let action = Action::of_request(&request);
+    let audit = |read| {
+        Route::Engine(EngineRequest {
+            name,
+            action,
+            kind: EngineKind::Audit(read),
+        })
+    };
+    let pool = match request {
+        Request::ServerInfo => return Route::ServerInfo,
+        Request::Audit(query) => {
+            return audit(AuditRead {
+                query,
+                before: None,
+                paged: false,
+            })
+        }
+        Request::AuditPage(page) => {
+            return audit(AuditRead {
+                query: page.query,
+                before: page.before,
+                paged: true,
+            })
+        }
+        Request::Heartbeat => PoolRequest::Heartbeat,
+        Request::Checkout(body) => PoolRequest::Checkout(body),
+        Request::Checkin(body) => PoolRequest::Checkin(body),
+        Request::Resume(body) => PoolRequest::Resume(body),
+        Request::Status(body) => PoolRequest::Status(body),
+        Request::Leases(body) => PoolRequest::Leases(body),
+        Request::EntitlementAdd(body) => PoolRequest::EntitlementAdd(body),
+        Request::EntitlementList(body) => PoolRequest::EntitlementList(body),
+        Request::EntitlementRemove(body) => PoolRequest::EntitlementRemove(body),
+        Request::Release(body) => PoolRequest::Release(body),
+        Request::Whoami => PoolRequest::Whoami,
+        Request::UserAdd(body) => PoolRequest::UserAdd(body),
+        Request::UserList => PoolRequest::UserList,
+        Request::UserToken(body) => PoolRequest::UserToken(body),
+        Request::UserDeactivate(body) => PoolRequest::UserDeactivate(body),
+        Request::UserActivate(body) => PoolRequest::UserActivate(body),
+        Request::UserRemove(body) => PoolRequest::UserRemove(body),
+        Request::Assign(body) => PoolRequest::Assign(body),
+        Request::Revoke(body) => PoolRequest::Revoke(body),
+        Request::Borrow(body) => PoolRequest::Borrow(body),
+        Request::Return(body) => PoolRequest::Return(body),
+        Request::TokenMint(body) => PoolRequest::TokenMint(body),
+        Request::TokenList(body) => PoolRequest::TokenList(body),
+        Request::TokenRevoke(body) => PoolRequest::TokenRevoke(body),
+        Request::BorrowOnce(body) => PoolRequest::BorrowOnce(body),
+        Request::LeasesPage(body) => PoolRequest::LeasesPage(body),
+    };
+    Route::Engine(EngineRequest {
+        name,
+        action,
+        kind: EngineKind::Pool(pool),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_protocol::{AuditPageQuery, RequestId, StatusQuery};
+
+    fn query() -> AuditQuery {
+        AuditQuery {
+            since: Some(5),
+            user: Some("ana@studio.com".into()),
+            feature: None,
+            limit: Some(10),
+        }
+    }
+
+    #[test]
+    fn server_info_stays_with_the_connection() {
+        assert!(matches!(route(Request::ServerInfo), Route::ServerInfo));
+    }
+
+    #[test]
+    fn audit_reads_keep_their_query_and_cursor() {
+        let Route::Engine(EngineRequest {
+            name: "audit",
+            kind: EngineKind::Audit(read),
+            ..
+        }) = route(Request::Audit(query()))
+        else {
+            panic!("Audit is not an audit read");
+        };
+        assert_eq!(
+            (read.query, read.before, read.paged),
+            (query(), None, false)
+        );
+        let page = Request::AuditPage(AuditPageQuery {
+            query: query(),
+            before: Some(42),
+        });
+        let Route::Engine(EngineRequest {
+            kind: EngineKind::Audit(read),
+            ..
+        }) = route(page)
+        else {
+            panic!("AuditPage is not an audit read");
+        };
+        assert_eq!((read.before, read.paged), (Some(42), true));
+    }
+
+    #[test]
+    fn pool_requests_keep_their_body_and_name() {
+        let checkout = Checkout {
+            request_id: RequestId([3; 16]),
+            feature: "vray".into(),
+            seats: 2,
+        };
+        match route(Request::Checkout(checkout.clone())) {
+            Route::Engine(EngineRequest {
+                name: "checkout",
+                kind: EngineKind::Pool(PoolRequest::Checkout(body)),
+                ..
+            }) => assert_eq!(body, checkout),
+            other => panic!("{other:?}"),
+        }
+        let status = Request::Status(StatusQuery { feature: None });
+        assert!(matches!(
+            route(status),
+            Route::Engine(EngineRequest {
+                name: "status",
+                kind: EngineKind::Pool(PoolRequest::Status(_)),
+                ..
+            })
+        ));
+    }
+}
