@@ -177,18 +177,9 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir is empty".into());
         }
-        if let Some(url) = &self.database {
-            let url = url.0.as_str();
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                return invalid(
-                    "database: PostgreSQL is not supported by this version of tallyd yet; remove `database` to use the embedded SQLite store".into(),
-                );
-            }
-            if !url.starts_with("sqlite://") {
-                return invalid(
-                    "database must be a sqlite:// URL, or absent for SQLite in data_dir".into(),
-                );
-            }
+        let database = self.database.as_ref().map(|url| url.0.as_str());
+        if let Err(err) = crate::store::Backend::from_url(database, &self.data_dir) {
+            return invalid(format!("database: {err}"));
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => return invalid("tls.cert is set but tls.key is not".into()),
@@ -393,6 +384,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PostgreSQL"));
+        let config = Config::parse("database = \"sqlite://\"\n").unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("names no file"));
         for key in ["max_unauthenticated_per_address", "max_leases_per_client"] {
             let config = Config::parse(&format!("[limits]\n{key} = 0\n")).unwrap();
             let err = config.validate().unwrap_err().to_string();

@@ -2,11 +2,18 @@
 //!
 //! A store holds the pool's durable state ([`Snapshot`]), applies the engine's group commits
 //! ([`Batch`]) atomically, and answers token look-ups. SQLite is the embedded default;
-//! the backend is chosen by the URL scheme of `database`.
+//! the backend is chosen by the URL scheme of `database` ([`Backend::from_url`]).
+//!
+//! - `rows`: the tables' rows as sqlx decodes them, converted to the core's types.
+//! - `sqlite`: the SQLite backend; its migrations are in `server/migrations/sqlite/`.
+//! - `contract` (tests): what every backend must do, run against each of them.
 
+#[cfg(test)]
+pub mod contract;
+mod rows;
 mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tally_protocol::{AuditEvent, AuditPage, AuditQuery};
@@ -22,8 +29,62 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("the database holds a value this version cannot read: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?}: use a path, sqlite://PATH or (later) postgres://")]
-    UnsupportedUrl(String),
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+    #[error("database: {0}")]
+    Url(#[from] UrlError),
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        match err {
+            sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::Corrupt(format!(
+                "the database has migration {version}, which this tallyd does not know; run a newer tallyd"
+            )),
+            err => StoreError::Migrate(err.to_string()),
+        }
+    }
+}
+
+/// Why a `database` setting names no backend this tallyd has. The URL itself is never in
+/// the text: it may hold a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("PostgreSQL is not supported by this version of tallyd yet; remove `database` to use the embedded SQLite store")]
+    PostgresNotSupported,
+    #[error(
+        "the sqlite:// URL names no file; give its path, as in sqlite:///var/lib/tally/tally.db"
+    )]
+    NoPath,
+    #[error("must be a sqlite:// URL, or absent for SQLite in data_dir")]
+    UnknownScheme,
+}
+
+/// The backend a `database` setting names, with what it needs to open it. The one place
+/// where URL schemes are read: both [`open`] and the configuration check use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in this file.
+    Sqlite(PathBuf),
+}
+
+impl Backend {
+    /// The backend for `database`, or SQLite in `data_dir` when it names none.
+    pub fn from_url(database: Option<&str>, data_dir: &Path) -> Result<Backend, UrlError> {
+        let Some(url) = database else {
+            return Ok(Backend::Sqlite(data_dir.join("tally.db")));
+        };
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(UrlError::NoPath);
+            }
+            return Ok(Backend::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(UrlError::PostgresNotSupported);
+        }
+        Err(UrlError::UnknownScheme)
+    }
 }
 
 /// What first-start initialisation created.
@@ -107,13 +168,40 @@ pub fn event_size(event: &AuditEvent) -> usize {
 /// Opens the store that `database` names, or SQLite in `data_dir` when it names none, and
 /// brings its schema up to date.
 pub async fn open(database: Option<&str>, data_dir: &Path) -> Result<Box<dyn Store>, StoreError> {
-    match database {
-        None => Ok(Box::new(
-            SqliteStore::open(&data_dir.join("tally.db")).await?,
-        )),
-        Some(url) if url.starts_with("sqlite://") => Ok(Box::new(
-            SqliteStore::open(Path::new(&url["sqlite://".len()..])).await?,
-        )),
-        Some(url) => Err(StoreError::UnsupportedUrl(url.to_string())),
+    match Backend::from_url(database, data_dir)? {
+        Backend::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path).await?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_scheme_picks_the_backend() {
+        let dir = Path::new("/var/lib/tally");
+        assert_eq!(
+            Backend::from_url(None, dir),
+            Ok(Backend::Sqlite(dir.join("tally.db")))
+        );
+        assert_eq!(
+            Backend::from_url(Some("sqlite:///srv/t.db"), dir),
+            Ok(Backend::Sqlite("/srv/t.db".into()))
+        );
+        assert_eq!(
+            Backend::from_url(Some("sqlite://"), dir),
+            Err(UrlError::NoPath)
+        );
+        for url in ["postgres://u:pw@h/db", "postgresql://u:pw@h/db"] {
+            assert_eq!(
+                Backend::from_url(Some(url), dir),
+                Err(UrlError::PostgresNotSupported)
+            );
+        }
+        for url in ["/srv/t.db", "mysql://u:pw@h/db", "SQLITE:///t.db", ""] {
+            let err = Backend::from_url(Some(url), dir).unwrap_err();
+            assert_eq!(err, UrlError::UnknownScheme);
+            assert!(!err.to_string().contains("pw"));
+        }
     }
 }

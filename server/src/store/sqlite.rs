@@ -1,5 +1,5 @@
 //! The embedded SQLite store: WAL journal, `synchronous = FULL`, so a commit that returned
-//! survives a crash or power loss.
+//! survives a crash or power loss. Migrations are sqlx's, from `server/migrations/sqlite/`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,32 +8,24 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
-use tally_protocol::{
-    AuditEvent, AuditPage, AuditQuery, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind,
-    LeaseSource, RequestId, Role, UserState,
+use sqlx::{Encode, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Type};
+use tally_protocol::{AuditEvent, AuditPage, AuditQuery, LeaseId, LeaseSource};
+
+use super::rows::{
+    convert, counter, AssignmentRow, AuditRow, EntitlementRow, NumberedLeaseRow, OutboxRow,
+    TokenRow, UserRow,
 };
-
 use super::{Identity, Store, StoreError};
-use crate::core::{token_id, Assignment, Batch, Lease, Notification, Snapshot, Token, User};
+use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
 
-/// Embedded migrations, applied in order; the version is the position in this list.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (
-        2,
-        include_str!("../../migrations/sqlite/0002_assignments.sql"),
-    ),
-    (3, include_str!("../../migrations/sqlite/0003_borrow.sql")),
-    (
-        4,
-        include_str!("../../migrations/sqlite/0004_lease_rows.sql"),
-    ),
-    (5, include_str!("../../migrations/sqlite/0005_tokens.sql")),
-];
+/// The schema's migrations, embedded at build time; a file's number is its version.
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Rows per multi-row statement: well under SQLite's limit of 32,766 bound parameters.
+/// Rows per multi-row statement: at 13 columns, well under SQLite's limit of 32,766 bound
+/// parameters.
 const CHUNK: usize = 1000;
 
 /// The SQLite store.
@@ -65,40 +57,66 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = Self {
+        let migrated = match adopt_schema_version(&pool).await {
+            Ok(()) => MIGRATOR.run(&pool).await.map_err(StoreError::from),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = migrated {
+            // Let go of the file at once: a refused database is left as it was.
+            pool.close().await;
+            return Err(err);
+        }
+        Ok(Self {
             pool,
             rows: Mutex::new(LeaseRows::default()),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
+}
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .execute(&mut *tx)
-            .await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = current.unwrap_or(0);
-        let newest = MIGRATIONS.last().map_or(0, |m| m.0);
-        if current > newest {
-            return Err(StoreError::Corrupt(format!(
-                "schema version {current} is newer than this tallyd knows ({newest}); run a newer tallyd"
-            )));
-        }
-        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(version, "applied database migration");
-        }
-        tx.commit().await?;
-        Ok(())
+/// Hands a database migrated by the runner of earlier versions over to sqlx's migrator.
+///
+/// That runner recorded the versions it applied in `schema_version`; when that table is
+/// there and sqlx's `_sqlx_migrations` is not, this records the same versions in sqlx's
+/// table (with the checksums of the embedded files, which are the files that runner
+/// applied) and drops `schema_version`, all in one transaction. The migrator then applies
+/// only the versions after them.
+async fn adopt_schema_version(pool: &SqlitePool) -> Result<(), StoreError> {
+    // Takes the write lock first: a read that turned into a write could not wait for it.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('schema_version', '_sqlx_migrations')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if tables != ["schema_version"] {
+        return Ok(());
     }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT DISTINCT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.ensure_migrations_table().await?;
+    for version in applied {
+        let Some(migration) = MIGRATOR.iter().find(|m| m.version == version) else {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {version} is not one this tallyd knows; run a newer tallyd"
+            )));
+        };
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?, ?, TRUE, ?, 0)",
+        )
+        .bind(version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("DROP TABLE schema_version")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!("the database's schema versions are now kept by sqlx's migrator");
+    Ok(())
 }
 
 #[async_trait]
@@ -193,146 +211,59 @@ impl Store for SqliteStore {
     }
 
     async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE hash = ?")
+        let row: Option<TokenRow> = sqlx::query_as("SELECT * FROM tokens WHERE hash = ?")
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(token_row).transpose()
+        row.map(Token::try_from).transpose()
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let next: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_entitlement_id'")
-                .fetch_optional(&mut *conn)
+        let entitlements: Vec<EntitlementRow> =
+            sqlx::query_as("SELECT * FROM entitlements ORDER BY id")
+                .fetch_all(&mut *conn)
                 .await?;
-        let next_entitlement_id = match next {
-            Some(text) => text
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("next_entitlement_id {text:?}")))?,
-            None => 1,
-        };
-        let mut entitlements = Vec::new();
-        for row in sqlx::query("SELECT * FROM entitlements ORDER BY id")
+        let numbered: Vec<NumberedLeaseRow> = sqlx::query_as("SELECT * FROM leases ORDER BY seq")
+            .fetch_all(&mut *conn)
+            .await?;
+        let users: Vec<UserRow> = sqlx::query_as("SELECT * FROM users ORDER BY username")
+            .fetch_all(&mut *conn)
+            .await?;
+        let assignments: Vec<AssignmentRow> =
+            sqlx::query_as("SELECT * FROM assignments ORDER BY id")
+                .fetch_all(&mut *conn)
+                .await?;
+        let tokens: Vec<TokenRow> = sqlx::query_as("SELECT * FROM tokens ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?;
+        let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *conn)
             .await?
-        {
-            let kind: String = row.try_get("kind")?;
-            entitlements.push(Entitlement {
-                id: row.try_get::<i64, _>("id")? as u64,
-                feature: row.try_get("feature")?,
-                seats: row.try_get::<i64, _>("seats")? as u32,
-                starts_at: row.try_get("starts_at")?,
-                expires_at: row.try_get("expires_at")?,
-                kind: EntitlementKind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("entitlement kind {kind:?}")))?,
-                borrowable: row.try_get("borrowable")?,
-                max_borrow_secs: row.try_get::<i64, _>("max_borrow_secs")? as u64,
-                reference: row.try_get("reference")?,
-            });
-        }
-        let mut leases = Vec::new();
+            .into_iter()
+            .collect();
+        let counter = |key: &str| counter(key, meta.get(key).cloned());
+
         let mut rows = LeaseRows::default();
-        for row in sqlx::query("SELECT * FROM leases ORDER BY seq")
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            let kind: String = row.try_get("kind")?;
-            let assignment: Option<i64> = row.try_get("source_assignment")?;
-            let seq: i64 = row.try_get("seq")?;
-            rows.by_id.insert(LeaseId(id16(&row, "id")?), seq);
-            rows.next = rows.next.max(seq + 1);
-            leases.push(Lease {
-                id: LeaseId(id16(&row, "id")?),
-                feature: row.try_get("feature")?,
-                seats: row.try_get::<i64, _>("seats")? as u32,
-                user: row.try_get("username")?,
-                host: row.try_get("host")?,
-                client: ClientId(id16(&row, "client_id")?),
-                request_id: RequestId(id16(&row, "request_id")?),
-                kind: LeaseKind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("lease kind {kind:?}")))?,
-                source: assignment.map_or(LeaseSource::Floating, |id| {
-                    LeaseSource::Assignment(id as u64)
-                }),
-                granted_at: row.try_get("granted_at")?,
-                expires_at: row.try_get("expires_at")?,
-                entitlement: row
-                    .try_get::<Option<i64>, _>("entitlement")?
-                    .map(|id| id as u64),
-            });
+        let mut leases = Vec::with_capacity(numbered.len());
+        for row in numbered {
+            let lease = Lease::try_from(row.lease)?;
+            rows.by_id.insert(lease.id, row.seq);
+            rows.next = rows.next.max(row.seq + 1);
+            leases.push(lease);
         }
-        let mut users = Vec::new();
-        for row in sqlx::query("SELECT * FROM users ORDER BY username")
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            let role: String = row.try_get("role")?;
-            let state: String = row.try_get("state")?;
-            users.push(User {
-                id: row.try_get::<i64, _>("id")? as u64,
-                username: row.try_get("username")?,
-                name: row.try_get("name")?,
-                role: Role::parse(&role)
-                    .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
-                state: UserState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("user state {state:?}")))?,
-                created_at: row.try_get("created_at")?,
-            });
-        }
-        let mut assignments = Vec::new();
-        for row in sqlx::query("SELECT * FROM assignments ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            assignments.push(Assignment {
-                id: row.try_get::<i64, _>("id")? as u64,
-                user: row.try_get("username")?,
-                feature: row.try_get("feature")?,
-                entitlement: row.try_get::<i64, _>("entitlement")? as u64,
-                seats: row.try_get::<i64, _>("seats")? as u32,
-                expires_at: row.try_get("expires_at")?,
-                created_at: row.try_get("created_at")?,
-            });
-        }
-        let next: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_assignment_id'")
-                .fetch_optional(&mut *conn)
-                .await?;
-        let next_assignment_id = match next {
-            Some(text) => text
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("next_assignment_id {text:?}")))?,
-            None => 1,
-        };
-        let mut tokens = Vec::new();
-        for row in sqlx::query("SELECT * FROM tokens ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            tokens.push(token_row(&row)?);
-        }
-        let next: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_user_id'")
-                .fetch_optional(&mut *conn)
-                .await?;
-        let next_user_id = match next {
-            Some(text) => text
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("next_user_id {text:?}")))?,
-            None => 1,
+        let snapshot = Snapshot {
+            entitlements: convert(entitlements)?,
+            leases,
+            users: convert(users)?,
+            tokens: convert(tokens)?,
+            next_user_id: counter("next_user_id")?,
+            assignments: convert(assignments)?,
+            next_entitlement_id: counter("next_entitlement_id")?,
+            next_assignment_id: counter("next_assignment_id")?,
         };
         *self.rows.lock().expect("lease rows lock") = rows;
-        Ok(Snapshot {
-            entitlements,
-            leases,
-            users,
-            tokens,
-            next_user_id,
-            assignments,
-            next_entitlement_id,
-            next_assignment_id,
-        })
+        Ok(snapshot)
     }
 
     async fn audit(
@@ -367,7 +298,7 @@ impl Store for SqliteStore {
         // One row past the page tells whether another page follows.
         q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
-        let mut rows = q.build().fetch(&self.pool);
+        let mut rows = q.build_query_as::<AuditRow>().fetch(&self.pool);
         let mut events = Vec::new();
         let mut last_id = 0i64;
         let mut bytes = 0;
@@ -377,16 +308,8 @@ impl Store for SqliteStore {
                 more = true;
                 break;
             }
-            let event = AuditEvent {
-                at: row.try_get("at")?,
-                actor: row.try_get("actor")?,
-                action: row.try_get("action")?,
-                subject: row.try_get("subject")?,
-                feature: row.try_get("feature")?,
-                outcome: row.try_get("outcome")?,
-                reason: row.try_get("reason")?,
-            };
-            last_id = row.try_get("id")?;
+            last_id = row.id;
+            let event = AuditEvent::from(row);
             bytes += super::event_size(&event);
             events.push(event);
         }
@@ -398,37 +321,20 @@ impl Store for SqliteStore {
         &self,
         limit: u32,
     ) -> Result<Vec<(i64, Notification)>, StoreError> {
-        let rows = sqlx::query("SELECT id, at, kind, subject, detail FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("id")?,
-                    Notification {
-                        at: row.try_get("at")?,
-                        kind: row.try_get("kind")?,
-                        subject: row.try_get("subject")?,
-                        detail: row.try_get("detail")?,
-                    },
-                ))
-            })
-            .collect()
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT id, at, kind, subject, detail FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
-        for chunk in ids.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET delivered_at = ");
-            q.push_bind(at).push(" WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build().execute(&self.pool).await?;
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        // `at` is an integer, so it can be written into the statement.
+        let head = format!("UPDATE outbox SET delivered_at = {at} WHERE id IN (");
+        where_in(&mut conn, &head, ids, ")").await
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -474,7 +380,7 @@ impl Store for SqliteStore {
 
 /// Writes one token row outside the engine (first start, `tallyd owner-token`).
 async fn insert_token(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     hash: &[u8; 32],
     user_id: i64,
     label: &str,
@@ -486,30 +392,91 @@ async fn insert_token(
         .bind(user_id)
         .bind(label)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(conn)
         .await?;
     Ok(())
 }
 
-fn token_row(row: &sqlx::sqlite::SqliteRow) -> Result<Token, StoreError> {
-    let hash: Vec<u8> = row.try_get("hash")?;
-    Ok(Token {
-        id: row.try_get("id")?,
-        hash: hash
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?,
-        user: row.try_get::<i64, _>("user_id")? as u64,
-        label: row.try_get("label")?,
-        created_at: row.try_get("created_at")?,
-        last_used: row.try_get("last_used")?,
-    })
+/// Inserts `rows` into `table` with multi-row statements of at most [`CHUNK`] rows. `bind`
+/// binds one row's values in the order of `columns`; `tail` ends every statement (an
+/// `ON CONFLICT` clause, or nothing).
+async fn insert_rows<'a, T>(
+    conn: &mut SqliteConnection,
+    table: &str,
+    columns: &[&str],
+    rows: &'a [T],
+    tail: &str,
+    mut bind: impl FnMut(&mut Separated<'_, 'a, Sqlite, &'static str>, &'a T),
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(CHUNK) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO {table} ({}) ", columns.join(", ")));
+        q.push_values(chunk, |mut values, row| bind(&mut values, row));
+        q.push(tail);
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
-fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreError> {
-    let bytes: Vec<u8> = row.try_get(column)?;
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{column} is not 16 bytes")))
+/// Deletes the rows of `table` whose `column` is one of `values`.
+async fn delete_in<'a, V>(
+    conn: &mut SqliteConnection,
+    table: &str,
+    column: &str,
+    values: &'a [V],
+) -> Result<(), StoreError>
+where
+    V: Sync,
+    &'a V: Encode<'a, Sqlite> + Type<Sqlite>,
+{
+    let head = format!("DELETE FROM {table} WHERE {column} IN (");
+    where_in(conn, &head, values, ")").await
+}
+
+/// Runs `head`, a list of `values`, `tail` as one statement per [`CHUNK`] of values.
+async fn where_in<'a, V>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    values: &'a [V],
+    tail: &str,
+) -> Result<(), StoreError>
+where
+    V: Sync,
+    &'a V: Encode<'a, Sqlite> + Type<Sqlite>,
+{
+    for chunk in values.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(head);
+        let mut list = q.separated(", ");
+        for value in chunk {
+            list.push_bind(value);
+        }
+        q.push(tail);
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Sets a counter in `meta`.
+async fn set_counter(
+    conn: &mut SqliteConnection,
+    key: &str,
+    value: Option<u64>,
+) -> Result<(), StoreError> {
+    if let Some(value) = value {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value.to_string())
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Ids as the database stores them.
+fn stored_ids(ids: &[u64]) -> Vec<i64> {
+    ids.iter().map(|id| *id as i64).collect()
 }
 
 /// Writes every list of the batch as multi-row statements.
@@ -517,87 +484,76 @@ fn id16(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<[u8; 16], StoreEr
 /// `lease_rows` are the row numbers of `batch.leases_added`, in order; `removed_rows` those
 /// of the leases to delete.
 async fn write_batch(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     batch: &Batch,
     lease_rows: &[i64],
     removed_rows: &[i64],
 ) -> Result<(), StoreError> {
-    for chunk in batch.users_removed.chunks(CHUNK) {
-        // Tokens first: they point at the users.
-        for (head, tail) in [
-            (
-                "DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE username IN (",
-                "))",
-            ),
-            ("DELETE FROM users WHERE username IN (", ")"),
-        ] {
-            let mut q = QueryBuilder::<Sqlite>::new(head);
-            let mut names = q.separated(", ");
-            for name in chunk {
-                names.push_bind(name);
-            }
-            q.push(tail);
-            q.build().execute(&mut **tx).await?;
-        }
-    }
-    for chunk in batch.users_upserted.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO users (id, username, name, role, state, created_at) ",
-        );
-        q.push_values(chunk, |mut b, u| {
+    // Tokens first: they point at the users.
+    where_in(
+        conn,
+        "DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE username IN (",
+        &batch.users_removed,
+        "))",
+    )
+    .await?;
+    delete_in(conn, "users", "username", &batch.users_removed).await?;
+    insert_rows(
+        conn,
+        "users",
+        &["id", "username", "name", "role", "state", "created_at"],
+        &batch.users_upserted,
+        " ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state",
+        |b, u| {
             b.push_bind(u.id as i64)
                 .push_bind(&u.username)
                 .push_bind(&u.name)
                 .push_bind(u.role.as_str())
                 .push_bind(u.state.as_str())
                 .push_bind(u.created_at);
-        });
-        q.push(" ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state");
-        q.build().execute(&mut **tx).await?;
-    }
-    if let Some(next) = batch.next_user_id {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('next_user_id', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(next.to_string())
-        .execute(&mut **tx)
-        .await?;
-    }
-    for chunk in batch.tokens_removed.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM tokens WHERE id IN (");
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(id);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in batch.tokens_added.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO tokens (id, hash, user_id, label, created_at, last_used) ",
-        );
-        q.push_values(chunk, |mut b, t| {
+        },
+    )
+    .await?;
+    set_counter(conn, "next_user_id", batch.next_user_id).await?;
+    delete_in(conn, "tokens", "id", &batch.tokens_removed).await?;
+    insert_rows(
+        conn,
+        "tokens",
+        &["id", "hash", "user_id", "label", "created_at", "last_used"],
+        &batch.tokens_added,
+        "",
+        |b, t| {
             b.push_bind(&t.id)
                 .push_bind(&t.hash[..])
                 .push_bind(t.user as i64)
                 .push_bind(&t.label)
                 .push_bind(t.created_at)
                 .push_bind(t.last_used);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
+        },
+    )
+    .await?;
     for (id, at) in &batch.tokens_used {
         sqlx::query("UPDATE tokens SET last_used = ? WHERE id = ?")
             .bind(at)
             .bind(id)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
     }
-    for chunk in batch.assignments_upserted.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO assignments (id, username, feature, entitlement, seats, expires_at, created_at) ",
-        );
-        q.push_values(chunk, |mut b, a| {
+    insert_rows(
+        conn,
+        "assignments",
+        &[
+            "id",
+            "username",
+            "feature",
+            "entitlement",
+            "seats",
+            "expires_at",
+            "created_at",
+        ],
+        &batch.assignments_upserted,
+        " ON CONFLICT (id) DO UPDATE SET seats = excluded.seats, expires_at = excluded.expires_at",
+        |b, a| {
             b.push_bind(a.id as i64)
                 .push_bind(&a.user)
                 .push_bind(&a.feature)
@@ -605,42 +561,43 @@ async fn write_batch(
                 .push_bind(a.seats as i64)
                 .push_bind(a.expires_at)
                 .push_bind(a.created_at);
-        });
-        q.push(" ON CONFLICT (id) DO UPDATE SET seats = excluded.seats, expires_at = excluded.expires_at");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in batch.assignments_removed.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM assignments WHERE id IN (");
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id as i64);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in batch.notifications.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (at, kind, subject, detail) ");
-        q.push_values(chunk, |mut b, n| {
+        },
+    )
+    .await?;
+    let removed = stored_ids(&batch.assignments_removed);
+    delete_in(conn, "assignments", "id", &removed).await?;
+    insert_rows(
+        conn,
+        "outbox",
+        &["at", "kind", "subject", "detail"],
+        &batch.notifications,
+        "",
+        |b, n| {
             b.push_bind(n.at)
                 .push_bind(&n.kind)
                 .push_bind(&n.subject)
                 .push_bind(&n.detail);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
-    if let Some(next) = batch.next_assignment_id {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('next_assignment_id', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(next.to_string())
-        .execute(&mut **tx)
-        .await?;
-    }
-    for chunk in batch.entitlements_added.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO entitlements (id, feature, seats, starts_at, expires_at, kind, borrowable, max_borrow_secs, reference) ",
-        );
-        q.push_values(chunk, |mut b, e| {
+        },
+    )
+    .await?;
+    set_counter(conn, "next_assignment_id", batch.next_assignment_id).await?;
+    insert_rows(
+        conn,
+        "entitlements",
+        &[
+            "id",
+            "feature",
+            "seats",
+            "starts_at",
+            "expires_at",
+            "kind",
+            "borrowable",
+            "max_borrow_secs",
+            "reference",
+        ],
+        &batch.entitlements_added,
+        "",
+        |b, e| {
             b.push_bind(e.id as i64)
                 .push_bind(&e.feature)
                 .push_bind(e.seats as i64)
@@ -650,19 +607,35 @@ async fn write_batch(
                 .push_bind(e.borrowable)
                 .push_bind(e.max_borrow_secs as i64)
                 .push_bind(&e.reference);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
+        },
+    )
+    .await?;
     let added: Vec<(&Lease, i64)> = batch
         .leases_added
         .iter()
         .zip(lease_rows.iter().copied())
         .collect();
-    for chunk in added.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO leases (seq, id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at, entitlement) ",
-        );
-        q.push_values(chunk, |mut b, (l, seq)| {
+    insert_rows(
+        conn,
+        "leases",
+        &[
+            "seq",
+            "id",
+            "feature",
+            "seats",
+            "username",
+            "host",
+            "client_id",
+            "request_id",
+            "kind",
+            "source_assignment",
+            "granted_at",
+            "expires_at",
+            "entitlement",
+        ],
+        &added,
+        " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at",
+        |b, (l, seq)| {
             let assignment = match l.source {
                 LeaseSource::Floating => None,
                 LeaseSource::Assignment(id) => Some(id as i64),
@@ -680,33 +653,21 @@ async fn write_batch(
                 .push_bind(l.granted_at)
                 .push_bind(l.expires_at)
                 .push_bind(l.entitlement.map(|id| id as i64));
-        });
-        q.push(" ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in removed_rows.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM leases WHERE seq IN (");
-        let mut seqs = q.separated(", ");
-        for seq in chunk {
-            seqs.push_bind(*seq);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in batch.entitlements_removed.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM entitlements WHERE id IN (");
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id as i64);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in batch.audit.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO audit (at, actor, action, subject, feature, outcome, reason) ",
-        );
-        q.push_values(chunk, |mut b, e| {
+        },
+    )
+    .await?;
+    delete_in(conn, "leases", "seq", removed_rows).await?;
+    let removed = stored_ids(&batch.entitlements_removed);
+    delete_in(conn, "entitlements", "id", &removed).await?;
+    insert_rows(
+        conn,
+        "audit",
+        &[
+            "at", "actor", "action", "subject", "feature", "outcome", "reason",
+        ],
+        &batch.audit,
+        "",
+        |b, e| {
             b.push_bind(e.at)
                 .push_bind(&e.actor)
                 .push_bind(&e.action)
@@ -714,249 +675,229 @@ async fn write_batch(
                 .push_bind(&e.feature)
                 .push_bind(&e.outcome)
                 .push_bind(&e.reason);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
-    if let Some(next) = batch.next_entitlement_id {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('next_entitlement_id', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(next.to_string())
-        .execute(&mut **tx)
-        .await?;
-    }
+        },
+    )
+    .await?;
+    set_counter(conn, "next_entitlement_id", batch.next_entitlement_id).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use tally_protocol::{
-        Checkout, ClientId, EntitlementKind, LeaseId, NewEntitlement, RequestId, Role,
-    };
-
     use super::*;
-    use crate::core::{Actor, Holder, Pool};
-
-    fn owner() -> Actor {
-        Actor {
-            username: "owner@localhost".into(),
-            role: Role::Owner,
-        }
-    }
-
-    /// Commits real batches (more rows than one statement takes, updates, removals that
-    /// cancel out) and checks that a reload gives back exactly the pool's state.
-    #[tokio::test]
-    async fn batches_round_trip_through_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        let ttl = 60_000;
-        let mut pool = Pool::new(ttl, crate::core::Policy::default());
-        let mut batch = Batch::default();
-        let new = NewEntitlement {
-            feature: "vray".into(),
-            seats: 5000,
-            starts_at: None,
-            expires_at: Some(10_000_000),
-            kind: EntitlementKind::Trial,
-            borrowable: true,
-            max_borrow_secs: Some(3600),
-            reference: "PO-1".into(),
-        };
-        pool.add_entitlement(1, &owner(), &new, &mut batch).unwrap();
-        for i in 0..2500u32 {
-            let holder = Holder {
-                client: ClientId([(i % 7) as u8; 16]),
-                host: format!("node{i}"),
-            };
-            let checkout = Checkout {
-                request_id: RequestId(u128::from(i).to_be_bytes()),
-                feature: "vray".into(),
-                seats: 1,
-            };
-            let id = LeaseId((u128::from(i) + 1).to_be_bytes());
-            pool.checkout(2, &owner(), &holder, &checkout, id, &mut batch)
-                .unwrap();
-        }
-        store.commit(&batch).await.unwrap();
-
-        let mut batch = Batch::default();
-        let ids: Vec<LeaseId> = pool
-            .snapshot()
-            .leases
-            .iter()
-            .map(|l| l.id)
-            .take(1200)
-            .collect();
-        for id in &ids[..1100] {
-            pool.checkin(3, &owner(), *id, &mut batch).unwrap();
-        }
-        let moved = Holder {
-            client: ClientId([99; 16]),
-            host: "laptop".into(),
-        };
-        pool.resume(4, &owner(), &moved, &ids[1100..], &mut batch);
-        store.commit(&batch).await.unwrap();
-
-        let loaded = store.load().await.unwrap();
-        assert_eq!(loaded, pool.snapshot());
-        assert_eq!(loaded.leases.len(), 1400);
-        assert!(
-            loaded
-                .leases
-                .iter()
-                .filter(|l| l.client == ClientId([99; 16]))
-                .count()
-                == 100
-        );
-        let audit: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        // The entitlement, the checkouts, the check-ins and the moves of resumed leases.
-        assert_eq!(audit, 1 + 2500 + 1100 + 100);
-    }
 
     #[tokio::test]
-    async fn initialise_is_idempotent_and_tokens_authenticate() {
+    async fn sqlite_keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        let first = store
+        crate::store::contract::contract(&store).await;
+    }
+
+    /// Reopening applies no migration twice and finds everything where it was.
+    #[tokio::test]
+    async fn reopening_keeps_the_data_and_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let identity = store
             .initialize("owner@localhost", &[1; 32], 0)
             .await
             .unwrap();
-        assert!(first.owner_created);
+        let before = store.load().await.unwrap();
+        store.close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), before);
+        assert!(store.find_token(&[1; 32]).await.unwrap().is_some());
         let again = store
             .initialize("owner@localhost", &[2; 32], 0)
             .await
             .unwrap();
-        assert!(!again.owner_created);
-        assert_eq!(first.server_id, again.server_id);
-        assert!(
-            store.find_token(&[2; 32]).await.unwrap().is_none(),
-            "a second initialise mints no token"
-        );
-        let first = store.find_token(&[1; 32]).await.unwrap().unwrap();
-        assert_eq!(first.id, token_id(&[1; 32]));
-        let snapshot = store.load().await.unwrap();
-        assert_eq!(snapshot.users[0].role, Role::Owner);
-        assert_eq!(snapshot.users[0].id, first.user);
-        assert!(
-            snapshot.next_user_id > first.user,
-            "account ids are not reused"
-        );
-        store.add_owner_token(&[3; 32], 1, false).await.unwrap();
-        assert!(store.find_token(&[3; 32]).await.unwrap().is_some());
-        store.close().await;
-        // Reopening runs no migration twice.
-        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        assert!(store.find_token(&[1; 32]).await.unwrap().is_some());
-        let (_, revoked) = store.add_owner_token(&[4; 32], 2, true).await.unwrap();
-        assert_eq!(revoked, 2, "--revoke-others ends every other owner token");
-        assert!(store.find_token(&[1; 32]).await.unwrap().is_none());
-        assert!(store.find_token(&[3; 32]).await.unwrap().is_none());
-        assert!(store.find_token(&[4; 32]).await.unwrap().is_some());
+        assert_eq!(again.server_id, identity.server_id);
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(applied, MIGRATOR.iter().count() as i64);
     }
 
-    /// The audit log pages newest first on its row id: pages never overlap or skip, `next`
-    /// is set exactly when older events match, filters hold across pages, and a page of
-    /// large events ends at the byte budget instead of growing past a frame.
     #[tokio::test]
-    async fn audit_pages_by_row_id_newest_first_within_a_byte_budget() {
+    async fn owner_tokens_need_an_owner() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        let mut batch = Batch::default();
-        for i in 0..25i64 {
-            batch.audit_raw(AuditEvent {
-                at: i,
-                actor: "owner@localhost".into(),
-                action: "checkout".into(),
-                subject: format!("lease{i}"),
-                feature: Some(if i % 5 == 0 { "nuke" } else { "vray" }.into()),
-                outcome: "ok".into(),
-                // Every third event is large: 100 KiB of reason.
-                reason: if i % 3 == 0 {
-                    "x".repeat(100 * 1024)
-                } else {
-                    String::new()
-                },
-            });
-        }
-        store.commit(&batch).await.unwrap();
-        let query = |feature: Option<&str>, limit| AuditQuery {
-            since: None,
-            user: None,
-            feature: feature.map(str::to_string),
-            limit: Some(limit),
-        };
+        let err = store
+            .add_owner_token(&[1; 32], 0, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no owner account"), "{err}");
+    }
 
-        // Small pages: 10, 10, 5, newest first, then no cursor.
-        let mut seen = Vec::new();
-        let mut before = None;
-        let mut pages = 0;
-        loop {
-            let page = store
-                .audit(&query(None, 10), before, usize::MAX)
+    /// The migrations as the runner of earlier versions applied them: in order, in one
+    /// transaction, each recorded in `schema_version`.
+    const LEGACY: &[&str] = &[
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/sqlite/0002_assignments.sql"),
+        include_str!("../../migrations/sqlite/0003_borrow.sql"),
+        include_str!("../../migrations/sqlite/0004_lease_rows.sql"),
+        include_str!("../../migrations/sqlite/0005_tokens.sql"),
+    ];
+
+    /// A database made by the earlier runner up to `version`, then `data` run on it.
+    async fn legacy_database(path: &Path, version: usize, data: &str) {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        for (i, sql) in LEGACY.iter().enumerate().take(version) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await.unwrap();
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
-            pages += 1;
-            seen.extend(page.events.iter().map(|e| e.at));
-            match page.next {
-                Some(next) => before = Some(next),
-                None => break,
-            }
         }
-        assert_eq!(pages, 3);
-        assert_eq!(seen, (0..25).rev().collect::<Vec<_>>());
+        sqlx::raw_sql(data).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        pool.close().await;
+    }
 
-        // An exact fit has no next page.
-        let page = store
-            .audit(&query(None, 25), None, usize::MAX)
-            .await
-            .unwrap();
-        assert_eq!((page.events.len(), page.next), (25, None));
+    async fn applied_migrations(store: &SqliteStore) -> Vec<(i64, Vec<u8>)> {
+        sqlx::query_as(
+            "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+    }
 
-        // Filters hold across pages.
-        let first = store
-            .audit(&query(Some("nuke"), 2), None, usize::MAX)
-            .await
-            .unwrap();
-        let second = store
-            .audit(&query(Some("nuke"), 2), first.next, usize::MAX)
-            .await
-            .unwrap();
-        let third = store
-            .audit(&query(Some("nuke"), 2), second.next, usize::MAX)
-            .await
-            .unwrap();
-        let ats: Vec<i64> = [first, second, third]
+    /// A data directory of an earlier version, at the newest schema: sqlx's migrator takes
+    /// over its versions (with the files' checksums), applies nothing again, and the data
+    /// reads as before, now and after a restart.
+    #[tokio::test]
+    async fn a_database_of_the_earlier_runner_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let hash = hex::encode([7u8; 32]);
+        legacy_database(
+            &path,
+            5,
+            &format!(
+                "INSERT INTO meta (key, value) VALUES ('server_id', 'abc');
+                 UPDATE meta SET value = '5' WHERE key = 'next_user_id';
+                 INSERT INTO users (id, username, name, role, state, created_at)
+                     VALUES (4, 'owner@localhost', 'Owner', 'owner', 'active', 0);
+                 INSERT INTO tokens (id, hash, user_id, label, created_at)
+                     VALUES ('{}', X'{hash}', 4, 'first', 0);",
+                token_id(&[7; 32])
+            ),
+        )
+        .await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        let expected: Vec<(i64, Vec<u8>)> = MIGRATOR
             .iter()
-            .flat_map(|p| p.events.iter().map(|e| e.at))
+            .map(|m| (m.version, m.checksum.to_vec()))
             .collect();
-        assert_eq!(ats, [20, 15, 10, 5, 0]);
-
-        // A 150 KiB budget: a page stops once it passes it, and the next page goes on
-        // from there; a single event larger than the budget still comes alone.
-        let mut seen = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store
-                .audit(&query(None, 1000), before, 150 * 1024)
+        assert_eq!(applied_migrations(&store).await, expected);
+        let legacy: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'schema_version'")
+                .fetch_optional(&store.pool)
                 .await
                 .unwrap();
-            let bytes: usize = page.events.iter().map(crate::store::event_size).sum();
-            let last = page.events.last().map_or(0, crate::store::event_size);
-            assert!(!page.events.is_empty());
-            assert!(
-                bytes - last < 150 * 1024,
-                "a page went on past its budget: {bytes} bytes"
-            );
-            seen.extend(page.events.iter().map(|e| e.at));
-            match page.next {
-                Some(next) => before = Some(next),
-                None => break,
-            }
-        }
-        assert_eq!(seen, (0..25).rev().collect::<Vec<_>>());
+        assert_eq!(legacy, None, "schema_version is dropped");
+        let identity = store.initialize("x@y", &[8; 32], 1).await.unwrap();
+        assert_eq!(identity.server_id, "abc");
+        assert!(!identity.owner_created);
+        let snapshot = store.load().await.unwrap();
+        assert_eq!(snapshot.next_user_id, 5);
+        assert_eq!(snapshot.users.len(), 1);
+        assert_eq!(store.find_token(&[7; 32]).await.unwrap().unwrap().user, 4);
+        store.close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), snapshot);
+        assert_eq!(applied_migrations(&store).await, expected);
+    }
+
+    /// A data directory of an older schema: the versions it has are taken over, and the
+    /// migrator applies the rest, converting its rows.
+    #[tokio::test]
+    async fn an_older_schema_is_taken_over_and_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let hash = hex::encode([7u8; 32]);
+        legacy_database(
+            &path,
+            3,
+            &format!(
+                "INSERT INTO users (id, username, name, role, state, created_at)
+                     VALUES (3, 'owner@localhost', 'Owner', 'owner', 'active', 0);
+                 INSERT INTO tokens (hash, user_id, created_at) VALUES (X'{hash}', 3, 0);
+                 INSERT INTO leases (id, feature, seats, username, host, client_id, request_id,
+                                     kind, granted_at, expires_at, entitlement)
+                     VALUES (X'{}', 'vray', 1, 'owner@localhost', 'ws', X'{}', X'{}',
+                             'online', 5, 65, NULL);",
+                hex::encode([1u8; 16]),
+                hex::encode([2u8; 16]),
+                hex::encode([3u8; 16]),
+            ),
+        )
+        .await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            applied_migrations(&store)
+                .await
+                .iter()
+                .map(|m| m.0)
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let token = store.find_token(&[7; 32]).await.unwrap().unwrap();
+        assert_eq!((token.id, token.user), (token_id(&[7; 32]), 3));
+        let snapshot = store.load().await.unwrap();
+        assert_eq!(snapshot.next_user_id, 4, "version 5 starts the id counter");
+        assert_eq!(snapshot.leases.len(), 1);
+        assert_eq!(snapshot.leases[0].id, LeaseId([1; 16]));
+        assert_eq!(snapshot.leases[0].client.0, [2; 16]);
+    }
+
+    /// A database that an earlier runner of a newer tallyd migrated further is refused,
+    /// and left as it was.
+    #[tokio::test]
+    async fn a_schema_version_this_tallyd_does_not_know_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        legacy_database(&path, 5, "INSERT INTO schema_version (version) VALUES (6);").await;
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(err.contains("schema version 6"), "{err}");
+        assert!(err.contains("newer tallyd"), "{err}");
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("schema version 6"),
+            "the refusal changed nothing: {err}"
+        );
+    }
+
+    /// A migration applied by sqlx that these files do not have is refused likewise.
+    #[tokio::test]
+    async fn a_migration_this_tallyd_does_not_know_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'later', TRUE, X'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        store.close().await;
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(err.contains("migration 99"), "{err}");
+        assert!(err.contains("newer tallyd"), "{err}");
     }
 }

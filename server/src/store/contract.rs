@@ -1,0 +1,576 @@
+//! The store contract: what every backend must do, checked through the [`Store`] trait alone
+//! (no SQL), so that each backend runs the same suite unchanged.
+//!
+//! [`contract`] takes a fresh, empty store and runs the steps in order; each step starts
+//! from the state the ones before it left, which its doc states. The expected state is the
+//! core's: a [`Pool`]'s snapshot, or [`Snapshot::apply`], the model of a store that the
+//! property tests use.
+
+use tally_protocol::{
+    AuditEvent, AuditQuery, Checkout, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind,
+    LeaseSource, NewEntitlement, RequestId, Role, UserState,
+};
+
+use super::{event_size, Store};
+use crate::core::{
+    token_id, Actor, Assignment, Batch, Holder, Lease, Notification, Policy, Pool, Snapshot, Token,
+    User,
+};
+
+/// Audit events of [`audit_pages`] are at or after this time, after everything before them.
+const AUDIT_BASE: i64 = 1_000_000_000_000;
+
+/// Runs every step of the contract on `store`, which must be fresh and empty.
+pub async fn contract(store: &dyn Store) {
+    lease_batches_round_trip(store).await;
+    initialise_is_idempotent(store).await;
+    owner_tokens(store).await;
+    every_kind_of_row_round_trips(store).await;
+    audit_pages(store).await;
+    outbox(store).await;
+}
+
+fn owner() -> Actor {
+    Actor {
+        username: "owner@localhost".into(),
+        role: Role::Owner,
+    }
+}
+
+/// Every audit event matching `query` (without its limit), newest first, read a page of
+/// 1000 at a time.
+async fn all_audit(store: &dyn Store, mut query: AuditQuery) -> Vec<AuditEvent> {
+    query.limit = Some(1000);
+    let mut events = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.audit(&query, before, usize::MAX).await.unwrap();
+        events.extend(page.events);
+        match page.next {
+            Some(next) => before = Some(next),
+            None => return events,
+        }
+    }
+}
+
+fn everything() -> AuditQuery {
+    AuditQuery {
+        since: None,
+        user: None,
+        feature: None,
+        limit: None,
+    }
+}
+
+/// On an empty store: loads the empty state, then commits real batches from a [`Pool`]
+/// (more leases than one statement takes, updates, removals that cancel out) and checks
+/// that a reload gives back exactly the pool's state and every audit event.
+pub async fn lease_batches_round_trip(store: &dyn Store) {
+    assert_eq!(
+        store.load().await.unwrap(),
+        Snapshot {
+            next_user_id: 1,
+            next_entitlement_id: 1,
+            next_assignment_id: 1,
+            ..Snapshot::default()
+        },
+        "an empty store loads an empty pool whose counters start at 1"
+    );
+    let ttl = 60_000;
+    let mut pool = Pool::new(ttl, Policy::default());
+    let mut batch = Batch::default();
+    let new = NewEntitlement {
+        feature: "vray".into(),
+        seats: 5000,
+        starts_at: None,
+        expires_at: Some(10_000_000),
+        kind: EntitlementKind::Trial,
+        borrowable: true,
+        max_borrow_secs: Some(3600),
+        reference: "PO-1".into(),
+    };
+    pool.add_entitlement(1, &owner(), &new, &mut batch).unwrap();
+    for i in 0..2500u32 {
+        let holder = Holder {
+            client: ClientId([(i % 7) as u8; 16]),
+            host: format!("node{i}"),
+        };
+        let checkout = Checkout {
+            request_id: RequestId(u128::from(i).to_be_bytes()),
+            feature: "vray".into(),
+            seats: 1,
+        };
+        let id = LeaseId((u128::from(i) + 1).to_be_bytes());
+        pool.checkout(2, &owner(), &holder, &checkout, id, &mut batch)
+            .unwrap();
+    }
+    store.commit(&batch).await.unwrap();
+
+    let mut batch = Batch::default();
+    let ids: Vec<LeaseId> = pool
+        .snapshot()
+        .leases
+        .iter()
+        .map(|l| l.id)
+        .take(1200)
+        .collect();
+    for id in &ids[..1100] {
+        pool.checkin(3, &owner(), *id, &mut batch).unwrap();
+    }
+    let moved = Holder {
+        client: ClientId([99; 16]),
+        host: "laptop".into(),
+    };
+    pool.resume(4, &owner(), &moved, &ids[1100..], &mut batch);
+    store.commit(&batch).await.unwrap();
+
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert_eq!(loaded.leases.len(), 1400);
+    assert!(
+        loaded
+            .leases
+            .iter()
+            .filter(|l| l.client == ClientId([99; 16]))
+            .count()
+            == 100
+    );
+    // The entitlement, the checkouts, the check-ins and the moves of resumed leases.
+    assert_eq!(
+        all_audit(store, everything()).await.len(),
+        1 + 2500 + 1100 + 100
+    );
+}
+
+/// On a store without accounts: the first initialise makes the server id, the owner and
+/// their first token; a second keeps the id and mints nothing; `add_owner_token` without
+/// `revoke_others` adds a token and revokes none.
+pub async fn initialise_is_idempotent(store: &dyn Store) {
+    let first = store
+        .initialize("owner@localhost", &[1; 32], 0)
+        .await
+        .unwrap();
+    assert!(first.owner_created);
+    let again = store
+        .initialize("owner@localhost", &[2; 32], 0)
+        .await
+        .unwrap();
+    assert!(!again.owner_created);
+    assert_eq!(first.server_id, again.server_id);
+    assert!(
+        store.find_token(&[2; 32]).await.unwrap().is_none(),
+        "a second initialise mints no token"
+    );
+    let first = store.find_token(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(first.id, token_id(&[1; 32]));
+    assert_eq!(first.hash, [1; 32]);
+    assert_eq!((first.label.as_str(), first.created_at), ("first", 0));
+    let snapshot = store.load().await.unwrap();
+    assert_eq!(snapshot.users.len(), 1);
+    assert_eq!(snapshot.users[0].role, Role::Owner);
+    assert_eq!(snapshot.users[0].username, "owner@localhost");
+    assert_eq!(snapshot.users[0].id, first.user);
+    assert_eq!(snapshot.tokens, std::slice::from_ref(&first));
+    assert!(
+        snapshot.next_user_id > first.user,
+        "account ids are not reused"
+    );
+    let (owner, revoked) = store.add_owner_token(&[3; 32], 1, false).await.unwrap();
+    assert_eq!((owner.as_str(), revoked), ("owner@localhost", 0));
+    let third = store.find_token(&[3; 32]).await.unwrap().unwrap();
+    assert_eq!(third.user, first.user);
+    assert_eq!(third.label, "tallyd owner-token");
+    assert!(store.find_token(&[1; 32]).await.unwrap().is_some());
+}
+
+/// After [`initialise_is_idempotent`]: `add_owner_token` with `revoke_others` ends every
+/// other owner token and counts them.
+pub async fn owner_tokens(store: &dyn Store) {
+    let (owner, revoked) = store.add_owner_token(&[4; 32], 2, true).await.unwrap();
+    assert_eq!(owner, "owner@localhost");
+    assert_eq!(revoked, 2, "--revoke-others ends every other owner token");
+    assert!(store.find_token(&[1; 32]).await.unwrap().is_none());
+    assert!(store.find_token(&[3; 32]).await.unwrap().is_none());
+    let fourth = store.find_token(&[4; 32]).await.unwrap().unwrap();
+    assert_eq!(fourth.label, "tallyd owner-token --revoke-others");
+    assert_eq!(fourth.created_at, 2);
+    assert_eq!(store.load().await.unwrap().tokens, [fourth]);
+}
+
+/// After the steps before: two batches that write every list a batch has (entitlements,
+/// leases of every kind and source, users, tokens, assignments, notifications and the
+/// three counters), then change or remove each; a reload equals the model after each.
+pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
+    let mut model = store.load().await.unwrap();
+    let notifications_before = store.pending_notifications(u32::MAX).await.unwrap().len();
+
+    let mut batch = Batch::default();
+    let kept = Entitlement {
+        id: model.next_entitlement_id,
+        feature: "nuke".into(),
+        seats: 10,
+        starts_at: 5,
+        expires_at: None,
+        kind: EntitlementKind::Standard,
+        borrowable: true,
+        max_borrow_secs: 7200,
+        reference: "PO-2".into(),
+    };
+    let dropped = Entitlement {
+        id: kept.id + 1,
+        feature: "maya".into(),
+        seats: 1,
+        starts_at: 6,
+        expires_at: Some(9_000),
+        kind: EntitlementKind::Trial,
+        borrowable: false,
+        max_borrow_secs: 0,
+        reference: String::new(),
+    };
+    batch.add_entitlement(kept.clone());
+    batch.add_entitlement(dropped.clone());
+    batch.next_entitlement_id = Some(dropped.id + 1);
+    let roles = [Role::Admin, Role::Member, Role::Guest];
+    let users: Vec<User> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, role)| User {
+            id: model.next_user_id + i as u64,
+            username: format!("user{i}@example.com"),
+            name: format!("User {i}"),
+            role: *role,
+            state: UserState::Active,
+            created_at: 10,
+        })
+        .collect();
+    let tokens: Vec<Token> = users
+        .iter()
+        .map(|user| {
+            let hash = [10 + user.id as u8; 32];
+            Token {
+                id: token_id(&hash),
+                hash,
+                user: user.id,
+                label: format!("laptop of {}", user.username),
+                created_at: 10,
+                last_used: (user.role == Role::Admin).then_some(10),
+            }
+        })
+        .collect();
+    for user in &users {
+        batch.upsert_user(user.clone());
+    }
+    batch.next_user_id = Some(model.next_user_id + 3);
+    for token in &tokens {
+        batch.add_token(token.clone());
+    }
+    let assignments: Vec<Assignment> = (0..2)
+        .map(|i| Assignment {
+            id: model.next_assignment_id + i,
+            user: users[1].username.clone(),
+            feature: "nuke".into(),
+            entitlement: kept.id,
+            seats: 2,
+            expires_at: (i == 0).then_some(50_000),
+            created_at: 10,
+        })
+        .collect();
+    for assignment in &assignments {
+        batch.upsert_assignment(assignment.clone());
+    }
+    batch.next_assignment_id = Some(model.next_assignment_id + 2);
+    let borrowed = Lease {
+        id: LeaseId(10_000u128.to_be_bytes()),
+        feature: "nuke".into(),
+        seats: 2,
+        user: users[1].username.clone(),
+        host: "ws1".into(),
+        client: ClientId([5; 16]),
+        request_id: RequestId([6; 16]),
+        kind: LeaseKind::Borrowed,
+        source: LeaseSource::Assignment(assignments[0].id),
+        granted_at: 10,
+        expires_at: 1_000,
+        entitlement: None,
+    };
+    let floating_borrow = Lease {
+        id: LeaseId(10_001u128.to_be_bytes()),
+        request_id: RequestId([7; 16]),
+        seats: 1,
+        source: LeaseSource::Floating,
+        entitlement: Some(kept.id),
+        ..borrowed.clone()
+    };
+    batch.add_lease(borrowed.clone());
+    batch.add_lease(floating_borrow.clone());
+    let mut notifications = vec![Notification {
+        at: 10,
+        kind: "user_added".into(),
+        subject: users[0].username.clone(),
+        detail: "admin".into(),
+    }];
+    batch.notify(10, "user_added", &users[0].username, "admin");
+    store.commit(&batch).await.unwrap();
+    model.apply(&batch);
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, model);
+    assert!(loaded.entitlements.contains(&kept));
+    assert!(loaded.leases.contains(&borrowed));
+    assert!(loaded.leases.contains(&floating_borrow));
+    assert!(loaded.assignments.contains(&assignments[1]));
+    assert_eq!(
+        store.find_token(&tokens[0].hash).await.unwrap().as_ref(),
+        Some(&tokens[0])
+    );
+
+    let mut batch = Batch::default();
+    batch.upsert_user(User {
+        name: "Renamed".into(),
+        role: Role::Member,
+        state: UserState::Deactivated,
+        ..users[0].clone()
+    });
+    batch.remove_user(&users[2]);
+    batch.remove_token(&tokens[1].id);
+    batch.use_token(&tokens[0].id, 20);
+    batch.upsert_assignment(Assignment {
+        seats: 3,
+        expires_at: None,
+        ..assignments[0].clone()
+    });
+    batch.remove_assignment(assignments[1].id);
+    batch.update_lease(Lease {
+        host: "ws2".into(),
+        client: ClientId([8; 16]),
+        expires_at: 2_000,
+        ..borrowed.clone()
+    });
+    batch.remove_lease(floating_borrow.id);
+    batch.remove_entitlement(dropped.id);
+    batch.next_user_id = Some(model.next_user_id + 5);
+    batch.next_assignment_id = Some(model.next_assignment_id + 7);
+    batch.next_entitlement_id = Some(model.next_entitlement_id + 11);
+    for i in 0..2 {
+        let subject = format!("user{i}@example.com");
+        batch.notify(20, "user_deactivated", &subject, "");
+        notifications.push(Notification {
+            at: 20,
+            kind: "user_deactivated".into(),
+            subject,
+            detail: String::new(),
+        });
+    }
+    store.commit(&batch).await.unwrap();
+    model.apply(&batch);
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, model);
+    assert!(!loaded.users.iter().any(|u| u.id == users[2].id));
+    assert!(
+        store.find_token(&tokens[2].hash).await.unwrap().is_none(),
+        "a removed user's tokens go with them"
+    );
+    assert!(store.find_token(&tokens[1].hash).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .find_token(&tokens[0].hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used,
+        Some(20)
+    );
+    assert!(!loaded.entitlements.iter().any(|e| e.id == dropped.id));
+    assert!(!loaded.leases.iter().any(|l| l.id == floating_borrow.id));
+
+    let pending = store.pending_notifications(u32::MAX).await.unwrap();
+    let pending: Vec<Notification> = pending[notifications_before..]
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(pending, notifications);
+}
+
+/// After the steps before, whose events are all older than [`AUDIT_BASE`]: the audit log
+/// pages newest first on its row id; pages never overlap or skip, `next` is set exactly
+/// when older events match, filters hold across pages, and a page of large events ends at
+/// the byte budget instead of growing past a frame.
+pub async fn audit_pages(store: &dyn Store) {
+    let mut batch = Batch::default();
+    for i in 0..25i64 {
+        batch.audit_raw(AuditEvent {
+            at: AUDIT_BASE + i,
+            actor: "owner@localhost".into(),
+            action: "checkout".into(),
+            subject: format!("lease{i}"),
+            feature: Some(if i % 5 == 0 { "nuke" } else { "vray" }.into()),
+            outcome: "ok".into(),
+            // Every third event is large: 100 KiB of reason.
+            reason: if i % 3 == 0 {
+                "x".repeat(100 * 1024)
+            } else {
+                String::new()
+            },
+        });
+    }
+    let written = batch.audit.clone();
+    store.commit(&batch).await.unwrap();
+    let query = |feature: Option<&str>, limit| AuditQuery {
+        since: Some(AUDIT_BASE),
+        user: None,
+        feature: feature.map(str::to_string),
+        limit: Some(limit),
+    };
+    let relative =
+        |events: &[AuditEvent]| -> Vec<i64> { events.iter().map(|e| e.at - AUDIT_BASE).collect() };
+
+    // Small pages: 10, 10, 5, newest first, then no cursor.
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .audit(&query(None, 10), before, usize::MAX)
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.events);
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(relative(&seen), (0..25).rev().collect::<Vec<_>>());
+    assert!(
+        seen.iter().eq(written.iter().rev()),
+        "events come back as written"
+    );
+
+    // An exact fit has no next page.
+    let page = store
+        .audit(&query(None, 25), None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!((page.events.len(), page.next), (25, None));
+
+    // Filters hold across pages.
+    let first = store
+        .audit(&query(Some("nuke"), 2), None, usize::MAX)
+        .await
+        .unwrap();
+    let second = store
+        .audit(&query(Some("nuke"), 2), first.next, usize::MAX)
+        .await
+        .unwrap();
+    let third = store
+        .audit(&query(Some("nuke"), 2), second.next, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(third.next, None);
+    let events: Vec<AuditEvent> = [first, second, third]
+        .into_iter()
+        .flat_map(|p| p.events)
+        .collect();
+    assert_eq!(relative(&events), [20, 15, 10, 5, 0]);
+
+    // `since` is inclusive; `user` matches the actor or the subject, in any case.
+    let recent = AuditQuery {
+        since: Some(AUDIT_BASE + 20),
+        ..query(None, 1000)
+    };
+    let page = store.audit(&recent, None, usize::MAX).await.unwrap();
+    assert_eq!(relative(&page.events), [24, 23, 22, 21, 20]);
+    let by_subject = AuditQuery {
+        user: Some("Lease7".into()),
+        ..query(None, 1000)
+    };
+    let page = store.audit(&by_subject, None, usize::MAX).await.unwrap();
+    assert_eq!(relative(&page.events), [7]);
+    let by_actor = AuditQuery {
+        user: Some("OWNER@localhost".into()),
+        ..query(None, 1000)
+    };
+    assert_eq!(all_audit(store, by_actor).await.len(), 25);
+
+    // A 150 KiB budget: a page stops once it passes it, and the next page goes on from
+    // there; a single event larger than the budget still comes alone.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .audit(&query(None, 1000), before, 150 * 1024)
+            .await
+            .unwrap();
+        let bytes: usize = page.events.iter().map(event_size).sum();
+        let last = page.events.last().map_or(0, event_size);
+        assert!(!page.events.is_empty());
+        assert!(
+            bytes - last < 150 * 1024,
+            "a page went on past its budget: {bytes} bytes"
+        );
+        seen.extend(page.events);
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(relative(&seen), (0..25).rev().collect::<Vec<_>>());
+    let page = store.audit(&query(None, 1000), None, 1).await.unwrap();
+    assert_eq!(page.events.len(), 1, "the first event always fits");
+    assert!(page.next.is_some());
+}
+
+/// After the steps before: the outbox hands out undelivered notifications oldest first,
+/// with increasing ids, and marking them delivered (more than one statement's worth at
+/// once) takes them out for good.
+pub async fn outbox(store: &dyn Store) {
+    let mut expected: Vec<Notification> = store
+        .pending_notifications(u32::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert!(!expected.is_empty(), "the steps before left notifications");
+    let mut batch = Batch::default();
+    for i in 0..2500i64 {
+        let subject = format!("user{i}@example.com");
+        batch.notify(AUDIT_BASE + i, "user_added", &subject, "member");
+        expected.push(Notification {
+            at: AUDIT_BASE + i,
+            kind: "user_added".into(),
+            subject,
+            detail: "member".into(),
+        });
+    }
+    store.commit(&batch).await.unwrap();
+
+    let page = store.pending_notifications(1000).await.unwrap();
+    assert_eq!(page.len(), 1000);
+    assert!(page.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    let notes: Vec<&Notification> = page.iter().map(|(_, n)| n).collect();
+    assert!(notes.iter().copied().eq(&expected[..1000]));
+
+    let all = store.pending_notifications(u32::MAX).await.unwrap();
+    assert_eq!(all.len(), expected.len());
+    let ids: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
+    store
+        .mark_delivered(&ids[..1200], AUDIT_BASE)
+        .await
+        .unwrap();
+    let rest = store.pending_notifications(u32::MAX).await.unwrap();
+    assert_eq!(rest, all[1200..]);
+    store.mark_delivered(&[], AUDIT_BASE).await.unwrap();
+    store
+        .mark_delivered(&ids[1200..], AUDIT_BASE)
+        .await
+        .unwrap();
+    assert!(store
+        .pending_notifications(u32::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    // Delivering again changes nothing.
+    store.mark_delivered(&ids, AUDIT_BASE + 1).await.unwrap();
+    assert!(store.pending_notifications(10).await.unwrap().is_empty());
+}

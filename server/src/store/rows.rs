@@ -1,0 +1,324 @@
+//! The rows of the store's tables as sqlx decodes them, and their conversion to the core's
+//! types: the one place where a stored value is read back and checked.
+//!
+//! The row structs use only types every backend decodes (`i64`, `bool`, text, bytes), so
+//! each backend selects its rows into them (`sqlx::query_as`) and converts them with
+//! `TryFrom`. A value this version cannot read is [`StoreError::Corrupt`], naming the column.
+
+use tally_protocol::{
+    AuditEvent, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, RequestId,
+    Role, UserState,
+};
+
+use super::StoreError;
+use crate::core::{Assignment, Lease, Notification, Token, User};
+
+/// A row of `entitlements`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EntitlementRow {
+    pub id: i64,
+    pub feature: String,
+    pub seats: i64,
+    pub starts_at: i64,
+    pub expires_at: Option<i64>,
+    pub kind: String,
+    pub borrowable: bool,
+    pub max_borrow_secs: i64,
+    pub reference: String,
+}
+
+impl TryFrom<EntitlementRow> for Entitlement {
+    type Error = StoreError;
+
+    fn try_from(row: EntitlementRow) -> Result<Self, StoreError> {
+        Ok(Entitlement {
+            id: unsigned("entitlements.id", row.id)?,
+            feature: row.feature,
+            seats: unsigned("entitlements.seats", row.seats)?,
+            starts_at: row.starts_at,
+            expires_at: row.expires_at,
+            kind: EntitlementKind::parse(&row.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("entitlement kind {:?}", row.kind)))?,
+            borrowable: row.borrowable,
+            max_borrow_secs: unsigned("entitlements.max_borrow_secs", row.max_borrow_secs)?,
+            reference: row.reference,
+        })
+    }
+}
+
+/// A row of `leases`, without the row number a backend may keep beside it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct LeaseRow {
+    pub id: Vec<u8>,
+    pub feature: String,
+    pub seats: i64,
+    pub username: String,
+    pub host: String,
+    pub client_id: Vec<u8>,
+    pub request_id: Vec<u8>,
+    pub kind: String,
+    /// The assignment the seats come from; none for floating seats.
+    pub source_assignment: Option<i64>,
+    pub granted_at: i64,
+    pub expires_at: i64,
+    pub entitlement: Option<i64>,
+}
+
+/// A row of `leases` with its row number (`seq`, in grant order).
+#[derive(Debug, sqlx::FromRow)]
+pub struct NumberedLeaseRow {
+    pub seq: i64,
+    #[sqlx(flatten)]
+    pub lease: LeaseRow,
+}
+
+impl TryFrom<LeaseRow> for Lease {
+    type Error = StoreError;
+
+    fn try_from(row: LeaseRow) -> Result<Self, StoreError> {
+        Ok(Lease {
+            id: LeaseId(id16("leases.id", row.id)?),
+            feature: row.feature,
+            seats: unsigned("leases.seats", row.seats)?,
+            user: row.username,
+            host: row.host,
+            client: ClientId(id16("leases.client_id", row.client_id)?),
+            request_id: RequestId(id16("leases.request_id", row.request_id)?),
+            kind: LeaseKind::parse(&row.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("lease kind {:?}", row.kind)))?,
+            source: match row.source_assignment {
+                None => LeaseSource::Floating,
+                Some(id) => LeaseSource::Assignment(unsigned("leases.source_assignment", id)?),
+            },
+            granted_at: row.granted_at,
+            expires_at: row.expires_at,
+            entitlement: row
+                .entitlement
+                .map(|id| unsigned("leases.entitlement", id))
+                .transpose()?,
+        })
+    }
+}
+
+/// A row of `users`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: i64,
+    pub username: String,
+    pub name: String,
+    pub role: String,
+    pub state: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> Result<Self, StoreError> {
+        Ok(User {
+            id: unsigned("users.id", row.id)?,
+            username: row.username,
+            name: row.name,
+            role: Role::parse(&row.role)
+                .ok_or_else(|| StoreError::Corrupt(format!("role {:?}", row.role)))?,
+            state: UserState::parse(&row.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("user state {:?}", row.state)))?,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A row of `assignments`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct AssignmentRow {
+    pub id: i64,
+    pub username: String,
+    pub feature: String,
+    pub entitlement: i64,
+    pub seats: i64,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl TryFrom<AssignmentRow> for Assignment {
+    type Error = StoreError;
+
+    fn try_from(row: AssignmentRow) -> Result<Self, StoreError> {
+        Ok(Assignment {
+            id: unsigned("assignments.id", row.id)?,
+            user: row.username,
+            feature: row.feature,
+            entitlement: unsigned("assignments.entitlement", row.entitlement)?,
+            seats: unsigned("assignments.seats", row.seats)?,
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A row of `tokens`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub hash: Vec<u8>,
+    pub user_id: i64,
+    pub label: String,
+    pub created_at: i64,
+    pub last_used: Option<i64>,
+}
+
+impl TryFrom<TokenRow> for Token {
+    type Error = StoreError;
+
+    fn try_from(row: TokenRow) -> Result<Self, StoreError> {
+        Ok(Token {
+            id: row.id,
+            hash: row
+                .hash
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?,
+            user: unsigned("tokens.user_id", row.user_id)?,
+            label: row.label,
+            created_at: row.created_at,
+            last_used: row.last_used,
+        })
+    }
+}
+
+/// A row of `audit`, with its row id (the paging cursor).
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub feature: Option<String>,
+    pub outcome: String,
+    pub reason: String,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(row: AuditRow) -> Self {
+        AuditEvent {
+            at: row.at,
+            actor: row.actor,
+            action: row.action,
+            subject: row.subject,
+            feature: row.feature,
+            outcome: row.outcome,
+            reason: row.reason,
+        }
+    }
+}
+
+/// A row of `outbox` not yet delivered, with its outbox id.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+impl From<OutboxRow> for (i64, Notification) {
+    fn from(row: OutboxRow) -> Self {
+        (
+            row.id,
+            Notification {
+                at: row.at,
+                kind: row.kind,
+                subject: row.subject,
+                detail: row.detail,
+            },
+        )
+    }
+}
+
+/// A counter kept in `meta` as text (`next_user_id` and the like); 1 when there is none yet.
+pub fn counter(key: &str, value: Option<String>) -> Result<u64, StoreError> {
+    match value {
+        None => Ok(1),
+        Some(text) => text
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("{key} {text:?}"))),
+    }
+}
+
+/// Converts rows of one table, stopping at the first that does not read.
+pub fn convert<R, T>(rows: Vec<R>) -> Result<Vec<T>, StoreError>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
+
+/// A stored integer that must fit an unsigned field.
+fn unsigned<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, StoreError> {
+    T::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} {value}")))
+}
+
+/// A stored 16-byte id.
+fn id16(column: &str, bytes: Vec<u8>) -> Result<[u8; 16], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{column} is not 16 bytes")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value no version writes is refused with the column named, not cast around.
+    #[test]
+    fn unreadable_values_name_their_column() {
+        let row = LeaseRow {
+            id: vec![1; 16],
+            feature: "vray".into(),
+            seats: -1,
+            username: "ann@x".into(),
+            host: "h".into(),
+            client_id: vec![2; 16],
+            request_id: vec![3; 16],
+            kind: "online".into(),
+            source_assignment: None,
+            granted_at: 0,
+            expires_at: 1,
+            entitlement: None,
+        };
+        let err = Lease::try_from(row).unwrap_err().to_string();
+        assert!(err.contains("leases.seats -1"), "{err}");
+        let row = LeaseRow {
+            id: vec![1; 15],
+            feature: "vray".into(),
+            seats: 1,
+            username: "ann@x".into(),
+            host: "h".into(),
+            client_id: vec![2; 16],
+            request_id: vec![3; 16],
+            kind: "leased".into(),
+            source_assignment: None,
+            granted_at: 0,
+            expires_at: 1,
+            entitlement: None,
+        };
+        let err = Lease::try_from(row).unwrap_err().to_string();
+        assert!(err.contains("leases.id is not 16 bytes"), "{err}");
+        let err = counter("next_user_id", Some("x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("next_user_id \"x\""), "{err}");
+        assert_eq!(counter("next_user_id", None).unwrap(), 1);
+        let row = UserRow {
+            id: 1,
+            username: "ann@x".into(),
+            name: String::new(),
+            role: "root".into(),
+            state: "active".into(),
+            created_at: 0,
+        };
+        let err = User::try_from(row).unwrap_err().to_string();
+        assert!(err.contains("role \"root\""), "{err}");
+    }
+}
