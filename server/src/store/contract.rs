@@ -13,8 +13,8 @@ use tally_protocol::{
 
 use super::{event_size, Store};
 use crate::core::{
-    token_id, Actor, Assignment, Batch, Holder, Lease, Notification, Policy, Pool, Snapshot, Token,
-    User,
+    token_id, Actor, Assignment, Batch, Holder, Lease, Notification, NotificationKind, Policy,
+    Pool, Snapshot, Token, User,
 };
 
 /// Audit events of [`audit_pages`] are at or after this time, after everything before them.
@@ -309,7 +309,7 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
         subject: users[0].username.clone(),
         detail: "admin".into(),
     }];
-    batch.notify(10, "user_added", &users[0].username, "admin");
+    batch.notify(10, NotificationKind::UserAdded, &users[0].username, "admin");
     store.commit(&batch).await.unwrap();
     model.apply(&batch);
     let loaded = store.load().await.unwrap();
@@ -352,7 +352,7 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
     batch.next_entitlement_id = Some(model.next_entitlement_id + 11);
     for i in 0..2 {
         let subject = format!("user{i}@example.com");
-        batch.notify(20, "user_deactivated", &subject, "");
+        batch.notify(20, NotificationKind::UserDeactivated, &subject, "");
         notifications.push(Notification {
             at: 20,
             kind: "user_deactivated".into(),
@@ -535,7 +535,12 @@ pub async fn outbox(store: &dyn Store) {
     let mut batch = Batch::default();
     for i in 0..2500i64 {
         let subject = format!("user{i}@example.com");
-        batch.notify(AUDIT_BASE + i, "user_added", &subject, "member");
+        batch.notify(
+            AUDIT_BASE + i,
+            NotificationKind::UserAdded,
+            &subject,
+            "member",
+        );
         expected.push(Notification {
             at: AUDIT_BASE + i,
             kind: "user_added".into(),
