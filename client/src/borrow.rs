@@ -19,7 +19,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -159,12 +158,8 @@ pub struct BorrowStore {
     dir: PathBuf,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Milliseconds since the Unix epoch, now: the one reading of the system clock.
+pub use tally_protocol::now_millis;
 
 fn rfc3339(millis: i64) -> String {
     tally_protocol::format_time(millis)
