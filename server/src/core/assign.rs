@@ -194,11 +194,7 @@ impl Pool {
     /// entitlement or the active one expiring last that has room.
     fn floating_donor(&self, now: i64, user: &str, request: &Assign) -> Result<Donor, ErrorBody> {
         let feature = request.feature.as_str();
-        if !self.entitlements.values().any(|e| e.feature == feature) {
-            return Err(ErrorBody::not_found(format!(
-                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
-            )));
-        }
+        self.entitlements_of(feature)?;
         let available = self.available(feature, now);
         if request.seats > available {
             return Err(ErrorBody::new(

@@ -150,16 +150,7 @@ impl Pool {
                 "the client sent no usable machine id; set TALLY_MACHINE_ID or check /etc/machine-id",
             ));
         }
-        let known: Vec<&Entitlement> = self
-            .entitlements
-            .values()
-            .filter(|e| e.feature == feature)
-            .collect();
-        if known.is_empty() {
-            return Err(ErrorBody::not_found(format!(
-                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
-            )));
-        }
+        let known = self.entitlements_of(feature)?;
         if !known.iter().any(|e| e.borrowable && is_active(e, now)) {
             return Err(ErrorBody::new(
                 ErrorCode::NotBorrowable,

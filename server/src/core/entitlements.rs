@@ -181,9 +181,7 @@ impl Pool {
         if let Some(wanted) = feature {
             validate_feature(wanted).map_err(ErrorBody::invalid)?;
             if !features.contains(wanted) {
-                return Err(ErrorBody::not_found(format!(
-                    "no entitlement for feature {wanted}; `tally entitlement list` shows the licensed features"
-                )));
+                return Err(unknown_feature(wanted));
             }
             features.retain(|f| *f == wanted);
         }
@@ -213,4 +211,26 @@ impl Pool {
             })
             .collect())
     }
+}
+
+impl Pool {
+    /// Every entitlement of `feature`, active or not; `not_found` when it has none.
+    pub(super) fn entitlements_of(&self, feature: &str) -> Result<Vec<&Entitlement>, ErrorBody> {
+        let known: Vec<&Entitlement> = self
+            .entitlements
+            .values()
+            .filter(|e| e.feature == feature)
+            .collect();
+        if known.is_empty() {
+            return Err(unknown_feature(feature));
+        }
+        Ok(known)
+    }
+}
+
+/// A feature no entitlement names.
+fn unknown_feature(feature: &str) -> ErrorBody {
+    ErrorBody::not_found(format!(
+        "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
+    ))
 }

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tally_protocol::{
-    Checkout, EndReason, EndedLease, Entitlement, ErrorBody, ErrorCode, HeartbeatAck, LeaseCursor,
-    LeaseId, LeaseInfo, LeaseKind, LeaseSource, LeasesPage, LeasesQuery, Resumed, Role,
+    Checkout, EndReason, EndedLease, ErrorBody, ErrorCode, HeartbeatAck, LeaseCursor, LeaseId,
+    LeaseInfo, LeaseKind, LeaseSource, LeasesPage, LeasesQuery, Resumed, Role,
 };
 
 use super::checks::{check_request, require_admin};
@@ -96,16 +96,7 @@ impl Pool {
             )));
         }
         let feature = request.feature.as_str();
-        let known: Vec<&Entitlement> = self
-            .entitlements
-            .values()
-            .filter(|e| e.feature == feature)
-            .collect();
-        if known.is_empty() {
-            return Err(ErrorBody::not_found(format!(
-                "no entitlement for feature {feature}; `tally entitlement list` shows the licensed features"
-            )));
-        }
+        let known = self.entitlements_of(feature)?;
         if self.capacity(feature, now) == 0 {
             if let Some(last) = known.iter().filter_map(|e| e.expires_at).max() {
                 if known
