@@ -178,7 +178,7 @@ impl Config {
             return invalid("data_dir is empty".into());
         }
         let database = self.database.as_ref().map(|url| url.0.as_str());
-        if let Err(err) = crate::store::Backend::from_url(database, &self.data_dir) {
+        if let Err(err) = crate::store::Backend::for_serving(database, &self.data_dir) {
             return invalid(format!("database: {err}"));
         }
         match (&self.tls.cert, &self.tls.key) {

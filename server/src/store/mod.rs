@@ -2,14 +2,17 @@
 //!
 //! A store holds the pool's durable state ([`Snapshot`]), applies the engine's group commits
 //! ([`Batch`]) atomically, and answers token look-ups. SQLite is the embedded default;
-//! the backend is chosen by the URL scheme of `database` ([`Backend::from_url`]).
+//! the backend is chosen by the URL scheme of `database` ([`Backend::from_url`]). `tallyd`
+//! does not serve from PostgreSQL yet ([`Backend::for_serving`]).
 //!
 //! - `rows`: the tables' rows as sqlx decodes them, converted to the core's types.
 //! - `sqlite`: the SQLite backend; its migrations are in `server/migrations/sqlite/`.
+//! - `postgres`: the PostgreSQL backend; its migrations are in `server/migrations/postgres/`.
 //! - `contract` (tests): what every backend must do, run against each of them.
 
 #[cfg(test)]
 pub mod contract;
+mod postgres;
 mod rows;
 mod sqlite;
 
@@ -20,6 +23,7 @@ use tally_protocol::{AuditEvent, AuditPage, AuditQuery};
 
 use crate::core::{Batch, Notification, Snapshot, Token};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure. Its text is for the log only: peers get `internal`.
@@ -50,13 +54,17 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// the text: it may hold a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    #[error("PostgreSQL is not supported by this version of tallyd yet; remove `database` to use the embedded SQLite store")]
+    #[error("PostgreSQL is not yet supported for serving: without leader election and fencing, two tallyd on one database would grant the same seats twice; remove `database` to use the embedded SQLite store")]
     PostgresNotSupported,
+    #[error(
+        "the postgres:// URL does not read; give it as postgres://user:password@host:port/database"
+    )]
+    BadPostgresUrl,
     #[error(
         "the sqlite:// URL names no file; give its path, as in sqlite:///var/lib/tally/tally.db"
     )]
     NoPath,
-    #[error("must be a sqlite:// URL, or absent for SQLite in data_dir")]
+    #[error("must be a sqlite:// or postgres:// URL, or absent for SQLite in data_dir")]
     UnknownScheme,
 }
 
@@ -66,6 +74,8 @@ pub enum UrlError {
 pub enum Backend {
     /// SQLite in this file.
     Sqlite(PathBuf),
+    /// PostgreSQL at this `postgres://` or `postgresql://` URL.
+    Postgres(String),
 }
 
 impl Backend {
@@ -81,9 +91,19 @@ impl Backend {
             return Ok(Backend::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(UrlError::PostgresNotSupported);
+            return Ok(Backend::Postgres(url.to_owned()));
         }
         Err(UrlError::UnknownScheme)
+    }
+
+    /// The backend `tallyd` serves from, as [`Backend::from_url`], refusing PostgreSQL
+    /// until leaders are elected and fenced: the one place of that refusal, used by [`open`]
+    /// and by the configuration check.
+    pub fn for_serving(database: Option<&str>, data_dir: &Path) -> Result<Backend, UrlError> {
+        match Backend::from_url(database, data_dir)? {
+            Backend::Postgres(_) => Err(UrlError::PostgresNotSupported),
+            backend => Ok(backend),
+        }
     }
 }
 
@@ -166,10 +186,11 @@ pub fn event_size(event: &AuditEvent) -> usize {
 }
 
 /// Opens the store that `database` names, or SQLite in `data_dir` when it names none, and
-/// brings its schema up to date.
+/// brings its schema up to date. PostgreSQL is refused ([`Backend::for_serving`]).
 pub async fn open(database: Option<&str>, data_dir: &Path) -> Result<Box<dyn Store>, StoreError> {
-    match Backend::from_url(database, data_dir)? {
+    match Backend::for_serving(database, data_dir)? {
         Backend::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path).await?)),
+        Backend::Postgres(_) => Err(UrlError::PostgresNotSupported.into()),
     }
 }
 
@@ -195,13 +216,37 @@ mod tests {
         for url in ["postgres://u:pw@h/db", "postgresql://u:pw@h/db"] {
             assert_eq!(
                 Backend::from_url(Some(url), dir),
-                Err(UrlError::PostgresNotSupported)
+                Ok(Backend::Postgres(url.into()))
             );
+            let err = Backend::for_serving(Some(url), dir).unwrap_err();
+            assert_eq!(err, UrlError::PostgresNotSupported);
+            assert!(err.to_string().contains("not yet supported for serving"));
+            assert!(!err.to_string().contains("pw"));
         }
+        assert_eq!(
+            Backend::for_serving(Some("sqlite:///srv/t.db"), dir),
+            Ok(Backend::Sqlite("/srv/t.db".into()))
+        );
         for url in ["/srv/t.db", "mysql://u:pw@h/db", "SQLITE:///t.db", ""] {
             let err = Backend::from_url(Some(url), dir).unwrap_err();
             assert_eq!(err, UrlError::UnknownScheme);
             assert!(!err.to_string().contains("pw"));
         }
+    }
+
+    /// `tallyd` refuses to start on a PostgreSQL URL, whatever the database holds, before
+    /// touching it: nothing listens at this address.
+    #[tokio::test]
+    async fn opening_a_postgres_url_to_serve_is_refused() {
+        let err = open(
+            Some("postgres://u:secret@127.0.0.1:1/db"),
+            Path::new("/nonexistent"),
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("not yet supported for serving"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 }
