@@ -34,6 +34,8 @@
 //! standby notices within `lease / 3`.
 
 mod elector;
+#[cfg(test)]
+mod tests;
 
 use sqlx::PgConnection;
 
