@@ -7,6 +7,7 @@
 //! - [`clock`]: the time the engine decides by; tests step a manual one.
 //! - [`conn`]: one client connection; `shared`: what connection tasks share.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
+//! - [`ha`]: leadership on PostgreSQL (not yet wired in): the elector and the epoch fence.
 //! - [`notify`]: delivery of the notification outbox.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
 //! - [`config`], [`init`]: configuration and the data directory; [`error`]: the error of
@@ -23,6 +24,7 @@ pub mod core;
 mod engine;
 pub mod error;
 mod fold;
+pub mod ha;
 pub mod init;
 mod limiter;
 mod logtext;
