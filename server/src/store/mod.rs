@@ -15,6 +15,7 @@ pub mod contract;
 mod postgres;
 mod rows;
 mod sqlite;
+mod writer;
 
 use std::path::{Path, PathBuf};
 

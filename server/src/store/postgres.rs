@@ -4,11 +4,11 @@
 //! so nodes starting together apply each migration once, one after the other. Each
 //! migration runs in its own transaction with the row recording it.
 //!
-//! Rows are decoded through the shared structs of `rows`, and a batch is written as SQLite's
-//! is: multi-row statements of at most [`CHUNK`] rows, leases in grant order (`seq`) with the
-//! id-to-row map in memory.
+//! Rows are decoded through the shared structs of `rows`, and a batch is written by the
+//! shared writer (`writer.rs`), as SQLite's is: multi-row statements of at most [`CHUNK`]
+//! rows, leases in grant order (`seq`) with the id-to-row map in memory.
 //!
-//! Serving from this store is refused for now ([`super::Backend::serve`]): without leader
+//! Serving from this store is refused for now ([`super::Backend::for_serving`]): without leader
 //! election and fencing, two daemons on one database would grant the same seats twice.
 
 use std::collections::HashMap;
@@ -21,12 +21,13 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::query_builder::Separated;
 use sqlx::{Encode, PgConnection, PgPool, Postgres, QueryBuilder, Type};
-use tally_protocol::{AuditEvent, AuditPage, AuditQuery, LeaseId, LeaseSource};
+use tally_protocol::{AuditEvent, AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
     convert, counter, AssignmentRow, AuditRow, EntitlementRow, NumberedLeaseRow, OutboxRow,
     TokenRow, UserRow,
 };
+use super::writer::LeaseRows;
 use super::{Identity, Store, StoreError};
 use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
 
@@ -48,13 +49,6 @@ pub struct PgStore {
     /// Where each lease's row is. Rows are numbered in the order leases are granted, so a
     /// commit appends to the end of the table instead of writing all over it.
     rows: Mutex<LeaseRows>,
-}
-
-/// The row number (`seq`) of every lease in the table, and the next one to use.
-#[derive(Debug, Default)]
-struct LeaseRows {
-    by_id: HashMap<LeaseId, i64>,
-    next: i64,
 }
 
 impl PgStore {
@@ -238,8 +232,7 @@ impl Store for PgStore {
         let mut leases = Vec::with_capacity(numbered.len());
         for row in numbered {
             let lease = Lease::try_from(row.lease)?;
-            rows.by_id.insert(lease.id, row.seq);
-            rows.next = rows.next.max(row.seq + 1);
+            rows.loaded(lease.id, row.seq);
             leases.push(lease);
         }
         let snapshot = Snapshot {
@@ -329,37 +322,14 @@ impl Store for PgStore {
 
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         // Row numbers for this batch, taken for good only once the transaction commits.
-        let (added, removed, next) = {
-            let rows = self.rows.lock().expect("lease rows lock");
-            let mut next = rows.next;
-            let added: Vec<i64> = batch
-                .leases_added
-                .iter()
-                .map(|lease| {
-                    rows.by_id.get(&lease.id).copied().unwrap_or_else(|| {
-                        next += 1;
-                        next - 1
-                    })
-                })
-                .collect();
-            let removed: Vec<i64> = batch
-                .leases_removed
-                .iter()
-                .filter_map(|id| rows.by_id.get(id).copied())
-                .collect();
-            (added, removed, next)
-        };
+        let plan = self.rows.lock().expect("lease rows lock").plan(batch);
         let mut tx = self.pool.begin().await?;
-        write_batch(&mut tx, batch, &added, &removed).await?;
+        write_batch(&mut tx, batch, &plan.added, &plan.removed).await?;
         tx.commit().await?;
-        let mut rows = self.rows.lock().expect("lease rows lock");
-        for (lease, seq) in batch.leases_added.iter().zip(&added) {
-            rows.by_id.insert(lease.id, *seq);
-        }
-        for id in &batch.leases_removed {
-            rows.by_id.remove(id);
-        }
-        rows.next = next;
+        self.rows
+            .lock()
+            .expect("lease rows lock")
+            .committed(batch, plan);
         Ok(())
     }
 
@@ -368,311 +338,7 @@ impl Store for PgStore {
     }
 }
 
-/// Writes one token row outside the engine (first start, `tallyd owner-token`).
-async fn insert_token(
-    conn: &mut PgConnection,
-    hash: &[u8; 32],
-    user_id: i64,
-    label: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO tokens (id, hash, user_id, label, created_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(token_id(hash))
-    .bind(&hash[..])
-    .bind(user_id)
-    .bind(label)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Inserts `rows` into `table` with multi-row statements of at most [`CHUNK`] rows. `bind`
-/// binds one row's values in the order of `columns`; `tail` ends every statement (an
-/// `ON CONFLICT` clause, or nothing).
-async fn insert_rows<'a, T>(
-    conn: &mut PgConnection,
-    table: &str,
-    columns: &[&str],
-    rows: &'a [T],
-    tail: &str,
-    mut bind: impl FnMut(&mut Separated<'_, 'a, Postgres, &'static str>, &'a T),
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(CHUNK) {
-        let mut q =
-            QueryBuilder::<Postgres>::new(format!("INSERT INTO {table} ({}) ", columns.join(", ")));
-        q.push_values(chunk, |mut values, row| bind(&mut values, row));
-        q.push(tail);
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// Deletes the rows of `table` whose `column` is one of `values`.
-async fn delete_in<'a, V>(
-    conn: &mut PgConnection,
-    table: &str,
-    column: &str,
-    values: &'a [V],
-) -> Result<(), StoreError>
-where
-    V: Sync,
-    &'a V: Encode<'a, Postgres> + Type<Postgres>,
-{
-    let head = format!("DELETE FROM {table} WHERE {column} IN (");
-    where_in(conn, &head, values, ")").await
-}
-
-/// Runs `head`, a list of `values`, `tail` as one statement per [`CHUNK`] of values.
-async fn where_in<'a, V>(
-    conn: &mut PgConnection,
-    head: &str,
-    values: &'a [V],
-    tail: &str,
-) -> Result<(), StoreError>
-where
-    V: Sync,
-    &'a V: Encode<'a, Postgres> + Type<Postgres>,
-{
-    for chunk in values.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Postgres>::new(head);
-        let mut list = q.separated(", ");
-        for value in chunk {
-            list.push_bind(value);
-        }
-        q.push(tail);
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// Sets a counter in `meta`.
-async fn set_counter(
-    conn: &mut PgConnection,
-    key: &str,
-    value: Option<u64>,
-) -> Result<(), StoreError> {
-    if let Some(value) = value {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value.to_string())
-        .execute(conn)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Ids as the database stores them.
-fn stored_ids(ids: &[u64]) -> Vec<i64> {
-    ids.iter().map(|id| *id as i64).collect()
-}
-
-/// Writes every list of the batch as multi-row statements.
-///
-/// `lease_rows` are the row numbers of `batch.leases_added`, in order; `removed_rows` those
-/// of the leases to delete.
-async fn write_batch(
-    conn: &mut PgConnection,
-    batch: &Batch,
-    lease_rows: &[i64],
-    removed_rows: &[i64],
-) -> Result<(), StoreError> {
-    // Tokens first: they point at the users.
-    where_in(
-        conn,
-        "DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE username IN (",
-        &batch.users_removed,
-        "))",
-    )
-    .await?;
-    delete_in(conn, "users", "username", &batch.users_removed).await?;
-    insert_rows(
-        conn,
-        "users",
-        &["id", "username", "name", "role", "state", "created_at"],
-        &batch.users_upserted,
-        " ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state",
-        |b, u| {
-            b.push_bind(u.id as i64)
-                .push_bind(&u.username)
-                .push_bind(&u.name)
-                .push_bind(u.role.as_str())
-                .push_bind(u.state.as_str())
-                .push_bind(u.created_at);
-        },
-    )
-    .await?;
-    set_counter(conn, "next_user_id", batch.next_user_id).await?;
-    delete_in(conn, "tokens", "id", &batch.tokens_removed).await?;
-    insert_rows(
-        conn,
-        "tokens",
-        &["id", "hash", "user_id", "label", "created_at", "last_used"],
-        &batch.tokens_added,
-        "",
-        |b, t| {
-            b.push_bind(&t.id)
-                .push_bind(&t.hash[..])
-                .push_bind(t.user as i64)
-                .push_bind(&t.label)
-                .push_bind(t.created_at)
-                .push_bind(t.last_used);
-        },
-    )
-    .await?;
-    for (id, at) in &batch.tokens_used {
-        sqlx::query("UPDATE tokens SET last_used = $1 WHERE id = $2")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    insert_rows(
-        conn,
-        "assignments",
-        &[
-            "id",
-            "username",
-            "feature",
-            "entitlement",
-            "seats",
-            "expires_at",
-            "created_at",
-        ],
-        &batch.assignments_upserted,
-        " ON CONFLICT (id) DO UPDATE SET seats = excluded.seats, expires_at = excluded.expires_at",
-        |b, a| {
-            b.push_bind(a.id as i64)
-                .push_bind(&a.user)
-                .push_bind(&a.feature)
-                .push_bind(a.entitlement as i64)
-                .push_bind(a.seats as i64)
-                .push_bind(a.expires_at)
-                .push_bind(a.created_at);
-        },
-    )
-    .await?;
-    let removed = stored_ids(&batch.assignments_removed);
-    delete_in(conn, "assignments", "id", &removed).await?;
-    insert_rows(
-        conn,
-        "outbox",
-        &["at", "kind", "subject", "detail"],
-        &batch.notifications,
-        "",
-        |b, n| {
-            b.push_bind(n.at)
-                .push_bind(&n.kind)
-                .push_bind(&n.subject)
-                .push_bind(&n.detail);
-        },
-    )
-    .await?;
-    set_counter(conn, "next_assignment_id", batch.next_assignment_id).await?;
-    insert_rows(
-        conn,
-        "entitlements",
-        &[
-            "id",
-            "feature",
-            "seats",
-            "starts_at",
-            "expires_at",
-            "kind",
-            "borrowable",
-            "max_borrow_secs",
-            "reference",
-        ],
-        &batch.entitlements_added,
-        "",
-        |b, e| {
-            b.push_bind(e.id as i64)
-                .push_bind(&e.feature)
-                .push_bind(e.seats as i64)
-                .push_bind(e.starts_at)
-                .push_bind(e.expires_at)
-                .push_bind(e.kind.as_str())
-                .push_bind(e.borrowable)
-                .push_bind(e.max_borrow_secs as i64)
-                .push_bind(&e.reference);
-        },
-    )
-    .await?;
-    let added: Vec<(&Lease, i64)> = batch
-        .leases_added
-        .iter()
-        .zip(lease_rows.iter().copied())
-        .collect();
-    insert_rows(
-        conn,
-        "leases",
-        &[
-            "seq",
-            "id",
-            "feature",
-            "seats",
-            "username",
-            "host",
-            "client_id",
-            "request_id",
-            "kind",
-            "source_assignment",
-            "granted_at",
-            "expires_at",
-            "entitlement",
-        ],
-        &added,
-        " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at",
-        |b, (l, seq)| {
-            let assignment = match l.source {
-                LeaseSource::Floating => None,
-                LeaseSource::Assignment(id) => Some(id as i64),
-            };
-            b.push_bind(*seq)
-                .push_bind(&l.id.0[..])
-                .push_bind(&l.feature)
-                .push_bind(l.seats as i64)
-                .push_bind(&l.user)
-                .push_bind(&l.host)
-                .push_bind(&l.client.0[..])
-                .push_bind(&l.request_id.0[..])
-                .push_bind(l.kind.as_str())
-                .push_bind(assignment)
-                .push_bind(l.granted_at)
-                .push_bind(l.expires_at)
-                .push_bind(l.entitlement.map(|id| id as i64));
-        },
-    )
-    .await?;
-    delete_in(conn, "leases", "seq", removed_rows).await?;
-    let removed = stored_ids(&batch.entitlements_removed);
-    delete_in(conn, "entitlements", "id", &removed).await?;
-    insert_rows(
-        conn,
-        "audit",
-        &[
-            "at", "actor", "action", "subject", "feature", "outcome", "reason",
-        ],
-        &batch.audit,
-        "",
-        |b, e| {
-            b.push_bind(e.at)
-                .push_bind(&e.actor)
-                .push_bind(&e.action)
-                .push_bind(&e.subject)
-                .push_bind(&e.feature)
-                .push_bind(&e.outcome)
-                .push_bind(&e.reason);
-        },
-    )
-    .await?;
-    set_counter(conn, "next_entitlement_id", batch.next_entitlement_id).await?;
-    Ok(())
-}
+super::writer::batch_writer!(Postgres, PgConnection);
 
 #[cfg(test)]
 mod tests {
@@ -680,7 +346,7 @@ mod tests {
     use std::time::Instant;
 
     use sqlx::Connection;
-    use tally_protocol::{ClientId, LeaseKind, RequestId};
+    use tally_protocol::{ClientId, LeaseId, LeaseKind, RequestId};
 
     use super::*;
 

@@ -1,0 +1,387 @@
+//! The batch writer, one source for every backend: [`batch_writer!`] expands it for a
+//! database type and its connection, in the backend's own module. The statements are the
+//! same on SQLite and PostgreSQL; `QueryBuilder` writes each backend's placeholders.
+//! [`LeaseRows`] keeps the row numbers of the leases for both.
+
+use std::collections::HashMap;
+
+use tally_protocol::LeaseId;
+
+use crate::core::Batch;
+
+/// Expands the batch writer for `$db` (`sqlx::Sqlite`, `sqlx::Postgres`) and its connection
+/// type: `insert_token`, `insert_rows`, `delete_in`, `where_in`, `set_counter` and
+/// `write_batch`, with multi-row statements of at most `CHUNK` rows. The module that expands
+/// it imports `QueryBuilder`, `Separated`, `Encode`, `Type`, `Batch`, `Lease`, `LeaseSource`,
+/// `StoreError` and `token_id`, and defines `CHUNK`.
+macro_rules! batch_writer {
+    ($db:ty, $conn:ty) => {
+        /// Writes one token row outside the engine (first start, `tallyd owner-token`).
+        async fn insert_token(
+            conn: &mut $conn,
+            hash: &[u8; 32],
+            user_id: i64,
+            label: &str,
+            now: i64,
+        ) -> Result<(), StoreError> {
+            let mut q = QueryBuilder::<$db>::new(
+                "INSERT INTO tokens (id, hash, user_id, label, created_at) VALUES (",
+            );
+            q.separated(", ")
+                .push_bind(token_id(hash))
+                .push_bind(&hash[..])
+                .push_bind(user_id)
+                .push_bind(label)
+                .push_bind(now);
+            q.push(")");
+            q.build().execute(conn).await?;
+            Ok(())
+        }
+
+        /// Inserts `rows` into `table` with multi-row statements of at most [`CHUNK`] rows. `bind`
+        /// binds one row's values in the order of `columns`; `tail` ends every statement (an
+        /// `ON CONFLICT` clause, or nothing).
+        async fn insert_rows<'a, T>(
+            conn: &mut $conn,
+            table: &str,
+            columns: &[&str],
+            rows: &'a [T],
+            tail: &str,
+            mut bind: impl FnMut(&mut Separated<'_, 'a, $db, &'static str>, &'a T),
+        ) -> Result<(), StoreError> {
+            for chunk in rows.chunks(CHUNK) {
+                let mut q =
+                    QueryBuilder::<$db>::new(format!("INSERT INTO {table} ({}) ", columns.join(", ")));
+                q.push_values(chunk, |mut values, row| bind(&mut values, row));
+                q.push(tail);
+                q.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        /// Deletes the rows of `table` whose `column` is one of `values`.
+        async fn delete_in<'a, V>(
+            conn: &mut $conn,
+            table: &str,
+            column: &str,
+            values: &'a [V],
+        ) -> Result<(), StoreError>
+        where
+            V: Sync,
+            &'a V: Encode<'a, $db> + Type<$db>,
+        {
+            let head = format!("DELETE FROM {table} WHERE {column} IN (");
+            where_in(conn, &head, values, ")").await
+        }
+
+        /// Runs `head`, a list of `values`, `tail` as one statement per [`CHUNK`] of values.
+        async fn where_in<'a, V>(
+            conn: &mut $conn,
+            head: &str,
+            values: &'a [V],
+            tail: &str,
+        ) -> Result<(), StoreError>
+        where
+            V: Sync,
+            &'a V: Encode<'a, $db> + Type<$db>,
+        {
+            for chunk in values.chunks(CHUNK) {
+                let mut q = QueryBuilder::<$db>::new(head);
+                let mut list = q.separated(", ");
+                for value in chunk {
+                    list.push_bind(value);
+                }
+                q.push(tail);
+                q.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        /// Sets a counter in `meta`.
+        async fn set_counter(
+            conn: &mut $conn,
+            key: &str,
+            value: Option<u64>,
+        ) -> Result<(), StoreError> {
+            if let Some(value) = value {
+                let mut q = QueryBuilder::<$db>::new("INSERT INTO meta (key, value) VALUES (");
+                q.separated(", ").push_bind(key).push_bind(value.to_string());
+                q.push(") ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+                q.build().execute(conn).await?;
+            }
+            Ok(())
+        }
+
+        /// Ids as the database stores them.
+        fn stored_ids(ids: &[u64]) -> Vec<i64> {
+            ids.iter().map(|id| *id as i64).collect()
+        }
+
+        /// Writes every list of the batch as multi-row statements.
+        ///
+        /// `lease_rows` are the row numbers of `batch.leases_added`, in order; `removed_rows` those
+        /// of the leases to delete.
+        async fn write_batch(
+            conn: &mut $conn,
+            batch: &Batch,
+            lease_rows: &[i64],
+            removed_rows: &[i64],
+        ) -> Result<(), StoreError> {
+            // Tokens first: they point at the users.
+            where_in(
+                conn,
+                "DELETE FROM tokens WHERE user_id IN (SELECT id FROM users WHERE username IN (",
+                &batch.users_removed,
+                "))",
+            )
+            .await?;
+            delete_in(conn, "users", "username", &batch.users_removed).await?;
+            insert_rows(
+                conn,
+                "users",
+                &["id", "username", "name", "role", "state", "created_at"],
+                &batch.users_upserted,
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, state = excluded.state",
+                |b, u| {
+                    b.push_bind(u.id as i64)
+                        .push_bind(&u.username)
+                        .push_bind(&u.name)
+                        .push_bind(u.role.as_str())
+                        .push_bind(u.state.as_str())
+                        .push_bind(u.created_at);
+                },
+            )
+            .await?;
+            set_counter(conn, "next_user_id", batch.next_user_id).await?;
+            delete_in(conn, "tokens", "id", &batch.tokens_removed).await?;
+            insert_rows(
+                conn,
+                "tokens",
+                &["id", "hash", "user_id", "label", "created_at", "last_used"],
+                &batch.tokens_added,
+                "",
+                |b, t| {
+                    b.push_bind(&t.id)
+                        .push_bind(&t.hash[..])
+                        .push_bind(t.user as i64)
+                        .push_bind(&t.label)
+                        .push_bind(t.created_at)
+                        .push_bind(t.last_used);
+                },
+            )
+            .await?;
+            for (id, at) in &batch.tokens_used {
+                let mut q = QueryBuilder::<$db>::new("UPDATE tokens SET last_used = ");
+                q.push_bind(at).push(" WHERE id = ").push_bind(id);
+                q.build().execute(&mut *conn).await?;
+            }
+            insert_rows(
+                conn,
+                "assignments",
+                &[
+                    "id",
+                    "username",
+                    "feature",
+                    "entitlement",
+                    "seats",
+                    "expires_at",
+                    "created_at",
+                ],
+                &batch.assignments_upserted,
+                " ON CONFLICT (id) DO UPDATE SET seats = excluded.seats, expires_at = excluded.expires_at",
+                |b, a| {
+                    b.push_bind(a.id as i64)
+                        .push_bind(&a.user)
+                        .push_bind(&a.feature)
+                        .push_bind(a.entitlement as i64)
+                        .push_bind(a.seats as i64)
+                        .push_bind(a.expires_at)
+                        .push_bind(a.created_at);
+                },
+            )
+            .await?;
+            let removed = stored_ids(&batch.assignments_removed);
+            delete_in(conn, "assignments", "id", &removed).await?;
+            insert_rows(
+                conn,
+                "outbox",
+                &["at", "kind", "subject", "detail"],
+                &batch.notifications,
+                "",
+                |b, n| {
+                    b.push_bind(n.at)
+                        .push_bind(&n.kind)
+                        .push_bind(&n.subject)
+                        .push_bind(&n.detail);
+                },
+            )
+            .await?;
+            set_counter(conn, "next_assignment_id", batch.next_assignment_id).await?;
+            insert_rows(
+                conn,
+                "entitlements",
+                &[
+                    "id",
+                    "feature",
+                    "seats",
+                    "starts_at",
+                    "expires_at",
+                    "kind",
+                    "borrowable",
+                    "max_borrow_secs",
+                    "reference",
+                ],
+                &batch.entitlements_added,
+                "",
+                |b, e| {
+                    b.push_bind(e.id as i64)
+                        .push_bind(&e.feature)
+                        .push_bind(e.seats as i64)
+                        .push_bind(e.starts_at)
+                        .push_bind(e.expires_at)
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.borrowable)
+                        .push_bind(e.max_borrow_secs as i64)
+                        .push_bind(&e.reference);
+                },
+            )
+            .await?;
+            let added: Vec<(&Lease, i64)> = batch
+                .leases_added
+                .iter()
+                .zip(lease_rows.iter().copied())
+                .collect();
+            insert_rows(
+                conn,
+                "leases",
+                &[
+                    "seq",
+                    "id",
+                    "feature",
+                    "seats",
+                    "username",
+                    "host",
+                    "client_id",
+                    "request_id",
+                    "kind",
+                    "source_assignment",
+                    "granted_at",
+                    "expires_at",
+                    "entitlement",
+                ],
+                &added,
+                " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at",
+                |b, (l, seq)| {
+                    let assignment = match l.source {
+                        LeaseSource::Floating => None,
+                        LeaseSource::Assignment(id) => Some(id as i64),
+                    };
+                    b.push_bind(*seq)
+                        .push_bind(&l.id.0[..])
+                        .push_bind(&l.feature)
+                        .push_bind(l.seats as i64)
+                        .push_bind(&l.user)
+                        .push_bind(&l.host)
+                        .push_bind(&l.client.0[..])
+                        .push_bind(&l.request_id.0[..])
+                        .push_bind(l.kind.as_str())
+                        .push_bind(assignment)
+                        .push_bind(l.granted_at)
+                        .push_bind(l.expires_at)
+                        .push_bind(l.entitlement.map(|id| id as i64));
+                },
+            )
+            .await?;
+            delete_in(conn, "leases", "seq", removed_rows).await?;
+            let removed = stored_ids(&batch.entitlements_removed);
+            delete_in(conn, "entitlements", "id", &removed).await?;
+            insert_rows(
+                conn,
+                "audit",
+                &[
+                    "at", "actor", "action", "subject", "feature", "outcome", "reason",
+                ],
+                &batch.audit,
+                "",
+                |b, e| {
+                    b.push_bind(e.at)
+                        .push_bind(&e.actor)
+                        .push_bind(&e.action)
+                        .push_bind(&e.subject)
+                        .push_bind(&e.feature)
+                        .push_bind(&e.outcome)
+                        .push_bind(&e.reason);
+                },
+            )
+            .await?;
+            set_counter(conn, "next_entitlement_id", batch.next_entitlement_id).await?;
+            Ok(())
+        }
+    };
+}
+
+pub(super) use batch_writer;
+
+/// The row number (`seq`) of every lease in the table, and the next one to use: leases are
+/// stored in grant order, so that a commit appends rows instead of writing pages all over a
+/// B-tree of random ids. Every backend keeps one beside its connection pool.
+#[derive(Debug, Default)]
+pub(super) struct LeaseRows {
+    by_id: HashMap<LeaseId, i64>,
+    next: i64,
+}
+
+/// The row numbers one batch writes and deletes; taken for good by
+/// [`LeaseRows::committed`] only once its transaction has committed.
+#[derive(Debug)]
+pub(super) struct RowPlan {
+    /// The row of each of `batch.leases_added`, in order.
+    pub added: Vec<i64>,
+    /// The rows of `batch.leases_removed` the table holds.
+    pub removed: Vec<i64>,
+    next: i64,
+}
+
+impl LeaseRows {
+    /// Records a lease row read at load.
+    pub fn loaded(&mut self, id: LeaseId, seq: i64) {
+        self.by_id.insert(id, seq);
+        self.next = self.next.max(seq + 1);
+    }
+
+    /// The rows `batch` writes: an updated lease keeps its row, a new one takes the next.
+    pub fn plan(&self, batch: &Batch) -> RowPlan {
+        let mut next = self.next;
+        let added = batch
+            .leases_added
+            .iter()
+            .map(|lease| {
+                self.by_id.get(&lease.id).copied().unwrap_or_else(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let removed = batch
+            .leases_removed
+            .iter()
+            .filter_map(|id| self.by_id.get(id).copied())
+            .collect();
+        RowPlan {
+            added,
+            removed,
+            next,
+        }
+    }
+
+    /// Takes the rows of a committed batch for good.
+    pub fn committed(&mut self, batch: &Batch, plan: RowPlan) {
+        for (lease, seq) in batch.leases_added.iter().zip(&plan.added) {
+            self.by_id.insert(lease.id, *seq);
+        }
+        for id in &batch.leases_removed {
+            self.by_id.remove(id);
+        }
+        self.next = plan.next;
+    }
+}
