@@ -322,3 +322,43 @@ mod tests {
         assert!(err.contains("role \"root\""), "{err}");
     }
 }
+
+/// Every table's rows as a backend read them at load, in the order the pool keeps them.
+#[derive(Debug)]
+pub struct LoadedRows {
+    pub entitlements: Vec<EntitlementRow>,
+    /// In grant order (`seq`).
+    pub leases: Vec<NumberedLeaseRow>,
+    pub users: Vec<UserRow>,
+    pub assignments: Vec<AssignmentRow>,
+    pub tokens: Vec<TokenRow>,
+    pub meta: std::collections::HashMap<String, String>,
+}
+
+impl LoadedRows {
+    /// The snapshot the pool is rebuilt from, and the row number of every lease.
+    pub fn into_snapshot(
+        self,
+    ) -> Result<(crate::core::Snapshot, super::writer::LeaseRows), StoreError> {
+        let meta = self.meta;
+        let counter = |key: &str| counter(key, meta.get(key).cloned());
+        let mut rows = super::writer::LeaseRows::default();
+        let mut leases = Vec::with_capacity(self.leases.len());
+        for row in self.leases {
+            let lease = crate::core::Lease::try_from(row.lease)?;
+            rows.loaded(lease.id, row.seq);
+            leases.push(lease);
+        }
+        let snapshot = crate::core::Snapshot {
+            entitlements: convert(self.entitlements)?,
+            leases,
+            users: convert(self.users)?,
+            tokens: convert(self.tokens)?,
+            next_user_id: counter("next_user_id")?,
+            assignments: convert(self.assignments)?,
+            next_entitlement_id: counter("next_entitlement_id")?,
+            next_assignment_id: counter("next_assignment_id")?,
+        };
+        Ok((snapshot, rows))
+    }
+}

@@ -12,12 +12,9 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Encode, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Type};
-use tally_protocol::{AuditEvent, AuditPage, AuditQuery, LeaseSource};
+use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
-use super::rows::{
-    convert, counter, AssignmentRow, AuditRow, EntitlementRow, NumberedLeaseRow, OutboxRow,
-    TokenRow, UserRow,
-};
+use super::rows::{AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, TokenRow, UserRow};
 use super::writer::LeaseRows;
 use super::{Identity, Store, StoreError};
 use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
@@ -236,25 +233,15 @@ impl Store for SqliteStore {
             .await?
             .into_iter()
             .collect();
-        let counter = |key: &str| counter(key, meta.get(key).cloned());
-
-        let mut rows = LeaseRows::default();
-        let mut leases = Vec::with_capacity(numbered.len());
-        for row in numbered {
-            let lease = Lease::try_from(row.lease)?;
-            rows.loaded(lease.id, row.seq);
-            leases.push(lease);
+        let (snapshot, rows) = LoadedRows {
+            entitlements,
+            leases: numbered,
+            users,
+            assignments,
+            tokens,
+            meta,
         }
-        let snapshot = Snapshot {
-            entitlements: convert(entitlements)?,
-            leases,
-            users: convert(users)?,
-            tokens: convert(tokens)?,
-            next_user_id: counter("next_user_id")?,
-            assignments: convert(assignments)?,
-            next_entitlement_id: counter("next_entitlement_id")?,
-            next_assignment_id: counter("next_assignment_id")?,
-        };
+        .into_snapshot()?;
         *self.rows.lock().expect("lease rows lock") = rows;
         Ok(snapshot)
     }
@@ -265,62 +252,14 @@ impl Store for SqliteStore {
         before: Option<u64>,
         max_bytes: usize,
     ) -> Result<AuditPage, StoreError> {
-        use futures::TryStreamExt;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id, at, actor, action, subject, feature, outcome, reason FROM audit WHERE 1 = 1",
-        );
-        if let Some(before) = before {
-            q.push(" AND id < ")
-                .push_bind(i64::try_from(before).unwrap_or(i64::MAX));
-        }
-        if let Some(since) = query.since {
-            q.push(" AND at >= ").push_bind(since);
-        }
-        if let Some(user) = &query.user {
-            let user = user.to_lowercase();
-            q.push(" AND (actor = ")
-                .push_bind(user.clone())
-                .push(" OR subject = ")
-                .push_bind(user)
-                .push(")");
-        }
-        if let Some(feature) = &query.feature {
-            q.push(" AND feature = ").push_bind(feature.clone());
-        }
-        let limit = query.limit.unwrap_or(1000).max(1);
-        // One row past the page tells whether another page follows.
-        q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let mut rows = q.build_query_as::<AuditRow>().fetch(&self.pool);
-        let mut events = Vec::new();
-        let mut last_id = 0i64;
-        let mut bytes = 0;
-        let mut more = false;
-        while let Some(row) = rows.try_next().await? {
-            if events.len() == limit as usize || (!events.is_empty() && bytes >= max_bytes) {
-                more = true;
-                break;
-            }
-            last_id = row.id;
-            let event = AuditEvent::from(row);
-            bytes += super::event_size(&event);
-            events.push(event);
-        }
-        let next = more.then_some(last_id as u64);
-        Ok(AuditPage { events, next })
+        read_audit_page(&self.pool, query, before, max_bytes).await
     }
 
     async fn pending_notifications(
         &self,
         limit: u32,
     ) -> Result<Vec<(i64, Notification)>, StoreError> {
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, at, kind, subject, detail FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        read_pending(&self.pool, limit).await
     }
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
-//! The batch writer, one source for every backend: [`batch_writer!`] expands it for a
-//! database type and its connection, in the backend's own module. The statements are the
+//! The batch writer and the audit and outbox reads, one source for every backend:
+//! [`batch_writer!`] expands them for a database type and its connection, in the backend's
+//! own module. The statements are the
 //! same on SQLite and PostgreSQL; `QueryBuilder` writes each backend's placeholders.
 //! [`LeaseRows`] keeps the row numbers of the leases for both.
 
@@ -10,8 +11,8 @@ use tally_protocol::LeaseId;
 use crate::core::Batch;
 
 /// Expands the batch writer for `$db` (`sqlx::Sqlite`, `sqlx::Postgres`) and its connection
-/// type: `insert_token`, `insert_rows`, `delete_in`, `where_in`, `set_counter` and
-/// `write_batch`, with multi-row statements of at most `CHUNK` rows. The module that expands
+/// type: `insert_token`, `insert_rows`, `delete_in`, `where_in`, `set_counter`,
+/// `write_batch`, `read_audit_page` and `read_pending`, with multi-row statements of at most `CHUNK` rows. The module that expands
 /// it imports `QueryBuilder`, `Separated`, `Encode`, `Type`, `Batch`, `Lease`, `LeaseSource`,
 /// `StoreError` and `token_id`, and defines `CHUNK`.
 macro_rules! batch_writer {
@@ -316,6 +317,73 @@ macro_rules! batch_writer {
             .await?;
             set_counter(conn, "next_entitlement_id", batch.next_entitlement_id).await?;
             Ok(())
+        }
+
+        /// One page of the audit log, newest first (see `Store::audit`).
+        async fn read_audit_page(
+            pool: &sqlx::Pool<$db>,
+            query: &tally_protocol::AuditQuery,
+            before: Option<u64>,
+            max_bytes: usize,
+        ) -> Result<tally_protocol::AuditPage, StoreError> {
+            use futures::TryStreamExt;
+            let mut q = QueryBuilder::<$db>::new(
+                "SELECT id, at, actor, action, subject, feature, outcome, reason FROM audit WHERE TRUE",
+            );
+            if let Some(before) = before {
+                q.push(" AND id < ")
+                    .push_bind(i64::try_from(before).unwrap_or(i64::MAX));
+            }
+            if let Some(since) = query.since {
+                q.push(" AND at >= ").push_bind(since);
+            }
+            if let Some(user) = &query.user {
+                let user = user.to_lowercase();
+                q.push(" AND (actor = ")
+                    .push_bind(user.clone())
+                    .push(" OR subject = ")
+                    .push_bind(user)
+                    .push(")");
+            }
+            if let Some(feature) = &query.feature {
+                q.push(" AND feature = ").push_bind(feature.clone());
+            }
+            let limit = query.limit.unwrap_or(1000).max(1);
+            // One row past the page tells whether another page follows.
+            q.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(limit) + 1);
+            let mut rows = q
+                .build_query_as::<super::rows::AuditRow>()
+                .fetch(pool);
+            let mut events = Vec::new();
+            let mut last_id = 0i64;
+            let mut bytes = 0;
+            let mut more = false;
+            while let Some(row) = rows.try_next().await? {
+                if events.len() == limit as usize || (!events.is_empty() && bytes >= max_bytes) {
+                    more = true;
+                    break;
+                }
+                last_id = row.id;
+                let event = tally_protocol::AuditEvent::from(row);
+                bytes += super::event_size(&event);
+                events.push(event);
+            }
+            let next = more.then_some(last_id as u64);
+            Ok(tally_protocol::AuditPage { events, next })
+        }
+
+        /// Notifications not yet delivered, oldest first (see `Store::pending_notifications`).
+        async fn read_pending(
+            pool: &sqlx::Pool<$db>,
+            limit: u32,
+        ) -> Result<Vec<(i64, crate::core::Notification)>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(
+                "SELECT id, at, kind, subject, detail FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ",
+            );
+            q.push_bind(i64::from(limit));
+            let rows: Vec<super::rows::OutboxRow> = q.build_query_as().fetch_all(pool).await?;
+            Ok(rows.into_iter().map(Into::into).collect())
         }
     };
 }
