@@ -342,6 +342,19 @@ pub async fn add_entitlement(
     }
 }
 
+/// Adds a user as `owner`; their first token.
+pub async fn new_user(owner: &Client, email: &str, role: tally_protocol::Role) -> String {
+    let request = Request::UserAdd(tally_protocol::UserAdd {
+        username: email.into(),
+        name: String::new(),
+        role,
+    });
+    match owner.call(request).await.unwrap() {
+        Response::UserAdded { token, .. } => token,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The newest 10,000 events of the audit log, newest first.
 pub async fn audit(owner: &Client) -> Vec<tally_protocol::AuditEvent> {
     let query = tally_protocol::AuditQuery {

@@ -5,23 +5,11 @@
 use tally_client::{Client, Error};
 use tally_protocol::{
     AuditEvent, Authenticate, Checkout, ClientId, ClientMessage, ErrorCode, IssuedToken, Request,
-    RequestId, Response, Role, ServerMessage, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserRef,
+    RequestId, Response, Role, ServerMessage, TokenInfo, TokenMint, TokenRevoke, UserRef,
     PROTOCOL_VERSION,
 };
 
 use crate::harness::*;
-
-async fn add_user(owner: &Client, email: &str, role: Role) -> String {
-    let request = Request::UserAdd(UserAdd {
-        username: email.into(),
-        name: String::new(),
-        role,
-    });
-    match owner.call(request).await.unwrap() {
-        Response::UserAdded { token, .. } => token,
-        other => panic!("{other:?}"),
-    }
-}
 
 fn mint(email: &str, label: &str) -> Request {
     Request::TokenMint(TokenMint {
@@ -80,9 +68,9 @@ async fn signed_in(server: &TestServer, token: &str, instance: ClientId) -> RawC
 async fn only_the_owner_mints_tokens_for_the_owner_and_for_admins() {
     let server = TestServer::start().await;
     let owner = server.owner().await;
-    let admin_token = add_user(&owner, "lead@studio.com", Role::Admin).await;
-    add_user(&owner, "other@studio.com", Role::Admin).await;
-    add_user(&owner, "ana@studio.com", Role::Member).await;
+    let admin_token = new_user(&owner, "lead@studio.com", Role::Admin).await;
+    new_user(&owner, "other@studio.com", Role::Admin).await;
+    new_user(&owner, "ana@studio.com", Role::Member).await;
     let admin = Client::connect(server.client_config(&admin_token))
         .await
         .unwrap();
@@ -117,7 +105,7 @@ async fn only_the_owner_mints_tokens_for_the_owner_and_for_admins() {
 async fn tokens_are_listed_and_a_revoked_one_ends_its_connections_at_once() {
     let server = TestServer::start().await;
     let owner = server.owner().await;
-    let first = add_user(&owner, "ana@studio.com", Role::Member).await;
+    let first = new_user(&owner, "ana@studio.com", Role::Member).await;
     let laptop = minted(&owner, "ana@studio.com", "laptop").await;
 
     let mut on_laptop = signed_in(&server, &laptop.token, ClientId(rand::random())).await;
@@ -167,7 +155,7 @@ async fn tokens_are_listed_and_a_revoked_one_ends_its_connections_at_once() {
 async fn a_removed_users_connection_never_acts_for_a_new_account_of_the_same_name() {
     let server = TestServer::start().await;
     let owner = server.owner().await;
-    let old = add_user(&owner, "ana@studio.com", Role::Admin).await;
+    let old = new_user(&owner, "ana@studio.com", Role::Admin).await;
     let mut old_session = signed_in(&server, &old, ClientId(rand::random())).await;
     owner
         .call(Request::UserRemove(UserRef {
@@ -175,7 +163,7 @@ async fn a_removed_users_connection_never_acts_for_a_new_account_of_the_same_nam
         }))
         .await
         .unwrap();
-    add_user(&owner, "ana@studio.com", Role::Admin).await;
+    new_user(&owner, "ana@studio.com", Role::Admin).await;
     // Whatever the old connection sends now, it is not the new ana.
     old_session
         .send(&ClientMessage::Request {
@@ -205,8 +193,8 @@ async fn another_user_reusing_a_client_instance_id_gets_a_session_of_their_own()
     let server = TestServer::start().await;
     let owner = server.owner().await;
     add_entitlement(&owner, "vray", 5, None).await;
-    let ana_token = add_user(&owner, "ana@studio.com", Role::Member).await;
-    let ben_token = add_user(&owner, "ben@studio.com", Role::Member).await;
+    let ana_token = new_user(&owner, "ana@studio.com", Role::Member).await;
+    let ben_token = new_user(&owner, "ben@studio.com", Role::Member).await;
     let instance = ClientId([7; 16]);
     let checkout = |n: u8| {
         Request::Checkout(Checkout {
@@ -248,7 +236,7 @@ async fn another_user_reusing_a_client_instance_id_gets_a_session_of_their_own()
 async fn refused_sign_ins_and_deactivated_accounts_are_audited() {
     let server = TestServer::start().await;
     let owner = server.owner().await;
-    let ana = add_user(&owner, "ana@studio.com", Role::Member).await;
+    let ana = new_user(&owner, "ana@studio.com", Role::Member).await;
     owner
         .call(Request::UserDeactivate(UserRef {
             username: "ana@studio.com".into(),
@@ -282,7 +270,7 @@ async fn a_flood_of_refused_checkouts_cannot_grow_the_audit_log() {
     let server = TestServer::start().await;
     let owner = server.owner().await;
     add_entitlement(&owner, "vray", 1, None).await;
-    let token = add_user(&owner, "ana@studio.com", Role::Member).await;
+    let token = new_user(&owner, "ana@studio.com", Role::Member).await;
     let ana = Client::connect(server.client_config(&token)).await.unwrap();
     let before = audit(&owner).await.len();
     let huge = "X".repeat(60_000);

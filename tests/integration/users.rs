@@ -17,18 +17,6 @@ async fn add_user(server: &TestServer, owner: &Client, email: &str, role: Role) 
     Client::connect(server.client_config(&token)).await.unwrap()
 }
 
-async fn new_user(owner: &Client, email: &str, role: Role) -> String {
-    let request = Request::UserAdd(UserAdd {
-        username: email.into(),
-        name: String::new(),
-        role,
-    });
-    match owner.call(request).await.unwrap() {
-        Response::UserAdded { token, .. } => token,
-        other => panic!("{other:?}"),
-    }
-}
-
 fn assign(user: &str, feature: &str, seats: u32) -> Assign {
     Assign {
         username: user.into(),
