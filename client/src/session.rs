@@ -608,6 +608,10 @@ impl Task {
         let result = match outcome {
             Outcome::Ok(response) => Ok(response),
             Outcome::Err(body) => Err(body),
+            Outcome::NotLeader(standby) => Err(tally_protocol::ErrorBody::new(
+                tally_protocol::ErrorCode::NotLeader,
+                standby.message,
+            )),
         };
         match (&pending.request, &result) {
             (Request::Heartbeat, Ok(Response::Heartbeat(ack))) => {

@@ -41,6 +41,17 @@ pub enum ServerMessage {
 pub enum Outcome {
     Ok(Response),
     Err(ErrorBody),
+    /// A standby's answer to every request but `ServerInfo` and `ServerNodes`: the request
+    /// was not applied; send it to the leader.
+    NotLeader(NotLeader),
+}
+
+/// Where the leader is, as a standby knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotLeader {
+    /// The leader's advertised address (`host:port`), when a leader is known.
+    pub leader: Option<String>,
+    pub message: String,
 }
 
 /// The first frame from a client.

@@ -31,6 +31,66 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: LogConfig,
+    /// High availability on PostgreSQL (SPEC §7); read only when `database` is PostgreSQL.
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// A node of a cluster: where clients are sent when it leads, and how long leadership
+/// lasts without a renewal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// `host:port` clients are sent to when this node leads; absent means `listen`
+    /// (which must then not be a wildcard address).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Leadership lapses this long after its last renewal in the database's clock; the
+    /// leader renews every `lease / 3` and a standby takes over within about `lease`.
+    #[serde(default = "default_ha_lease", deserialize_with = "duration")]
+    pub lease: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            advertise: None,
+            lease: default_ha_lease(),
+        }
+    }
+}
+
+impl HaConfig {
+    /// The address clients are sent to when this node leads: `advertise`, or `listen`.
+    pub fn advertised(&self, listen: SocketAddr) -> Result<String, String> {
+        match &self.advertise {
+            Some(address) => check_advertise(address).map(|()| address.clone()),
+            None if listen.ip().is_unspecified() => Err(format!(
+                "ha.advertise is needed: listen = {listen} is a wildcard address, which clients cannot be sent to; set ha.advertise = \"HOST:{}\" naming this node",
+                listen.port()
+            )),
+            None => Ok(listen.to_string()),
+        }
+    }
+}
+
+/// `host:port`, with a port that reads; `[v6]:port` for IPv6 addresses.
+fn check_advertise(address: &str) -> Result<(), String> {
+    let bad = || {
+        format!("ha.advertise = {address:?} is not HOST:PORT (a host name or address clients can reach, and its port, as in \"lic1.studio.lan:27010\")")
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(bad()),
+    }
 }
 
 /// TLS: files to use, or the names to put in a generated certificate.
@@ -178,8 +238,17 @@ impl Config {
             return invalid("data_dir is empty".into());
         }
         let database = self.database.as_ref().map(|url| url.0.as_str());
-        if let Err(err) = crate::store::Backend::for_serving(database, &self.data_dir) {
-            return invalid(format!("database: {err}"));
+        match crate::store::Backend::from_url(database, &self.data_dir) {
+            Err(err) => return invalid(format!("database: {err}")),
+            Ok(crate::store::Backend::Postgres(_)) => {
+                if let Err(err) = crate::ha::Timing::new(self.ha.lease) {
+                    return invalid(err.to_string());
+                }
+                if let Err(err) = self.ha.advertised(self.listen) {
+                    return invalid(err);
+                }
+            }
+            Ok(crate::store::Backend::Sqlite(_)) => {}
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => return invalid("tls.cert is set but tls.key is not".into()),
@@ -330,6 +399,9 @@ fn default_max_unauthenticated_per_address() -> u32 {
 fn default_max_leases_per_client() -> u32 {
     1000
 }
+fn default_ha_lease() -> Duration {
+    Duration::from_secs(3)
+}
 fn default_log_format() -> String {
     "human".into()
 }
@@ -379,11 +451,39 @@ mod tests {
             .to_string()
             .contains("tls.key"));
         let config = Config::parse("database = \"postgres://x@y/z\"\n").unwrap();
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("PostgreSQL"));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("ha.advertise is needed"), "{err}");
+        assert!(err.contains("0.0.0.0:27010"), "{err}");
+        let config = Config::parse(
+            "listen = \"127.0.0.1:27010\"\ndatabase = \"postgres://x@y/z\"\n[ha]\nlease = \"100ms\"\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("ha.lease"), "{err}");
+        for bad in [
+            "lic1",
+            "lic1:",
+            ":27010",
+            "lic1:http",
+            "lic 1:27010",
+            "lic1:0",
+        ] {
+            let config = Config::parse(&format!(
+                "database = \"postgres://x@y/z\"\n[ha]\nadvertise = {bad:?}\n"
+            ))
+            .unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("is not HOST:PORT"), "{bad}: {err}");
+        }
+        for good in ["lic1.studio.lan:27010", "10.0.0.5:27010", "[fd00::5]:27010"] {
+            let config = Config::parse(&format!(
+                "database = \"postgres://x@y/z\"\n[ha]\nadvertise = {good:?}\n"
+            ))
+            .unwrap();
+            config
+                .validate()
+                .unwrap_or_else(|err| panic!("{good}: {err}"));
+        }
         let config = Config::parse("database = \"sqlite://\"\n").unwrap();
         assert!(config
             .validate()

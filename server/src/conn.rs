@@ -16,7 +16,7 @@ use tally_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::core::{Holder, SignOut, SignedIn};
 use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
+use crate::ha::Serving;
 use crate::init::token_hash;
 use crate::limiter::{PreAuthPermit, Prefix, FAILURE_PAUSE};
 use crate::logtext;
@@ -199,6 +200,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|e| e.to_string())?;
     tracing::debug!(agent = %logtext::peer(&hello.client.agent), host = %logtext::peer(&holder.host), "signed in");
 
+    // A connection opened while this node serves ends when that serving ends (a cluster's
+    // leader stepping down), so that its client moves on to the new leader.
+    let mut serving = shared.serving.clone();
+    let serving_epoch = match &*serving.borrow_and_update() {
+        Serving::Leader { epoch } => Some(*epoch),
+        Serving::Standby { .. } => None,
+    };
+
     // Requests, pipelined; answers go back in order.
     let idle = shared.ttl;
     let mut pending = FuturesOrdered::new();
@@ -210,7 +219,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         tokio::select! {
             biased;
+            () = serving_ended(&mut serving, serving_epoch) => {
+                let _ = conn.close().await;
+                return Err("this node stopped leading; closing so that the client moves to the new leader".into());
+            }
             Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
+                // The engine dropped the request unanswered: it stopped serving with the
+                // request's commit in flight, whose outcome the new leader knows.
+                let Some(outcome) = outcome else {
+                    let _ = conn.close().await;
+                    return Err("this node stopped serving with a request in flight; closing unanswered".into());
+                };
                 // The account was deactivated or removed since it signed in: answer, then
                 // close, so the client stops using the connection.
                 let signed_out = match &outcome {
@@ -290,17 +309,31 @@ async fn sign_in_failed<S: AsyncRead + AsyncWrite + Unpin>(
     refuse(conn, limited).await
 }
 
-/// Starts one request: answered here (`ServerInfo`) or by the engine.
+/// Resolves when the node no longer serves under `epoch`; never for a connection opened
+/// while it did not serve.
+async fn serving_ended(serving: &mut watch::Receiver<Serving>, epoch: Option<i64>) {
+    let Some(epoch) = epoch else {
+        return std::future::pending().await;
+    };
+    let _ = serving
+        .wait_for(|now| *now != Serving::Leader { epoch })
+        .await;
+}
+
+/// Starts one request: answered here (`ServerInfo`) or by the engine. `None`: the engine
+/// dropped it unanswered.
 fn dispatch(
     shared: &Shared,
     session: &SignedIn,
     holder: &Holder,
     id: u32,
     request: Request,
-) -> futures::future::BoxFuture<'static, (u32, Outcome)> {
+) -> futures::future::BoxFuture<'static, (u32, Option<Outcome>)> {
     let request = match route(request) {
         Route::Engine(request) => request,
-        Route::ServerInfo => return Box::pin(futures::future::ready((id, server_info(shared)))),
+        Route::ServerInfo => {
+            return Box::pin(futures::future::ready((id, Some(server_info(shared)))))
+        }
     };
     let name = request.name;
     let (reply, answer) = oneshot::channel();
@@ -314,15 +347,13 @@ fn dispatch(
     Box::pin(async move {
         let started = std::time::Instant::now();
         let outcome = match engine.send(job).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Outcome::Err(shutting_down())),
-            Err(_) => Outcome::Err(shutting_down()),
+            Ok(()) => answer.await.ok(),
+            Err(_) => Some(Outcome::Err(shutting_down())),
         };
         tracing::debug!(
             request = name,
             elapsed_us = started.elapsed().as_micros() as u64,
-            ok = matches!(outcome, Outcome::Ok(_)),
+            ok = matches!(outcome, Some(Outcome::Ok(_))),
             "request"
         );
         (id, outcome)

@@ -6,6 +6,16 @@
 //! the next batch, so the commit rate grows with the load. If a commit fails, every job of
 //! the batch gets `internal` and the pool is rebuilt from the store, so nothing is
 //! half-applied.
+//!
+//! In a cluster (SPEC §7) the engine follows the node's [`Role`]: a standby holds no pool,
+//! signs clients in from the database and answers every request `not_leader` with the
+//! leader's address; on becoming leader it loads the pool as a restart does (R14), applies
+//! what passed meanwhile, and only then serves, every commit fenced by its epoch (R13). The
+//! moment the role changes or a commit is fenced off or fails, it stops: the jobs of the
+//! batch in flight are dropped unanswered, and the connections opened while it led are
+//! closed ([`Serving`]), so that clients go to the new leader and resend what is safe to
+//! resend (checkouts and borrows carry request ids, which the new leader knows if the
+//! commit went through).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +24,7 @@ use tally_protocol::{
     key_id, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken, LeaseId,
     LeaseInfo, Outcome, RequestId, Response,
 };
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::clock::Clock;
 use crate::core::{
@@ -22,9 +32,10 @@ use crate::core::{
     SignedIn, Token,
 };
 use crate::fold::RefusalFolder;
+use crate::ha::{Role, Serving};
 use crate::init::{new_token, token_hash};
 use crate::route::{AuditRead, EngineKind, EngineRequest, PoolRequest};
-use crate::store::Store;
+use crate::store::{ClusterStore, Fence, Store, StoreError};
 use crate::watchdog::Watchdog;
 
 /// Most jobs answered by one commit.
@@ -171,6 +182,41 @@ pub struct Engine {
     /// Where every decision by time takes `now` from; a step of a manual clock wakes the
     /// sweep.
     clock: Clock,
+    /// The node's role and the database, in a cluster; `None` for a single node.
+    cluster: Option<Cluster>,
+    /// What connections are told: whether this node serves, under which epoch.
+    serving: watch::Sender<Serving>,
+    /// The fence of every commit: [`Fence::Single`] for a single node, the epoch it leads
+    /// under in a cluster.
+    fence: Fence,
+}
+
+/// What the engine of a cluster's node follows.
+pub struct Cluster {
+    /// The role the elector decides.
+    pub role: watch::Receiver<Role>,
+    /// Where a standby signs clients in.
+    pub store: Arc<dyn ClusterStore>,
+}
+
+/// Why serving stopped.
+enum Stopped {
+    /// Every connection is gone: the server is shutting down.
+    Done,
+    /// This node no longer leads, or cannot tell that it still does (a commit failed or was
+    /// fenced off).
+    Lost { fenced: bool },
+}
+
+/// Resolves when `role` no longer says this node leads under `epoch` (or the elector is
+/// gone); never, for a single node.
+async fn leadership_lost(role: Option<watch::Receiver<Role>>, epoch: i64) {
+    match role {
+        Some(mut role) => {
+            let _ = role.wait_for(|role| role.epoch() != Some(epoch)).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Engine {
@@ -194,7 +240,23 @@ impl Engine {
             outbox,
             watchdog: None,
             clock: Clock::system(),
+            cluster: None,
+            serving: watch::channel(Serving::Leader { epoch: 0 }).0,
+            fence: Fence::Single,
         }
+    }
+
+    /// Follows `cluster`'s role instead of serving as a single node: a standby to begin with.
+    pub fn in_cluster(mut self, cluster: Cluster) -> Self {
+        self.serving.send_replace(Serving::Standby { leader: None });
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Whether the engine serves, and under which epoch; connections and the notifier
+    /// follow it.
+    pub fn serving(&self) -> watch::Receiver<Serving> {
+        self.serving.subscribe()
     }
 
     /// Takes time from `clock` instead of the system clock.
@@ -211,7 +273,156 @@ impl Engine {
 
     /// Serves jobs until every sender is gone, then returns after the last commit.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        self.catch_up().await;
+        match self.cluster.take() {
+            None => {
+                self.catch_up().await;
+                self.serve(&mut jobs, None).await;
+            }
+            Some(cluster) => {
+                if !self.follow(&mut jobs, cluster).await {
+                    tracing::debug!("engine stopped");
+                    return;
+                }
+            }
+        }
+        // Refusals folded but not yet written.
+        let mut batch = Batch::default();
+        self.folder.flush(i64::MAX, &mut batch.audit);
+        let _ = self.flush(batch, Vec::new(), None).await;
+        tracing::debug!("engine stopped");
+    }
+
+    /// A cluster's node: a standby until the elector says it leads, then the leader until it
+    /// no longer does, and so on until every connection is gone. Returns whether it was
+    /// leading at the end (so that the last folded refusals can be written).
+    async fn follow(&mut self, jobs: &mut mpsc::Receiver<Job>, cluster: Cluster) -> bool {
+        let Cluster {
+            role: mut roles,
+            store,
+        } = cluster;
+        let mut watchdog = Watchdog::new(self.watchdog);
+        // An epoch whose commit was fenced off: never served again, whatever the elector
+        // still believes.
+        let mut fenced: Option<i64> = None;
+        loop {
+            // A standby.
+            let epoch = loop {
+                watchdog.ping_if_due();
+                let role = roles.borrow_and_update().clone();
+                let leader = match role {
+                    Role::Leader { epoch } if fenced != Some(epoch) => break epoch,
+                    Role::Leader { .. } => None,
+                    Role::Standby { leader } => leader,
+                };
+                self.serving.send_if_modified(|serving| {
+                    let standby = Serving::Standby {
+                        leader: leader.clone(),
+                    };
+                    let changed = *serving != standby;
+                    *serving = standby;
+                    changed
+                });
+                tokio::select! {
+                    biased;
+                    job = jobs.recv() => match job {
+                        Some(job) => standby(job, leader.as_deref(), &store),
+                        None => return false,
+                    },
+                    changed = roles.changed() => if changed.is_err() {
+                        // The elector is gone: the node is stopping. Answer what is left.
+                        while let Some(job) = jobs.recv().await {
+                            standby(job, None, &store);
+                        }
+                        return false;
+                    },
+                    () = watchdog.due() => {}
+                }
+            };
+
+            // The leader, once the pool is loaded and what passed meanwhile is applied.
+            self.fence = Fence::Epoch(epoch);
+            let role = Some(roles.clone());
+            let ready = tokio::select! {
+                ready = self.take_over() => ready,
+                () = leadership_lost(role.clone(), epoch) => Err("the leadership was lost while loading the pool".to_string()),
+            };
+            if let Err(why) = ready {
+                tracing::warn!(epoch, why, "not serving under this epoch");
+                if roles.borrow().epoch() == Some(epoch) {
+                    // Still the leader by the elector: try again in a moment, not in a spin.
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = leadership_lost(role, epoch) => {}
+                    }
+                }
+                continue;
+            }
+            self.serving.send_replace(Serving::Leader { epoch });
+            tracing::info!(
+                epoch,
+                leases = self.pool.lease_count(),
+                "serving as the cluster's leader; every online lease has one ttl to be renewed"
+            );
+            match self.serve(jobs, role).await {
+                Stopped::Done => return true,
+                Stopped::Lost { fenced: was_fenced } => {
+                    if was_fenced {
+                        fenced = Some(epoch);
+                    }
+                    self.serving.send_replace(Serving::Standby { leader: None });
+                    self.pool = Pool::restore(
+                        Default::default(),
+                        self.ttl_ms,
+                        self.policy,
+                        self.clock.now_millis(),
+                    );
+                    self.folder = RefusalFolder::default();
+                    tracing::warn!(epoch, "stopped serving: this node is a standby now");
+                }
+            }
+        }
+    }
+
+    /// Loads the pool and applies what passed since it was last served, once.
+    async fn take_over(&mut self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let snapshot = self
+            .store
+            .load()
+            .await
+            .map_err(|err| format!("cannot load the pool: {err}"))?;
+        self.pool = Pool::restore(snapshot, self.ttl_ms, self.policy, self.clock.now_millis());
+        tracing::info!(
+            leases = self.pool.lease_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pool loaded from the database"
+        );
+        let mut batch = Batch::default();
+        self.pool.advance(self.clock.now_millis(), &mut batch);
+        if !batch.is_empty() {
+            self.store
+                .commit(&batch, self.fence)
+                .await
+                .map_err(|err| format!("cannot record the ends that passed meanwhile: {err}"))?;
+            log_changes(&batch);
+            if !batch.notifications.is_empty() {
+                self.outbox.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves jobs, a batch at a time, until every sender is gone or, in a cluster, the
+    /// leadership of the current epoch is lost (`role`).
+    async fn serve(
+        &mut self,
+        jobs: &mut mpsc::Receiver<Job>,
+        role: Option<watch::Receiver<Role>>,
+    ) -> Stopped {
+        let epoch = match self.fence {
+            Fence::Epoch(epoch) => epoch,
+            Fence::Single => 0,
+        };
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog = Watchdog::new(self.watchdog);
@@ -225,9 +436,10 @@ impl Engine {
             let mut replies = Vec::new();
             tokio::select! {
                 biased;
+                () = leadership_lost(role.clone(), epoch) => return Stopped::Lost { fenced: false },
                 job = jobs.recv() => match job {
                     Some(job) => self.apply(job, &mut batch, &mut replies),
-                    None => break,
+                    None => return Stopped::Done,
                 },
                 _ = sweep.tick() => self.sweep(&mut batch),
                 // A stepped test clock is applied at once, not at the next tick.
@@ -252,13 +464,10 @@ impl Engine {
                 }
             }
             answered = replies.len();
-            self.flush(batch, replies).await;
+            if let Err(lost) = self.flush(batch, replies, role.clone()).await {
+                return lost;
+            }
         }
-        // Refusals folded but not yet written.
-        let mut batch = Batch::default();
-        self.folder.flush(i64::MAX, &mut batch.audit);
-        self.flush(batch, Vec::new()).await;
-        tracing::debug!("engine stopped");
     }
 
     /// Reclaims what lapsed and writes the refusals folded long enough.
@@ -497,8 +706,15 @@ impl Engine {
         }
     }
 
-    /// Makes the batch durable, then answers its jobs.
-    async fn flush(&mut self, mut batch: Batch, replies: Vec<Reply>) {
+    /// Makes the batch durable, then answers its jobs. In a cluster, a commit that fails,
+    /// is fenced off, or is overtaken by the loss of the leadership answers nothing and
+    /// stops the serving (`Err`).
+    async fn flush(
+        &mut self,
+        mut batch: Batch,
+        replies: Vec<Reply>,
+        role: Option<watch::Receiver<Role>>,
+    ) -> Result<(), Stopped> {
         let pool = &self.pool;
         self.folder
             .fold(self.clock.now_millis(), &mut batch.audit, |actor| {
@@ -506,7 +722,20 @@ impl Engine {
             });
         if !batch.is_empty() {
             let started = std::time::Instant::now();
-            if let Err(err) = self.store.commit(&batch).await {
+            if let Fence::Epoch(epoch) = self.fence {
+                let committed = tokio::select! {
+                    committed = self.store.commit(&batch, self.fence) => committed,
+                    () = leadership_lost(role, epoch) => Err(StoreError::Fenced(crate::ha::Fenced::Lapsed { epoch })),
+                };
+                if let Err(err) = committed {
+                    let fenced = err.is_fenced();
+                    // Unanswered: the connections close, and clients resend what is safe to
+                    // the new leader, which has this batch exactly if it was committed.
+                    tracing::error!(epoch, error = %err, jobs = replies.len(), "commit not acknowledged; this node stops serving");
+                    drop(replies);
+                    return Err(Stopped::Lost { fenced });
+                }
+            } else if let Err(err) = self.store.commit(&batch, self.fence).await {
                 tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
                 for reply in replies {
                     match reply {
@@ -519,7 +748,7 @@ impl Engine {
                     }
                 }
                 self.reload().await;
-                return;
+                return Ok(());
             }
             for sign_out in batch.sign_outs.drain(..) {
                 // No receiver means no connection is open: nothing to end.
@@ -566,6 +795,7 @@ impl Engine {
                 }
             }
         }
+        Ok(())
     }
 
     /// Rebuilds the pool from the store after a failed commit, then applies what passed
@@ -605,7 +835,7 @@ impl Engine {
             if batch.is_empty() {
                 return;
             }
-            match self.store.commit(&batch).await {
+            match self.store.commit(&batch, self.fence).await {
                 Ok(()) => {
                     log_changes(&batch);
                     if !batch.notifications.is_empty() {
@@ -619,6 +849,48 @@ impl Engine {
                     self.load().await;
                 }
             }
+        }
+    }
+}
+
+/// A standby's answer to a job: a sign-in from the database, `not_leader` to a request.
+fn standby(job: Job, leader: Option<&str>, store: &Arc<dyn ClusterStore>) {
+    match job {
+        Job::Request(job) => {
+            let message = match leader {
+                Some(leader) => format!("this node is a standby; the leader is at {leader}"),
+                None => "this node is a standby and no leader is known right now (one is being elected); try again in a moment".to_string(),
+            };
+            let _ = job
+                .reply
+                .send(Outcome::NotLeader(tally_protocol::NotLeader {
+                    leader: leader.map(str::to_string),
+                    message,
+                }));
+        }
+        Job::SignIn(job) => {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let outcome = match store.account(&job.hash).await {
+                    Ok(Some((session, true))) => SignInOutcome::Ok(session),
+                    Ok(Some((session, false))) => SignInOutcome::Refused(ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        format!(
+                            "the account {} is deactivated; ask an admin to activate it",
+                            session.username
+                        ),
+                    )),
+                    Ok(None) => SignInOutcome::Refused(ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        "the token is not recognised; check token_file or --token",
+                    )),
+                    Err(err) => {
+                        tracing::error!(error = %err, "a standby cannot look the token up");
+                        SignInOutcome::Refused(ErrorBody::internal())
+                    }
+                };
+                let _ = job.reply.send(outcome);
+            });
         }
     }
 }

@@ -91,6 +91,33 @@ impl DataDir {
     pub fn database(&self) -> PathBuf {
         self.root.join("tally.db")
     }
+    pub fn node_id(&self) -> PathBuf {
+        self.root.join("node_id")
+    }
+}
+
+/// This node's id in a cluster: made at first start and kept in `node_id`, so that a node
+/// restarted on its data directory is the same node.
+pub fn node_id(dir: &DataDir) -> Result<String> {
+    let path = dir.node_id();
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.is_empty()
+                || id.len() > 64
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                bail!("{} does not hold a node id (1 to 64 letters, digits and dashes); remove it to make a new one", path.display());
+            }
+            Ok(id.to_string())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let id = hex::encode(rand::random::<[u8; 8]>());
+            write_private(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Creates the data directory (mode 0700) and makes the absolute path of it. Whatever the
@@ -208,14 +235,19 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A new Ed25519 signing key, PKCS#8.
+fn new_signing_key() -> Result<Vec<u8>> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| Error::Invalid("cannot generate a signing key".into()))?;
+    Ok(pkcs8.as_ref().to_vec())
+}
+
 /// Loads the Ed25519 signing key, making it on first start. Returns the key pair.
 pub fn signing_key(dir: &DataDir) -> Result<Ed25519KeyPair> {
     let path = dir.signing_key();
     if !path.exists() {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|_| Error::Invalid("cannot generate a signing key".into()))?;
-        write_private(&path, pkcs8.as_ref())?;
+        write_private(&path, &new_signing_key()?)?;
         tracing::info!(path = %path.display(), "generated the Ed25519 signing key");
     }
     let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -228,8 +260,33 @@ pub fn public_key(key: &Ed25519KeyPair) -> Vec<u8> {
     key.public_key().as_ref().to_vec()
 }
 
-/// Makes a private CA and a server certificate for `names` when the config names no
-/// certificate and the data directory has none yet.
+/// A new private CA: its PEM certificate and key.
+fn new_ca() -> Result<(String, String)> {
+    let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
+    let ca_cert = ca_params(SystemTime::now())
+        .self_signed(&ca_key)
+        .context("cannot sign the CA certificate")?;
+    Ok((ca_cert.pem(), ca_key.serialize_pem()))
+}
+
+/// The private CA of `tls/ca.key`, as an issuer: issuing needs only its name and key, so
+/// [`ca_params`] rebuild it.
+fn ca_issuer(dir: &DataDir, now: SystemTime) -> Result<(rcgen::Certificate, KeyPair)> {
+    let ca_key = KeyPair::from_pem(
+        &fs::read_to_string(dir.ca_key())
+            .with_context(|| format!("cannot read {}", dir.ca_key().display()))?,
+    )
+    .with_context(|| format!("{} is not a PEM private key", dir.ca_key().display()))?;
+    let issuer = ca_params(now)
+        .self_signed(&ca_key)
+        .context("cannot rebuild the CA")?;
+    Ok((issuer, ca_key))
+}
+
+/// Makes a server certificate for `names` when the config names no certificate and the data
+/// directory has none yet, signed by the private CA of the data directory, which is made
+/// first when there is none (a single node's first start; a cluster's CA was put there by
+/// [`join_cluster`]).
 pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
     if config.tls.cert.is_some() || dir.server_cert().exists() {
         return Ok(());
@@ -237,10 +294,13 @@ pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
     fs::create_dir_all(dir.root.join("tls"))?;
     restrict(&dir.root.join("tls"), 0o700)?;
     let now = SystemTime::now();
-    let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
-    let ca_cert = ca_params(now)
-        .self_signed(&ca_key)
-        .context("cannot sign the CA certificate")?;
+    if !(dir.ca_key().exists() && dir.ca_cert().exists()) {
+        let (cert, key) = new_ca()?;
+        write_private(&dir.ca_key(), key.as_bytes())?;
+        fs::write(dir.ca_cert(), cert)?;
+        tracing::info!(dir = %dir.root.join("tls").display(), "generated a private CA");
+    }
+    let (ca_cert, ca_key) = ca_issuer(dir, now)?;
 
     let server_key = KeyPair::generate().context("cannot generate the server key")?;
     let mut params = CertificateParams::default();
@@ -264,12 +324,97 @@ pub fn ensure_certificates(config: &Config, dir: &DataDir) -> Result<()> {
         .signed_by(&server_key, &ca_cert, &ca_key)
         .context("cannot sign the server certificate")?;
 
-    write_private(&dir.ca_key(), ca_key.serialize_pem().as_bytes())?;
-    fs::write(dir.ca_cert(), ca_cert.pem())?;
     write_private(&dir.server_key(), server_key.serialize_pem().as_bytes())?;
     fs::write(dir.server_cert(), server_cert.pem())?;
-    tracing::info!(names = ?config.tls.names, dir = %dir.root.join("tls").display(), "generated a private CA and server certificate");
+    tracing::info!(names = ?config.tls.names, dir = %dir.root.join("tls").display(), "generated a server certificate signed by the private CA");
     Ok(())
+}
+
+/// Puts the cluster's identity (SPEC §7, "Joining") into this node's data directory, so
+/// that the rest of the start reads it as a single node reads its own: the signing key,
+/// and the private CA from which this node then makes its own certificate. The first node
+/// on an empty database offers what its data directory holds (or new ones); every node
+/// adopts what the database then holds. Files of another identity are replaced, and the
+/// certificates made from them removed, saying so.
+pub async fn join_cluster(
+    config: &Config,
+    dir: &DataDir,
+    cluster: &dyn crate::store::ClusterStore,
+) -> Result<()> {
+    let signing_key = match fs::read(dir.signing_key()) {
+        Ok(key) => key,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => new_signing_key()?,
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read {}", dir.signing_key().display()))
+        }
+    };
+    let ca = if config.tls.cert.is_some() {
+        None
+    } else if dir.ca_cert().exists() && dir.ca_key().exists() {
+        Some((
+            fs::read_to_string(dir.ca_cert())
+                .with_context(|| format!("cannot read {}", dir.ca_cert().display()))?,
+            fs::read_to_string(dir.ca_key())
+                .with_context(|| format!("cannot read {}", dir.ca_key().display()))?,
+        ))
+    } else {
+        Some(new_ca()?)
+    };
+    let offered = crate::store::ClusterIdentity { signing_key, ca };
+    let adopted = cluster
+        .adopt_identity(offered.clone())
+        .await
+        .context("cannot read or store the cluster's identity in the database")?;
+    if fs::read(dir.signing_key()).ok().as_deref() != Some(&adopted.signing_key[..]) {
+        if dir.signing_key().exists() {
+            tracing::warn!(path = %dir.signing_key().display(), "replacing this node's signing key with the cluster's");
+        }
+        Ed25519KeyPair::from_pkcs8(&adopted.signing_key).map_err(|_| {
+            Error::Invalid(
+                "the cluster's signing key in the database is not an Ed25519 PKCS#8 key".into(),
+            )
+        })?;
+        write_private(&dir.signing_key(), &adopted.signing_key)?;
+        remove_if_present(&dir.signing_cert())?;
+        remove_if_present(&dir.signing_csr())?;
+    }
+    match (&adopted.ca, &config.tls.cert) {
+        (Some((cert, key)), None) => {
+            let same = fs::read_to_string(dir.ca_cert()).ok().as_ref() == Some(cert)
+                && fs::read_to_string(dir.ca_key()).ok().as_ref() == Some(key);
+            if !same {
+                if dir.ca_cert().exists() {
+                    tracing::warn!(dir = %dir.root.join("tls").display(), "replacing this node's private CA with the cluster's, and making its certificates again");
+                }
+                fs::create_dir_all(dir.root.join("tls"))?;
+                restrict(&dir.root.join("tls"), 0o700)?;
+                write_private(&dir.ca_key(), key.as_bytes())?;
+                fs::write(dir.ca_cert(), cert)
+                    .with_context(|| format!("cannot write {}", dir.ca_cert().display()))?;
+                for made in [dir.server_cert(), dir.server_key(), dir.signing_cert()] {
+                    remove_if_present(&made)?;
+                }
+            }
+        }
+        (None, None) => bail!(
+            "the cluster uses the admin's certificates (its first node had tls.cert set), so it has no CA to make this node's certificate with: set tls.cert and tls.key on this node too"
+        ),
+        (_, Some(_)) => {}
+    }
+    if adopted == offered {
+        tracing::info!("this node made the cluster's identity");
+    } else {
+        tracing::info!("joined the cluster: adopted its signing key and CA");
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot remove {}", path.display())),
+    }
 }
 
 /// The private CA's certificate parameters. Issuing needs only its name and key, so the
@@ -396,14 +541,7 @@ pub fn signing_chain(
             }
         }
     }
-    let ca_key = KeyPair::from_pem(
-        &fs::read_to_string(dir.ca_key())
-            .with_context(|| format!("cannot read {}", dir.ca_key().display()))?,
-    )
-    .with_context(|| format!("{} is not a PEM private key", dir.ca_key().display()))?;
-    let issuer = ca_params(now)
-        .self_signed(&ca_key)
-        .context("cannot rebuild the CA")?;
+    let (issuer, ca_key) = ca_issuer(dir, now)?;
     let subject = signing_key_pair(dir)?;
     let cert = signing_params(key, now)
         .signed_by(&subject, &issuer, &ca_key)

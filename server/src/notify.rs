@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Notification;
+use crate::ha::Serving;
 use crate::store::Store;
 use tally_protocol::now_millis;
 
@@ -48,9 +49,20 @@ pub async fn run(
     store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
     wake: Arc<Notify>,
+    mut serving: watch::Receiver<Serving>,
     shutdown: CancellationToken,
 ) {
     loop {
+        // Only the node that serves delivers: in a cluster, the leader.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            leading = async { serving.wait_for(|now| matches!(now, Serving::Leader { .. })).await.is_ok() } => {
+                if !leading {
+                    // The engine is gone; `server::run` stops.
+                    return shutdown.cancelled().await;
+                }
+            }
+        }
         if let Err(err) = deliver_pending(store.as_ref(), sink.as_ref()).await {
             tracing::warn!(error = %err, "notification delivery failed; retrying");
         }
@@ -101,7 +113,7 @@ mod tests {
 
     use super::*;
     use crate::core::{Batch, NotificationKind};
-    use crate::store::SqliteStore;
+    use crate::store::{Fence, SqliteStore};
 
     /// Records deliveries; fails while `fail` is set.
     #[derive(Default)]
@@ -141,7 +153,7 @@ mod tests {
             "ben@studio.com",
             "the server allows 3",
         );
-        store.commit(&batch).await.unwrap();
+        store.commit(&batch, Fence::Single).await.unwrap();
 
         let sink = Recorder::default();
         *sink.fail.lock().unwrap() = true;

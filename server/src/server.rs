@@ -15,12 +15,13 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::{Policy, Pool};
-use crate::engine::{Engine, Signer};
+use crate::engine::{Cluster, Engine, Signer};
 use crate::error::{Context, Error, Result};
+use crate::ha::{Elector, ElectorConfig, Serving};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notify;
-use crate::shared::Shared;
+use crate::shared::{Node, Shared};
 use crate::store::Store;
 
 /// While connections are refused or `accept` fails, one warning of each kind per this long.
@@ -51,6 +52,11 @@ pub struct Control {
 /// On first start with an empty data directory this initialises it: the signing key, a
 /// private CA and server certificate (unless the config names one), the owner account,
 /// `owner.token` and `client.toml`.
+///
+/// On a store that a cluster shares (PostgreSQL, SPEC §7) the node first takes the
+/// cluster's identity into its data directory (or makes it, on an empty database), then
+/// serves as a standby; its elector decides when it leads, and its engine loads the pool
+/// then.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -58,10 +64,22 @@ pub async fn run(
     mut control: Control,
 ) -> Result<()> {
     let store: Arc<dyn Store> = Arc::from(store);
+    let cluster = store.clone().cluster();
     let dir = init::prepare_data_dir(&config)?;
     // Held until `run` returns: a second daemon on this directory refuses to start.
     let _lock = init::lock_data_dir(&dir)?;
     let port = listener.local_addr()?.port();
+    let node = match &cluster {
+        Some(cluster) => {
+            init::join_cluster(&config, &dir, cluster.as_ref()).await?;
+            let address = config
+                .ha
+                .advertised(listener.local_addr()?)
+                .map_err(Error::Invalid)?;
+            Some((init::node_id(&dir)?, address))
+        }
+        None => None,
+    };
     let signing_key = init::signing_key(&dir)?;
     init::ensure_certificates(&config, &dir)?;
     let signing_chain = init::signing_chain(&config, &dir, &signing_key)?;
@@ -69,10 +87,6 @@ pub async fn run(
     let identity = initialize_owner(&config, &dir, store.as_ref(), port, &control.clock).await?;
 
     let started = Instant::now();
-    let snapshot = store
-        .load()
-        .await
-        .context("cannot load the pool from the store")?;
     let ttl_ms = config.leases.ttl.as_millis() as i64;
     let policy = Policy {
         guests_use_floating: config.users.guests_use_floating,
@@ -80,12 +94,22 @@ pub async fn run(
         borrow_max_ms: config.borrow.max.as_millis() as i64,
         max_leases_per_client: config.limits.max_leases_per_client,
     };
+    // A cluster's node loads the pool when it becomes the leader, not before.
+    let snapshot = match cluster {
+        Some(_) => Default::default(),
+        None => store
+            .load()
+            .await
+            .context("cannot load the pool from the store")?,
+    };
     let pool = Pool::restore(snapshot, ttl_ms, policy, control.clock.now_millis());
-    tracing::info!(
-        leases = pool.lease_count(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "pool loaded; every online lease has one ttl to be renewed"
-    );
+    if cluster.is_none() {
+        tracing::info!(
+            leases = pool.lease_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pool loaded; every online lease has one ttl to be renewed"
+        );
+    }
 
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
     let (sign_outs, _) = broadcast::channel(1024);
@@ -106,12 +130,33 @@ pub async fn run(
     )
     .with_watchdog(control.watchdog)
     .with_clock(control.clock.clone());
+    let (engine, elector) = match (&cluster, &node) {
+        (Some(cluster), Some((id, address))) => {
+            let elector = Elector::start(
+                cluster.connect_options(),
+                ElectorConfig {
+                    node: id.clone(),
+                    address: address.clone(),
+                    lease: config.ha.lease,
+                },
+            )
+            .map_err(|err| Error::Invalid(err.to_string()))?;
+            let engine = engine.in_cluster(Cluster {
+                role: elector.role(),
+                store: cluster.clone(),
+            });
+            (engine, Some(elector))
+        }
+        _ => (engine, None),
+    };
+    let serving = engine.serving();
     let mut engine_task = tokio::spawn(engine.run(engine_rx));
     let notifier_stop = CancellationToken::new();
     let mut notifier = tokio::spawn(notify::run(
         store.clone(),
         Arc::new(notify::LogSink),
         outbox,
+        serving.clone(),
         notifier_stop.clone(),
     ));
 
@@ -134,8 +179,23 @@ pub async fn run(
         ttl: config.leases.ttl,
         auth_limiter: AuthLimiter::new(config.limits.signin_failures),
         preauth: PreAuth::default(),
+        serving: serving.clone(),
+        node: match (&cluster, &node) {
+            (Some(cluster), Some((id, _))) => Some(Node {
+                id: id.clone(),
+                store: cluster.clone(),
+            }),
+            _ => None,
+        },
     });
-    tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), "tallyd serving");
+    match &node {
+        Some((id, address)) => {
+            tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), node = %id, advertise = %address, lease = ?config.ha.lease, "tallyd serving as a node of a cluster: a standby until it leads")
+        }
+        None => {
+            tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), "tallyd serving")
+        }
+    }
     if let Some(ready) = control.ready.take() {
         let _ = ready.send(());
     }
@@ -213,8 +273,16 @@ pub async fn run(
     notifier
         .await
         .map_err(|err| task_ended("notifier", Err(err), &control.shutdown))?;
-    if let Err(err) = notify::deliver_pending(store.as_ref(), &notify::LogSink).await {
-        tracing::warn!(error = %err, "notifications left in the outbox for the next start");
+    let leading = matches!(*serving.borrow(), Serving::Leader { .. });
+    if leading {
+        if let Err(err) = notify::deliver_pending(store.as_ref(), &notify::LogSink).await {
+            tracing::warn!(error = %err, "notifications left in the outbox for the next start");
+        }
+    }
+    // After the engine's last commit: a leader gives the leadership up at once, so that a
+    // standby takes over without waiting for the lease to lapse.
+    if let Some(elector) = elector {
+        elector.shutdown().await;
     }
     store.close().await;
     tracing::info!("stopped cleanly");

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use tally_protocol::Welcome;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::Limits;
 use crate::core::SignOut;
+use crate::ha::Serving;
 use crate::limiter::{AuthLimiter, PreAuth};
-use crate::store::Store;
+use crate::store::{ClusterStore, Store};
 
 /// What connection tasks share.
 pub struct Shared {
@@ -39,6 +40,18 @@ pub struct Shared {
     pub auth_limiter: AuthLimiter,
     /// Connections not signed in yet, per address and in all.
     pub preauth: PreAuth,
+    /// Whether the node serves, as the engine publishes it.
+    pub serving: watch::Receiver<Serving>,
+    /// This node in its cluster; `None` for a single node.
+    pub node: Option<Node>,
+}
+
+/// A cluster's node, for `server info` and `server nodes`.
+pub struct Node {
+    /// This node's id.
+    pub id: String,
+    /// The database, for the list of nodes.
+    pub store: Arc<dyn ClusterStore>,
 }
 
 impl Shared {

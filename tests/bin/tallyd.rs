@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use tally_protocol::{AuditPage, AuditQuery};
 use tally_server::core::{Batch, Notification, Snapshot, Token};
-use tally_server::store::{Identity, Store, StoreError};
+use tally_server::store::{Fence, Identity, Store, StoreError};
 
 /// The entitlement reference that sets off `engine-panic` and `engine-hang`.
 const TRIGGER: &str = "fault-injection";
@@ -69,7 +69,7 @@ impl Store for Faulty {
         self.inner.load().await
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn commit(&self, batch: &Batch, fence: Fence) -> Result<(), StoreError> {
         if batch
             .entitlements_added
             .iter()
@@ -81,7 +81,7 @@ impl Store for Faulty {
                 _ => {}
             }
         }
-        self.inner.commit(batch).await
+        self.inner.commit(batch, fence).await
     }
 
     async fn audit(

@@ -16,7 +16,7 @@ use tally_protocol::{
     StatusQuery, UserAdd, MAX_DURATION_SECS, MAX_SEATS, MAX_TIME,
 };
 use tally_server::core::Batch;
-use tally_server::store::{SqliteStore, Store};
+use tally_server::store::{Fence, SqliteStore, Store};
 
 use crate::harness::*;
 
@@ -259,7 +259,7 @@ async fn times_past_9999_stored_by_an_older_version_are_printed_not_fatal() {
         });
     }
     batch.next_entitlement_id = Some(102);
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
     store.close().await;
     daemon.restart();
 

@@ -7,7 +7,7 @@
 //!   publishes the node's [`Role`] on a `watch` channel.
 //! - [`check_epoch`]: the fence. The PostgreSQL store calls it inside every commit's
 //!   transaction; a commit whose epoch is no longer current fails and is not acknowledged.
-//! - [`SCHEMA`]: the two tables, for the PostgreSQL migrations.
+//! - [`SCHEMA`]: the tables, the PostgreSQL store's migration `0002_cluster.sql`.
 //!
 //! # Why a row with an expiry, not an advisory lock
 //!
@@ -41,26 +41,12 @@ use sqlx::PgConnection;
 
 pub use elector::{Elector, ElectorConfig, HaError, Timing, MIN_LEASE};
 
-/// The tables of leadership. `tally_leader` has at most one row (`id = 1`): the node that
-/// leads, the address clients are sent to, the epoch (one more at every change of leader)
-/// and when the lease lapses in the database's clock. `tally_nodes` has one row per node
-/// that has ever run, with its advertised address and its last heartbeat, for
-/// `tally server nodes`. Idempotent, so that it can run at every start as well as in a
-/// migration.
-pub const SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS tally_leader (
-    id INT PRIMARY KEY CHECK (id = 1),
-    node TEXT NOT NULL,
-    address TEXT NOT NULL,
-    epoch BIGINT NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tally_nodes (
-    id TEXT PRIMARY KEY,
-    address TEXT NOT NULL,
-    last_seen TIMESTAMPTZ NOT NULL
-);
-";
+/// The tables of a cluster: `tally_leader` (at most one row: the node that leads, the
+/// address clients are sent to, the epoch and when the lease lapses in the database's clock),
+/// `tally_nodes` (each node's address and last heartbeat, for `tally server nodes`) and
+/// `tally_cluster` (the identity every node adopts). The PostgreSQL store's migration
+/// `0002_cluster.sql`; idempotent, so tests of the elector can run it on a bare database.
+pub const SCHEMA: &str = include_str!("../../migrations/postgres/0002_cluster.sql");
 
 /// The channel a resigning leader notifies, so that standbys try to take over at once
 /// instead of at their next poll.
@@ -92,6 +78,24 @@ impl Role {
             Role::Standby { .. } => None,
         }
     }
+}
+
+/// What a node does now, as its engine publishes it to the connections: a connection
+/// opened while the node served under an epoch ends when that epoch's serving ends, so that
+/// its client moves to the new leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// Serving the pool: a single node always (epoch 0), a cluster's leader under its epoch
+    /// once the pool is loaded.
+    Leader {
+        /// The epoch it serves under.
+        epoch: i64,
+    },
+    /// Not serving: requests are answered `not_leader`, naming the leader when known.
+    Standby {
+        /// The leader's advertised address, when known.
+        leader: Option<String>,
+    },
 }
 
 /// Why a commit was fenced off: it must not be acknowledged, and the node must stop serving.

@@ -11,7 +11,7 @@ use tally_protocol::{
     LeaseSource, NewEntitlement, RequestId, Role, UserState,
 };
 
-use super::{event_size, Store};
+use super::{event_size, Fence, Store};
 use crate::core::{
     token_id, Actor, Assignment, Batch, Holder, Lease, Notification, NotificationKind, Policy,
     Pool, Snapshot, Token, User,
@@ -104,7 +104,7 @@ pub async fn lease_batches_round_trip(store: &dyn Store) {
         pool.checkout(2, &owner(), &holder, &checkout, id, &mut batch)
             .unwrap();
     }
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
 
     let mut batch = Batch::default();
     let ids: Vec<LeaseId> = pool
@@ -122,7 +122,7 @@ pub async fn lease_batches_round_trip(store: &dyn Store) {
         host: "laptop".into(),
     };
     pool.resume(4, &owner(), &moved, &ids[1100..], &mut batch);
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
 
     let loaded = store.load().await.unwrap();
     assert_eq!(loaded, pool.snapshot());
@@ -310,7 +310,7 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
         detail: "admin".into(),
     }];
     batch.notify(10, NotificationKind::UserAdded, &users[0].username, "admin");
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
     model.apply(&batch);
     let loaded = store.load().await.unwrap();
     assert_eq!(loaded, model);
@@ -360,7 +360,7 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
             detail: String::new(),
         });
     }
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
     model.apply(&batch);
     let loaded = store.load().await.unwrap();
     assert_eq!(loaded, model);
@@ -413,7 +413,7 @@ pub async fn audit_pages(store: &dyn Store) {
         });
     }
     let written = batch.audit.clone();
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
     let query = |feature: Option<&str>, limit| AuditQuery {
         since: Some(AUDIT_BASE),
         user: None,
@@ -548,7 +548,7 @@ pub async fn outbox(store: &dyn Store) {
             detail: "member".into(),
         });
     }
-    store.commit(&batch).await.unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
 
     let page = store.pending_notifications(1000).await.unwrap();
     assert_eq!(page.len(), 1000);

@@ -2,8 +2,9 @@
 //!
 //! A store holds the pool's durable state ([`Snapshot`]), applies the engine's group commits
 //! ([`Batch`]) atomically, and answers token look-ups. SQLite is the embedded default;
-//! the backend is chosen by the URL scheme of `database` ([`Backend::from_url`]). `tallyd`
-//! does not serve from PostgreSQL yet ([`Backend::for_serving`]).
+//! the backend is chosen by the URL scheme of `database` ([`Backend::from_url`]). PostgreSQL
+//! is the store of a cluster (SPEC §7): it also does what [`ClusterStore`] says, and every
+//! commit of a leader is fenced by its epoch ([`Fence`]).
 //!
 //! - `rows`: the tables' rows as sqlx decodes them, converted to the core's types.
 //! - `sqlite`: the SQLite backend; its migrations are in `server/migrations/sqlite/`.
@@ -19,10 +20,14 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use sqlx::postgres::PgConnectOptions;
 use tally_protocol::{AuditEvent, AuditPage, AuditQuery};
 
-use crate::core::{Batch, Notification, Snapshot, Token};
+use crate::core::{Batch, Notification, SignedIn, Snapshot, Token};
+use crate::ha::Fenced;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -38,6 +43,28 @@ pub enum StoreError {
     Migrate(String),
     #[error("database: {0}")]
     Url(#[from] UrlError),
+    /// The commit was refused because this node no longer leads (R13): nothing of it was
+    /// written, and the node must stop serving.
+    #[error("fenced off: {0}")]
+    Fenced(#[from] Fenced),
+}
+
+impl StoreError {
+    /// Whether this is the fence refusing a commit, as opposed to a failure whose outcome
+    /// may be unknown.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced(fenced) if !matches!(fenced, Fenced::Database(_)))
+    }
+}
+
+/// Under what a commit is made: a single node's, which nothing can fence off, or a cluster
+/// leader's under its epoch, which the store checks in the commit's own transaction (R13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// A single node (SQLite, or PostgreSQL in the store's own tests).
+    Single,
+    /// The leader of a cluster, under this epoch.
+    Epoch(i64),
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -55,8 +82,6 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// the text: it may hold a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    #[error("PostgreSQL is not yet supported for serving: without leader election and fencing, two tallyd on one database would grant the same seats twice; remove `database` to use the embedded SQLite store")]
-    PostgresNotSupported,
     #[error(
         "the postgres:// URL does not read; give it as postgres://user:password@host:port/database"
     )]
@@ -95,16 +120,6 @@ impl Backend {
             return Ok(Backend::Postgres(url.to_owned()));
         }
         Err(UrlError::UnknownScheme)
-    }
-
-    /// The backend `tallyd` serves from, as [`Backend::from_url`], refusing PostgreSQL
-    /// until leaders are elected and fenced: the one place of that refusal, used by [`open`]
-    /// and by the configuration check.
-    pub fn for_serving(database: Option<&str>, data_dir: &Path) -> Result<Backend, UrlError> {
-        match Backend::from_url(database, data_dir)? {
-            Backend::Postgres(_) => Err(UrlError::PostgresNotSupported),
-            backend => Ok(backend),
-        }
     }
 }
 
@@ -147,8 +162,11 @@ pub trait Store: Send + Sync + 'static {
     /// Everything the pool is rebuilt from.
     async fn load(&self) -> Result<Snapshot, StoreError>;
 
-    /// Writes a batch in one transaction: all of it or none.
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Writes a batch in one transaction: all of it or none. Under [`Fence::Epoch`] the
+    /// transaction first checks that the epoch is still current (`ha::check_epoch`) and
+    /// fails with [`StoreError::Fenced`] when it is not; a store that holds no cluster
+    /// refuses such a commit.
+    async fn commit(&self, batch: &Batch, fence: Fence) -> Result<(), StoreError>;
 
     /// One page of the audit events matching the query, newest first (keyset on the audit
     /// row id): only events older than the cursor `before`, at most `query.limit` of them
@@ -173,6 +191,64 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);
+
+    /// What the store does for a cluster, when several nodes share it (PostgreSQL).
+    fn cluster(self: Arc<Self>) -> Option<Arc<dyn ClusterStore>> {
+        None
+    }
+}
+
+/// The cluster's identity (SPEC §7, "Joining"): made by the first node, adopted by every
+/// other. The server id is the store's (`initialize`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    /// The Ed25519 borrow signing key, PKCS#8.
+    pub signing_key: Vec<u8>,
+    /// The private CA, PEM certificate and key; `None` when the admin's certificates are used
+    /// (`tls.cert`), whose CA key tallyd does not have.
+    pub ca: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ClusterIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterIdentity")
+            .field("ca", &self.ca.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node as the database knows it, for `tally server nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub id: String,
+    pub address: String,
+    /// Whether its leadership is current in the database's clock.
+    pub leads: bool,
+    /// The current epoch (the leader's, for every node).
+    pub epoch: i64,
+    /// Its last heartbeat, Unix milliseconds.
+    pub last_seen: i64,
+}
+
+/// What a store shared by the nodes of a cluster adds to [`Store`].
+#[async_trait]
+pub trait ClusterStore: Send + Sync + 'static {
+    /// Where the database is, for the elector's own connections.
+    fn connect_options(&self) -> PgConnectOptions;
+
+    /// Stores `candidate` as the cluster's identity unless one is stored already; returns
+    /// the stored one, which every node uses.
+    async fn adopt_identity(
+        &self,
+        candidate: ClusterIdentity,
+    ) -> Result<ClusterIdentity, StoreError>;
+
+    /// Every node that has run, with the leadership as the database has it now.
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError>;
+
+    /// The account a token signs in as, and whether it is active: a standby signs clients
+    /// in from the database, since it holds no pool.
+    async fn account(&self, token_hash: &[u8; 32]) -> Result<Option<(SignedIn, bool)>, StoreError>;
 }
 
 /// About how many bytes an audit event takes in an answer: its text plus room for the
@@ -187,11 +263,11 @@ pub fn event_size(event: &AuditEvent) -> usize {
 }
 
 /// Opens the store that `database` names, or SQLite in `data_dir` when it names none, and
-/// brings its schema up to date. PostgreSQL is refused ([`Backend::for_serving`]).
+/// brings its schema up to date.
 pub async fn open(database: Option<&str>, data_dir: &Path) -> Result<Box<dyn Store>, StoreError> {
-    match Backend::for_serving(database, data_dir)? {
+    match Backend::from_url(database, data_dir)? {
         Backend::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path).await?)),
-        Backend::Postgres(_) => Err(UrlError::PostgresNotSupported.into()),
+        Backend::Postgres(url) => Ok(Box::new(PgStore::open(&url).await?)),
     }
 }
 
@@ -219,35 +295,11 @@ mod tests {
                 Backend::from_url(Some(url), dir),
                 Ok(Backend::Postgres(url.into()))
             );
-            let err = Backend::for_serving(Some(url), dir).unwrap_err();
-            assert_eq!(err, UrlError::PostgresNotSupported);
-            assert!(err.to_string().contains("not yet supported for serving"));
-            assert!(!err.to_string().contains("pw"));
         }
-        assert_eq!(
-            Backend::for_serving(Some("sqlite:///srv/t.db"), dir),
-            Ok(Backend::Sqlite("/srv/t.db".into()))
-        );
         for url in ["/srv/t.db", "mysql://u:pw@h/db", "SQLITE:///t.db", ""] {
             let err = Backend::from_url(Some(url), dir).unwrap_err();
             assert_eq!(err, UrlError::UnknownScheme);
             assert!(!err.to_string().contains("pw"));
         }
-    }
-
-    /// `tallyd` refuses to start on a PostgreSQL URL, whatever the database holds, before
-    /// touching it: nothing listens at this address.
-    #[tokio::test]
-    async fn opening_a_postgres_url_to_serve_is_refused() {
-        let err = open(
-            Some("postgres://u:secret@127.0.0.1:1/db"),
-            Path::new("/nonexistent"),
-        )
-        .await
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(err.contains("not yet supported for serving"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
     }
 }

@@ -8,12 +8,13 @@
 //! shared writer (`writer.rs`), as SQLite's is: multi-row statements of at most [`CHUNK`]
 //! rows, leases in grant order (`seq`) with the id-to-row map in memory.
 //!
-//! Serving from this store is refused for now ([`super::Backend::for_serving`]): without leader
-//! election and fencing, two daemons on one database would grant the same seats twice.
+//! Several nodes serve from one database, one leader at a time (`crate::ha`): every commit of
+//! the leader runs [`check_epoch`] first in its transaction ([`Fence::Epoch`]), and the store
+//! also keeps the cluster's identity and answers a standby's questions ([`ClusterStore`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,8 +26,9 @@ use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, TokenRow, UserRow};
 use super::writer::LeaseRows;
-use super::{Identity, Store, StoreError};
-use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
+use super::{ClusterIdentity, ClusterStore, Fence, Identity, NodeRow, Store, StoreError};
+use crate::core::{token_id, Batch, Lease, Notification, SignedIn, Snapshot, Token};
+use crate::ha::check_epoch;
 
 /// The schema's migrations, embedded at build time; a file's number is its version.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -43,6 +45,8 @@ const INITIALIZE_LOCK: i64 = 0x7461_6c6c_7969_6e69; // "tallyini"
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
+    /// Where the database is, for the elector's own connections.
+    options: PgConnectOptions,
     /// Where each lease's row is. Rows are numbered in the order leases are granted, so a
     /// commit appends to the end of the table instead of writing all over it.
     rows: Mutex<LeaseRows>,
@@ -60,7 +64,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         if let Err(err) = MIGRATOR.run(&pool).await {
             pool.close().await;
@@ -68,6 +72,7 @@ impl PgStore {
         }
         Ok(Self {
             pool,
+            options,
             rows: Mutex::new(LeaseRows::default()),
         })
     }
@@ -259,10 +264,14 @@ impl Store for PgStore {
         where_in(&mut conn, &head, ids, ")").await
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn commit(&self, batch: &Batch, fence: Fence) -> Result<(), StoreError> {
         // Row numbers for this batch, taken for good only once the transaction commits.
         let plan = self.rows.lock().expect("lease rows lock").plan(batch);
         let mut tx = self.pool.begin().await?;
+        if let Fence::Epoch(epoch) = fence {
+            // First, so that a takeover either waits for this transaction or fences it off.
+            check_epoch(&mut tx, epoch).await?;
+        }
         write_batch(&mut tx, batch, &plan.added, &plan.removed).await?;
         tx.commit().await?;
         self.rows
@@ -274,6 +283,98 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn cluster(self: Arc<Self>) -> Option<Arc<dyn ClusterStore>> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ClusterStore for PgStore {
+    fn connect_options(&self) -> PgConnectOptions {
+        self.options.clone()
+    }
+
+    async fn adopt_identity(
+        &self,
+        candidate: ClusterIdentity,
+    ) -> Result<ClusterIdentity, StoreError> {
+        let (ca_cert, ca_key) = candidate.ca.clone().unzip();
+        // Nodes starting together: the first insert wins, every node reads the winner.
+        sqlx::query(
+            "INSERT INTO tally_cluster (id, signing_key, ca_cert, ca_key) VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&candidate.signing_key)
+        .bind(ca_cert)
+        .bind(ca_key)
+        .execute(&self.pool)
+        .await?;
+        let (signing_key, ca_cert, ca_key): (Vec<u8>, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT signing_key, ca_cert, ca_key FROM tally_cluster WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        let ca = match (ca_cert, ca_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "tally_cluster holds a CA certificate without its key, or a key without its certificate".into(),
+                ))
+            }
+        };
+        Ok(ClusterIdentity { signing_key, ca })
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let rows: Vec<(String, String, bool, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT n.id, n.address,
+                    COALESCE(l.node = n.id AND l.expires_at > now(), FALSE),
+                    l.epoch,
+                    (EXTRACT(EPOCH FROM n.last_seen) * 1000)::BIGINT
+             FROM tally_nodes n LEFT JOIN tally_leader l ON l.id = 1
+             ORDER BY n.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, address, leads, epoch, last_seen)| NodeRow {
+                id,
+                address,
+                leads,
+                epoch: epoch.unwrap_or(0),
+                last_seen,
+            })
+            .collect())
+    }
+
+    async fn account(&self, token_hash: &[u8; 32]) -> Result<Option<(SignedIn, bool)>, StoreError> {
+        let row: Option<(String, i64, String, String, String)> = sqlx::query_as(
+            "SELECT t.id, u.id, u.username, u.role, u.state
+             FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((token, user_id, username, role, state)) = row else {
+            return Ok(None);
+        };
+        let role = tally_protocol::Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
+        let state = tally_protocol::UserState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("user state {state:?}")))?;
+        let user_id = u64::try_from(user_id)
+            .map_err(|_| StoreError::Corrupt(format!("user id {user_id}")))?;
+        Ok(Some((
+            SignedIn {
+                user_id,
+                username,
+                role,
+                token,
+            },
+            state == tally_protocol::UserState::Active,
+        )))
     }
 }
 
@@ -446,7 +547,7 @@ mod tests {
                         entitlement: None,
                     });
                 }
-                store.commit(&batch).await.unwrap();
+                store.commit(&batch, Fence::Single).await.unwrap();
             }
             let started = Instant::now();
             let snapshot = store.load().await.unwrap();

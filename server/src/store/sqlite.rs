@@ -16,8 +16,9 @@ use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, TokenRow, UserRow};
 use super::writer::LeaseRows;
-use super::{Identity, Store, StoreError};
+use super::{Fence, Identity, Store, StoreError};
 use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
+use crate::ha::Fenced;
 
 /// The schema's migrations, embedded at build time; a file's number is its version.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -269,7 +270,11 @@ impl Store for SqliteStore {
         where_in(&mut conn, &head, ids, ")").await
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn commit(&self, batch: &Batch, fence: Fence) -> Result<(), StoreError> {
+        if fence != Fence::Single {
+            // SQLite is one node's store: nothing else can lead on it.
+            return Err(Fenced::NoLeader.into());
+        }
         // Row numbers for this batch, taken for good only once the transaction commits.
         let plan = self.rows.lock().expect("lease rows lock").plan(batch);
         let mut tx = self.pool.begin().await?;
