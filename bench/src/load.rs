@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tally_protocol::{
-    Authenticate, ClientId, ClientInfo, ClientMessage, Connection, ErrorBody, Hello, Outcome,
-    Request, Response, ServerMessage, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    Authenticate, ClientId, ClientInfo, ClientMessage, Connection, ErrorBody, ErrorCode, Hello,
+    Outcome, Request, Response, ServerMessage, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
+    PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -87,6 +88,9 @@ impl Session {
             Some(ServerMessage::Response { id: got, outcome }) if got == id => Ok(match outcome {
                 Outcome::Ok(response) => Ok(response),
                 Outcome::Err(err) => Err(err),
+                Outcome::NotLeader(standby) => {
+                    Err(ErrorBody::new(ErrorCode::NotLeader, standby.message))
+                }
             }),
             other => bail!("unexpected answer {other:?}"),
         }

@@ -415,12 +415,18 @@ fn shutting_down() -> ErrorBody {
     )
 }
 
+/// What a peer says of itself (host, program), cut to `max` bytes, with control characters
+/// (NUL among them, which PostgreSQL's text cannot hold) made U+FFFD: it is stored with
+/// leases and shown to admins.
 fn truncate(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_string()
+    text[..end]
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 /// The answer to `ServerInfo`, from what the connection tasks share.

@@ -141,7 +141,9 @@ fn summary(window: Window) -> Option<AuditEvent> {
     Some(event)
 }
 
-/// Cuts every field of an event to its bound, on a character boundary.
+/// Cuts every field of an event to its bound, on a character boundary, and replaces NUL
+/// (which a refused request may carry into a reason, and which PostgreSQL's text cannot
+/// hold) with U+FFFD.
 fn bound(event: &mut AuditEvent) {
     for field in [&mut event.actor, &mut event.action, &mut event.subject] {
         truncate(field, MAX_SHORT);
@@ -151,6 +153,18 @@ fn bound(event: &mut AuditEvent) {
     }
     truncate(&mut event.outcome, MAX_SHORT);
     truncate(&mut event.reason, MAX_REASON);
+    let fields = [
+        &mut event.actor,
+        &mut event.action,
+        &mut event.subject,
+        &mut event.outcome,
+        &mut event.reason,
+    ];
+    for field in fields.into_iter().chain(event.feature.as_mut()) {
+        if field.contains('\0') {
+            *field = field.replace('\0', "\u{FFFD}");
+        }
+    }
 }
 
 fn truncate(text: &mut String, max: usize) {
@@ -179,6 +193,22 @@ mod tests {
             outcome: "no_seat".into(),
             reason: "no seat".into(),
         }
+    }
+
+    /// PostgreSQL's text cannot hold NUL: a refused request that carried one (in a feature
+    /// name, say) must not make the commit of its audit event fail.
+    #[test]
+    fn nul_in_any_field_is_replaced() {
+        let mut folder = RefusalFolder::default();
+        let mut events = vec![refusal(0, "a\0na", "v\0ray")];
+        events[0].reason = "feature \"v\0ray\" is not a feature name".into();
+        folder.fold(0, &mut events, |_| true);
+        let event = &events[0];
+        for field in [&event.actor, &event.subject, &event.reason] {
+            assert!(!field.contains('\0'), "{field:?}");
+            assert!(field.contains('\u{FFFD}'), "{field:?}");
+        }
+        assert_eq!(event.feature.as_deref(), Some("v\u{FFFD}ray"));
     }
 
     #[test]

@@ -178,8 +178,10 @@ impl Batch {
         self.notifications.push(Notification {
             at,
             kind: kind.as_str().to_string(),
-            subject: subject.to_string(),
-            detail: detail.to_string(),
+            // PostgreSQL's text holds no NUL; no rule of the core lets one through, and this
+            // keeps it so.
+            subject: subject.replace('\0', "\u{FFFD}"),
+            detail: detail.replace('\0', "\u{FFFD}"),
         });
     }
 

@@ -81,6 +81,11 @@ impl Pool {
                 "reference is longer than {MAX_REFERENCE} characters"
             )));
         }
+        if new.reference.chars().any(char::is_control) {
+            return Err(ErrorBody::invalid(
+                "reference holds control characters (tabs, line breaks, NUL and the like); give it as plain text",
+            ));
+        }
         Ok(Entitlement {
             id: self.next_entitlement_id,
             feature: new.feature.clone(),

@@ -1349,3 +1349,38 @@ fn a_revoked_token_is_not_brought_back_by_a_late_store_look_up() {
     assert!(!pool.adopt_token(token), "a revoked token came back");
     assert!(pool.sign_in(3, &hash, &mut batch).is_err());
 }
+
+/// Free text an admin gives (a user's name, an entitlement's reference) is stored as it is
+/// and shown in terminals and logs: control characters are refused with a reason, and so is
+/// NUL, which PostgreSQL's text cannot hold.
+#[test]
+fn names_and_references_with_control_characters_are_refused() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    for text in ["a\0b", "line\nbreak", "esc\u{1b}[2J"] {
+        let add = tally_protocol::UserAdd {
+            username: "new@studio.test".into(),
+            name: text.into(),
+            role: Role::Member,
+        };
+        let err = pool
+            .add_user(0, &admin(), &add, token(99), &mut batch)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert!(
+            err.message.contains("control characters"),
+            "{}",
+            err.message
+        );
+        let mut new = entitlement("vray", 1);
+        new.reference = text.into();
+        let err = pool
+            .add_entitlement(0, &admin(), &new, &mut batch)
+            .unwrap_err();
+        assert!(
+            err.message.contains("control characters"),
+            "{}",
+            err.message
+        );
+    }
+    assert!(pool.list_entitlements(None).is_empty());
+}

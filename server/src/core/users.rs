@@ -83,6 +83,11 @@ impl Pool {
                 "the name is longer than {MAX_NAME} characters"
             )));
         }
+        if request.name.chars().any(char::is_control) {
+            return Err(ErrorBody::invalid(
+                "the name holds control characters (tabs, line breaks, NUL and the like); give it as plain text",
+            ));
+        }
         if self.users.contains_key(username) {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadyExists,
