@@ -225,6 +225,17 @@ fn reload_config(reload: &watch::Sender<Config>, path: &Path) {
 }
 
 async fn owner_token(config: &Config, revoke_others: bool) -> Result<()> {
+    let database = config.database.as_ref().map(|s| s.0.as_str());
+    let clustered = matches!(
+        store::Backend::from_url(database, &config.data_dir),
+        Ok(store::Backend::Postgres(_))
+    );
+    if revoke_others && clustered {
+        // Stopping this node does not stop the leader, whose pool keeps the tokens it knows.
+        return Err(Error::Invalid(
+            "--revoke-others cannot be used on a cluster (database is PostgreSQL): the leader keeps the tokens it knows in memory; revoke a leaked owner token online with `tally user tokens owner@localhost` and `tally user token revoke ID`".into(),
+        ));
+    }
     let dir = init::prepare_data_dir(config)?;
     // A running daemon keeps the tokens it knows in memory: revoking behind its back would
     // leave them working, so revoking needs it stopped (or is done online, one by one).

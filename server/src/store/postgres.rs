@@ -37,6 +37,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// bound parameters.
 const CHUNK: usize = 1000;
 
+/// How long the database lets a transaction of this store sit idle before it ends the
+/// session (see [`PgStore::open`]).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
+
 /// The key of the transaction-level advisory lock that first-start initialisation and
 /// `tallyd owner-token` hold, so that nodes starting together make one server id and one
 /// owner.
@@ -61,6 +65,15 @@ impl PgStore {
             sqlx::Error::Configuration(_) => StoreError::Url(super::UrlError::BadPostgresUrl),
             err => StoreError::Database(err),
         })?;
+        // A commit's transaction is never idle between its statements for longer than a
+        // round trip. When the node's link to the database is cut in the middle of one, the
+        // server would otherwise keep that session open (and its share lock on the leader
+        // row, which a takeover needs) until TCP keepalives notice, hours later; with this
+        // limit the server ends it after a second, so a standby can take over on time.
+        let options = options.options([(
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
+        )]);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
