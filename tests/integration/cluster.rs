@@ -1006,6 +1006,72 @@ mod tests {
         assert_eq!(left, 0, "{name} was not dropped");
     }
 
+    /// The leader is the node whose address the live `tally_leader` row holds; a lapsed
+    /// row names nobody. The leader log accepts a handover after the old lease lapsed and
+    /// refuses one before. (No node runs: the test writes the rows as a node would.)
+    #[tokio::test]
+    async fn the_leader_is_read_from_the_live_row_and_handovers_are_checked() {
+        let Some(db) =
+            TestDatabase::create("the_leader_is_read_from_the_live_row_and_handovers_are_checked")
+                .await
+        else {
+            return;
+        };
+        let cluster = Cluster::prepare(db, &ClusterSpec::new(3)).await;
+        let pool = &cluster.db.pool;
+        let write = |sql: &'static str, node: usize| {
+            sqlx::query(sql)
+                .bind(format!("n{node}"))
+                .bind(cluster.nodes[node].addr.to_string())
+                .execute(pool)
+        };
+        assert_eq!(cluster.leader().await, None, "no table yet");
+        sqlx::raw_sql(tally_server::ha::SCHEMA)
+            .execute(pool)
+            .await
+            .unwrap();
+        assert_eq!(cluster.leader().await, None, "no row yet");
+        write(
+            "INSERT INTO tally_leader VALUES (1, $1, $2, 7, now() + interval '1 minute')",
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(cluster.leadership().await, Some((1, 7)));
+        cluster.db.log_leader_writes().await;
+        write(
+            "UPDATE tally_leader SET node = $1, address = $2, expires_at = now() - interval '1 second'",
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(cluster.leader().await, None, "a lapsed row");
+        write(
+            "UPDATE tally_leader SET node = $1, address = $2, epoch = 8, expires_at = now() + interval '1 minute'",
+            2,
+        )
+        .await
+        .unwrap();
+        assert_eq!(cluster.leadership().await, Some((2, 8)));
+        assert_eq!(cluster.db.assert_handovers_safe().await, 1);
+
+        // Node 0 takes epoch 9 while epoch 8's lease runs for another minute.
+        write(
+            "UPDATE tally_leader SET node = $1, address = $2, epoch = 9, expires_at = now() + interval '1 minute'",
+            0,
+        )
+        .await
+        .unwrap();
+        let unsafe_handover = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            cluster.db.assert_handovers_safe(),
+        ))
+        .await;
+        assert!(
+            unsafe_handover.is_err(),
+            "a takeover before the lapse passed"
+        );
+    }
+
     /// `wait_ready` sees a single daemon's `READY=1` (without blocking the runtime), and
     /// reports a daemon that exits before it instead of waiting out its time.
     #[tokio::test]

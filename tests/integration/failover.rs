@@ -241,7 +241,11 @@ impl Load {
     /// check-in was acknowledged is (R5), no user holds a seat it was not told of beyond
     /// the checkouts whose outcome it never learnt (R4), and the status agrees.
     async fn check(&self, owner: &Client, when: &str) {
-        let _still = self.gate.write().await;
+        let _still = tokio::time::timeout(SETTLE_WITHIN, self.gate.write())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{when}: a load client's request has had no answer for {SETTLE_WITHIN:?}")
+            });
         let server = until_ok(when, || owner.leases(feature_query())).await;
         let in_use = until_ok(when, || owner.status(Some(FEATURE))).await[0].in_use;
         let ledger = self.ledger();
@@ -289,7 +293,10 @@ impl Load {
         self.stop.cancel();
         let mut clients = Vec::new();
         for task in self.tasks {
-            clients.push(task.await.expect("a load client panicked"));
+            let stopped = tokio::time::timeout(SETTLE_WITHIN, task)
+                .await
+                .expect("a load client's request has had no answer since the load stopped");
+            clients.push(stopped.expect("a load client panicked"));
         }
         let ledger = Arc::try_unwrap(self.ledger)
             .expect("the clients have stopped")
@@ -364,7 +371,8 @@ fn feature_query() -> LeasesQuery {
 }
 
 /// Retries `call` until it succeeds (a client's request may fail while the cluster elects
-/// a leader); panics after [`SETTLE_WITHIN`] with the last error.
+/// a leader); panics after [`SETTLE_WITHIN`] with the last error, or if a call is still
+/// unanswered then.
 async fn until_ok<T, F, Fut>(what: &str, mut call: F) -> T
 where
     F: FnMut() -> Fut,
@@ -372,14 +380,26 @@ where
 {
     let deadline = Instant::now() + SETTLE_WITHIN;
     loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(_) if Instant::now() < deadline => {
+        match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(err) => panic!("{what}: still failing after {SETTLE_WITHIN:?}: {err}"),
+            Ok(Err(err)) => panic!("{what}: still failing after {SETTLE_WITHIN:?}: {err}"),
+            Err(_) => panic!("{what}: no answer within {SETTLE_WITHIN:?}"),
         }
     }
+}
+
+/// The owner's client once a leader serves: a leader row alone does not mean its node has
+/// loaded the pool, and a standby answers `not_leader` meanwhile. `status` is answered
+/// only by a serving leader, so once it succeeds, requests that must not be sent twice
+/// (adding entitlements and users) can be sent.
+async fn served_owner(cluster: &mut Cluster) -> Client {
+    cluster.wait_leader(SETTLE_WITHIN).await;
+    let owner = cluster.owner().await;
+    until_ok("the first status", || owner.status(None)).await;
+    owner
 }
 
 /// Checks a seat of [`PROBE`] out through `client` until one is granted, checks it in, and
@@ -480,8 +500,8 @@ async fn final_check(owner: &Client, load: Load) {
 
 /// A cluster with the load's feature and the probe's, an owner, and a probe client.
 async fn loaded_cluster(db: TestDatabase, spec: ClusterSpec) -> (Cluster, Client, Client) {
-    let cluster = Cluster::start(db, spec).await;
-    let owner = cluster.owner().await;
+    let mut cluster = Cluster::start(db, spec).await;
+    let owner = served_owner(&mut cluster).await;
     add_entitlement(&owner, FEATURE, SEATS as u32, None).await;
     add_entitlement(&owner, PROBE, 100, None).await;
     let token = new_user(&owner, "probe@studio.test", Role::Member).await;
@@ -698,9 +718,9 @@ async fn a_standby_redirects_a_client_to_the_leader() {
         return;
     };
     let mut cluster = Cluster::start(db, ClusterSpec::new(2)).await;
+    let owner = served_owner(&mut cluster).await;
     let leader = cluster.wait_leader(SETTLE_WITHIN).await;
     let standby = 1 - leader;
-    let owner = cluster.owner().await;
     add_entitlement(&owner, FEATURE, 2, None).await;
     let token = new_user(&owner, "ana@studio.test", Role::Member).await;
     let ana = Client::connect(cluster.client_config_of(&[standby], &token))
@@ -741,7 +761,7 @@ async fn a_borrow_made_on_the_old_leader_verifies_and_returns_on_the_new_one() {
         return;
     };
     let mut cluster = Cluster::start(db, ClusterSpec::new(3)).await;
-    let owner = cluster.owner().await;
+    let owner = served_owner(&mut cluster).await;
     let new = NewEntitlement {
         feature: FEATURE.into(),
         seats: 2,
