@@ -153,6 +153,33 @@ pub struct DaemonProcess {
     pub notify: UnixDatagram,
 }
 
+/// The configuration text of a test daemon: listen, data_dir, tls and leases, with `extra`'s
+/// top-level keys before the first table and its tables after the harness's.
+pub fn daemon_config(port: u16, data_dir: &Path, ttl: &str, sweep: &str, extra: &str) -> String {
+    let (top, tables) = split_top_level(extra);
+    format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n{top}[tls]\nnames = [\"localhost\", \"127.0.0.1\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"{sweep}\"\n{tables}",
+        data_dir.display().to_string()
+    )
+}
+
+/// Splits extra configuration TOML into its top-level keys (every line before the first
+/// table header) and its tables (the rest), each ending in a newline unless empty.
+fn split_top_level(extra: &str) -> (String, String) {
+    let mut top = String::new();
+    let mut tables = String::new();
+    for line in extra.lines() {
+        if !tables.is_empty() || line.trim_start().starts_with('[') {
+            tables.push_str(line);
+            tables.push('\n');
+        } else {
+            top.push_str(line);
+            top.push('\n');
+        }
+    }
+    (top, tables)
+}
+
 /// A port that was free a moment ago; a restarted daemon must come back on the same one.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -168,8 +195,8 @@ impl DaemonProcess {
         Self::start_with(dir, ttl, sweep, "", Stdio::null())
     }
 
-    /// Like [`start`](Self::start), with more TOML appended to the configuration and the
-    /// daemon's stderr (its log) going to `log`.
+    /// Like [`start`](Self::start), with more TOML in the configuration and the daemon's
+    /// stderr (its log) going to `log`.
     pub fn start_with(
         dir: &Path,
         ttl: &str,
@@ -177,17 +204,33 @@ impl DaemonProcess {
         extra: &str,
         log: Stdio,
     ) -> DaemonProcess {
-        let port = free_port();
+        let process = Self::launch(dir, free_port(), ttl, sweep, extra, log);
+        process.wait_for("READY=1");
+        process
+    }
+
+    /// Writes a configuration into `dir` for a daemon listening on `port` and starts it,
+    /// without waiting for it to be ready (so that several can start at the same moment).
+    ///
+    /// `extra` is more TOML. Its top-level keys (the lines before its first `[table]`, such
+    /// as `database`) are written before the harness's own tables, since TOML would read a
+    /// key written after `[leases]` as a key of `leases`; its tables go at the end.
+    pub fn launch(
+        dir: &Path,
+        port: u16,
+        ttl: &str,
+        sweep: &str,
+        extra: &str,
+        log: Stdio,
+    ) -> DaemonProcess {
         let data_dir = dir.join("data");
         let config_path = dir.join("tallyd.toml");
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[tls]\nnames = [\"localhost\", \"127.0.0.1\"]\n[leases]\nttl = \"{ttl}\"\nsweep = \"{sweep}\"\n",
-            data_dir.display().to_string()
-        );
-        std::fs::write(&config_path, text + extra).unwrap();
+        let text = daemon_config(port, &data_dir, ttl, sweep, extra);
+        std::fs::write(&config_path, text).unwrap();
         Self::spawn(port, config_path, data_dir, log)
     }
 
+    /// Starts the daemon; it is ready once it sends `READY=1` (see [`wait_for`](Self::wait_for)).
     fn spawn(port: u16, config_path: PathBuf, data_dir: PathBuf, log: Stdio) -> DaemonProcess {
         let socket_path = config_path.with_file_name(format!("notify-{}", rand::random::<u32>()));
         let notify = UnixDatagram::bind(&socket_path).unwrap();
@@ -203,15 +246,13 @@ impl DaemonProcess {
             .stderr(log)
             .spawn()
             .unwrap();
-        let process = DaemonProcess {
+        DaemonProcess {
             child,
             port,
             config_path,
             data_dir,
             notify,
-        };
-        process.wait_for("READY=1");
-        process
+        }
     }
 
     /// Blocks until the daemon sends a notification containing `what`.
@@ -230,11 +271,18 @@ impl DaemonProcess {
 
     /// Starts the daemon again on the same port and data, after [`kill9`](Self::kill9).
     pub fn restart(&mut self) {
+        self.relaunch(Stdio::null());
+        self.wait_for("READY=1");
+    }
+
+    /// Starts the daemon again on the same port, configuration and data, its stderr going
+    /// to `log`, without waiting for it to be ready.
+    pub fn relaunch(&mut self, log: Stdio) {
         let restarted = Self::spawn(
             self.port,
             self.config_path.clone(),
             self.data_dir.clone(),
-            Stdio::null(),
+            log,
         );
         let old = std::mem::replace(self, restarted);
         drop(old);

@@ -1,11 +1,13 @@
 //! End-to-end tests: the real daemon (in-process or as a process), the real client crate
 //! and the real `tally` binary, over real TLS on loopback.
 
+mod cluster;
 mod harness;
 
 mod borrow;
 mod cli;
 mod datadir;
+mod failover;
 mod faults;
 mod features;
 mod hostile;
