@@ -605,10 +605,7 @@ impl Task {
             tracing::warn!(id, "answer to a request never sent");
             return;
         };
-        let result = match outcome {
-            Outcome::Ok(response) => Ok(response),
-            Outcome::Err(body) => Err(body),
-        };
+        let result = outcome.into_result();
         match (&pending.request, &result) {
             (Request::Heartbeat, Ok(Response::Heartbeat(ack))) => {
                 for ended in &ack.ended {

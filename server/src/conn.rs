@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::core::{Holder, SignOut, SignedIn};
+use crate::core::{require_admin, Actor, Holder, SignOut, SignedIn};
 use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::init::token_hash;
 use crate::limiter::{PreAuthPermit, Prefix, FAILURE_PAUSE};
@@ -290,7 +290,7 @@ async fn sign_in_failed<S: AsyncRead + AsyncWrite + Unpin>(
     refuse(conn, limited).await
 }
 
-/// Starts one request: answered here (`ServerInfo`) or by the engine.
+/// Starts one request: answered here (`ServerInfo`, `ServerNodes`) or by the engine.
 fn dispatch(
     shared: &Shared,
     session: &SignedIn,
@@ -301,6 +301,7 @@ fn dispatch(
     let request = match route(request) {
         Route::Engine(request) => request,
         Route::ServerInfo => return Box::pin(futures::future::ready((id, server_info(shared)))),
+        Route::ServerNodes => return Box::pin(futures::future::ready((id, server_nodes(session)))),
     };
     let name = request.name;
     let (reply, answer) = oneshot::channel();
@@ -401,5 +402,22 @@ fn server_info(shared: &Shared) -> Outcome {
         store: shared.store.backend().to_string(),
         uptime_secs: shared.started.elapsed().as_secs(),
         connections: shared.connections.load(Ordering::Relaxed) as u64,
+        cluster: None,
     }))
+}
+
+/// The answer to `ServerNodes` on a single node (SQLite): admins only, and there is no
+/// cluster to list.
+fn server_nodes(session: &SignedIn) -> Outcome {
+    let actor = Actor {
+        username: session.username.clone(),
+        role: session.role,
+    };
+    if let Err(refused) = require_admin(&actor, "list the nodes of the cluster") {
+        return Outcome::Err(refused);
+    }
+    Outcome::Err(ErrorBody::new(
+        ErrorCode::Invalid,
+        "this server runs on SQLite: it is a single node, not a cluster",
+    ))
 }
