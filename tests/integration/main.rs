@@ -5,6 +5,7 @@ mod harness;
 
 mod borrow;
 mod cli;
+mod cluster;
 mod datadir;
 mod faults;
 mod features;
