@@ -333,3 +333,91 @@ async fn with_no_leader_known_a_request_fails_not_leader_at_its_deadline() {
         "the checkout reached the standby {sends} times in 2 s"
     );
 }
+
+/// `tally` follows the redirect too, and shows what a standby says of itself and of the
+/// cluster: `server info` with the node's role, epoch and leader, `server nodes` as the
+/// documents of SPEC §7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tally_follows_a_standby_to_the_leader_and_shows_the_cluster() {
+    let server = TestServer::start().await;
+    let owner = server.owner().await;
+    add_entitlement(&owner, "vray", 3, None).await;
+    let standby = Standby::start(&server, Some(leader_address(&server))).await;
+    let ca = server.data_dir().join("tls/ca.pem");
+    let args = vec![
+        "--server".to_string(),
+        standby.server().to_string(),
+        "--ca".into(),
+        ca.display().to_string(),
+        "--token".into(),
+        server.owner_token(),
+        "--json".into(),
+    ];
+    let run = |more: &[&str]| {
+        let mut all = args.clone();
+        all.extend(more.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            cli(&all)
+        })
+    };
+
+    let out = run(&["status", "vray"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout_json(&out)["features"][0]["total"], 3);
+    assert_eq!(standby.seen(), ["status"]);
+
+    let out = run(&["server", "info"]).await.unwrap();
+    let doc = stdout_json(&out);
+    assert_eq!(doc["server"]["store"], "postgres");
+    assert_eq!(doc["server"]["node"], "node-2");
+    assert_eq!(doc["server"]["role"], "standby");
+    assert_eq!(doc["server"]["epoch"], 4);
+    assert_eq!(doc["server"]["leader"], leader_address(&server));
+
+    let out = run(&["server", "nodes"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({"nodes": [
+            {"id": "node-1", "address": leader_address(&server), "role": "leader", "epoch": 4,
+             "last_seen": "2023-11-14T22:13:20Z"},
+            {"id": "node-2", "address": "localhost:1", "role": "standby", "epoch": 4,
+             "last_seen": "2023-11-14T22:13:21Z"},
+        ]})
+    );
+    let mut human = args.clone();
+    human.retain(|a| a != "--json");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut all: Vec<&str> = human.iter().map(String::as_str).collect();
+        all.extend(["server", "nodes"]);
+        cli(&all)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("ID"), "{text}");
+    assert!(
+        lines[2].contains("node-2") && lines[2].contains("standby"),
+        "{text}"
+    );
+}
+
+/// A single node (SQLite) is no cluster: `server info` has no role, and `server nodes` is
+/// refused, `forbidden` for members before anything else, `invalid` for admins.
+#[tokio::test]
+async fn a_single_node_has_no_cluster_to_list() {
+    let server = TestServer::start().await;
+    let owner = server.owner().await;
+    let info = owner.server_info().await.unwrap();
+    assert_eq!((info.store.as_str(), info.cluster), ("sqlite", None));
+    let err = owner.server_nodes().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid), "{err:?}");
+    assert!(err.to_string().contains("single node"), "{err}");
+    let token = new_user(&owner, "ana@studio.com", Role::Member).await;
+    let member = Client::connect(server.client_config(&token)).await.unwrap();
+    let err = member.server_nodes().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err:?}");
+}
