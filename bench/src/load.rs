@@ -8,9 +8,8 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tally_protocol::{
-    Authenticate, ClientId, ClientInfo, ClientMessage, Connection, ErrorBody, ErrorCode, Hello,
-    Outcome, Request, Response, ServerMessage, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
-    PROTOCOL_VERSION,
+    Authenticate, ClientId, ClientInfo, ClientMessage, Connection, ErrorBody, Hello, Request,
+    Response, ServerMessage, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -85,13 +84,9 @@ impl Session {
         self.next_id += 1;
         self.conn.send(&ClientMessage::Request { id, body }).await?;
         match self.conn.recv::<ServerMessage>().await? {
-            Some(ServerMessage::Response { id: got, outcome }) if got == id => Ok(match outcome {
-                Outcome::Ok(response) => Ok(response),
-                Outcome::Err(err) => Err(err),
-                Outcome::NotLeader(standby) => {
-                    Err(ErrorBody::new(ErrorCode::NotLeader, standby.message))
-                }
-            }),
+            Some(ServerMessage::Response { id: got, outcome }) if got == id => {
+                Ok(outcome.into_result())
+            }
             other => bail!("unexpected answer {other:?}"),
         }
     }

@@ -8,7 +8,7 @@
 use tally_protocol::{
     Assign, AssignmentInfo, AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementQuery,
     EntitlementRemove, FeatureStatus, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
-    LeasesQuery, NewEntitlement, Release, Request, Response, Return, Revoke, ServerInfo,
+    LeasesQuery, NewEntitlement, NodeInfo, Release, Request, Response, Return, Revoke, ServerInfo,
     StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef, Whoami,
 };
 
@@ -133,9 +133,16 @@ impl Client {
         ask!(self, Request::EntitlementRemove(remove), Response::EntitlementRemoved(id) => id)
     }
 
-    /// The server's id, version, store, uptime and connections.
+    /// The server's id, version, store, uptime and connections, and on a cluster the
+    /// answering node's role, epoch and leader. Standbys answer it themselves.
     pub async fn server_info(&self) -> Result<ServerInfo, Error> {
         ask!(self, Request::ServerInfo, Response::ServerInfo(info) => info)
+    }
+
+    /// The nodes of the cluster with their roles and last heartbeats (admins). Standbys
+    /// answer it themselves; a single SQLite server refuses it as `invalid`.
+    pub async fn server_nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        ask!(self, Request::ServerNodes, Response::Nodes(nodes) => nodes)
     }
 
     /// This client's account, the seats assigned to it and the leases it holds.

@@ -5,7 +5,8 @@ use tally_protocol::{ErrorBody, ErrorCode};
 /// A client error.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The server refused the request.
+    /// The server refused the request; `not_leader` when standbys answered it and no leader
+    /// served it before its deadline (the message names the leader, or says none is known).
     #[error("{}", .0.message)]
     Server(ErrorBody),
     /// No server of the list could be reached (each one's reason is in the text).

@@ -19,7 +19,8 @@
 //! A [`Client`] keeps one connection to the first server of its list that answers. It
 //! heartbeats while connected, reconnects with backoff (trying the next server) when the
 //! connection drops, resumes its leases by id, and resends checkouts with the same request id
-//! so that a retry never takes a second seat. [`blocking`] wraps it for applications that
+//! so that a retry never takes a second seat. On a cluster, a standby's `not_leader` answer
+//! sends it to the leader, with the request. [`blocking`] wraps it for applications that
 //! are not async.
 #![deny(clippy::await_holding_lock)]
 

@@ -10,6 +10,15 @@
 //!
 //! Reconnect attempts back off with jitter, but never wait longer than the server's
 //! heartbeat interval (SPEC R4: a restart must not cost a lease its ttl).
+//!
+//! A standby of a cluster answers `not_leader` (SPEC R15), naming the leader when it knows
+//! one: the request was not applied, so whatever it is, it waits to be sent again. The task
+//! stops sending on that connection, collects the answers still due on it, and leaves it
+//! for the leader it was given; when there is none, or it cannot be reached, it goes on
+//! through its server list. After [`MAX_REDIRECTS`] redirects in a row with no other
+//! answer, it backs off between rounds of the list instead. A request answered
+//! `not_leader` keeps its deadline; when that passes, the caller gets the `not_leader`
+//! error, naming the leader or saying that none is known.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,9 +32,9 @@ use std::path::PathBuf;
 
 use tally_protocol::{
     decode_token, Authenticate, BorrowOnce, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
-    Connection, EndReason, ErrorCode, FrameError, Hello, LeaseId, LeaseInfo, Outcome, Request,
-    RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
-    PROTOCOL_VERSION,
+    Connection, EndReason, ErrorBody, ErrorCode, FrameError, Hello, LeaseId, LeaseInfo, NotLeader,
+    Outcome, Request, RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME,
+    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,9 +54,21 @@ type Conn = Connection<TlsStream<TcpStream>>;
 /// dropped while it was in flight, twice more.
 pub const MAX_SENDS: u8 = 3;
 
+/// How many redirects in a row (`not_leader` answers with no other answer between them)
+/// the task follows at once; past them it goes through its server list with backoff, so
+/// that standbys naming each other cannot keep it connecting in circles.
+pub const MAX_REDIRECTS: u32 = 3;
+
+/// The first wait between reconnect attempts.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The longest wait between reconnect attempts, when the server's heartbeat interval is
 /// longer still.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long the answers still due from a standby are awaited once it has answered
+/// `not_leader`, before the connection is left as if it had dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The wait before the next reconnect attempt: `backoff` plus up to half of it again as
 /// jitter, never more than `limit` (the heartbeat interval) in all.
@@ -108,13 +129,16 @@ impl Client {
             .connect_any(0, settings.config.connect_timeout)
             .await?;
         let (commands, rx) = mpsc::unbounded_channel();
+        let current = settings.config.servers[index].clone();
         let task = Task {
             settings,
             commands: rx,
             held: HashMap::new(),
             next_id: 1,
             server_index: index,
+            current,
             heartbeat: Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
+            redirects: Redirects::default(),
         };
         tokio::spawn(task.run(conn));
         Ok(Client {
@@ -375,10 +399,47 @@ enum Purpose {
 struct Pending {
     request: Request,
     purpose: Purpose,
-    /// How many times the request was sent.
+    /// How many times the request was sent (sends a standby answered `not_leader` do not
+    /// count).
     sends: u8,
     /// When a queued request gives up waiting for a connection.
     deadline: Instant,
+    /// The last standby that answered it `not_leader`, and the leader it named: what the
+    /// caller is told if the deadline passes before a leader answers.
+    redirected: Option<(ServerAddr, Option<String>)>,
+}
+
+impl Pending {
+    fn new(request: Request, purpose: Purpose, deadline: Instant) -> Self {
+        Self {
+            request,
+            purpose,
+            sends: 0,
+            deadline,
+            redirected: None,
+        }
+    }
+
+    /// The error of a request whose deadline passed while it waited: `not_leader` when a
+    /// standby sent it on, else `Unreachable`.
+    fn timed_out(&self, timeout: Duration) -> Error {
+        let name = self.request.name();
+        match &self.redirected {
+            Some((standby, Some(leader))) => Error::Server(ErrorBody::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "{standby} is a standby, not the leader; the leader at {leader} did not serve the {name} request within {timeout:?}"
+                ),
+            )),
+            Some((standby, None)) => Error::Server(ErrorBody::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "{standby} is a standby, not the leader, and no leader is known right now (one may be being elected); the {name} request was not served within {timeout:?}"
+                ),
+            )),
+            None => Error::Unreachable("no server answered in time".into()),
+        }
+    }
 }
 
 /// How a connection ended.
@@ -387,6 +448,70 @@ enum Ended {
     Finished,
     /// The link failed; reconnect.
     Lost(String),
+    /// The server is a standby: go to the leader it named, or on through the list.
+    Redirected(NotLeader),
+}
+
+/// Where to go after a standby's `not_leader`.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Straight to the leader it named.
+    Leader(ServerAddr),
+    /// On through the server list, at once: no leader was named (or not as `HOST:PORT`).
+    List,
+    /// On through the server list after waiting about this long: redirects went round
+    /// [`MAX_REDIRECTS`] times with no other answer.
+    Backoff(Duration),
+}
+
+/// The redirects followed since the last answer that was not one.
+#[derive(Debug)]
+struct Redirects {
+    /// How many in a row.
+    count: u32,
+    /// The wait before the next round of the server list once past [`MAX_REDIRECTS`].
+    backoff: Duration,
+}
+
+impl Default for Redirects {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+}
+
+impl Redirects {
+    /// Counts one more redirect, naming `leader`, and says where to go.
+    fn next(&mut self, leader: Option<&str>) -> Next {
+        self.count += 1;
+        if self.count > MAX_REDIRECTS {
+            let wait = self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            return Next::Backoff(wait);
+        }
+        match leader.map(ServerAddr::parse) {
+            Some(Ok(leader)) => Next::Leader(leader),
+            _ => Next::List,
+        }
+    }
+
+    /// A server answered as a leader does: the next redirect is the first again.
+    fn served(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// The requests a standby answered `not_leader` on one connection, kept to send again.
+#[derive(Default)]
+struct Redirect {
+    /// The latest `not_leader`; once set, nothing more is sent on the connection.
+    seen: Option<NotLeader>,
+    /// The requests to send again elsewhere, with their ids on this connection.
+    held: Vec<(u32, Pending)>,
+    /// How long the answers still due are awaited.
+    until: Option<Instant>,
 }
 
 struct Task {
@@ -395,8 +520,12 @@ struct Task {
     /// Leases this client holds, and how to tell each guard it was lost.
     held: HashMap<LeaseId, LostSender>,
     next_id: u32,
+    /// The position in the server list reconnects go on from.
     server_index: usize,
+    /// The server of the connection: one of the list, or a leader a standby named.
+    current: ServerAddr,
     heartbeat: Duration,
+    redirects: Redirects,
 }
 
 impl Task {
@@ -404,46 +533,45 @@ impl Task {
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let mut closed = false;
         loop {
+            // A wait before the first attempt at the server list.
+            let mut pause = None;
             match self.serve(&mut conn, &mut queue, &mut closed).await {
                 Ended::Finished => return,
                 Ended::Lost(why) => {
                     tracing::warn!(reason = %why, "connection to the license server lost; reconnecting")
                 }
+                Ended::Redirected(_) if closed && queue.is_empty() && self.held.is_empty() => {
+                    return
+                }
+                Ended::Redirected(not_leader) => match self.follow(&not_leader, &mut queue).await {
+                    Ok((new, welcome)) => {
+                        conn = new;
+                        self.connected(&welcome, &mut queue);
+                        continue;
+                    }
+                    Err(wait) => pause = wait,
+                },
             }
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = pause.map_or(FIRST_BACKOFF, |wait| (wait * 2).min(MAX_BACKOFF));
             loop {
+                if let Some(wait) = pause.take() {
+                    self.pause(wait, &mut queue, &mut closed).await;
+                }
                 self.expire(&mut queue);
                 if closed && queue.is_empty() && self.held.is_empty() {
                     return;
                 }
-                // A server that does not answer within a heartbeat interval is given up
-                // for the next, so that a black-holed one cannot hold the retries back.
-                let timeout = self
-                    .settings
-                    .config
-                    .connect_timeout
-                    .min(self.heartbeat.max(Duration::from_secs(1)));
                 match self
                     .settings
-                    .connect_any(self.server_index + 1, timeout)
+                    .connect_any(self.server_index + 1, self.connect_timeout())
                     .await
                 {
                     Ok((new, welcome, _, index)) => {
                         tracing::info!(server = %self.settings.config.servers[index], "reconnected to the license server");
                         conn = new;
                         self.server_index = index;
-                        self.heartbeat =
-                            Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
-                        if !self.held.is_empty() {
-                            let leases: Vec<LeaseId> = self.held.keys().copied().collect();
-                            let request = Request::Resume(Resume { leases });
-                            queue.push_front(Pending {
-                                request,
-                                purpose: Purpose::Internal,
-                                sends: 0,
-                                deadline: far(),
-                            });
-                        }
+                        self.current = self.settings.config.servers[index].clone();
+                        self.connected(&welcome, &mut queue);
                         break;
                     }
                     Err(err) => {
@@ -461,27 +589,139 @@ impl Task {
                         }
                     }
                 }
-                let wake = Instant::now() + reconnect_delay(backoff, self.heartbeat);
-                while Instant::now() < wake {
-                    tokio::select! {
-                        command = self.commands.recv(), if !closed => match command {
-                            Some(command) => self.enqueue(command, &mut queue),
-                            None => closed = true,
-                        },
-                        _ = tokio::time::sleep_until(wake) => {}
-                    }
-                }
+                pause = Some(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
 
-    /// Serves one connection until it fails or everything is done.
+    /// How long one connection attempt may take. A server that does not answer within a
+    /// heartbeat interval is given up for the next, so that a black-holed one cannot hold
+    /// the retries back.
+    fn connect_timeout(&self) -> Duration {
+        self.settings
+            .config
+            .connect_timeout
+            .min(self.heartbeat.max(Duration::from_secs(1)))
+    }
+
+    /// After a standby's `not_leader`: connects to the leader it named, when it named one
+    /// and the redirects have not gone round in circles. `Err`: go on through the server
+    /// list, after waiting about this long if it is `Some`.
+    async fn follow(
+        &mut self,
+        not_leader: &NotLeader,
+        queue: &mut VecDeque<Pending>,
+    ) -> Result<(Conn, Welcome), Option<Duration>> {
+        self.expire(queue);
+        let standby = self.current.clone();
+        let leader = match self.redirects.next(not_leader.leader.as_deref()) {
+            Next::Leader(leader) => leader,
+            Next::List => {
+                match &not_leader.leader {
+                    None => tracing::info!("server {standby} is a standby and knows no leader right now; trying the server list"),
+                    Some(named) => tracing::warn!("server {standby} is a standby and named the leader {named:?}, which is not HOST:PORT; trying the server list"),
+                }
+                return Err(None);
+            }
+            Next::Backoff(wait) => {
+                tracing::warn!(retry_in = ?wait, "server {standby} is a standby too, after {MAX_REDIRECTS} redirects in a row with no answer; going through the server list with backoff");
+                return Err(Some(wait));
+            }
+        };
+        tracing::info!("server {standby} is a standby; moving to the leader at {leader}");
+        match tokio::time::timeout(self.connect_timeout(), self.settings.connect_one(&leader)).await
+        {
+            Ok(Ok((conn, welcome, _))) => {
+                if let Some(index) = self
+                    .settings
+                    .config
+                    .servers
+                    .iter()
+                    .position(|s| *s == leader)
+                {
+                    self.server_index = index;
+                }
+                self.current = leader;
+                Ok((conn, welcome))
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot reach the leader at {leader}; trying the server list");
+                Err(None)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the leader at {leader} did not answer within {:?}; trying the server list",
+                    self.connect_timeout()
+                );
+                Err(None)
+            }
+        }
+    }
+
+    /// A new connection is signed in: take its heartbeat interval, and resume the leases
+    /// held before anything else is sent.
+    fn connected(&mut self, welcome: &Welcome, queue: &mut VecDeque<Pending>) {
+        self.heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+        if !self.held.is_empty() {
+            let leases: Vec<LeaseId> = self.held.keys().copied().collect();
+            let request = Request::Resume(Resume { leases });
+            queue.push_front(Pending::new(request, Purpose::Internal, far()));
+        }
+    }
+
+    /// Waits about `base` (with jitter, within the heartbeat interval) before the next
+    /// reconnect attempt, taking commands meanwhile and failing requests as their deadlines
+    /// pass.
+    async fn pause(&mut self, base: Duration, queue: &mut VecDeque<Pending>, closed: &mut bool) {
+        let wake = Instant::now() + reconnect_delay(base, self.heartbeat);
+        while Instant::now() < wake {
+            let due = queue
+                .iter()
+                .map(|p| p.deadline)
+                .min()
+                .unwrap_or(wake)
+                .min(wake);
+            tokio::select! {
+                command = self.commands.recv(), if !*closed => match command {
+                    Some(command) => self.enqueue(command, queue),
+                    None => *closed = true,
+                },
+                _ = tokio::time::sleep_until(due) => self.expire(queue),
+            }
+        }
+    }
+
+    /// Serves one connection until it fails, everything is done, or the server turns out
+    /// to be a standby. Requests a standby answered `not_leader` go back to the front of
+    /// the queue, in the order they were sent.
     async fn serve(
         &mut self,
         conn: &mut Conn,
         queue: &mut VecDeque<Pending>,
         closed: &mut bool,
+    ) -> Ended {
+        let mut redirect = Redirect::default();
+        let ended = self.serve_until(conn, queue, closed, &mut redirect).await;
+        redirect.held.sort_by_key(|(id, _)| *id);
+        for (_, pending) in redirect.held.into_iter().rev() {
+            queue.push_front(pending);
+        }
+        match (ended, redirect.seen) {
+            (Ended::Lost(why), Some(not_leader)) => {
+                tracing::debug!(reason = %why, "the standby's connection ended");
+                Ended::Redirected(not_leader)
+            }
+            (ended, _) => ended,
+        }
+    }
+
+    async fn serve_until(
+        &mut self,
+        conn: &mut Conn,
+        queue: &mut VecDeque<Pending>,
+        closed: &mut bool,
+        redirect: &mut Redirect,
     ) -> Ended {
         let mut inflight: HashMap<u32, Pending> = HashMap::new();
         while let Some(pending) = queue.pop_front() {
@@ -494,6 +734,10 @@ impl Task {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut finishing: Option<Instant> = None;
         loop {
+            if let (Some(not_leader), true) = (&redirect.seen, inflight.is_empty()) {
+                let _ = conn.close().await;
+                return Ended::Redirected(not_leader.clone());
+            }
             if *closed && inflight.is_empty() {
                 let _ = conn.close().await;
                 return Ended::Finished;
@@ -503,6 +747,8 @@ impl Task {
             }
             tokio::select! {
                 command = self.commands.recv(), if !*closed => match command {
+                    // Nothing more goes to a standby: it waits for the leader.
+                    Some(command) if redirect.seen.is_some() => self.enqueue(command, queue),
                     Some(command) => {
                         let mut one = VecDeque::new();
                         self.enqueue(command, &mut one);
@@ -515,20 +761,31 @@ impl Task {
                     None => *closed = true,
                 },
                 message = conn.recv::<ServerMessage>() => match message {
+                    Ok(Some(ServerMessage::Response { id, outcome: Outcome::NotLeader(not_leader) })) => {
+                        if let Some(pending) = self.refused_by_standby(id, &not_leader, &mut inflight) {
+                            redirect.held.push((id, pending));
+                        }
+                        redirect.until.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                        redirect.seen = Some(not_leader);
+                    }
                     Ok(Some(ServerMessage::Response { id, outcome })) => self.complete(id, outcome, &mut inflight),
                     Ok(Some(ServerMessage::Error(body))) => return self.lost(body.to_string(), inflight, queue),
                     Ok(Some(other)) => return self.lost(format!("unexpected message {other:?}"), inflight, queue),
                     Ok(None) => return self.lost("the server closed the connection".into(), inflight, queue),
                     Err(err) => return self.lost(err.to_string(), inflight, queue),
                 },
-                _ = heartbeat.tick() => {
-                    let pending = Pending { request: Request::Heartbeat, purpose: Purpose::Internal, sends: 0, deadline: far() };
+                _ = heartbeat.tick(), if redirect.seen.is_none() => {
+                    let pending = Pending::new(Request::Heartbeat, Purpose::Internal, far());
                     if let Err(why) = self.send(conn, pending, &mut inflight).await {
                         return self.lost(why, inflight, queue);
                     }
                 }
                 _ = tokio::time::sleep_until(finishing.unwrap_or_else(far)), if finishing.is_some() => {
                     return Ended::Finished;
+                }
+                _ = tokio::time::sleep_until(redirect.until.unwrap_or_else(far)), if redirect.until.is_some() => {
+                    let why = format!("the standby did not answer {} request(s) within {DRAIN_TIMEOUT:?}", inflight.len());
+                    return self.lost(why, inflight, queue);
                 }
             }
         }
@@ -542,21 +799,15 @@ impl Task {
                 request,
                 reply,
                 lost,
-            } => queue.push_back(Pending {
+            } => queue.push_back(Pending::new(
                 request,
-                purpose: Purpose::Call { reply, lost },
-                sends: 0,
+                Purpose::Call { reply, lost },
                 deadline,
-            }),
+            )),
             Command::Drop(lease) => {
                 self.held.remove(&lease);
                 let request = Request::Checkin(Checkin { lease });
-                queue.push_back(Pending {
-                    request,
-                    purpose: Purpose::Internal,
-                    sends: 0,
-                    deadline,
-                });
+                queue.push_back(Pending::new(request, Purpose::Internal, deadline));
             }
         }
     }
@@ -605,14 +856,11 @@ impl Task {
             tracing::warn!(id, "answer to a request never sent");
             return;
         };
-        let result = match outcome {
-            Outcome::Ok(response) => Ok(response),
-            Outcome::Err(body) => Err(body),
-            Outcome::NotLeader(standby) => Err(tally_protocol::ErrorBody::new(
-                tally_protocol::ErrorCode::NotLeader,
-                standby.message,
-            )),
-        };
+        // Standbys answer these two themselves: only other answers show a leader.
+        if !matches!(pending.request, Request::ServerInfo | Request::ServerNodes) {
+            self.redirects.served();
+        }
+        let result = outcome.into_result();
         match (&pending.request, &result) {
             (Request::Heartbeat, Ok(Response::Heartbeat(ack))) => {
                 for ended in &ack.ended {
@@ -641,6 +889,41 @@ impl Task {
                 tracing::warn!(request = pending.request.name(), error = %body, "background request refused");
             }
         }
+    }
+
+    /// A standby answered `not_leader`: the request was not applied. It is kept to be sent
+    /// again, without counting this send against [`MAX_SENDS`], unless it is the task's own
+    /// heartbeat or resume (made anew on the next connection) or its deadline has passed.
+    fn refused_by_standby(
+        &mut self,
+        id: u32,
+        not_leader: &NotLeader,
+        inflight: &mut HashMap<u32, Pending>,
+    ) -> Option<Pending> {
+        let Some(mut pending) = inflight.remove(&id) else {
+            tracing::warn!(id, "answer to a request never sent");
+            return None;
+        };
+        pending.sends = pending.sends.saturating_sub(1);
+        pending.redirected = Some((self.current.clone(), not_leader.leader.clone()));
+        if matches!(pending.purpose, Purpose::Internal)
+            && matches!(pending.request, Request::Heartbeat | Request::Resume(_))
+        {
+            return None;
+        }
+        if pending.deadline <= Instant::now() {
+            let err = pending.timed_out(self.settings.config.request_timeout);
+            match pending.purpose {
+                Purpose::Call { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                Purpose::Internal => {
+                    tracing::warn!(request = pending.request.name(), error = %err, "background request given up")
+                }
+            }
+            return None;
+        }
+        Some(pending)
     }
 
     fn lose(&mut self, lease: LeaseId, reason: EndReason) {
@@ -689,12 +972,16 @@ impl Task {
     /// Fails queued requests that waited past their deadline.
     fn expire(&mut self, queue: &mut VecDeque<Pending>) {
         let now = Instant::now();
+        let timeout = self.settings.config.request_timeout;
         let mut kept = VecDeque::new();
         for pending in queue.drain(..) {
             if pending.deadline > now {
                 kept.push_back(pending);
-            } else if let Purpose::Call { reply, .. } = pending.purpose {
-                let _ = reply.send(Err(Error::Unreachable("no server answered in time".into())));
+            } else {
+                let err = pending.timed_out(timeout);
+                if let Purpose::Call { reply, .. } = pending.purpose {
+                    let _ = reply.send(Err(err));
+                }
             }
         }
         *queue = kept;
@@ -734,5 +1021,71 @@ mod tests {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+
+    fn addr(host: &str, port: u16) -> ServerAddr {
+        ServerAddr {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// Redirects go straight to the leader named, in any form a server list takes, until
+    /// [`MAX_REDIRECTS`] in a row; then the server list with a backoff that grows to
+    /// [`MAX_BACKOFF`]. An answer from a leader starts the count again.
+    #[test]
+    fn redirects_go_to_the_leader_until_they_go_round_in_circles() {
+        let mut redirects = Redirects::default();
+        assert_eq!(
+            redirects.next(Some("lic2.studio.lan:27010")),
+            Next::Leader(addr("lic2.studio.lan", 27010))
+        );
+        assert_eq!(
+            redirects.next(Some("[::1]:27011")),
+            Next::Leader(addr("::1", 27011))
+        );
+        assert_eq!(redirects.next(None), Next::List);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            match redirects.next(Some("lic1:27010")) {
+                Next::Backoff(wait) => waits.push(wait.as_millis()),
+                other => panic!("followed a redirect past the limit: {other:?}"),
+            }
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        redirects.served();
+        assert_eq!(
+            redirects.next(Some("lic1:27010")),
+            Next::Leader(addr("lic1", 27010))
+        );
+    }
+
+    /// A leader address that is not `HOST:PORT` is not followed: the client goes on
+    /// through its own list.
+    #[test]
+    fn a_leader_that_is_not_host_port_is_not_followed() {
+        for bad in ["", "  ", "lic1:port", "[::1", "[::1]x", "lic1:99999"] {
+            let mut redirects = Redirects::default();
+            assert_eq!(redirects.next(Some(bad)), Next::List, "{bad:?}");
+        }
+    }
+
+    /// A request whose deadline passes after a standby answered it names the leader, or
+    /// says that none is known; one that never reached a server is `Unreachable`.
+    #[test]
+    fn a_redirected_request_that_times_out_is_a_not_leader_error() {
+        let mut pending = Pending::new(Request::Whoami, Purpose::Internal, Instant::now());
+        let timeout = Duration::from_secs(2);
+        assert!(matches!(pending.timed_out(timeout), Error::Unreachable(_)));
+        pending.redirected = Some((addr("lic2", 27010), Some("lic1:27010".into())));
+        let err = pending.timed_out(timeout);
+        assert_eq!(err.code(), Some(ErrorCode::NotLeader));
+        let text = err.to_string();
+        assert!(text.contains("lic2:27010 is a standby"), "{text}");
+        assert!(text.contains("the leader at lic1:27010"), "{text}");
+        assert!(text.contains("whoami"), "{text}");
+        pending.redirected = Some((addr("lic2", 27010), None));
+        let text = pending.timed_out(timeout).to_string();
+        assert!(text.contains("no leader is known"), "{text}");
     }
 }

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClientId, ErrorBody, LeaseId, RequestId};
+use crate::{ClientId, ErrorBody, ErrorCode, LeaseId, RequestId};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type UnixMillis = i64;
@@ -41,17 +41,37 @@ pub enum ServerMessage {
 pub enum Outcome {
     Ok(Response),
     Err(ErrorBody),
-    /// A standby's answer to every request but `ServerInfo` and `ServerNodes`: the request
-    /// was not applied; send it to the leader.
+    /// A standby's answer (SPEC R15) to any request but `ServerInfo` and `ServerNodes`: the
+    /// request was not applied, so it is always safe to send it again, to the leader.
     NotLeader(NotLeader),
 }
 
-/// Where the leader is, as a standby knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl Outcome {
+    /// The answer as a result: a redirect is the error [`ErrorCode::NotLeader`].
+    pub fn into_result(self) -> Result<Response, ErrorBody> {
+        match self {
+            Outcome::Ok(response) => Ok(response),
+            Outcome::Err(err) => Err(err),
+            Outcome::NotLeader(redirect) => Err(redirect.into()),
+        }
+    }
+}
+
+/// Where a standby sends a client: the request was not applied here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotLeader {
-    /// The leader's advertised address (`host:port`), when a leader is known.
+    /// The leader's advertised address, `HOST:PORT` or `[V6]:PORT`; `None` while no leader
+    /// is known (one is being elected).
     pub leader: Option<String>,
+    /// A sentence a person can act on.
     pub message: String,
+}
+
+impl From<NotLeader> for ErrorBody {
+    /// For code that reports errors as an [`ErrorBody`]: code `not_leader`, the same message.
+    fn from(redirect: NotLeader) -> Self {
+        ErrorBody::new(ErrorCode::NotLeader, redirect.message)
+    }
 }
 
 /// The first frame from a client.
@@ -192,6 +212,9 @@ pub enum Request {
     AuditPage(AuditPageQuery),
     /// One page of the lease listing (`Leases` answers only the first page).
     LeasesPage(LeasesPageQuery),
+    /// The nodes of a cluster and their roles (admins); answered with [`Response::Nodes`],
+    /// by standbys too.
+    ServerNodes,
 }
 
 impl Request {
@@ -227,6 +250,7 @@ impl Request {
             Request::BorrowOnce(_) => "borrow",
             Request::AuditPage(_) => "audit",
             Request::LeasesPage(_) => "leases",
+            Request::ServerNodes => "server_nodes",
         }
     }
 
@@ -284,6 +308,8 @@ pub enum Response {
     TokenRevoked(String),
     AuditPage(AuditPage),
     LeasesPage(LeasesPage),
+    /// The answer to `ServerNodes`.
+    Nodes(Vec<NodeInfo>),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -516,6 +542,55 @@ pub struct ServerInfo {
     pub store: String,
     pub uptime_secs: u64,
     pub connections: u64,
+    /// This node's place in a PostgreSQL cluster (SPEC §7); `None` on a single SQLite node.
+    /// Added after the others, so it stays last: a client built before it reads the fields
+    /// it knows and skips the rest of the frame.
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// A node's role in a cluster (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeRole {
+    /// Holds the pool and serves it.
+    Leader,
+    /// Answers `ServerInfo` and `ServerNodes`, and redirects everything else to the leader.
+    Standby,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Leader => "leader",
+            NodeRole::Standby => "standby",
+        }
+    }
+}
+
+/// The answering node's place in its cluster, part of [`ServerInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// This node's id, made at its first start and kept in its data directory.
+    pub node: String,
+    pub role: NodeRole,
+    /// The epoch this node knows: it grows by one at every change of leader.
+    pub epoch: i64,
+    /// The leader's advertised address, `HOST:PORT`; `None` while no leader is known.
+    pub leader: Option<String>,
+}
+
+/// One node of a cluster as `server nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: String,
+    /// Where clients reach it (its advertised address), `HOST:PORT`.
+    pub address: String,
+    pub role: NodeRole,
+    /// The epoch the answering node reports for it: for the leader, the epoch it leads
+    /// under.
+    pub epoch: i64,
+    /// Its last heartbeat in the database (the database's clock).
+    pub last_seen: UnixMillis,
 }
 
 /// Whether a user may sign in.

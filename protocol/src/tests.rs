@@ -466,6 +466,7 @@ fn every_variant_keeps_its_index() {
             }),
             28,
         ),
+        (Request::ServerNodes, 29),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -504,6 +505,7 @@ fn every_variant_keeps_its_index() {
             }),
             25,
         ),
+        (Response::Nodes(vec![]), 26),
     ];
     for (response, index) in responses {
         assert_eq!(
@@ -552,4 +554,145 @@ fn only_the_borrow_with_a_request_id_is_resent() {
         machine_id: "m".into(),
     });
     assert!(!first.is_idempotent());
+}
+
+/// The messages of a cluster (SPEC §7), byte for byte: a standby's redirect is the third
+/// `Outcome`, `ServerNodes` and `Nodes` come after every earlier request and answer, and
+/// `ServerInfo` carries its cluster last.
+#[test]
+fn golden_bytes_of_the_cluster_messages() {
+    let redirect = ServerMessage::Response {
+        id: 5,
+        outcome: Outcome::NotLeader(NotLeader {
+            leader: Some("a:1".into()),
+            message: "m".into(),
+        }),
+    };
+    // Response 5, outcome index 2, Some("a:1"), "m"
+    assert_eq!(encode(&redirect), "0205020103613a31016d");
+    let unknown = Outcome::NotLeader(NotLeader {
+        leader: None,
+        message: String::new(),
+    });
+    assert_eq!(encode(&unknown), "020000");
+    let outcomes: Vec<u8> = [
+        Outcome::Ok(Response::Revoked(0)),
+        Outcome::Err(ErrorBody::invalid("")),
+        unknown,
+    ]
+    .iter()
+    .map(|o| postcard::to_allocvec(o).unwrap()[0])
+    .collect();
+    assert_eq!(outcomes, [0, 1, 2]);
+
+    assert_eq!(encode(&Request::ServerNodes), "1d");
+    assert_eq!(Request::ServerNodes.name(), "server_nodes");
+    let nodes = Response::Nodes(vec![NodeInfo {
+        id: "n".into(),
+        address: "h:1".into(),
+        role: NodeRole::Standby,
+        epoch: 3,
+        last_seen: 1000,
+    }]);
+    // index 26, one node: "n", "h:1", standby, epoch 3 (zigzag 06), 1000 (zigzag d00f)
+    assert_eq!(encode(&nodes), "1a01016e03683a310106d00f");
+    let roles: Vec<u8> = [NodeRole::Leader, NodeRole::Standby]
+        .iter()
+        .map(|r| postcard::to_allocvec(r).unwrap()[0])
+        .collect();
+    assert_eq!(roles, [0, 1]);
+    assert_eq!(
+        [NodeRole::Leader.as_str(), NodeRole::Standby.as_str()],
+        ["leader", "standby"]
+    );
+
+    let single = ServerInfo {
+        id: "s".into(),
+        version: "v".into(),
+        protocol: 1,
+        store: "sqlite".into(),
+        uptime_secs: 2,
+        connections: 3,
+        cluster: None,
+    };
+    // index 10, "s", "v", 1, "sqlite", 2, 3, None
+    assert_eq!(
+        encode(&Response::ServerInfo(single.clone())),
+        "0a01730176010673716c697465020300"
+    );
+    let clustered = ServerInfo {
+        store: "postgres".into(),
+        cluster: Some(ClusterInfo {
+            node: "n".into(),
+            role: NodeRole::Leader,
+            epoch: 7,
+            leader: Some("h:1".into()),
+        }),
+        ..single
+    };
+    // ... "postgres", 2, 3, then Some: "n", leader, epoch 7 (zigzag 0e), Some("h:1")
+    assert_eq!(
+        encode(&Response::ServerInfo(clustered)),
+        "0a0173017601".to_string() + "08706f737467726573" + "0203" + "01016e000e0103683a31"
+    );
+}
+
+/// A client built before `ServerInfo::cluster` reads a clustered server's `ServerInfo`: it
+/// decodes the fields it knows and ignores the rest of the frame.
+#[test]
+fn an_older_client_reads_server_info_with_a_cluster() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct FirstServerInfo {
+        id: String,
+        version: String,
+        protocol: u16,
+        store: String,
+        uptime_secs: u64,
+        connections: u64,
+    }
+    let info = ServerInfo {
+        id: "s".into(),
+        version: "v".into(),
+        protocol: 1,
+        store: "postgres".into(),
+        uptime_secs: 2,
+        connections: 3,
+        cluster: Some(ClusterInfo {
+            node: "n".into(),
+            role: NodeRole::Standby,
+            epoch: 7,
+            leader: None,
+        }),
+    };
+    let bytes = postcard::to_allocvec(&info).unwrap();
+    let old: FirstServerInfo = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        old,
+        FirstServerInfo {
+            id: "s".into(),
+            version: "v".into(),
+            protocol: 1,
+            store: "postgres".into(),
+            uptime_secs: 2,
+            connections: 3,
+        }
+    );
+}
+
+/// Code that reports errors as an `ErrorBody` sees a redirect as `not_leader`, with the
+/// standby's sentence.
+#[test]
+fn a_redirect_reads_as_the_not_leader_error() {
+    let redirect = NotLeader {
+        leader: Some("[::1]:27010".into()),
+        message: "this node is a standby; the leader is [::1]:27010".into(),
+    };
+    let body: ErrorBody = redirect.clone().into();
+    assert_eq!(body.code, ErrorCode::NotLeader);
+    assert_eq!(body.message, redirect.message);
+    assert_eq!(Outcome::NotLeader(redirect).into_result(), Err(body));
+    assert_eq!(
+        Outcome::Ok(Response::Revoked(2)).into_result(),
+        Ok(Response::Revoked(2))
+    );
 }

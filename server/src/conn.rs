@@ -11,8 +11,9 @@ use std::sync::Arc;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tally_protocol::{
-    Authenticated, ClientId, ClientMessage, Connection, ErrorBody, ErrorCode, FrameError, Hello,
-    Outcome, Request, Response, ServerInfo, ServerMessage, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    Authenticated, ClientId, ClientMessage, ClusterInfo, Connection, ErrorBody, ErrorCode,
+    FrameError, Hello, NodeInfo, NodeRole, Outcome, Request, Response, ServerInfo, ServerMessage,
+    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -22,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::core::{Holder, SignOut, SignedIn};
+use crate::core::{require_admin, Actor, Holder, SignOut, SignedIn};
 use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::ha::Serving;
 use crate::init::token_hash;
@@ -320,8 +321,8 @@ async fn serving_ended(serving: &mut watch::Receiver<Serving>, epoch: Option<i64
         .await;
 }
 
-/// Starts one request: answered here (`ServerInfo`) or by the engine. `None`: the engine
-/// dropped it unanswered.
+/// Starts one request: answered here (`ServerInfo`, `ServerNodes`, which a standby answers
+/// too) or by the engine. `None`: the engine dropped it unanswered.
 fn dispatch(
     shared: &Shared,
     session: &SignedIn,
@@ -332,7 +333,12 @@ fn dispatch(
     let request = match route(request) {
         Route::Engine(request) => request,
         Route::ServerInfo => {
-            return Box::pin(futures::future::ready((id, Some(server_info(shared)))))
+            let info = server_info(shared);
+            return Box::pin(async move { (id, Some(info.await)) });
+        }
+        Route::ServerNodes => {
+            let nodes = server_nodes(shared, session);
+            return Box::pin(async move { (id, Some(nodes.await)) });
         }
     };
     let name = request.name;
@@ -429,14 +435,94 @@ fn truncate(text: &str, max: usize) -> String {
         .collect()
 }
 
-/// The answer to `ServerInfo`, from what the connection tasks share.
-fn server_info(shared: &Shared) -> Outcome {
-    Outcome::Ok(Response::ServerInfo(ServerInfo {
+/// The answer to `ServerInfo`, from what the connection tasks share; on a cluster's node
+/// also its role, and the epoch and leader as the database has them.
+fn server_info(shared: &Shared) -> impl std::future::Future<Output = Outcome> + Send + 'static {
+    let mut info = ServerInfo {
         id: shared.welcome.server_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol: PROTOCOL_VERSION,
         store: shared.store.backend().to_string(),
         uptime_secs: shared.started.elapsed().as_secs(),
         connections: shared.connections.load(Ordering::Relaxed) as u64,
-    }))
+        cluster: None,
+    };
+    let node = shared
+        .node
+        .as_ref()
+        .map(|node| (node.id.clone(), node.store.clone()));
+    let serving = shared.serving.borrow().clone();
+    async move {
+        let Some((id, store)) = node else {
+            return Outcome::Ok(Response::ServerInfo(info));
+        };
+        let nodes = match store.nodes().await {
+            Ok(nodes) => nodes,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the cluster's nodes");
+                return Outcome::Err(ErrorBody::internal());
+            }
+        };
+        let leader = nodes.iter().find(|node| node.leads);
+        let (role, epoch) = match serving {
+            Serving::Leader { epoch } => (NodeRole::Leader, epoch),
+            Serving::Standby { .. } => (
+                NodeRole::Standby,
+                nodes.first().map_or(0, |node| node.epoch),
+            ),
+        };
+        info.cluster = Some(ClusterInfo {
+            node: id,
+            role,
+            epoch,
+            leader: leader.map(|node| node.address.clone()),
+        });
+        Outcome::Ok(Response::ServerInfo(info))
+    }
+}
+
+/// The answer to `ServerNodes`: admins only; every node of the cluster, or, on a single node
+/// (SQLite), a refusal saying there is no cluster.
+fn server_nodes(
+    shared: &Shared,
+    session: &SignedIn,
+) -> impl std::future::Future<Output = Outcome> + Send + 'static {
+    let actor = Actor {
+        username: session.username.clone(),
+        role: session.role,
+    };
+    let store = shared.node.as_ref().map(|node| node.store.clone());
+    async move {
+        if let Err(refused) = require_admin(&actor, "list the nodes of the cluster") {
+            return Outcome::Err(refused);
+        }
+        let Some(store) = store else {
+            return Outcome::Err(ErrorBody::new(
+                ErrorCode::Invalid,
+                "this server runs on SQLite: it is a single node, not a cluster",
+            ));
+        };
+        match store.nodes().await {
+            Ok(nodes) => Outcome::Ok(Response::Nodes(
+                nodes
+                    .into_iter()
+                    .map(|node| NodeInfo {
+                        id: node.id,
+                        address: node.address,
+                        role: if node.leads {
+                            NodeRole::Leader
+                        } else {
+                            NodeRole::Standby
+                        },
+                        epoch: node.epoch,
+                        last_seen: node.last_seen,
+                    })
+                    .collect(),
+            )),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the cluster's nodes");
+                Outcome::Err(ErrorBody::internal())
+            }
+        }
+    }
 }

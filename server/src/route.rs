@@ -1,7 +1,8 @@
-//! Where a signed-in request is answered, decided once as it arrives: `ServerInfo` by the
-//! connection, audit reads from the store once the engine's batch has committed, every other
-//! request by the pool. The engine's handler takes a [`PoolRequest`], which has no variant
-//! for the first two, so no request can reach the wrong handler.
+//! Where a signed-in request is answered, decided once as it arrives: `ServerInfo` and
+//! `ServerNodes` by the connection, audit reads from the store once the engine's batch has
+//! committed, every other request by the pool. The engine's handler takes a
+//! [`PoolRequest`], which has no variant for the others, so no request can reach the wrong
+//! handler.
 
 use crate::core::Action;
 use tally_protocol::{
@@ -15,6 +16,8 @@ use tally_protocol::{
 pub enum Route {
     /// The connection, from what it holds.
     ServerInfo,
+    /// The connection (admins only).
+    ServerNodes,
     /// The engine.
     Engine(EngineRequest),
 }
@@ -48,8 +51,8 @@ pub struct AuditRead {
     pub paged: bool,
 }
 
-/// Every request the pool answers: [`Request`] without `ServerInfo`, `Audit` and
-/// `AuditPage`, with the same bodies.
+/// Every request the pool answers: [`Request`] without `ServerInfo`, `ServerNodes`, `Audit`
+/// and `AuditPage`, with the same bodies.
 #[derive(Debug)]
 pub enum PoolRequest {
     Heartbeat,
@@ -93,6 +96,7 @@ pub fn route(request: Request) -> Route {
     };
     let pool = match request {
         Request::ServerInfo => return Route::ServerInfo,
+        Request::ServerNodes => return Route::ServerNodes,
         Request::Audit(query) => {
             return audit(AuditRead {
                 query,
@@ -156,8 +160,9 @@ mod tests {
     }
 
     #[test]
-    fn server_info_stays_with_the_connection() {
+    fn server_info_and_nodes_stay_with_the_connection() {
         assert!(matches!(route(Request::ServerInfo), Route::ServerInfo));
+        assert!(matches!(route(Request::ServerNodes), Route::ServerNodes));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod lifecycle;
 mod paging;
 mod pool;
 mod reconnect;
+mod redirect;
 mod robust;
 mod tokens;
 mod users;

@@ -530,11 +530,8 @@ fn extreme_times_counts_and_durations_are_answered_and_the_server_keeps_serving(
                     prop_assert_ne!(err.code, ErrorCode::Internal, "{}", err);
                     prop_assert!(!err.message.is_empty());
                 }
-                Outcome::NotLeader(standby) => {
-                    prop_assert!(
-                        false,
-                        "{name}: a single node answered not_leader: {standby:?}"
-                    )
+                Outcome::NotLeader(redirect) => {
+                    prop_assert!(false, "{name}: a single node redirected: {redirect:?}")
                 }
             }
             // Still serving: the engine answers the next request.

@@ -223,8 +223,11 @@ pub enum EntitlementCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Server id, version, store, uptime and connections.
+    /// Server id, version, store, uptime and connections; on a cluster also this node's
+    /// id, role, epoch and the leader.
     Info,
+    /// The nodes of the cluster: id, address, role, epoch, last heartbeat (admins).
+    Nodes,
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ impl From<Error> for Failure {
             Error::Server(body) => match body.code {
                 ErrorCode::NoSeat | ErrorCode::QueueTimeout => exit::NO_SEAT,
                 ErrorCode::Unauthenticated | ErrorCode::Forbidden => exit::DENIED,
+                // Standbys only, and no leader served the request in time.
+                ErrorCode::NotLeader => exit::UNREACHABLE,
                 _ => exit::FAILED,
             },
             Error::Unreachable(_) => exit::UNREACHABLE,

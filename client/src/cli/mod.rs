@@ -350,6 +350,7 @@ mod tests {
             &["user", "token", "revoke", "tok_1"],
             &["audit", "--since", "2026-01-01T00:00:00Z", "--csv"],
             &["server", "info"],
+            &["server", "nodes"],
         ];
         for args in accepted {
             assert!(matches!(planned(args), Ok(Action::Remote(_))), "{args:?}");

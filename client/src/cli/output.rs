@@ -12,7 +12,7 @@ use std::io::Write;
 use serde_json::{json, Value};
 use tally_protocol::{
     AssignmentInfo, AuditEvent, Entitlement, FeatureStatus, IssuedToken, LeaseId, LeaseInfo,
-    LeaseSource, ServerInfo, TokenInfo, UserInfo, Whoami,
+    LeaseSource, NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
 /// Prints a line for people on stdout, with control characters escaped.
@@ -119,6 +119,25 @@ pub fn user_json(user: &UserInfo) -> Value {
 pub fn assignment_json(a: &AssignmentInfo) -> Value {
     json!({"id": a.id, "user": a.user, "feature": a.feature, "seats": a.seats, "entitlement": a.entitlement,
            "expires_at": a.expires_at.map(time)})
+}
+
+/// `server info`'s document: on a cluster (SPEC §7) with the node, its role, the epoch and
+/// the leader (`null` while none is known).
+fn server_info_json(info: &ServerInfo) -> Value {
+    let mut doc = json!({"id": info.id, "version": info.version, "protocol": info.protocol,
+        "store": info.store, "uptime_secs": info.uptime_secs, "connections": info.connections});
+    if let Some(cluster) = &info.cluster {
+        doc["node"] = json!(cluster.node);
+        doc["role"] = json!(cluster.role.as_str());
+        doc["epoch"] = json!(cluster.epoch);
+        doc["leader"] = json!(cluster.leader);
+    }
+    doc
+}
+
+fn node_json(n: &NodeInfo) -> Value {
+    json!({"id": n.id, "address": n.address, "role": n.role.as_str(), "epoch": n.epoch,
+           "last_seen": time(n.last_seen)})
 }
 
 fn event_json(e: &AuditEvent) -> Value {
@@ -461,8 +480,7 @@ impl Output {
 
     pub fn server_info(&self, info: &ServerInfo) {
         if self.json {
-            return self.doc(json!({"server": {"id": info.id, "version": info.version, "protocol": info.protocol,
-                "store": info.store, "uptime_secs": info.uptime_secs, "connections": info.connections}}));
+            return self.doc(json!({ "server": server_info_json(info) }));
         }
         say!("id           {}", info.id);
         say!("version      {}", info.version);
@@ -473,6 +491,35 @@ impl Output {
             humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs))
         );
         say!("connections  {}", info.connections);
+        if let Some(cluster) = &info.cluster {
+            say!("node         {}", cluster.node);
+            say!("role         {}", cluster.role.as_str());
+            say!("epoch        {}", cluster.epoch);
+            say!(
+                "leader       {}",
+                cluster.leader.as_deref().unwrap_or("none known right now")
+            );
+        }
+    }
+
+    pub fn server_nodes(&self, nodes: &[NodeInfo]) {
+        if self.json {
+            let list: Vec<Value> = nodes.iter().map(node_json).collect();
+            return self.doc(json!({ "nodes": list }));
+        }
+        let rows = nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.id.clone(),
+                    n.address.clone(),
+                    n.role.as_str().into(),
+                    n.epoch.to_string(),
+                    time(n.last_seen),
+                ]
+            })
+            .collect();
+        table(&["id", "address", "role", "epoch", "last_seen"], rows);
     }
 
     pub fn whoami(&self, me: &Whoami) {
@@ -747,6 +794,74 @@ mod tests {
         assert_eq!(clean("txt\u{202e}exe.doc"), "txt\\u{202e}exe.doc");
         assert_eq!(clean("tab\there"), "tab\\there");
         assert_eq!(clean("é ✓ 名"), "é ✓ 名");
+    }
+
+    /// `server info` names the node, its role, the epoch and the leader only on a cluster;
+    /// a single node's document keeps its six fields.
+    #[test]
+    fn server_info_adds_the_cluster_fields_on_a_cluster() {
+        use tally_protocol::{ClusterInfo, NodeRole};
+        let single = ServerInfo {
+            id: "s".into(),
+            version: "0.1.0".into(),
+            protocol: 1,
+            store: "sqlite".into(),
+            uptime_secs: 5,
+            connections: 2,
+            cluster: None,
+        };
+        let doc = server_info_json(&single);
+        let keys: Vec<&str> = doc
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "version",
+                "protocol",
+                "store",
+                "uptime_secs",
+                "connections"
+            ]
+        );
+        let standby = ServerInfo {
+            store: "postgres".into(),
+            cluster: Some(ClusterInfo {
+                node: "n2".into(),
+                role: NodeRole::Standby,
+                epoch: 4,
+                leader: Some("lic1.studio.lan:27010".into()),
+            }),
+            ..single
+        };
+        let doc = server_info_json(&standby);
+        assert_eq!(doc["node"], "n2");
+        assert_eq!(doc["role"], "standby");
+        assert_eq!(doc["epoch"], 4);
+        assert_eq!(doc["leader"], "lic1.studio.lan:27010");
+        let mut electing = standby;
+        electing.cluster.as_mut().unwrap().leader = None;
+        assert!(server_info_json(&electing)["leader"].is_null());
+    }
+
+    #[test]
+    fn nodes_list_their_last_heartbeat_as_an_rfc_3339_time() {
+        let node = NodeInfo {
+            id: "n1".into(),
+            address: "[::1]:27010".into(),
+            role: tally_protocol::NodeRole::Leader,
+            epoch: 3,
+            last_seen: 1_700_000_000_000,
+        };
+        assert_eq!(
+            node_json(&node),
+            json!({"id": "n1", "address": "[::1]:27010", "role": "leader", "epoch": 3,
+                   "last_seen": "2023-11-14T22:13:20Z"})
+        );
     }
 
     #[test]

@@ -51,11 +51,13 @@ pub enum Action {
     TokenList,
     TokenRevoke,
     SignIn,
+    /// A cluster's nodes listed (`server nodes`).
+    ServerNodes,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 31] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -86,6 +88,7 @@ impl Action {
         Self::TokenList,
         Self::TokenRevoke,
         Self::SignIn,
+        Self::ServerNodes,
     ];
 
     /// The stored text.
@@ -121,6 +124,7 @@ impl Action {
             Self::TokenList => "token_list",
             Self::TokenRevoke => "token_revoke",
             Self::SignIn => "sign_in",
+            Self::ServerNodes => "server_nodes",
         }
     }
 
@@ -159,6 +163,7 @@ impl Action {
             Request::TokenMint(_) => Self::TokenMint,
             Request::TokenList(_) => Self::TokenList,
             Request::TokenRevoke(_) => Self::TokenRevoke,
+            Request::ServerNodes => Self::ServerNodes,
         }
     }
 
@@ -308,6 +313,7 @@ mod tests {
                 "token_list",
                 "token_revoke",
                 "sign_in",
+                "server_nodes",
             ]
         );
         for action in Action::ALL {
@@ -360,6 +366,7 @@ mod tests {
             }),
             Request::EntitlementList(EntitlementQuery { feature: None }),
             Request::ServerInfo,
+            Request::ServerNodes,
             Request::Whoami,
             Request::UserList,
             Request::UserRemove(UserRef {
