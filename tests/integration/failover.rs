@@ -831,3 +831,52 @@ async fn a_borrow_made_on_the_old_leader_verifies_and_returns_on_the_new_one() {
     assert_eq!((figures[0].borrowed, figures[0].available), (0, 2));
     assert_eq!(cluster.leader().await, Some(next));
 }
+
+/// `server info` says which node answered, its role and the epoch, and where the leader is,
+/// on a standby as on the leader; `server nodes` lists every node for admins, one of them
+/// the leader, and is refused to members (SPEC §7, R15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_info_and_server_nodes_tell_each_nodes_role() {
+    let Some(db) = TestDatabase::create("server_info_and_server_nodes_tell_each_nodes_role").await
+    else {
+        return;
+    };
+    let mut cluster = Cluster::start(db, ClusterSpec::new(2)).await;
+    let owner = served_owner(&mut cluster).await;
+    let (leader, epoch) = cluster.wait_leadership(SETTLE_WITHIN).await;
+    let standby = 1 - leader;
+    let leader_address = cluster.nodes[leader].addr.to_string();
+    let token = cluster.owner_token();
+    for (node, role) in [
+        (leader, tally_protocol::NodeRole::Leader),
+        (standby, tally_protocol::NodeRole::Standby),
+    ] {
+        let client = Client::connect(cluster.client_config_of(&[node], &token))
+            .await
+            .expect("the owner signs in to one node");
+        let info = until_ok("server info", || client.server_info()).await;
+        let of_cluster = info.cluster.expect("a node of a cluster says so");
+        assert_eq!(of_cluster.role, role, "node {node}");
+        assert_eq!(of_cluster.epoch, epoch, "node {node}");
+        assert_eq!(of_cluster.leader.as_deref(), Some(leader_address.as_str()));
+        assert_eq!(info.store, "postgres");
+        let nodes = until_ok("server nodes", || client.server_nodes()).await;
+        assert_eq!(nodes.len(), 2, "{nodes:?}");
+        let leaders: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.role == tally_protocol::NodeRole::Leader)
+            .collect();
+        assert_eq!(leaders.len(), 1, "{nodes:?}");
+        assert_eq!(leaders[0].address, leader_address);
+        assert!(nodes.iter().all(|n| n.epoch == epoch), "{nodes:?}");
+        assert!(nodes.iter().any(|n| n.id == of_cluster.node), "{nodes:?}");
+    }
+    let member = new_user(&owner, "ana@studio.test", Role::Member).await;
+    let ana = Client::connect(cluster.client_config_of(&[standby], &member))
+        .await
+        .expect("a member signs in to a standby");
+    match ana.server_nodes().await {
+        Err(Error::Server(body)) => assert_eq!(body.code, ErrorCode::Forbidden, "{body:?}"),
+        other => panic!("a member listed the nodes: {other:?}"),
+    }
+}
