@@ -500,12 +500,18 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    /// `nodes` nodes straight to the database, leadership lease 1 s, seat ttl 3 s.
+    /// `nodes` nodes straight to the database, leadership lease 1 s (or
+    /// `TALLY_TEST_HA_LEASE`, e.g. `3s`, the default of `ha.lease`, with which
+    /// `TALLY_TEST_HA_LEASE=3s scripts/soak-failover` checks the 5 s bound), seat ttl 3 s.
     pub fn new(nodes: usize) -> ClusterSpec {
+        let lease = match std::env::var("TALLY_TEST_HA_LEASE") {
+            Ok(lease) => &*Box::leak(lease.into_boxed_str()),
+            Err(_) => "1s",
+        };
         ClusterSpec {
             nodes,
             proxied: false,
-            lease: "1s",
+            lease,
             ttl: "3s",
             sweep: "200ms",
         }
