@@ -483,10 +483,15 @@ impl Default for Redirects {
 }
 
 impl Redirects {
-    /// Counts one more redirect, naming `leader`, and says where to go.
+    /// Counts one more redirect, naming `leader`, and says where to go. Past
+    /// [`MAX_REDIRECTS`] in a row it backs off once, then follows named leaders again: a
+    /// standby that knew no leader a moment ago (one was being elected) names it soon
+    /// after, and a client whose list holds only standbys must still get there. The wait
+    /// grows with every round until a leader answers.
     fn next(&mut self, leader: Option<&str>) -> Next {
         self.count += 1;
         if self.count > MAX_REDIRECTS {
+            self.count = 0;
             let wait = self.backoff;
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             return Next::Backoff(wait);
@@ -1031,8 +1036,8 @@ mod tests {
     }
 
     /// Redirects go straight to the leader named, in any form a server list takes, until
-    /// [`MAX_REDIRECTS`] in a row; then the server list with a backoff that grows to
-    /// [`MAX_BACKOFF`]. An answer from a leader starts the count again.
+    /// [`MAX_REDIRECTS`] in a row; then one wait before the server list, a wait that grows
+    /// to [`MAX_BACKOFF`] round after round. An answer from a leader starts again.
     #[test]
     fn redirects_go_to_the_leader_until_they_go_round_in_circles() {
         let mut redirects = Redirects::default();
@@ -1045,11 +1050,19 @@ mod tests {
             Next::Leader(addr("::1", 27011))
         );
         assert_eq!(redirects.next(None), Next::List);
+        // Past the limit: one wait, then named leaders are followed again, up to the limit,
+        // and the next wait is longer.
         let mut waits = Vec::new();
         for _ in 0..8 {
             match redirects.next(Some("lic1:27010")) {
                 Next::Backoff(wait) => waits.push(wait.as_millis()),
                 other => panic!("followed a redirect past the limit: {other:?}"),
+            }
+            for _ in 0..MAX_REDIRECTS {
+                assert_eq!(
+                    redirects.next(Some("lic1:27010")),
+                    Next::Leader(addr("lic1", 27010))
+                );
             }
         }
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);

@@ -371,11 +371,18 @@ impl Task {
     fn publish(&self, role: Role) {
         self.role.send_if_modified(|current| {
             if *current == role {
-                false
-            } else {
-                *current = role;
-                true
+                return false;
             }
+            if let Role::Standby { leader } = &role {
+                match leader {
+                    Some(leader) => {
+                        tracing::info!(%leader, "standing by; the leader is at {leader}")
+                    }
+                    None => tracing::info!("standing by; no leader is known right now"),
+                }
+            }
+            *current = role;
+            true
         });
     }
 }
