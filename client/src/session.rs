@@ -665,14 +665,16 @@ impl Task {
     }
 
     /// A new connection is signed in: take its heartbeat interval, and resume the leases
-    /// held before anything else is sent.
+    /// held (all of them: the server ends the session's others) before anything else is
+    /// sent.
     fn connected(&mut self, welcome: &Welcome, queue: &mut VecDeque<Pending>) {
         self.heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
-        if !self.held.is_empty() {
-            let leases: Vec<LeaseId> = self.held.keys().copied().collect();
-            let request = Request::Resume(Resume { leases });
-            queue.push_front(Pending::new(request, Purpose::Internal, far()));
-        }
+        // Always, even holding nothing: a resume names every lease this instance holds, and
+        // the server checks in any other of its session, one whose grant was lost on the
+        // way (see `Pool::resume`).
+        let leases: Vec<LeaseId> = self.held.keys().copied().collect();
+        let request = Request::Resume(Resume { leases });
+        queue.push_front(Pending::new(request, Purpose::Internal, far()));
     }
 
     /// Waits about `base` (with jitter, within the heartbeat interval) before the next

@@ -122,7 +122,11 @@ impl Ledger {
 
     fn failed(&mut self, client: usize, checkout: bool, err: &Error) {
         *self.failures.entry(err.code_str()).or_default() += 1;
-        let refused = matches!(err.code(), Some(ErrorCode::NoSeat | ErrorCode::NotLeader));
+        // `not_leader` at the deadline does not say the checkout was never applied: an earlier
+        // send of it may have been committed by the old leader just before the connection
+        // dropped. Such a lease is the client's session's, and its next resume checks it
+        // in; until then it counts as a grant of unknown outcome.
+        let refused = matches!(err.code(), Some(ErrorCode::NoSeat));
         if checkout && !refused {
             self.unsure_grants[client] += 1;
         }

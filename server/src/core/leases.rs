@@ -262,6 +262,35 @@ impl Pool {
             }
             resumed.push(id);
         }
+        // A resume names every online lease the client instance holds. Any other lease of
+        // its session is one it never learned of: a checkout committed while its answer
+        // was lost (a dropped connection, a failover, a deadline that passed). Its
+        // heartbeats would keep it for ever, a seat nobody uses; it is checked in now, and
+        // a retry of that checkout, which comes after the resume, is granted afresh.
+        let unknown: Vec<LeaseId> = self
+            .ledger
+            .sessions
+            .get(&holder.client)
+            .filter(|session| session.user == actor.username)
+            .map(|session| {
+                session
+                    .leases
+                    .iter()
+                    .copied()
+                    .filter(|id| !ids.contains(id))
+                    .filter(|id| {
+                        self.ledger
+                            .leases
+                            .get(id)
+                            .is_some_and(|l| l.kind == LeaseKind::Online)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in unknown {
+            self.ledger
+                .end(id, EndReason::CheckedIn, now, &actor.username, batch);
+        }
         self.ledger.renew(holder.client, now);
         let resumed = resumed
             .iter()

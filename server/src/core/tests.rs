@@ -1384,3 +1384,62 @@ fn names_and_references_with_control_characters_are_refused() {
     }
     assert!(pool.list_entitlements(None).is_empty());
 }
+
+/// A checkout whose answer never reached its client (the connection dropped, the leader
+/// changed) is a lease the client does not know: its heartbeats would keep it for ever. The
+/// resume after the reconnect names every lease the client holds, so the server checks the
+/// unknown one in; a retry of the same checkout is then granted afresh, and the seat count
+/// stays right.
+#[test]
+fn a_resume_checks_in_the_sessions_leases_the_client_does_not_name() {
+    let mut pool = pool_with("vray", 2, 0);
+    let mut batch = Batch::default();
+    let known = pool
+        .checkout(
+            0,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    // Committed, but its answer was lost.
+    let lost = pool
+        .checkout(
+            0,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 2),
+            LeaseId([2; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    let resumed = pool.resume(10, &member(0), &holder(0), &[known.id], &mut batch);
+    assert_eq!(resumed.resumed.len(), 1);
+    let status = pool.status(10, Some("vray"), &mut batch).unwrap();
+    assert_eq!(status[0].in_use, 1, "the unknown lease was checked in");
+    assert!(batch
+        .audit
+        .iter()
+        .any(|e| e.action == "checkin" && e.subject == lost.id.to_string()));
+    // The client's retry of the lost checkout comes after its resume: a new grant.
+    let again = pool
+        .checkout(
+            11,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 2),
+            LeaseId([4; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    assert_ne!(again.id, lost.id);
+    let status = pool.status(11, Some("vray"), &mut batch).unwrap();
+    assert_eq!(status[0].in_use, 2);
+    // Holding nothing, a resume names nothing and ends every online lease of the session.
+    pool.resume(12, &member(0), &holder(0), &[], &mut batch);
+    let status = pool.status(12, Some("vray"), &mut batch).unwrap();
+    assert_eq!(status[0].in_use, 0);
+    pool.check_invariants(12).unwrap();
+}
