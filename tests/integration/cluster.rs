@@ -213,7 +213,9 @@ impl TestDatabase {
     }
 
     /// From now on, logs every write of the leader row with the database's clock at the
-    /// time (a trigger of the test's; the nodes never see it), for
+    /// time (a trigger of the test's; the nodes never see it), starting with the row as it
+    /// is (all in one transaction: creating the trigger holds writers off until it ends), so
+    /// that a handover before the leader's next renewal is counted too; for
     /// [`assert_handovers_safe`](Self::assert_handovers_safe). Call it once the first node
     /// has made the tables.
     pub async fn log_leader_writes(&self) {
@@ -229,7 +231,9 @@ impl TestDatabase {
                 RETURN NEW;
             END $$ LANGUAGE plpgsql;
             CREATE TRIGGER e2e_log_leader AFTER INSERT OR UPDATE ON tally_leader
-                FOR EACH ROW EXECUTE FUNCTION e2e_log_leader();";
+                FOR EACH ROW EXECUTE FUNCTION e2e_log_leader();
+            INSERT INTO e2e_leader_log (epoch, node, expires_at)
+                SELECT epoch, node, expires_at FROM tally_leader;";
         sqlx::raw_sql(sql)
             .execute(&self.pool)
             .await
