@@ -100,8 +100,11 @@ pub enum HaError {
 pub struct Timing {
     /// How long a taken or renewed row lasts in the database's clock.
     pub lease: Duration,
-    /// How often the leader renews and a standby tries to take over.
+    /// How often the leader renews.
     pub renew_every: Duration,
+    /// How often a standby tries to take over: half as long as `renew_every`, so that a
+    /// lapsed lease is taken within `lease / 6` of lapsing (one cheap statement a poll).
+    pub poll_every: Duration,
     /// How much earlier than the row's expiry the leader steps down (see the module docs).
     pub margin: Duration,
     /// The client-side limit on every statement; shorter than `margin`.
@@ -119,6 +122,7 @@ impl Timing {
         Ok(Timing {
             lease,
             renew_every: lease / 3,
+            poll_every: lease / 6,
             margin: lease / 3,
             statement_timeout: lease / 4,
             retry_after: lease / 10,
@@ -279,7 +283,7 @@ impl Task {
             }
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                _ = sleep(self.timing.renew_every) => {}
+                _ = sleep(self.timing.poll_every) => {}
                 _ = self.wake.notified() => {}
             }
         }
@@ -388,7 +392,7 @@ impl Task {
 }
 
 /// Wakes the elector when a leader resigns. Without it (a listener that cannot connect, or
-/// a pooler in transaction mode) standbys still notice within `renew_every`.
+/// a pooler in transaction mode) standbys still notice within `poll_every`.
 async fn listen(pool: PgPool, wake: Arc<Notify>, retry: Duration) {
     loop {
         match PgListener::connect_with(&pool).await {

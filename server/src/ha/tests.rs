@@ -335,6 +335,7 @@ fn timing_steps_down_a_margin_before_the_lease_can_lapse() {
         assert!(timing.statement_timeout < timing.margin, "{timing:?}");
         // A leader renews at least once more before it would step down.
         assert!(timing.renew_every < lease - timing.margin, "{timing:?}");
+        assert!(timing.poll_every < timing.renew_every, "{timing:?}");
     }
 }
 
