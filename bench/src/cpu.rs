@@ -123,22 +123,27 @@ mod tests {
 
     #[test]
     fn this_process_and_its_named_threads_are_measured() {
+        // The named thread spins until the measure itself says it used 150 ms of CPU, so
+        // the test does not depend on how busy the machine is.
+        let (done, spun) = std::sync::mpsc::channel();
         let busy = std::thread::Builder::new()
             .name(ECHO_THREAD.into())
-            .spawn(|| {
-                let started = std::time::Instant::now();
+            .spawn(move || {
                 let mut x = 0u64;
-                while started.elapsed() < Duration::from_millis(300) {
-                    x = x.wrapping_add(std::hint::black_box(1));
+                while Server::EchoThreads.cpu().unwrap() < Duration::from_millis(150) {
+                    for _ in 0..100_000 {
+                        x = x.wrapping_add(std::hint::black_box(1));
+                    }
                 }
+                done.send(()).unwrap();
                 std::thread::sleep(Duration::from_secs(5));
                 x
             })
             .unwrap();
-        std::thread::sleep(Duration::from_millis(400));
+        spun.recv().unwrap();
         let threads = Server::EchoThreads.cpu().unwrap();
         let process = Server::Process(std::process::id()).cpu().unwrap();
-        assert!(threads >= Duration::from_millis(100), "{threads:?}");
+        assert!(threads >= Duration::from_millis(150), "{threads:?}");
         assert!(process >= threads, "{process:?} < {threads:?}");
         drop(busy);
     }

@@ -66,6 +66,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// longer still.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// The longest wait between rounds of redirects. Standbys answering means a cluster that
+/// is electing or has just elected a leader (they name a dead leader until its lease lapses,
+/// a few seconds): the client must find the new one within a second of its election, not
+/// after a backoff grown to `MAX_BACKOFF`.
+const MAX_REDIRECT_BACKOFF: Duration = Duration::from_secs(1);
+
 /// How long the answers still due from a standby are awaited once it has answered
 /// `not_leader`, before the connection is left as if it had dropped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -487,13 +493,13 @@ impl Redirects {
     /// [`MAX_REDIRECTS`] in a row it backs off once, then follows named leaders again: a
     /// standby that knew no leader a moment ago (one was being elected) names it soon
     /// after, and a client whose list holds only standbys must still get there. The wait
-    /// grows with every round until a leader answers.
+    /// grows with every round, to [`MAX_REDIRECT_BACKOFF`], until a leader answers.
     fn next(&mut self, leader: Option<&str>) -> Next {
         self.count += 1;
         if self.count > MAX_REDIRECTS {
             self.count = 0;
             let wait = self.backoff;
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.backoff = (self.backoff * 2).min(MAX_REDIRECT_BACKOFF);
             return Next::Backoff(wait);
         }
         match leader.map(ServerAddr::parse) {
@@ -1039,7 +1045,7 @@ mod tests {
 
     /// Redirects go straight to the leader named, in any form a server list takes, until
     /// [`MAX_REDIRECTS`] in a row; then one wait before the server list, a wait that grows
-    /// to [`MAX_BACKOFF`] round after round. An answer from a leader starts again.
+    /// to [`MAX_REDIRECT_BACKOFF`] round after round. An answer from a leader starts again.
     #[test]
     fn redirects_go_to_the_leader_until_they_go_round_in_circles() {
         let mut redirects = Redirects::default();
@@ -1067,7 +1073,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000, 1000, 1000]);
         redirects.served();
         assert_eq!(
             redirects.next(Some("lic1:27010")),

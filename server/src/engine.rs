@@ -197,6 +197,12 @@ pub struct Cluster {
     pub role: watch::Receiver<Role>,
     /// Where a standby signs clients in.
     pub store: Arc<dyn ClusterStore>,
+    /// This node's advertised address, for requests it held while no leader was known and
+    /// then took the leadership itself.
+    pub address: String,
+    /// How long a standby that knows no leader holds a request, waiting for one to be
+    /// elected, before answering `not_leader` without an address.
+    pub hold: Duration,
 }
 
 /// Why serving stopped.
@@ -299,7 +305,12 @@ impl Engine {
         let Cluster {
             role: mut roles,
             store,
+            address,
+            hold,
         } = cluster;
+        // Requests that came while no leader was known: answered with the leader once the
+        // elector names one, so that clients do not poll the cluster while it elects.
+        let mut held: Vec<(tokio::time::Instant, RequestJob)> = Vec::new();
         let mut watchdog = Watchdog::new(self.watchdog);
         // An epoch whose commit was fenced off: never served again, whatever the elector
         // still believes.
@@ -310,10 +321,29 @@ impl Engine {
                 watchdog.ping_if_due();
                 let role = roles.borrow_and_update().clone();
                 let leader = match role {
-                    Role::Leader { epoch } if fenced != Some(epoch) => break epoch,
+                    Role::Leader { epoch } if fenced != Some(epoch) => {
+                        // Back to this node, which serves them as soon as the pool is loaded.
+                        for (_, job) in held.drain(..) {
+                            not_leader(job, Some(&address));
+                        }
+                        break epoch;
+                    }
                     Role::Leader { .. } => None,
                     Role::Standby { leader } => leader,
                 };
+                if leader.is_some() {
+                    for (_, job) in held.drain(..) {
+                        not_leader(job, leader.as_deref());
+                    }
+                }
+                let now = tokio::time::Instant::now();
+                let (due, kept): (Vec<_>, Vec<_>) =
+                    held.drain(..).partition(|(until, _)| *until <= now);
+                held = kept;
+                for (_, job) in due {
+                    not_leader(job, None);
+                }
+                let next_due = held.iter().map(|(until, _)| *until).min();
                 self.serving.send_if_modified(|serving| {
                     let standby = Serving::Standby {
                         leader: leader.clone(),
@@ -325,11 +355,29 @@ impl Engine {
                 tokio::select! {
                     biased;
                     job = jobs.recv() => match job {
+                        Some(Job::Request(job)) if leader.is_none() => {
+                            held.push((tokio::time::Instant::now() + hold, job));
+                        }
                         Some(job) => standby(job, leader.as_deref(), &store),
-                        None => return false,
+                        None => {
+                            for (_, job) in held.drain(..) {
+                                not_leader(job, None);
+                            }
+                            return false;
+                        }
                     },
+                    // A held request's time is up: the loop answers it.
+                    () = async {
+                        match next_due {
+                            Some(due) => tokio::time::sleep_until(due).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {},
                     changed = roles.changed() => if changed.is_err() {
                         // The elector is gone: the node is stopping. Answer what is left.
+                        for (_, job) in held.drain(..) {
+                            not_leader(job, None);
+                        }
                         while let Some(job) = jobs.recv().await {
                             standby(job, None, &store);
                         }
@@ -853,21 +901,24 @@ impl Engine {
     }
 }
 
+/// A standby's `not_leader`, naming the leader when it is known.
+fn not_leader(job: RequestJob, leader: Option<&str>) {
+    let message = match leader {
+        Some(leader) => format!("this node is a standby; the leader is at {leader}"),
+        None => "this node is a standby and no leader is known right now (one is being elected); try again in a moment".to_string(),
+    };
+    let _ = job
+        .reply
+        .send(Outcome::NotLeader(tally_protocol::NotLeader {
+            leader: leader.map(str::to_string),
+            message,
+        }));
+}
+
 /// A standby's answer to a job: a sign-in from the database, `not_leader` to a request.
 fn standby(job: Job, leader: Option<&str>, store: &Arc<dyn ClusterStore>) {
     match job {
-        Job::Request(job) => {
-            let message = match leader {
-                Some(leader) => format!("this node is a standby; the leader is at {leader}"),
-                None => "this node is a standby and no leader is known right now (one is being elected); try again in a moment".to_string(),
-            };
-            let _ = job
-                .reply
-                .send(Outcome::NotLeader(tally_protocol::NotLeader {
-                    leader: leader.map(str::to_string),
-                    message,
-                }));
-        }
+        Job::Request(job) => not_leader(job, leader),
         Job::SignIn(job) => {
             let store = store.clone();
             tokio::spawn(async move {

@@ -144,6 +144,9 @@ pub async fn run(
             let engine = engine.in_cluster(Cluster {
                 role: elector.role(),
                 store: cluster.clone(),
+                address: address.clone(),
+                // Within a lease a leader is elected, or the database is out of reach.
+                hold: config.ha.lease / 2,
             });
             (engine, Some(elector))
         }

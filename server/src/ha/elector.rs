@@ -303,6 +303,15 @@ impl Task {
         }
         tracing::info!(epoch, node = %self.config.node, "leading");
         self.publish(Role::Leader { epoch });
+        // Wakes the standbys, so that they name this node to clients at once instead of at
+        // their next poll. Best effort: they poll anyway.
+        let _ = timeout(
+            self.timing.statement_timeout,
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&self.pool),
+        )
+        .await;
         let mut next = start + self.timing.renew_every;
         loop {
             tokio::select! {

@@ -49,7 +49,7 @@ pub use elector::{Elector, ElectorConfig, HaError, Timing, MIN_LEASE};
 pub const SCHEMA: &str = include_str!("../../migrations/postgres/0002_cluster.sql");
 
 /// The channel a resigning leader notifies, so that standbys try to take over at once
-/// instead of at their next poll.
+/// instead of at their next poll, and a new leader notifies, so that they name it at once.
 pub const CHANNEL: &str = "tally_leader";
 
 /// What this node is, as its elector last decided.
