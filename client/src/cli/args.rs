@@ -29,7 +29,7 @@ Environment:
                     ~/.local/share/tally)
   TALLY_MACHINE_ID  machine id for borrows, used only where /etc/machine-id is missing
   TALLY_LOG         log filter for the library's warnings on stderr (default warn)
-  NO_COLOR          set to anything: no colour in help and messages
+  NO_COLOR          set to any non-empty value: no colour in help and warnings
 
 A client file has `servers`, `ca` and `token_file` (or `token`); see the README.";
 
