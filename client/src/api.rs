@@ -6,10 +6,13 @@
 //! request and what came back. [`Client::call`] stays for requests without a method.
 
 use tally_protocol::{
-    Assign, AssignmentInfo, AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementQuery,
-    EntitlementRemove, FeatureStatus, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
-    LeasesQuery, NewEntitlement, NodeInfo, Release, Request, Response, Return, Revoke, ServerInfo,
-    StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef, Whoami,
+    Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage, AssignmentsQuery,
+    AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementDelete, EntitlementDeleted,
+    EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureStatus,
+    HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
+    LeasesQuery, NewEntitlement, NodeInfo, Release, ReleaseMatching, Request, Response, Return,
+    Revoke, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef,
+    Whoami,
 };
 
 use crate::{Client, Error};
@@ -208,6 +211,104 @@ impl Client {
     /// One page of the audit log, newest first, and the cursor of the next page.
     pub async fn audit_page(&self, query: AuditPageQuery) -> Result<AuditPage, Error> {
         ask!(self, Request::AuditPage(query), Response::AuditPage(page) => page)
+    }
+
+    /// Assigns seats of a feature to a user (admins): the assignments it touched and the
+    /// user's assignments after it.
+    pub async fn assign_with_totals(&self, assign: Assign) -> Result<AssignmentChange, Error> {
+        ask!(self, Request::AssignWithTotals(assign), Response::AssignmentChange(change) => change)
+    }
+
+    /// Revokes seats assigned to a user (admins): how many, the assignments it took them
+    /// from and the user's assignments after it.
+    pub async fn revoke_with_totals(&self, revoke: Revoke) -> Result<AssignmentChange, Error> {
+        ask!(self, Request::RevokeWithTotals(revoke), Response::AssignmentChange(change) => change)
+    }
+
+    /// One page of the seats assigned by name (admins see everyone's, others their own).
+    pub async fn assignments_page(
+        &self,
+        query: AssignmentsQuery,
+    ) -> Result<AssignmentsPage, Error> {
+        ask!(self, Request::Assignments(query), Response::Assignments(page) => page)
+    }
+
+    /// Every assignment of `user` and `feature` (each optional), read page by page.
+    pub async fn assignments(
+        &self,
+        user: Option<&str>,
+        feature: Option<&str>,
+    ) -> Result<Vec<AssignmentEntry>, Error> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .assignments_page(AssignmentsQuery {
+                    user: user.map(str::to_string),
+                    feature: feature.map(str::to_string),
+                    after,
+                    limit: Some(LEASES_PAGE),
+                })
+                .await?;
+            all.extend(page.assignments);
+            match page.next {
+                Some(next) if Some(next) != after => after = Some(next),
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    /// One page of the leases with what their holders said of themselves.
+    pub async fn holders_page(&self, query: LeasesPageQuery) -> Result<HoldersPage, Error> {
+        ask!(self, Request::HoldersPage(query), Response::Holders(page) => page)
+    }
+
+    /// Every lease the query selects with its holder's program, pid and address (admins
+    /// see everyone's), read page by page.
+    pub async fn holders(&self, query: LeasesQuery) -> Result<Vec<HeldLease>, Error> {
+        let mut holders = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .holders_page(LeasesPageQuery {
+                    query: query.clone(),
+                    after,
+                    limit: Some(LEASES_PAGE),
+                })
+                .await?;
+            holders.extend(page.holders);
+            match page.next {
+                Some(next) if Some(next) != after => after = Some(next),
+                _ => break,
+            }
+        }
+        Ok(holders)
+    }
+
+    /// Changes an entitlement (admins): as it is now, and the leases the change ended.
+    pub async fn update_entitlement(
+        &self,
+        update: EntitlementUpdate,
+    ) -> Result<EntitlementUpdated, Error> {
+        ask!(self, Request::EntitlementUpdate(update), Response::EntitlementUpdated(updated) => updated)
+    }
+
+    /// Removes an entitlement (admins), refusing to end leases unless `force`: the id
+    /// removed and the leases ended.
+    pub async fn delete_entitlement(
+        &self,
+        id: u64,
+        force: bool,
+    ) -> Result<EntitlementDeleted, Error> {
+        let delete = EntitlementDelete { id, force };
+        ask!(self, Request::EntitlementDelete(delete), Response::EntitlementDeleted(deleted) => deleted)
+    }
+
+    /// An admin's forced check-in of the online leases a pattern selects (an id or unique
+    /// prefix, or a user and/or host): the leases released.
+    pub async fn release_matching(&self, release: ReleaseMatching) -> Result<Vec<LeaseId>, Error> {
+        ask!(self, Request::ReleaseMatching(release), Response::ReleasedLeases(ids) => ids)
     }
 }
 

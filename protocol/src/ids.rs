@@ -59,3 +59,68 @@ id_type!(
     /// Chosen by the client for each checkout, so that a retried checkout returns the same lease.
     RequestId
 );
+
+/// The fewest hex digits a lease id pattern must give, so that a slip of the keyboard does
+/// not select someone else's lease.
+pub const MIN_PATTERN_DIGITS: usize = 4;
+
+/// A lease id as people type it: the whole id, its first digits (`3f9c`), or its first and
+/// last digits around `...` (`3f9c...e1`, as listings abbreviate it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasePattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl LeasePattern {
+    /// Reads a pattern: hex digits (any case), with at most one `...` (or `…`) between a
+    /// prefix and a suffix, at least [`MIN_PATTERN_DIGITS`] digits in all.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim().to_ascii_lowercase();
+        let (prefix, suffix) = match trimmed.split_once("...").or(trimmed.split_once('…')) {
+            Some((prefix, suffix)) => (prefix.to_string(), suffix.to_string()),
+            None => (trimmed.clone(), String::new()),
+        };
+        let digits = prefix.len() + suffix.len();
+        let hex = |part: &str| part.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(&prefix) || !hex(&suffix) {
+            return Err(format!(
+                "{text:?} is not a lease id: give its hexadecimal digits, all 32 or the first few (like 3f9c)"
+            ));
+        }
+        if digits < MIN_PATTERN_DIGITS {
+            return Err(format!(
+                "{text:?} is too short to name a lease: give at least {MIN_PATTERN_DIGITS} digits of its id"
+            ));
+        }
+        if digits > 32 || (digits == 32 && !suffix.is_empty()) {
+            return Err(format!(
+                "{text:?} is not a lease id: an id has 32 hexadecimal digits"
+            ));
+        }
+        Ok(Self { prefix, suffix })
+    }
+
+    /// Whether `id` starts with the prefix and ends with the suffix.
+    pub fn matches(&self, id: &LeaseId) -> bool {
+        let text = id.to_string();
+        text.starts_with(&self.prefix) && text.ends_with(&self.suffix)
+    }
+
+    /// The lease id itself, when the pattern gives all 32 digits.
+    pub fn exact(&self) -> Option<LeaseId> {
+        (self.prefix.len() == 32)
+            .then(|| LeaseId::from_hex(&self.prefix).ok())
+            .flatten()
+    }
+}
+
+impl fmt::Display for LeasePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.suffix.is_empty() {
+            f.write_str(&self.prefix)
+        } else {
+            write!(f, "{}...{}", self.prefix, self.suffix)
+        }
+    }
+}

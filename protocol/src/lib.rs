@@ -27,7 +27,7 @@ pub use borrow::{
 };
 pub use connection::{Connection, FrameError, MAX_RESPONSE_FRAME};
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{ClientId, LeaseId, ParseIdError, RequestId};
+pub use ids::{ClientId, LeaseId, LeasePattern, ParseIdError, RequestId, MIN_PATTERN_DIGITS};
 pub use message::*;
 pub use names::{validate_feature, validate_username, FEATURE_MAX_LEN};
 pub use time::{format_time, format_time_millis, now_millis, validate_time, MAX_TIME, MIN_TIME};

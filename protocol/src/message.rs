@@ -215,6 +215,28 @@ pub enum Request {
     /// The nodes of a cluster and their roles (admins); answered with [`Response::Nodes`],
     /// by standbys too.
     ServerNodes,
+    /// One page of the seats assigned by name (admins: everyone's; members and guests: their
+    /// own); answered with [`Response::Assignments`].
+    Assignments(AssignmentsQuery),
+    /// One page of the leases with what their holders said of themselves (program, pid,
+    /// address), for `status --all`; answered with [`Response::Holders`].
+    HoldersPage(LeasesPageQuery),
+    /// `Assign`, answered with [`Response::AssignmentChange`]: the assignments it touched and
+    /// the user's assignments after it. Clients send this rather than `Assign`.
+    AssignWithTotals(Assign),
+    /// `Revoke`, answered with [`Response::AssignmentChange`]. Clients send this rather than
+    /// `Revoke`.
+    RevokeWithTotals(Revoke),
+    /// Changes an entitlement (renewals and corrections); answered with
+    /// [`Response::EntitlementUpdated`].
+    EntitlementUpdate(EntitlementUpdate),
+    /// Removes an entitlement, refusing to end leases unless `force`; answered with
+    /// [`Response::EntitlementDeleted`]. Clients send this rather than `EntitlementRemove`,
+    /// which ends them.
+    EntitlementDelete(EntitlementDelete),
+    /// An admin's forced check-in of the online leases a pattern selects: an id prefix, or a
+    /// user, host and feature (like `lmremove`); answered with [`Response::ReleasedLeases`].
+    ReleaseMatching(ReleaseMatching),
 }
 
 impl Request {
@@ -251,6 +273,13 @@ impl Request {
             Request::AuditPage(_) => "audit",
             Request::LeasesPage(_) => "leases",
             Request::ServerNodes => "server_nodes",
+            Request::Assignments(_) => "assignments",
+            Request::HoldersPage(_) => "leases",
+            Request::AssignWithTotals(_) => "assign",
+            Request::RevokeWithTotals(_) => "revoke",
+            Request::EntitlementUpdate(_) => "entitlement_update",
+            Request::EntitlementDelete(_) => "entitlement_remove",
+            Request::ReleaseMatching(_) => "release",
         }
     }
 
@@ -269,6 +298,11 @@ impl Request {
                 | Request::Assign(_)
                 | Request::Revoke(_)
                 | Request::Borrow(_)
+                | Request::AssignWithTotals(_)
+                | Request::RevokeWithTotals(_)
+                | Request::EntitlementUpdate(_)
+                | Request::EntitlementDelete(_)
+                | Request::ReleaseMatching(_)
         )
     }
 }
@@ -310,6 +344,18 @@ pub enum Response {
     LeasesPage(LeasesPage),
     /// The answer to `ServerNodes`.
     Nodes(Vec<NodeInfo>),
+    /// The answer to `Assignments`.
+    Assignments(AssignmentsPage),
+    /// The answer to `HoldersPage`.
+    Holders(HoldersPage),
+    /// The answer to `AssignWithTotals` and `RevokeWithTotals`.
+    AssignmentChange(AssignmentChange),
+    /// The answer to `EntitlementUpdate`.
+    EntitlementUpdated(EntitlementUpdated),
+    /// The answer to `EntitlementDelete`.
+    EntitlementDeleted(EntitlementDeleted),
+    /// The answer to `ReleaseMatching`: the leases released.
+    ReleasedLeases(Vec<LeaseId>),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -829,4 +875,120 @@ pub struct LeasesPage {
     pub leases: Vec<LeaseInfo>,
     /// The cursor to ask for the next page with; absent when this page is the last.
     pub next: Option<LeaseCursor>,
+}
+
+/// Ask for one page of the seats assigned by name. A client lists them all by asking again
+/// with `after` set to the `next` of the page it got, until `next` is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentsQuery {
+    /// Only this user's (members and guests may name only themselves).
+    pub user: Option<String>,
+    /// Only this feature's.
+    pub feature: Option<String>,
+    /// Only assignments with a larger id (the `next` of the page before); absent: from the
+    /// first.
+    pub after: Option<u64>,
+    /// The most assignments on this page (the server caps it).
+    pub limit: Option<u32>,
+}
+
+/// One assignment as `tally assignments` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentEntry {
+    pub assignment: AssignmentInfo,
+    /// Its user is deactivated: the seats are back in the floating pool until the user is
+    /// activated again.
+    pub suspended: bool,
+    /// Seats of it held by online leases now.
+    pub in_use: u32,
+    /// Seats of it borrowed for offline use now.
+    pub borrowed: u32,
+}
+
+/// One page of assignments, by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentsPage {
+    pub assignments: Vec<AssignmentEntry>,
+    /// The cursor to ask for the next page with; absent when this page is the last.
+    pub next: Option<u64>,
+}
+
+/// A lease with what its holder said of itself, for the `lmstat -a` view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldLease {
+    pub lease: LeaseInfo,
+    /// The program holding it, as its client named itself (`tally-cli 0.1.0`, an
+    /// application's name).
+    pub program: String,
+    /// The holding process's id on its host.
+    pub pid: u32,
+    /// The IP address its client connected from.
+    pub address: String,
+}
+
+/// One page of leases with their holders, in the order of [`LeasesPage`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldersPage {
+    pub holders: Vec<HeldLease>,
+    /// The cursor to ask for the next page with; absent when this page is the last.
+    pub next: Option<LeaseCursor>,
+}
+
+/// What an assignment or revocation changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentChange {
+    /// How many seats were assigned or revoked.
+    pub seats: u32,
+    /// The assignments the request changed, as they are now (`seats` 0: it ended): the
+    /// user's, and with `from` the other user's too.
+    pub touched: Vec<AssignmentInfo>,
+    /// Every assignment of the user after the change, all features.
+    pub assignments: Vec<AssignmentInfo>,
+}
+
+/// Change an entitlement: each field given replaces the entitlement's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntitlementUpdate {
+    pub id: u64,
+    pub seats: Option<u32>,
+    pub starts_at: Option<UnixMillis>,
+    /// `Some(None)`: it never ends.
+    pub expires_at: Option<Option<UnixMillis>>,
+    pub borrowable: Option<bool>,
+    pub max_borrow_secs: Option<u64>,
+    pub reference: Option<String>,
+    /// End the newest online leases the smaller pool cannot hold instead of refusing.
+    pub force: bool,
+}
+
+/// An entitlement as changed, and the leases the change ended (with `force`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementUpdated {
+    pub entitlement: Entitlement,
+    pub ended: Vec<LeaseId>,
+}
+
+/// Remove an entitlement by id; one whose removal would end leases only with `force`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntitlementDelete {
+    pub id: u64,
+    pub force: bool,
+}
+
+/// An entitlement removed, and the leases its removal ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementDeleted {
+    pub id: u64,
+    pub ended: Vec<LeaseId>,
+}
+
+/// Which online leases an admin releases: one lease by id or unique prefix
+/// ([`LeasePattern`]), or every lease of a user and/or host, optionally of one feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseMatching {
+    /// A lease id, a prefix of one, or `PREFIX...SUFFIX`; absent: select by the others.
+    pub lease: Option<String>,
+    pub user: Option<String>,
+    pub host: Option<String>,
+    pub feature: Option<String>,
 }

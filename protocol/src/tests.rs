@@ -467,6 +467,19 @@ fn every_variant_keeps_its_index() {
             28,
         ),
         (Request::ServerNodes, 29),
+        (Request::Assignments(assignments_query()), 30),
+        (Request::HoldersPage(leases_page_query()), 31),
+        (Request::AssignWithTotals(assign()), 32),
+        (Request::RevokeWithTotals(revoke()), 33),
+        (Request::EntitlementUpdate(entitlement_update()), 34),
+        (
+            Request::EntitlementDelete(EntitlementDelete {
+                id: 1,
+                force: false,
+            }),
+            35,
+        ),
+        (Request::ReleaseMatching(release_matching()), 36),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -506,6 +519,36 @@ fn every_variant_keeps_its_index() {
             25,
         ),
         (Response::Nodes(vec![]), 26),
+        (
+            Response::Assignments(AssignmentsPage {
+                assignments: vec![],
+                next: None,
+            }),
+            27,
+        ),
+        (
+            Response::Holders(HoldersPage {
+                holders: vec![],
+                next: None,
+            }),
+            28,
+        ),
+        (Response::AssignmentChange(assignment_change()), 29),
+        (
+            Response::EntitlementUpdated(EntitlementUpdated {
+                entitlement: entitlement(),
+                ended: vec![],
+            }),
+            30,
+        ),
+        (
+            Response::EntitlementDeleted(EntitlementDeleted {
+                id: 1,
+                ended: vec![],
+            }),
+            31,
+        ),
+        (Response::ReleasedLeases(vec![]), 32),
     ];
     for (response, index) in responses {
         assert_eq!(
@@ -695,4 +738,225 @@ fn a_redirect_reads_as_the_not_leader_error() {
         Outcome::Ok(Response::Revoked(2)).into_result(),
         Ok(Response::Revoked(2))
     );
+}
+
+fn assignments_query() -> AssignmentsQuery {
+    AssignmentsQuery {
+        user: Some("u".into()),
+        feature: None,
+        after: Some(3),
+        limit: Some(2),
+    }
+}
+
+fn leases_page_query() -> LeasesPageQuery {
+    LeasesPageQuery {
+        query: LeasesQuery {
+            feature: None,
+            user: None,
+        },
+        after: None,
+        limit: Some(2),
+    }
+}
+
+fn assign() -> Assign {
+    Assign {
+        username: "u".into(),
+        feature: "f".into(),
+        seats: 1,
+        entitlement: None,
+        from: None,
+        expires_at: None,
+    }
+}
+
+fn revoke() -> Revoke {
+    Revoke {
+        username: "u".into(),
+        feature: "f".into(),
+        seats: Some(2),
+    }
+}
+
+fn entitlement_update() -> EntitlementUpdate {
+    EntitlementUpdate {
+        id: 4,
+        seats: Some(5),
+        starts_at: None,
+        expires_at: Some(None),
+        borrowable: Some(true),
+        max_borrow_secs: None,
+        reference: Some("r".into()),
+        force: true,
+    }
+}
+
+fn release_matching() -> ReleaseMatching {
+    ReleaseMatching {
+        lease: None,
+        user: Some("u".into()),
+        host: Some("h".into()),
+        feature: None,
+    }
+}
+
+fn assignment_info() -> AssignmentInfo {
+    AssignmentInfo {
+        id: 7,
+        user: "u".into(),
+        feature: "f".into(),
+        seats: 2,
+        entitlement: 1,
+        expires_at: None,
+    }
+}
+
+fn assignment_change() -> AssignmentChange {
+    AssignmentChange {
+        seats: 1,
+        touched: vec![assignment_info()],
+        assignments: vec![],
+    }
+}
+
+fn entitlement() -> Entitlement {
+    Entitlement {
+        id: 1,
+        feature: "f".into(),
+        seats: 3,
+        starts_at: 1000,
+        expires_at: None,
+        kind: EntitlementKind::Standard,
+        borrowable: false,
+        max_borrow_secs: 60,
+        reference: String::new(),
+    }
+}
+
+/// The requests and answers of the admin views and of managing what exists (`assignments`,
+/// `status --all`, assign and revoke with totals, `entitlement update` and `remove`,
+/// `release` by pattern), byte for byte: each after every earlier variant.
+#[test]
+fn golden_bytes_of_the_admin_views() {
+    // index 30, Some("u"), None, Some(3), Some(2)
+    assert_eq!(
+        encode(&Request::Assignments(assignments_query())),
+        "1e0101750001030102"
+    );
+    // index 31, then a LeasesPageQuery as in `LeasesPage`
+    assert_eq!(
+        encode(&Request::HoldersPage(leases_page_query())),
+        "1f0000000102"
+    );
+    // index 32 and 33, then the bodies of `Assign` and `Revoke`
+    assert_eq!(
+        encode(&Request::AssignWithTotals(assign())),
+        "200175016601000000"
+    );
+    assert_eq!(
+        encode(&Request::RevokeWithTotals(revoke())),
+        "21017501660102"
+    );
+    // index 34: 4, Some(5), None, Some(None), Some(true), None, Some("r"), true
+    assert_eq!(
+        encode(&Request::EntitlementUpdate(entitlement_update())),
+        "2204010500010001010001017201"
+    );
+    assert_eq!(
+        encode(&Request::EntitlementDelete(EntitlementDelete {
+            id: 9,
+            force: true
+        })),
+        "230901"
+    );
+    // index 36: None, Some("u"), Some("h"), None
+    assert_eq!(
+        encode(&Request::ReleaseMatching(release_matching())),
+        "240001017501016800"
+    );
+
+    let entry = AssignmentEntry {
+        assignment: assignment_info(),
+        suspended: true,
+        in_use: 1,
+        borrowed: 0,
+    };
+    // index 27, one entry: 7, "u", "f", 2, 1, None, true, 1, 0; next Some(7)
+    assert_eq!(
+        encode(&Response::Assignments(AssignmentsPage {
+            assignments: vec![entry],
+            next: Some(7),
+        })),
+        "1b0107017501660201000101000107"
+    );
+    let held = HeldLease {
+        lease: lease_info(),
+        program: "p".into(),
+        pid: 300,
+        address: "a".into(),
+    };
+    // index 28, one holder: the lease, "p", 300, "a"; next None
+    assert_eq!(
+        encode(&Response::Holders(HoldersPage {
+            holders: vec![held],
+            next: None,
+        })),
+        format!(
+            "1c01{}04767261790203614062026e31000107d00fa01f0170ac02016100",
+            "ab".repeat(16)
+        )
+    );
+    // index 29: 1 seat, one touched, none after
+    assert_eq!(
+        encode(&Response::AssignmentChange(assignment_change())),
+        "1d0101070175016602010000"
+    );
+    // index 30: the entitlement, one ended lease
+    assert_eq!(
+        encode(&Response::EntitlementUpdated(EntitlementUpdated {
+            entitlement: entitlement(),
+            ended: vec![LeaseId([1; 16])],
+        })),
+        format!("1e01016603d00f0000003c0001{}", "01".repeat(16))
+    );
+    assert_eq!(
+        encode(&Response::EntitlementDeleted(EntitlementDeleted {
+            id: 2,
+            ended: vec![],
+        })),
+        "1f0200"
+    );
+    assert_eq!(
+        encode(&Response::ReleasedLeases(vec![LeaseId([2; 16])])),
+        format!("2001{}", "02".repeat(16))
+    );
+}
+
+/// Lease ids as people type them: whole, by prefix, or abbreviated as `PREFIX...SUFFIX`;
+/// anything else is refused naming what is wrong.
+#[test]
+fn lease_patterns_match_prefixes_and_abbreviations() {
+    let id = LeaseId::from_hex("3f9c00000000000000000000000000e1").unwrap();
+    let other = LeaseId::from_hex("3f9d00000000000000000000000000e1").unwrap();
+    for text in ["3f9c", "3F9C0", "3f9c...e1", "3f9c…e1", &id.to_string()] {
+        let pattern = LeasePattern::parse(text).unwrap();
+        assert!(pattern.matches(&id), "{text}");
+        assert!(!pattern.matches(&other), "{text}");
+    }
+    assert_eq!(
+        LeasePattern::parse(&id.to_string()).unwrap().exact(),
+        Some(id)
+    );
+    assert_eq!(LeasePattern::parse("3f9c").unwrap().exact(), None);
+    assert_eq!(
+        LeasePattern::parse("3f9c...e1").unwrap().to_string(),
+        "3f9c...e1"
+    );
+    let err = LeasePattern::parse("3f9").unwrap_err();
+    assert!(err.contains("at least 4 digits"), "{err}");
+    let err = LeasePattern::parse("xyz1").unwrap_err();
+    assert!(err.contains("hexadecimal"), "{err}");
+    let err = LeasePattern::parse(&"a".repeat(33)).unwrap_err();
+    assert!(err.contains("32 hexadecimal digits"), "{err}");
 }

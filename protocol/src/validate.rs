@@ -7,7 +7,10 @@
 //! on meets a number it cannot handle.
 
 use crate::time::validate_time;
-use crate::{Assign, AuditQuery, Borrow, BorrowOnce, Checkout, NewEntitlement, Revoke, UnixMillis};
+use crate::{
+    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkout, EntitlementUpdate,
+    NewEntitlement, Revoke, UnixMillis,
+};
 
 /// The most seats one request may name.
 pub const MAX_SEATS: u32 = 1_000_000;
@@ -59,6 +62,30 @@ impl NewEntitlement {
         self.max_borrow_secs.map_or(Ok(()), |secs| {
             validate_duration_secs("max_borrow_secs", secs)
         })
+    }
+}
+
+impl EntitlementUpdate {
+    /// Checks `seats`, `starts_at`, `expires_at` and `max_borrow_secs` when given.
+    pub fn validate(&self) -> Result<(), String> {
+        self.seats
+            .map_or(Ok(()), |seats| validate_seats("seats", seats))?;
+        validate_optional_time("starts_at", self.starts_at)?;
+        validate_optional_time("expires_at", self.expires_at.flatten())?;
+        self.max_borrow_secs.map_or(Ok(()), |secs| {
+            validate_duration_secs("max_borrow_secs", secs)
+        })
+    }
+}
+
+impl AssignmentsQuery {
+    /// Checks that `limit`, when given, is at least 1 (larger limits are capped by the
+    /// server).
+    pub fn validate(&self) -> Result<(), String> {
+        match self.limit {
+            Some(0) => Err("limit must be at least 1, not 0".into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -228,6 +255,45 @@ mod tests {
         assert!(audit(Some(0), Some(u32::MAX)).validate().is_ok());
         refused(audit(Some(i64::MIN), None).validate(), "since");
         refused(audit(None, Some(0)).validate(), "limit");
+
+        let update = |seats, expires_at, max_borrow_secs| EntitlementUpdate {
+            id: 1,
+            seats,
+            starts_at: None,
+            expires_at,
+            borrowable: None,
+            max_borrow_secs,
+            reference: None,
+            force: false,
+        };
+        assert!(update(None, Some(None), None).validate().is_ok());
+        assert!(update(
+            Some(MAX_SEATS),
+            Some(Some(MAX_TIME)),
+            Some(MAX_DURATION_SECS)
+        )
+        .validate()
+        .is_ok());
+        refused(update(Some(0), None, None).validate(), "seats");
+        refused(
+            update(None, Some(Some(i64::MIN)), None).validate(),
+            "expires_at",
+        );
+        refused(update(None, None, Some(0)).validate(), "max_borrow_secs");
+        let starts = EntitlementUpdate {
+            starts_at: Some(i64::MAX),
+            ..update(None, None, None)
+        };
+        refused(starts.validate(), "starts_at");
+
+        let assignments = |limit| AssignmentsQuery {
+            user: None,
+            feature: None,
+            after: None,
+            limit,
+        };
+        assert!(assignments(Some(u32::MAX)).validate().is_ok());
+        refused(assignments(Some(0)).validate(), "limit");
 
         let borrow = |seats, duration_secs| Borrow {
             feature: "vray".into(),

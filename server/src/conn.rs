@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::core::{require_admin, Actor, Holder, SignOut, SignedIn};
+use crate::core::{require_admin, Actor, Holder, Peer, SignOut, SignedIn};
 use crate::engine::{Job, RequestJob, SignInJob, SignInOutcome};
 use crate::ha::Serving;
 use crate::init::token_hash;
@@ -192,6 +192,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let holder = Holder {
         client: session_client(session.user_id, hello.client.instance),
         host: truncate(&hello.client.host, 255),
+        peer: Peer {
+            program: truncate(&hello.client.agent, 255),
+            pid: hello.client.pid,
+            address: ip.to_canonical().to_string(),
+        },
     };
     conn.send(&ServerMessage::Authenticated(Authenticated {
         username: session.username.clone(),
@@ -379,7 +384,7 @@ async fn sign_in(
         let (reply, answer) = oneshot::channel();
         let job = Job::SignIn(SignInJob {
             hash,
-            address: ip.to_string(),
+            address: ip.to_canonical().to_string(),
             peer: peer.clone(),
             looked_up: looked_up.clone(),
             reply,

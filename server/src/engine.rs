@@ -47,7 +47,8 @@ const GATHER: Duration = Duration::from_micros(1000);
 /// The most audit events one `Audit` query returns (it has no cursor: one page only).
 pub const MAX_AUDIT_EVENTS: u32 = 10_000;
 
-/// The most events or leases on one page of `AuditPage` or `LeasesPage`.
+/// The most events, leases or assignments on one page of `AuditPage`, `LeasesPage`,
+/// `HoldersPage` or `Assignments`.
 pub const MAX_PAGE_ITEMS: u32 = 1000;
 
 /// Roughly how much text one page may hold; a page ends early past it, so that an answer
@@ -751,6 +752,38 @@ impl Engine {
             PoolRequest::Return(ret) => pool
                 .return_borrow(now, actor, ret.lease, batch)
                 .map(Response::Returned),
+            PoolRequest::Assignments(query) => {
+                let limit = query.limit.unwrap_or(MAX_PAGE_ITEMS).min(MAX_PAGE_ITEMS);
+                pool.assignments_page(now, actor, &query, limit as usize, batch)
+                    .map(Response::Assignments)
+            }
+            PoolRequest::HoldersPage(page) => {
+                let limit = page.limit.unwrap_or(MAX_PAGE_ITEMS).min(MAX_PAGE_ITEMS);
+                Ok(Response::Holders(pool.holders_page(
+                    now,
+                    actor,
+                    &page.query,
+                    page.after,
+                    limit as usize,
+                    PAGE_BYTES,
+                    batch,
+                )))
+            }
+            PoolRequest::AssignWithTotals(assign) => pool
+                .assign_with_totals(now, actor, &assign, batch)
+                .map(Response::AssignmentChange),
+            PoolRequest::RevokeWithTotals(revoke) => pool
+                .revoke_with_totals(now, actor, &revoke, batch)
+                .map(Response::AssignmentChange),
+            PoolRequest::EntitlementUpdate(update) => pool
+                .update_entitlement(now, actor, &update, batch)
+                .map(Response::EntitlementUpdated),
+            PoolRequest::EntitlementDelete(delete) => pool
+                .delete_entitlement(now, actor, &delete, batch)
+                .map(Response::EntitlementDeleted),
+            PoolRequest::ReleaseMatching(release) => pool
+                .release_matching(now, actor, &release, batch)
+                .map(Response::ReleasedLeases),
         }
     }
 

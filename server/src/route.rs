@@ -6,9 +6,10 @@
 
 use crate::core::Action;
 use tally_protocol::{
-    Assign, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementQuery, EntitlementRemove,
-    LeasesPageQuery, LeasesQuery, NewEntitlement, Release, Request, Resume, Return, Revoke,
-    StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
+    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementDelete,
+    EntitlementQuery, EntitlementRemove, EntitlementUpdate, LeasesPageQuery, LeasesQuery,
+    NewEntitlement, Release, ReleaseMatching, Request, Resume, Return, Revoke, StatusQuery,
+    TokenMint, TokenRevoke, UserAdd, UserRef,
 };
 
 /// Who answers a request.
@@ -81,6 +82,13 @@ pub enum PoolRequest {
     TokenRevoke(TokenRevoke),
     BorrowOnce(BorrowOnce),
     LeasesPage(LeasesPageQuery),
+    Assignments(AssignmentsQuery),
+    HoldersPage(LeasesPageQuery),
+    AssignWithTotals(Assign),
+    RevokeWithTotals(Revoke),
+    EntitlementUpdate(EntitlementUpdate),
+    EntitlementDelete(EntitlementDelete),
+    ReleaseMatching(ReleaseMatching),
 }
 
 /// Decides who answers `request`.
@@ -137,6 +145,13 @@ pub fn route(request: Request) -> Route {
         Request::TokenRevoke(body) => PoolRequest::TokenRevoke(body),
         Request::BorrowOnce(body) => PoolRequest::BorrowOnce(body),
         Request::LeasesPage(body) => PoolRequest::LeasesPage(body),
+        Request::Assignments(body) => PoolRequest::Assignments(body),
+        Request::HoldersPage(body) => PoolRequest::HoldersPage(body),
+        Request::AssignWithTotals(body) => PoolRequest::AssignWithTotals(body),
+        Request::RevokeWithTotals(body) => PoolRequest::RevokeWithTotals(body),
+        Request::EntitlementUpdate(body) => PoolRequest::EntitlementUpdate(body),
+        Request::EntitlementDelete(body) => PoolRequest::EntitlementDelete(body),
+        Request::ReleaseMatching(body) => PoolRequest::ReleaseMatching(body),
     };
     Route::Engine(EngineRequest {
         name,
@@ -215,6 +230,52 @@ mod tests {
                 name: "status",
                 kind: EngineKind::Pool(PoolRequest::Status(_)),
                 ..
+            })
+        ));
+    }
+
+    /// The requests of the admin views and of managing what exists go to the pool, audited
+    /// under the actions of the requests they extend.
+    #[test]
+    fn the_admin_views_and_changes_go_to_the_pool() {
+        let release = Request::ReleaseMatching(ReleaseMatching {
+            lease: Some("3f9c".into()),
+            user: None,
+            host: None,
+            feature: None,
+        });
+        match route(release) {
+            Route::Engine(EngineRequest {
+                name: "release",
+                action: Action::Release,
+                kind: EngineKind::Pool(PoolRequest::ReleaseMatching(body)),
+            }) => assert_eq!(body.lease.as_deref(), Some("3f9c")),
+            other => panic!("{other:?}"),
+        }
+        let delete = Request::EntitlementDelete(EntitlementDelete { id: 4, force: true });
+        assert!(matches!(
+            route(delete),
+            Route::Engine(EngineRequest {
+                action: Action::EntitlementRemove,
+                kind: EngineKind::Pool(PoolRequest::EntitlementDelete(EntitlementDelete {
+                    id: 4,
+                    force: true
+                })),
+                ..
+            })
+        ));
+        let assignments = Request::Assignments(AssignmentsQuery {
+            user: None,
+            feature: Some("vray".into()),
+            after: None,
+            limit: None,
+        });
+        assert!(matches!(
+            route(assignments),
+            Route::Engine(EngineRequest {
+                name: "assignments",
+                action: Action::Assignments,
+                kind: EngineKind::Pool(PoolRequest::Assignments(_)),
             })
         ));
     }

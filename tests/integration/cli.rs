@@ -41,7 +41,7 @@ fn usage_errors_exit_2_and_name_what_is_wrong() {
             ],
             "\"tomorrow\" is not a time",
         ),
-        (&["--json", "release", "xyz"], "\"xyz\" is not an id"),
+        (&["--json", "release", "xyz"], "\"xyz\" is not a lease id"),
         (
             &["--json", "entitlement", "remove", "abc"],
             "not an entitlement id",
@@ -225,7 +225,7 @@ async fn the_readme_tour_works_end_to_end() {
     let out = cli(&["--config", config, "--json", "entitlement", "remove", &id]);
     assert_eq!(
         stdout_json(&out),
-        serde_json::json!({"removed": id.parse::<u64>().unwrap()})
+        serde_json::json!({"removed": id.parse::<u64>().unwrap(), "ended": []})
     );
 }
 
@@ -250,7 +250,7 @@ async fn release_by_an_admin_frees_the_seat() {
     let lease = client.checkout("nuke", 1).await.unwrap();
     let id = lease.id().to_string();
     let out = cli(&["--config", config, "--json", "release", &id]);
-    assert_eq!(stdout_json(&out), serde_json::json!({"released": id}));
+    assert_eq!(stdout_json(&out), serde_json::json!({"released": [id]}));
     let out = cli(&["--config", config, "--json", "release", &id]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout_json(&out)["error"]["code"], "not_found");
@@ -378,8 +378,20 @@ async fn the_admin_tour_prints_the_documents_of_the_spec() {
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(stdout_json(&out)["error"]["code"], "forbidden");
 
+    let (_, doc) = run(&["assignments", "--feature", "vray"]);
+    assert_eq!(doc["assignments"][0]["user"], "ana@studio.com");
+    assert_eq!(doc["assignments"][0]["suspended"], false);
+    let (code, doc) = run(&["status", "--all"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(doc["features"][0]["holders"], serde_json::json!([]));
+
     let (code, doc) = run(&["revoke", "ana@studio.com", "vray", "--seats", "1"]);
-    assert_eq!((code, doc), (Some(0), serde_json::json!({"revoked": 1})));
+    assert_eq!(code, Some(0));
+    assert_eq!(doc["revoked"], 1);
+    assert_eq!(
+        doc["totals"],
+        serde_json::json!([{"feature": "vray", "seats": 1}])
+    );
     let (_, doc) = run(&["user", "token", "ana@studio.com"]);
     assert_eq!(doc["token"].as_str().unwrap().len(), 64);
     let (code, doc) = run(&["user", "remove", "ana@studio.com"]);
@@ -688,4 +700,545 @@ async fn user_token_tokens_and_revoke_print_the_documents_of_the_spec() {
     let (code, doc) = run(&["user", "token", "revoke", &id]);
     assert_eq!(code, Some(1));
     assert_eq!(doc["error"]["code"], "not_found");
+}
+
+/// The keys of a JSON object, in order.
+fn keys(doc: &serde_json::Value) -> Vec<&str> {
+    doc.as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Issue 11, item 6: `assignments` (admins see everyone's, members their own), `assign` and
+/// `revoke` answering with the assignment touched and the user's totals, `user list` with
+/// seats per feature, and `user remove` saying "removed".
+#[tokio::test]
+async fn assignments_and_the_answers_of_assign_and_revoke_show_who_has_what() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+    let text = |args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["entitlement", "add", "vray", "--seats", "10"]);
+    run(&["entitlement", "add", "nuke", "--seats", "5"]);
+    let (_, doc) = run(&["user", "add", "ana@studio.com"]);
+    let ana = doc["token"].as_str().unwrap().to_string();
+    run(&["user", "add", "ben@studio.com"]);
+
+    let (code, doc) = run(&["assign", "ana@studio.com", "vray", "--seats", "2"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(keys(&doc), ["assignment", "touched", "totals"]);
+    assert_eq!(
+        keys(&doc["assignment"]),
+        [
+            "id",
+            "user",
+            "feature",
+            "seats",
+            "entitlement",
+            "expires_at"
+        ]
+    );
+    assert_eq!(
+        doc["totals"],
+        serde_json::json!([{"feature": "vray", "seats": 2}])
+    );
+    let out = text(&["assign", "ana@studio.com", "nuke"]);
+    assert!(
+        out.contains("assigned 1 seat(s) of nuke to ana@studio.com"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ana@studio.com now has nuke 1, vray 2 (3 seat(s) in all)"),
+        "{out}"
+    );
+    let out = text(&[
+        "assign",
+        "ben@studio.com",
+        "vray",
+        "--from",
+        "ana@studio.com",
+    ]);
+    assert!(
+        out.contains("taken from ana@studio.com: assignment 1"),
+        "{out}"
+    );
+    assert!(out.contains("now holds 1"), "{out}");
+
+    let (_, doc) = run(&["assignments"]);
+    let list = doc["assignments"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(
+        keys(&list[0]),
+        [
+            "id",
+            "user",
+            "feature",
+            "seats",
+            "entitlement",
+            "expires_at",
+            "suspended"
+        ]
+    );
+    let (_, doc) = run(&["assignments", "--feature", "vray"]);
+    assert_eq!(doc["assignments"].as_array().unwrap().len(), 2);
+    let out = text(&["assignments"]);
+    assert!(
+        out.contains("vray: 2 seat(s) assigned to 2 user(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("nuke: 1 seat(s) assigned to 1 user(s)"),
+        "{out}"
+    );
+
+    // Ana sees her own, and may not look at ben's.
+    let mine = cli(&["--config", config, "--token", &ana, "--json", "assignments"]);
+    assert_eq!(mine.status.code(), Some(0), "{mine:?}");
+    let doc = stdout_json(&mine);
+    let users: Vec<&str> = doc["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["ana@studio.com", "ana@studio.com"]);
+    let out = cli(&[
+        "--config",
+        config,
+        "--token",
+        &ana,
+        "--json",
+        "assignments",
+        "--user",
+        "ben@studio.com",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let (code, doc) = run(&["assignments", "--user", "nobody@studio.com"]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("not_found"))
+    );
+
+    let out = text(&["user", "list"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("ana@studio.com"))
+        .unwrap();
+    assert!(line.contains("2 (nuke 1, vray 1)"), "{out}");
+
+    let (_, doc) = run(&["user", "deactivate", "ben@studio.com"]);
+    assert_eq!(doc["user"]["state"], "deactivated");
+    let (_, doc) = run(&["assignments", "--user", "ben@studio.com"]);
+    assert_eq!(doc["assignments"][0]["suspended"], true);
+    let out = text(&["assignments", "--user", "ben@studio.com"]);
+    assert!(out.contains("suspended"), "{out}");
+
+    let (code, doc) = run(&["revoke", "ben@studio.com", "vray"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["revoked"], 1);
+    assert_eq!(doc["touched"][0]["seats"], 0, "the assignment ended");
+    assert_eq!(doc["totals"], serde_json::json!([]));
+    let out = text(&["revoke", "ana@studio.com", "vray"]);
+    assert!(
+        out.contains("revoked 1 seat(s) of vray from ana@studio.com"),
+        "{out}"
+    );
+    assert!(out.contains("ended"), "{out}");
+    assert!(
+        out.contains("ana@studio.com now has nuke 1 (1 seat(s) in all)"),
+        "{out}"
+    );
+
+    let out = text(&["user", "remove", "ben@studio.com"]);
+    assert_eq!(out.trim(), "removed ben@studio.com (member)");
+}
+
+/// Issue 11, item 6: `status --all`, the `lmstat -a` view, shows each feature's holders
+/// (user, host, program, pid, address, since), and `status` and `entitlement list` show
+/// entitlements not yet started, with their start.
+#[tokio::test]
+async fn status_all_shows_the_holders_and_what_starts_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config_path = daemon.client_toml();
+    let config = config_path.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+    run(&["entitlement", "add", "vray", "--seats", "2"]);
+    run(&[
+        "entitlement",
+        "add",
+        "nuke",
+        "--seats",
+        "5",
+        "--starts",
+        "2099-01-01",
+    ]);
+    let (mut holder, lease) = spawn_holder(&config_path, "vray");
+
+    let (code, doc) = run(&["status", "--all"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let features = doc["features"].as_array().unwrap();
+    let vray = features.iter().find(|f| f["feature"] == "vray").unwrap();
+    assert_eq!(vray["in_use"], 1);
+    let held = &vray["holders"][0];
+    assert_eq!(
+        keys(held),
+        ["lease", "user", "host", "program", "pid", "address", "since", "seats", "kind"]
+    );
+    assert_eq!(held["lease"], lease.to_string());
+    assert_eq!(held["user"], "owner@localhost");
+    assert_eq!(held["pid"], holder.id());
+    assert_eq!(held["address"], "127.0.0.1");
+    assert!(
+        held["program"].as_str().unwrap().contains("tally"),
+        "{held}"
+    );
+    assert!(held["since"].as_str().unwrap().ends_with('Z'));
+    let nuke = features.iter().find(|f| f["feature"] == "nuke").unwrap();
+    assert_eq!(nuke["total"], 0);
+    assert_eq!(nuke["holders"], serde_json::json!([]));
+    assert_eq!(nuke["upcoming"][0]["starts_at"], "2099-01-01T00:00:00Z");
+
+    let out = cli(&["--config", config, "status", "-a"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("vray: 2 total, 0 assigned, 2 floating, 1 in use"),
+        "{text}"
+    );
+    let id = lease.to_string();
+    let short = format!("{}...{}", &id[..8], &id[28..]);
+    let row = text.lines().find(|l| l.contains(&short)).expect(&text);
+    assert!(row.starts_with("  owner@localhost"), "{text}");
+    assert!(
+        row.contains(&holder.id().to_string()) && row.contains("127.0.0.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  not started yet: 5 seat(s) from 2099-01-01T00:00:00Z"),
+        "{text}"
+    );
+    assert!(text.contains("  no holders"), "{text}");
+
+    // `status` keeps the spec's document; people also see what starts later.
+    let (_, doc) = run(&["status"]);
+    assert_eq!(keys(&doc), ["features"]);
+    let out = cli(&["--config", config, "status"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("not started yet:"), "{text}");
+    assert!(
+        text.contains("nuke: 5 seat(s) from 2099-01-01T00:00:00Z"),
+        "{text}"
+    );
+    let out = cli(&["--config", config, "entitlement", "list"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().find(|l| l.contains("nuke")).expect(&text);
+    assert!(
+        row.contains("not started") && row.contains("2099-01-01T00:00:00Z"),
+        "{text}"
+    );
+
+    // The abbreviated id of the listing releases the lease, as written.
+    let (code, doc) = run(&["release", &short]);
+    assert_eq!(
+        (code, doc),
+        (Some(0), serde_json::json!({"released": [id]}))
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+/// Issue 11, item 7: `entitlement update` renews and corrects, refusing with the figures a
+/// change that would end leases unless --force, which ends the newest and lists them;
+/// `entitlement remove` likewise.
+#[tokio::test]
+async fn entitlement_update_and_remove_end_leases_only_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config_path = daemon.client_toml();
+    let config = config_path.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+    let (_, doc) = run(&[
+        "entitlement",
+        "add",
+        "vray",
+        "--seats",
+        "2",
+        "--ref",
+        "PO-1",
+    ]);
+    let id = doc["entitlement"]["id"].as_u64().unwrap().to_string();
+    let (mut first, _) = spawn_holder(&config_path, "vray");
+    std::thread::sleep(Duration::from_millis(20));
+    let (mut second, newest) = spawn_holder(&config_path, "vray");
+
+    let (code, doc) = run(&["entitlement", "update", &id, "--seats", "1"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["code"], "invalid");
+    let message = doc["error"]["message"].as_str().unwrap();
+    for figure in [
+        "1 seat(s)",
+        "2 floating seat(s) are in use",
+        "end 1 lease(s)",
+        "--force",
+    ] {
+        assert!(message.contains(figure), "{figure}: {message}");
+    }
+    let (_, doc) = run(&["status", "vray"]);
+    assert_eq!(doc["features"][0]["total"], 2, "nothing changed");
+
+    let (code, doc) = run(&["entitlement", "update", &id, "--seats", "1", "--force"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(keys(&doc), ["entitlement", "ended"]);
+    assert_eq!(doc["entitlement"]["seats"], 1);
+    assert_eq!(doc["ended"], serde_json::json!([newest.to_string()]));
+
+    // A renewal: more seats, no end, a new order number, borrowable.
+    let out = cli(&[
+        "--config",
+        config,
+        "entitlement",
+        "update",
+        &id,
+        "--seats",
+        "4",
+        "--expires",
+        "never",
+        "--ref",
+        "PO-2",
+        "--borrowable",
+        "--max-borrow",
+        "3d",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("updated entitlement 1: 4 seat(s) of vray"),
+        "{text}"
+    );
+    assert!(
+        text.contains("until never, borrowable for up to 3days"),
+        "{text}"
+    );
+    let (_, doc) = run(&["entitlement", "list"]);
+    let e = &doc["entitlements"][0];
+    assert_eq!(
+        (e["seats"].as_u64(), e["reference"].as_str()),
+        (Some(4), Some("PO-2"))
+    );
+    assert!(e["expires_at"].is_null());
+    assert_eq!(e["max_borrow_secs"], 3 * 86_400);
+    let (code, doc) = run(&["entitlement", "update", &id, "--expires", "2020-01-01"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("remove it"),
+        "{doc}"
+    );
+    let (_, doc) = run(&["audit", "--limit", "20"]);
+    assert!(
+        doc["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "entitlement_update"
+                && e["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("reference from \"PO-1\" to \"PO-2\"")),
+        "{doc}"
+    );
+
+    // Removing it would end the remaining lease: refused, then forced.
+    let (_, doc) = run(&["leases"]);
+    let left = doc["leases"][0]["id"].as_str().unwrap().to_string();
+    let (code, doc) = run(&["entitlement", "remove", &id]);
+    assert_eq!(code, Some(1), "{doc}");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("would end 1 lease(s)") && message.contains(&left),
+        "{message}"
+    );
+    let (code, doc) = run(&["entitlement", "remove", &id, "--force"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(
+        doc,
+        serde_json::json!({"removed": id.parse::<u64>().unwrap(), "ended": [left]})
+    );
+    for child in [&mut first, &mut second] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Issue 11, item 7: `release` takes a unique id prefix (an ambiguous one is refused
+/// naming the candidates), or `--user`/`--host` like `lmremove`; online leases only.
+#[tokio::test]
+async fn release_takes_a_prefix_or_a_user_or_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+    run(&["entitlement", "add", "vray", "--seats", "20"]);
+    run(&["entitlement", "add", "nuke", "--seats", "20"]);
+    let client = tally_client::Client::connect(daemon.client_config())
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for feature in ["vray", "vray", "nuke", "nuke", "nuke"] {
+        held.push(client.checkout(feature, 1).await.unwrap());
+    }
+    let ids: Vec<String> = held.iter().map(|l| l.id().to_string()).collect();
+
+    // The first six digits of one lease name it.
+    let (code, doc) = run(&["release", &ids[0][..6]]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["released"], serde_json::json!([ids[0]]));
+    let (code, doc) = run(&["release", &ids[0][..6]]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("not_found"))
+    );
+    // Too short to name anything: a usage error, before any request.
+    let (code, doc) = run(&["release", "3f9"]);
+    assert_eq!(code, Some(2), "{doc}");
+
+    let host = hostname();
+    let (code, doc) = run(&["release", "--user", "owner@localhost", "--feature", "nuke"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let mut released: Vec<String> = doc["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    released.sort();
+    let mut nuke = ids[2..].to_vec();
+    nuke.sort();
+    assert_eq!(released, nuke);
+    let (code, doc) = run(&["release", "--host", &host]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["released"], serde_json::json!([ids[1]]));
+    let (code, doc) = run(&["release", "--host", "no-such-host"]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("not_found"))
+    );
+    let out = cli(&["--config", config, "release", "--feature", "vray"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--feature alone names nothing: {out:?}"
+    );
+    let (_, doc) = run(&["status"]);
+    for feature in doc["features"].as_array().unwrap() {
+        assert_eq!(feature["in_use"], 0, "{doc}");
+    }
+}
+
+/// The host name this machine's clients send (as `tally_client` reads it).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Issue 11, item 7: borrowing a feature this machine already borrows says so, and
+/// borrows nothing more; once it is returned, borrowing works again.
+#[test]
+fn borrowing_a_feature_this_machine_already_borrows_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("user-data");
+    let machine = dir.path().join("machine-id");
+    std::fs::write(&machine, "laptop-1\n").unwrap();
+    let tally = |args: &[&str]| {
+        let mut all = vec!["--config", config, "--json"];
+        all.extend_from_slice(args);
+        let out = Command::new(CLI)
+            .args(&all)
+            .env("TALLY_DATA_DIR", &data)
+            .env("TALLY_TEST_MACHINE_ID_FILES", &machine)
+            .env_remove("TALLY_MACHINE_ID")
+            .env_remove("TALLY_CONFIG")
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        (out.status.code(), stdout_json(&out))
+    };
+    tally(&["entitlement", "add", "vray", "--seats", "3", "--borrowable"]);
+    let (code, doc) = tally(&["borrow", "vray", "--for", "1h"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let lease = doc["lease"]["id"].as_str().unwrap().to_string();
+    let (code, doc) = tally(&["borrow", "vray", "--for", "2h"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["code"], "already_exists");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("already borrows 1 seat(s) of vray"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&lease) && message.contains("tally return vray"),
+        "{message}"
+    );
+    let (_, doc) = tally(&["status", "vray"]);
+    assert_eq!(
+        doc["features"][0]["borrowed"], 1,
+        "nothing more was borrowed"
+    );
+    let (code, _) = tally(&["return", "vray"]);
+    assert_eq!(code, Some(0));
+    let (code, doc) = tally(&["borrow", "vray", "--for", "2h"]);
+    assert_eq!(code, Some(0), "{doc}");
+}
+
+/// Issue 11, item 8: `tally --help` lists the global options apart from the command's own
+/// and ends with the exit codes and the environment; each command's help too.
+#[test]
+fn the_help_separates_global_options_and_documents_exit_codes_and_environment() {
+    let out = cli(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "Global options:",
+        "Exit codes:",
+        "5  cannot reach any server",
+        "TALLY_CONFIG",
+        "TALLY_TOKEN",
+        "TALLY_SERVER",
+        "TALLY_DATA_DIR",
+        "TALLY_MACHINE_ID",
+        "NO_COLOR",
+        "assignments",
+    ] {
+        assert!(help.contains(word), "{word} missing: {help}");
+    }
+    let out = cli(&["entitlement", "update", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    let (own, global) = help.split_once("Global options:").expect(&help);
+    for option in ["--seats", "--expires", "--no-borrowable", "--force", "<ID>"] {
+        assert!(own.contains(option), "{option}: {help}");
+    }
+    assert!(
+        global.contains("--token-file") && !own.contains("--token-file"),
+        "{help}"
+    );
 }

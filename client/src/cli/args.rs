@@ -2,16 +2,43 @@
 //!
 //! Nothing here is checked beyond what clap checks (types, required arguments); each command
 //! family's module turns its arguments into a request, with their validation, in one step.
+//! Every argument and option says what it is for: `tally --help`, `tally COMMAND --help`,
+//! the completions and the manual page are made from these texts.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+/// What `tally --help` ends with: exit codes and the environment.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  refused or failed (the message says why)
+  2  usage error (nothing was sent)
+  3  no seat free (or a queue wait ended unserved); `verify`: the borrow is not valid
+  4  unauthenticated or forbidden
+  5  cannot reach any server
+  `checkout F -- CMD` exits with the command's status (126 or 127 when it cannot start).
+
+Environment:
+  TALLY_CONFIG      client file (default ~/.config/tally/client.toml), as --config
+  TALLY_SERVER      servers, comma-separated HOST:PORT, as --server
+  TALLY_CA          CA certificate file, as --ca
+  TALLY_TOKEN       token to sign in with, as --token (not shown in the process list)
+  TALLY_DATA_DIR    where borrow tokens are kept (default $XDG_DATA_HOME/tally or
+                    ~/.local/share/tally)
+  TALLY_MACHINE_ID  machine id for borrows, used only where /etc/machine-id is missing
+  TALLY_LOG         log filter for the library's warnings on stderr (default warn)
+  NO_COLOR          set to any non-empty value: no colour in help and warnings
+
+A client file has `servers`, `ca` and `token_file` (or `token`); see the README.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tally",
     version,
-    about = "Command-line client of the Tally license server"
+    about = "Command-line client of the Tally license server",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -22,41 +49,62 @@ pub struct Cli {
 
 /// The options every command takes: where the server is and how to sign in.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Globals {
-    /// Client configuration file.
-    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    /// Client file naming the servers, the CA and the token [default:
+    /// ~/.config/tally/client.toml].
+    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Server to use, HOST:PORT (repeatable; TALLY_SERVER takes a comma-separated list).
+    /// Server to use, HOST:PORT, instead of the client file's (repeatable; TALLY_SERVER
+    /// takes a comma-separated list).
     #[arg(
         long = "server",
         global = true,
         env = "TALLY_SERVER",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
     )]
     pub servers: Vec<String>,
-    /// CA certificate (PEM) that signed the server's certificate.
-    #[arg(long, global = true, env = "TALLY_CA")]
+    /// CA certificate (PEM) that signed the server's certificate, instead of the client
+    /// file's.
+    #[arg(long, global = true, env = "TALLY_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Token to sign in with.
-    #[arg(long, global = true, env = "TALLY_TOKEN", hide_env_values = true)]
+    /// Token to sign in with, instead of the client file's (others on this machine can read
+    /// it in the process list: prefer TALLY_TOKEN or --token-file).
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
-    /// File holding the token.
-    #[arg(long, global = true)]
+    /// File holding the token to sign in with.
+    #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Print one JSON document on stdout.
+    /// Print one JSON document on stdout, errors included.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Seat figures of every feature, or of one.
-    Status { feature: Option<String> },
-    /// Leases held (admins see everyone's).
+    /// Seat figures of every feature, or of one; with --all, who holds them.
+    Status {
+        /// Only this feature.
+        feature: Option<String>,
+        /// Under each feature, its holders: user, host, program, pid, address, since (like
+        /// `lmstat -a`).
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+    /// Leases held (admins see everyone's, others their own).
     Leases {
+        /// Only leases of this feature.
         #[arg(long)]
         feature: Option<String>,
-        #[arg(long)]
+        /// Only leases of this user (an e-mail address).
+        #[arg(long, value_name = "EMAIL")]
         user: Option<String>,
     },
     /// Check out seats and hold them until interrupted, or while running a command.
@@ -64,8 +112,29 @@ pub enum Command {
     /// Manage entitlements (purchases of a feature).
     #[command(subcommand)]
     Entitlement(EntitlementCommand),
-    /// Force the check-in of someone's lease (admins).
-    Release { lease_id: String },
+    /// Force the check-in of online leases (admins), like `lmremove`: one by its id or a
+    /// unique prefix of it, or every lease of a user or host.
+    #[command(group(
+        ArgGroup::new("which")
+            .args(["lease_id", "user", "host"])
+            .required(true)
+            .multiple(true)
+    ))]
+    Release {
+        /// The lease: its id, its first digits (at least 4, e.g. 3f9c) or PREFIX...SUFFIX as
+        /// listings abbreviate it.
+        #[arg(conflicts_with_all = ["user", "host", "feature"])]
+        lease_id: Option<String>,
+        /// Release every online lease of this user (an e-mail address).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Release every online lease held on this host (with --user: that user's there).
+        #[arg(long)]
+        host: Option<String>,
+        /// With --user or --host: only leases of this feature.
+        #[arg(long)]
+        feature: Option<String>,
+    },
     /// About the server.
     #[command(subcommand)]
     Server(ServerCommand),
@@ -74,54 +143,79 @@ pub enum Command {
     /// Manage users (admins).
     #[command(subcommand)]
     User(UserCommand),
+    /// Who has which seats assigned by name, per feature (admins see everyone's, others
+    /// their own).
+    Assignments {
+        /// Only this user's (an e-mail address).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Only this feature's.
+        #[arg(long)]
+        feature: Option<String>,
+    },
     /// Assign seats of a feature to a user by name (admins).
     Assign {
+        /// The user (an e-mail address).
         email: String,
+        /// The feature, e.g. vray.
         feature: String,
+        /// How many seats.
         #[arg(long, default_value_t = 1)]
         seats: u32,
         /// The entitlement to draw from (default: the active one expiring last with room).
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         entitlement: Option<String>,
         /// Take the seats from this user's assignment instead of the floating pool.
-        #[arg(long)]
+        #[arg(long, value_name = "EMAIL")]
         from: Option<String>,
         /// End of the assignment (RFC 3339 or YYYY-MM-DD); no later than the entitlement's.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         expires: Option<String>,
     },
     /// Revoke seats assigned to a user (admins); all of them unless --seats.
     Revoke {
+        /// The user (an e-mail address).
         email: String,
+        /// The feature whose seats to revoke.
         feature: String,
+        /// How many seats (default: all of them).
         #[arg(long)]
         seats: Option<u32>,
     },
     /// Borrow seats for offline use on this machine.
     Borrow {
+        /// The feature to borrow.
         feature: String,
         /// How long, e.g. 3d or 72h.
-        #[arg(long = "for")]
+        #[arg(long = "for", value_name = "DURATION")]
         duration: String,
+        /// How many seats.
         #[arg(long, default_value_t = 1)]
         seats: u32,
     },
     /// Give back the borrows of a feature that this machine holds; fails when the server
     /// confirms none (the token files stay).
-    Return { feature: String },
+    Return {
+        /// The feature to give back.
+        feature: String,
+    },
     /// The borrows kept on this machine and whether they are valid (offline).
     Borrows,
     /// Check the stored borrow of a feature: with the server when one is reachable, else
     /// offline. Exit 0 if valid, else 3.
-    Verify { feature: String },
+    Verify {
+        /// The feature whose borrow to check.
+        feature: String,
+    },
     /// Read the audit log (admins), newest first.
     Audit {
         /// Only events at or after this time (RFC 3339 or YYYY-MM-DD).
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         since: Option<String>,
         /// Only events by or about this user.
-        #[arg(long)]
+        #[arg(long, value_name = "EMAIL")]
         user: Option<String>,
+        /// Only events about this feature.
         #[arg(long)]
         feature: Option<String>,
         /// At most this many events (default 1000); they are fetched page by page.
@@ -133,6 +227,7 @@ pub enum Command {
     },
     /// Print a shell completion script for tally (no server needed).
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -144,18 +239,21 @@ pub enum Command {
 pub enum UserCommand {
     /// Add a user; prints their first token, shown once.
     Add {
+        /// The user's e-mail address, which they sign in as.
         email: String,
         /// admin, member or guest.
         #[arg(long, default_value = "member")]
         role: String,
+        /// Their full name, for listings.
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// List users.
+    /// List users, with the seats assigned to each per feature.
     List,
     /// Mint another token for a user, shown once; `user token revoke ID` revokes one.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Token {
+        /// The user to mint a token for (an e-mail address).
         #[arg(required = true)]
         email: Option<String>,
         /// What the token is for, to tell it from the user's others.
@@ -165,29 +263,46 @@ pub enum UserCommand {
         action: Option<TokenCommand>,
     },
     /// List a user's tokens (ids, labels, when last used; never the tokens).
-    Tokens { email: String },
+    Tokens {
+        /// The user whose tokens to list (an e-mail address).
+        email: String,
+    },
     /// Deactivate a user: their leases end and their assigned seats return to the pool.
-    Deactivate { email: String },
+    Deactivate {
+        /// The user to deactivate (an e-mail address).
+        email: String,
+    },
     /// Activate a user again, restoring their assigned seats.
-    Activate { email: String },
+    Activate {
+        /// The user to activate (an e-mail address).
+        email: String,
+    },
     /// Remove a user who has no assignments and no borrowed seats.
-    Remove { email: String },
+    Remove {
+        /// The user to remove (an e-mail address).
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Revoke a token by id (`tally user tokens EMAIL` lists them); connections signed in
     /// with it end at once.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct CheckoutArgs {
+    /// The feature to check out.
     pub feature: String,
+    /// How many seats.
     #[arg(long, default_value_t = 1)]
     pub seats: u32,
     /// Command to run while holding the lease; tally exits with its status.
-    #[arg(last = true)]
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -195,30 +310,72 @@ pub struct CheckoutArgs {
 pub enum EntitlementCommand {
     /// Add an entitlement.
     Add {
+        /// The feature it licenses, e.g. vray.
         feature: String,
+        /// How many seats.
         #[arg(long)]
         seats: u32,
         /// Start (RFC 3339 or YYYY-MM-DD, UTC); default now.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         starts: Option<String>,
         /// End (RFC 3339 or YYYY-MM-DD, UTC); default never.
-        #[arg(long)]
+        #[arg(long, value_name = "TIME")]
         expires: Option<String>,
+        /// A trial: its assignments cannot be revoked or moved.
         #[arg(long)]
         trial: bool,
+        /// Its seats may be borrowed for offline use.
         #[arg(long)]
         borrowable: bool,
         /// Longest borrow, e.g. 72h or 7d (default 168h).
-        #[arg(long)]
+        #[arg(long, value_name = "DURATION")]
         max_borrow: Option<String>,
         /// Free text, e.g. the order number.
-        #[arg(long = "ref")]
+        #[arg(long = "ref", value_name = "TEXT")]
         reference: Option<String>,
     },
-    /// List entitlements.
-    List { feature: Option<String> },
-    /// Remove an entitlement by id.
-    Remove { id: String },
+    /// List entitlements, with their start and end (including ones not yet started).
+    List {
+        /// Only this feature's.
+        feature: Option<String>,
+    },
+    /// Change an entitlement: a renewal or a correction. Only what is given changes.
+    Update {
+        /// The entitlement's id (`tally entitlement list` shows them).
+        id: String,
+        /// How many seats; fewer than the floating seats in use is refused unless --force.
+        #[arg(long)]
+        seats: Option<u32>,
+        /// Start (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long, value_name = "TIME")]
+        starts: Option<String>,
+        /// End (RFC 3339 or YYYY-MM-DD, UTC), or `never`.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+        /// Its seats may be borrowed for offline use from now on.
+        #[arg(long, conflicts_with = "no_borrowable")]
+        borrowable: bool,
+        /// Its seats may no longer be borrowed (borrows already made stay).
+        #[arg(long)]
+        no_borrowable: bool,
+        /// Longest borrow from now on, e.g. 72h or 7d.
+        #[arg(long, value_name = "DURATION")]
+        max_borrow: Option<String>,
+        /// Free text, e.g. the order number of the renewal.
+        #[arg(long = "ref", value_name = "TEXT")]
+        reference: Option<String>,
+        /// End the newest online leases the smaller pool cannot hold, instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove an entitlement by id; refused if that would end leases, unless --force.
+    Remove {
+        /// The entitlement's id (`tally entitlement list` shows them).
+        id: String,
+        /// End the leases its removal leaves no room for, and list them.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,5 +396,61 @@ mod tests {
     #[test]
     fn the_argument_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command, argument and option says what it is for (item 8 of issue 11): the
+    /// help, completions and manual page are made from these texts.
+    #[test]
+    fn every_command_argument_and_option_is_described() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(sub_path.clone());
+                }
+                check(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "tally", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+    }
+
+    /// `tally --help` lists the global options apart from the commands' own, and ends
+    /// with the exit codes and the environment variables.
+    #[test]
+    fn the_help_lists_global_options_exit_codes_and_environment() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("Global options:"), "{help}");
+        for word in [
+            "Exit codes:",
+            "TALLY_CONFIG",
+            "TALLY_TOKEN",
+            "TALLY_SERVER",
+            "TALLY_DATA_DIR",
+            "TALLY_MACHINE_ID",
+            "NO_COLOR",
+        ] {
+            assert!(help.contains(word), "{word} missing from {help}");
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let release = cli.find_subcommand_mut("release").unwrap();
+        let help = release.render_help().to_string();
+        let (own, global) = help.split_once("Global options:").expect(&help);
+        assert!(own.contains("--user") && own.contains("--host"), "{help}");
+        assert!(
+            global.contains("--config") && !own.contains("--config"),
+            "{help}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Seats assigned to users by name: `assign` and `revoke` (admins).
+//! Seats assigned to users by name: `assign` and `revoke` (admins), and `assignments`, who
+//! has which (admins see everyone's, others their own).
 
 use tally_protocol::{Assign, Revoke};
 
@@ -11,6 +12,10 @@ use crate::Client;
 pub enum Action {
     Assign(Assign),
     Revoke(Revoke),
+    List {
+        user: Option<String>,
+        feature: Option<String>,
+    },
 }
 
 impl Action {
@@ -43,10 +48,28 @@ impl Action {
         }))
     }
 
+    pub fn list(user: Option<String>, feature: Option<String>) -> Result<Self, Failure> {
+        Ok(Action::List {
+            user: user.map(values::username).transpose()?,
+            feature: values::feature_opt(feature)?,
+        })
+    }
+
     pub async fn run(self, client: &Client, out: &Output) -> Result<u8, Failure> {
         match self {
-            Action::Assign(assign) => out.assignment(&client.assign(assign).await?),
-            Action::Revoke(revoke) => out.revoked(client.revoke(revoke).await?),
+            Action::Assign(assign) => {
+                let user = assign.username.clone();
+                out.assigned(&user, &client.assign_with_totals(assign).await?);
+            }
+            Action::Revoke(revoke) => {
+                let user = revoke.username.clone();
+                out.revoked(&user, &client.revoke_with_totals(revoke).await?);
+            }
+            Action::List { user, feature } => out.assignments(
+                &client
+                    .assignments(user.as_deref(), feature.as_deref())
+                    .await?,
+            ),
         }
         Ok(exit::OK)
     }

@@ -52,6 +52,18 @@ impl Action {
                 seats,
                 duration,
             } => {
+                if let Some(held) = already_borrowed(client, &feature).await? {
+                    return Err(Failure {
+                        code: exit::FAILED,
+                        error_code: "already_exists".into(),
+                        message: format!(
+                            "this machine already borrows {} seat(s) of {feature} until {} (lease {}); to borrow for longer or more seats, give it back first with `tally return {feature}`",
+                            held.seats,
+                            tally_protocol::format_time(held.expires_at),
+                            held.lease
+                        ),
+                    });
+                }
                 let (lease, path) = client.borrow(&feature, seats, duration).await?;
                 out.borrowed(&lease, &path);
             }
@@ -59,6 +71,30 @@ impl Action {
         }
         Ok(exit::OK)
     }
+}
+
+/// The borrow of `feature` this machine holds from this server, if any: a token kept here
+/// that is valid offline, for this user, and that the server still holds.
+async fn already_borrowed(
+    client: &Client,
+    feature: &str,
+) -> Result<Option<tally_protocol::BorrowClaims>, Failure> {
+    let store = client.borrow_store()?;
+    let server = &client.welcome().server_id;
+    let kept: Vec<tally_protocol::BorrowClaims> = store
+        .verify_all(client.trust(), client.machine_id())?
+        .into_iter()
+        .filter(|(_, verdict)| verdict.valid)
+        .filter_map(|(borrow, _)| borrow.claims)
+        .filter(|c| c.feature == feature && &c.server_id == server)
+        .filter(|c| c.user.eq_ignore_ascii_case(client.username()))
+        .collect();
+    let Some(first) = kept.into_iter().min_by_key(|c| c.expires_at) else {
+        return Ok(None);
+    };
+    // A borrow returned or ended meanwhile does not count: the server must still hold one.
+    let verdict = client.verify_borrow(feature).await?;
+    Ok(verdict.valid.then_some(first))
 }
 
 impl Local {

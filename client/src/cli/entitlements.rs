@@ -1,6 +1,6 @@
-//! Entitlements (purchases of a feature): `entitlement add`, `list` and `remove`.
+//! Entitlements (purchases of a feature): `entitlement add`, `list`, `update` and `remove`.
 
-use tally_protocol::{EntitlementKind, NewEntitlement};
+use tally_protocol::{EntitlementKind, EntitlementUpdate, NewEntitlement};
 
 use super::args::EntitlementCommand;
 use super::failure::{exit, Failure};
@@ -12,7 +12,8 @@ use crate::Client;
 pub enum Action {
     Add(NewEntitlement),
     List { feature: Option<String> },
-    Remove(u64),
+    Update(EntitlementUpdate),
+    Remove { id: u64, force: bool },
 }
 
 impl Action {
@@ -38,17 +39,58 @@ impl Action {
                     EntitlementKind::Standard
                 },
                 borrowable,
-                max_borrow_secs: max_borrow
-                    .as_deref()
-                    .map(values::duration)
-                    .transpose()?
-                    .map(|d| d.as_secs()),
+                max_borrow_secs: max_borrow_secs(max_borrow.as_deref())?,
                 reference: reference.unwrap_or_default(),
             }),
             EntitlementCommand::List { feature } => Action::List {
                 feature: values::feature_opt(feature)?,
             },
-            EntitlementCommand::Remove { id } => Action::Remove(values::entitlement_id(&id)?),
+            EntitlementCommand::Update {
+                id,
+                seats,
+                starts,
+                expires,
+                borrowable,
+                no_borrowable,
+                max_borrow,
+                reference,
+                force,
+            } => {
+                let update = EntitlementUpdate {
+                    id: values::entitlement_id(&id)?,
+                    seats: seats.map(values::seats).transpose()?,
+                    starts_at: values::time_opt(starts.as_deref())?,
+                    expires_at: match expires.as_deref() {
+                        None => None,
+                        Some(text) if text.eq_ignore_ascii_case("never") => Some(None),
+                        Some(text) => Some(Some(values::time(text)?)),
+                    },
+                    borrowable: match (borrowable, no_borrowable) {
+                        (true, _) => Some(true),
+                        (_, true) => Some(false),
+                        _ => None,
+                    },
+                    max_borrow_secs: max_borrow_secs(max_borrow.as_deref())?,
+                    reference,
+                    force,
+                };
+                let nothing = update.seats.is_none()
+                    && update.starts_at.is_none()
+                    && update.expires_at.is_none()
+                    && update.borrowable.is_none()
+                    && update.max_borrow_secs.is_none()
+                    && update.reference.is_none();
+                if nothing {
+                    return Err(Failure::usage(
+                        "nothing to change: give --seats, --starts, --expires, --borrowable or --no-borrowable, --max-borrow or --ref",
+                    ));
+                }
+                Action::Update(update)
+            }
+            EntitlementCommand::Remove { id, force } => Action::Remove {
+                id: values::entitlement_id(&id)?,
+                force,
+            },
         })
     }
 
@@ -58,8 +100,18 @@ impl Action {
             Action::List { feature } => {
                 out.entitlements(&client.entitlements(feature.as_deref()).await?)
             }
-            Action::Remove(id) => out.removed(client.remove_entitlement(id).await?),
+            Action::Update(update) => {
+                out.entitlement_updated(&client.update_entitlement(update).await?)
+            }
+            Action::Remove { id, force } => {
+                out.removed(&client.delete_entitlement(id, force).await?)
+            }
         }
         Ok(exit::OK)
     }
+}
+
+/// `--max-borrow`, in whole seconds.
+fn max_borrow_secs(text: Option<&str>) -> Result<Option<u64>, Failure> {
+    Ok(text.map(values::duration).transpose()?.map(|d| d.as_secs()))
 }

@@ -1,20 +1,21 @@
-//! Seats and leases: `status`, `leases`, `checkout` and `release`.
+//! Seats and leases: `status` (and `status --all`, the `lmstat -a` view), `leases`,
+//! `checkout` and `release`.
 
-use tally_protocol::{LeaseId, LeasesQuery};
+use tally_protocol::{now_millis, Entitlement, LeasePattern, LeasesQuery, ReleaseMatching};
 
 use super::args::CheckoutArgs;
 use super::failure::{exit, Failure};
 use super::hold::{self, Signals};
 use super::output::Output;
 use super::values;
-use crate::Client;
+use crate::{Client, Error};
 
 /// A seats-and-leases command, checked and ready to send.
 pub enum Action {
-    Status { feature: Option<String> },
+    Status { feature: Option<String>, all: bool },
     Leases(LeasesQuery),
     Checkout(Checkout),
-    Release(LeaseId),
+    Release(ReleaseMatching),
 }
 
 /// `checkout`: the seats to take, and the command to run while holding them (none: hold
@@ -26,9 +27,10 @@ pub struct Checkout {
 }
 
 impl Action {
-    pub fn status(feature: Option<String>) -> Result<Self, Failure> {
+    pub fn status(feature: Option<String>, all: bool) -> Result<Self, Failure> {
         Ok(Action::Status {
             feature: values::feature_opt(feature)?,
+            all,
         })
     }
 
@@ -47,13 +49,46 @@ impl Action {
         }))
     }
 
-    pub fn release(lease_id: &str) -> Result<Self, Failure> {
-        Ok(Action::Release(values::lease_id(lease_id)?))
+    /// `release LEASE_ID` (a full id, a prefix or `PREFIX...SUFFIX`), or `release --user U
+    /// [--host H] [--feature F]`; clap has made sure one of the lease, user or host is there.
+    pub fn release(
+        lease: Option<String>,
+        user: Option<String>,
+        host: Option<String>,
+        feature: Option<String>,
+    ) -> Result<Self, Failure> {
+        if let Some(text) = &lease {
+            LeasePattern::parse(text)
+                .map_err(|err| Failure::usage(format!("{err}; `tally leases` shows lease ids")))?;
+        }
+        Ok(Action::Release(ReleaseMatching {
+            lease,
+            user: user.map(values::username).transpose()?,
+            host,
+            feature: values::feature_opt(feature)?,
+        }))
     }
 
     pub async fn run(self, client: &Client, out: &Output) -> Result<u8, Failure> {
         match self {
-            Action::Status { feature } => out.status(&client.status(feature.as_deref()).await?),
+            Action::Status { feature, all } => {
+                let features = client.status(feature.as_deref()).await?;
+                // JSON keeps the document of the spec; people also see what starts later.
+                let upcoming = if out.is_json() && !all {
+                    Vec::new()
+                } else {
+                    upcoming(client, feature.as_deref()).await?
+                };
+                if all {
+                    let query = LeasesQuery {
+                        feature: feature.clone(),
+                        user: None,
+                    };
+                    out.status_all(&features, &client.holders(query).await?, &upcoming);
+                } else {
+                    out.status(&features, &upcoming);
+                }
+            }
             Action::Leases(query) => out.leases(&client.leases(query).await?),
             Action::Checkout(checkout) => {
                 let signals = Signals::install()?;
@@ -65,8 +100,21 @@ impl Action {
                         .await
                 };
             }
-            Action::Release(lease) => out.released(client.release(lease).await?),
+            Action::Release(release) => out.released(&client.release_matching(release).await?),
         }
         Ok(exit::OK)
     }
+}
+
+/// The entitlements not yet started (of one feature, when given), soonest first.
+async fn upcoming(client: &Client, feature: Option<&str>) -> Result<Vec<Entitlement>, Error> {
+    let now = now_millis();
+    let mut later: Vec<Entitlement> = client
+        .entitlements(feature)
+        .await?
+        .into_iter()
+        .filter(|e| e.starts_at > now)
+        .collect();
+    later.sort_by_key(|e| (e.starts_at, e.id));
+    Ok(later)
 }

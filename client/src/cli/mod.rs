@@ -64,10 +64,18 @@ enum Remote {
 fn plan(command: Command) -> Result<Action, Failure> {
     use Remote as R;
     Ok(Action::Remote(match command {
-        Command::Status { feature } => R::Leases(leases::Action::status(feature)?),
+        Command::Status { feature, all } => R::Leases(leases::Action::status(feature, all)?),
         Command::Leases { feature, user } => R::Leases(leases::Action::leases(feature, user)?),
         Command::Checkout(args) => R::Leases(leases::Action::checkout(args)?),
-        Command::Release { lease_id } => R::Leases(leases::Action::release(&lease_id)?),
+        Command::Release {
+            lease_id,
+            user,
+            host,
+            feature,
+        } => R::Leases(leases::Action::release(lease_id, user, host, feature)?),
+        Command::Assignments { user, feature } => {
+            R::Assignments(assignments::Action::list(user, feature)?)
+        }
         Command::Entitlement(command) => R::Entitlements(entitlements::Action::new(command)?),
         Command::Whoami => R::Users(users::Action::Whoami),
         Command::User(command) => R::Users(users::Action::new(command)?),
@@ -271,6 +279,23 @@ mod tests {
             (&["leases", "--feature", "Bad Name"], "Bad Name"),
             (&["checkout", "vray", "--seats", "0"], "--seats"),
             (&["release", "xyz"], "`tally leases`"),
+            (&["release", "3f9"], "at least 4 digits"),
+            (&["release", "--user", "not an email"], "not an email"),
+            (
+                &["release", "--host", "h", "--feature", "Bad Name"],
+                "Bad Name",
+            ),
+            (&["assignments", "--feature", "Bad Name"], "Bad Name"),
+            (&["entitlement", "update", "3"], "nothing to change"),
+            (
+                &["entitlement", "update", "3", "--expires", "someday"],
+                "\"someday\" is not a time",
+            ),
+            (
+                &["entitlement", "update", "x", "--seats", "2"],
+                "not an entitlement id",
+            ),
+            (&["entitlement", "update", "3", "--seats", "0"], "--seats"),
             (&["entitlement", "list", "Bad Name"], "Bad Name"),
             (
                 &[
@@ -351,6 +376,22 @@ mod tests {
             &["audit", "--since", "2026-01-01T00:00:00Z", "--csv"],
             &["server", "info"],
             &["server", "nodes"],
+            &["status", "--all"],
+            &["status", "-a", "vray"],
+            &["assignments", "--user", "ann@example.com"],
+            &["release", "3f9c...e1"],
+            &["release", "--user", "ann@example.com", "--feature", "vray"],
+            &["release", "--host", "render-07"],
+            &[
+                "entitlement",
+                "update",
+                "3",
+                "--expires",
+                "never",
+                "--force",
+            ],
+            &["entitlement", "update", "3", "--no-borrowable"],
+            &["entitlement", "remove", "3", "--force"],
         ];
         for args in accepted {
             assert!(matches!(planned(args), Ok(Action::Remote(_))), "{args:?}");

@@ -10,9 +10,12 @@ use std::borrow::Cow;
 use std::io::Write;
 
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
 use tally_protocol::{
-    AssignmentInfo, AuditEvent, Entitlement, FeatureStatus, IssuedToken, LeaseId, LeaseInfo,
-    LeaseSource, NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
+    AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, Entitlement, EntitlementDeleted,
+    EntitlementUpdated, FeatureStatus, HeldLease, IssuedToken, LeaseId, LeaseInfo, LeaseSource,
+    NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
 /// Prints a line for people on stdout, with control characters escaped.
@@ -112,6 +115,11 @@ pub fn entitlement_json(e: &Entitlement) -> Value {
     })
 }
 
+fn status_json(f: &FeatureStatus) -> Value {
+    json!({"feature": f.feature, "total": f.total, "assigned": f.assigned, "floating": f.floating,
+           "in_use": f.in_use, "borrowed": f.borrowed, "available": f.available, "queued": f.queued})
+}
+
 pub fn user_json(user: &UserInfo) -> Value {
     json!({"username": user.username, "name": user.name, "role": user.role.as_str(), "state": user.state.as_str()})
 }
@@ -119,6 +127,95 @@ pub fn user_json(user: &UserInfo) -> Value {
 pub fn assignment_json(a: &AssignmentInfo) -> Value {
     json!({"id": a.id, "user": a.user, "feature": a.feature, "seats": a.seats, "entitlement": a.entitlement,
            "expires_at": a.expires_at.map(time)})
+}
+
+/// A lease id as a table abbreviates it, `3f9c2b7a...c0e1`: `tally release` takes it as
+/// written.
+fn short_id(id: LeaseId) -> String {
+    let text = id.to_string();
+    format!("{}...{}", &text[..8], &text[28..])
+}
+
+/// "vray 2, nuke 1": seats per feature.
+fn per_feature(list: &[(String, u32)]) -> String {
+    let mut totals: BTreeMap<&str, u32> = BTreeMap::new();
+    for (feature, seats) in list {
+        *totals.entry(feature).or_default() += seats;
+    }
+    let parts: Vec<String> = totals
+        .iter()
+        .map(|(feature, seats)| format!("{feature} {seats}"))
+        .collect();
+    parts.join(", ")
+}
+
+/// A user's seats per feature, `[{"feature", "seats"}]`, from their assignments.
+fn totals_json(assignments: &[AssignmentInfo]) -> Value {
+    let mut totals: BTreeMap<&str, u32> = BTreeMap::new();
+    for a in assignments {
+        *totals.entry(&a.feature).or_default() += a.seats;
+    }
+    let list: Vec<Value> = totals
+        .iter()
+        .map(|(feature, seats)| json!({"feature": feature, "seats": seats}))
+        .collect();
+    json!(list)
+}
+
+/// "vray 3, nuke 1 (4 seats in all)", or that none are assigned.
+fn totals_text(assignments: &[AssignmentInfo]) -> String {
+    if assignments.is_empty() {
+        return "no seats assigned".into();
+    }
+    let list: Vec<(String, u32)> = assignments
+        .iter()
+        .map(|a| (a.feature.clone(), a.seats))
+        .collect();
+    let all: u32 = assignments.iter().map(|a| a.seats).sum();
+    format!("{} ({all} seat(s) in all)", per_feature(&list))
+}
+
+/// What became of an assignment a change touched: "assignment 4 (entitlement 1) now
+/// holds 3" or "assignment 4 (entitlement 1) ended".
+fn touched_text(a: &AssignmentInfo) -> String {
+    if a.seats == 0 {
+        format!("assignment {} (entitlement {}) ended", a.id, a.entitlement)
+    } else {
+        format!(
+            "assignment {} (entitlement {}) now holds {}",
+            a.id, a.entitlement, a.seats
+        )
+    }
+}
+
+/// One feature's figures on one line, for the heading of `status --all`.
+fn figures(f: &FeatureStatus) -> String {
+    format!(
+        "{}: {} total, {} assigned, {} floating, {} in use, {} borrowed, {} available, {} queued",
+        f.feature, f.total, f.assigned, f.floating, f.in_use, f.borrowed, f.available, f.queued
+    )
+}
+
+/// "5 seat(s) from 2027-01-01T00:00:00Z (entitlement 2)" for an entitlement not yet
+/// started.
+fn upcoming_text(e: &Entitlement) -> String {
+    format!(
+        "{} seat(s) from {} (entitlement {}{})",
+        e.seats,
+        time(e.starts_at),
+        e.id,
+        if e.kind == tally_protocol::EntitlementKind::Trial {
+            ", trial"
+        } else {
+            ""
+        }
+    )
+}
+
+fn holder_json(h: &HeldLease) -> Value {
+    json!({"lease": h.lease.id.to_string(), "user": h.lease.user, "host": h.lease.host,
+           "program": h.program, "pid": h.pid, "address": h.address,
+           "since": time(h.lease.granted_at), "seats": h.lease.seats, "kind": h.lease.kind.as_str()})
 }
 
 /// `server info`'s document: on a cluster (SPEC §7) with the node, its role, the epoch and
@@ -166,6 +263,8 @@ pub struct Table {
     widths: Vec<usize>,
     /// Whether the header line is out.
     started: bool,
+    /// Spaces before every line, for a table under a heading.
+    indent: usize,
 }
 
 impl Table {
@@ -174,6 +273,15 @@ impl Table {
             headers: headers.iter().map(|h| h.to_uppercase()).collect(),
             widths: headers.iter().map(|h| h.len()).collect(),
             started: false,
+            indent: 0,
+        }
+    }
+
+    /// A table printed `indent` spaces in, under a heading.
+    fn indented(headers: &[&str], indent: usize) -> Self {
+        Self {
+            indent,
+            ..Self::new(headers)
         }
     }
 
@@ -183,7 +291,12 @@ impl Table {
             .enumerate()
             .map(|(i, c)| format!("{:<w$}", c, w = self.widths[i]))
             .collect();
-        say!("{}", text.join("  ").trim_end());
+        say!(
+            "{:indent$}{}",
+            "",
+            text.join("  ").trim_end(),
+            indent = self.indent
+        );
     }
 
     /// Prints rows (and the header before the first).
@@ -303,15 +416,16 @@ impl Output {
         }
     }
 
-    pub fn status(&self, features: &[FeatureStatus]) {
+    /// Whether the result is one JSON document.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// The figures of each feature; for people, also the entitlements not yet started
+    /// (`upcoming`), with their start. JSON is the spec's document.
+    pub fn status(&self, features: &[FeatureStatus], upcoming: &[Entitlement]) {
         if self.json {
-            let list: Vec<Value> = features
-                .iter()
-                .map(|f| {
-                    json!({"feature": f.feature, "total": f.total, "assigned": f.assigned, "floating": f.floating,
-                           "in_use": f.in_use, "borrowed": f.borrowed, "available": f.available, "queued": f.queued})
-                })
-                .collect();
+            let list: Vec<Value> = features.iter().map(status_json).collect();
             return self.doc(json!({ "features": list }));
         }
         if features.is_empty() {
@@ -349,6 +463,86 @@ impl Output {
             ],
             rows,
         );
+        if !upcoming.is_empty() {
+            say!("");
+            say!("not started yet:");
+            for e in upcoming {
+                say!("  {}: {}", e.feature, upcoming_text(e));
+            }
+        }
+    }
+
+    /// `status --all`, the `lmstat -a` view: each feature's figures, the entitlements of it
+    /// not yet started, and its holders underneath.
+    pub fn status_all(
+        &self,
+        features: &[FeatureStatus],
+        holders: &[HeldLease],
+        upcoming: &[Entitlement],
+    ) {
+        if self.json {
+            let list: Vec<Value> = features
+                .iter()
+                .map(|f| {
+                    let mut doc = status_json(f);
+                    let theirs: Vec<Value> = holders
+                        .iter()
+                        .filter(|h| h.lease.feature == f.feature)
+                        .map(holder_json)
+                        .collect();
+                    doc["holders"] = json!(theirs);
+                    let later: Vec<Value> = upcoming
+                        .iter()
+                        .filter(|e| e.feature == f.feature)
+                        .map(|e| json!({"entitlement": e.id, "seats": e.seats, "starts_at": time(e.starts_at)}))
+                        .collect();
+                    doc["upcoming"] = json!(later);
+                    doc
+                })
+                .collect();
+            return self.doc(json!({ "features": list }));
+        }
+        if features.is_empty() {
+            say!("no features yet: add one with `tally entitlement add FEATURE --seats N`");
+            return;
+        }
+        for (i, f) in features.iter().enumerate() {
+            if i > 0 {
+                say!("");
+            }
+            say!("{}", figures(f));
+            for e in upcoming.iter().filter(|e| e.feature == f.feature) {
+                say!("  not started yet: {}", upcoming_text(e));
+            }
+            let rows: Vec<Vec<String>> = holders
+                .iter()
+                .filter(|h| h.lease.feature == f.feature)
+                .map(|h| {
+                    vec![
+                        h.lease.user.clone(),
+                        h.lease.host.clone(),
+                        h.program.clone(),
+                        h.pid.to_string(),
+                        h.address.clone(),
+                        time(h.lease.granted_at),
+                        h.lease.seats.to_string(),
+                        h.lease.kind.as_str().to_string(),
+                        short_id(h.lease.id),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                say!("  no holders");
+                continue;
+            }
+            Table::indented(
+                &[
+                    "user", "host", "program", "pid", "address", "since", "seats", "kind", "lease",
+                ],
+                2,
+            )
+            .rows(rows);
+        }
     }
 
     pub fn leases(&self, leases: &[LeaseInfo]) {
@@ -430,13 +624,22 @@ impl Output {
             say!("no entitlements");
             return;
         }
+        let now = tally_protocol::now_millis();
         let rows = list
             .iter()
             .map(|e| {
+                let state = if e.starts_at > now {
+                    "not started"
+                } else if e.expires_at.is_some_and(|end| end <= now) {
+                    "expired"
+                } else {
+                    "active"
+                };
                 vec![
                     e.id.to_string(),
                     e.feature.clone(),
                     e.seats.to_string(),
+                    state.to_string(),
                     time(e.starts_at),
                     e.expires_at.map_or("never".into(), time),
                     e.kind.as_str().to_string(),
@@ -454,6 +657,7 @@ impl Output {
                 "id",
                 "feature",
                 "seats",
+                "state",
                 "starts_at",
                 "expires_at",
                 "kind",
@@ -464,18 +668,60 @@ impl Output {
         );
     }
 
-    pub fn removed(&self, id: u64) {
+    /// An entitlement changed, and the leases the change ended (with --force).
+    pub fn entitlement_updated(&self, updated: &EntitlementUpdated) {
+        let e = &updated.entitlement;
         if self.json {
-            return self.doc(json!({ "removed": id }));
+            let ended: Vec<String> = updated.ended.iter().map(LeaseId::to_string).collect();
+            return self.doc(json!({ "entitlement": entitlement_json(e), "ended": ended }));
         }
-        say!("removed entitlement {id}");
+        say!(
+            "updated entitlement {}: {} seat(s) of {} from {} until {}, {}, reference {:?}",
+            e.id,
+            e.seats,
+            e.feature,
+            time(e.starts_at),
+            e.expires_at.map_or("never".into(), time),
+            if e.borrowable {
+                format!(
+                    "borrowable for up to {}",
+                    humantime::format_duration(std::time::Duration::from_secs(e.max_borrow_secs))
+                )
+            } else {
+                "not borrowable".into()
+            },
+            e.reference
+        );
+        self.ended(&updated.ended);
     }
 
-    pub fn released(&self, id: LeaseId) {
-        if self.json {
-            return self.doc(json!({ "released": id.to_string() }));
+    /// Leases a change ended, one line each.
+    fn ended(&self, ended: &[LeaseId]) {
+        if !ended.is_empty() {
+            say!("ended {} lease(s):", ended.len());
+            for id in ended {
+                say!("  {id}");
+            }
         }
-        say!("released lease {id}");
+    }
+
+    pub fn removed(&self, deleted: &EntitlementDeleted) {
+        if self.json {
+            let ended: Vec<String> = deleted.ended.iter().map(LeaseId::to_string).collect();
+            return self.doc(json!({ "removed": deleted.id, "ended": ended }));
+        }
+        say!("removed entitlement {}", deleted.id);
+        self.ended(&deleted.ended);
+    }
+
+    pub fn released(&self, ids: &[LeaseId]) {
+        if self.json {
+            let ids: Vec<String> = ids.iter().map(LeaseId::to_string).collect();
+            return self.doc(json!({ "released": ids }));
+        }
+        for id in ids {
+            say!("released lease {id}");
+        }
     }
 
     pub fn server_info(&self, info: &ServerInfo) {
@@ -584,7 +830,8 @@ impl Output {
         say!("token (shown once; give it to them for their client file): {token}");
     }
 
-    pub fn users(&self, users: &[UserInfo]) {
+    /// Every user; for people, with their assigned seats per feature (from `assignments`).
+    pub fn users(&self, users: &[UserInfo], assignments: &[AssignmentEntry]) {
         if self.json {
             let list: Vec<Value> = users
                 .iter()
@@ -596,15 +843,29 @@ impl Output {
                 .collect();
             return self.doc(json!({ "users": list }));
         }
+        let mut by_user: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
+        for entry in assignments {
+            let a = &entry.assignment;
+            by_user
+                .entry(&a.user)
+                .or_default()
+                .push((a.feature.clone(), a.seats));
+        }
         let rows = users
             .iter()
             .map(|u| {
+                let seats = match by_user.get(u.username.as_str()) {
+                    Some(list) if u.assigned_seats > 0 => {
+                        format!("{} ({})", u.assigned_seats, per_feature(list))
+                    }
+                    _ => u.assigned_seats.to_string(),
+                };
                 vec![
                     u.username.clone(),
                     u.name.clone(),
                     u.role.as_str().into(),
                     u.state.as_str().into(),
-                    u.assigned_seats.to_string(),
+                    seats,
                 ]
             })
             .collect();
@@ -669,25 +930,131 @@ impl Output {
         );
     }
 
-    pub fn assignment(&self, a: &AssignmentInfo) {
+    /// A user removed: said so.
+    pub fn user_removed(&self, user: &UserInfo) {
         if self.json {
-            return self.doc(json!({ "assignment": assignment_json(a) }));
+            return self.doc(json!({ "user": user_json(user) }));
         }
-        say!(
-            "{} now has {} seat(s) of {} assigned (assignment {}, entitlement {})",
-            a.user,
-            a.seats,
-            a.feature,
-            a.id,
-            a.entitlement
-        );
+        say!("removed {} ({})", user.username, user.role.as_str());
     }
 
-    pub fn revoked(&self, count: u32) {
+    /// `assign`: the assignment touched (and, with --from, the one the seats came from),
+    /// and the user's totals after it.
+    pub fn assigned(&self, user: &str, change: &AssignmentChange) {
+        let user = user.trim().to_lowercase();
+        let mine = change.touched.iter().find(|a| a.user == user);
         if self.json {
-            return self.doc(json!({ "revoked": count }));
+            return self.doc(json!({
+                "assignment": mine.map(assignment_json),
+                "touched": change.touched.iter().map(assignment_json).collect::<Vec<_>>(),
+                "totals": totals_json(&change.assignments),
+            }));
         }
-        say!("revoked {count} seat(s)");
+        let feature = mine.map_or("", |a| a.feature.as_str());
+        say!("assigned {} seat(s) of {feature} to {user}", change.seats);
+        for a in &change.touched {
+            let whose = if a.user == user {
+                String::new()
+            } else {
+                format!("taken from {}: ", a.user)
+            };
+            say!("  {whose}{}", touched_text(a));
+        }
+        say!("{user} now has {}", totals_text(&change.assignments));
+    }
+
+    /// `revoke`: how many seats, the assignments they came from, and the user's totals
+    /// after it.
+    pub fn revoked(&self, user: &str, change: &AssignmentChange) {
+        let user = user.trim().to_lowercase();
+        if self.json {
+            return self.doc(json!({
+                "revoked": change.seats,
+                "touched": change.touched.iter().map(assignment_json).collect::<Vec<_>>(),
+                "totals": totals_json(&change.assignments),
+            }));
+        }
+        let feature = change.touched.first().map_or("", |a| a.feature.as_str());
+        say!("revoked {} seat(s) of {feature} from {user}", change.seats);
+        for a in &change.touched {
+            say!("  {}", touched_text(a));
+        }
+        say!("{user} now has {}", totals_text(&change.assignments));
+    }
+
+    /// `assignments`: who has which seats, per feature.
+    pub fn assignments(&self, list: &[AssignmentEntry]) {
+        if self.json {
+            let list: Vec<Value> = list
+                .iter()
+                .map(|e| {
+                    let mut doc = assignment_json(&e.assignment);
+                    doc["suspended"] = json!(e.suspended);
+                    doc
+                })
+                .collect();
+            return self.doc(json!({ "assignments": list }));
+        }
+        if list.is_empty() {
+            say!("no seats assigned: `tally assign EMAIL FEATURE --seats N` assigns some");
+            return;
+        }
+        let mut by_feature: BTreeMap<&str, Vec<&AssignmentEntry>> = BTreeMap::new();
+        for entry in list {
+            by_feature
+                .entry(&entry.assignment.feature)
+                .or_default()
+                .push(entry);
+        }
+        for (i, (feature, mut entries)) in by_feature.into_iter().enumerate() {
+            if i > 0 {
+                say!("");
+            }
+            entries.sort_by(|a, b| {
+                (&a.assignment.user, a.assignment.id).cmp(&(&b.assignment.user, b.assignment.id))
+            });
+            let seats: u32 = entries.iter().map(|e| e.assignment.seats).sum();
+            let users: std::collections::BTreeSet<&str> =
+                entries.iter().map(|e| e.assignment.user.as_str()).collect();
+            say!(
+                "{feature}: {seats} seat(s) assigned to {} user(s)",
+                users.len()
+            );
+            let rows = entries
+                .iter()
+                .map(|e| {
+                    let a = &e.assignment;
+                    vec![
+                        a.user.clone(),
+                        a.seats.to_string(),
+                        e.in_use.to_string(),
+                        e.borrowed.to_string(),
+                        a.id.to_string(),
+                        a.entitlement.to_string(),
+                        a.expires_at.map_or("never".into(), time),
+                        if e.suspended {
+                            "suspended (user deactivated)".into()
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            Table::indented(
+                &[
+                    "user",
+                    "seats",
+                    "in_use",
+                    "borrowed",
+                    "assignment",
+                    "entitlement",
+                    "expires_at",
+                    "note",
+                ],
+                2,
+            )
+            .rows(rows);
+        }
     }
 
     /// A printer for audit events, page by page; CSV with `csv` (whatever `--json` says).

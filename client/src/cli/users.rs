@@ -65,13 +65,22 @@ impl Action {
                 let (user, token) = client.add_user(add).await?;
                 out.user_added(&user, &token);
             }
-            Action::List => out.users(&client.users().await?),
+            Action::List => {
+                let users = client.users().await?;
+                // People see each user's seats per feature; JSON keeps the spec's document.
+                let assignments = if out.is_json() {
+                    Vec::new()
+                } else {
+                    client.assignments(None, None).await?
+                };
+                out.users(&users, &assignments);
+            }
             Action::MintToken(mint) => out.token_issued(&client.mint_token(mint).await?),
             Action::Tokens { username } => out.tokens(&client.tokens(&username).await?),
             Action::RevokeToken { id } => out.token_revoked(&client.revoke_token(&id).await?),
             Action::Deactivate { username } => out.user(&client.deactivate_user(&username).await?),
             Action::Activate { username } => out.user(&client.activate_user(&username).await?),
-            Action::Remove { username } => out.user(&client.remove_user(&username).await?),
+            Action::Remove { username } => out.user_removed(&client.remove_user(&username).await?),
         }
         Ok(exit::OK)
     }

@@ -1,9 +1,9 @@
-//! Argument values from text: times, durations, ids, roles, names and seat counts, each
+//! Argument values from text: times, durations, entitlement ids, roles, names and seat counts, each
 //! refused as a usage error (exit 2) that names what is wrong and how to write it.
 
 use std::time::Duration;
 
-use tally_protocol::{validate_feature, validate_username, LeaseId, Role};
+use tally_protocol::{validate_feature, validate_username, Role};
 
 use super::failure::Failure;
 
@@ -85,11 +85,6 @@ pub fn entitlement_id(text: &str) -> Result<u64, Failure> {
     })
 }
 
-pub fn lease_id(text: &str) -> Result<LeaseId, Failure> {
-    LeaseId::from_hex(text)
-        .map_err(|err| Failure::usage(format!("{err}; `tally leases` shows lease ids")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,10 +122,6 @@ mod tests {
             .unwrap_err()
             .message
             .contains("not an entitlement id"));
-        assert!(lease_id("xyz")
-            .unwrap_err()
-            .message
-            .contains("`tally leases`"));
         assert_eq!(role("guest").unwrap(), Role::Guest);
         assert!(role("root")
             .unwrap_err()

@@ -1,8 +1,9 @@
-//! Assigning seats to users by name (SPEC R8), revoking them (R7), and the end of an
-//! assignment (its own end, or its entitlement's).
+//! Assigning seats to users by name (SPEC R8), revoking them (R7), listing them, and the
+//! end of an assignment (its own end, or its entitlement's).
 
 use tally_protocol::{
-    Assign, AssignmentInfo, EntitlementKind, ErrorBody, ErrorCode, LeaseKind, LeaseSource, Revoke,
+    validate_feature, Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage,
+    AssignmentsQuery, EntitlementKind, ErrorBody, ErrorCode, LeaseKind, LeaseSource, Revoke,
     UserState,
 };
 
@@ -31,16 +32,50 @@ impl Pool {
         request: &Assign,
         batch: &mut Batch,
     ) -> Result<AssignmentInfo, ErrorBody> {
+        self.assign_moving(now, actor, request, batch)
+            .map(|(assignment, _)| assignment)
+    }
+
+    /// [`assign`](Self::assign), answered with what it changed: the user's assignment, the
+    /// other user's with `from`, and every assignment of the user after it.
+    pub fn assign_with_totals(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &Assign,
+        batch: &mut Batch,
+    ) -> Result<AssignmentChange, ErrorBody> {
+        let (assignment, donor) = self.assign_moving(now, actor, request, batch)?;
+        let user = assignment.user.clone();
+        let mut touched = vec![assignment];
+        touched.extend(donor.map(|before| self.assignment_now(&before)));
+        Ok(AssignmentChange {
+            seats: request.seats,
+            touched,
+            assignments: self.assignments_of(&user),
+        })
+    }
+
+    /// Assigns, and says which assignment the seats were moved from (as it was before).
+    fn assign_moving(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &Assign,
+        batch: &mut Batch,
+    ) -> Result<(AssignmentInfo, Option<Assignment>), ErrorBody> {
         self.advance(now, batch);
         let user = username(&request.username);
         let from = request.from.as_deref().map(username);
         let checked = self.check_assign(now, actor, &user, from.as_deref(), request);
         let feature = Some(request.feature.as_str());
         let donor = batch.audit_refusal(now, actor, Action::Assign, &user, feature, checked)?;
+        let mut moved_from = None;
         let entitlement = match donor {
             Donor::Floating(entitlement) => entitlement,
             Donor::Assignment(id) => {
                 let donor = self.take_seats(id, request.seats, now, &actor.username, batch);
+                moved_from = Some(donor.clone());
                 let detail = format!(
                     "{} seat(s) of {} moved to {user}",
                     request.seats, donor.feature
@@ -115,11 +150,110 @@ impl Pool {
             &user,
             &format!("{detail} of {}", request.feature),
         );
-        Ok(self
+        let info = self
             .assignments_of(&user)
             .into_iter()
             .find(|a| a.id == assignment.id)
-            .expect("assignment listed"))
+            .expect("assignment listed");
+        Ok((info, moved_from))
+    }
+
+    /// One page of the assignments, by id, after `query.after`, at most `limit`: admins see
+    /// everyone's, members and guests their own (naming another user is `forbidden`). An
+    /// unknown user or feature is `not_found`.
+    pub fn assignments_page(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &AssignmentsQuery,
+        limit: usize,
+        batch: &mut Batch,
+    ) -> Result<AssignmentsPage, ErrorBody> {
+        self.advance(now, batch);
+        let checked = self.check_assignments_query(actor, query);
+        let subject = query
+            .user
+            .as_deref()
+            .map_or_else(|| "assignments".to_string(), username);
+        let feature = query.feature.as_deref();
+        let user =
+            batch.audit_refusal(now, actor, Action::Assignments, &subject, feature, checked)?;
+        let after = query.after.map_or(0, |id| id.saturating_add(1));
+        let mut selected = self
+            .assignments
+            .range(after..)
+            .map(|(_, a)| a)
+            .filter(|a| user.as_deref().is_none_or(|u| a.user == u))
+            .filter(|a| feature.is_none_or(|f| a.feature == f));
+        let limit = limit.max(1);
+        let page: Vec<AssignmentEntry> = selected
+            .by_ref()
+            .take(limit)
+            .map(|a| {
+                let usage = self.ledger.assignment_usage(a.id);
+                AssignmentEntry {
+                    assignment: self.assignment_info(a),
+                    suspended: self
+                        .users
+                        .get(&a.user)
+                        .is_none_or(|u| u.state != UserState::Active),
+                    in_use: usage.online,
+                    borrowed: usage.borrowed,
+                }
+            })
+            .collect();
+        let next = match page.last() {
+            Some(last) if selected.next().is_some() => Some(last.assignment.id),
+            _ => None,
+        };
+        Ok(AssignmentsPage {
+            assignments: page,
+            next,
+        })
+    }
+
+    /// Whose assignments a listing may show (`None`: everyone's), or why not.
+    fn check_assignments_query(
+        &self,
+        actor: &Actor,
+        query: &AssignmentsQuery,
+    ) -> Result<Option<String>, ErrorBody> {
+        query.validate().map_err(ErrorBody::invalid)?;
+        if let Some(feature) = &query.feature {
+            validate_feature(feature).map_err(ErrorBody::invalid)?;
+        }
+        let user = query.user.as_deref().map(username);
+        if !actor.role.is_admin() {
+            if user.as_ref().is_some_and(|u| *u != actor.username) {
+                return Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "only an admin may list other users' assignments; {} is a {} and sees their own (leave out --user)",
+                        actor.username,
+                        actor.role.as_str()
+                    ),
+                ));
+            }
+            return Ok(Some(actor.username.clone()));
+        }
+        if let Some(user) = &user {
+            self.existing(user)?;
+        }
+        if let Some(feature) = &query.feature {
+            self.entitlements_of(feature)?;
+        }
+        Ok(user)
+    }
+
+    /// An assignment as it is now, from what it was: with 0 seats once it has ended.
+    fn assignment_now(&self, before: &Assignment) -> AssignmentInfo {
+        match self.assignments.get(&before.id) {
+            Some(now) => self.assignment_info(now),
+            None => AssignmentInfo {
+                seats: 0,
+                ..self.assignment_info(before)
+            },
+        }
     }
 
     fn check_assign(
@@ -293,14 +427,44 @@ impl Pool {
         request: &Revoke,
         batch: &mut Batch,
     ) -> Result<u32, ErrorBody> {
+        self.revoke_taking(now, actor, request, batch)
+            .map(|(revoked, _)| revoked)
+    }
+
+    /// [`revoke`](Self::revoke), answered with what it changed: the assignments it took
+    /// seats from, and every assignment of the user after it.
+    pub fn revoke_with_totals(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &Revoke,
+        batch: &mut Batch,
+    ) -> Result<AssignmentChange, ErrorBody> {
+        let (revoked, taken) = self.revoke_taking(now, actor, request, batch)?;
+        Ok(AssignmentChange {
+            seats: revoked,
+            touched: taken.iter().map(|a| self.assignment_now(a)).collect(),
+            assignments: self.assignments_of(&username(&request.username)),
+        })
+    }
+
+    /// Revokes, and says which assignments lost seats (as they were before).
+    fn revoke_taking(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &Revoke,
+        batch: &mut Batch,
+    ) -> Result<(u32, Vec<Assignment>), ErrorBody> {
         self.advance(now, batch);
         let user = username(&request.username);
         let checked = self.check_revoke(actor, &user, request);
         let feature = Some(request.feature.as_str());
         let plan = batch.audit_refusal(now, actor, Action::Revoke, &user, feature, checked)?;
         let mut revoked = 0;
+        let mut taken = Vec::new();
         for (id, take) in plan {
-            self.take_seats(id, take, now, &actor.username, batch);
+            taken.push(self.take_seats(id, take, now, &actor.username, batch));
             revoked += take;
         }
         self.next_boundary = self.compute_next_boundary(now);
@@ -314,7 +478,7 @@ impl Pool {
             Ok(&detail),
         );
         batch.notify(now, NotificationKind::AssignmentRevoked, &user, &detail);
-        Ok(revoked)
+        Ok((revoked, taken))
     }
 
     /// Which assignments lose how many seats, or why none may.

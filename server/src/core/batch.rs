@@ -57,6 +57,9 @@ pub struct Batch {
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
     updated_lease_ids: HashSet<LeaseId>,
+    /// Entitlements already in the store that this batch rewrites (`entitlements_added` is
+    /// an upsert too).
+    updated_entitlement_ids: HashSet<u64>,
 }
 
 impl Batch {
@@ -189,10 +192,25 @@ impl Batch {
         self.entitlements_added.push(entitlement);
     }
 
+    /// Rewrites an entitlement the store may already hold (renewed or corrected).
+    pub fn update_entitlement(&mut self, entitlement: Entitlement) {
+        if let Some(slot) = self
+            .entitlements_added
+            .iter_mut()
+            .find(|e| e.id == entitlement.id)
+        {
+            *slot = entitlement;
+        } else {
+            self.updated_entitlement_ids.insert(entitlement.id);
+            self.entitlements_added.push(entitlement);
+        }
+    }
+
     pub fn remove_entitlement(&mut self, id: u64) {
         let before = self.entitlements_added.len();
         self.entitlements_added.retain(|e| e.id != id);
-        if self.entitlements_added.len() == before {
+        let added_here = self.entitlements_added.len() != before;
+        if !added_here || self.updated_entitlement_ids.remove(&id) {
             self.entitlements_removed.push(id);
         }
     }
@@ -277,8 +295,16 @@ impl Snapshot {
     /// Applies a committed batch, as a store does; the property tests use this as their
     /// model of the store.
     pub fn apply(&mut self, batch: &Batch) {
-        self.entitlements
-            .extend(batch.entitlements_added.iter().cloned());
+        for entitlement in &batch.entitlements_added {
+            match self
+                .entitlements
+                .iter_mut()
+                .find(|e| e.id == entitlement.id)
+            {
+                Some(slot) => *slot = entitlement.clone(),
+                None => self.entitlements.push(entitlement.clone()),
+            }
+        }
         self.entitlements
             .retain(|e| !batch.entitlements_removed.contains(&e.id));
         self.entitlements.sort_by_key(|e| e.id);
@@ -370,6 +396,48 @@ mod tests {
         let out = batch.audit_refusal(7, &ana(), Action::Assign, "ben@studio", None, Ok(3));
         assert_eq!(out.unwrap(), 3);
         assert!(batch.audit.is_empty(), "the caller audits what it did");
+    }
+
+    fn entitlement(id: u64, seats: u32) -> Entitlement {
+        Entitlement {
+            id,
+            feature: "vray".into(),
+            seats,
+            starts_at: 0,
+            expires_at: None,
+            kind: tally_protocol::EntitlementKind::Standard,
+            borrowable: false,
+            max_borrow_secs: 60,
+            reference: String::new(),
+        }
+    }
+
+    /// An entitlement the store holds is rewritten in place, and one rewritten then removed
+    /// in the same batch is still deleted from the store; one added then removed is never
+    /// written.
+    #[test]
+    fn an_updated_entitlement_is_an_upsert_and_its_removal_still_deletes_it() {
+        let mut store = Snapshot::default();
+        let mut batch = Batch::default();
+        batch.add_entitlement(entitlement(1, 3));
+        store.apply(&batch);
+        let mut batch = Batch::default();
+        batch.update_entitlement(entitlement(1, 5));
+        store.apply(&batch);
+        assert_eq!(store.entitlements, [entitlement(1, 5)]);
+        let mut batch = Batch::default();
+        batch.update_entitlement(entitlement(1, 7));
+        batch.remove_entitlement(1);
+        assert!(batch.entitlements_added.is_empty());
+        assert_eq!(batch.entitlements_removed, [1]);
+        store.apply(&batch);
+        assert!(store.entitlements.is_empty());
+        let mut batch = Batch::default();
+        batch.add_entitlement(entitlement(2, 1));
+        batch.update_entitlement(entitlement(2, 2));
+        assert_eq!(batch.entitlements_added, [entitlement(2, 2)]);
+        batch.remove_entitlement(2);
+        assert!(batch.entitlements_added.is_empty() && batch.entitlements_removed.is_empty());
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl Pool {
             seats: request.seats,
             user: actor.username.clone(),
             host: holder.host.clone(),
+            peer: holder.peer.clone(),
             client: holder.client,
             request_id: key,
             kind: LeaseKind::Borrowed,
@@ -271,31 +272,11 @@ impl Pool {
 
     /// Refuses to remove an entitlement that seats are borrowed from.
     pub(super) fn no_borrows_from(&self, entitlement: u64) -> Result<(), ErrorBody> {
-        let mut borrowed = self.borrowed_from(entitlement);
-        let mut until = 0;
-        for lease in self
-            .ledger
-            .leases
-            .values()
-            .filter(|l| l.kind == LeaseKind::Borrowed)
-        {
-            let from_it = match lease.source {
-                LeaseSource::Floating => lease.entitlement == Some(entitlement),
-                LeaseSource::Assignment(id) => self
-                    .assignments
-                    .get(&id)
-                    .is_some_and(|a| a.entitlement == entitlement),
-            };
-            if from_it {
-                until = until.max(lease.expires_at);
-                if matches!(lease.source, LeaseSource::Assignment(_)) {
-                    borrowed += lease.seats;
-                }
-            }
-        }
-        if borrowed == 0 {
+        let borrows = self.borrows_from(entitlement);
+        let Some(until) = borrows.iter().map(|l| l.expires_at).max() else {
             return Ok(());
-        }
+        };
+        let borrowed: u32 = borrows.iter().map(|l| l.seats).sum();
         Err(ErrorBody::new(
             ErrorCode::Borrowed,
             format!(
@@ -303,6 +284,23 @@ impl Pool {
                 rfc3339(until)
             ),
         ))
+    }
+
+    /// The borrowed leases whose seats come from an entitlement: floating ones charged to
+    /// it, and those from its assignments.
+    pub(super) fn borrows_from(&self, entitlement: u64) -> Vec<&Lease> {
+        self.ledger
+            .leases
+            .values()
+            .filter(|l| l.kind == LeaseKind::Borrowed)
+            .filter(|l| match l.source {
+                LeaseSource::Floating => l.entitlement == Some(entitlement),
+                LeaseSource::Assignment(id) => self
+                    .assignments
+                    .get(&id)
+                    .is_some_and(|a| a.entitlement == entitlement),
+            })
+            .collect()
     }
 }
 

@@ -1,14 +1,16 @@
 //! Online leases, as their holders and admins ask for them: checkout (R1, R2, R4),
-//! heartbeat (R3), resume (R4), check-in, an admin's forced release, and the listing.
+//! heartbeat (R3), resume (R4), check-in, an admin's forced release (of one lease, or of
+//! those an id prefix, a user or a host selects), and the listings.
 
 use std::collections::{BTreeMap, HashMap};
 
 use tally_protocol::{
-    Checkout, EndReason, EndedLease, ErrorBody, ErrorCode, HeartbeatAck, LeaseCursor, LeaseId,
-    LeaseInfo, LeaseKind, LeaseSource, LeasesPage, LeasesQuery, Resumed, Role,
+    validate_feature, Checkout, EndReason, EndedLease, ErrorBody, ErrorCode, HeartbeatAck,
+    HeldLease, HoldersPage, LeaseCursor, LeaseId, LeaseInfo, LeaseKind, LeasePattern, LeaseSource,
+    LeasesPage, LeasesQuery, ReleaseMatching, Resumed, Role,
 };
 
-use super::checks::{check_request, require_admin};
+use super::checks::{check_request, require_admin, username};
 use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool};
 
 impl Pool {
@@ -51,6 +53,7 @@ impl Pool {
             seats: request.seats,
             user: actor.username.clone(),
             host: holder.host.clone(),
+            peer: holder.peer.clone(),
             client: holder.client,
             request_id: request.request_id,
             kind: LeaseKind::Online,
@@ -257,8 +260,15 @@ impl Pool {
                         lease.host, holder.host
                     )),
                 );
-                self.ledger.rebind(id, holder.client, &holder.host, now);
+                self.ledger.rebind(id, holder, now);
                 batch.update_lease(self.ledger.leases[&id].clone());
+            } else if lease.host != holder.host || lease.peer != holder.peer {
+                // The same instance, reconnected (from another address, say): admins see
+                // where it is now.
+                let lease = self.ledger.leases.get_mut(&id).expect("lease exists");
+                lease.host = holder.host.clone();
+                lease.peer = holder.peer.clone();
+                batch.update_lease(lease.clone());
             }
             resumed.push(id);
         }
@@ -366,14 +376,7 @@ impl Pool {
                 "no lease {lease}; `tally leases` lists the leases held"
             ))),
             // The token works offline whatever the server does: the seat stays used.
-            Some(l) if l.kind == LeaseKind::Borrowed => Err(ErrorBody::new(
-                ErrorCode::Borrowed,
-                format!(
-                    "lease {lease} is borrowed by {} for offline use until {}; it cannot be released before it ends or is returned",
-                    l.user,
-                    rfc3339(l.expires_at)
-                ),
-            )),
+            Some(l) if l.kind == LeaseKind::Borrowed => Err(borrowed_lease(l)),
             Some(_) => Ok(()),
         }
     }
@@ -406,6 +409,55 @@ impl Pool {
         batch: &mut Batch,
     ) -> LeasesPage {
         self.advance(now, batch);
+        let (page, next) = self.page_of_leases(actor, query, after, limit, max_bytes, |_| 0);
+        LeasesPage {
+            leases: page.iter().map(|l| self.ledger.info(l)).collect(),
+            next,
+        }
+    }
+
+    /// One page of the leases held, as [`leases_page`](Self::leases_page) selects them,
+    /// each with its holder's program, process id and address: the holders `status --all`
+    /// shows under each feature.
+    #[allow(clippy::too_many_arguments)]
+    pub fn holders_page(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &LeasesQuery,
+        after: Option<LeaseCursor>,
+        limit: usize,
+        max_bytes: usize,
+        batch: &mut Batch,
+    ) -> HoldersPage {
+        self.advance(now, batch);
+        let extra = |l: &Lease| 8 + l.peer.program.len() + l.peer.address.len();
+        let (page, next) = self.page_of_leases(actor, query, after, limit, max_bytes, extra);
+        HoldersPage {
+            holders: page
+                .iter()
+                .map(|l| HeldLease {
+                    lease: self.ledger.info(l),
+                    program: l.peer.program.clone(),
+                    pid: l.peer.pid,
+                    address: l.peer.address.clone(),
+                })
+                .collect(),
+            next,
+        }
+    }
+
+    /// The leases of one page, and the cursor of the next; `extra` is how many more bytes
+    /// a lease takes in the answer than its [`LeaseInfo`].
+    fn page_of_leases(
+        &self,
+        actor: &Actor,
+        query: &LeasesQuery,
+        after: Option<LeaseCursor>,
+        limit: usize,
+        max_bytes: usize,
+        extra: impl Fn(&Lease) -> usize,
+    ) -> (Vec<&Lease>, Option<LeaseCursor>) {
         let key = |l: &Lease| (std::cmp::Reverse(l.granted_at), l.id);
         let after = after.map(|c| (std::cmp::Reverse(c.granted_at), c.id));
         let mut leases: Vec<&Lease> = self
@@ -430,8 +482,8 @@ impl Pool {
             if page.len() == limit || (!page.is_empty() && bytes >= max_bytes) {
                 break;
             }
-            bytes += 64 + lease.feature.len() + lease.user.len() + lease.host.len();
-            page.push(self.ledger.info(lease));
+            bytes += 64 + lease.feature.len() + lease.user.len() + lease.host.len() + extra(lease);
+            page.push(*lease);
         }
         let next = match page.last() {
             Some(last) if page.len() < leases.len() => Some(LeaseCursor {
@@ -440,6 +492,151 @@ impl Pool {
             }),
             _ => None,
         };
-        LeasesPage { leases: page, next }
+        (page, next)
     }
+
+    /// An admin's forced check-in of every online lease a pattern selects (like
+    /// `lmremove`): one lease by id, unique prefix or `PREFIX...SUFFIX`, or those of a user
+    /// and/or host, of one feature when given. A prefix that fits several leases is refused
+    /// naming them; borrowed leases are never released (R6).
+    pub fn release_matching(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &ReleaseMatching,
+        batch: &mut Batch,
+    ) -> Result<Vec<LeaseId>, ErrorBody> {
+        self.advance(now, batch);
+        let subject = release_subject(request);
+        let feature = request.feature.as_deref();
+        let checked = self.check_release_matching(actor, request);
+        let ids = batch.audit_refusal(now, actor, Action::Release, &subject, feature, checked)?;
+        for &id in &ids {
+            self.ledger
+                .end(id, EndReason::Released, now, &actor.username, batch);
+        }
+        Ok(ids)
+    }
+
+    /// The online leases a release selects, newest first, or why none may be released.
+    fn check_release_matching(
+        &self,
+        actor: &Actor,
+        request: &ReleaseMatching,
+    ) -> Result<Vec<LeaseId>, ErrorBody> {
+        require_admin(actor, "release a lease")?;
+        if let Some(feature) = &request.feature {
+            validate_feature(feature).map_err(ErrorBody::invalid)?;
+        }
+        let pattern = match &request.lease {
+            Some(text) => Some(LeasePattern::parse(text).map_err(ErrorBody::invalid)?),
+            None if request.user.is_none() && request.host.is_none() => {
+                return Err(ErrorBody::invalid(
+                    "name the lease to release (its id or the first digits of it), or a user or host whose leases to release",
+                ))
+            }
+            None => None,
+        };
+        let user = request.user.as_deref().map(username);
+        if let Some(user) = &user {
+            self.existing(user)?;
+        }
+        let mut chosen: Vec<&Lease> = self
+            .ledger
+            .leases
+            .values()
+            .filter(|l| pattern.as_ref().is_none_or(|p| p.matches(&l.id)))
+            .filter(|l| user.as_deref().is_none_or(|u| l.user == u))
+            .filter(|l| {
+                request
+                    .host
+                    .as_deref()
+                    .is_none_or(|h| l.host.eq_ignore_ascii_case(h))
+            })
+            .filter(|l| request.feature.as_deref().is_none_or(|f| l.feature == f))
+            .collect();
+        chosen.sort_by_key(|l| (std::cmp::Reverse(l.granted_at), l.id));
+        if let Some(pattern) = &pattern {
+            if chosen.is_empty() {
+                return Err(ErrorBody::not_found(format!(
+                    "no lease {pattern}; `tally leases` lists the leases held"
+                )));
+            }
+            if chosen.len() > 1 {
+                return Err(ErrorBody::invalid(format!(
+                    "{pattern} fits {} leases: {}; give more digits of the one to release",
+                    chosen.len(),
+                    describe_leases(&chosen)
+                )));
+            }
+            return match chosen[0] {
+                l if l.kind == LeaseKind::Borrowed => Err(borrowed_lease(l)),
+                l => Ok(vec![l.id]),
+            };
+        }
+        let (online, borrowed): (Vec<&Lease>, Vec<&Lease>) = chosen
+            .into_iter()
+            .partition(|l| l.kind == LeaseKind::Online);
+        if online.is_empty() {
+            let whose = release_subject(request);
+            return Err(match borrowed.first() {
+                Some(lease) => ErrorBody::new(
+                    ErrorCode::Borrowed,
+                    format!(
+                        "{whose} holds no online lease, only borrowed ones, which cannot be released before they end or are returned (the first until {})",
+                        rfc3339(lease.expires_at)
+                    ),
+                ),
+                None => ErrorBody::not_found(format!(
+                    "{whose} holds no lease; `tally leases` lists the leases held"
+                )),
+            });
+        }
+        Ok(online.iter().map(|l| l.id).collect())
+    }
+}
+
+/// What a release names, for the audit log and messages: "lease 3f9c", "ana@studio.com on
+/// render-07 (vray)".
+fn release_subject(request: &ReleaseMatching) -> String {
+    if let Some(lease) = &request.lease {
+        return format!("lease {}", lease.trim());
+    }
+    let mut text = match (&request.user, &request.host) {
+        (Some(user), Some(host)) => format!("{} on {host}", username(user)),
+        (Some(user), None) => username(user),
+        (None, Some(host)) => format!("host {host}"),
+        (None, None) => "nobody".to_string(),
+    };
+    if let Some(feature) = &request.feature {
+        text.push_str(&format!(" ({feature})"));
+    }
+    text
+}
+
+/// "ID (vray, ana@studio.com on render-07), ..." for a refusal, at most ten.
+pub(super) fn describe_leases(leases: &[&Lease]) -> String {
+    let mut shown: Vec<String> = leases
+        .iter()
+        .take(10)
+        .map(|l| format!("{} ({}, {} on {})", l.id, l.feature, l.user, l.host))
+        .collect();
+    if leases.len() > 10 {
+        shown.push(format!("and {} more", leases.len() - 10));
+    }
+    shown.join(", ")
+}
+
+/// The refusal to release a borrowed lease: its token works offline whatever the server
+/// does, so the seat stays used until it ends or is returned.
+fn borrowed_lease(lease: &Lease) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Borrowed,
+        format!(
+            "lease {} is borrowed by {} for offline use until {}; it cannot be released before it ends or is returned",
+            lease.id,
+            lease.user,
+            rfc3339(lease.expires_at)
+        ),
+    )
 }

@@ -15,7 +15,7 @@ use tally_protocol::{
     ClientId, EndReason, EndedLease, LeaseId, LeaseInfo, LeaseKind, LeaseSource, RequestId,
 };
 
-use super::{Action, AuditEvent, AuditOutcome, Batch, Lease};
+use super::{Action, AuditEvent, AuditOutcome, Batch, Holder, Lease};
 
 /// How long the reason a lease ended is kept for its holder to collect.
 const ENDED_KEPT_MS: i64 = 3600 * 1000;
@@ -199,15 +199,17 @@ impl Ledger {
 
     /// Binds a lease to another client instance of the same user (R4); its former
     /// instance learns at its next heartbeat that it moved.
-    pub(super) fn rebind(&mut self, id: LeaseId, to: ClientId, host: &str, now: i64) {
+    pub(super) fn rebind(&mut self, id: LeaseId, holder: &Holder, now: i64) {
         let Some(lease) = self.leases.get_mut(&id) else {
             return;
         };
+        let to = holder.client;
         let from = lease.client;
         let user = lease.user.clone();
         let request_id = lease.request_id;
         lease.client = to;
-        lease.host = host.to_string();
+        lease.host = holder.host.clone();
+        lease.peer = holder.peer.clone();
         if let Some(session) = self.sessions.get_mut(&from) {
             session.ended.push(EndedLease {
                 lease: id,
@@ -322,15 +324,27 @@ impl Ledger {
     /// Ends the newest online leases that `draws` selects until `excess` seats are free.
     pub(super) fn end_newest(
         &mut self,
-        mut excess: u32,
+        excess: u32,
         draws: impl Fn(&Lease) -> bool,
         reason: EndReason,
         now: i64,
         actor: &str,
         batch: &mut Batch,
     ) {
+        for id in self.newest_online(excess, draws) {
+            self.end(id, reason, now, actor, batch);
+        }
+    }
+
+    /// The newest online leases that `draws` selects, newest first, until they hold
+    /// `excess` seats: those [`end_newest`](Self::end_newest) ends.
+    pub(super) fn newest_online(
+        &self,
+        mut excess: u32,
+        draws: impl Fn(&Lease) -> bool,
+    ) -> Vec<LeaseId> {
         if excess == 0 {
-            return;
+            return Vec::new();
         }
         let mut online: Vec<(i64, LeaseId)> = self
             .leases
@@ -339,13 +353,14 @@ impl Ledger {
             .map(|l| (l.granted_at, l.id))
             .collect();
         online.sort_unstable_by(|a, b| b.cmp(a));
+        let mut chosen = Vec::new();
         for (_, id) in online {
             if excess == 0 {
                 break;
             }
-            let seats = self.leases[&id].seats;
-            self.end(id, reason, now, actor, batch);
-            excess = excess.saturating_sub(seats);
+            excess = excess.saturating_sub(self.leases[&id].seats);
+            chosen.push(id);
         }
+        chosen
     }
 }

@@ -46,7 +46,7 @@ pub use checks::require_admin;
 pub use tally_protocol::AuditEvent;
 pub use tokens::{token_id, SignedIn, Token};
 pub use types::{
-    Actor, Assignment, Holder, Lease, NewToken, Policy, User, DEFAULT_MAX_BORROW_SECS,
+    Actor, Assignment, Holder, Lease, NewToken, Peer, Policy, User, DEFAULT_MAX_BORROW_SECS,
     MAX_DURATION_SECS, MAX_SEATS,
 };
 pub use vocabulary::{Action, AuditOutcome, NotificationKind};

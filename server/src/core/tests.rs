@@ -65,6 +65,11 @@ fn holder(i: usize) -> Holder {
     Holder {
         client: ClientId([i as u8 + 1; 16]),
         host: format!("node{i}"),
+        peer: Peer {
+            program: format!("render {i}"),
+            pid: 1000 + i as u32,
+            address: format!("10.0.0.{i}"),
+        },
     }
 }
 
@@ -132,6 +137,25 @@ enum Op {
     RemoveEntitlement {
         pick: usize,
     },
+    /// `entitlement remove`, refusing to end leases unless `force`.
+    DeleteEntitlement {
+        pick: usize,
+        force: bool,
+    },
+    /// `entitlement update`: new seats, a start from now, an end from now (`Some(None)`:
+    /// never).
+    UpdateEntitlement {
+        pick: usize,
+        seats: Option<u32>,
+        starts_in: Option<i64>,
+        lasts: Option<Option<i64>>,
+        force: bool,
+    },
+    /// `release` by id prefix, or every online lease of a lease's user.
+    ReleaseMatching {
+        pick: usize,
+        by_user: bool,
+    },
     Borrow {
         client: usize,
         feature: usize,
@@ -186,6 +210,16 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, feature, seats, secs)| Op::Borrow { client, feature, seats, secs }),
         1 => any::<usize>().prop_map(|pick| Op::Return { pick }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveEntitlement { pick }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, force)| Op::DeleteEntitlement { pick, force }),
+        3 => (
+            any::<usize>(),
+            proptest::option::of(1..6u32),
+            proptest::option::of(-TTL..TTL),
+            proptest::option::of(proptest::option::of(1..3 * TTL)),
+            any::<bool>(),
+        )
+            .prop_map(|(pick, seats, starts_in, lasts, force)| Op::UpdateEntitlement { pick, seats, starts_in, lasts, force }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, by_user)| Op::ReleaseMatching { pick, by_user }),
         3 => (0..3usize, 0..2usize, 1..4u32, proptest::option::of(0..3usize), proptest::option::of(1..3 * TTL))
             .prop_map(|(user, feature, seats, from, lasts)| Op::Assign { user, feature, seats, from, lasts }),
         2 => (0..3usize, 0..2usize, proptest::option::of(1..4u32))
@@ -356,6 +390,85 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Op::DeleteEntitlement { pick: i, force } => {
+                let ids: Vec<u64> = pool.list_entitlements(None).iter().map(|e| e.id).collect();
+                if !ids.is_empty() {
+                    let request = tally_protocol::EntitlementDelete {
+                        id: ids[i % ids.len()],
+                        force,
+                    };
+                    let held = pool.lease_count();
+                    match pool.delete_entitlement(now, &admin(), &request, &mut batch) {
+                        Ok(deleted) => {
+                            prop_assert!(force || deleted.ended.is_empty(), "{:?}", deleted);
+                            prop_assert!(pool.lease_count() + deleted.ended.len() <= held);
+                        }
+                        Err(err) => {
+                            prop_assert!(
+                                err.code == ErrorCode::Borrowed
+                                    || (!force && err.code == ErrorCode::Invalid),
+                                "{}",
+                                err.message
+                            );
+                            unchanged(&pool, "entitlement remove")?;
+                        }
+                    }
+                }
+            }
+            Op::UpdateEntitlement {
+                pick: i,
+                seats,
+                starts_in,
+                lasts,
+                force,
+            } => {
+                let ids: Vec<u64> = pool.list_entitlements(None).iter().map(|e| e.id).collect();
+                if !ids.is_empty() {
+                    let request = tally_protocol::EntitlementUpdate {
+                        id: ids[i % ids.len()],
+                        seats,
+                        starts_at: starts_in.map(|s| now + s),
+                        expires_at: lasts.map(|l| l.map(|l| now + l)),
+                        borrowable: None,
+                        max_borrow_secs: None,
+                        reference: None,
+                        force,
+                    };
+                    match pool.update_entitlement(now, &admin(), &request, &mut batch) {
+                        Ok(updated) => {
+                            prop_assert!(force || updated.ended.is_empty(), "{:?}", updated);
+                            prop_assert_eq!(
+                                &pool
+                                    .list_entitlements(None)
+                                    .into_iter()
+                                    .find(|e| e.id == request.id),
+                                &Some(updated.entitlement)
+                            );
+                        }
+                        Err(_) => unchanged(&pool, "entitlement update")?,
+                    }
+                }
+            }
+            Op::ReleaseMatching { pick: i, by_user } => {
+                if let Some(id) = pick(i) {
+                    let lease = pool.ledger.leases[&id].clone();
+                    let request = tally_protocol::ReleaseMatching {
+                        // Test lease ids count up from 1: their last digits tell them apart.
+                        lease: (!by_user).then(|| format!("...{}", &id.to_string()[26..])),
+                        user: by_user.then(|| lease.user.clone()),
+                        host: None,
+                        feature: None,
+                    };
+                    match pool.release_matching(now, &admin(), &request, &mut batch) {
+                        Ok(released) => {
+                            for id in released {
+                                prop_assert!(!pool.ledger.leases.contains_key(&id));
+                            }
+                        }
+                        Err(_) => unchanged(&pool, "release")?,
+                    }
+                }
+            }
             Op::Borrow {
                 client,
                 feature,
@@ -427,8 +540,26 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     feature: FEATURES[feature].into(),
                     seats,
                 };
-                if pool.revoke(now, &admin(), &request, &mut batch).is_err() {
-                    unchanged(&pool, "revoke")?;
+                let assigned = |pool: &Pool| -> u32 {
+                    pool.assignments
+                        .values()
+                        .filter(|a| a.user == USERS[user] && a.feature == FEATURES[feature])
+                        .map(|a| a.seats)
+                        .sum()
+                };
+                let had = assigned(&pool);
+                match pool.revoke_with_totals(now, &admin(), &request, &mut batch) {
+                    Ok(change) => {
+                        prop_assert_eq!(assigned(&pool), had - change.seats);
+                        let left: u32 = change
+                            .assignments
+                            .iter()
+                            .filter(|a| a.feature == FEATURES[feature])
+                            .map(|a| a.seats)
+                            .sum();
+                        prop_assert_eq!(left, assigned(&pool));
+                    }
+                    Err(_) => unchanged(&pool, "revoke")?,
                 }
             }
             Op::Deactivate { user } => {
@@ -492,8 +623,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
 
     /// R1 after every step of 10,000 random interleavings of checkout (and retries),
-    /// heartbeat, check-in, release, resume, expiry, entitlement add/remove, assign (and
-    /// moves), revoke, deactivate, activate and restart.
+    /// heartbeat, check-in, release (by id, prefix and user), resume, expiry, entitlement
+    /// add/update/remove (with and without force), assign (and moves), revoke, deactivate,
+    /// activate and restart.
     #[test]
     fn r1_holds_under_random_interleavings(ops in proptest::collection::vec(op(), 1..40)) {
         run(&ops)?;
@@ -1442,4 +1574,642 @@ fn a_resume_checks_in_the_sessions_leases_the_client_does_not_name() {
     let status = pool.status(12, Some("vray"), &mut batch).unwrap();
     assert_eq!(status[0].in_use, 0);
     pool.check_invariants(12).unwrap();
+}
+
+/// Lease `n`: `3f9c` then `n` in every other byte, so that every such lease shares the
+/// prefix `3f9c` and `3f9cNN` tells them apart.
+fn lease_id(n: u8) -> LeaseId {
+    let mut id = [n; 16];
+    id[..2].copy_from_slice(&[0x3f, 0x9c]);
+    LeaseId(id)
+}
+
+/// Checks out `seats` seats of `feature` at `now` as lease `n` of client `i`, whose user is
+/// ana (even `i`) or ben (odd), both members.
+fn check_out(pool: &mut Pool, now: i64, i: usize, feature: &str, seats: u32, n: u8) -> LeaseId {
+    let actor = pool.authorize(USERS[i % 2]).unwrap();
+    pool.checkout(
+        now,
+        &actor,
+        &holder(i),
+        &checkout(feature, seats, n),
+        lease_id(n),
+        &mut Batch::default(),
+    )
+    .unwrap()
+    .id
+}
+
+fn update(id: u64) -> tally_protocol::EntitlementUpdate {
+    tally_protocol::EntitlementUpdate {
+        id,
+        seats: None,
+        starts_at: None,
+        expires_at: None,
+        borrowable: None,
+        max_borrow_secs: None,
+        reference: None,
+        force: false,
+    }
+}
+
+#[test]
+fn assignments_list_everyones_for_admins_and_their_own_for_the_others() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 10), &mut batch)
+        .unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 5), &mut batch)
+        .unwrap();
+    for (user, feature, seats) in [(0, "vray", 2), (1, "vray", 1), (0, "nuke", 1)] {
+        pool.assign(
+            1,
+            &admin(),
+            &assign_request(USERS[user], feature, seats, None),
+            &mut batch,
+        )
+        .unwrap();
+    }
+    check_out(&mut pool, 2, 0, "vray", 1, 1);
+    pool.deactivate_user(3, &admin(), USERS[1], &mut batch)
+        .unwrap();
+    let query = |user: Option<&str>, feature: Option<&str>| tally_protocol::AssignmentsQuery {
+        user: user.map(str::to_string),
+        feature: feature.map(str::to_string),
+        after: None,
+        limit: None,
+    };
+    let all = pool
+        .assignments_page(4, &admin(), &query(None, None), 100, &mut batch)
+        .unwrap();
+    assert_eq!(all.assignments.len(), 3);
+    assert_eq!(all.next, None);
+    let ana_vray = &all.assignments[0];
+    assert_eq!(
+        (ana_vray.assignment.user.as_str(), ana_vray.assignment.seats),
+        (USERS[0], 2)
+    );
+    assert_eq!(
+        (ana_vray.in_use, ana_vray.borrowed),
+        (1, 0),
+        "her lease draws on it"
+    );
+    assert!(!ana_vray.suspended);
+    assert!(all.assignments[1].suspended, "ben is deactivated");
+
+    let vray = pool
+        .assignments_page(4, &admin(), &query(None, Some("vray")), 100, &mut batch)
+        .unwrap();
+    assert_eq!(vray.assignments.len(), 2);
+    // Pages of one, with a cursor.
+    let first = pool
+        .assignments_page(4, &admin(), &query(None, None), 1, &mut batch)
+        .unwrap();
+    assert_eq!(first.assignments.len(), 1);
+    let mut next = query(None, None);
+    next.after = first.next;
+    let second = pool
+        .assignments_page(4, &admin(), &next, 5, &mut batch)
+        .unwrap();
+    assert_eq!(second.assignments.len(), 2);
+    assert_eq!(second.next, None);
+
+    // Ana sees her own, whatever she asks for, and may not name ben.
+    let ana = pool.authorize(USERS[0]).unwrap();
+    let hers = pool
+        .assignments_page(4, &ana, &query(None, None), 100, &mut batch)
+        .unwrap();
+    assert!(hers
+        .assignments
+        .iter()
+        .all(|e| e.assignment.user == USERS[0]));
+    assert_eq!(hers.assignments.len(), 2);
+    let err = pool
+        .assignments_page(4, &ana, &query(Some(USERS[1]), None), 100, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    let err = pool
+        .assignments_page(4, &admin(), &query(Some("nobody@x"), None), 100, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    let err = pool
+        .assignments_page(4, &admin(), &query(None, Some("maya")), 100, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert!(
+        batch
+            .audit
+            .iter()
+            .any(|e| e.action == "assignments" && e.outcome == "forbidden"),
+        "refusals are audited"
+    );
+}
+
+#[test]
+fn assign_and_revoke_answer_with_the_assignments_touched_and_the_users_totals() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 10), &mut batch)
+        .unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 5), &mut batch)
+        .unwrap();
+    let first = pool
+        .assign_with_totals(
+            1,
+            &admin(),
+            &assign_request(USERS[0], "vray", 2, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(first.seats, 2);
+    assert_eq!(first.touched.len(), 1);
+    let id = first.touched[0].id;
+    pool.assign(
+        1,
+        &admin(),
+        &assign_request(USERS[0], "nuke", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    let more = pool
+        .assign_with_totals(
+            1,
+            &admin(),
+            &assign_request(USERS[0], "vray", 1, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(
+        (more.touched[0].id, more.touched[0].seats),
+        (id, 3),
+        "merged"
+    );
+    let totals: Vec<(&str, u32)> = more
+        .assignments
+        .iter()
+        .map(|a| (a.feature.as_str(), a.seats))
+        .collect();
+    assert_eq!(totals, [("vray", 3), ("nuke", 1)]);
+
+    // A move touches both users' assignments.
+    let moved = pool
+        .assign_with_totals(
+            2,
+            &admin(),
+            &assign_request(USERS[1], "vray", 1, Some(USERS[0])),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(moved.touched.len(), 2);
+    assert_eq!(moved.touched[0].user, USERS[1]);
+    assert_eq!(
+        (moved.touched[1].user.as_str(), moved.touched[1].seats),
+        (USERS[0], 2)
+    );
+    assert_eq!(moved.assignments.len(), 1, "ben's own after the move");
+
+    let revoked = pool
+        .revoke_with_totals(
+            3,
+            &admin(),
+            &tally_protocol::Revoke {
+                username: USERS[0].into(),
+                feature: "vray".into(),
+                seats: None,
+            },
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(revoked.seats, 2);
+    assert_eq!(
+        (revoked.touched[0].id, revoked.touched[0].seats),
+        (id, 0),
+        "it ended"
+    );
+    assert_eq!(revoked.assignments.len(), 1, "her nuke seat is left");
+    assert_eq!(revoked.assignments[0].feature, "nuke");
+    pool.check_invariants(3).unwrap();
+}
+
+#[test]
+fn holders_show_program_pid_and_address_and_keep_them_across_restarts() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 5), &mut batch)
+        .unwrap();
+    let ana = check_out(&mut pool, 1, 0, "vray", 1, 1);
+    check_out(&mut pool, 2, 1, "vray", 2, 2);
+    let all = LeasesQuery {
+        feature: None,
+        user: None,
+    };
+    let page = pool.holders_page(3, &admin(), &all, None, 100, usize::MAX, &mut batch);
+    assert_eq!(page.holders.len(), 2);
+    let hers = page.holders.iter().find(|h| h.lease.id == ana).unwrap();
+    assert_eq!(
+        (hers.program.as_str(), hers.pid, hers.address.as_str()),
+        ("render 0", 1000, "10.0.0.0")
+    );
+    assert_eq!(hers.lease.host, "node0");
+    // Members see their own holders only.
+    let member = pool.authorize(USERS[0]).unwrap();
+    let page = pool.holders_page(3, &member, &all, None, 100, usize::MAX, &mut batch);
+    assert_eq!(page.holders.len(), 1);
+    // Another instance of hers resumes it: the lease shows where it is now.
+    let moved = Holder {
+        client: ClientId([77; 16]),
+        host: "laptop".into(),
+        peer: Peer {
+            program: "nuke 15".into(),
+            pid: 9,
+            address: "192.0.2.1".into(),
+        },
+    };
+    pool.resume(4, &member, &moved, &[ana], &mut batch);
+    let lease = pool.ledger.leases[&ana].clone();
+    assert_eq!((lease.host.as_str(), &lease.peer), ("laptop", &moved.peer));
+    assert!(batch
+        .leases_added
+        .iter()
+        .any(|l| l.id == ana && l.peer == moved.peer));
+    // The same instance back from another address.
+    let roamed = Holder {
+        peer: Peer {
+            address: "192.0.2.2".into(),
+            ..moved.peer.clone()
+        },
+        ..moved.clone()
+    };
+    pool.resume(5, &member, &roamed, &[ana], &mut batch);
+    assert_eq!(pool.ledger.leases[&ana].peer.address, "192.0.2.2");
+    let restored = Pool::restore(pool.snapshot(), TTL, Policy::default(), 6);
+    assert_eq!(restored.ledger.leases[&ana].peer, roamed.peer);
+}
+
+#[test]
+fn release_takes_a_unique_id_prefix_or_a_user_or_host_and_never_a_borrow() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut lendable = entitlement("vray", 10);
+    lendable.borrowable = true;
+    pool.add_entitlement(0, &admin(), &lendable, &mut batch)
+        .unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 10), &mut batch)
+        .unwrap();
+    let a = check_out(&mut pool, 1, 0, "vray", 1, 0xa1);
+    let b = check_out(&mut pool, 2, 0, "nuke", 1, 0xa2);
+    let c = check_out(&mut pool, 3, 1, "vray", 1, 0xb1);
+    let ana = pool.authorize(USERS[0]).unwrap();
+    let borrow = tally_protocol::Borrow {
+        feature: "vray".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    };
+    pool.borrow(
+        4,
+        &ana,
+        &holder(0),
+        &borrow,
+        LeaseId([0xc1; 16]),
+        &mut batch,
+    )
+    .unwrap();
+    let by =
+        |lease: Option<&str>, user: Option<&str>, host: Option<&str>, feature: Option<&str>| {
+            tally_protocol::ReleaseMatching {
+                lease: lease.map(str::to_string),
+                user: user.map(str::to_string),
+                host: host.map(str::to_string),
+                feature: feature.map(str::to_string),
+            }
+        };
+    let err = pool
+        .release_matching(5, &admin(), &by(Some("3F9C"), None, None, None), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(err.message.contains("fits 3 leases"), "{}", err.message);
+    for id in [a, b, c] {
+        assert!(err.message.contains(&id.to_string()), "{}", err.message);
+    }
+    let err = pool
+        .release_matching(5, &ana, &by(Some("3f9cb1"), None, None, None), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    let err = pool
+        .release_matching(5, &admin(), &by(Some("c1c1"), None, None, None), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Borrowed, "{}", err.message);
+    let err = pool
+        .release_matching(5, &admin(), &by(Some("dddd"), None, None, None), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    let released = pool
+        .release_matching(
+            5,
+            &admin(),
+            &by(Some("3f9c...b1"), None, None, None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(released, [c]);
+    // Every online lease of ana's on node0, of vray: the borrow stays.
+    let released = pool
+        .release_matching(
+            6,
+            &admin(),
+            &by(None, Some("Ana@Studio"), Some("NODE0"), Some("vray")),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(released, [a]);
+    let err = pool
+        .release_matching(
+            7,
+            &admin(),
+            &by(None, Some(USERS[0]), None, Some("vray")),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.code,
+        ErrorCode::Borrowed,
+        "only her borrow is left: {}",
+        err.message
+    );
+    let released = pool
+        .release_matching(
+            7,
+            &admin(),
+            &by(None, None, Some("node0"), None),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(released, [b]);
+    let err = pool
+        .release_matching(
+            7,
+            &admin(),
+            &by(None, Some(USERS[2]), None, None),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    let err = pool
+        .release_matching(
+            7,
+            &admin(),
+            &by(None, Some("nobody@x"), None, None),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert!(pool.ledger.leases.contains_key(&LeaseId([0xc1; 16])));
+    assert_eq!(
+        batch
+            .audit
+            .iter()
+            .filter(|e| e.action == "release" && e.outcome == "ok")
+            .count(),
+        3
+    );
+    pool.check_invariants(7).unwrap();
+}
+
+#[test]
+fn an_entitlement_update_that_would_end_leases_is_refused_with_the_figures_unless_forced() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let id = pool
+        .add_entitlement(0, &admin(), &entitlement("vray", 5), &mut batch)
+        .unwrap()
+        .id;
+    let leases: Vec<LeaseId> = (1..=4)
+        .map(|n| check_out(&mut pool, n as i64, n as usize, "vray", 1, n))
+        .collect();
+    let before = pool.snapshot();
+    let shrink = tally_protocol::EntitlementUpdate {
+        seats: Some(2),
+        ..update(id)
+    };
+    let err = pool
+        .update_entitlement(10, &admin(), &shrink, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    for figure in [
+        "2 seat(s)",
+        "4 floating seat(s) are in use",
+        "end 2 lease(s)",
+        "--force",
+    ] {
+        assert!(err.message.contains(figure), "{figure}: {}", err.message);
+    }
+    assert_eq!(pool.snapshot(), before, "nothing changed");
+    let forced = pool
+        .update_entitlement(
+            10,
+            &admin(),
+            &tally_protocol::EntitlementUpdate {
+                force: true,
+                ..shrink
+            },
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(forced.ended, [leases[3], leases[2]], "the newest end first");
+    assert_eq!(forced.entitlement.seats, 2);
+    pool.check_invariants(10).unwrap();
+
+    // A renewal: more seats and a later end, with a new reference.
+    let renewal = tally_protocol::EntitlementUpdate {
+        seats: Some(8),
+        expires_at: Some(Some(1_000_000)),
+        reference: Some("PO-9".into()),
+        borrowable: Some(true),
+        ..update(id)
+    };
+    let renewed = pool
+        .update_entitlement(11, &admin(), &renewal, &mut batch)
+        .unwrap();
+    assert!(renewed.ended.is_empty());
+    assert_eq!(pool.capacity("vray", 11), 8);
+    let event = batch
+        .audit
+        .iter()
+        .rev()
+        .find(|e| e.action == "entitlement_update" && e.outcome == "ok")
+        .unwrap();
+    assert!(
+        event.reason.contains("seats from 2 to 8"),
+        "{}",
+        event.reason
+    );
+    assert!(event.reason.contains("PO-9"), "{}", event.reason);
+    // Its end now counts: past it the seats leave the pool.
+    pool.advance(1_000_000, &mut batch);
+    assert_eq!(pool.capacity("vray", 1_000_000), 0);
+    let forever = tally_protocol::EntitlementUpdate {
+        expires_at: Some(None),
+        ..update(id)
+    };
+    pool.update_entitlement(1_000_001, &admin(), &forever, &mut batch)
+        .unwrap();
+    assert_eq!(
+        pool.capacity("vray", 1_000_001),
+        8,
+        "renewed after it expired"
+    );
+
+    let err = pool
+        .update_entitlement(1_000_002, &admin(), &update(id), &mut batch)
+        .unwrap_err();
+    assert!(err.message.contains("nothing to change"), "{}", err.message);
+    let past = tally_protocol::EntitlementUpdate {
+        expires_at: Some(Some(5)),
+        ..update(id)
+    };
+    let err = pool
+        .update_entitlement(1_000_002, &admin(), &past, &mut batch)
+        .unwrap_err();
+    assert!(err.message.contains("remove it"), "{}", err.message);
+    let err = pool
+        .update_entitlement(1_000_002, &member(0), &forever, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    let err = pool
+        .update_entitlement(1_000_002, &admin(), &update(99), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+}
+
+#[test]
+fn an_entitlement_update_keeps_assigned_and_borrowed_seats_whatever_force_says() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let mut lendable = entitlement("vray", 5);
+    lendable.borrowable = true;
+    let id = pool
+        .add_entitlement(0, &admin(), &lendable, &mut batch)
+        .unwrap()
+        .id;
+    pool.assign(
+        1,
+        &admin(),
+        &assign_request(USERS[0], "vray", 2, None),
+        &mut batch,
+    )
+    .unwrap();
+    let ben = pool.authorize(USERS[1]).unwrap();
+    let borrow = tally_protocol::Borrow {
+        feature: "vray".into(),
+        seats: 1,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    };
+    let lent = pool
+        .borrow(2, &ben, &holder(1), &borrow, LeaseId([9; 16]), &mut batch)
+        .unwrap();
+    let before = pool.snapshot();
+    let below_assigned = tally_protocol::EntitlementUpdate {
+        seats: Some(1),
+        force: true,
+        ..update(id)
+    };
+    let err = pool
+        .update_entitlement(3, &admin(), &below_assigned, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::HasAssignments, "{}", err.message);
+    assert!(
+        err.message.contains("fewer than 3 seats"),
+        "{}",
+        err.message
+    );
+    let below_borrowed = tally_protocol::EntitlementUpdate {
+        seats: Some(2),
+        force: true,
+        ..update(id)
+    };
+    let err = pool
+        .update_entitlement(3, &admin(), &below_borrowed, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Borrowed, "{}", err.message);
+    let before_the_borrow_ends = tally_protocol::EntitlementUpdate {
+        expires_at: Some(Some(lent.expires_at - 1)),
+        force: true,
+        ..update(id)
+    };
+    let err = pool
+        .update_entitlement(3, &admin(), &before_the_borrow_ends, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Borrowed, "{}", err.message);
+    let later_start = tally_protocol::EntitlementUpdate {
+        starts_at: Some(1_000),
+        force: true,
+        ..update(id)
+    };
+    let err = pool
+        .update_entitlement(3, &admin(), &later_start, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::HasAssignments, "{}", err.message);
+    assert_eq!(pool.snapshot(), before);
+    // Exactly what is assigned and lent out is fine.
+    let exact = tally_protocol::EntitlementUpdate {
+        seats: Some(3),
+        ..update(id)
+    };
+    assert!(pool
+        .update_entitlement(3, &admin(), &exact, &mut batch)
+        .is_ok());
+    pool.check_invariants(3).unwrap();
+}
+
+#[test]
+fn removing_an_entitlement_refuses_to_end_leases_unless_forced_and_names_them() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    let big = pool
+        .add_entitlement(0, &admin(), &entitlement("vray", 3), &mut batch)
+        .unwrap()
+        .id;
+    let small = pool
+        .add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch)
+        .unwrap()
+        .id;
+    let spare = pool
+        .add_entitlement(0, &admin(), &entitlement("nuke", 1), &mut batch)
+        .unwrap()
+        .id;
+    let leases: Vec<LeaseId> = (1..=4)
+        .map(|n| check_out(&mut pool, n as i64, n as usize, "vray", 1, n))
+        .collect();
+    let before = pool.snapshot();
+    let delete = |id, force| tally_protocol::EntitlementDelete { id, force };
+    let err = pool
+        .delete_entitlement(10, &admin(), &delete(big, false), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(
+        err.message.contains("would end 2 lease(s)"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains(&leases[3].to_string()),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("--force"), "{}", err.message);
+    assert_eq!(pool.snapshot(), before, "nothing changed");
+    let unused = pool
+        .delete_entitlement(10, &admin(), &delete(spare, false), &mut batch)
+        .unwrap();
+    assert_eq!((unused.id, unused.ended.len()), (spare, 0));
+    let removed = pool
+        .delete_entitlement(11, &admin(), &delete(big, true), &mut batch)
+        .unwrap();
+    let mut ended = removed.ended.clone();
+    ended.sort();
+    let mut newest = vec![leases[2], leases[3]];
+    newest.sort();
+    assert_eq!(ended, newest);
+    assert_eq!(pool.capacity("vray", 11), 2);
+    pool.check_invariants(11).unwrap();
+    // The first request form still ends them without asking.
+    assert!(pool
+        .remove_entitlement(13, &admin(), small, &mut batch)
+        .is_ok());
+    assert_eq!(pool.lease_count(), 0);
 }

@@ -22,6 +22,20 @@ pub struct Actor {
 pub struct Holder {
     pub client: ClientId,
     pub host: String,
+    /// The rest of what it said of itself, and where it connected from.
+    pub peer: Peer,
+}
+
+/// What a client instance said of itself at sign-in (beside its host), and the address it
+/// connected from: kept with each of its leases for the admins' `status --all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The program (`Hello.client.agent`), e.g. `tally-cli 0.1.0`.
+    pub program: String,
+    /// Its process id on its host.
+    pub pid: u32,
+    /// The IP address the connection came from.
+    pub address: String,
 }
 
 /// A checked-out seat as the core keeps it.
@@ -32,6 +46,8 @@ pub struct Lease {
     pub seats: u32,
     pub user: String,
     pub host: String,
+    /// The holder's program, process id and address, as its client instance last signed in.
+    pub peer: Peer,
     /// The client instance holding it; its heartbeats renew the lease.
     pub client: ClientId,
     /// The client's id for the checkout, so that a retry returns this lease.

@@ -9,7 +9,9 @@ use tally_protocol::{
 
 use super::capacity::is_active;
 use super::checks::{require_admin, username as normalized};
-use super::{rfc3339, Action, Actor, Batch, EndReason, NewToken, NotificationKind, Pool, User};
+use super::{
+    rfc3339, Action, Actor, Assignment, Batch, EndReason, NewToken, NotificationKind, Pool, User,
+};
 
 /// The longest display name.
 const MAX_NAME: usize = 200;
@@ -340,15 +342,20 @@ impl Pool {
         self.assignments
             .values()
             .filter(|a| a.user == username)
-            .map(|a| AssignmentInfo {
-                id: a.id,
-                user: a.user.clone(),
-                feature: a.feature.clone(),
-                seats: a.seats,
-                entitlement: a.entitlement,
-                expires_at: self.assignment_end(a),
-            })
+            .map(|a| self.assignment_info(a))
             .collect()
+    }
+
+    /// An assignment as users see it, with the end it really has (R10).
+    pub(super) fn assignment_info(&self, a: &Assignment) -> AssignmentInfo {
+        AssignmentInfo {
+            id: a.id,
+            user: a.user.clone(),
+            feature: a.feature.clone(),
+            seats: a.seats,
+            entitlement: a.entitlement,
+            expires_at: self.assignment_end(a),
+        }
     }
 
     pub(super) fn existing(&self, username: &str) -> Result<(), ErrorBody> {

@@ -53,11 +53,15 @@ pub enum Action {
     SignIn,
     /// A cluster's nodes listed (`server nodes`).
     ServerNodes,
+    /// Assignments listed (`tally assignments`).
+    Assignments,
+    /// An entitlement changed (renewed or corrected).
+    EntitlementUpdate,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 31] = [
+    pub const ALL: [Action; 33] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -89,6 +93,8 @@ impl Action {
         Self::TokenRevoke,
         Self::SignIn,
         Self::ServerNodes,
+        Self::Assignments,
+        Self::EntitlementUpdate,
     ];
 
     /// The stored text.
@@ -125,6 +131,8 @@ impl Action {
             Self::TokenRevoke => "token_revoke",
             Self::SignIn => "sign_in",
             Self::ServerNodes => "server_nodes",
+            Self::Assignments => "assignments",
+            Self::EntitlementUpdate => "entitlement_update",
         }
     }
 
@@ -142,11 +150,14 @@ impl Action {
             Request::Checkin(_) => Self::Checkin,
             Request::Resume(_) => Self::Resume,
             Request::Status(_) => Self::Status,
-            Request::Leases(_) | Request::LeasesPage(_) => Self::Leases,
+            Request::Leases(_) | Request::LeasesPage(_) | Request::HoldersPage(_) => Self::Leases,
             Request::EntitlementAdd(_) => Self::EntitlementAdd,
             Request::EntitlementList(_) => Self::EntitlementList,
-            Request::EntitlementRemove(_) => Self::EntitlementRemove,
-            Request::Release(_) => Self::Release,
+            Request::EntitlementRemove(_) | Request::EntitlementDelete(_) => {
+                Self::EntitlementRemove
+            }
+            Request::EntitlementUpdate(_) => Self::EntitlementUpdate,
+            Request::Release(_) | Request::ReleaseMatching(_) => Self::Release,
             Request::ServerInfo => Self::ServerInfo,
             Request::Whoami => Self::Whoami,
             Request::UserAdd(_) => Self::UserAdd,
@@ -155,8 +166,9 @@ impl Action {
             Request::UserDeactivate(_) => Self::UserDeactivate,
             Request::UserActivate(_) => Self::UserActivate,
             Request::UserRemove(_) => Self::UserRemove,
-            Request::Assign(_) => Self::Assign,
-            Request::Revoke(_) => Self::Revoke,
+            Request::Assign(_) | Request::AssignWithTotals(_) => Self::Assign,
+            Request::Revoke(_) | Request::RevokeWithTotals(_) => Self::Revoke,
+            Request::Assignments(_) => Self::Assignments,
             Request::Audit(_) | Request::AuditPage(_) => Self::Audit,
             Request::Borrow(_) | Request::BorrowOnce(_) => Self::Borrow,
             Request::Return(_) => Self::Return,
@@ -177,6 +189,7 @@ impl Action {
                 | Self::Release
                 | Self::EntitlementAdd
                 | Self::EntitlementRemove
+                | Self::EntitlementUpdate
                 | Self::Assign
                 | Self::Revoke
                 | Self::AssignmentEnd
@@ -314,6 +327,8 @@ mod tests {
                 "token_revoke",
                 "sign_in",
                 "server_nodes",
+                "assignments",
+                "entitlement_update",
             ]
         );
         for action in Action::ALL {
@@ -344,6 +359,7 @@ mod tests {
                 "assign",
                 "revoke",
                 "assignment_end",
+                "entitlement_update",
             ]
         );
     }
@@ -352,7 +368,22 @@ mod tests {
     #[test]
     fn a_request_is_audited_under_its_name() {
         use tally_protocol::{
-            Checkin, EntitlementQuery, LeaseId, LeasesQuery, StatusQuery, UserRef,
+            Assign, AssignmentsQuery, Checkin, EntitlementDelete, EntitlementQuery,
+            EntitlementUpdate, LeaseId, LeasesPageQuery, LeasesQuery, ReleaseMatching, Revoke,
+            StatusQuery, UserRef,
+        };
+        let assign = Assign {
+            username: "ana@studio".into(),
+            feature: "vray".into(),
+            seats: 1,
+            entitlement: None,
+            from: None,
+            expires_at: None,
+        };
+        let revoke = Revoke {
+            username: "ana@studio".into(),
+            feature: "vray".into(),
+            seats: None,
         };
         let requests = [
             Request::Heartbeat,
@@ -371,6 +402,39 @@ mod tests {
             Request::UserList,
             Request::UserRemove(UserRef {
                 username: "ana@studio".into(),
+            }),
+            Request::Assignments(AssignmentsQuery {
+                user: None,
+                feature: None,
+                after: None,
+                limit: None,
+            }),
+            Request::HoldersPage(LeasesPageQuery {
+                query: LeasesQuery {
+                    feature: None,
+                    user: None,
+                },
+                after: None,
+                limit: None,
+            }),
+            Request::AssignWithTotals(assign),
+            Request::RevokeWithTotals(revoke),
+            Request::EntitlementUpdate(EntitlementUpdate {
+                id: 1,
+                seats: Some(2),
+                starts_at: None,
+                expires_at: None,
+                borrowable: None,
+                max_borrow_secs: None,
+                reference: None,
+                force: false,
+            }),
+            Request::EntitlementDelete(EntitlementDelete { id: 1, force: true }),
+            Request::ReleaseMatching(ReleaseMatching {
+                lease: Some("3f9c".into()),
+                user: None,
+                host: None,
+                feature: None,
             }),
         ];
         for request in &requests {

@@ -13,8 +13,8 @@ use tally_protocol::{
 
 use super::{event_size, Fence, Store};
 use crate::core::{
-    token_id, Actor, Assignment, Batch, Holder, Lease, Notification, NotificationKind, Policy,
-    Pool, Snapshot, Token, User,
+    token_id, Actor, Assignment, Batch, Holder, Lease, Notification, NotificationKind, Peer,
+    Policy, Pool, Snapshot, Token, User,
 };
 
 /// Audit events of [`audit_pages`] are at or after this time, after everything before them.
@@ -94,6 +94,11 @@ pub async fn lease_batches_round_trip(store: &dyn Store) {
         let holder = Holder {
             client: ClientId([(i % 7) as u8; 16]),
             host: format!("node{i}"),
+            peer: Peer {
+                program: format!("render {i}"),
+                pid: i,
+                address: format!("10.0.{}.{}", i / 256, i % 256),
+            },
         };
         let checkout = Checkout {
             request_id: RequestId(u128::from(i).to_be_bytes()),
@@ -120,6 +125,11 @@ pub async fn lease_batches_round_trip(store: &dyn Store) {
     let moved = Holder {
         client: ClientId([99; 16]),
         host: "laptop".into(),
+        peer: Peer {
+            program: "nuke 15".into(),
+            pid: 4242,
+            address: "192.0.2.7".into(),
+        },
     };
     pool.resume(4, &owner(), &moved, &ids[1100..], &mut batch);
     store.commit(&batch, Fence::Single).await.unwrap();
@@ -285,6 +295,11 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
         seats: 2,
         user: users[1].username.clone(),
         host: "ws1".into(),
+        peer: Peer {
+            program: "tally-cli 0.1.0".into(),
+            pid: u32::MAX,
+            address: "2001:db8::1".into(),
+        },
         client: ClientId([5; 16]),
         request_id: RequestId([6; 16]),
         kind: LeaseKind::Borrowed,
@@ -341,9 +356,23 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
     batch.remove_assignment(assignments[1].id);
     batch.update_lease(Lease {
         host: "ws2".into(),
+        peer: Peer {
+            program: "houdini".into(),
+            pid: 7,
+            address: "198.51.100.2".into(),
+        },
         client: ClientId([8; 16]),
         expires_at: 2_000,
         ..borrowed.clone()
+    });
+    batch.update_entitlement(Entitlement {
+        seats: kept.seats + 4,
+        expires_at: None,
+        borrowable: !kept.borrowable,
+        max_borrow_secs: 60,
+        reference: "PO-2 renewed".into(),
+        starts_at: kept.starts_at + 1,
+        ..kept.clone()
     });
     batch.remove_lease(floating_borrow.id);
     batch.remove_entitlement(dropped.id);

@@ -33,7 +33,7 @@ use crate::ha::check_epoch;
 /// The schema's migrations, embedded at build time; a file's number is its version.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Rows per multi-row statement: at 13 columns, well under PostgreSQL's limit of 65,535
+/// Rows per multi-row statement: at 16 columns, well under PostgreSQL's limit of 65,535
 /// bound parameters.
 const CHUNK: usize = 1000;
 
@@ -551,6 +551,7 @@ mod tests {
                         seats: 1,
                         user: format!("user{}@example.com", i % 500),
                         host: format!("ws{i}"),
+                        peer: crate::core::Peer::default(),
                         client: ClientId(rand::random()),
                         request_id: RequestId(rand::random()),
                         kind: LeaseKind::Online,

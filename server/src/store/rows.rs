@@ -11,7 +11,7 @@ use tally_protocol::{
 };
 
 use super::StoreError;
-use crate::core::{Assignment, Lease, Notification, Token, User};
+use crate::core::{Assignment, Lease, Notification, Peer, Token, User};
 
 /// A row of `entitlements`.
 #[derive(Debug, sqlx::FromRow)]
@@ -62,6 +62,11 @@ pub struct LeaseRow {
     pub granted_at: i64,
     pub expires_at: i64,
     pub entitlement: Option<i64>,
+    /// What the holder said of itself, and where it connected from (empty and 0 in rows
+    /// written before they were kept).
+    pub program: String,
+    pub pid: i64,
+    pub address: String,
 }
 
 /// A row of `leases` with its row number (`seq`, in grant order).
@@ -82,6 +87,11 @@ impl TryFrom<LeaseRow> for Lease {
             seats: unsigned("leases.seats", row.seats)?,
             user: row.username,
             host: row.host,
+            peer: Peer {
+                program: row.program,
+                pid: unsigned("leases.pid", row.pid)?,
+                address: row.address,
+            },
             client: ClientId(id16("leases.client_id", row.client_id)?),
             request_id: RequestId(id16("leases.request_id", row.request_id)?),
             kind: LeaseKind::parse(&row.kind)
@@ -286,6 +296,9 @@ mod tests {
             granted_at: 0,
             expires_at: 1,
             entitlement: None,
+            program: String::new(),
+            pid: 0,
+            address: String::new(),
         };
         let err = Lease::try_from(row).unwrap_err().to_string();
         assert!(err.contains("leases.seats -1"), "{err}");
@@ -302,6 +315,9 @@ mod tests {
             granted_at: 0,
             expires_at: 1,
             entitlement: None,
+            program: String::new(),
+            pid: 0,
+            address: String::new(),
         };
         let err = Lease::try_from(row).unwrap_err().to_string();
         assert!(err.contains("leases.id is not 16 bytes"), "{err}");

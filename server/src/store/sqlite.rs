@@ -23,7 +23,11 @@ use crate::ha::Fenced;
 /// The schema's migrations, embedded at build time; a file's number is its version.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Rows per multi-row statement: at 13 columns, well under SQLite's limit of 32,766 bound
+/// The last version the runner of earlier versions applied: any later one in its
+/// `schema_version` table came from a newer tallyd of that time.
+const LAST_LEGACY_VERSION: i64 = 5;
+
+/// Rows per multi-row statement: at 16 columns, well under SQLite's limit of 32,766 bound
 /// parameters.
 const CHUNK: usize = 1000;
 
@@ -89,7 +93,10 @@ async fn adopt_schema_version(pool: &SqlitePool) -> Result<(), StoreError> {
             .await?;
     tx.ensure_migrations_table().await?;
     for version in applied {
-        let Some(migration) = MIGRATOR.iter().find(|m| m.version == version) else {
+        let known = MIGRATOR
+            .iter()
+            .find(|m| m.version == version && version <= LAST_LEGACY_VERSION);
+        let Some(migration) = known else {
             return Err(StoreError::Corrupt(format!(
                 "schema version {version} is not one this tallyd knows; run a newer tallyd"
             )));
@@ -469,7 +476,7 @@ mod tests {
                 .iter()
                 .map(|m| m.0)
                 .collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5]
+            [1, 2, 3, 4, 5, 6]
         );
         let token = store.find_token(&[7; 32]).await.unwrap().unwrap();
         assert_eq!((token.id, token.user), (token_id(&[7; 32]), 3));
@@ -478,6 +485,11 @@ mod tests {
         assert_eq!(snapshot.leases.len(), 1);
         assert_eq!(snapshot.leases[0].id, LeaseId([1; 16]));
         assert_eq!(snapshot.leases[0].client.0, [2; 16]);
+        assert_eq!(
+            snapshot.leases[0].peer,
+            crate::core::Peer::default(),
+            "a lease of an older schema has no program, pid or address"
+        );
     }
 
     /// A database that an earlier runner of a newer tallyd migrated further is refused,

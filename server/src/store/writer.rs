@@ -233,7 +233,7 @@ macro_rules! batch_writer {
                     "reference",
                 ],
                 &batch.entitlements_added,
-                "",
+                " ON CONFLICT (id) DO UPDATE SET seats = excluded.seats, starts_at = excluded.starts_at, expires_at = excluded.expires_at, borrowable = excluded.borrowable, max_borrow_secs = excluded.max_borrow_secs, reference = excluded.reference",
                 |b, e| {
                     b.push_bind(e.id as i64)
                         .push_bind(&e.feature)
@@ -269,9 +269,12 @@ macro_rules! batch_writer {
                     "granted_at",
                     "expires_at",
                     "entitlement",
+                    "program",
+                    "pid",
+                    "address",
                 ],
                 &added,
-                " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at",
+                " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at, program = excluded.program, pid = excluded.pid, address = excluded.address",
                 |b, (l, seq)| {
                     let assignment = match l.source {
                         LeaseSource::Floating => None,
@@ -289,7 +292,10 @@ macro_rules! batch_writer {
                         .push_bind(assignment)
                         .push_bind(l.granted_at)
                         .push_bind(l.expires_at)
-                        .push_bind(l.entitlement.map(|id| id as i64));
+                        .push_bind(l.entitlement.map(|id| id as i64))
+                        .push_bind(&l.peer.program)
+                        .push_bind(i64::from(l.peer.pid))
+                        .push_bind(&l.peer.address);
                 },
             )
             .await?;

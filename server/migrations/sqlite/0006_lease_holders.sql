@@ -1,0 +1,5 @@
+-- Version 6: what a lease's holder said of itself beside its host (the program and its
+-- process id) and the address it connected from, for the admins' `tally status --all`.
+ALTER TABLE leases ADD COLUMN program TEXT NOT NULL DEFAULT '';
+ALTER TABLE leases ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE leases ADD COLUMN address TEXT NOT NULL DEFAULT '';
