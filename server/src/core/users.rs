@@ -306,7 +306,7 @@ impl Pool {
                 user: Some(actor.username.clone()),
             },
             batch,
-        );
+        )?;
         self.existing(&actor.username)?;
         Ok(Whoami {
             user: self.user_info(&actor.username),
