@@ -30,8 +30,8 @@ impl Action {
             } => Action::Add(NewEntitlement {
                 feature: values::feature(feature)?,
                 seats: values::seats(seats)?,
-                starts_at: values::time_opt(starts.as_deref())?,
-                expires_at: values::time_opt(expires.as_deref())?,
+                starts_at: values::start_opt(starts.as_deref())?,
+                expires_at: values::end_opt(expires.as_deref())?,
                 kind: if trial {
                     EntitlementKind::Trial
                 } else {

@@ -690,7 +690,7 @@ impl Output {
         say!("revoked {count} seat(s)");
     }
 
-    /// A printer for audit events, page by page; CSV with `csv` (whatever `--json` says).
+    /// A printer for audit events, page by page; CSV with `csv` (never asked for with `--json`).
     pub fn audit(&self, csv: bool) -> std::io::Result<AuditPrinter> {
         if csv {
             let mut writer = csv::Writer::from_writer(std::io::stdout());
