@@ -79,6 +79,9 @@ pub struct ClientConfig {
     pub servers: Vec<ServerAddr>,
     /// PEM certificates of the CA that signed the servers' certificates.
     pub ca_pem: Vec<u8>,
+    /// The file `ca_pem` was read from, if it came from one: named when a server's
+    /// certificate does not verify against it.
+    pub ca_file: Option<PathBuf>,
     /// The user's token.
     pub token: String,
     /// A client certificate chain and its private key (PEM), for servers that require
@@ -148,6 +151,7 @@ impl ClientConfig {
         Self {
             servers,
             ca_pem,
+            ca_file: None,
             token: token.into(),
             identity: None,
             agent: format!("tally-client/{}", env!("CARGO_PKG_VERSION")),
@@ -225,7 +229,9 @@ impl ClientConfig {
         if token.is_empty() {
             return Err(Error::Config("the token is empty".into()));
         }
-        Ok(Self::new(servers, ca_pem, token))
+        let mut config = Self::new(servers, ca_pem, token);
+        config.ca_file = Some(ca);
+        Ok(config)
     }
 }
 

@@ -12,6 +12,11 @@ pub enum Error {
     /// No server of the list could be reached (each one's reason is in the text).
     #[error("cannot reach any server: {0}")]
     Unreachable(String),
+    /// No server of the list could be trusted: a server's certificate does not verify
+    /// against the configured CA (not signed by it, not for the name dialled, expired).
+    /// The text names each server, why, and the CA file.
+    #[error("{0}")]
+    Untrusted(String),
     /// The connection dropped while a request that must not be sent twice was in flight;
     /// it may or may not have been applied.
     #[error("the connection dropped before the server answered; the request may or may not have been applied: {0}")]
@@ -41,6 +46,7 @@ impl Error {
         match self {
             Error::Server(body) => body.code.as_str(),
             Error::Unreachable(_) => "unreachable",
+            Error::Untrusted(_) => "untrusted",
             Error::ConnectionLost(_) => "connection_lost",
             Error::Config(_) => "invalid",
             Error::Protocol(_) => "protocol",

@@ -327,6 +327,7 @@ impl Settings {
     ) -> Result<(Conn, Welcome, String, usize), Error> {
         let servers = &self.config.servers;
         let mut failures = Vec::new();
+        let mut untrusted = false;
         for step in 0..servers.len() {
             let index = (start + step) % servers.len();
             let server = &servers[index];
@@ -335,11 +336,67 @@ impl Settings {
                 // A refusal by the server itself (bad token, wrong version) is final.
                 Ok(Err(Error::Server(body))) => return Err(Error::Server(body)),
                 Ok(Err(Error::Unreachable(why))) => failures.push(format!("{server}: {why}")),
+                Ok(Err(Error::Untrusted(why))) => {
+                    untrusted = true;
+                    failures.push(why);
+                }
                 Ok(Err(err)) => failures.push(format!("{server}: {err}")),
                 Err(_) => failures.push(format!("{server}: no answer within {timeout:?}")),
             }
         }
+        // A server that answered with a certificate the CA does not vouch for is the thing
+        // to fix, whatever the others did.
+        if untrusted {
+            return Err(Error::Untrusted(failures.join("; ")));
+        }
         Err(Error::Unreachable(failures.join("; ")))
+    }
+
+    /// The error of a failed TLS handshake with `server`: [`Error::Untrusted`] when its
+    /// certificate does not verify against the CA, naming why and the CA file; else
+    /// [`Error::Unreachable`].
+    fn tls_failure(&self, server: &ServerAddr, err: std::io::Error) -> Error {
+        let certificate = err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(|inner| match inner {
+                rustls::Error::InvalidCertificate(why) => Some(why),
+                _ => None,
+            });
+        let Some(why) = certificate else {
+            return Error::Unreachable(format!("TLS: {err}"));
+        };
+        let ca = match &self.config.ca_file {
+            Some(path) => format!("the CA in {}", path.display()),
+            None => "the configured CA".to_string(),
+        };
+        let use_the_right_ca = "a tallyd that made its own CA keeps it in DATA_DIR/tls/ca.pem (the client.toml it writes names it): give clients that file (`ca` in the client file, or tally's --ca or TALLY_CA)";
+        use rustls::CertificateError as E;
+        let reason = match why {
+            E::UnknownIssuer | E::BadSignature => {
+                format!("its certificate is not signed by {ca}; {use_the_right_ca}")
+            }
+            E::NotValidForName | E::NotValidForNameContext { .. } => {
+                let presented = match why {
+                    E::NotValidForNameContext { presented, .. } if !presented.is_empty() => {
+                        format!(" (it names {})", presented.join(", "))
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "its certificate is not issued for the name {}{presented}; connect to a name it carries, or add the name to the server's tls.names and have the certificate made again",
+                    server.host
+                )
+            }
+            E::Expired | E::ExpiredContext { .. } => {
+                "its certificate has expired (or this machine's clock is wrong)".to_string()
+            }
+            E::NotValidYet | E::NotValidYetContext { .. } => {
+                "its certificate is not valid yet (or this machine's clock is wrong)".to_string()
+            }
+            other => format!("its certificate does not verify against {ca}: {other:?}"),
+        };
+        Error::Untrusted(format!("server {server} is not trusted: {reason}"))
     }
 
     async fn connect_one(&self, server: &ServerAddr) -> Result<(Conn, Welcome, String), Error> {
@@ -354,7 +411,7 @@ impl Settings {
             .tls
             .connect(name, tcp)
             .await
-            .map_err(|err| Error::Unreachable(format!("TLS: {err}")))?;
+            .map_err(|err| self.tls_failure(server, err))?;
         let mut conn = Connection::with_limits(tls, MAX_RESPONSE_FRAME, DEFAULT_MAX_FRAME);
         let frame = |err: tally_protocol::FrameError| Error::Unreachable(err.to_string());
         conn.send(&ClientMessage::Hello(Hello {

@@ -111,8 +111,9 @@ pub enum SignInOutcome {
 enum Reply {
     Ready(oneshot::Sender<Outcome>, Outcome),
     /// An authorised audit query, read from the store once the batch (and the refusals or
-    /// changes it records) is committed.
-    Audit(oneshot::Sender<Outcome>, AuditRead),
+    /// changes it records) is committed; with the answer to give instead of an empty first
+    /// page when it names a user or feature that does not exist (`Pool::audit_unknown`).
+    Audit(oneshot::Sender<Outcome>, AuditRead, Option<ErrorBody>),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
 }
 
@@ -561,7 +562,12 @@ impl Engine {
         let request = match request.kind {
             EngineKind::Pool(request) => request,
             EngineKind::Audit(read) => {
-                return Self::audit(now, &actor, read, batch, reply, replies)
+                // Only a first page stands for the whole query.
+                let unknown = match read.before {
+                    None => self.pool.audit_unknown(&read.query),
+                    Some(_) => None,
+                };
+                return Self::audit(now, &actor, read, unknown, batch, reply, replies);
             }
         };
         let outcome = match self.handle(now, &actor, &holder, request, batch) {
@@ -571,11 +577,13 @@ impl Engine {
         replies.push(Reply::Ready(reply, outcome));
     }
 
-    /// Checks an audit read: the store answers it once the batch has committed.
+    /// Checks an audit read: the store answers it once the batch has committed, or, when it
+    /// finds nothing, `unknown` does.
     fn audit(
         now: i64,
         actor: &Actor,
         read: AuditRead,
+        unknown: Option<ErrorBody>,
         batch: &mut Batch,
         reply: oneshot::Sender<Outcome>,
         replies: &mut Vec<Reply>,
@@ -583,7 +591,7 @@ impl Engine {
         let checked = require_admin(actor, "read the audit log")
             .and_then(|()| read.query.validate().map_err(ErrorBody::invalid));
         match checked {
-            Ok(()) => replies.push(Reply::Audit(reply, read)),
+            Ok(()) => replies.push(Reply::Audit(reply, read, unknown)),
             Err(err) => {
                 batch.audit(now, actor, Action::Audit, "audit log", None, Err(&err));
                 replies.push(Reply::Ready(reply, Outcome::Err(err)));
@@ -658,8 +666,8 @@ impl Engine {
             PoolRequest::Status(query) => pool
                 .status(now, query.feature.as_deref(), batch)
                 .map(Response::Status),
-            PoolRequest::Leases(query) => {
-                let page = pool.leases_page(
+            PoolRequest::Leases(query) => pool
+                .leases_page(
                     now,
                     actor,
                     &query,
@@ -667,12 +675,11 @@ impl Engine {
                     MAX_UNPAGED_LEASES,
                     UNPAGED_BYTES,
                     batch,
-                );
-                Ok(Response::Leases(page.leases))
-            }
+                )
+                .map(|page| Response::Leases(page.leases)),
             PoolRequest::LeasesPage(page) => {
                 let limit = page.limit.unwrap_or(MAX_PAGE_ITEMS).min(MAX_PAGE_ITEMS);
-                Ok(Response::LeasesPage(pool.leases_page(
+                pool.leases_page(
                     now,
                     actor,
                     &page.query,
@@ -680,7 +687,8 @@ impl Engine {
                     limit as usize,
                     PAGE_BYTES,
                     batch,
-                )))
+                )
+                .map(Response::LeasesPage)
             }
             PoolRequest::EntitlementAdd(new) => pool
                 .add_entitlement(now, actor, &new, batch)
@@ -820,7 +828,7 @@ impl Engine {
                 tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
                 for reply in replies {
                     match reply {
-                        Reply::Ready(reply, _) | Reply::Audit(reply, _) => {
+                        Reply::Ready(reply, _) | Reply::Audit(reply, _, _) => {
                             let _ = reply.send(Outcome::Err(ErrorBody::internal()));
                         }
                         Reply::SignIn(reply, _) => {
@@ -854,7 +862,7 @@ impl Engine {
                 Reply::SignIn(reply, outcome) => {
                     let _ = reply.send(outcome);
                 }
-                Reply::Audit(reply, mut read) => {
+                Reply::Audit(reply, mut read, unknown) => {
                     let (cap, max_bytes) = if read.paged {
                         (MAX_PAGE_ITEMS, PAGE_BYTES)
                     } else {
@@ -863,10 +871,15 @@ impl Engine {
                     read.query.limit = Some(read.query.limit.unwrap_or(1000).min(cap));
                     let store = self.store.clone();
                     tokio::spawn(async move {
-                        let outcome = match store.audit(&read.query, read.before, max_bytes).await {
-                            Ok(page) if read.paged => Outcome::Ok(Response::AuditPage(page)),
-                            Ok(page) => Outcome::Ok(Response::AuditEvents(page.events)),
-                            Err(err) => {
+                        let found = store.audit(&read.query, read.before, max_bytes).await;
+                        let outcome = match (found, unknown) {
+                            // A typo, not a quiet log: say so, with the nearest name.
+                            (Ok(page), Some(unknown)) if page.events.is_empty() => {
+                                Outcome::Err(unknown)
+                            }
+                            (Ok(page), _) if read.paged => Outcome::Ok(Response::AuditPage(page)),
+                            (Ok(page), _) => Outcome::Ok(Response::AuditEvents(page.events)),
+                            (Err(err), _) => {
                                 tracing::error!(error = %err, "audit query failed");
                                 Outcome::Err(ErrorBody::internal())
                             }

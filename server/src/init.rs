@@ -341,6 +341,9 @@ pub async fn join_cluster(
     dir: &DataDir,
     cluster: &dyn crate::store::ClusterStore,
 ) -> Result<()> {
+    // Whether this data directory held an identity already (a node restarting): it is
+    // offered again, and "made" would not be true of it.
+    let held_before = dir.signing_key().exists();
     let signing_key = match fs::read(dir.signing_key()) {
         Ok(key) => key,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => new_signing_key()?,
@@ -401,7 +404,9 @@ pub async fn join_cluster(
         ),
         (_, Some(_)) => {}
     }
-    if adopted == offered {
+    if adopted == offered && held_before {
+        tracing::info!("this node holds the cluster's identity");
+    } else if adopted == offered {
         tracing::info!("this node made the cluster's identity");
     } else {
         tracing::info!("joined the cluster: adopted its signing key and CA");

@@ -1242,3 +1242,459 @@ fn the_help_separates_global_options_and_documents_exit_codes_and_environment() 
         "{help}"
     );
 }
+
+/// Runs `tally` as [`cli`] does, with more environment, and no client file, XDG directory
+/// or token from the environment of the test run.
+fn cli_env(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(CLI);
+    command
+        .args(args)
+        .env_remove("TALLY_CONFIG")
+        .env_remove("TALLY_TOKEN")
+        .env_remove("TALLY_SERVER")
+        .env_remove("TALLY_CA")
+        .env_remove("TALLY_LOG")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", "/nonexistent");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn error_message(out: &std::process::Output) -> String {
+    stdout_json(out)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A server whose certificate the given CA did not sign is "not trusted" (exit 4), naming
+/// the CA file and where tallyd keeps its own; a missing client file names the path looked
+/// at; a refused token names where it came from.
+#[test]
+fn an_untrusted_server_a_missing_client_file_and_a_refused_token_say_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, rcgen_free_ca()).unwrap();
+    let other_ca = other_ca.to_str().unwrap();
+    let out = cli_env(
+        &[],
+        &["--config", config, "--ca", other_ca, "--json", "status"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(stdout_json(&out)["error"]["code"], "untrusted");
+    let message = error_message(&out);
+    assert!(message.contains("is not trusted"), "{message}");
+    assert!(
+        message.contains(&format!("not signed by the CA in {other_ca}")),
+        "{message}"
+    );
+    assert!(message.contains("DATA_DIR/tls/ca.pem"), "{message}");
+    // Without --json: the same, on stderr.
+    let out = cli_env(&[], &["--config", config, "--ca", other_ca, "status"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("tally: server "), "{stderr}");
+    assert!(stderr.contains("is not trusted"), "{stderr}");
+
+    // No client file: the path looked at is named.
+    let out = cli_env(&[], &["--json", "status"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = error_message(&out);
+    assert!(message.starts_with("no server given"), "{message}");
+    assert!(
+        message.contains("there is none at /nonexistent/.config/tally/client.toml"),
+        "{message}"
+    );
+    assert!(message.contains("--config"), "{message}");
+    let out = cli_env(&[("XDG_CONFIG_HOME", "/nowhere")], &["--json", "status"]);
+    assert!(
+        error_message(&out).contains("none at /nowhere/tally/client.toml"),
+        "{out:?}"
+    );
+
+    // A refused token, from each place a token comes from.
+    let bad_file = dir.path().join("bad.token");
+    std::fs::write(&bad_file, "nope\n").unwrap();
+    let bad_file = bad_file.to_str().unwrap();
+    let bad_config = dir.path().join("bad-client.toml");
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with("token"))
+        .map(|line| format!("{line}\n"))
+        .collect::<String>();
+    std::fs::write(&bad_config, format!("{text}token_file = {bad_file:?}\n")).unwrap();
+    let bad_config = bad_config.to_str().unwrap();
+    // The environment, the arguments, and where the message says the token came from.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], String);
+    let cases: &[Case] = &[
+        (
+            &[],
+            &["--config", config, "--token", "nope"],
+            "came from --token".into(),
+        ),
+        (
+            &[("TALLY_TOKEN", "nope")],
+            &["--config", config],
+            "came from the TALLY_TOKEN environment variable".into(),
+        ),
+        (
+            &[],
+            &["--config", config, "--token-file", bad_file],
+            format!("came from the token file {bad_file} (--token-file)"),
+        ),
+        (
+            &[],
+            &["--config", bad_config],
+            format!("came from the token file {bad_file} (`token_file` in {bad_config})"),
+        ),
+    ];
+    for (env, args, needle) in cases {
+        let mut all = args.to_vec();
+        all.extend(["--json", "status"]);
+        let out = cli_env(env, &all);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {out:?}");
+        assert_eq!(stdout_json(&out)["error"]["code"], "unauthenticated");
+        let message = error_message(&out);
+        assert!(message.contains("not recognised"), "{message}");
+        assert!(message.contains(needle.as_str()), "{args:?}: {message}");
+    }
+}
+
+/// clap's usage errors read like tally's others (`tally: ...`), and a duration written as
+/// two words is shown how to write it.
+#[test]
+fn usage_errors_of_the_parser_carry_the_prefix_and_a_hint_for_durations() {
+    let out = cli_env(&[], &["borrow", "vray", "--for", "3", "days"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("tally: unexpected argument 'days' found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--for 3d"), "{stderr}");
+    assert!(stderr.contains("--for \"3 days\""), "{stderr}");
+    assert!(stderr.contains("Usage: tally"), "{stderr}");
+    assert!(
+        !stderr.contains("'-- days'"),
+        "clap's tip would mislead: {stderr}"
+    );
+    // The feature after the duration: the hint all the same.
+    let out = cli_env(&[], &["--json", "borrow", "--for=3", "Days", "vray"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = error_message(&out);
+    assert!(message.contains("--for 3d"), "{message}");
+    assert!(message.contains("--for \"3 Days\""), "{message}");
+    // Any other mistake clap finds: the prefix, no hint.
+    let out = cli_env(&[], &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("tally: unrecognized subcommand 'frobnicate'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("duration"), "{stderr}");
+    // Help is not an error.
+    let out = cli_env(&[], &["--help"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: tally"));
+}
+
+/// The library's reconnect warnings reach stderr with `-v` only; the command's own
+/// outcome is unchanged.
+#[test]
+fn reconnect_warnings_are_printed_with_v_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap().to_string();
+    let out = cli_env(
+        &[],
+        &[
+            "--config",
+            &config,
+            "entitlement",
+            "add",
+            "vray",
+            "--seats",
+            "2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut holders = Vec::new();
+    for verbose in [false, true] {
+        // With --json the grant goes to stdout: stderr holds nothing but the warnings.
+        let mut args = vec!["--config", config.as_str(), "--json", "checkout", "vray"];
+        if verbose {
+            args.insert(0, "-v");
+        }
+        args.extend(["--", "sh", "-c", "sleep 5"]);
+        let child = Command::new(CLI)
+            .args(&args)
+            .env_remove("TALLY_LOG")
+            .env("HOME", "/nonexistent")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        holders.push((verbose, child));
+    }
+    let mut held = false;
+    for _ in 0..100 {
+        let doc = stdout_json(&cli(&["--config", &config, "--json", "status", "vray"]));
+        if doc["features"][0]["in_use"] == 2 {
+            held = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(held, "both seats were never held");
+    daemon.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.restart();
+    for (verbose, child) in holders {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if verbose {
+            assert!(
+                stderr.contains("connection to the license server lost; reconnecting"),
+                "{stderr}"
+            );
+        } else {
+            assert!(stderr.is_empty(), "printed without -v: {stderr}");
+        }
+    }
+}
+
+/// Units in any case and long forms, RFC 3339 at any offset, a bare date at the start of
+/// its day in --starts and --since and at its end in --expires; every answer in UTC.
+#[test]
+fn times_and_durations_are_read_in_every_form_and_answered_in_utc() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+
+    let (code, doc) = run(&[
+        "entitlement",
+        "add",
+        "nuke",
+        "--seats",
+        "5",
+        "--starts",
+        "2027-01-01",
+        "--expires",
+        "2027-12-31",
+        "--max-borrow",
+        "3 Days",
+    ]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["entitlement"]["starts_at"], "2027-01-01T00:00:00Z");
+    assert_eq!(doc["entitlement"]["expires_at"], "2027-12-31T23:59:59Z");
+    assert_eq!(doc["entitlement"]["max_borrow_secs"], 3 * 86_400);
+
+    let (code, doc) = run(&[
+        "entitlement",
+        "add",
+        "vray",
+        "--seats",
+        "5",
+        "--expires",
+        "2030-06-30T20:00:00+02:00",
+        "--max-borrow",
+        "2W",
+    ]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["entitlement"]["expires_at"], "2030-06-30T18:00:00Z");
+    assert_eq!(doc["entitlement"]["max_borrow_secs"], 14 * 86_400);
+    let (code, doc) = run(&[
+        "entitlement",
+        "add",
+        "maya",
+        "--seats",
+        "1",
+        "--starts",
+        "2026-01-01T09:00:00-05:00",
+        "--max-borrow",
+        "1h30M",
+    ]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["entitlement"]["starts_at"], "2026-01-01T14:00:00Z");
+    assert_eq!(doc["entitlement"]["max_borrow_secs"], 5_400);
+
+    run(&["user", "add", "ana@studio.com"]);
+    let (code, doc) = run(&[
+        "assign",
+        "ana@studio.com",
+        "vray",
+        "--expires",
+        "2029-06-30",
+    ]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["assignment"]["expires_at"], "2029-06-30T23:59:59Z");
+
+    // The whole of the day named: events of today are found from its start.
+    let today = &tally_protocol::format_time(now_millis())[..10];
+    let (code, doc) = run(&["audit", "--since", today, "--feature", "vray"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let events = doc["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events
+        .iter()
+        .all(|e| e["at"].as_str().unwrap().ends_with('Z')));
+    let (code, doc) = run(&["audit", "--since", "2099-01-01T00:00:00+14:00"]);
+    assert_eq!((code, doc), (Some(0), serde_json::json!({"events": []})));
+
+    // Tables print UTC too.
+    let out = cli(&["--config", config, "entitlement", "list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("2027-12-31T23:59:59Z"), "{table}");
+    assert!(table.contains("2030-06-30T18:00:00Z"), "{table}");
+
+    for (args, needle) in [
+        (
+            &[
+                "entitlement",
+                "add",
+                "x",
+                "--seats",
+                "1",
+                "--expires",
+                "2027-02-30",
+            ][..],
+            "month 2 of 2027 has 28 days",
+        ),
+        (
+            &[
+                "entitlement",
+                "add",
+                "x",
+                "--seats",
+                "1",
+                "--expires",
+                "2027-01-31T18:00:00",
+            ],
+            "has no UTC offset",
+        ),
+        (
+            &[
+                "entitlement",
+                "add",
+                "x",
+                "--seats",
+                "1",
+                "--max-borrow",
+                "3 months",
+            ],
+            "\"months\" in \"3 months\" is not a unit of duration",
+        ),
+        (&["borrow", "vray", "--for", "3"], "\"3\" has no unit"),
+    ] {
+        let (code, doc) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {doc}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{args:?}: {message}");
+    }
+}
+
+/// A feature or user that does not exist is said to, with the nearest name; a removed
+/// user's history stays readable; --csv with --json and a --limit past its maximum are
+/// usage errors; `return` with nothing borrowed fails.
+#[test]
+fn typos_are_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+    run(&["entitlement", "add", "vray", "--seats", "2"]);
+    run(&["user", "add", "ana@studio.com"]);
+    run(&["user", "add", "bob@studio.com"]);
+    run(&["user", "remove", "bob@studio.com"]);
+
+    let (code, doc) = run(&["leases", "--feature", "vary"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["code"], "not_found");
+    assert_eq!(
+        doc["error"]["message"],
+        "no feature vary exists; did you mean vray? `tally status` lists the features"
+    );
+    let (code, doc) = run(&["leases", "--user", "ana@studo.com"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean ana@studio.com?"),
+        "{doc}"
+    );
+    let (code, doc) = run(&["leases", "--feature", "vray"]);
+    assert_eq!((code, doc), (Some(0), serde_json::json!({"leases": []})));
+
+    let (code, doc) = run(&["audit", "--user", "nobody@x"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["code"], "not_found");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no user nobody@x exists, and no audit event names it"),
+        "{message}"
+    );
+    let (code, doc) = run(&["audit", "--feature", "vary"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(did you mean vray?)"),
+        "{doc}"
+    );
+    // Without --json: on stderr, exit 1.
+    let out = cli(&["--config", config, "audit", "--user", "nobody@x"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("tally: no user nobody@x exists"));
+    // A removed user's history is still there.
+    let (code, doc) = run(&["audit", "--user", "bob@studio.com"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["events"][0]["action"], "user_remove");
+
+    let (code, doc) = run(&["audit", "--csv"]);
+    assert_eq!(code, Some(2), "{doc}");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--csv") && message.contains("--json"),
+        "{message}"
+    );
+    let (code, doc) = run(&["audit", "--limit", "100001"]);
+    assert_eq!(code, Some(2), "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("--limit 100001 is past its maximum, 100000"),
+        "{doc}"
+    );
+    let (code, _) = run(&["audit", "--limit", "100000"]);
+    assert_eq!(code, Some(0));
+
+    // Nothing borrowed on this machine: an error, not "returned 0".
+    let data = dir.path().join("user-data");
+    let out = cli_env(
+        &[("TALLY_DATA_DIR", data.to_str().unwrap())],
+        &["--config", config, "--json", "return", "vray"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(stdout_json(&out)["error"]["code"], "not_found");
+    assert!(
+        error_message(&out)
+            .contains("nothing to return: no borrow of vray is kept on this machine"),
+        "{out:?}"
+    );
+}

@@ -85,6 +85,13 @@ pub struct Globals {
     /// Print one JSON document on stdout, errors included.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Print the client library's warnings (reconnects and the like); -vv for more.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Whether the token was given with --token rather than TALLY_TOKEN (set after parsing,
+    /// to say where a refused token came from).
+    #[arg(skip)]
+    pub token_on_command_line: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,7 +175,8 @@ pub enum Command {
         /// Take the seats from this user's assignment instead of the floating pool.
         #[arg(long, value_name = "EMAIL")]
         from: Option<String>,
-        /// End of the assignment (RFC 3339 or YYYY-MM-DD); no later than the entitlement's.
+        /// End of the assignment (RFC 3339, or YYYY-MM-DD: the end of that day, UTC); no later
+        /// than the entitlement's.
         #[arg(long, value_name = "TIME")]
         expires: Option<String>,
     },
@@ -218,7 +226,8 @@ pub enum Command {
         /// Only events about this feature.
         #[arg(long)]
         feature: Option<String>,
-        /// At most this many events (default 1000); they are fetched page by page.
+        /// At most this many events (default 1000, at most 100000); they are fetched page by
+        /// page.
         #[arg(long)]
         limit: Option<u32>,
         /// Print CSV instead of a table or JSON.
@@ -318,7 +327,7 @@ pub enum EntitlementCommand {
         /// Start (RFC 3339 or YYYY-MM-DD, UTC); default now.
         #[arg(long, value_name = "TIME")]
         starts: Option<String>,
-        /// End (RFC 3339 or YYYY-MM-DD, UTC); default never.
+        /// End (RFC 3339, or YYYY-MM-DD: the end of that day, UTC); default never.
         #[arg(long, value_name = "TIME")]
         expires: Option<String>,
         /// A trial: its assignments cannot be revoked or moved.

@@ -36,7 +36,7 @@ impl Action {
                 .map(values::entitlement_id)
                 .transpose()?,
             from: from.map(values::username).transpose()?,
-            expires_at: values::time_opt(expires.as_deref())?,
+            expires_at: values::end_opt(expires.as_deref())?,
         }))
     }
 

@@ -13,6 +13,10 @@ const PAGE: u32 = 1000;
 /// Events printed when `--limit` is not given.
 const DEFAULT_LIMIT: u32 = 1000;
 
+/// The most events one run prints: a JSON document is held in memory until all of it is
+/// read. Older events are reached by narrowing the query (`--since`, `--user`, `--feature`).
+pub const MAX_LIMIT: u32 = 100_000;
+
 /// `audit`, checked and ready to send.
 pub struct Action {
     /// The filters; `limit` is set per page.
@@ -30,12 +34,20 @@ impl Action {
         feature: Option<String>,
         limit: Option<u32>,
         csv: bool,
+        json: bool,
     ) -> Result<Self, Failure> {
-        let since = values::time_opt(since.as_deref())?;
-        let feature = values::feature_opt(feature)?;
-        if limit == Some(0) {
-            return Err(Failure::usage("--limit must be at least 1"));
+        if csv && json {
+            return Err(Failure::usage(
+                "--csv and --json ask for two formats; give one of them",
+            ));
         }
+        let since = values::start_opt(since.as_deref())?;
+        let feature = values::feature_opt(feature)?;
+        let limit = values::limit(
+            limit.unwrap_or(DEFAULT_LIMIT),
+            MAX_LIMIT,
+            "narrow the query with --since, --user or --feature",
+        )?;
         Ok(Action {
             query: AuditQuery {
                 since,
@@ -43,7 +55,7 @@ impl Action {
                 feature,
                 limit: None,
             },
-            limit: limit.unwrap_or(DEFAULT_LIMIT),
+            limit,
             csv,
         })
     }

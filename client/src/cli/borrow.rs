@@ -113,10 +113,12 @@ impl Local {
         machine_id: &str,
         out: &Output,
     ) -> Result<u8, Failure> {
-        let file = client_file(globals)?;
-        let Some(ca) = globals.ca.clone().or(file.ca) else {
-            return Err(Failure::usage(
-                "checking a borrow needs the CA that certifies the server's signing key: set `ca` in the client file, --ca or TALLY_CA",
+        let found = client_file(globals)?;
+        let Some(ca) = globals.ca.clone().or(found.file.ca.clone()) else {
+            return Err(found.missing(
+                "no CA given (checking a borrow needs the CA that certifies the server's signing key)",
+                "ca",
+                "--ca FILE or TALLY_CA",
             ));
         };
         let trust = Trust::from_file(&ca)?;
@@ -126,12 +128,16 @@ impl Local {
             return Ok(exit::OK);
         };
         let online = match client_config(globals) {
-            Ok(mut config) => {
+            Ok(settings) => {
+                let mut config = settings.config.clone();
                 config.machine_id = machine_id.to_string();
                 // Offline is the common case for a borrow: give up on the network quickly.
                 config.connect_timeout = Duration::from_secs(3);
                 config.request_timeout = Duration::from_secs(5);
-                match Client::connect(config).await {
+                match Client::connect(config)
+                    .await
+                    .map_err(|err| settings.sign_in_failure(err).message)
+                {
                     Ok(client) => client
                         .verify_borrow(&feature)
                         .await

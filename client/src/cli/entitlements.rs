@@ -31,8 +31,8 @@ impl Action {
             } => Action::Add(NewEntitlement {
                 feature: values::feature(feature)?,
                 seats: values::seats(seats)?,
-                starts_at: values::time_opt(starts.as_deref())?,
-                expires_at: values::time_opt(expires.as_deref())?,
+                starts_at: values::start_opt(starts.as_deref())?,
+                expires_at: values::end_opt(expires.as_deref())?,
                 kind: if trial {
                     EntitlementKind::Trial
                 } else {
@@ -59,11 +59,11 @@ impl Action {
                 let update = EntitlementUpdate {
                     id: values::entitlement_id(&id)?,
                     seats: seats.map(values::seats).transpose()?,
-                    starts_at: values::time_opt(starts.as_deref())?,
+                    starts_at: values::start_opt(starts.as_deref())?,
                     expires_at: match expires.as_deref() {
                         None => None,
                         Some(text) if text.eq_ignore_ascii_case("never") => Some(None),
-                        Some(text) => Some(Some(values::time(text)?)),
+                        Some(text) => Some(Some(values::end(text)?)),
                     },
                     borrowable: match (borrowable, no_borrowable) {
                         (true, _) => Some(true),

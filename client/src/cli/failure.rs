@@ -10,6 +10,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const NO_SEAT: u8 = 3;
+    /// Unauthenticated or forbidden, or the server is not trusted (its certificate does not
+    /// verify against the CA).
     pub const DENIED: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
     /// `checkout -- CMD`: the command was found but cannot be run (as a shell says).
@@ -65,6 +67,8 @@ impl From<Error> for Failure {
                 _ => exit::FAILED,
             },
             Error::Unreachable(_) => exit::UNREACHABLE,
+            // The server is not who it should be: as unauthenticated as a refused token.
+            Error::Untrusted(_) => exit::DENIED,
             Error::Config(_) => exit::USAGE,
             _ => exit::FAILED,
         };

@@ -60,8 +60,9 @@ enum Remote {
 }
 
 /// Checks a command's arguments and turns it into its action: arguments the server would
-/// refuse anyway are refused here, as usage errors, each value parsed once.
-fn plan(command: Command) -> Result<Action, Failure> {
+/// refuse anyway are refused here, as usage errors, each value parsed once. `json` is the
+/// global `--json`, which some commands' own options contradict.
+fn plan(command: Command, json: bool) -> Result<Action, Failure> {
     use Remote as R;
     Ok(Action::Remote(match command {
         Command::Status { feature, all } => R::Leases(leases::Action::status(feature, all)?),
@@ -113,7 +114,7 @@ fn plan(command: Command) -> Result<Action, Failure> {
             feature,
             limit,
             csv,
-        } => R::Audit(audit::Action::new(since, user, feature, limit, csv)?),
+        } => R::Audit(audit::Action::new(since, user, feature, limit, csv, json)?),
         Command::Server(command) => R::Server(server::Action::new(command)),
         Command::Completions { shell } => {
             return Ok(Action::Docs(docs::Action::Completions(shell)))
@@ -145,51 +146,46 @@ pub fn main() -> ExitCode {
 /// harnesses stand in for other machines with files of their own.
 pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
     restore_sigpipe();
-    let json = std::env::args()
+    let args: Vec<String> = std::env::args_os()
         .skip(1)
-        .take_while(|a| a != "--")
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let json = args
+        .iter()
+        .take_while(|a| *a != "--")
         .any(|a| a == "--json");
     let parsed = Cli::command().try_get_matches().and_then(|matches| {
         let token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
         Cli::from_arg_matches(&matches).map(|cli| (cli, token_on_command_line))
     });
     let cli = match parsed {
-        Ok((cli, token_on_command_line)) => {
+        Ok((mut cli, token_on_command_line)) => {
             if token_on_command_line {
                 eprintln!("tally: warning: a token given with --token can be read by other users of this machine (in the process list); use --token-file FILE or the {TOKEN_ENV} environment variable");
             }
+            cli.globals.token_on_command_line = token_on_command_line;
             cli
         }
-        Err(err) => {
-            use clap::error::ErrorKind;
-            if json
-                && !matches!(
-                    err.kind(),
-                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-                )
-            {
-                let message = err.kind().to_string();
-                let detail = err.to_string();
-                let detail = detail
-                    .lines()
-                    .next()
-                    .unwrap_or(&message)
-                    .trim_start_matches("error: ");
-                output::print_error(true, "invalid", detail);
-                return ExitCode::from(exit::USAGE);
-            }
+        // Help and version: what was asked for, on stdout.
+        Err(err) if !err.use_stderr() => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
+            return ExitCode::from(exit::OK);
+        }
+        Err(err) => {
+            let (first, rest) = usage_error(&err, &args);
+            output::print_error(json, "invalid", &first);
+            if !json {
+                for line in rest.lines() {
+                    eprintln!("{}", output::clean(line));
+                }
+            }
+            return ExitCode::from(exit::USAGE);
         }
     };
     let Cli { globals, command } = cli;
     let json = globals.json;
     // Check what can be checked before touching the network, or even the runtime.
-    let action = match plan(command) {
+    let action = match plan(command, json) {
         Ok(action) => action,
         Err(failure) => return fail(json, failure),
     };
@@ -198,7 +194,7 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
         Action::Local(local) => Ok(local),
         Action::Remote(remote) => Err(remote),
     };
-    tracing_to_stderr();
+    tracing_to_stderr(globals.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -219,9 +215,11 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
             // Borrows are checked on this machine, with a server only when one answers.
             Ok(local) => local.run(&globals, &machine_id, &out).await,
             Err(remote) => {
-                let mut config = settings::client_config(&globals)?;
-                config.machine_id = machine_id;
-                let client = Client::connect(config).await?;
+                let mut settings = settings::client_config(&globals)?;
+                settings.config.machine_id = machine_id;
+                let client = Client::connect(settings.config.clone())
+                    .await
+                    .map_err(|err| settings.sign_in_failure(err))?;
                 remote.run(&client, &out).await
             }
         }
@@ -248,10 +246,75 @@ fn restore_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-/// Warnings of the library (reconnects, lost leases) go to stderr; `TALLY_LOG` tunes them.
-fn tracing_to_stderr() {
+/// clap's usage error as tally prints its own: its first line after `tally: `, with a hint
+/// when a duration was written with a space (`--for 3 days`); and the rest (clap's tips,
+/// the usage line), for people.
+fn usage_error(err: &clap::Error, args: &[String]) -> (String, String) {
+    let text = err.render().to_string();
+    let mut lines = text.lines();
+    let first = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    let rest: Vec<&str> = lines.collect();
+    let Some(hint) = duration_hint(args) else {
+        return (first, rest.join("\n"));
+    };
+    // clap's own tip (`-- days` passes it as a value) would mislead here.
+    let usage: Vec<&str> = rest
+        .iter()
+        .copied()
+        .skip_while(|line| !line.starts_with("Usage:"))
+        .collect();
+    (
+        format!("{first}; {hint}"),
+        format!("\n{}", usage.join("\n")),
+    )
+}
+
+/// The options that take a duration.
+const DURATION_OPTIONS: [&str; 2] = ["--for", "--max-borrow"];
+
+/// For arguments holding an option that takes a duration, a number, and a unit as separate
+/// words (`--for 3 days`), how to write that duration.
+fn duration_hint(args: &[String]) -> Option<String> {
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .take_while(|a| *a != "--")
+        .collect();
+    args.windows(2).enumerate().find_map(|(i, pair)| {
+        let (number, word) = (pair[0], pair[1]);
+        let unit = values::unit_symbol(word)?;
+        let (option, number) = match number.split_once('=') {
+            Some((option, number)) if option.starts_with("--") => (option, number),
+            _ => (*args.get(i.checked_sub(1)?)?, number),
+        };
+        if !DURATION_OPTIONS.contains(&option)
+            || number.is_empty()
+            || !number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        Some(format!(
+            "a duration is one word: write {option} {number}{unit}, or quote it: {option} \"{number} {word}\""
+        ))
+    })
+}
+
+/// Warnings of the library (reconnects, lost leases) go to stderr with `-v` (`-vv`: what it
+/// does, `-vvv`: debugging); `TALLY_LOG` sets the level instead. `tally` reports what
+/// concerns the command itself on its own.
+fn tracing_to_stderr(verbose: u8) {
+    let level = match verbose {
+        0 => "error",
+        1 => "warn",
+        2 => "info",
+        _ => "debug",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -267,7 +330,7 @@ mod tests {
     fn planned(args: &[&str]) -> Result<Action, Failure> {
         let cli = Cli::try_parse_from(std::iter::once("tally").chain(args.iter().copied()))
             .expect("clap accepts the arguments");
-        plan(cli.command)
+        plan(cli.command, cli.globals.json)
     }
 
     /// Every family refuses what the server would refuse, as a usage error naming it,
@@ -337,6 +400,23 @@ mod tests {
                 "\"yesterday\" is not a time",
             ),
             (&["audit", "--limit", "0"], "--limit"),
+            (
+                &["audit", "--limit", "100001"],
+                "--limit 100001 is past its maximum, 100000",
+            ),
+            (&["borrow", "vray", "--for", "3 months"], "not a unit"),
+            (
+                &[
+                    "entitlement",
+                    "add",
+                    "vray",
+                    "--seats",
+                    "1",
+                    "--expires",
+                    "2027-02-29",
+                ],
+                "has 28 days",
+            ),
         ];
         for (args, needle) in refused {
             let Err(failure) = planned(args) else {
@@ -374,6 +454,14 @@ mod tests {
             ],
             &["user", "token", "revoke", "tok_1"],
             &["audit", "--since", "2026-01-01T00:00:00Z", "--csv"],
+            &[
+                "audit",
+                "--since",
+                "2026-01-01T00:00:00+02:00",
+                "--limit",
+                "100000",
+            ],
+            &["borrow", "vray", "--for", "3 Days"],
             &["server", "info"],
             &["server", "nodes"],
             &["status", "--all"],
@@ -403,5 +491,63 @@ mod tests {
             planned(&["completions", "zsh"]),
             Ok(Action::Docs(_))
         ));
+    }
+
+    /// `--csv` and `--json` ask for two formats: refused together, in either order.
+    #[test]
+    fn csv_and_json_are_refused_together() {
+        for args in [["--json", "audit", "--csv"], ["audit", "--csv", "--json"]] {
+            let Err(failure) = planned(&args) else {
+                panic!("{args:?} was accepted");
+            };
+            assert_eq!(failure.code, exit::USAGE);
+            assert_eq!(
+                failure.message,
+                "--csv and --json ask for two formats; give one of them"
+            );
+        }
+    }
+
+    /// A duration given as two words after an option that takes one is shown written as
+    /// one; nothing else is.
+    #[test]
+    fn a_duration_in_two_words_gets_a_hint() {
+        let hint =
+            |args: &[&str]| duration_hint(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            hint(&["borrow", "vray", "--for", "3", "days"]).unwrap(),
+            "a duration is one word: write --for 3d, or quote it: --for \"3 days\""
+        );
+        assert!(
+            hint(&["entitlement", "add", "x", "--max-borrow=2", "Weeks"])
+                .unwrap()
+                .contains("--max-borrow 2w")
+        );
+        assert_eq!(hint(&["checkout", "vray", "--seats", "3", "d"]), None);
+        assert_eq!(hint(&["borrow", "vray", "--for", "3", "vray"]), None);
+        assert_eq!(
+            hint(&["checkout", "vray", "--", "--for", "3", "days"]),
+            None
+        );
+    }
+
+    /// clap's errors lose their `error: ` (tally puts its own prefix), and the hint takes
+    /// the place of clap's tip.
+    #[test]
+    fn usage_errors_of_clap_are_reworded() {
+        let args: Vec<String> = ["borrow", "vray", "--for", "3", "days"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let err = Cli::command()
+            .try_get_matches_from(std::iter::once("tally".to_string()).chain(args.clone()))
+            .unwrap_err();
+        let (first, rest) = usage_error(&err, &args);
+        assert_eq!(
+            first,
+            "unexpected argument 'days' found; a duration is one word: write --for 3d, or quote it: --for \"3 days\""
+        );
+        assert!(rest.contains("Usage: tally borrow"), "{rest}");
+        assert!(!rest.contains("tip:"), "{rest}");
     }
 }

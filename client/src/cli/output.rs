@@ -1057,7 +1057,7 @@ impl Output {
         }
     }
 
-    /// A printer for audit events, page by page; CSV with `csv` (whatever `--json` says).
+    /// A printer for audit events, page by page; CSV with `csv` (never asked for with `--json`).
     pub fn audit(&self, csv: bool) -> std::io::Result<AuditPrinter> {
         if csv {
             let mut writer = csv::Writer::from_writer(std::io::stdout());

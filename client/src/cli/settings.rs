@@ -1,49 +1,165 @@
 //! Where `tally` finds its server and credentials: the client file (`--config`, else the
-//! default one when it exists) merged with flags and environment, flags winning.
+//! default one when it exists) merged with flags and environment, flags winning; and, for
+//! messages that say what to fix, where each setting came from.
 
 use std::path::PathBuf;
+
+use tally_protocol::ErrorCode;
 
 use super::args::Globals;
 use super::failure::Failure;
 use crate::config::ClientFile;
-use crate::ClientConfig;
+use crate::{ClientConfig, Error};
 
-/// The client file: `--config`, else the default one when it exists.
-pub fn client_file(globals: &Globals) -> Result<ClientFile, Failure> {
-    Ok(match &globals.config {
-        Some(path) => ClientFile::load(path).map_err(|err| Failure::usage(err.to_string()))?,
-        None => match default_config_path() {
-            Some(path) if path.exists() => {
-                ClientFile::load(&path).map_err(|err| Failure::usage(err.to_string()))?
-            }
-            _ => ClientFile::default(),
+/// The client file as found: what it holds, and where it is or where it was looked for.
+pub struct Found {
+    pub file: ClientFile,
+    /// The file read; `None` when there was none.
+    pub path: Option<PathBuf>,
+    /// Where a file was looked for when none was given: the default path, if any.
+    looked_at: Option<PathBuf>,
+}
+
+impl Found {
+    /// A usage error for a setting that is missing (`what`: "no server given" and the
+    /// like): how to give it, in the client file (`key`) or with `flags`, and, when no
+    /// client file was found, which path was looked at.
+    pub fn missing(&self, what: &str, key: &str, flags: &str) -> Failure {
+        if let Some(path) = &self.path {
+            return Failure::usage(format!(
+                "{what}: set `{key}` in {}, or give {flags}",
+                path.display()
+            ));
+        }
+        let looked = match &self.looked_at {
+            Some(path) => format!(
+                "--config and TALLY_CONFIG are not set, and there is none at {}",
+                path.display()
+            ),
+            None => "--config and TALLY_CONFIG are not set, and neither is XDG_CONFIG_HOME or HOME, so there is no default path (~/.config/tally/client.toml)".to_string(),
+        };
+        Failure::usage(format!(
+            "{what}, and no client file was found: {looked}; give a client file with --config FILE and set `{key}` there (tallyd writes one at DATA_DIR/client.toml), or give {flags}"
+        ))
+    }
+}
+
+/// The client file: `--config` (or `TALLY_CONFIG`), else the default one when it exists.
+pub fn client_file(globals: &Globals) -> Result<Found, Failure> {
+    let load =
+        |path: &PathBuf| ClientFile::load(path).map_err(|err| Failure::usage(err.to_string()));
+    if let Some(path) = &globals.config {
+        return Ok(Found {
+            file: load(path)?,
+            path: Some(path.clone()),
+            looked_at: None,
+        });
+    }
+    let default = default_config_path();
+    Ok(match default {
+        Some(path) if path.exists() => Found {
+            file: load(&path)?,
+            path: Some(path),
+            looked_at: None,
+        },
+        _ => Found {
+            file: ClientFile::default(),
+            path: None,
+            looked_at: default,
         },
     })
 }
 
+/// The settings of a run: the client's configuration, and where its token came from.
+pub struct Settings {
+    pub config: ClientConfig,
+    /// Where the token came from (`--token`, `TALLY_TOKEN`, a token file's path), named
+    /// when the server refuses it.
+    pub token_origin: String,
+}
+
 /// Merges the client file with flags and environment (flags win).
-pub fn client_config(globals: &Globals) -> Result<ClientConfig, Failure> {
-    let file = client_file(globals)?;
+pub fn client_config(globals: &Globals) -> Result<Settings, Failure> {
+    let found = client_file(globals)?;
     let servers = if globals.servers.is_empty() {
-        file.servers
+        found.file.servers.clone()
     } else {
         globals.servers.clone()
     };
-    let ca = globals.ca.clone().or(file.ca);
-    let (token, token_file) = if globals.token.is_some() || globals.token_file.is_some() {
-        (globals.token.clone(), globals.token_file.clone())
-    } else {
-        (file.token, file.token_file)
+    let ca = globals.ca.clone().or(found.file.ca.clone());
+    let in_file = |key: &str| match &found.path {
+        Some(path) => format!("`{key}` in {}", path.display()),
+        None => format!("`{key}`"),
     };
+    let (token, token_file, token_origin) = if globals.token.is_some() {
+        let origin = if globals.token_on_command_line {
+            "--token".to_string()
+        } else {
+            "the TALLY_TOKEN environment variable".to_string()
+        };
+        (globals.token.clone(), None, origin)
+    } else if let Some(path) = &globals.token_file {
+        let origin = format!("the token file {} (--token-file)", path.display());
+        (None, Some(path.clone()), origin)
+    } else if found.file.token.is_some() {
+        (found.file.token.clone(), None, in_file("token"))
+    } else {
+        let origin = match &found.file.token_file {
+            Some(path) => format!(
+                "the token file {} ({})",
+                path.display(),
+                in_file("token_file")
+            ),
+            None => String::new(),
+        };
+        (None, found.file.token_file.clone(), origin)
+    };
+    if servers.is_empty() {
+        return Err(found.missing(
+            "no server given",
+            "servers",
+            "--server HOST:PORT or TALLY_SERVER",
+        ));
+    }
+    if ca.is_none() {
+        return Err(found.missing("no CA given", "ca", "--ca FILE or TALLY_CA"));
+    }
+    if token.is_none() && token_file.is_none() {
+        return Err(found.missing(
+            "no token given",
+            "token_file",
+            "--token-file FILE or TALLY_TOKEN",
+        ));
+    }
+    let identity = (found.file.cert.clone(), found.file.key.clone());
     let mut config = ClientConfig::from_parts(servers, ca, token, token_file)
+        .and_then(|config| config.with_identity_files(identity))
         .map_err(|err| Failure::usage(err.to_string()))?;
     config.agent = format!("tally-cli/{}", env!("CARGO_PKG_VERSION"));
-    Ok(config)
+    Ok(Settings {
+        config,
+        token_origin,
+    })
+}
+
+impl Settings {
+    /// The failure of signing in: a refused token says where it came from.
+    pub fn sign_in_failure(&self, err: Error) -> Failure {
+        let mut failure = Failure::from(err);
+        if failure.error_code == ErrorCode::Unauthenticated.as_str() {
+            failure.message = format!(
+                "{}; the token tried came from {}",
+                failure.message, self.token_origin
+            );
+        }
+        failure
+    }
 }
 
 /// `$XDG_CONFIG_HOME/tally/client.toml`, or `~/.config/tally/client.toml`.
 fn default_config_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
     Some(base.join("tally/client.toml"))

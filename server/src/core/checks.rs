@@ -54,6 +54,72 @@ macro_rules! feature_request {
 
 feature_request!(Checkout, NewEntitlement, Assign, Revoke, BorrowOnce);
 
+/// `not_found` for a name that a request filters by and nothing bears (`what` is "feature"
+/// or "user"), naming the nearest of `known` when one is near enough to be a typo, and the
+/// command that lists them (`listing`).
+pub(super) fn unknown_name<'a>(
+    what: &str,
+    name: &str,
+    known: impl IntoIterator<Item = &'a str>,
+    listing: &str,
+) -> ErrorBody {
+    let guess = match nearest(name, known) {
+        Some(guess) => format!("did you mean {guess}? "),
+        None => String::new(),
+    };
+    ErrorBody::not_found(format!("no {what} {name} exists; {guess}{listing}"))
+}
+
+/// The name of `known` nearest to `wanted`, if one is near enough to be what was meant: at
+/// most a third of `wanted`'s length of edits away (at least one; two swapped neighbours
+/// are one edit). Ties go to the first.
+pub(super) fn nearest<'a>(
+    wanted: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let wanted: Vec<char> = wanted.to_lowercase().chars().collect();
+    let within = (wanted.len() / 3).max(1);
+    let mut best: Option<(usize, &str)> = None;
+    for name in known {
+        let candidate: Vec<char> = name.to_lowercase().chars().collect();
+        if candidate.len().abs_diff(wanted.len()) > within {
+            continue;
+        }
+        let distance = edit_distance(&wanted, &candidate);
+        if distance <= within && best.is_none_or(|(least, _)| distance < least) {
+            best = Some((distance, name));
+        }
+    }
+    best.map(|(_, name)| name)
+}
+
+/// The optimal string alignment distance: insertions, deletions, substitutions and swaps
+/// of two neighbours, each one edit.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let width = b.len() + 1;
+    let mut rows = vec![0usize; (a.len() + 1) * width];
+    let at = |i: usize, j: usize| i * width + j;
+    for i in 0..=a.len() {
+        rows[at(i, 0)] = i;
+    }
+    for j in 0..=b.len() {
+        rows[at(0, j)] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (rows[at(i - 1, j)] + 1)
+                .min(rows[at(i, j - 1)] + 1)
+                .min(rows[at(i - 1, j - 1)] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(rows[at(i - 2, j - 2)] + 1);
+            }
+            rows[at(i, j)] = d;
+        }
+    }
+    rows[at(a.len(), b.len())]
+}
+
 /// A username as the pool keys it: trimmed and in lowercase, so that `Ana@Studio.com ` and
 /// `ana@studio.com` name the same account.
 pub(super) fn username(text: &str) -> String {
@@ -83,6 +149,36 @@ mod tests {
         let err = check_request(&checkout("vray", 0)).unwrap_err();
         assert_eq!(err.code, ErrorCode::Invalid);
         assert!(err.message.starts_with("seats"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_nearest_name_is_one_a_typo_could_have_made() {
+        let features = ["maya", "nuke", "vray", "vray-render"];
+        assert_eq!(
+            nearest("vary", features),
+            Some("vray"),
+            "a swap is one edit"
+        );
+        assert_eq!(nearest("VRAY", features), Some("vray"));
+        assert_eq!(nearest("nuk", features), Some("nuke"));
+        assert_eq!(nearest("vray-rendr", features), Some("vray-render"));
+        assert_eq!(nearest("houdini", features), None, "nothing near");
+        assert_eq!(nearest("x", features), None);
+        assert_eq!(nearest("vray", []), None);
+        let users = ["ana@studio.com", "ben@studio.com"];
+        assert_eq!(nearest("ana@studo.com", users), Some("ana@studio.com"));
+        assert_eq!(nearest("nobody@x", users), None);
+        let err = unknown_name("feature", "vary", features, "`tally status` lists them");
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert_eq!(
+            err.message,
+            "no feature vary exists; did you mean vray? `tally status` lists them"
+        );
+        let err = unknown_name("user", "nobody@x", users, "`tally user list` shows them");
+        assert_eq!(
+            err.message,
+            "no user nobody@x exists; `tally user list` shows them"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! heartbeat (R3), resume (R4), check-in, an admin's forced release (of one lease, or of
 //! those an id prefix, a user or a host selects), and the listings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_protocol::{
     validate_feature, Checkout, EndReason, EndedLease, ErrorBody, ErrorCode, HeartbeatAck,
@@ -10,7 +10,7 @@ use tally_protocol::{
     LeasesPage, LeasesQuery, ReleaseMatching, Resumed, Role,
 };
 
-use super::checks::{check_request, require_admin, username};
+use super::checks::{check_request, require_admin, unknown_name, username};
 use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool};
 
 impl Pool {
@@ -388,15 +388,16 @@ impl Pool {
         actor: &Actor,
         query: &LeasesQuery,
         batch: &mut Batch,
-    ) -> Vec<LeaseInfo> {
+    ) -> Result<Vec<LeaseInfo>, ErrorBody> {
         self.leases_page(now, actor, query, None, usize::MAX, usize::MAX, batch)
-            .leases
+            .map(|page| page.leases)
     }
 
     /// One page of the leases held, newest grant first and then by id, starting after
     /// `after`; members and guests see only their own. A page holds at most `limit` leases
     /// and ends early once it passes `max_bytes` (roughly, of text), so that no answer
-    /// outgrows a frame; `next` is where the following page starts.
+    /// outgrows a frame; `next` is where the following page starts. A query by a feature
+    /// or user that does not exist is refused (see `check_leases_query`).
     #[allow(clippy::too_many_arguments)]
     pub fn leases_page(
         &mut self,
@@ -407,13 +408,17 @@ impl Pool {
         limit: usize,
         max_bytes: usize,
         batch: &mut Batch,
-    ) -> LeasesPage {
+    ) -> Result<LeasesPage, ErrorBody> {
         self.advance(now, batch);
+        // The names are filters that match nothing, not what the event is about: kept in
+        // the reason only, so that a typo does not become a feature of the audit log.
+        let checked = self.check_leases_query(actor, query);
+        batch.audit_refusal(now, actor, Action::Leases, "leases", None, checked)?;
         let (page, next) = self.page_of_leases(actor, query, after, limit, max_bytes, |_| 0);
-        LeasesPage {
+        Ok(LeasesPage {
             leases: page.iter().map(|l| self.ledger.info(l)).collect(),
             next,
-        }
+        })
     }
 
     /// One page of the leases held, as [`leases_page`](Self::leases_page) selects them,
@@ -593,6 +598,45 @@ impl Pool {
             });
         }
         Ok(online.iter().map(|l| l.id).collect())
+    }
+
+    /// Refuses a listing by a feature or user that does not exist, naming the nearest that
+    /// does, rather than answering with nothing as if no lease were held: `leases --feature
+    /// vary` is a typo, not an idle feature. Users are checked for admins only: others see
+    /// their own leases whatever they ask, and learn no one's name.
+    fn check_leases_query(&self, actor: &Actor, query: &LeasesQuery) -> Result<(), ErrorBody> {
+        if let Some(feature) = query.feature.as_deref() {
+            let known = self.known_features();
+            if !known.contains(feature) {
+                return Err(unknown_name(
+                    "feature",
+                    feature,
+                    known,
+                    "`tally status` lists the features",
+                ));
+            }
+        }
+        if let Some(user) = query.user.as_deref().filter(|_| actor.role.is_admin()) {
+            if !self.users.contains_key(&username(user)) {
+                return Err(unknown_name(
+                    "user",
+                    user,
+                    self.users.keys().map(String::as_str),
+                    "`tally user list` shows the users",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The features that exist: those an entitlement names (active or not) and those a
+    /// lease holds.
+    pub(super) fn known_features(&self) -> BTreeSet<&str> {
+        self.entitlements
+            .values()
+            .map(|e| e.feature.as_str())
+            .chain(self.ledger.leases.values().map(|l| l.feature.as_str()))
+            .collect()
     }
 }
 

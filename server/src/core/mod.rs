@@ -18,10 +18,11 @@
 //! - `invariants`: [`Pool::check_invariants`], R1 checked from scratch;
 //! - one module per request family: `leases` (checkout, heartbeat, resume, check-in,
 //!   release, listing), `entitlements` (add, remove, list, status), `users`, `assign`
-//!   (assign, revoke, assignment ends), `borrow` (borrow, return) and `tokens` (sign-in,
-//!   mint, list, revoke).
+//!   (assign, revoke, assignment ends), `borrow` (borrow, return), `tokens` (sign-in,
+//!   mint, list, revoke) and `audit` (whether the names an audit query filters by exist).
 
 mod assign;
+mod audit;
 mod batch;
 mod borrow;
 mod capacity;

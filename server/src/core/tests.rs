@@ -819,11 +819,94 @@ fn an_expired_entitlement_leaves_the_pool_and_ends_leases_it_no_longer_covers() 
             },
             &mut batch,
         )
+        .unwrap()
         .iter()
         .map(|l| l.id)
         .collect();
     assert!(left.contains(&LeaseId([1; 16])) && left.contains(&LeaseId([2; 16])));
     pool.check_invariants(1_000).unwrap();
+}
+
+/// A listing by a feature or user that does not exist is `not_found`, naming the nearest
+/// name, and audited; a feature that exists but has no lease lists nothing. Members are
+/// told nothing of other users: they see their own leases whatever they ask.
+#[test]
+fn leases_by_a_name_that_does_not_exist_are_refused_with_the_nearest() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 2), &mut batch)
+        .unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 2), &mut batch)
+        .unwrap();
+    pool.checkout(
+        1,
+        &member(0),
+        &holder(0),
+        &checkout("vray", 1, 1),
+        LeaseId([1; 16]),
+        &mut batch,
+    )
+    .unwrap();
+    let query = |feature: Option<&str>, user: Option<&str>| LeasesQuery {
+        feature: feature.map(str::to_string),
+        user: user.map(str::to_string),
+    };
+    let mut batch = Batch::default();
+    let err = pool
+        .list_leases(2, &admin(), &query(Some("vary"), None), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert_eq!(
+        err.message,
+        "no feature vary exists; did you mean vray? `tally status` lists the features"
+    );
+    assert_eq!(batch.audit.len(), 1, "the refusal is audited");
+    assert_eq!(batch.audit[0].action, "leases");
+    assert_eq!(
+        batch.audit[0].feature, None,
+        "a typo is no feature of the log"
+    );
+    let err = pool
+        .list_leases(2, &admin(), &query(None, Some("nobody@x")), &mut batch)
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "no user nobody@x exists; `tally user list` shows the users"
+    );
+    let err = pool
+        .list_leases(2, &member(1), &query(Some("nuk"), None), &mut batch)
+        .unwrap_err();
+    assert!(
+        err.message.contains("did you mean nuke?"),
+        "{}",
+        err.message
+    );
+    let err = pool
+        .list_leases(2, &admin(), &query(None, Some("ana@studo")), &mut batch)
+        .unwrap_err();
+    assert!(
+        err.message.contains("did you mean ana@studio?"),
+        "{}",
+        err.message
+    );
+    // Names that exist, in any case for users.
+    let listed = pool
+        .list_leases(
+            2,
+            &admin(),
+            &query(Some("vray"), Some("ANA@studio")),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(pool
+        .list_leases(2, &admin(), &query(Some("nuke"), None), &mut batch)
+        .unwrap()
+        .is_empty());
+    // A member asking for someone who does not exist learns nothing of who does.
+    assert!(pool
+        .list_leases(2, &member(1), &query(None, Some("ana@studo")), &mut batch)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -1370,7 +1453,9 @@ fn leases_page_with_a_cursor() {
         let mut after = None;
         let mut pages = 0;
         loop {
-            let page = pool.leases_page(20, actor, &query, after, limit, bytes, &mut batch);
+            let page = pool
+                .leases_page(20, actor, &query, after, limit, bytes, &mut batch)
+                .unwrap();
             pages += 1;
             assert!(!page.leases.is_empty() && page.leases.len() <= limit);
             listed.extend(page.leases.iter().map(|l| l.id));

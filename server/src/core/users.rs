@@ -308,7 +308,7 @@ impl Pool {
                 user: Some(actor.username.clone()),
             },
             batch,
-        );
+        )?;
         self.existing(&actor.username)?;
         Ok(Whoami {
             user: self.user_info(&actor.username),

@@ -461,7 +461,10 @@ async fn a_leader_cut_from_the_database_steps_down_before_the_takeover() {
 
     proxy.stall();
     let role = wait_for(&mut role_b, 3 * LEASE, "takeover", is_leader).await;
-    assert_eq!(role, Role::Leader { epoch: 2 });
+    // Epoch 2, or a later one of b's if a busy machine made b step down and take over
+    // again before this test looked.
+    let epoch = role.epoch().expect("b leads");
+    assert!(epoch >= 2, "{role:?}");
     let stepped_down = first(&history_a, |role| !is_leader(role)).await;
     let took_over = first(&history_b, is_leader).await;
     assert!(
@@ -473,12 +476,9 @@ async fn a_leader_cut_from_the_database_steps_down_before_the_takeover() {
     db.assert_handovers_safe().await;
     assert!(matches!(
         db.fence(1).await,
-        Err(Fenced::Superseded {
-            ours: 1,
-            current: 2
-        })
+        Err(Fenced::Superseded { ours: 1, current }) if current >= 2
     ));
-    assert!(db.fence(2).await.is_ok());
+    assert!(db.fence(epoch).await.is_ok() || role_b.borrow().epoch() != Some(epoch));
     drop(a);
     b.shutdown().await;
 }
