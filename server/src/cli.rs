@@ -82,14 +82,16 @@ pub fn main_with(wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>) -> ExitCod
     };
     match args.command {
         Some(Command::OwnerToken { revoke_others }) => {
-            report(runtime().and_then(|rt| rt.block_on(owner_token(&config, revoke_others))))
+            let done = runtime().and_then(|rt| rt.block_on(owner_token(&config, revoke_others)));
+            report(done, Logged::No)
         }
         Some(Command::CheckConfig | Command::Completions { .. } | Command::Man) => {
             ExitCode::SUCCESS
         }
         None => {
             init_logging(&config.log.format);
-            report(runtime().and_then(|rt| rt.block_on(serve(config, args.config, wrap))))
+            let done = runtime().and_then(|rt| rt.block_on(serve(config, args.config, wrap)));
+            report(done, Logged::Yes)
         }
     }
 }
@@ -147,12 +149,24 @@ fn written(result: std::io::Result<()>) -> ExitCode {
     }
 }
 
-fn report(result: Result<()>) -> ExitCode {
+/// Whether the log is set up: then it is where errors go (stderr, or the journal, as text
+/// or JSON), and nothing else prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logged {
+    Yes,
+    No,
+}
+
+/// The exit code of a command, printing its error once: to the log when there is one,
+/// otherwise to stderr.
+fn report(result: Result<()>, logged: Logged) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "tallyd failed");
-            eprintln!("tallyd: {err:#}");
+            match logged {
+                Logged::Yes => tracing::error!(error = %err, "tallyd failed"),
+                Logged::No => eprintln!("tallyd: {err}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -252,7 +266,12 @@ fn reload_config(reload: &watch::Sender<Config>, path: &Path) {
         Ok(config) => {
             let _ = reload.send(config);
         }
-        Err(err) => tracing::error!(error = %err, "SIGHUP: configuration not reloaded"),
+        // Each problem once, on a line of its own; the running configuration stays.
+        Err(err) => {
+            for line in err.lines() {
+                tracing::error!(error = %line, "SIGHUP: configuration not reloaded, still running with the one read before");
+            }
+        }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }

@@ -1,10 +1,16 @@
 //! `tallyd`'s own commands as an admin meets them: `check-config` finding what a start would
-//! refuse.
+//! refuse, SIGHUP saying which changed keys it applied and which need a restart, and a failed
+//! start printing each error once.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use crate::harness::*;
 
@@ -197,6 +203,194 @@ fn check_config_passes_a_good_file_and_makes_nothing() {
         "{stdout}"
     );
     assert!(!data_dir.exists(), "check-config made the data directory");
+}
+
+/// The lines the daemon logs, as they come.
+fn log_lines(daemon: &mut DaemonProcess) -> mpsc::Receiver<String> {
+    let stderr = daemon.child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The lines logged until (and with) the first that contains `what`.
+fn lines_until(log: &mpsc::Receiver<String>, what: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains(what);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => panic!(
+                "no line with {what:?} in the log; seen:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+fn the_line<'a>(lines: &'a [String], parts: &[&str]) -> &'a String {
+    let found: Vec<&String> = lines
+        .iter()
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "not one line with {parts:?}:\n{}",
+        lines.join("\n")
+    );
+    found[0]
+}
+
+#[test]
+fn sighup_logs_each_changed_key_as_applied_or_needing_a_restart_and_keeps_a_bad_file_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start_with(dir.path(), "3s", "250ms", "", Stdio::piped());
+    let log = log_lines(&mut daemon);
+    let rewrite = |ttl: &str, sweep: &str, extra: &str| {
+        let text = daemon_config(daemon.port, &daemon.data_dir, ttl, sweep, extra);
+        std::fs::write(&daemon.config_path, text).unwrap();
+    };
+
+    rewrite("5s", "250ms", "[limits]\nmax_connections = 500\n");
+    daemon.signal(Signal::SIGHUP);
+    let lines = lines_until(&log, "configuration reloaded");
+    the_line(
+        &lines,
+        &[
+            "reload: applied",
+            "key=limits.max_connections",
+            "old=10000",
+            "new=500",
+        ],
+    );
+    the_line(
+        &lines,
+        &[
+            "reload: needs a restart",
+            "key=leases.ttl",
+            "old=3s",
+            "new=5s",
+        ],
+    );
+    the_line(&lines, &["applied=1", "needs_restart=1"]);
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("reload:")).count(),
+        2,
+        "only the changed keys: {lines:#?}"
+    );
+
+    // Neither the sweep past the ttl nor the frame limit is taken; each is logged once.
+    rewrite(
+        "5s",
+        "10s",
+        "[limits]\nmax_connections = 20\nmax_frame = 10\n",
+    );
+    daemon.signal(Signal::SIGHUP);
+    let mut lines = lines_until(&log, "limits.max_frame = 10");
+    // A good file again: the ttl still needs a restart, since the running one is still 3s.
+    // Its summary comes after anything more the bad file could have logged.
+    rewrite("5s", "250ms", "[limits]\nmax_connections = 500\n");
+    daemon.signal(Signal::SIGHUP);
+    lines.extend(lines_until(&log, "configuration reloaded"));
+    let config = daemon.config_path.display().to_string();
+    let sweep = the_line(
+        &lines,
+        &[
+            "configuration not reloaded",
+            "leases.sweep = 10s is longer than leases.ttl = 5s",
+        ],
+    );
+    assert!(sweep.contains(&config), "{sweep}");
+    the_line(
+        &lines,
+        &["configuration not reloaded", "limits.max_frame = 10"],
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("configuration not reloaded"))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("new=20")),
+        "a file that does not validate was applied: {lines:#?}"
+    );
+    the_line(
+        &lines,
+        &["reload: needs a restart", "key=leases.ttl", "old=3s"],
+    );
+    the_line(&lines, &["applied=0", "needs_restart=1"]);
+
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.child.wait().unwrap().success());
+}
+
+/// The harness's configuration for `port`, started and waited for: its exit status and
+/// its log.
+fn failed_start(dir: &Path, port: u16, extra: &str) -> (Option<i32>, String) {
+    let mut daemon = DaemonProcess::launch(dir, port, "3s", "250ms", extra, Stdio::piped());
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    (daemon.child.wait().unwrap().code(), log)
+}
+
+#[test]
+fn a_failed_start_prints_each_error_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let cannot = format!("cannot listen on 127.0.0.1:{port}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log) = failed_start(dir.path(), port, "");
+    assert_eq!(code, Some(1), "{log}");
+    assert_eq!(log.matches(&cannot).count(), 1, "{log}");
+
+    // In JSON, every line stays one object.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log) = failed_start(dir.path(), port, "[log]\nformat = \"json\"\n");
+    assert_eq!(code, Some(1), "{log}");
+    let errors: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .filter(|line: &serde_json::Value| line["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    let error = errors[0]["fields"]["error"].as_str().unwrap();
+    assert!(error.contains(&cannot), "{log}");
+
+    // A file that does not validate: every problem, each once, before any logging.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log) = failed_start(
+        dir.path(),
+        port,
+        "[limits]\nmax_frame = 10\nmax_connections = 0\n",
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert_eq!(log.matches("limits.max_frame = 10").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("limits.max_connections = 0").count(),
+        1,
+        "{log}"
+    );
+    drop(busy);
 }
 
 /// The systemd unit checks the file before every start, with the configuration it starts
