@@ -177,6 +177,7 @@ pub async fn run(
         },
         started,
         ttl: config.leases.ttl,
+        listen: listener.local_addr()?,
         auth_limiter: AuthLimiter::new(config.limits.signin_failures),
         preauth: PreAuth::default(),
         serving: serving.clone(),

@@ -1,6 +1,6 @@
 //! `tallyd`'s own commands as an admin meets them: `check-config` finding what a start would
-//! refuse, SIGHUP saying which changed keys it applied and which need a restart, and a failed
-//! start printing each error once.
+//! refuse, SIGHUP saying which changed keys it applied and which need a restart, a failed
+//! start printing each error once, and `server info` naming the listen address and ttl.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -391,6 +391,23 @@ fn a_failed_start_prints_each_error_once() {
         "{log}"
     );
     drop(busy);
+}
+
+#[test]
+fn server_info_shows_the_listen_address_and_the_lease_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let (code, doc) = cli_json(config, &["server", "info"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let listen = format!("127.0.0.1:{}", daemon.port);
+    assert_eq!(doc["server"]["listen"], listen.as_str(), "{doc}");
+    assert_eq!(doc["server"]["lease_ttl_ms"], 30_000, "{doc}");
+    let out = cli(&["--config", config, "server", "info"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("listen       {listen}")), "{text}");
+    assert!(text.contains("lease ttl    30s"), "{text}");
 }
 
 /// The systemd unit checks the file before every start, with the configuration it starts
