@@ -7,10 +7,10 @@
 //!
 //! Postcard encodes an enum variant by its index, so every enum here is **append-only**:
 //! never reorder or remove a variant, never add a field to an existing struct. The golden-bytes
-//! tests in `tests.rs` fail if that happens. The one field added since is
-//! `ServerInfo::cluster`, last in the last message of its frame, which older clients skip
-//! (postcard ignores what follows a decoded value); a client of this build cannot read the
-//! `ServerInfo` of a server built before it.
+//! tests in `tests.rs` fail if that happens. The only fields added since are at the end of
+//! `ServerInfo`, the last message of its frame: `cluster`, then `listen` and `lease_ttl_ms`.
+//! Older clients skip them (postcard ignores what follows a decoded value); a client of this
+//! build cannot read the `ServerInfo` of a server built before them.
 
 mod borrow;
 mod connection;

@@ -589,9 +589,14 @@ pub struct ServerInfo {
     pub uptime_secs: u64,
     pub connections: u64,
     /// This node's place in a PostgreSQL cluster (SPEC §7); `None` on a single SQLite node.
-    /// Added after the others, so it stays last: a client built before it reads the fields
-    /// it knows and skips the rest of the frame.
+    /// Added after the others: a client built before it reads the fields it knows and
+    /// skips the rest of the frame.
     pub cluster: Option<ClusterInfo>,
+    /// The address the server listens on, as bound (`0.0.0.0:27010`). Added after
+    /// `cluster`, like it for older clients.
+    pub listen: String,
+    /// `leases.ttl`: how long a lease lives without a heartbeat. Added with `listen`.
+    pub lease_ttl_ms: u64,
 }
 
 /// A node's role in a cluster (SPEC §7).

@@ -657,11 +657,13 @@ fn golden_bytes_of_the_cluster_messages() {
         uptime_secs: 2,
         connections: 3,
         cluster: None,
+        listen: "h:1".into(),
+        lease_ttl_ms: 60_000,
     };
-    // index 10, "s", "v", 1, "sqlite", 2, 3, None
+    // index 10, "s", "v", 1, "sqlite", 2, 3, None, "h:1", 60000 (varint e0d403)
     assert_eq!(
         encode(&Response::ServerInfo(single.clone())),
-        "0a01730176010673716c697465020300"
+        "0a01730176010673716c697465020300".to_string() + "03683a31" + "e0d403"
     );
     let clustered = ServerInfo {
         store: "postgres".into(),
@@ -673,10 +675,15 @@ fn golden_bytes_of_the_cluster_messages() {
         }),
         ..single
     };
-    // ... "postgres", 2, 3, then Some: "n", leader, epoch 7 (zigzag 0e), Some("h:1")
+    // ... "postgres", 2, 3, then Some: "n", leader, epoch 7 (zigzag 0e), Some("h:1"),
+    // then "h:1", 60000
     assert_eq!(
         encode(&Response::ServerInfo(clustered)),
-        "0a0173017601".to_string() + "08706f737467726573" + "0203" + "01016e000e0103683a31"
+        "0a0173017601".to_string()
+            + "08706f737467726573"
+            + "0203"
+            + "01016e000e0103683a31"
+            + "03683a31e0d403"
     );
 }
 
@@ -706,6 +713,8 @@ fn an_older_client_reads_server_info_with_a_cluster() {
             epoch: 7,
             leader: None,
         }),
+        listen: "[::]:27010".into(),
+        lease_ttl_ms: 60_000,
     };
     let bytes = postcard::to_allocvec(&info).unwrap();
     let old: FirstServerInfo = postcard::from_bytes(&bytes).unwrap();
@@ -720,6 +729,43 @@ fn an_older_client_reads_server_info_with_a_cluster() {
             connections: 3,
         }
     );
+}
+
+/// A client built before `ServerInfo::listen` and `lease_ttl_ms` reads a newer server's
+/// `ServerInfo`, cluster included, and ignores the two fields after it.
+#[test]
+fn a_client_built_before_listen_reads_server_info() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct ClusterServerInfo {
+        id: String,
+        version: String,
+        protocol: u16,
+        store: String,
+        uptime_secs: u64,
+        connections: u64,
+        cluster: Option<ClusterInfo>,
+    }
+    let cluster = ClusterInfo {
+        node: "n".into(),
+        role: NodeRole::Leader,
+        epoch: 7,
+        leader: Some("h:1".into()),
+    };
+    let info = ServerInfo {
+        id: "s".into(),
+        version: "v".into(),
+        protocol: 1,
+        store: "postgres".into(),
+        uptime_secs: 2,
+        connections: 3,
+        cluster: Some(cluster.clone()),
+        listen: "10.0.0.5:27010".into(),
+        lease_ttl_ms: 60_000,
+    };
+    let bytes = postcard::to_allocvec(&info).unwrap();
+    let old: ClusterServerInfo = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(old.cluster, Some(cluster));
+    assert_eq!((old.uptime_secs, old.connections), (2, 3));
 }
 
 /// Code that reports errors as an `ErrorBody` sees a redirect as `not_leader`, with the

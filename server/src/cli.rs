@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::error::{Context, Error, Result};
 use crate::store::Store;
 use crate::watchdog::Watchdog;
@@ -68,27 +68,62 @@ pub fn main_with(wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>) -> ExitCod
         Some(Command::Man) => return written(man(&mut std::io::stdout().lock())),
         _ => {}
     }
+    if let Some(Command::CheckConfig) = args.command {
+        return check_config(&args.config);
+    }
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("tallyd: {err}");
+            for line in err.lines() {
+                eprintln!("tallyd: {line}");
+            }
             return ExitCode::from(2);
         }
     };
     match args.command {
-        Some(Command::CheckConfig) => {
-            println!("{}: configuration is valid", args.config.display());
+        Some(Command::OwnerToken { revoke_others }) => {
+            let done = runtime().and_then(|rt| rt.block_on(owner_token(&config, revoke_others)));
+            report(done, Logged::No)
+        }
+        Some(Command::CheckConfig | Command::Completions { .. } | Command::Man) => {
             ExitCode::SUCCESS
         }
-        Some(Command::OwnerToken { revoke_others }) => {
-            report(runtime().and_then(|rt| rt.block_on(owner_token(&config, revoke_others))))
-        }
-        Some(Command::Completions { .. } | Command::Man) => ExitCode::SUCCESS,
         None => {
             init_logging(&config.log.format);
-            report(runtime().and_then(|rt| rt.block_on(serve(config, args.config, wrap))))
+            let done = runtime().and_then(|rt| rt.block_on(serve(config, args.config, wrap)));
+            report(done, Logged::Yes)
         }
     }
+}
+
+/// `tallyd check-config`: what a start would refuse (the file's values, and the files and
+/// directories it names, as this user sees them), every problem on a line of its own naming
+/// the file and the key, and exit status 2; or a line saying the file is valid, and 0.
+fn check_config(path: &Path) -> ExitCode {
+    let problems = match Config::read(path) {
+        Err(err) => err.lines(),
+        Ok(config) => {
+            let mut problems = config.problems();
+            problems.extend(crate::check::files(&config));
+            ConfigError::Invalid {
+                path: Some(path.to_path_buf()),
+                problems,
+            }
+            .lines()
+        }
+    };
+    if problems.is_empty() {
+        println!(
+            "{}: configuration is valid (files and data_dir checked as {})",
+            path.display(),
+            crate::check::running_user()
+        );
+        return ExitCode::SUCCESS;
+    }
+    for line in &problems {
+        eprintln!("tallyd: {line}");
+    }
+    ExitCode::from(2)
 }
 
 /// Writes the completion script for `shell`.
@@ -114,12 +149,24 @@ fn written(result: std::io::Result<()>) -> ExitCode {
     }
 }
 
-fn report(result: Result<()>) -> ExitCode {
+/// Whether the log is set up: then it is where errors go (stderr, or the journal, as text
+/// or JSON), and nothing else prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logged {
+    Yes,
+    No,
+}
+
+/// The exit code of a command, printing its error once: to the log when there is one,
+/// otherwise to stderr.
+fn report(result: Result<()>, logged: Logged) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "tallyd failed");
-            eprintln!("tallyd: {err:#}");
+            match logged {
+                Logged::Yes => tracing::error!(error = %err, "tallyd failed"),
+                Logged::No => eprintln!("tallyd: {err}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -219,7 +266,12 @@ fn reload_config(reload: &watch::Sender<Config>, path: &Path) {
         Ok(config) => {
             let _ = reload.send(config);
         }
-        Err(err) => tracing::error!(error = %err, "SIGHUP: configuration not reloaded"),
+        // Each problem once, on a line of its own; the running configuration stays.
+        Err(err) => {
+            for line in err.lines() {
+                tracing::error!(error = %line, "SIGHUP: configuration not reloaded, still running with the one read before");
+            }
+        }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }

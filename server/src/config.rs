@@ -4,20 +4,22 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The daemon's configuration (SPEC §5).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address and port to accept clients on.
-    #[serde(default = "default_listen")]
+    /// IP address and port to accept clients on (a host name is refused, naming what is
+    /// accepted: binding must not depend on name resolution at start).
+    #[serde(default = "default_listen", deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     /// Where the database, keys, certificates and the owner token live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// A database URL; absent means SQLite in `data_dir`.
-    #[serde(default)]
+    /// A database URL; absent means SQLite in `data_dir`. Never serialized: it may hold a
+    /// password ([`Config::changes`] compares it apart).
+    #[serde(default, skip_serializing)]
     pub database: Option<Secret>,
     #[serde(default)]
     pub tls: TlsConfig,
@@ -38,7 +40,7 @@ pub struct Config {
 
 /// A node of a cluster: where clients are sent when it leads, and how long leadership
 /// lasts without a renewal.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HaConfig {
     /// `host:port` clients are sent to when this node leads; absent means `listen`
@@ -47,7 +49,11 @@ pub struct HaConfig {
     pub advertise: Option<String>,
     /// Leadership lapses this long after its last renewal in the database's clock; the
     /// leader renews every `lease / 3` and a standby takes over within about `lease`.
-    #[serde(default = "default_ha_lease", deserialize_with = "duration")]
+    #[serde(
+        default = "default_ha_lease",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub lease: Duration,
 }
 
@@ -94,7 +100,7 @@ fn check_advertise(address: &str) -> Result<(), String> {
 }
 
 /// TLS: files to use, or the names to put in a generated certificate.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain; absent means a private CA and certificate are generated.
@@ -109,20 +115,32 @@ pub struct TlsConfig {
 }
 
 /// How long leases live without a heartbeat, and how often they are swept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
-    #[serde(default = "default_ttl", deserialize_with = "duration")]
+    #[serde(
+        default = "default_ttl",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub ttl: Duration,
-    #[serde(default = "default_sweep", deserialize_with = "duration")]
+    #[serde(
+        default = "default_sweep",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub sweep: Duration,
 }
 
 /// Limits of borrowing for offline use.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BorrowConfig {
-    #[serde(default = "default_borrow_max", deserialize_with = "duration")]
+    #[serde(
+        default = "default_borrow_max",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub max: Duration,
     /// A certificate (PEM, with any intermediates after it) for the borrow signing key,
     /// issued by the CA clients trust. Needed when `tls.cert` is set: tallyd then has no CA
@@ -132,7 +150,7 @@ pub struct BorrowConfig {
 }
 
 /// User policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The most active users; 0 means no limit.
@@ -144,14 +162,18 @@ pub struct UserConfig {
 }
 
 /// Connection limits; reloaded on SIGHUP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     #[serde(default = "default_max_frame")]
     pub max_frame: usize,
-    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub handshake_timeout: Duration,
     /// Failed sign-ins allowed per client address (an IPv4 address, an IPv6 /64) per minute;
     /// past it, further failures are answered `rate_limited`. A valid token always signs
@@ -170,7 +192,7 @@ pub struct Limits {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (the default) or `json`.
@@ -197,30 +219,81 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// TOML that does not read, an unknown key or a value of the wrong form: the parser
+    /// stops at the first.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// Every problem [`Config::problems`] found, each naming its key; `path` when the
+    /// configuration came from a file.
+    #[error("{}", lines(path.as_deref(), problems).join("\n"))]
+    Invalid {
+        path: Option<PathBuf>,
+        problems: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// One line per problem, each naming the file it is in: what `tallyd check-config` and a
+    /// failed start print, and what a failed reload logs, once each.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { path, problems } => lines(path.as_deref(), problems),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// `problems`, each after the file's name when there is one.
+fn lines(path: Option<&Path>, problems: &[String]) -> Vec<String> {
+    problems
+        .iter()
+        .map(|problem| match path {
+            Some(path) => format!("{}: {problem}", path.display()),
+            None => problem.clone(),
+        })
+        .collect()
+}
+
+/// One key whose value differs between two configurations, as a reload reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Dotted, as in the file: `leases.ttl`, `limits.max_connections`.
+    pub key: String,
+    /// The value before, as text; `(unset)` for an absent optional key, `(not shown)` for
+    /// a database URL.
+    pub old: String,
+    /// The value after, likewise.
+    pub new: String,
 }
 
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        match config.problems() {
+            problems if problems.is_empty() => Ok(config),
+            problems => Err(ConfigError::Invalid {
+                path: Some(path.to_path_buf()),
+                problems,
+            }),
+        }
+    }
+
+    /// Reads and parses a configuration file, without validating it.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),
             message,
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Parses TOML text, without validating it.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|err| err.to_string())
+        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
     }
 
     /// A configuration with every default, serving from `data_dir` on `listen`.
@@ -231,80 +304,180 @@ impl Config {
         config
     }
 
-    /// Checks what the types cannot: ranges, pairs of keys, and known values.
+    /// Checks what the types cannot: ranges, pairs of keys, and known values. Every problem
+    /// is reported, not only the first.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        match self.problems() {
+            problems if problems.is_empty() => Ok(()),
+            problems => Err(ConfigError::Invalid {
+                path: None,
+                problems,
+            }),
+        }
+    }
+
+    /// Every problem [`validate`](Self::validate) reports, each naming its key and, for a
+    /// value out of range, the value and the range. Reads no file: `tallyd check-config`
+    /// adds those checks (`crate::check`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut problem = |text: String| problems.push(text);
+        let show = |d: Duration| humantime::format_duration(d).to_string();
         if self.data_dir.as_os_str().is_empty() {
-            return invalid("data_dir is empty".into());
+            problem("data_dir is empty".into());
         }
         let database = self.database.as_ref().map(|url| url.0.as_str());
         match crate::store::Backend::from_url(database, &self.data_dir) {
-            Err(err) => return invalid(format!("database: {err}")),
-            Ok(crate::store::Backend::Postgres(_)) => {
+            Err(err) => problem(format!("database: {err}")),
+            Ok(crate::store::Backend::Postgres(url)) => {
+                if let Err(err) = crate::store::check_postgres_url(&url) {
+                    problem(format!("database: {err}"));
+                }
                 if let Err(err) = crate::ha::Timing::new(self.ha.lease) {
-                    return invalid(err.to_string());
+                    problem(err.to_string());
                 }
                 if let Err(err) = self.ha.advertised(self.listen) {
-                    return invalid(err);
+                    problem(err);
                 }
             }
             Ok(crate::store::Backend::Sqlite(_)) => {}
         }
         match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) => return invalid("tls.cert is set but tls.key is not".into()),
-            (None, Some(_)) => return invalid("tls.key is set but tls.cert is not".into()),
+            (Some(_), None) => problem("tls.cert is set but tls.key is not".into()),
+            (None, Some(_)) => problem("tls.key is set but tls.cert is not".into()),
             _ => {}
         }
         if self.tls.cert.is_none() && self.tls.names.is_empty() {
-            return invalid(
-                "tls.names must name at least one host for the generated certificate".into(),
-            );
+            problem("tls.names must name at least one host for the generated certificate".into());
         }
-        if let Some(bad) = self
+        for bad in self
             .tls
             .names
             .iter()
-            .find(|n| n.is_empty() || n.contains(char::is_whitespace))
+            .filter(|n| n.is_empty() || n.contains(char::is_whitespace))
         {
-            return invalid(format!("tls.names: {bad:?} is not a host name or address"));
+            problem(format!("tls.names: {bad:?} is not a host name or address"));
         }
-        if self.leases.ttl < Duration::from_secs(1) {
-            return invalid(format!(
-                "leases.ttl must be at least 1s, not {}",
-                humantime::format_duration(self.leases.ttl)
+        let (ttl, sweep) = (self.leases.ttl, self.leases.sweep);
+        if ttl < Duration::from_secs(1) {
+            problem(format!(
+                "leases.ttl = {} is shorter than 1s, the least it may be",
+                show(ttl)
             ));
         }
-        if self.leases.sweep < Duration::from_millis(100) || self.leases.sweep > self.leases.ttl {
-            return invalid("leases.sweep must be between 100ms and leases.ttl".into());
+        if sweep < Duration::from_millis(100) {
+            problem(format!(
+                "leases.sweep = {} is shorter than 100ms, the least it may be",
+                show(sweep)
+            ));
+        } else if sweep > ttl {
+            problem(format!(
+                "leases.sweep = {} is longer than leases.ttl = {}; it must be between 100ms and leases.ttl",
+                show(sweep),
+                show(ttl)
+            ));
         }
         if self.borrow.max < Duration::from_secs(60) {
-            return invalid("borrow.max must be at least 1m".into());
-        }
-        if self.limits.max_connections == 0 {
-            return invalid("limits.max_connections must be at least 1".into());
-        }
-        if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_frame) {
-            return invalid(format!(
-                "limits.max_frame must be between 1024 and 16777216, not {}",
-                self.limits.max_frame
+            problem(format!(
+                "borrow.max = {} is shorter than 1m, the least it may be",
+                show(self.borrow.max)
             ));
         }
-        if self.limits.handshake_timeout < Duration::from_millis(100) {
-            return invalid("limits.handshake_timeout must be at least 100ms".into());
+        let limits = &self.limits;
+        if limits.max_connections == 0 {
+            problem("limits.max_connections = 0; it must be at least 1".into());
         }
-        if self.limits.max_unauthenticated_per_address == 0 {
-            return invalid("limits.max_unauthenticated_per_address must be at least 1".into());
+        if !(1024..=16 * 1024 * 1024).contains(&limits.max_frame) {
+            problem(format!(
+                "limits.max_frame = {}; it must be between 1024 and 16777216",
+                limits.max_frame
+            ));
         }
-        if self.limits.max_leases_per_client == 0 {
-            return invalid("limits.max_leases_per_client must be at least 1".into());
+        if limits.handshake_timeout < Duration::from_millis(100) {
+            problem(format!(
+                "limits.handshake_timeout = {} is shorter than 100ms, the least it may be",
+                show(limits.handshake_timeout)
+            ));
+        }
+        if limits.max_unauthenticated_per_address == 0 {
+            problem("limits.max_unauthenticated_per_address = 0; it must be at least 1".into());
+        }
+        if limits.max_leases_per_client == 0 {
+            problem("limits.max_leases_per_client = 0; it must be at least 1".into());
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            return invalid(format!(
+            problem(format!(
                 "log.format must be \"human\" or \"json\", not {:?}",
                 self.log.format
             ));
         }
-        Ok(())
+        problems
+    }
+
+    /// Every key whose value differs in `new`, in the order of the keys' names. The
+    /// database URL is compared but never shown.
+    pub fn changes(&self, new: &Config) -> Vec<Change> {
+        let (old_keys, new_keys) = (self.settings(), new.settings());
+        let unset = || "(unset)".to_string();
+        let mut keys: Vec<&String> = old_keys.keys().chain(new_keys.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut changes: Vec<Change> = keys
+            .into_iter()
+            .filter(|key| old_keys.get(*key) != new_keys.get(*key))
+            .map(|key| Change {
+                key: key.clone(),
+                old: old_keys.get(key).cloned().unwrap_or_else(unset),
+                new: new_keys.get(key).cloned().unwrap_or_else(unset),
+            })
+            .collect();
+        let database = |c: &Config| c.database.as_ref().map(|url| url.0.clone());
+        if database(self) != database(new) {
+            let shown = |url: Option<String>| match url {
+                Some(_) => "(not shown)".to_string(),
+                None => unset(),
+            };
+            changes.push(Change {
+                key: "database".into(),
+                old: shown(database(self)),
+                new: shown(database(new)),
+            });
+            changes.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        changes
+    }
+
+    /// Every key but `database`, dotted, with its value as text (strings bare, durations
+    /// as `1m 30s`); an absent optional key is not there.
+    fn settings(&self) -> std::collections::BTreeMap<String, String> {
+        fn flatten(
+            prefix: &str,
+            value: &toml::Value,
+            out: &mut std::collections::BTreeMap<String, String>,
+        ) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        let key = match prefix {
+                            "" => key.clone(),
+                            prefix => format!("{prefix}.{key}"),
+                        };
+                        flatten(&key, value, out);
+                    }
+                }
+                toml::Value::String(text) => {
+                    out.insert(prefix.to_string(), text.clone());
+                }
+                other => {
+                    out.insert(prefix.to_string(), other.to_string());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        // Every value came from TOML text, so it is text TOML can hold again.
+        let value = toml::Value::try_from(self).expect("a configuration serializes");
+        flatten("", &value, &mut out);
+        out
     }
 
     /// How often clients must heartbeat: a third of the ttl.
@@ -406,6 +579,22 @@ fn default_log_format() -> String {
     "human".into()
 }
 
+/// Reads `listen`: an IP address and port. A host name is refused, saying what is accepted:
+/// a name may resolve to several addresses, or to none while the network comes up.
+fn socket_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "listen = {text:?} is not an IP address and port; listen takes an IP address, not a host name, and a port: \"127.0.0.1:27010\" (this machine only), \"0.0.0.0:27010\" (every IPv4 address) or \"[::]:27010\" (every IPv6 address)"
+        ))
+    })
+}
+
+/// Writes a duration as [`duration`] reads it: `1m 30s`.
+fn duration_text<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*value))
+}
+
 /// Reads durations such as `90s`, `15m`, `8h` or `7d`.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -501,6 +690,97 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("log.format"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_values() {
+        let config = Config::parse(
+            "[leases]\nttl = \"60s\"\nsweep = \"90s\"\n[limits]\nmax_connections = 0\n[log]\nformat = \"xml\"\n",
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(
+            problems,
+            [
+                "leases.sweep = 1m 30s is longer than leases.ttl = 1m; it must be between 100ms and leases.ttl",
+                "limits.max_connections = 0; it must be at least 1",
+                "log.format must be \"human\" or \"json\", not \"xml\"",
+            ]
+        );
+        let err = ConfigError::Invalid {
+            path: Some("/etc/tally/tallyd.toml".into()),
+            problems,
+        };
+        let lines = err.lines();
+        assert_eq!(lines.len(), 3);
+        assert!(lines
+            .iter()
+            .all(|line| line.starts_with("/etc/tally/tallyd.toml: ")));
+        assert_eq!(err.to_string(), lines.join("\n"));
+    }
+
+    #[test]
+    fn listen_takes_an_ip_address_and_says_so_for_a_host_name() {
+        let err = Config::parse("listen = \"localhost:27010\"\n").unwrap_err();
+        assert!(
+            err.contains("listen = \"localhost:27010\" is not an IP address and port"),
+            "{err}"
+        );
+        assert!(err.contains("\"0.0.0.0:27010\""), "{err}");
+        for good in [
+            "0.0.0.0:27010",
+            "[::]:27010",
+            "127.0.0.1:1",
+            "[fd00::5]:27010",
+        ] {
+            let config = Config::parse(&format!("listen = {good:?}\n")).unwrap();
+            assert_eq!(config.listen, good.parse::<SocketAddr>().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_postgres_url_that_does_not_read_is_a_problem_that_does_not_show_it() {
+        let config = Config::parse(
+            "listen = \"127.0.0.1:27010\"\ndatabase = \"postgres://tally:hunter2@db:notaport/tally\"\n",
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("database: "), "{problems:?}");
+        assert!(!problems[0].contains("hunter2"), "{problems:?}");
+    }
+
+    #[test]
+    fn changes_name_each_key_with_both_values_and_never_a_database_url() {
+        let old = Config::parse("").unwrap();
+        assert!(old.changes(&old.clone()).is_empty());
+        let new = Config::parse(
+            "listen = \"127.0.0.1:1\"\ndatabase = \"postgres://u:hunter2@h/d\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[leases]\nttl = \"90s\"\n",
+        )
+        .unwrap();
+        let changes = old.changes(&new);
+        let shown: Vec<(&str, &str, &str)> = changes
+            .iter()
+            .map(|c| (c.key.as_str(), c.old.as_str(), c.new.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("database", "(unset)", "(not shown)"),
+                ("leases.ttl", "1m", "1m 30s"),
+                ("listen", "0.0.0.0:27010", "127.0.0.1:1"),
+                ("tls.cert", "(unset)", "/c.pem"),
+                ("tls.key", "(unset)", "/k.pem"),
+            ]
+        );
+        let mut other = new.clone();
+        other.database = Some(Secret("postgres://u:other@h/d".into()));
+        let changes = new.changes(&other);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].old.as_str(), changes[0].new.as_str()),
+            ("(not shown)", "(not shown)")
+        );
     }
 
     #[test]

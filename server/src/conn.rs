@@ -451,6 +451,8 @@ fn server_info(shared: &Shared) -> impl std::future::Future<Output = Outcome> + 
         uptime_secs: shared.started.elapsed().as_secs(),
         connections: shared.connections.load(Ordering::Relaxed) as u64,
         cluster: None,
+        listen: shared.listen.to_string(),
+        lease_ttl_ms: shared.ttl.as_millis() as u64,
     };
     let node = shared
         .node

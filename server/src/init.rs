@@ -436,21 +436,16 @@ fn ca_params(now: SystemTime) -> CertificateParams {
 }
 
 /// Reads a PEM file of certificates as DER.
-fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .map(|cert| cert.map(|c| c.as_ref().to_vec()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
-    if certs.is_empty() {
-        bail!("{} holds no certificate", path.display());
-    }
-    Ok(certs)
+pub fn read_chain(path: &Path) -> Result<Vec<Vec<u8>>> {
+    Ok(read_certs(path)?
+        .into_iter()
+        .map(|cert| cert.as_ref().to_vec())
+        .collect())
 }
 
 /// Whether the first certificate of `chain` is for `key`: it must verify a signature the key
 /// makes. With `anchor`, also whether the chain leads to that CA at `now`, for borrow signing.
-fn certifies(
+pub fn certifies(
     chain: &[Vec<u8>],
     key: &Ed25519KeyPair,
     anchor: Option<&[u8]>,
@@ -606,46 +601,83 @@ fn write_signing_request(dir: &DataDir, key: &Ed25519KeyPair) -> Result<()> {
 /// Builds the TLS configuration from the configured or generated files. Called at start
 /// and on SIGHUP.
 pub fn tls_config(config: &Config, dir: &DataDir) -> Result<Arc<ServerConfig>> {
-    let (cert_path, key_path) = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-        _ => (dir.server_cert(), dir.server_key()),
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .with_context(|| format!("cannot read {}", cert_path.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} is not a PEM certificate chain", cert_path.display()))?;
-    if certs.is_empty() {
-        bail!("{} holds no certificate", cert_path.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    let (cert_path, key_path) = server_cert_paths(config, dir);
+    let certs = read_certs(&cert_path)?;
+    let key = read_key(&key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let builder = match &config.tls.client_ca {
         None => builder.with_no_client_auth(),
-        Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-            {
-                roots.add(cert.with_context(|| format!("{} is not PEM", path.display()))?)?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .with_context(|| format!("tls.client_ca {}", path.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
     };
-    let server = builder.with_single_cert(certs, key).with_context(|| {
-        format!(
-            "{} does not match {}",
-            key_path.display(),
-            cert_path.display()
-        )
-    })?;
+    let server = builder
+        .with_single_cert(certs, key)
+        .with_context(|| mismatch(&key_path, &cert_path))?;
     Ok(Arc::new(server))
+}
+
+/// The server's certificate and key: `tls.cert` and `tls.key`, or the generated ones.
+fn server_cert_paths(config: &Config, dir: &DataDir) -> (PathBuf, PathBuf) {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => (dir.server_cert(), dir.server_key()),
+    }
+}
+
+/// Reads a PEM certificate chain (at least one certificate).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let pem = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("{} is not a PEM private key", path.display()))
+}
+
+/// Whether the TLS configuration can serve `certs` with `key`: a key rustls can use, and the
+/// private key of the first certificate (else `InconsistentKeys::KeyMismatch`).
+pub fn check_pair(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> std::result::Result<(), rustls::Error> {
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider).map(drop)
+}
+
+fn mismatch(key_path: &Path, cert_path: &Path) -> String {
+    format!(
+        "{} does not match {}",
+        key_path.display(),
+        cert_path.display()
+    )
+}
+
+/// The verifier of client certificates signed by the CA bundle of `tls.client_ca`.
+pub fn client_verifier(path: &Path) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots.add(cert).with_context(|| {
+            format!(
+                "{} holds a certificate that cannot be a trust anchor",
+                path.display()
+            )
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .with_context(|| format!("tls.client_ca {}", path.display()))
 }
 
 /// Writes `owner.token` and `client.toml` for a freshly made owner account. The client file

@@ -10,12 +10,14 @@
 //! - [`ha`]: leadership on PostgreSQL (not yet wired in): the elector and the epoch fence.
 //! - [`notify`]: delivery of the notification outbox.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
-//! - [`config`], [`init`]: configuration and the data directory; [`error`]: the error of
-//!   setting up and running the daemon.
+//! - [`config`], [`init`]: configuration and the data directory; [`check`]: what
+//!   `tallyd check-config` reads beyond the file; [`error`]: the error of setting up and
+//!   running the daemon.
 //! - `limiter`, `logtext`: the front door's limits per client address, and peer text made
 //!   safe for the log.
 #![deny(clippy::await_holding_lock)]
 
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

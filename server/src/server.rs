@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::core::{Policy, Pool};
 use crate::engine::{Cluster, Engine, Signer};
 use crate::error::{Context, Error, Result};
@@ -180,6 +180,7 @@ pub async fn run(
         },
         started,
         ttl: config.leases.ttl,
+        listen: listener.local_addr()?,
         auth_limiter: AuthLimiter::new(config.limits.signin_failures),
         preauth: PreAuth::default(),
         serving: serving.clone(),
@@ -203,6 +204,8 @@ pub async fn run(
         let _ = ready.send(());
     }
 
+    // What a reload compares the new file with: the configuration in effect.
+    let mut running = config.clone();
     let tracker = TaskTracker::new();
     let mut accept_failed = Throttle::new(OVERLOAD_LOG_EVERY);
     let mut overloaded = Throttle::new(OVERLOAD_LOG_EVERY);
@@ -219,7 +222,7 @@ pub async fn run(
             ended = &mut notifier => return Err(task_ended("notifier", ended, &control.shutdown)),
             changed = wait_reload(&mut control.reload) => {
                 if let Some(new) = changed {
-                    apply_reload(&shared, &new, &dir);
+                    running = apply_reload(&shared, &running, &new, &dir);
                 }
             }
             accepted = listener.accept() => {
@@ -294,7 +297,7 @@ pub async fn run(
 
 /// The error for a task the server cannot run without that ended: its panic message, if it
 /// panicked. Cancels `shutdown`, so that connections stop instead of answering "shutting down"
-/// for ever.
+/// for ever. Not logged here: `run` returns it, and the caller logs it once.
 fn task_ended(
     task: &str,
     ended: Result<(), tokio::task::JoinError>,
@@ -314,7 +317,6 @@ fn task_ended(
         }
         Err(err) => err.to_string(),
     };
-    tracing::error!(task, why = %why, "a task tallyd cannot run without ended; stopping");
     Error::TaskEnded {
         task: task.to_string(),
         why,
@@ -349,23 +351,78 @@ async fn wait_reload(reload: &mut Option<watch::Receiver<Config>>) -> Option<Con
     }
 }
 
-/// Applies what can change while running: TLS certificates and limits. Connections stay.
-fn apply_reload(shared: &Shared, config: &Config, dir: &DataDir) {
-    match init::tls_config(config, dir) {
-        Ok(tls) => *shared.tls.write().expect("tls lock") = tls,
-        Err(err) => tracing::error!(
-            error = format!("{err:#}"),
-            "reload: keeping the old TLS certificates"
-        ),
-    }
-    *shared.limits.write().expect("limits lock") = config.limits.clone();
+/// Applies what can change while running: the TLS files (`tls.cert`, `tls.key`,
+/// `tls.client_ca`, read again even when their paths did not change, so that a renewed
+/// certificate is served) and the limits but `limits.max_leases_per_client`. Connections
+/// stay. Logs every key whose value changed from `running`, with its old and new value,
+/// saying whether it was applied or needs a restart; returns the configuration now in
+/// effect, which the next reload compares with.
+fn apply_reload(shared: &Shared, running: &Config, new: &Config, dir: &DataDir) -> Config {
+    let tls = match init::tls_config(new, dir) {
+        Ok(tls) => {
+            *shared.tls.write().expect("tls lock") = tls;
+            true
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reload: keeping the TLS certificates in use");
+            false
+        }
+    };
+    let effective = in_effect(running, new, tls);
+    *shared.limits.write().expect("limits lock") = effective.limits.clone();
     shared
         .auth_limiter
-        .set_max_failures(config.limits.signin_failures);
+        .set_max_failures(effective.limits.signin_failures);
+    let pending: Vec<String> = effective
+        .changes(new)
+        .into_iter()
+        .map(|change| change.key)
+        .collect();
+    let (mut applied, mut needs_restart) = (0, 0);
+    for change in running.changes(new) {
+        let (key, old, new) = (&change.key, &change.old, &change.new);
+        if !pending.contains(key) {
+            applied += 1;
+            tracing::info!(%key, %old, %new, "reload: applied");
+        } else if key == "tls.names" {
+            needs_restart += 1;
+            tracing::warn!(%key, %old, %new, "reload: needs a restart to take effect, after removing DATA_DIR/tls/server.pem and server.key so that a certificate for the new names is made; still running with the old value");
+        } else if key.starts_with("tls.") {
+            // tls.cert, tls.key, tls.client_ca: the error above says why.
+            tracing::warn!(%key, %old, %new, "reload: not applied, the TLS files are not usable; still running with the old value");
+        } else {
+            needs_restart += 1;
+            tracing::warn!(%key, %old, %new, "reload: needs a restart to take effect; still running with the old value");
+        }
+    }
+    if tls && running.tls.cert.is_some() != new.tls.cert.is_some() {
+        tracing::warn!("reload: tls.cert was set or unset; borrow tokens keep the signing certificate chosen at start until a restart");
+    }
     tracing::info!(
-        max_connections = config.limits.max_connections,
+        applied,
+        needs_restart,
+        tls_files_read = tls,
         "configuration reloaded"
     );
+    effective
+}
+
+/// The configuration in effect after a reload from `running` to `new`: what
+/// [`apply_reload`] applies taken from `new` (the TLS files only when `tls`, they were
+/// usable), everything else still `running`'s.
+fn in_effect(running: &Config, new: &Config, tls: bool) -> Config {
+    let mut effective = running.clone();
+    if tls {
+        effective.tls.cert = new.tls.cert.clone();
+        effective.tls.key = new.tls.key.clone();
+        effective.tls.client_ca = new.tls.client_ca.clone();
+    }
+    effective.limits = Limits {
+        // Part of the pool's policy, fixed when the pool is made.
+        max_leases_per_client: running.limits.max_leases_per_client,
+        ..new.limits.clone()
+    };
+    effective
 }
 
 /// Makes the owner account on first start and writes its token and client file.
@@ -395,4 +452,96 @@ async fn initialize_owner(
         );
     }
     Ok(identity.server_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys a reload applies are the TLS files and the limits but
+    /// `limits.max_leases_per_client`; every other changed key stays as it was started
+    /// (and is logged as needing a restart).
+    #[test]
+    fn a_reload_applies_the_tls_files_and_the_limits_and_nothing_else() {
+        let running = Config::parse("").unwrap();
+        let every_key_changed = Config::parse(
+            r#"
+            listen = "127.0.0.1:1"
+            data_dir = "/elsewhere"
+            database = "postgres://u:p@h/d"
+            [tls]
+            cert = "/c.pem"
+            key = "/k.pem"
+            client_ca = "/ca.pem"
+            names = ["lic1"]
+            [leases]
+            ttl = "90s"
+            sweep = "1s"
+            [borrow]
+            max = "1h"
+            signing_cert = "/s.pem"
+            [users]
+            max_active = 5
+            guests_use_floating = true
+            [limits]
+            max_connections = 5
+            max_frame = 2048
+            handshake_timeout = "1s"
+            signin_failures = 1
+            max_unauthenticated_per_address = 1
+            max_leases_per_client = 1
+            [log]
+            format = "json"
+            [ha]
+            advertise = "lic1:27010"
+            lease = "10s"
+            "#,
+        )
+        .unwrap();
+        let keys = |changes: Vec<crate::config::Change>| -> Vec<String> {
+            changes.into_iter().map(|c| c.key).collect()
+        };
+        let all = keys(running.changes(&every_key_changed));
+        let effective = in_effect(&running, &every_key_changed, true);
+        let pending = keys(effective.changes(&every_key_changed));
+        let applied: Vec<&String> = all.iter().filter(|k| !pending.contains(k)).collect();
+        assert_eq!(
+            applied,
+            [
+                "limits.handshake_timeout",
+                "limits.max_connections",
+                "limits.max_frame",
+                "limits.max_unauthenticated_per_address",
+                "limits.signin_failures",
+                "tls.cert",
+                "tls.client_ca",
+                "tls.key",
+            ]
+        );
+        assert_eq!(
+            pending,
+            [
+                "borrow.max",
+                "borrow.signing_cert",
+                "data_dir",
+                "database",
+                "ha.advertise",
+                "ha.lease",
+                "leases.sweep",
+                "leases.ttl",
+                "limits.max_leases_per_client",
+                "listen",
+                "log.format",
+                "tls.names",
+                "users.guests_use_floating",
+                "users.max_active",
+            ]
+        );
+        // TLS files that are not usable are not applied.
+        let without_tls =
+            keys(in_effect(&running, &every_key_changed, false).changes(&every_key_changed));
+        for key in ["tls.cert", "tls.key", "tls.client_ca"] {
+            assert!(without_tls.iter().any(|k| k == key), "{key}");
+        }
+    }
 }

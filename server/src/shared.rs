@@ -2,6 +2,7 @@
 //! queue, the sign-out broadcast, the front door's limiters). `server::run` builds it and
 //! swaps the TLS configuration and limits on reload; `conn` only reads it.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub started: Instant,
     /// Lease time to live; also the idle timeout of a connection.
     pub ttl: Duration,
+    /// The address the listener is bound to, for `server info`.
+    pub listen: SocketAddr,
     /// Failed sign-ins per address.
     pub auth_limiter: AuthLimiter,
     /// Connections not signed in yet, per address and in all.

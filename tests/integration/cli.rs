@@ -282,9 +282,21 @@ fn check_config_names_the_problem_and_owner_token_mints_a_working_token() {
         String::from_utf8_lossy(&out.stderr).contains("verbose"),
         "{out:?}"
     );
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tallyd.toml");
+    // The example as written, but for a data directory this user can make.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/tallyd.toml"
+    ))
+    .unwrap();
+    let data_dir = format!(
+        "data_dir = {:?}",
+        dir.path().join("data").display().to_string()
+    );
+    let example = example.replace("data_dir = \"/var/lib/tally\"", &data_dir);
+    assert!(example.contains(&data_dir));
+    std::fs::write(&bad, example).unwrap();
     let out = Command::new(DAEMON)
-        .args(["check-config", "--config", example])
+        .args(["check-config", "--config", bad.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -6,6 +6,7 @@ mod harness;
 
 mod borrow;
 mod cli;
+mod daemon;
 mod datadir;
 mod failover;
 mod faults;

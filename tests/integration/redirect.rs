@@ -163,6 +163,8 @@ async fn serve_as_standby<S>(
                     epoch: 4,
                     leader: leader.clone(),
                 }),
+                listen: "127.0.0.1:1".into(),
+                lease_ttl_ms: 60_000,
             })),
             Request::ServerNodes => Outcome::Ok(Response::Nodes(vec![
                 NodeInfo {

@@ -218,11 +218,13 @@ fn holder_json(h: &HeldLease) -> Value {
            "since": time(h.lease.granted_at), "seats": h.lease.seats, "kind": h.lease.kind.as_str()})
 }
 
-/// `server info`'s document: on a cluster (SPEC §7) with the node, its role, the epoch and
-/// the leader (`null` while none is known).
+/// `server info`'s document: with the address the server listens on and its lease ttl; on a
+/// cluster (SPEC §7) also the node, its role, the epoch and the leader (`null` while none is
+/// known).
 fn server_info_json(info: &ServerInfo) -> Value {
     let mut doc = json!({"id": info.id, "version": info.version, "protocol": info.protocol,
-        "store": info.store, "uptime_secs": info.uptime_secs, "connections": info.connections});
+        "store": info.store, "uptime_secs": info.uptime_secs, "connections": info.connections,
+        "listen": info.listen, "lease_ttl_ms": info.lease_ttl_ms});
     if let Some(cluster) = &info.cluster {
         doc["node"] = json!(cluster.node);
         doc["role"] = json!(cluster.role.as_str());
@@ -732,6 +734,11 @@ impl Output {
         say!("version      {}", info.version);
         say!("protocol     {}", info.protocol);
         say!("store        {}", info.store);
+        say!("listen       {}", info.listen);
+        say!(
+            "lease ttl    {}",
+            humantime::format_duration(std::time::Duration::from_millis(info.lease_ttl_ms))
+        );
         say!(
             "uptime       {}",
             humantime::format_duration(std::time::Duration::from_secs(info.uptime_secs))
@@ -1164,7 +1171,7 @@ mod tests {
     }
 
     /// `server info` names the node, its role, the epoch and the leader only on a cluster;
-    /// a single node's document keeps its six fields.
+    /// a single node's document has its eight fields, the listen address and ttl among them.
     #[test]
     fn server_info_adds_the_cluster_fields_on_a_cluster() {
         use tally_protocol::{ClusterInfo, NodeRole};
@@ -1176,6 +1183,8 @@ mod tests {
             uptime_secs: 5,
             connections: 2,
             cluster: None,
+            listen: "0.0.0.0:27010".into(),
+            lease_ttl_ms: 60_000,
         };
         let doc = server_info_json(&single);
         let keys: Vec<&str> = doc
@@ -1192,9 +1201,13 @@ mod tests {
                 "protocol",
                 "store",
                 "uptime_secs",
-                "connections"
+                "connections",
+                "listen",
+                "lease_ttl_ms"
             ]
         );
+        assert_eq!(doc["listen"], "0.0.0.0:27010");
+        assert_eq!(doc["lease_ttl_ms"], 60_000);
         let standby = ServerInfo {
             store: "postgres".into(),
             cluster: Some(ClusterInfo {

@@ -123,6 +123,15 @@ impl Backend {
     }
 }
 
+/// Whether a `postgres://` URL reads as connection options, checked without connecting
+/// (`tallyd check-config`, and a start or reload before it opens anything). The error never
+/// holds the URL: it may hold a password.
+pub fn check_postgres_url(url: &str) -> Result<(), UrlError> {
+    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+        .map(drop)
+        .map_err(|_| UrlError::BadPostgresUrl)
+}
+
 /// What first-start initialisation created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
