@@ -12,7 +12,9 @@
 //!
 //! Then it checks that nothing was lost or doubled: no holder was told its lease ended, and
 //! the new leader lists exactly the holders' leases of the feature, and counts that many in
-//! use. The killed node is started again, as a standby, before the next kill.
+//! use. The killed node is started again, as a standby, before the next kill. After the
+//! last kill it waits one lease ttl and checks again, since a lease that its client does
+//! not renew on the new leader lapses only then.
 //!
 //! A kill fails the run, with the nodes' logs kept, when no new lease or some holder is not
 //! answered by a leader within 30 s (or four leases), when a lease is lost or doubled, or
@@ -45,8 +47,10 @@ pub const DEFAULT_LEASE: &str = "3s";
 /// R14: with the default lease, a new checkout is granted within this long of the kill.
 const GRANT_BOUND: Duration = Duration::from_secs(5);
 
-/// The leases' ttl: long enough that no lease lapses during a run, as in production.
-const TTL: &str = "60s";
+/// The leases' ttl (clients heartbeat every third of it). A new leader gives every lease a
+/// full ttl when it loads the pool, so a lease whose client never reaches it lapses one ttl
+/// later: the run ends by waiting that long and checking the leases once more.
+const TTL: &str = "15s";
 
 /// The prober's pause after a failed attempt, so that instant refusals do not spin.
 const PROBE_PAUSE: Duration = Duration::from_millis(10);
@@ -172,7 +176,7 @@ async fn drive(daemons: &mut [Daemon], url: &str, options: &Options) -> Result<V
         "failover: {} nodes on PostgreSQL, ha.lease = {}, leases.ttl = {TTL}; {} clients each holding a lease of {HELD:?} and one prober checking {PROBED:?} out and in; the leader killed with SIGKILL {} times",
         options.nodes, options.lease, options.clients, options.kills
     );
-    let deadline = Duration::from_secs(30).max(4 * lease_of(&options.lease)?);
+    let deadline = Duration::from_secs(30).max(4 * duration_of(&options.lease)?);
     let bounded = options.lease == DEFAULT_LEASE;
     let mut kills = Vec::new();
     let mut leader = first;
@@ -305,6 +309,18 @@ async fn drive(daemons: &mut [Daemon], url: &str, options: &Options) -> Result<V
             .with_context(|| format!("restarting node {}", victim + 1))?;
         leader = next;
     }
+    // Past the ttl the last leader gave every lease: only leases that their clients renew
+    // on it are still there.
+    let ttl = duration_of(TTL)?;
+    tokio::time::sleep(ttl + Duration::from_secs(2)).await;
+    check_leases(&leader.address, &target, &held, &holders)
+        .await
+        .with_context(|| format!("{ttl:?} after the last failover"))?;
+    println!(
+        "{} after the last failover: the leader still lists the {} held leases, none lost or doubled",
+        secs(ttl + Duration::from_secs(2)),
+        held.len()
+    );
 
     let mut takeovers = Latencies::default();
     let mut grants = Latencies::default();
@@ -514,17 +530,18 @@ fn keep_logs(daemons: &[Daemon], err: &anyhow::Error) {
     }
 }
 
-/// `ha.lease` as a duration: a number and `ms`, `s` or `m`.
-fn lease_of(text: &str) -> Result<Duration> {
+/// A duration as the benchmark writes it into tallyd's configuration (`ha.lease`,
+/// `leases.ttl`): a number and `ms`, `s` or `m`.
+fn duration_of(text: &str) -> Result<Duration> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let number: u64 = digits
         .parse()
-        .with_context(|| format!("--lease {text:?} is not a duration such as 3s"))?;
+        .with_context(|| format!("{text:?} is not a duration such as 3s"))?;
     match &text[digits.len()..] {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(60 * number)),
-        _ => bail!("--lease {text:?} is not a duration such as 3s (ms, s or m)"),
+        _ => bail!("{text:?} is not a duration such as 3s (ms, s or m)"),
     }
 }
 
@@ -538,13 +555,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leases_are_read_in_milliseconds_seconds_and_minutes() {
-        assert_eq!(lease_of("3s").unwrap(), Duration::from_secs(3));
-        assert_eq!(lease_of("1500ms").unwrap(), Duration::from_millis(1500));
-        assert_eq!(lease_of("1m").unwrap(), Duration::from_secs(60));
-        assert!(lease_of("3").is_err());
-        assert!(lease_of("s").is_err());
-        assert!(lease_of("3h").is_err());
+    fn durations_are_read_in_milliseconds_seconds_and_minutes() {
+        assert_eq!(duration_of("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(duration_of("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration_of("1m").unwrap(), Duration::from_secs(60));
+        assert!(duration_of("3").is_err());
+        assert!(duration_of("s").is_err());
+        assert!(duration_of("3h").is_err());
     }
 
     #[test]
