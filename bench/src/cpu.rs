@@ -2,7 +2,8 @@
 //! `server_cpu_us_per_op`: what one answered request costs the server, which a noisy machine
 //! changes far less than throughput or latency.
 //!
-//! `tallyd` is a child process: its counters are `utime + stime` in `/proc/PID/stat`. The
+//! `tallyd` is a child process: its counters are `utime + stime` in `/proc/PID/stat`; so are
+//! those of the PostgreSQL backends serving a run's database, summed. The
 //! baseline's echo server runs inside this process on a runtime of its own whose threads all
 //! carry [`ECHO_THREAD`] as their name, so its counters are the sum over those threads in
 //! `/proc/self/task/*/stat`; the load generator's threads are not counted. (A child process
@@ -21,6 +22,9 @@ pub const ECHO_THREAD: &str = "tally-echo";
 pub enum Server {
     /// A child process, by pid.
     Process(u32),
+    /// Several processes on this machine, by pid, summed (the PostgreSQL backends of one
+    /// database); one that has ended no longer counts.
+    Processes(Vec<u32>),
     /// The threads of this process named [`ECHO_THREAD`].
     EchoThreads,
 }
@@ -33,6 +37,16 @@ impl Server {
                 let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
                 stat_ticks(&stat)?.1
+            }
+            Server::Processes(pids) => {
+                let mut total = 0;
+                for pid in pids {
+                    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                        continue;
+                    };
+                    total += stat_ticks(&stat)?.1;
+                }
+                total
             }
             Server::EchoThreads => {
                 let mut total = 0;

@@ -4,11 +4,16 @@
 //! to this one by `cargo build --release`, or `--tallyd PATH`), drives it over TLS with raw
 //! protocol connections, prints a table for people and, last, one JSON line with at least
 //! `scenario`, `ops_per_sec`, `p50_ms`, `p99_ms` and `server_cpu_us_per_op` (the server's own
-//! CPU time per answered request, see `cpu.rs`).
+//! CPU time per answered request, see `cpu.rs`). `checkout --database postgres://...` runs
+//! the same load against a node serving from PostgreSQL (`pg.rs`); `failover` (`failover.rs`)
+//! kills the leader of a cluster and reports times to the first new lease and to every held
+//! lease resumed instead.
 
 mod cpu;
 mod daemon;
+mod failover;
 mod load;
+mod pg;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use tally_protocol::{
     RequestId, Response, StatusQuery,
 };
 
-use daemon::{Daemon, Target};
+use daemon::{Daemon, Node, Target};
 use load::{EchoServer, Latencies, Session};
 
 #[derive(Debug, Parser)]
@@ -51,6 +56,13 @@ enum Scenario {
         conns: usize,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Serve from PostgreSQL: a fresh database made on this server (postgres://...), with
+        /// tallyd the one node of a cluster. Default: SQLite.
+        #[arg(long)]
+        database: Option<String>,
+        /// Keep the database made for the run instead of dropping it.
+        #[arg(long, requires = "database")]
+        keep_database: bool,
     },
     /// Sessions each holding a lease and heartbeating: latency and server memory.
     Heartbeat {
@@ -73,6 +85,32 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         leases: usize,
     },
+    /// A cluster on PostgreSQL whose leader is killed with SIGKILL, again and again: time to
+    /// the first new lease and until every held lease is resumed, none lost or doubled.
+    Failover {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Times the leader is killed.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// The PostgreSQL server on which a fresh database is made for the run.
+        #[arg(
+            long,
+            env = "TALLY_BENCH_DATABASE",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database: String,
+        /// Clients each holding one lease.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// The nodes' `ha.lease`.
+        #[arg(long, default_value = failover::DEFAULT_LEASE)]
+        lease: String,
+        /// Keep the database made for the run instead of dropping it.
+        #[arg(long)]
+        keep_database: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -87,7 +125,23 @@ fn main() -> Result<()> {
     let report = runtime.block_on(async {
         match args.scenario {
             Scenario::Baseline { conns, secs } => baseline(conns, secs).await,
-            Scenario::Checkout { conns, secs } => checkout(&tallyd, conns, secs).await,
+            Scenario::Checkout {
+                conns,
+                secs,
+                database: None,
+                ..
+            } => checkout(&tallyd, conns, secs, None).await,
+            Scenario::Checkout {
+                conns,
+                secs,
+                database: Some(server),
+                keep_database,
+            } => {
+                pg::with_fresh_database(&server, keep_database, |url| async move {
+                    checkout(&tallyd, conns, secs, Some(&url)).await
+                })
+                .await
+            }
             Scenario::Heartbeat {
                 sessions,
                 interval,
@@ -95,6 +149,26 @@ fn main() -> Result<()> {
             } => heartbeat(&tallyd, sessions, interval, rounds).await,
             Scenario::Storm { clients } => storm(&tallyd, clients).await,
             Scenario::Restart { leases } => restart(&tallyd, leases).await,
+            Scenario::Failover {
+                nodes,
+                kills,
+                database,
+                clients,
+                lease,
+                keep_database,
+            } => {
+                let options = failover::Options {
+                    nodes,
+                    kills,
+                    clients,
+                    lease,
+                    command: std::env::args().collect::<Vec<_>>().join(" "),
+                };
+                pg::with_fresh_database(&database, keep_database, |url| async move {
+                    failover::run(&tallyd, &url, &options).await
+                })
+                .await
+            }
         }
     })?;
     print_report(&report);
@@ -112,8 +186,9 @@ fn print_report(report: &Value) {
     println!("{report}");
 }
 
-fn entitlement(feature: &str, seats: u32) -> Request {
-    Request::EntitlementAdd(NewEntitlement {
+/// A standard entitlement of `seats` seats of `feature`, from now on.
+fn new_entitlement(feature: &str, seats: u32) -> NewEntitlement {
+    NewEntitlement {
         feature: feature.into(),
         seats,
         starts_at: None,
@@ -122,7 +197,11 @@ fn entitlement(feature: &str, seats: u32) -> Request {
         borrowable: false,
         max_borrow_secs: None,
         reference: "bench".into(),
-    })
+    }
+}
+
+fn entitlement(feature: &str, seats: u32) -> Request {
+    Request::EntitlementAdd(new_entitlement(feature, seats))
 }
 
 async fn setup(target: &Target, connector: &tokio_rustls::TlsConnector, seats: u32) -> Result<()> {
@@ -193,9 +272,39 @@ async fn baseline(conns: usize, secs: u64) -> Result<Value> {
     }))
 }
 
-async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<Value> {
+/// The checkout scenario on SQLite, or on the PostgreSQL database at `database` with
+/// tallyd the one node of a cluster (loaded once it leads, as the leader row says).
+async fn checkout(
+    tallyd: &std::path::Path,
+    conns: usize,
+    secs: u64,
+    database: Option<&str>,
+) -> Result<Value> {
     let baseline = measure_baseline(conns, secs).await?;
-    let daemon = Daemon::start(tallyd, "60s", conns + 100)?;
+    let node = database.map(|url| Node {
+        database: url.to_string(),
+        lease: failover::DEFAULT_LEASE.into(),
+        log_to_file: false,
+    });
+    let daemon = Daemon::start_with(tallyd, "60s", conns + 100, node.as_ref())?;
+    let (store, store_text, mut db) = match database {
+        None => ("sqlite", "SQLite, synchronous = FULL".to_string(), None),
+        Some(url) => {
+            let mut db = pg::connect(url).await?;
+            let address = daemon.address();
+            pg::wait_for_leader(&mut db, Duration::from_secs(30), |leader| {
+                leader.address == address
+            })
+            .await?;
+            let text = format!(
+                "PostgreSQL {}, synchronous_commit = {}, fsync = {}",
+                pg::setting(&mut db, "server_version").await?,
+                pg::setting(&mut db, "synchronous_commit").await?,
+                pg::setting(&mut db, "fsync").await?,
+            );
+            ("postgres", text, Some(db))
+        }
+    };
     let target = daemon.target()?;
     let connector = load::connector(&target.ca_pem)?;
     setup(&target, &connector, conns as u32 * 2).await?;
@@ -203,6 +312,11 @@ async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<V
     for _ in 0..conns {
         opened.push(Session::open(&connector, &target).await?);
     }
+    // The PostgreSQL backends serving tallyd: the database's share of each request.
+    let database_meter = match db.as_mut() {
+        Some(db) => Some(cpu::Server::Processes(pg::backends(db).await?).meter()?),
+        None => None,
+    };
     let meter = daemon.cpu().meter()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -240,9 +354,12 @@ async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<V
         all.merge(task.await??);
     }
     let ops = all.0.len() as f64 / started.elapsed().as_secs_f64();
-    println!("checkout: {conns} connections looping checkout + check-in for {secs} s (SQLite, synchronous = FULL)");
-    Ok(json!({
+    println!(
+        "checkout: {conns} connections looping checkout + check-in for {secs} s ({store_text})"
+    );
+    let mut report = json!({
         "scenario": "checkout",
+        "store": store,
         "conns": conns,
         "secs": secs,
         "ops_per_sec": ops.round(),
@@ -252,7 +369,11 @@ async fn checkout(tallyd: &std::path::Path, conns: usize, secs: u64) -> Result<V
         "baseline_ops_per_sec": baseline.ops_per_sec.round(),
         "baseline_server_cpu_us_per_op": baseline.server_cpu_us_per_op,
         "ratio_to_baseline": (ops / baseline.ops_per_sec * 1000.0).round() / 1000.0,
-    }))
+    });
+    if let Some(database_meter) = database_meter {
+        report["database_cpu_us_per_op"] = json!(database_meter.us_per_op(all.0.len())?);
+    }
+    Ok(report)
 }
 
 /// Opens `count` sessions, `parallel` at a time.
