@@ -212,8 +212,15 @@ impl BorrowStore {
         &self.dir
     }
 
-    /// Keeps a token; returns the file it is in.
+    /// Keeps a token; returns the file it is in. The file is named after the feature, so
+    /// a feature that is not a valid name (a path, `..`, control characters: a lying
+    /// server's claim) is refused before anything is written.
     pub fn save(&self, token: &str, claims: &BorrowClaims) -> Result<PathBuf, Error> {
+        tally_protocol::validate_feature(&claims.feature).map_err(|why| {
+            Error::Protocol(format!(
+                "the borrow token names a feature that is not a valid name ({why}); nothing was saved"
+            ))
+        })?;
         let path = self
             .dir
             .join("borrows")
@@ -533,5 +540,43 @@ impl Client {
             format!("nothing to return: {}", kept.join("; "))
         };
         Err(Error::Server(ErrorBody::not_found(message)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token's feature names its file: one that is not a valid feature name (a path, a
+    /// parent directory, a control character) is refused and nothing is written.
+    #[test]
+    fn a_token_is_saved_only_under_a_valid_feature_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BorrowStore::at(dir.path().join("tally"));
+        let claims = |feature: &str| BorrowClaims {
+            server_id: "s".into(),
+            key_id: "k".into(),
+            lease: tally_protocol::LeaseId([7; 16]),
+            feature: feature.into(),
+            seats: 1,
+            user: "ann@studio.test".into(),
+            machine_id: "m".into(),
+            issued_at: 0,
+            expires_at: 1,
+        };
+        for bad in ["../../escaped", "/etc/passwd", "a/b", "v\u{1b}ray", ""] {
+            let err = store
+                .save("tally2.x", &claims(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a valid name"), "{bad:?}: {err}");
+        }
+        assert!(!dir.path().join("escaped").exists());
+        assert!(!dir.path().join("tally/borrows").exists());
+        let path = store.save("tally2.x", &claims("vray")).unwrap();
+        assert!(
+            path.starts_with(dir.path().join("tally/borrows")),
+            "{path:?}"
+        );
     }
 }

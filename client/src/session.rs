@@ -236,6 +236,32 @@ impl Client {
                 )));
             }
         };
+        // A signed token must still be the one asked for: this feature, these seats, this
+        // machine, the lease granted. Checked before anything is written.
+        let claims = &signed.claims;
+        let mismatch = if claims.feature != feature {
+            Some(format!(
+                "it is for feature {:?}, not {feature}",
+                claims.feature
+            ))
+        } else if claims.seats != seats {
+            Some(format!("it is for {} seat(s), not {seats}", claims.seats))
+        } else if *claims.machine_id != *self.machine_id {
+            Some("it is for another machine".to_string())
+        } else if claims.lease != granted.lease.id {
+            Some(format!(
+                "it is for lease {}, not the lease granted, {}",
+                claims.lease, granted.lease.id
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = mismatch {
+            let _ = self.return_borrow(granted.lease.id).await;
+            return Err(Error::Protocol(format!(
+                "the server's borrow token is not the one asked for ({why}), so the borrow was given back and nothing was saved"
+            )));
+        }
         let path = store.save(&granted.token, &signed.claims)?;
         Ok((granted.lease, path))
     }

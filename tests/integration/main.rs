@@ -13,6 +13,7 @@ mod faults;
 mod features;
 mod hostile;
 mod lifecycle;
+mod lying;
 mod paging;
 mod pool;
 mod reconnect;
