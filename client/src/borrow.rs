@@ -169,22 +169,52 @@ fn io(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Config(format!("cannot {what} {}: {err}", path.display()))
 }
 
+/// Writes `contents` to `path` through a temporary file created exclusively, under a
+/// random name, in a directory that is this user's and writable by no one else (made mode
+/// 0700 when missing). In a shared or world-writable data directory another local user could
+/// otherwise plant a symlink at a predictable temporary name and have the write truncate a
+/// file of the victim's, or the rename turn the token or clock file into a link.
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
-    }
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let parent = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|e| io("create", parent, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    // `create_new` is O_CREAT | O_EXCL: it fails on anything already there, a symlink too.
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| io("write", &tmp, e))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io("write", path, e))
+    let written = (|| {
+        // The new file is ours: the directory must be too, and closed to others.
+        let mine = file.metadata().map_err(|e| io("read", &tmp, e))?.uid();
+        let dir = fs::symlink_metadata(parent).map_err(|e| io("read", parent, e))?;
+        if !dir.is_dir() || dir.uid() != mine || dir.mode() & 0o022 != 0 {
+            return Err(Error::Config(format!(
+                "refusing to write in {}: it is not a directory of this user's that only this user can write (mode {:o}); set TALLY_DATA_DIR to a directory of your own with mode 0700",
+                parent.display(),
+                dir.mode() & 0o7777
+            )));
+        }
+        file.write_all(contents)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("write", &tmp, e))?;
+        // A rename replaces a symlink planted at `path` rather than following it.
+        fs::rename(&tmp, path).map_err(|e| io("write", path, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 impl BorrowStore {
@@ -578,5 +608,42 @@ mod tests {
             path.starts_with(dir.path().join("tally/borrows")),
             "{path:?}"
         );
+    }
+
+    /// A symlink planted at the clock file's old temporary name, or at the clock file
+    /// itself, is neither followed nor left in place: the victim's file is untouched and the
+    /// clock is a regular file. A data directory others can write is refused.
+    #[test]
+    fn planted_symlinks_are_not_followed_and_a_shared_directory_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let data = dir.path().join("tally");
+        let store = BorrowStore::at(data.clone());
+        store.observe_clock(1).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().mode() & 0o777, 0o700);
+        std::os::unix::fs::symlink(&victim, data.join("clock.tmp")).unwrap();
+        std::fs::remove_file(data.join("clock")).unwrap();
+        std::os::unix::fs::symlink(&victim, data.join("clock")).unwrap();
+        store.observe_clock(2).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let clock = std::fs::symlink_metadata(data.join("clock")).unwrap();
+        assert!(clock.file_type().is_file(), "the clock is a link");
+        assert_eq!(std::fs::read_to_string(data.join("clock")).unwrap(), "2");
+
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = store.observe_clock(3).unwrap_err().to_string();
+        assert!(err.contains("refusing to write in"), "{err}");
+        assert!(err.contains("TALLY_DATA_DIR"), "{err}");
+        assert_eq!(std::fs::read_to_string(data.join("clock")).unwrap(), "2");
+        let leftovers = std::fs::read_dir(&data)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(".clock.")
+            })
+            .count();
+        assert_eq!(leftovers, 0, "a temporary file was left behind");
     }
 }
