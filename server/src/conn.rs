@@ -315,15 +315,21 @@ async fn sign_in_failed<S: AsyncRead + AsyncWrite + Unpin>(
     refuse(conn, limited).await
 }
 
-/// Resolves when the node no longer serves under `epoch`; never for a connection opened
-/// while it did not serve.
+/// Resolves when the node no longer serves under `epoch` (or the engine is gone); never for
+/// a connection opened while it did not serve. Made anew at every turn of the connection's
+/// loop, so it only compares the channel's version until a change comes: no lock per frame.
 async fn serving_ended(serving: &mut watch::Receiver<Serving>, epoch: Option<i64>) {
     let Some(epoch) = epoch else {
         return std::future::pending().await;
     };
-    let _ = serving
-        .wait_for(|now| *now != Serving::Leader { epoch })
-        .await;
+    loop {
+        if serving.changed().await.is_err() {
+            return;
+        }
+        if *serving.borrow_and_update() != (Serving::Leader { epoch }) {
+            return;
+        }
+    }
 }
 
 /// Starts one request: answered here (`ServerInfo`, `ServerNodes`, which a standby answers

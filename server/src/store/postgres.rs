@@ -171,33 +171,9 @@ impl Store for PgStore {
             .bind(INITIALIZE_LOCK)
             .execute(&mut *tx)
             .await?;
-        let owner: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, username FROM users WHERE role = 'owner' ORDER BY id LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((user_id, username)) = owner else {
-            return Err(StoreError::Corrupt(
-                "there is no owner account; start tallyd once to create it".into(),
-            ));
-        };
-        let revoked = if revoke_others {
-            sqlx::query("DELETE FROM tokens WHERE user_id = $1")
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        } else {
-            0
-        };
-        let label = if revoke_others {
-            "tallyd owner-token --revoke-others"
-        } else {
-            "tallyd owner-token"
-        };
-        insert_token(&mut tx, token_hash, user_id, label, now).await?;
+        let added = add_owner_token_in(&mut tx, token_hash, now, revoke_others).await?;
         tx.commit().await?;
-        Ok((username, revoked))
+        Ok(added)
     }
 
     async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {

@@ -283,10 +283,10 @@ mod tests {
     /// A value no version writes is refused with the column named, not cast around.
     #[test]
     fn unreadable_values_name_their_column() {
-        let row = LeaseRow {
+        let row = || LeaseRow {
             id: vec![1; 16],
             feature: "vray".into(),
-            seats: -1,
+            seats: 1,
             username: "ann@x".into(),
             host: "h".into(),
             client_id: vec![2; 16],
@@ -300,26 +300,16 @@ mod tests {
             pid: 0,
             address: String::new(),
         };
-        let err = Lease::try_from(row).unwrap_err().to_string();
+        let err = Lease::try_from(LeaseRow { seats: -1, ..row() })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("leases.seats -1"), "{err}");
-        let row = LeaseRow {
+        let bad = LeaseRow {
             id: vec![1; 15],
-            feature: "vray".into(),
-            seats: 1,
-            username: "ann@x".into(),
-            host: "h".into(),
-            client_id: vec![2; 16],
-            request_id: vec![3; 16],
             kind: "leased".into(),
-            source_assignment: None,
-            granted_at: 0,
-            expires_at: 1,
-            entitlement: None,
-            program: String::new(),
-            pid: 0,
-            address: String::new(),
+            ..row()
         };
-        let err = Lease::try_from(row).unwrap_err().to_string();
+        let err = Lease::try_from(bad).unwrap_err().to_string();
         assert!(err.contains("leases.id is not 16 bytes"), "{err}");
         let err = counter("next_user_id", Some("x".into()))
             .unwrap_err()

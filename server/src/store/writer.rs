@@ -11,7 +11,7 @@ use tally_protocol::LeaseId;
 use crate::core::Batch;
 
 /// Expands the batch writer for `$db` (`sqlx::Sqlite`, `sqlx::Postgres`) and its connection
-/// type: `insert_token`, `insert_rows`, `delete_in`, `where_in`, `set_counter`,
+/// type: `insert_token`, `add_owner_token_in`, `insert_rows`, `delete_in`, `where_in`, `set_counter`,
 /// `write_batch`, `read_audit_page` and `read_pending`, with multi-row statements of at most `CHUNK` rows. The module that expands
 /// it imports `QueryBuilder`, `Separated`, `Encode`, `Type`, `Batch`, `Lease`, `LeaseSource`,
 /// `StoreError` and `token_id`, and defines `CHUNK`.
@@ -37,6 +37,37 @@ macro_rules! batch_writer {
             q.push(")");
             q.build().execute(conn).await?;
             Ok(())
+        }
+
+        /// `tallyd owner-token`, inside the caller's transaction: adds a token for the owner
+        /// and, with `revoke_others`, deletes every other of theirs first. Returns the
+        /// owner's username and how many tokens were deleted.
+        async fn add_owner_token_in(
+            conn: &mut $conn,
+            token_hash: &[u8; 32],
+            now: i64,
+            revoke_others: bool,
+        ) -> Result<(String, u64), StoreError> {
+            let owner: Option<(i64, String)> = sqlx::query_as(
+                "SELECT id, username FROM users WHERE role = 'owner' ORDER BY id LIMIT 1",
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((user_id, username)) = owner else {
+                return Err(StoreError::Corrupt(
+                    "there is no owner account; start tallyd once to create it".into(),
+                ));
+            };
+            let (revoked, label) = if revoke_others {
+                let mut q = QueryBuilder::<$db>::new("DELETE FROM tokens WHERE user_id = ");
+                q.push_bind(user_id);
+                let revoked = q.build().execute(&mut *conn).await?.rows_affected();
+                (revoked, "tallyd owner-token --revoke-others")
+            } else {
+                (0, "tallyd owner-token")
+            };
+            insert_token(conn, token_hash, user_id, label, now).await?;
+            Ok((username, revoked))
         }
 
         /// Inserts `rows` into `table` with multi-row statements of at most [`CHUNK`] rows. `bind`
