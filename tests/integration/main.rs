@@ -5,6 +5,7 @@ mod cluster;
 mod harness;
 
 mod borrow;
+mod fake;
 mod cli;
 mod daemon;
 mod datadir;
