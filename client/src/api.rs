@@ -102,9 +102,12 @@ impl Client {
         ask!(self, Request::Leases(query), Response::Leases(leases) => leases)
     }
 
-    /// Checks a lease of this client in; the id of the lease checked in.
+    /// Checks a lease of this client in, waiting for the answer at most the release
+    /// deadline; the id of the lease checked in.
     pub(crate) async fn checkin(&self, lease: LeaseId) -> Result<LeaseId, Error> {
-        ask!(self, Request::Checkin(Checkin { lease }), Response::CheckedIn(id) => id)
+        let request = Request::Checkin(Checkin { lease });
+        let response = self.call_within(request, self.release_timeout()).await?;
+        answer!("checkin", response, Response::CheckedIn(id) => id)
     }
 
     /// An admin's forced check-in of someone's lease; the id of the lease released.

@@ -89,8 +89,14 @@ pub struct ClientConfig {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
     /// The program, shown to admins as part of a lease's holder.
     pub agent: String,
-    /// How long a request waits for a connection before failing with `Unreachable`.
+    /// How long a request may take, from the call to the answer, resends and reconnects
+    /// included: past it the caller gets [`Error::Timeout`] (or `Unreachable` when no
+    /// server could be reached meanwhile).
     pub request_timeout: Duration,
+    /// How long a check-in ([`Lease::release`](crate::Lease::release)) waits for the
+    /// server's answer. Past it the lease is no longer heartbeated, so the server ends it
+    /// when its ttl passes.
+    pub release_timeout: Duration,
     /// How long connecting to one server may take (TCP, TLS and the handshake).
     pub connect_timeout: Duration,
     /// Where borrows and the clock are kept; `None` means the user's data directory (see
@@ -156,6 +162,7 @@ impl ClientConfig {
             identity: None,
             agent: format!("tally-client/{}", env!("CARGO_PKG_VERSION")),
             request_timeout: Duration::from_secs(30),
+            release_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             data_dir: None,
             machine_id: machine_id(),

@@ -21,6 +21,11 @@ pub enum Error {
     /// it may or may not have been applied.
     #[error("the connection dropped before the server answered; the request may or may not have been applied: {0}")]
     ConnectionLost(String),
+    /// A server was connected but did not answer the request within its deadline (the
+    /// text names the request, the server and the deadline); a request that changes
+    /// something may or may not have been applied.
+    #[error("{0}")]
+    Timeout(String),
     /// The client configuration is incomplete or wrong.
     #[error("{0}")]
     Config(String),
@@ -48,6 +53,7 @@ impl Error {
             Error::Unreachable(_) => "unreachable",
             Error::Untrusted(_) => "untrusted",
             Error::ConnectionLost(_) => "connection_lost",
+            Error::Timeout(_) => "timeout",
             Error::Config(_) => "invalid",
             Error::Protocol(_) => "protocol",
             Error::Closed => "closed",

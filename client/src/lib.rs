@@ -39,5 +39,5 @@ pub use borrow::{verify_offline, BorrowStore, Checked, Trust, Verdict};
 pub use config::{machine_id, machine_id_from, ClientConfig, ServerAddr, MACHINE_ID_FILES};
 pub use error::Error;
 pub use lease::Lease;
-pub use session::Client;
+pub use session::{Client, MAX_SENDS};
 pub use tally_protocol as protocol;

@@ -93,6 +93,8 @@ pub(crate) enum Command {
         request: Request,
         reply: oneshot::Sender<Result<Response, Error>>,
         lost: Option<LostSender>,
+        /// The request's deadline, from now; `None`: the configured `request_timeout`.
+        timeout: Option<Duration>,
     },
     /// A lease guard was dropped: check it in, nobody waits for the answer.
     Drop(LeaseId),
@@ -113,6 +115,8 @@ pub struct Client {
     machine_id: Arc<str>,
     welcome: Arc<Welcome>,
     username: Arc<str>,
+    /// How long a check-in waits for its answer.
+    release_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,6 +134,7 @@ impl Client {
         let data_dir = config.data_dir.clone();
         let trust = Arc::new(Trust::from_pem(&config.ca_pem)?);
         let machine_id = config.machine_id.as_str().into();
+        let release_timeout = config.release_timeout;
         let settings = Arc::new(Settings::new(config)?);
         let (conn, welcome, username, index) = settings
             .connect_any(0, settings.config.connect_timeout)
@@ -145,6 +150,7 @@ impl Client {
             current,
             heartbeat: Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
             redirects: Redirects::default(),
+            link: Link::default(),
         };
         tokio::spawn(task.run(conn));
         Ok(Client {
@@ -154,6 +160,7 @@ impl Client {
             machine_id,
             welcome: Arc::new(welcome),
             username: username.into(),
+            release_timeout,
         })
     }
 
@@ -169,13 +176,28 @@ impl Client {
 
     /// Sends a request and waits for its answer.
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
-        self.call_with(request, None).await
+        self.call_with(request, None, None).await
+    }
+
+    /// Like [`call`](Self::call), with a deadline of its own.
+    pub(crate) async fn call_within(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
+        self.call_with(request, None, Some(timeout)).await
+    }
+
+    /// How long a check-in waits for its answer.
+    pub(crate) fn release_timeout(&self) -> Duration {
+        self.release_timeout
     }
 
     async fn call_with(
         &self,
         request: Request,
         lost: Option<LostSender>,
+        timeout: Option<Duration>,
     ) -> Result<Response, Error> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -183,6 +205,7 @@ impl Client {
                 request,
                 reply,
                 lost,
+                timeout,
             })
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
@@ -197,7 +220,7 @@ impl Client {
             feature: feature.to_string(),
             seats,
         });
-        let response = self.call_with(request, Some(lost_tx)).await?;
+        let response = self.call_with(request, Some(lost_tx), None).await?;
         let info = answer!("checkout", response, Response::Lease(info) => info)?;
         Ok(Lease::new(info, self.clone(), lost_rx))
     }
@@ -491,8 +514,10 @@ struct Pending {
     /// How many times the request was sent (sends a standby answered `not_leader` do not
     /// count).
     sends: u8,
-    /// When a queued request gives up waiting for a connection.
+    /// When the request gives up: waiting for a connection, or for its answer.
     deadline: Instant,
+    /// How long it was given, for the error that says so.
+    timeout: Duration,
     /// The last standby that answered it `not_leader`, and the leader it named: what the
     /// caller is told if the deadline passes before a leader answers.
     redirected: Option<(ServerAddr, Option<String>)>,
@@ -505,14 +530,39 @@ impl Pending {
             purpose,
             sends: 0,
             deadline,
+            timeout: deadline.saturating_duration_since(Instant::now()),
             redirected: None,
         }
     }
 
+    /// A request that gives up `timeout` from now.
+    fn within(request: Request, purpose: Purpose, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..Self::new(request, purpose, Instant::now() + timeout)
+        }
+    }
+
+    /// The error of a request whose deadline passed while it was in flight on a
+    /// connection to `server`.
+    fn unanswered(&self, server: &ServerAddr) -> Error {
+        let name = self.request.name();
+        let timeout = self.timeout;
+        let applied = if self.request.is_read_only() {
+            ""
+        } else {
+            "; it may or may not have been applied"
+        };
+        Error::Timeout(format!(
+            "the server {server} did not answer the {name} request within {timeout:?}{applied}"
+        ))
+    }
+
     /// The error of a request whose deadline passed while it waited: `not_leader` when a
     /// standby sent it on, else `Unreachable`.
-    fn timed_out(&self, timeout: Duration) -> Error {
+    fn timed_out(&self) -> Error {
         let name = self.request.name();
+        let timeout = self.timeout;
         match &self.redirected {
             Some((standby, Some(leader))) => Error::Server(ErrorBody::new(
                 ErrorCode::NotLeader,
@@ -526,7 +576,9 @@ impl Pending {
                     "{standby} is a standby, not the leader, and no leader is known right now (one may be being elected); the {name} request was not served within {timeout:?}"
                 ),
             )),
-            None => Error::Unreachable("no server answered in time".into()),
+            None => Error::Unreachable(format!(
+                "no server could be reached within {timeout:?} to send the {name} request"
+            )),
         }
     }
 }
@@ -608,6 +660,83 @@ struct Redirect {
     until: Option<Instant>,
 }
 
+/// What the task knows of its link to the servers: whether it works, how long to wait
+/// before the next reconnect, and what it last warned of. A server that accepts
+/// connections and drops them again costs one warning and a growing wait, not a storm: the
+/// wait is reset only when a request is answered, not when a handshake completes.
+#[derive(Debug)]
+struct Link {
+    /// A request was answered since the last connection was lost.
+    working: bool,
+    /// The wait before the next reconnect attempt while the link does not work.
+    backoff: Duration,
+    /// The kind of failure ([`Error::code_str`]) last warned of in this outage.
+    warned: Option<&'static str>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            working: true,
+            backoff: FIRST_BACKOFF,
+            warned: None,
+        }
+    }
+}
+
+/// Whether a change of the link's state is worth a line in the log.
+#[derive(Debug, PartialEq, Eq)]
+enum Say {
+    /// Logged at `warn` (an outage begins, or its cause changes) or `info` (it ended).
+    Yes,
+    /// Logged at `debug` only: the same outage, still.
+    No,
+}
+
+impl Link {
+    /// A request was answered: the link works. `Yes` when an outage ended.
+    fn answered(&mut self) -> Say {
+        let was = std::mem::replace(&mut self.working, true);
+        self.backoff = FIRST_BACKOFF;
+        self.warned = None;
+        if was {
+            Say::No
+        } else {
+            Say::Yes
+        }
+    }
+
+    /// The connection was lost. The wait before reconnecting: none when the link worked
+    /// (a restarted server is found at once), else the backoff, which grows.
+    fn lost(&mut self) -> (Option<Duration>, Say) {
+        if std::mem::replace(&mut self.working, false) {
+            (None, Say::Yes)
+        } else {
+            (Some(self.next_wait()), Say::No)
+        }
+    }
+
+    /// The wait before the next attempt; the one after it is twice as long, up to
+    /// [`MAX_BACKOFF`] (and [`reconnect_delay`] keeps it within a heartbeat interval).
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// A reconnect attempt failed with `err`: `Yes` the first time in this outage a
+    /// failure of its kind is seen.
+    fn failed(&mut self, err: &Error) -> Say {
+        self.working = false;
+        let kind = err.code_str();
+        if self.warned.replace(kind) == Some(kind) {
+            Say::No
+        } else {
+            Say::Yes
+        }
+    }
+}
+
 struct Task {
     settings: Arc<Settings>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -620,6 +749,7 @@ struct Task {
     current: ServerAddr,
     heartbeat: Duration,
     redirects: Redirects,
+    link: Link,
 }
 
 impl Task {
@@ -628,11 +758,17 @@ impl Task {
         let mut closed = false;
         loop {
             // A wait before the first attempt at the server list.
-            let mut pause = None;
-            match self.serve(&mut conn, &mut queue, &mut closed).await {
+            let mut pause = match self.serve(&mut conn, &mut queue, &mut closed).await {
                 Ended::Finished => return,
                 Ended::Lost(why) => {
-                    tracing::warn!(reason = %why, "connection to the license server lost; reconnecting")
+                    let server = &self.current;
+                    let (wait, say) = self.link.lost();
+                    if say == Say::Yes {
+                        tracing::warn!(%server, reason = %why, "connection to the license server lost; reconnecting");
+                    } else {
+                        tracing::debug!(%server, reason = %why, retry_in = ?wait, "connection lost again before any request was answered");
+                    }
+                    wait
                 }
                 Ended::Redirected(_) if closed && queue.is_empty() && self.held.is_empty() => {
                     return
@@ -643,10 +779,9 @@ impl Task {
                         self.connected(&welcome, &mut queue);
                         continue;
                     }
-                    Err(wait) => pause = wait,
+                    Err(wait) => wait,
                 },
-            }
-            let mut backoff = pause.map_or(FIRST_BACKOFF, |wait| (wait * 2).min(MAX_BACKOFF));
+            };
             loop {
                 if let Some(wait) = pause.take() {
                     self.pause(wait, &mut queue, &mut closed).await;
@@ -661,7 +796,7 @@ impl Task {
                     .await
                 {
                     Ok((new, welcome, _, index)) => {
-                        tracing::info!(server = %self.settings.config.servers[index], "reconnected to the license server");
+                        tracing::debug!(server = %self.settings.config.servers[index], "reconnected to the license server");
                         conn = new;
                         self.server_index = index;
                         self.current = self.settings.config.servers[index].clone();
@@ -669,7 +804,11 @@ impl Task {
                         break;
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, retry_in = ?backoff, "reconnect failed");
+                        if self.link.failed(&err) == Say::Yes {
+                            tracing::warn!(error = %err, "cannot reconnect to the license server; retrying until it answers");
+                        } else {
+                            tracing::debug!(error = %err, "reconnect failed");
+                        }
                         if let Error::Server(body) = &err {
                             if body.code == ErrorCode::Unauthenticated {
                                 // The account was deactivated or removed, or the token
@@ -683,8 +822,7 @@ impl Task {
                         }
                     }
                 }
-                pause = Some(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                pause = Some(self.link.next_wait());
             }
         }
     }
@@ -820,6 +958,9 @@ impl Task {
         redirect: &mut Redirect,
     ) -> Ended {
         let mut inflight: HashMap<u32, Pending> = HashMap::new();
+        // Requests whose callers stopped waiting for the answer (their deadline passed):
+        // an answer that comes late is not an error, and a seat it grants is given back.
+        let mut abandoned: HashMap<u32, &'static str> = HashMap::new();
         while let Some(pending) = queue.pop_front() {
             if let Err(why) = self.send(conn, pending, &mut inflight).await {
                 return self.lost(why, inflight, queue);
@@ -828,6 +969,9 @@ impl Task {
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The heartbeat in flight: still unanswered when the next is due, the connection
+        // is dead (or the server is), whatever TCP says.
+        let mut beat: Option<u32> = None;
         let mut finishing: Option<Instant> = None;
         loop {
             if let (Some(not_leader), true) = (&redirect.seen, inflight.is_empty()) {
@@ -841,6 +985,7 @@ impl Task {
             if *closed && finishing.is_none() {
                 finishing = Some(Instant::now() + Duration::from_secs(5));
             }
+            let due = inflight.values().map(|p| p.deadline).min();
             tokio::select! {
                 command = self.commands.recv(), if !*closed => match command {
                     // Nothing more goes to a standby: it waits for the leader.
@@ -857,6 +1002,22 @@ impl Task {
                     None => *closed = true,
                 },
                 message = conn.recv::<ServerMessage>() => match message {
+                    Ok(Some(ServerMessage::Response { id, outcome })) if !inflight.contains_key(&id) => {
+                        match abandoned.remove(&id) {
+                            Some(name) => {
+                                tracing::debug!(id, request = name, "an answer after its deadline");
+                                if let Some(giveback) = giveback(&outcome) {
+                                    if let Err(why) = self.send_internal(conn, giveback, &mut inflight).await {
+                                        return self.lost(why, inflight, queue);
+                                    }
+                                }
+                            }
+                            None => {
+                                let why = format!("the server answered request {id}, which was never sent");
+                                return self.lost(why, inflight, queue);
+                            }
+                        }
+                    }
                     Ok(Some(ServerMessage::Response { id, outcome: Outcome::NotLeader(not_leader) })) => {
                         if let Some(pending) = self.refused_by_standby(id, &not_leader, &mut inflight) {
                             redirect.held.push((id, pending));
@@ -864,17 +1025,31 @@ impl Task {
                         redirect.until.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
                         redirect.seen = Some(not_leader);
                     }
-                    Ok(Some(ServerMessage::Response { id, outcome })) => self.complete(id, outcome, &mut inflight),
+                    Ok(Some(ServerMessage::Response { id, outcome })) => {
+                        if let Some(giveback) = self.complete(id, outcome, &mut inflight) {
+                            if let Err(why) = self.send_internal(conn, giveback, &mut inflight).await {
+                                return self.lost(why, inflight, queue);
+                            }
+                        }
+                    }
                     Ok(Some(ServerMessage::Error(body))) => return self.lost(body.to_string(), inflight, queue),
                     Ok(Some(other)) => return self.lost(format!("unexpected message {other:?}"), inflight, queue),
                     Ok(None) => return self.lost("the server closed the connection".into(), inflight, queue),
                     Err(err) => return self.lost(err.to_string(), inflight, queue),
                 },
                 _ = heartbeat.tick(), if redirect.seen.is_none() => {
+                    if beat.is_some_and(|id| inflight.contains_key(&id)) {
+                        let why = format!("the server did not answer a heartbeat within {:?}", self.heartbeat);
+                        return self.lost(why, inflight, queue);
+                    }
+                    beat = Some(self.next_id);
                     let pending = Pending::new(Request::Heartbeat, Purpose::Internal, far());
                     if let Err(why) = self.send(conn, pending, &mut inflight).await {
                         return self.lost(why, inflight, queue);
                     }
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(far)), if due.is_some() => {
+                    self.overdue(&mut inflight, &mut abandoned);
                 }
                 _ = tokio::time::sleep_until(finishing.unwrap_or_else(far)), if finishing.is_some() => {
                     return Ended::Finished;
@@ -887,23 +1062,75 @@ impl Task {
         }
     }
 
+    /// Fails the requests in flight whose deadline has passed; their ids are kept in
+    /// `abandoned`, so that a late answer is recognised (and a seat it grants given back).
+    fn overdue(
+        &mut self,
+        inflight: &mut HashMap<u32, Pending>,
+        abandoned: &mut HashMap<u32, &'static str>,
+    ) {
+        let now = Instant::now();
+        let late: Vec<u32> = inflight
+            .iter()
+            .filter(|(_, pending)| pending.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(pending) = inflight.remove(&id) else {
+                continue;
+            };
+            abandoned.insert(id, pending.request.name());
+            // One that standbys sent on is told so: that is why it is late.
+            let err = match pending.redirected {
+                Some(_) => pending.timed_out(),
+                None => pending.unanswered(&self.current),
+            };
+            match pending.purpose {
+                Purpose::Call { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                Purpose::Internal => {
+                    tracing::warn!(request = pending.request.name(), error = %err, "background request given up")
+                }
+            }
+        }
+    }
+
+    /// Sends a request of the task's own (a check-in or a return that gives back a seat
+    /// nobody waits for), with the release deadline.
+    async fn send_internal(
+        &mut self,
+        conn: &mut Conn,
+        request: Request,
+        inflight: &mut HashMap<u32, Pending>,
+    ) -> Result<(), String> {
+        let timeout = self.settings.config.release_timeout;
+        let pending = Pending::within(request, Purpose::Internal, timeout);
+        self.send(conn, pending, inflight).await
+    }
+
     /// Turns a handle's command into a pending request.
     fn enqueue(&mut self, command: Command, queue: &mut VecDeque<Pending>) {
-        let deadline = Instant::now() + self.settings.config.request_timeout;
+        let config = &self.settings.config;
         match command {
             Command::Call {
                 request,
                 reply,
                 lost,
-            } => queue.push_back(Pending::new(
+                timeout,
+            } => queue.push_back(Pending::within(
                 request,
                 Purpose::Call { reply, lost },
-                deadline,
+                timeout.unwrap_or(config.request_timeout),
             )),
             Command::Drop(lease) => {
                 self.held.remove(&lease);
                 let request = Request::Checkin(Checkin { lease });
-                queue.push_back(Pending::new(request, Purpose::Internal, deadline));
+                queue.push_back(Pending::within(
+                    request,
+                    Purpose::Internal,
+                    config.release_timeout,
+                ));
             }
         }
     }
@@ -947,14 +1174,26 @@ impl Task {
         }
     }
 
-    fn complete(&mut self, id: u32, outcome: Outcome, inflight: &mut HashMap<u32, Pending>) {
-        let Some(pending) = inflight.remove(&id) else {
-            tracing::warn!(id, "answer to a request never sent");
-            return;
-        };
+    /// An answer to a request in flight. Returns the request that gives back a seat the
+    /// answer granted to a caller who no longer waits for it.
+    fn complete(
+        &mut self,
+        id: u32,
+        outcome: Outcome,
+        inflight: &mut HashMap<u32, Pending>,
+    ) -> Option<Request> {
+        let pending = inflight.remove(&id)?;
         // Standbys answer these two themselves: only other answers show a leader.
         if !matches!(pending.request, Request::ServerInfo | Request::ServerNodes) {
             self.redirects.served();
+        }
+        // An answer to a caller, or to a heartbeat (a connection that lived an interval),
+        // shows the link works; a resume answered before the server drops the connection
+        // again does not.
+        let works = matches!(pending.purpose, Purpose::Call { .. })
+            || matches!(pending.request, Request::Heartbeat);
+        if works && self.link.answered() == Say::Yes {
+            tracing::info!(server = %self.current, "the license server answers again");
         }
         let result = outcome.into_result();
         match (&pending.request, &result) {
@@ -976,6 +1215,11 @@ impl Task {
             _ => {}
         }
         if let Purpose::Call { reply, lost } = pending.purpose {
+            if reply.is_closed() {
+                // The caller stopped waiting (its future was dropped): a seat granted now
+                // would be held by nobody.
+                return result.ok().as_ref().and_then(giveback_of);
+            }
             if let (Some(lost), Ok(Response::Lease(info))) = (lost, &result) {
                 self.held.insert(info.id, lost);
             }
@@ -985,6 +1229,7 @@ impl Task {
                 tracing::warn!(request = pending.request.name(), error = %body, "background request refused");
             }
         }
+        None
     }
 
     /// A standby answered `not_leader`: the request was not applied. It is kept to be sent
@@ -996,10 +1241,7 @@ impl Task {
         not_leader: &NotLeader,
         inflight: &mut HashMap<u32, Pending>,
     ) -> Option<Pending> {
-        let Some(mut pending) = inflight.remove(&id) else {
-            tracing::warn!(id, "answer to a request never sent");
-            return None;
-        };
+        let mut pending = inflight.remove(&id)?;
         pending.sends = pending.sends.saturating_sub(1);
         pending.redirected = Some((self.current.clone(), not_leader.leader.clone()));
         if matches!(pending.purpose, Purpose::Internal)
@@ -1008,7 +1250,7 @@ impl Task {
             return None;
         }
         if pending.deadline <= Instant::now() {
-            let err = pending.timed_out(self.settings.config.request_timeout);
+            let err = pending.timed_out();
             match pending.purpose {
                 Purpose::Call { reply, .. } => {
                     let _ = reply.send(Err(err));
@@ -1068,13 +1310,12 @@ impl Task {
     /// Fails queued requests that waited past their deadline.
     fn expire(&mut self, queue: &mut VecDeque<Pending>) {
         let now = Instant::now();
-        let timeout = self.settings.config.request_timeout;
         let mut kept = VecDeque::new();
         for pending in queue.drain(..) {
             if pending.deadline > now {
                 kept.push_back(pending);
             } else {
-                let err = pending.timed_out(timeout);
+                let err = pending.timed_out();
                 if let Purpose::Call { reply, .. } = pending.purpose {
                     let _ = reply.send(Err(err));
                 }
@@ -1089,6 +1330,25 @@ impl Task {
                 let _ = reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+/// The request that gives back what a late or unwanted answer granted: a check-in for a
+/// lease, a return for a borrow.
+fn giveback(outcome: &Outcome) -> Option<Request> {
+    match outcome {
+        Outcome::Ok(response) => giveback_of(response),
+        _ => None,
+    }
+}
+
+fn giveback_of(response: &Response) -> Option<Request> {
+    match response {
+        Response::Lease(info) => Some(Request::Checkin(Checkin { lease: info.id })),
+        Response::Borrowed(borrowed) => Some(Request::Return(tally_protocol::Return {
+            lease: borrowed.lease.id,
+        })),
+        _ => None,
     }
 }
 
@@ -1179,17 +1439,16 @@ mod tests {
     #[test]
     fn a_redirected_request_that_times_out_is_a_not_leader_error() {
         let mut pending = Pending::new(Request::Whoami, Purpose::Internal, Instant::now());
-        let timeout = Duration::from_secs(2);
-        assert!(matches!(pending.timed_out(timeout), Error::Unreachable(_)));
+        assert!(matches!(pending.timed_out(), Error::Unreachable(_)));
         pending.redirected = Some((addr("lic2", 27010), Some("lic1:27010".into())));
-        let err = pending.timed_out(timeout);
+        let err = pending.timed_out();
         assert_eq!(err.code(), Some(ErrorCode::NotLeader));
         let text = err.to_string();
         assert!(text.contains("lic2:27010 is a standby"), "{text}");
         assert!(text.contains("the leader at lic1:27010"), "{text}");
         assert!(text.contains("whoami"), "{text}");
         pending.redirected = Some((addr("lic2", 27010), None));
-        let text = pending.timed_out(timeout).to_string();
+        let text = pending.timed_out().to_string();
         assert!(text.contains("no leader is known"), "{text}");
     }
 }

@@ -283,6 +283,27 @@ impl Request {
         }
     }
 
+    /// Whether the request only reads: a client that got no answer to it knows that nothing
+    /// changed.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status(_)
+                | Request::Leases(_)
+                | Request::LeasesPage(_)
+                | Request::HoldersPage(_)
+                | Request::EntitlementList(_)
+                | Request::ServerInfo
+                | Request::ServerNodes
+                | Request::Whoami
+                | Request::UserList
+                | Request::TokenList(_)
+                | Request::Audit(_)
+                | Request::AuditPage(_)
+                | Request::Assignments(_)
+        )
+    }
+
     /// Whether sending the request twice has the effect of sending it once, so that a client
     /// may resend it after losing the connection.
     pub fn is_idempotent(&self) -> bool {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tally_client::{ClientConfig, ServerAddr};
 use tally_protocol::{
@@ -34,6 +34,8 @@ pub enum Reply {
     Silent,
     /// Sends the answer a byte at a time, one every `gap`.
     Drip(Outcome, Duration),
+    /// Answers it after `delay`, reading nothing meanwhile.
+    Late(Outcome, Duration),
     /// Closes the connection.
     Close,
 }
@@ -105,6 +107,30 @@ pub fn honest(request: &Request) -> Outcome {
     }
 }
 
+/// A grant of what `checkout` asked for, as a server answers it.
+pub fn granted(checkout: &tally_protocol::Checkout) -> Outcome {
+    let now = now_millis();
+    Outcome::Ok(Response::Lease(tally_protocol::LeaseInfo {
+        id: tally_protocol::LeaseId(rand::random()),
+        feature: checkout.feature.clone(),
+        seats: checkout.seats,
+        user: "owner@localhost".into(),
+        host: "h".into(),
+        kind: tally_protocol::LeaseKind::Online,
+        source: tally_protocol::LeaseSource::Floating,
+        granted_at: now,
+        expires_at: now + 60_000,
+    }))
+}
+
+/// The lease id of a grant made by [`granted`].
+pub fn lease_of(outcome: &Outcome) -> tally_protocol::LeaseId {
+    match outcome {
+        Outcome::Ok(Response::Lease(info)) => info.id,
+        other => panic!("not a grant: {other:?}"),
+    }
+}
+
 /// The fake: on a port of its own until dropped.
 pub struct FakeServer {
     pub addr: SocketAddr,
@@ -112,6 +138,8 @@ pub struct FakeServer {
     pub seen: Arc<Mutex<Vec<Request>>>,
     /// How many TLS connections it accepted.
     pub accepted: Arc<AtomicUsize>,
+    /// When each was accepted.
+    pub accepted_at: Arc<Mutex<Vec<Instant>>>,
     ca_pem: Vec<u8>,
     ca_file: PathBuf,
     task: tokio::task::JoinHandle<()>,
@@ -138,8 +166,9 @@ impl FakeServer {
             .expect("the test server's certificate");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let accepted_at = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(script);
-        let (log, count) = (seen.clone(), accepted.clone());
+        let (log, count, times) = (seen.clone(), accepted.clone(), accepted_at.clone());
         let task = tokio::spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             let mut connections = JoinSet::new();
@@ -148,11 +177,12 @@ impl FakeServer {
                     return;
                 };
                 let (acceptor, script, log) = (acceptor.clone(), script.clone(), log.clone());
-                let count = count.clone();
+                let (count, times) = (count.clone(), times.clone());
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    times.lock().unwrap().push(Instant::now());
                     count.fetch_add(1, Ordering::SeqCst);
                     let conn = Connection::with_limits(tls, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME);
                     serve(conn, &script, &log).await;
@@ -164,6 +194,7 @@ impl FakeServer {
             addr,
             seen,
             accepted,
+            accepted_at,
             ca_pem: server.ca_pem(),
             ca_file: server.data_dir().join("tls/ca.pem"),
             task,
@@ -204,6 +235,15 @@ impl FakeServer {
         )
         .unwrap();
         path
+    }
+
+    /// Waits (up to 30 s, else panics) until `ready` holds of the requests seen.
+    pub async fn wait_for(&self, what: &str, ready: impl Fn(&[Request]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(&self.seen.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "the fake never saw {what}: {:?}", self.requests());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The requests it was sent, by name.
@@ -269,6 +309,10 @@ async fn serve(mut conn: Conn, script: &Script, seen: &Mutex<Vec<Request>>) {
                     tokio::time::sleep(gap).await;
                 }
                 Ok(())
+            }
+            Reply::Late(outcome, delay) => {
+                tokio::time::sleep(delay).await;
+                conn.send(&ServerMessage::Response { id, outcome }).await
             }
             Reply::Close => {
                 let _ = conn.close().await;

@@ -20,5 +20,6 @@ mod pool;
 mod reconnect;
 mod redirect;
 mod robust;
+mod stalling;
 mod tokens;
 mod users;

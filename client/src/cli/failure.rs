@@ -66,7 +66,8 @@ impl From<Error> for Failure {
                 ErrorCode::NotLeader => exit::UNREACHABLE,
                 _ => exit::FAILED,
             },
-            Error::Unreachable(_) => exit::UNREACHABLE,
+            // Reached, but no answer in time: as good as unreachable to a script.
+            Error::Unreachable(_) | Error::Timeout(_) => exit::UNREACHABLE,
             // The server is not who it should be: as unauthenticated as a refused token.
             Error::Untrusted(_) => exit::DENIED,
             Error::Config(_) => exit::USAGE,

@@ -1,6 +1,11 @@
-//! Holding a checked-out lease (`tally checkout`): until SIGINT or SIGTERM, or around a
-//! command run as a child process, with those signals forwarded to it and its exit status
-//! passed on (as a shell gives it: 126 and 127 when it cannot start).
+//! Holding a checked-out lease (`tally checkout`): until SIGINT, SIGTERM or SIGHUP, or
+//! around a command run as a child process, with those signals forwarded to it and its exit
+//! status passed on (as a shell gives it: 126 and 127 when it cannot start).
+//!
+//! No wait outlasts a signal: one that comes while the checkout is unanswered ends
+//! `tally` at once (exit 128 + the signal's number), and one that comes while the check-in
+//! is unanswered ends that wait (the check-in has its own deadline besides, the client's
+//! `release_timeout`); a command's exit status is passed on in every case.
 
 use std::path::PathBuf;
 
@@ -14,10 +19,12 @@ use crate::Lease;
 /// does not get it.
 pub const TOKEN_ENV: &str = "TALLY_TOKEN";
 
-/// SIGTERM and SIGINT, caught.
+/// SIGTERM, SIGINT and SIGHUP, caught. A hangup (the terminal closed, the session
+/// ended) is handled as SIGTERM is: the lease is checked in, and a command gets the signal.
 pub struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -27,9 +34,49 @@ impl Signals {
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(term), Ok(int)) => Ok(Self { term, int }),
+            (Ok(term), Ok(int), Ok(hup)) => Ok(Self { term, int, hup }),
             _ => Err(Failure::internal("cannot install signal handlers")),
+        }
+    }
+
+    /// The next of the three signals to come.
+    pub async fn recv(&mut self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+        tokio::select! {
+            _ = self.term.recv() => SIGTERM,
+            _ = self.int.recv() => SIGINT,
+            _ = self.hup.recv() => SIGHUP,
+        }
+    }
+}
+
+/// The failure of a `tally checkout` interrupted by `signal` before the server answered
+/// the checkout: exit 128 + the signal's number, as a shell reports a process it ended.
+pub fn interrupted(signal: nix::sys::signal::Signal, feature: &str) -> Failure {
+    Failure {
+        code: 128 + signal as u8,
+        error_code: "interrupted".into(),
+        message: format!(
+            "interrupted by {} before the server answered the checkout of {feature}; if it granted the seat after all, the seat returns to the pool when its lease ttl passes",
+            signal.as_str()
+        ),
+    }
+}
+
+/// Checks the lease in, waiting at most the release deadline, and less if a signal comes
+/// meanwhile; a failure is a warning (the seat returns when its ttl passes).
+async fn check_in(lease: Lease, signals: &mut Signals) {
+    let id = lease.id();
+    tokio::select! {
+        released = lease.release() => {
+            if let Err(err) = released {
+                say_err!("tally: warning: check-in of lease {id} failed: {err}; the seat returns to the pool when its lease ttl passes");
+            }
+        }
+        signal = signals.recv() => {
+            say_err!("tally: warning: {} while checking lease {id} in: not waiting for the server; the seat returns to the pool when its lease ttl passes", signal.as_str());
         }
     }
 }
@@ -43,17 +90,23 @@ pub async fn until_signal(
     out: &Output,
 ) -> Result<u8, Failure> {
     out.lease_granted(lease.info(), true);
-    let code = tokio::select! {
-        _ = signals.term.recv() => exit::OK,
-        _ = signals.int.recv() => exit::OK,
+    tokio::select! {
+        _ = signals.recv() => {}
         reason = lease.lost() => {
             let message = format!("lease {} of {} was lost: {}", lease.id(), feature, reason.as_str());
             return Err(Failure { code: exit::FAILED, error_code: "lease_lost".into(), message });
         }
     };
-    lease.release().await?;
+    let id = lease.id();
+    tokio::select! {
+        released = lease.release() => released?,
+        signal = signals.recv() => {
+            let message = format!("{} while checking lease {id} of {feature} in: not waiting for the server; the seat returns to the pool when its lease ttl passes", signal.as_str());
+            return Err(Failure { code: exit::FAILED, error_code: "interrupted".into(), message });
+        }
+    }
     out.note(&format!("checked in {feature}"));
-    Ok(code)
+    Ok(exit::OK)
 }
 
 /// Runs `command` while holding the lease and exits with its status; the lease is checked
@@ -71,9 +124,7 @@ pub async fn around_command(
     let program = match find_program(&command[0]) {
         Ok(program) => program,
         Err(err) => {
-            if let Err(release) = lease.release().await {
-                say_err!("tally: warning: check-in failed: {release}");
-            }
+            check_in(lease, &mut signals).await;
             return Err(spawn_failure(&command[0], &err));
         }
     };
@@ -89,9 +140,7 @@ pub async fn around_command(
         Err(err) => {
             // Found but still not startable (a missing interpreter, a bad format): the
             // lease document is out already, so the reason goes to stderr in any case.
-            if let Err(release) = lease.release().await {
-                say_err!("tally: warning: check-in failed: {release}");
-            }
+            check_in(lease, &mut signals).await;
             let failure = spawn_failure(&command[0], &err);
             say_err!("tally: {}", failure.message);
             return Ok(failure.code);
@@ -107,8 +156,7 @@ pub async fn around_command(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            _ = signals.term.recv() => forward(nix::sys::signal::Signal::SIGTERM),
-            _ = signals.int.recv() => forward(nix::sys::signal::Signal::SIGINT),
+            signal = signals.recv() => forward(signal),
             reason = lease.lost(), if !warned => {
                 warned = true;
                 say_err!("tally: warning: lease {} of {} was lost ({}); the command keeps running unlicensed", lease.id(), feature, reason.as_str());
@@ -117,9 +165,7 @@ pub async fn around_command(
     };
     let status =
         status.map_err(|err| Failure::internal(format!("waiting for the command: {err}")))?;
-    if let Err(err) = lease.release().await {
-        say_err!("tally: warning: check-in failed: {err}");
-    }
+    check_in(lease, &mut signals).await;
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
         (Some(code), _) => code,

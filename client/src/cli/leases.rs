@@ -91,8 +91,11 @@ impl Action {
             }
             Action::Leases(query) => out.leases(&client.leases(query).await?),
             Action::Checkout(checkout) => {
-                let signals = Signals::install()?;
-                let lease = client.checkout(&checkout.feature, checkout.seats).await?;
+                let mut signals = Signals::install()?;
+                let lease = tokio::select! {
+                    lease = client.checkout(&checkout.feature, checkout.seats) => lease?,
+                    signal = signals.recv() => return Err(hold::interrupted(signal, &checkout.feature)),
+                };
                 return if checkout.command.is_empty() {
                     hold::until_signal(lease, &checkout.feature, signals, out).await
                 } else {

@@ -1,0 +1,399 @@
+//! The client and `tally` against a server that stalls (issue 12): one that never answers,
+//! answers under another request id, drips its answer, answers after the deadline, stops
+//! answering heartbeats, or drops every connection right after the handshake. Every request
+//! has a deadline, a late grant is given back, signals end every wait of `tally checkout`,
+//! and reconnects back off until a request is answered.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tally_client::{Client, Error};
+use tally_protocol::{Request, StatusQuery};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::fake::*;
+use crate::harness::*;
+
+/// Far more than any deadline of these tests: reaching it means `tally` or the client hung.
+const HUNG: Duration = Duration::from_secs(60);
+
+fn status_request() -> Request {
+    Request::Status(StatusQuery { feature: None })
+}
+
+async fn call(client: &Client, request: Request) -> Result<tally_protocol::Response, Error> {
+    tokio::time::timeout(HUNG, client.call(request))
+        .await
+        .expect("the call outlived every deadline")
+}
+
+/// A server that never answers, and one that drips its answer a byte at a time: the
+/// request fails when its deadline passes, naming the server and the request, and a read
+/// says nothing was changed.
+#[tokio::test]
+async fn a_silent_or_dripping_server_fails_the_request_at_its_deadline() {
+    let server = TestServer::start().await;
+    let silent = FakeServer::start(
+        &server,
+        Script::honest(60_000).replying(|request| match request {
+            Request::Status(_) => Reply::Silent,
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    let dripping = FakeServer::start(
+        &server,
+        Script::honest(60_000).replying(|request| match request {
+            Request::Status(_) => Reply::Drip(honest(request), Duration::from_millis(400)),
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    for fake in [&silent, &dripping] {
+        let mut config = fake.client_config();
+        config.request_timeout = Duration::from_secs(1);
+        let client = Client::connect(config).await.unwrap();
+        let err = call(&client, status_request()).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("did not answer the status request within 1s"), "{text}");
+        assert!(text.contains(&fake.server_addr().to_string()), "{text}");
+        assert!(!text.contains("may or may not"), "{text}");
+        if fake.addr == silent.addr {
+            // The client goes on: the next request is answered.
+            call(&client, Request::Heartbeat).await.unwrap();
+        }
+    }
+}
+
+/// An answer under an id that was never sent is the server's fault: the connection is
+/// left and the request sent again on a new one; when that happens every time, the
+/// caller hears why, before the deadline.
+#[tokio::test]
+async fn an_answer_under_another_request_id_drops_the_connection() {
+    let server = TestServer::start().await;
+    let fake = FakeServer::start(
+        &server,
+        Script::honest(60_000).replying(|request| match request {
+            Request::Status(_) => Reply::WrongId(honest(request)),
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    let mut config = fake.client_config();
+    config.request_timeout = Duration::from_secs(30);
+    let client = Client::connect(config).await.unwrap();
+    let err = call(&client, status_request()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("which was never sent"), "{text}");
+    assert!(
+        fake.accepted.load(Ordering::SeqCst) >= 2,
+        "the connection was kept"
+    );
+    let statuses = fake.requests().iter().filter(|r| **r == "status").count();
+    assert_eq!(statuses, tally_client::MAX_SENDS as usize, "{:?}", fake.requests());
+}
+
+/// A grant that comes after its caller stopped waiting (its deadline passed, or it dropped
+/// the future) is checked in at once: no seat is held by nobody.
+#[tokio::test]
+async fn a_grant_nobody_waits_for_any_more_is_checked_in() {
+    let server = TestServer::start().await;
+    let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let made = grants.clone();
+    let fake = FakeServer::start(
+        &server,
+        Script::honest(60_000).replying(move |request| match request {
+            Request::Checkout(checkout) => {
+                let outcome = granted(checkout);
+                made.lock().unwrap().push(lease_of(&outcome));
+                Reply::Late(outcome, Duration::from_millis(1_500))
+            }
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    let mut config = fake.client_config();
+    config.request_timeout = Duration::from_secs(1);
+    let client = Client::connect(config).await.unwrap();
+    // Past the deadline.
+    let err = tokio::time::timeout(HUNG, client.checkout("vray", 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(err.to_string().contains("may or may not have been applied"), "{err}");
+    // Given up by the caller.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), client.checkout("nuke", 1)).await;
+    assert!(gave_up.is_err(), "answered before its delay");
+    let grants = grants.clone();
+    fake.wait_for("both grants checked in", |seen| {
+        let granted = grants.lock().unwrap();
+        granted.len() == 2
+            && granted.iter().all(|lease| {
+                seen.iter()
+                    .any(|r| matches!(r, Request::Checkin(c) if c.lease == *lease))
+            })
+    })
+    .await;
+}
+
+/// A check-in the server does not answer ends at the release deadline, not the request
+/// timeout; the lease is no longer heartbeated, so the server ends it at its ttl.
+#[tokio::test]
+async fn a_release_has_its_own_deadline() {
+    let server = TestServer::start().await;
+    let fake = FakeServer::start(
+        &server,
+        Script::honest(60_000).replying(|request| match request {
+            Request::Checkout(checkout) => Reply::Answer(granted(checkout)),
+            Request::Checkin(_) => Reply::Silent,
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    let mut config = fake.client_config();
+    config.request_timeout = Duration::from_secs(600);
+    config.release_timeout = Duration::from_millis(500);
+    let client = Client::connect(config).await.unwrap();
+    let lease = client.checkout("vray", 1).await.unwrap();
+    let err = tokio::time::timeout(HUNG, lease.release())
+        .await
+        .expect("the release outlived its deadline")
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(err.to_string().contains("checkin request within 500ms"), "{err}");
+}
+
+/// A server that answers everything but heartbeats: the unanswered heartbeat ends the
+/// connection, and the client reconnects and resumes.
+#[tokio::test]
+async fn an_unanswered_heartbeat_ends_the_connection() {
+    let server = TestServer::start().await;
+    let fake = FakeServer::start(
+        &server,
+        Script::honest(200).replying(|request| match request {
+            Request::Heartbeat => Reply::Silent,
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    let client = Client::connect(fake.client_config()).await.unwrap();
+    fake.wait_for("a resume on a second connection", |seen| {
+        seen.iter().filter(|r| matches!(r, Request::Resume(_))).count() >= 2
+    })
+    .await;
+    assert!(fake.accepted.load(Ordering::SeqCst) >= 2);
+    drop(client);
+}
+
+/// `tally --json checkout F` against a server that signs in and then drops every
+/// connection: the reconnects back off (the waits between them grow) and say so once, not
+/// once a try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_drops_every_connection_gets_backoff_and_one_warning() {
+    let server = TestServer::start().await;
+    let dropping = Arc::new(AtomicBool::new(false));
+    let closing = dropping.clone();
+    let fake = FakeServer::start(
+        &server,
+        Script::honest(1_000).replying(move |request| {
+            if closing.load(Ordering::SeqCst) {
+                return Reply::Close;
+            }
+            match request {
+                Request::Checkout(checkout) => Reply::Answer(granted(checkout)),
+                other => Reply::Answer(honest(other)),
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fake.client_toml(dir.path());
+    let mut tally = tokio::process::Command::new(CLI)
+        .args(["--config", config.to_str().unwrap(), "-v", "--json", "checkout", "vray"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut grant = String::new();
+    BufReader::new(tally.stdout.take().unwrap())
+        .read_line(&mut grant)
+        .await
+        .unwrap();
+    assert!(grant.contains("\"lease\""), "{grant}");
+    let before = fake.accepted.load(Ordering::SeqCst);
+    dropping.store(true, Ordering::SeqCst);
+    // The fake drops the next heartbeat's connection, and then every one after the
+    // handshake's resume.
+    let deadline = Instant::now() + HUNG;
+    while fake.accepted.load(Ordering::SeqCst) < before + 7 {
+        assert!(Instant::now() < deadline, "no reconnects");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let times = fake.accepted_at.lock().unwrap()[before..before + 7].to_vec();
+    kill(Pid::from_raw(tally.id().unwrap() as i32), Signal::SIGKILL).unwrap();
+    let output = tally.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Each wait at least its backoff: 0, 100, 200, 400 ms, then 2/3 of the heartbeat.
+    let spent = times[6] - times[0];
+    assert!(
+        spent >= Duration::from_millis(100 + 200 + 400 + 666),
+        "7 connections in {spent:?}: the backoff did not grow\n{stderr}"
+    );
+    let warnings = stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert!(warnings <= 2, "{warnings} warnings:\n{stderr}");
+    assert!(stderr.contains("connection to the license server lost"), "{stderr}");
+}
+
+/// Signals end every wait of `tally checkout`: SIGINT while the checkout is unanswered
+/// ends it at once (exit 130); SIGTERM while the check-in is unanswered ends that wait;
+/// a command's exit status is passed on even when its check-in is not answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_end_every_wait_of_tally_checkout() {
+    let server = TestServer::start().await;
+    let fake = FakeServer::start(
+        &server,
+        Script::honest(60_000).replying(|request| match request {
+            Request::Checkout(checkout) if checkout.feature == "stuck" => Reply::Silent,
+            Request::Checkout(checkout) => Reply::Answer(granted(checkout)),
+            Request::Checkin(_) => Reply::Silent,
+            other => Reply::Answer(honest(other)),
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fake.client_toml(dir.path());
+    let config = config.to_str().unwrap();
+    let spawn = |args: &[&str]| {
+        tokio::process::Command::new(CLI)
+            .args(["--config", config, "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let signal = |child: &tokio::process::Child, signal: Signal| {
+        kill(Pid::from_raw(child.id().unwrap() as i32), signal).unwrap()
+    };
+
+    // The checkout is never answered: the first SIGINT ends tally.
+    let stuck = spawn(&["checkout", "stuck"]);
+    fake.wait_for("the checkout", |seen| {
+        seen.iter().any(|r| matches!(r, Request::Checkout(_)))
+    })
+    .await;
+    signal(&stuck, Signal::SIGINT);
+    let output = tokio::time::timeout(HUNG, stuck.wait_with_output())
+        .await
+        .expect("tally outlived SIGINT")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let document = stdout_json(&output);
+    assert_eq!(document["error"]["code"], "interrupted", "{document}");
+
+    // Held, then SIGTERM: the check-in is never answered, and a second signal ends the
+    // wait.
+    let held = spawn(&["checkout", "vray"]);
+    let mut grant = String::new();
+    let mut held = held;
+    BufReader::new(held.stdout.take().unwrap())
+        .read_line(&mut grant)
+        .await
+        .unwrap();
+    assert!(grant.contains("\"lease\""), "{grant}");
+    signal(&held, Signal::SIGTERM);
+    fake.wait_for("the check-in", |seen| {
+        seen.iter().any(|r| matches!(r, Request::Checkin(_)))
+    })
+    .await;
+    signal(&held, Signal::SIGTERM);
+    let output = tokio::time::timeout(HUNG, held.wait_with_output())
+        .await
+        .expect("tally outlived two signals")
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A command that exits 7; its check-in is never answered: tally still exits 7, after
+    // the release deadline or at once on a signal.
+    let mut run = spawn(&["checkout", "vray", "--", "sh", "-c", "exit 7"]);
+    let mut grant = String::new();
+    BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut grant)
+        .await
+        .unwrap();
+    let checkins = fake
+        .requests()
+        .iter()
+        .filter(|r| **r == "checkin")
+        .count();
+    fake.wait_for("the command's check-in", |seen| {
+        seen.iter().filter(|r| matches!(r, Request::Checkin(_))).count() > checkins
+    })
+    .await;
+    signal(&run, Signal::SIGINT);
+    let output = tokio::time::timeout(HUNG, run.wait_with_output())
+        .await
+        .expect("tally outlived its release deadline")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+}
+
+/// SIGHUP to `tally checkout F -- CMD` is handled as SIGTERM is: the command gets it,
+/// and the seat is checked in when it ends; tally exits as the command did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reaches_the_command_and_the_seat_is_checked_in() {
+    let server = TestServer::start().await;
+    let owner = server.owner().await;
+    add_entitlement(&owner, "vray", 2, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    let token = dir.path().join("token");
+    std::fs::write(&token, server.owner_token()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::write(
+        &config,
+        format!(
+            "servers = [\"localhost:{}\"]\nca = {:?}\ntoken_file = {:?}\n",
+            server.addr.port(),
+            server.data_dir().join("tls/ca.pem"),
+            token
+        ),
+    )
+    .unwrap();
+    let mut tally = tokio::process::Command::new(CLI)
+        .args(["--config", config.to_str().unwrap(), "--json", "checkout", "vray", "--"])
+        .args(["sleep", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut grant = String::new();
+    BufReader::new(tally.stdout.take().unwrap())
+        .read_line(&mut grant)
+        .await
+        .unwrap();
+    assert!(grant.contains("\"lease\""), "{grant}");
+    assert_eq!(status(&owner, "vray").await.in_use, 1);
+    kill(Pid::from_raw(tally.id().unwrap() as i32), Signal::SIGHUP).unwrap();
+    let output = tokio::time::timeout(HUNG, tally.wait_with_output())
+        .await
+        .expect("tally outlived SIGHUP")
+        .unwrap();
+    // The command was ended by SIGHUP: 128 + 1, as a shell reports it.
+    assert_eq!(output.status.code(), Some(129), "{output:?}");
+    assert_eq!(status(&owner, "vray").await.in_use, 0);
+}
