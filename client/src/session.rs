@@ -8,8 +8,18 @@
 //! [`Error::ConnectionLost`]. A server's answer, refusal or not, is never resent for. After
 //! every reconnect the task first resumes the leases it holds.
 //!
+//! Every request has a deadline (`request_timeout`; a check-in `release_timeout`), which
+//! holds while it waits for a connection and while it is in flight: a server that never
+//! answers, or drips its answer, fails the request then ([`Error::Timeout`]). An answer that
+//! comes after its caller stopped waiting is recognised, and a seat it grants is given back
+//! at once. A heartbeat still unanswered when the next is due ends the connection, and an
+//! answer under an id never sent is the server's fault: the connection is left.
+//!
 //! Reconnect attempts back off with jitter, but never wait longer than the server's
-//! heartbeat interval (SPEC R4: a restart must not cost a lease its ttl).
+//! heartbeat interval (SPEC R4: a restart must not cost a lease its ttl). The first attempt
+//! after a working connection drops is immediate; the backoff then grows until a request is
+//! answered (a completed handshake is not enough: a server that signs clients in and drops
+//! them must not get a storm), and an outage is logged once, with a line when it ends.
 //!
 //! A standby of a cluster answers `not_leader` (SPEC R15), naming the leader when it knows
 //! one: the request was not applied, so whatever it is, it waits to be sent again. The task

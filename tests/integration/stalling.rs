@@ -397,3 +397,21 @@ async fn sighup_reaches_the_command_and_the_seat_is_checked_in() {
     assert_eq!(output.status.code(), Some(129), "{output:?}");
     assert_eq!(status(&owner, "vray").await.in_use, 0);
 }
+
+/// A server that takes the connection and never says Welcome: connecting gives up at the
+/// connect timeout, naming the server.
+#[tokio::test]
+async fn a_server_silent_in_the_handshake_is_given_up_at_the_connect_timeout() {
+    let server = TestServer::start().await;
+    let fake = FakeServer::start(&server, Script::honest(1_000).handshake(Handshake::Silent)).await;
+    let mut config = fake.client_config();
+    config.connect_timeout = Duration::from_millis(500);
+    let err = tokio::time::timeout(HUNG, Client::connect(config))
+        .await
+        .expect("connecting outlived its timeout")
+        .unwrap_err();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&fake.server_addr().to_string()), "{text}");
+    assert!(text.contains("no answer within 500ms"), "{text}");
+}
