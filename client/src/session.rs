@@ -1389,6 +1389,39 @@ mod tests {
         }
     }
 
+    /// An outage is one warning however many tries it takes, and the wait grows until a
+    /// request is answered: connections that complete the handshake and drop again do not
+    /// reset it.
+    #[test]
+    fn an_outage_is_said_once_and_its_backoff_grows_until_an_answer() {
+        let mut link = Link::default();
+        assert_eq!(
+            link.lost(),
+            (None, Say::Yes),
+            "the first reconnect is at once"
+        );
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            // Reconnected, signed in, dropped again before any answer.
+            let (wait, say) = link.lost();
+            assert_eq!(say, Say::No);
+            waits.push(wait.unwrap().as_millis());
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000]);
+        let unreachable = Error::Unreachable("x".into());
+        assert_eq!(link.failed(&unreachable), Say::Yes);
+        assert_eq!(link.failed(&unreachable), Say::No);
+        assert_eq!(
+            link.failed(&Error::Untrusted("y".into())),
+            Say::Yes,
+            "a new cause"
+        );
+        assert_eq!(link.answered(), Say::Yes, "the outage ended");
+        assert_eq!(link.answered(), Say::No);
+        assert_eq!(link.lost(), (None, Say::Yes));
+        assert_eq!(link.lost(), (Some(FIRST_BACKOFF), Say::No));
+    }
+
     fn addr(host: &str, port: u16) -> ServerAddr {
         ServerAddr {
             host: host.into(),

@@ -5,11 +5,11 @@ mod cluster;
 mod harness;
 
 mod borrow;
-mod fake;
 mod cli;
 mod daemon;
 mod datadir;
 mod failover;
+mod fake;
 mod faults;
 mod features;
 mod hostile;

@@ -60,7 +60,10 @@ async fn a_silent_or_dripping_server_fails_the_request_at_its_deadline() {
         let err = call(&client, status_request()).await.unwrap_err();
         assert!(matches!(err, Error::Timeout(_)), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("did not answer the status request within 1s"), "{text}");
+        assert!(
+            text.contains("did not answer the status request within 1s"),
+            "{text}"
+        );
         assert!(text.contains(&fake.server_addr().to_string()), "{text}");
         assert!(!text.contains("may or may not"), "{text}");
         if fake.addr == silent.addr {
@@ -95,7 +98,12 @@ async fn an_answer_under_another_request_id_drops_the_connection() {
         "the connection was kept"
     );
     let statuses = fake.requests().iter().filter(|r| **r == "status").count();
-    assert_eq!(statuses, tally_client::MAX_SENDS as usize, "{:?}", fake.requests());
+    assert_eq!(
+        statuses,
+        tally_client::MAX_SENDS as usize,
+        "{:?}",
+        fake.requests()
+    );
 }
 
 /// A grant that comes after its caller stopped waiting (its deadline passed, or it dropped
@@ -126,9 +134,13 @@ async fn a_grant_nobody_waits_for_any_more_is_checked_in() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
-    assert!(err.to_string().contains("may or may not have been applied"), "{err}");
+    assert!(
+        err.to_string().contains("may or may not have been applied"),
+        "{err}"
+    );
     // Given up by the caller.
-    let gave_up = tokio::time::timeout(Duration::from_millis(300), client.checkout("nuke", 1)).await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(300), client.checkout("nuke", 1)).await;
     assert!(gave_up.is_err(), "answered before its delay");
     let grants = grants.clone();
     fake.wait_for("both grants checked in", |seen| {
@@ -166,7 +178,10 @@ async fn a_release_has_its_own_deadline() {
         .expect("the release outlived its deadline")
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
-    assert!(err.to_string().contains("checkin request within 500ms"), "{err}");
+    assert!(
+        err.to_string().contains("checkin request within 500ms"),
+        "{err}"
+    );
 }
 
 /// A server that answers everything but heartbeats: the unanswered heartbeat ends the
@@ -184,7 +199,10 @@ async fn an_unanswered_heartbeat_ends_the_connection() {
     .await;
     let client = Client::connect(fake.client_config()).await.unwrap();
     fake.wait_for("a resume on a second connection", |seen| {
-        seen.iter().filter(|r| matches!(r, Request::Resume(_))).count() >= 2
+        seen.iter()
+            .filter(|r| matches!(r, Request::Resume(_)))
+            .count()
+            >= 2
     })
     .await;
     assert!(fake.accepted.load(Ordering::SeqCst) >= 2);
@@ -215,7 +233,14 @@ async fn a_server_that_drops_every_connection_gets_backoff_and_one_warning() {
     let dir = tempfile::tempdir().unwrap();
     let config = fake.client_toml(dir.path());
     let mut tally = tokio::process::Command::new(CLI)
-        .args(["--config", config.to_str().unwrap(), "-v", "--json", "checkout", "vray"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "-v",
+            "--json",
+            "checkout",
+            "vray",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -248,7 +273,10 @@ async fn a_server_that_drops_every_connection_gets_backoff_and_one_warning() {
     );
     let warnings = stderr.lines().filter(|l| l.contains("WARN")).count();
     assert!(warnings <= 2, "{warnings} warnings:\n{stderr}");
-    assert!(stderr.contains("connection to the license server lost"), "{stderr}");
+    assert!(
+        stderr.contains("connection to the license server lost"),
+        "{stderr}"
+    );
 }
 
 /// Signals end every wait of `tally checkout`: SIGINT while the checkout is unanswered
@@ -331,13 +359,12 @@ async fn signals_end_every_wait_of_tally_checkout() {
         .read_line(&mut grant)
         .await
         .unwrap();
-    let checkins = fake
-        .requests()
-        .iter()
-        .filter(|r| **r == "checkin")
-        .count();
+    let checkins = fake.requests().iter().filter(|r| **r == "checkin").count();
     fake.wait_for("the command's check-in", |seen| {
-        seen.iter().filter(|r| matches!(r, Request::Checkin(_))).count() > checkins
+        seen.iter()
+            .filter(|r| matches!(r, Request::Checkin(_)))
+            .count()
+            > checkins
     })
     .await;
     signal(&run, Signal::SIGINT);
@@ -374,7 +401,14 @@ async fn sighup_reaches_the_command_and_the_seat_is_checked_in() {
     )
     .unwrap();
     let mut tally = tokio::process::Command::new(CLI)
-        .args(["--config", config.to_str().unwrap(), "--json", "checkout", "vray", "--"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "checkout",
+            "vray",
+            "--",
+        ])
         .args(["sleep", "600"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
