@@ -18,6 +18,7 @@ mod error;
 mod ids;
 mod message;
 mod names;
+pub mod text;
 mod time;
 mod validate;
 

@@ -1,10 +1,13 @@
 //! Text a peer chose (`Hello.host` and `agent`, machine ids, feature names, usernames), made
-//! safe to write to the log: control characters (newlines, escape sequences) and
-//! bidirectional overrides are escaped as `\n`, `\u{1b}` and so on, a backslash is doubled,
-//! and the text is cut at [`MAX_CHARS`] characters, so that no peer can forge log lines,
-//! reach the admin's terminal or fill the disk through the log.
+//! safe to write to the log: control characters (newlines, escape sequences), bidirectional
+//! overrides and invisible format characters are escaped as `\n`, `\x1b`, `\u{202e}` and so
+//! on (`tally_protocol::text`, which the CLI uses too), a backslash is doubled, and the text
+//! is cut at [`MAX_CHARS`] characters, so that no peer can forge log lines, reach the admin's
+//! terminal or fill the disk through the log.
 
 use std::fmt;
+
+use tally_protocol::text;
 
 /// The most characters of one peer-supplied value written to the log.
 pub const MAX_CHARS: usize = 256;
@@ -18,11 +21,6 @@ pub fn peer(text: &str) -> Escaped<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct Escaped<'a>(&'a str);
 
-/// Characters that reorder text on a terminal (Unicode bidirectional controls).
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (written, (at, c)) in self.0.char_indices().enumerate() {
@@ -31,12 +29,7 @@ impl fmt::Display for Escaped<'_> {
             }
             match c {
                 '\\' => f.write_str("\\\\")?,
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if c.is_control() || is_bidi_control(c) => {
-                    write!(f, "\\u{{{:x}}}", c as u32)?;
-                }
+                c if text::is_unsafe(c) => text::write_escape(f, c)?,
                 c => fmt::Write::write_char(f, c)?,
             }
         }
@@ -54,7 +47,7 @@ mod tests {
         let logged = peer(forged).to_string();
         assert_eq!(
             logged,
-            "ws-12\\n2026-01-01T00:00:00Z  INFO tallyd: owner signed in\\u{1b}[2J\\u{7}\\u{202e}"
+            "ws-12\\n2026-01-01T00:00:00Z  INFO tallyd: owner signed in\\x1b[2J\\x07\\u{202e}"
         );
         assert!(!logged.chars().any(|c| c.is_control()), "{logged:?}");
         assert_eq!(

@@ -21,5 +21,6 @@ mod reconnect;
 mod redirect;
 mod robust;
 mod stalling;
+mod terminal;
 mod tokens;
 mod users;

@@ -7,7 +7,8 @@
 //! server is asked, then connects and runs it. Every family module (`leases`,
 //! `entitlements`, `users`, `assignments`, `borrow`, `audit`, `server`, `docs`) holds both
 //! halves of its commands; `hold` runs the command of `checkout -- CMD`, `settings` merges
-//! the client file with flags, `values` reads times, durations and ids, `output` prints.
+//! the client file with flags, `values` reads times, durations and ids, `output` prints,
+//! `log` writes the library's log.
 
 mod args;
 mod assignments;
@@ -18,6 +19,7 @@ mod entitlements;
 mod failure;
 mod hold;
 mod leases;
+mod log;
 mod output;
 mod server;
 mod settings;
@@ -161,7 +163,7 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
     let cli = match parsed {
         Ok((mut cli, token_on_command_line)) => {
             if token_on_command_line {
-                eprintln!("tally: warning: a token given with --token can be read by other users of this machine (in the process list); use --token-file FILE or the {TOKEN_ENV} environment variable");
+                output::line_err(&format!("tally: warning: a token given with --token can be read by other users of this machine (in the process list); use --token-file FILE or the {TOKEN_ENV} environment variable"));
             }
             cli.globals.token_on_command_line = token_on_command_line;
             cli
@@ -176,7 +178,7 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
             output::print_error(json, "invalid", &first);
             if !json {
                 for line in rest.lines() {
-                    eprintln!("{}", output::clean(line));
+                    output::line_err(line);
                 }
             }
             return ExitCode::from(exit::USAGE);
@@ -313,13 +315,7 @@ fn tracing_to_stderr(verbose: u8) {
         2 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    log::to_stderr(level);
 }
 
 #[cfg(test)]

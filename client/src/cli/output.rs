@@ -1,10 +1,13 @@
 //! What `tally` prints: a JSON document with `--json`, aligned text otherwise.
 //!
-//! Text for people never carries a peer's control characters raw: a host name, feature or
-//! machine id holding escape sequences could otherwise rewrite an admin's screen or forge
-//! rows, so [`clean`] escapes them in every line, table cell and error printed for people
-//! (`say!`, `say_err!`). CSV cells are cleaned the same way and neutralised against
-//! spreadsheet formulas ([`csv_cell`]). JSON stays exact: serde escapes control characters.
+//! Text for people never carries a peer's control characters raw: a host name, feature,
+//! error message or machine id holding escape sequences could otherwise rewrite an admin's
+//! screen or forge rows, so every line for people leaves through [`line`] or [`line_err`]
+//! (`say!`, `say_err!`, tables, the failure printer [`print_error`]), which escape the whole
+//! line with [`clean`]. Nothing else in the client prints: `client/clippy.toml` refuses
+//! `println!`, `eprintln!` and the standard streams outside the few functions here that
+//! allow them. CSV cells are cleaned the same way and neutralised against spreadsheet
+//! formulas ([`csv_cell`]). JSON stays exact: serde escapes control characters.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -18,44 +21,57 @@ use tally_protocol::{
     NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
-/// Prints a line for people on stdout, with control characters escaped.
+/// Prints a line for people on stdout, with control characters escaped ([`line`]).
 macro_rules! say {
     ($($arg:tt)*) => {
-        println!("{}", $crate::cli::output::clean(&format!($($arg)*)))
+        $crate::cli::output::line(&format!($($arg)*))
     };
 }
 
-/// Prints a line for people on stderr, with control characters escaped.
+/// Prints a line for people on stderr, with control characters escaped ([`line_err`]).
 macro_rules! say_err {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::cli::output::clean(&format!($($arg)*)))
+        $crate::cli::output::line_err(&format!($($arg)*))
     };
 }
 
 pub(crate) use say_err;
 
-/// Whether a character must not reach a terminal raw: C0 and C1 controls (escape
-/// sequences start with them) and the bidirectional overrides, which reorder what is
-/// shown.
-fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+/// `text` for a terminal: every control, bidirectional or invisible format character
+/// escaped (`\x1b`, `\n`, `\u{202e}`; see [`tally_protocol::text`]).
+pub fn clean(text: &str) -> Cow<'_, str> {
+    tally_protocol::text::escape(text)
 }
 
-/// `text` with every unsafe character escaped as Rust writes it (`\u{1b}`, `\n`).
-pub fn clean(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unsafe) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if is_unsafe(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+/// Prints one line for people on stdout, escaped with [`clean`]: with the JSON documents
+/// ([`Output::doc`]), the only way text reaches stdout (clippy's `disallowed_macros`, set
+/// in `client/clippy.toml`, refuses `println!` anywhere else).
+///
+/// A stdout that is closed or fails (`tally status | head -1`, a terminal hung up) loses
+/// the line and nothing else: printing never panics `tally`, nor stops a check-in.
+pub fn line(text: &str) {
+    let _ = writeln!(stdout().lock(), "{}", clean(text));
+}
+
+/// Prints one line for people on stderr, escaped with [`clean`]: the only way text
+/// reaches stderr apart from the log, whose writer escapes it too ([`super::log`]).
+/// Like [`line`], a failing stderr loses the line and nothing else.
+#[allow(clippy::disallowed_methods)]
+pub fn line_err(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", clean(text));
+}
+
+/// Stdout itself, for the CSV writer (its cells pass through [`csv_cell`]) and for
+/// flushing.
+#[allow(clippy::disallowed_methods)]
+fn stdout() -> std::io::Stdout {
+    std::io::stdout()
+}
+
+/// Prints a JSON document on stdout, as serde_json writes it: exact, with every control
+/// character escaped by JSON's own rules.
+fn json_line(doc: &Value) {
+    let _ = writeln!(stdout().lock(), "{doc}");
 }
 
 /// One CSV cell: cleaned, and led by `'` when a spreadsheet would take it for a formula
@@ -252,7 +268,7 @@ fn time_millis(millis: i64) -> String {
 /// Prints a failure: `{"error": {...}}` on stdout with `--json`, a line on stderr otherwise.
 pub fn print_error(json: bool, code: &str, message: &str) {
     if json {
-        println!("{}", json!({"error": {"code": code, "message": message}}));
+        json_line(&json!({"error": {"code": code, "message": message}}));
     } else {
         say_err!("tally: {message}");
     }
@@ -375,7 +391,7 @@ impl AuditPrinter {
                     })
                     .collect();
                 table.rows(rows);
-                std::io::stdout().flush()
+                stdout().flush()
             }
             AuditPrinter::Json(list) => {
                 list.extend(events.iter().map(event_json));
@@ -395,7 +411,7 @@ impl AuditPrinter {
                 Ok(())
             }
             AuditPrinter::Json(list) => {
-                println!("{}", json!({ "events": list }));
+                json_line(&json!({ "events": list }));
                 Ok(())
             }
         }
@@ -408,7 +424,7 @@ impl Output {
     }
 
     fn doc(&self, value: Value) {
-        println!("{value}");
+        json_line(&value);
     }
 
     /// A remark for people; silent with `--json`.
@@ -797,10 +813,10 @@ impl Output {
         if me.assignments.is_empty() {
             say!("no seats assigned to you");
         } else {
-            println!();
+            say!("");
             self.assignment_table(&me.assignments);
         }
-        println!();
+        say!("");
         self.leases(&me.leases);
     }
 
@@ -886,7 +902,7 @@ impl Output {
         if self.json {
             return self.doc(json!({ "token": issued.token, "id": issued.id }));
         }
-        println!("new token {} (shown once): {}", issued.id, issued.token);
+        say!("new token {} (shown once): {}", issued.id, issued.token);
     }
 
     pub fn tokens(&self, tokens: &[TokenInfo]) {
@@ -922,7 +938,7 @@ impl Output {
         if self.json {
             return self.doc(json!({ "revoked": id }));
         }
-        println!("revoked token {id}; its connections are closed");
+        say!("revoked token {id}; its connections are closed");
     }
 
     pub fn user(&self, user: &UserInfo) {
@@ -1067,7 +1083,7 @@ impl Output {
     /// A printer for audit events, page by page; CSV with `csv` (never asked for with `--json`).
     pub fn audit(&self, csv: bool) -> std::io::Result<AuditPrinter> {
         if csv {
-            let mut writer = csv::Writer::from_writer(std::io::stdout());
+            let mut writer = csv::Writer::from_writer(stdout());
             writer.write_record(AUDIT_COLUMNS)?;
             return Ok(AuditPrinter::Csv(Box::new(writer)));
         }
@@ -1162,9 +1178,9 @@ mod tests {
         assert!(matches!(clean("plain"), Cow::Borrowed(_)));
         assert_eq!(
             clean("evil\u{1b}[2J\u{1b}]0;x\u{7}\r\nrow"),
-            "evil\\u{1b}[2J\\u{1b}]0;x\\u{7}\\r\\nrow"
+            "evil\\x1b[2J\\x1b]0;x\\x07\\r\\nrow"
         );
-        assert_eq!(clean("a\u{9b}31mb"), "a\\u{9b}31mb");
+        assert_eq!(clean("a\u{9b}31mb"), "a\\x9b31mb");
         assert_eq!(clean("txt\u{202e}exe.doc"), "txt\\u{202e}exe.doc");
         assert_eq!(clean("tab\there"), "tab\\there");
         assert_eq!(clean("é ✓ 名"), "é ✓ 名");
@@ -1256,8 +1272,8 @@ mod tests {
         ] {
             assert!(csv_cell(formula).starts_with('\''), "{formula:?}");
         }
-        assert_eq!(csv_cell("\u{1b}[31m=1"), "\\u{1b}[31m=1");
-        assert_eq!(csv_cell("=1\u{1b}"), "'=1\\u{1b}");
+        assert_eq!(csv_cell("\u{1b}[31m=1"), "\\x1b[31m=1");
+        assert_eq!(csv_cell("=1\u{1b}"), "'=1\\x1b");
         assert_eq!(csv_cell("owner@localhost"), "owner@localhost");
         assert_eq!(
             csv_cell("2027-01-31T18:00:00.000Z"),
