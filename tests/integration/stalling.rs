@@ -383,23 +383,7 @@ async fn sighup_reaches_the_command_and_the_seat_is_checked_in() {
     let owner = server.owner().await;
     add_entitlement(&owner, "vray", 2, None).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("client.toml");
-    let token = dir.path().join("token");
-    std::fs::write(&token, server.owner_token()).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    std::fs::write(
-        &config,
-        format!(
-            "servers = [\"localhost:{}\"]\nca = {:?}\ntoken_file = {:?}\n",
-            server.addr.port(),
-            server.data_dir().join("tls/ca.pem"),
-            token
-        ),
-    )
-    .unwrap();
+    let config = owner_toml(&server, dir.path());
     let mut tally = tokio::process::Command::new(CLI)
         .args([
             "--config",
@@ -448,4 +432,79 @@ async fn a_server_silent_in_the_handshake_is_given_up_at_the_connect_timeout() {
     let text = err.to_string();
     assert!(text.contains(&fake.server_addr().to_string()), "{text}");
     assert!(text.contains("no answer within 500ms"), "{text}");
+}
+
+/// A client file for the owner of `server`, its token in a file of mode 0600.
+fn owner_toml(server: &TestServer, dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let config = dir.join("client.toml");
+    let token = dir.join("token");
+    std::fs::write(&token, server.owner_token()).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "servers = [\"localhost:{}\"]\nca = {:?}\ntoken_file = {:?}\n",
+            server.addr.port(),
+            server.data_dir().join("tls/ca.pem"),
+            token
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A stdout nobody reads any more (a closed pipe, a hung-up terminal) loses what
+/// `tally checkout` prints and nothing else: the command still runs, its status is passed
+/// on, and the seat is checked in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_does_not_stop_checkout_from_running_the_command_and_checking_in() {
+    let server = TestServer::start().await;
+    let owner = server.owner().await;
+    add_entitlement(&owner, "vray", 1, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = owner_toml(&server, dir.path());
+    let ran = dir.path().join("ran");
+    for json in [true, false] {
+        let _ = std::fs::remove_file(&ran);
+        let mut command = tokio::process::Command::new(CLI);
+        command.args(["--config", config.to_str().unwrap()]);
+        if json {
+            command.arg("--json");
+        }
+        let mut tally = command
+            .args(["checkout", "vray", "--", "sh", "-c"])
+            .arg(format!("touch {}; exit 3", ran.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        drop(tally.stdout.take());
+        let output = tokio::time::timeout(HUNG, tally.wait_with_output())
+            .await
+            .expect("tally hung")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "json {json}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(ran.exists(), "json {json}: the command did not run");
+        assert_eq!(status(&owner, "vray").await.in_use, 0, "json {json}");
+    }
+    // Any other command whose reader went away ends quietly, as `tally status | head`
+    // expects: the status of a process SIGPIPE ended, and nothing said.
+    let mut tally = tokio::process::Command::new(CLI)
+        .args(["--config", config.to_str().unwrap(), "status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    drop(tally.stdout.take());
+    let output = tokio::time::timeout(HUNG, tally.wait_with_output())
+        .await
+        .expect("tally hung")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(141), "{output:?}");
+    assert!(output.stderr.is_empty(), "{output:?}");
 }

@@ -20,6 +20,10 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 127;
 }
 
+/// The error code of a failure to print because stdout's reader went away: nothing is
+/// said of it.
+pub const BROKEN_PIPE: &str = "broken_pipe";
+
 /// A failure of a command, with its exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -51,7 +55,16 @@ impl Failure {
     }
 
     /// Writing the result failed (stdout closed or full).
+    /// When the reader of stdout went away (`tally audit | head`), a quiet end with the
+    /// status of a process SIGPIPE ended, as other tools give.
     pub fn printing(err: std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            return Self {
+                code: super::output::BROKEN_PIPE,
+                error_code: BROKEN_PIPE.into(),
+                message: String::new(),
+            };
+        }
         Self::internal(format!("cannot print the result: {err}"))
     }
 }

@@ -92,6 +92,7 @@ impl Action {
             Action::Leases(query) => out.leases(&client.leases(query).await?),
             Action::Checkout(checkout) => {
                 let mut signals = Signals::install()?;
+                super::output::hold_through_broken_pipes();
                 let lease = tokio::select! {
                     lease = client.checkout(&checkout.feature, checkout.seats) => lease?,
                     signal = signals.recv() => return Err(hold::interrupted(signal, &checkout.feature)),

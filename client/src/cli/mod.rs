@@ -147,7 +147,6 @@ pub fn main() -> ExitCode {
 /// Runs `tally`, reading the machine id from `files` (see [`crate::machine_id`]); test
 /// harnesses stand in for other machines with files of their own.
 pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
-    restore_sigpipe();
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|arg| arg.to_string_lossy().into_owned())
@@ -234,18 +233,10 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
 
 /// Prints the failure (a JSON document with `--json`) and gives its exit code.
 fn fail(json: bool, failure: Failure) -> ExitCode {
-    output::print_error(json, &failure.error_code, &failure.message);
+    if failure.error_code != failure::BROKEN_PIPE {
+        output::print_error(json, &failure.error_code, &failure.message);
+    }
     ExitCode::from(failure.code)
-}
-
-/// `tally ... | head` should end quietly when `head` stops reading, as other command-line
-/// tools do, instead of failing to print. Rust ignores SIGPIPE by default; put it back.
-#[allow(unsafe_code)]
-fn restore_sigpipe() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: called first thing in `main`, before any other thread exists, and installs
-    // the default disposition, which runs no code of ours.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// clap's usage error as tally prints its own: its first line after `tally: `, with a hint

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -47,10 +48,36 @@ pub fn clean(text: &str) -> Cow<'_, str> {
 /// ([`Output::doc`]), the only way text reaches stdout (clippy's `disallowed_macros`, set
 /// in `client/clippy.toml`, refuses `println!` anywhere else).
 ///
-/// A stdout that is closed or fails (`tally status | head -1`, a terminal hung up) loses
-/// the line and nothing else: printing never panics `tally`, nor stops a check-in.
+/// Printing never panics `tally`: see [`stdout_failed`] for a stdout that fails.
 pub fn line(text: &str) {
-    let _ = writeln!(stdout().lock(), "{}", clean(text));
+    if let Err(err) = writeln!(stdout().lock(), "{}", clean(text)) {
+        stdout_failed(err);
+    }
+}
+
+/// Whether `tally` holds a lease: then nothing it prints matters as much as checking the
+/// lease in (and running its command), so a stdout nobody reads is ignored.
+static HOLDING: AtomicBool = AtomicBool::new(false);
+
+/// From now on a stdout that fails loses what is printed and nothing else: `checkout`
+/// calls it before it prints the grant, so that a closed pipe or a hung-up terminal cannot
+/// end `tally` with the lease held and the command not run.
+pub fn hold_through_broken_pipes() {
+    HOLDING.store(true, Ordering::SeqCst);
+}
+
+/// The exit status of a `tally` whose reader went away: that of a process SIGPIPE ended,
+/// as `tally ... | head` reports it in a shell.
+pub const BROKEN_PIPE: u8 = 128 + 13;
+
+/// Stdout failed. When its reader went away (`tally leases | head -1`) and no lease is
+/// held, `tally` ends quietly, as a tool that SIGPIPE ends does; any other failure loses
+/// the line. (SIGPIPE itself stays ignored: a server closing the connection while `tally`
+/// writes to it must be an error `tally` handles, not a signal that kills it.)
+fn stdout_failed(err: std::io::Error) {
+    if err.kind() == std::io::ErrorKind::BrokenPipe && !HOLDING.load(Ordering::SeqCst) {
+        std::process::exit(i32::from(BROKEN_PIPE));
+    }
 }
 
 /// Prints one line for people on stderr, escaped with [`clean`]: the only way text
@@ -71,7 +98,9 @@ fn stdout() -> std::io::Stdout {
 /// Prints a JSON document on stdout, as serde_json writes it: exact, with every control
 /// character escaped by JSON's own rules.
 fn json_line(doc: &Value) {
-    let _ = writeln!(stdout().lock(), "{doc}");
+    if let Err(err) = writeln!(stdout().lock(), "{doc}") {
+        stdout_failed(err);
+    }
 }
 
 /// One CSV cell: cleaned, and led by `'` when a spreadsheet would take it for a formula
