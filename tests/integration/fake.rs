@@ -21,7 +21,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-
 use crate::harness::*;
 
 /// What the fake does with one request.
@@ -262,8 +261,7 @@ async fn serve(mut conn: Conn, script: &Script, seen: &Mutex<Vec<Request>>) {
                 frame.extend_from_slice(&body);
                 let stream = conn.get_mut();
                 for byte in frame {
-                    if stream.write_all(&[byte]).await.is_err() || stream.flush().await.is_err()
-                    {
+                    if stream.write_all(&[byte]).await.is_err() || stream.flush().await.is_err() {
                         return;
                     }
                     tokio::time::sleep(gap).await;
@@ -291,6 +289,10 @@ async fn the_fake_answers_as_scripted() {
         .await
         .unwrap();
     client.call(Request::Heartbeat).await.unwrap();
-    assert!(fake.requests().contains(&"heartbeat"), "{:?}", fake.requests());
+    assert!(
+        fake.requests().contains(&"heartbeat"),
+        "{:?}",
+        fake.requests()
+    );
     assert_eq!(fake.accepted.load(Ordering::SeqCst), 1);
 }

@@ -5,16 +5,17 @@ mod cluster;
 mod harness;
 
 mod borrow;
-mod fake;
 mod cli;
 mod daemon;
 mod datadir;
 mod failover;
+mod fake;
 mod faults;
 mod features;
 mod hostile;
 mod lifecycle;
 mod lying;
+mod neighbour;
 mod paging;
 mod pool;
 mod reconnect;
