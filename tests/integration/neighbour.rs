@@ -89,7 +89,7 @@ fn stdout(out: &Output) -> String {
 
 fn lease(id: u128, feature: &str, granted_at: i64, expires_at: i64) -> LeaseInfo {
     LeaseInfo {
-        id: LeaseId(id),
+        id: LeaseId(id.to_be_bytes()),
         feature: feature.into(),
         seats: 1,
         user: "owner@localhost".into(),
@@ -249,11 +249,15 @@ async fn listings_print_times_past_year_9999_and_before_1970() {
             } else {
                 stdout(&out)
             };
-            if args != ["status"] || !json {
-                assert!(
+            // `status` shows no times in JSON, and for people only the entitlements that
+            // start later.
+            match (args, json) {
+                (["status"], true) => {}
+                (["status"], false) => assert!(text.contains("after year 9999"), "{text}"),
+                _ => assert!(
                     text.contains("after year 9999") && text.contains("before 1970"),
                     "{all:?}: {text}"
-                );
+                ),
             }
         }
     }
@@ -539,6 +543,9 @@ async fn a_token_others_can_read_is_warned_about() {
         &server,
         Script::honest(1_000).replying(|request| match request {
             Request::Status(_) => Reply::Answer(Outcome::Ok(Response::Status(Vec::new()))),
+            Request::EntitlementList(_) => {
+                Reply::Answer(Outcome::Ok(Response::Entitlements(Vec::new())))
+            }
             other => Reply::Answer(honest(other)),
         }),
     )

@@ -475,19 +475,24 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 /// a listing of hundreds of thousands of entries never stands in memory as one `Value` (a
 /// lying server can fill a 16 MiB frame with leases). What it writes reads exactly as the
 /// document serialised whole: `{"leases":[{...},{...}]}` and a newline.
-pub struct JsonList {
-    out: std::io::BufWriter<std::io::Stdout>,
+pub struct JsonList<W: Write = std::io::BufWriter<std::io::Stdout>> {
+    out: W,
     /// Whether the next element is the first of its list (no comma before it).
     first: bool,
 }
 
 impl JsonList {
-    /// Starts the document `{"KEY":[`.
+    /// Starts the document `{"KEY":[` on stdout.
     pub fn start(key: &str) -> std::io::Result<Self> {
-        let mut list = Self {
-            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
-            first: true,
-        };
+        let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+        JsonList::start_on(stdout, key)
+    }
+}
+
+impl<W: Write> JsonList<W> {
+    /// Starts the document `{"KEY":[` on `out`.
+    fn start_on(out: W, key: &str) -> std::io::Result<Self> {
+        let mut list = Self { out, first: true };
         list.raw("{")?;
         list.open(key)?;
         Ok(list)
@@ -548,9 +553,15 @@ impl JsonList {
     }
 
     /// Ends the list, then the document; flushes.
-    pub fn finish(mut self) -> std::io::Result<()> {
+    pub fn finish(self) -> std::io::Result<()> {
+        self.end().map(drop)
+    }
+
+    /// Ends the list, then the document; flushes, and gives the writer back.
+    fn end(mut self) -> std::io::Result<W> {
         self.raw("]}\n")?;
-        self.out.flush()
+        self.out.flush()?;
+        Ok(self.out)
     }
 
     /// Flushes what is written so far (at the end of a page).
@@ -1471,6 +1482,38 @@ mod tests {
             json!({"id": "n1", "address": "[::1]:27010", "role": "leader", "epoch": 3,
                    "last_seen": "2023-11-14T22:13:20Z"})
         );
+    }
+
+    /// A document written an element at a time reads exactly as the one serialised whole,
+    /// with lists nested in objects of the list (`status --all`) and empty lists too.
+    #[test]
+    fn a_streamed_document_reads_as_the_document_serialised_whole() {
+        let written = |build: &dyn Fn(&mut JsonList<Vec<u8>>) -> std::io::Result<()>| {
+            let mut list = JsonList::start_on(Vec::new(), "features").unwrap();
+            build(&mut list).unwrap();
+            String::from_utf8(list.end().unwrap()).unwrap()
+        };
+        assert_eq!(
+            written(&|_| Ok(())),
+            format!("{}\n", json!({"features": []}))
+        );
+        let text = written(&|list| {
+            list.item(&json!({"a": 1}))?;
+            list.open_object(&json!({"feature": "vray", "total": 2}), "holders")?;
+            list.item(&json!({"user": "ann"}))?;
+            list.item(&json!({"user": "bob"}))?;
+            list.close_object(&[("upcoming", json!([]))])?;
+            list.open_object(&json!({}), "holders")?;
+            list.close_object(&[])?;
+            list.item(&"last")
+        });
+        let whole = json!({"features": [
+            {"a": 1},
+            {"feature": "vray", "total": 2, "holders": [{"user": "ann"}, {"user": "bob"}], "upcoming": []},
+            {"holders": []},
+            "last",
+        ]});
+        assert_eq!(text, format!("{whole}\n"));
     }
 
     #[test]
