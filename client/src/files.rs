@@ -145,7 +145,7 @@ mod tests {
     use super::*;
 
     fn message(result: Result<Contents, Error>) -> String {
-        result.err().expect("refused").to_string()
+        result.expect_err("refused").to_string()
     }
 
     #[test]

@@ -479,6 +479,10 @@ pub struct JsonList<W: Write = std::io::BufWriter<std::io::Stdout>> {
     out: W,
     /// Whether the next element is the first of its list (no comma before it).
     first: bool,
+    /// What opens a list (`{"leases":[`, a feature of `status --all` and its `"holders":[`),
+    /// held back until an element or the end comes: a first page the server refuses then
+    /// leaves only the error document on stdout.
+    pending: String,
 }
 
 impl JsonList {
@@ -490,48 +494,58 @@ impl JsonList {
 }
 
 impl<W: Write> JsonList<W> {
-    /// Starts the document `{"KEY":[` on `out`.
+    /// Starts the document `{"KEY":[` on `out` (held back).
     fn start_on(out: W, key: &str) -> std::io::Result<Self> {
-        let mut list = Self { out, first: true };
-        list.raw("{")?;
+        let mut list = Self {
+            out,
+            first: true,
+            pending: "{".into(),
+        };
         list.open(key)?;
         Ok(list)
     }
 
-    /// Writes `text` as it is (JSON punctuation between lists).
+    /// Writes what is held back, then `text` as it is (JSON punctuation between lists).
     fn raw(&mut self, text: &str) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.out
+                .write_all(std::mem::take(&mut self.pending).as_bytes())?;
+        }
         self.out.write_all(text.as_bytes())
     }
 
-    /// Opens the list `"KEY":[` inside the object being written.
+    /// Opens the list `"KEY":[` inside the object being written (held back).
     fn open(&mut self, key: &str) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, key)?;
-        self.raw(":[")?;
+        self.pending.push_str(&serde_json::to_string(key)?);
+        self.pending.push_str(":[");
         self.first = true;
         Ok(())
     }
 
     /// Writes one element of the open list.
     pub fn item(&mut self, item: &impl serde::Serialize) -> std::io::Result<()> {
-        if !std::mem::take(&mut self.first) {
-            self.raw(",")?;
-        }
+        let comma = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            ","
+        };
+        self.raw(comma)?;
         serde_json::to_writer(&mut self.out, item)?;
         Ok(())
     }
 
     /// Opens an object element of the open list with the fields of `head` (an object),
-    /// then a list inside it under `key`: `{...head...,"KEY":[`. [`JsonList::close_object`]
-    /// closes both.
+    /// then a list inside it under `key`: `{...head...,"KEY":[` (held back).
+    /// [`JsonList::close_object`] closes both.
     fn open_object(&mut self, head: &Value, key: &str) -> std::io::Result<()> {
         if !std::mem::take(&mut self.first) {
-            self.raw(",")?;
+            self.pending.push(',');
         }
         let text = head.to_string();
         let fields = text.strip_suffix('}').unwrap_or("{");
-        self.raw(fields)?;
+        self.pending.push_str(fields);
         if fields != "{" {
-            self.raw(",")?;
+            self.pending.push(',');
         }
         self.open(key)
     }
@@ -1497,6 +1511,13 @@ mod tests {
             written(&|_| Ok(())),
             format!("{}\n", json!({"features": []}))
         );
+        // Nothing is written before the first element or the end: a refused first page
+        // leaves stdout to the error document.
+        let mut list = JsonList::start_on(Vec::new(), "leases").unwrap();
+        list.open_object(&json!({"feature": "vray"}), "holders")
+            .unwrap();
+        list.flush().unwrap();
+        assert!(list.out.is_empty());
         let text = written(&|list| {
             list.item(&json!({"a": 1}))?;
             list.open_object(&json!({"feature": "vray", "total": 2}), "holders")?;
