@@ -78,6 +78,21 @@ impl Client {
     /// Every lease the query selects (admins see everyone's), read page by page.
     pub async fn leases(&self, query: LeasesQuery) -> Result<Vec<LeaseInfo>, Error> {
         let mut leases = Vec::new();
+        self.each_leases_page(query, |page| {
+            leases.extend(page);
+            Ok::<_, Error>(())
+        })
+        .await?;
+        Ok(leases)
+    }
+
+    /// Every lease the query selects, handed to `each` a page at a time as the pages come,
+    /// so that a long listing can be printed without holding all of it.
+    pub async fn each_leases_page<E: From<Error>>(
+        &self,
+        query: LeasesQuery,
+        mut each: impl FnMut(Vec<LeaseInfo>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut after = None;
         loop {
             let page = self
@@ -87,13 +102,12 @@ impl Client {
                     limit: Some(LEASES_PAGE),
                 })
                 .await?;
-            leases.extend(page.leases);
+            each(page.leases)?;
             match page.next {
                 Some(next) if Some(next) != after => after = Some(next),
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        Ok(leases)
     }
 
     /// The leases the query selects, as far as the server's one bounded page of the bare
@@ -243,6 +257,21 @@ impl Client {
         feature: Option<&str>,
     ) -> Result<Vec<AssignmentEntry>, Error> {
         let mut all = Vec::new();
+        self.each_assignments_page(user, feature, |page| {
+            all.extend(page);
+            Ok::<_, Error>(())
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Every assignment of `user` and `feature`, handed to `each` a page at a time.
+    pub async fn each_assignments_page<E: From<Error>>(
+        &self,
+        user: Option<&str>,
+        feature: Option<&str>,
+        mut each: impl FnMut(Vec<AssignmentEntry>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut after = None;
         loop {
             let page = self
@@ -253,13 +282,12 @@ impl Client {
                     limit: Some(LEASES_PAGE),
                 })
                 .await?;
-            all.extend(page.assignments);
+            each(page.assignments)?;
             match page.next {
                 Some(next) if Some(next) != after => after = Some(next),
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        Ok(all)
     }
 
     /// One page of the leases with what their holders said of themselves.
@@ -271,6 +299,20 @@ impl Client {
     /// see everyone's), read page by page.
     pub async fn holders(&self, query: LeasesQuery) -> Result<Vec<HeldLease>, Error> {
         let mut holders = Vec::new();
+        self.each_holders_page(query, |page| {
+            holders.extend(page);
+            Ok::<_, Error>(())
+        })
+        .await?;
+        Ok(holders)
+    }
+
+    /// The leases with their holders, handed to `each` a page at a time.
+    pub async fn each_holders_page<E: From<Error>>(
+        &self,
+        query: LeasesQuery,
+        mut each: impl FnMut(Vec<HeldLease>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut after = None;
         loop {
             let page = self
@@ -280,13 +322,12 @@ impl Client {
                     limit: Some(LEASES_PAGE),
                 })
                 .await?;
-            holders.extend(page.holders);
+            each(page.holders)?;
             match page.next {
                 Some(next) if Some(next) != after => after = Some(next),
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        Ok(holders)
     }
 
     /// Changes an entitlement (admins): as it is now, and the leases the change ended.

@@ -24,7 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use tally_protocol::{decode_token, BorrowClaims, ErrorBody, LeaseKind, LeasesQuery};
 
-use crate::{Client, Error};
+use crate::{files, Client, Error};
 
 /// How far behind the latest time seen the clock may be before a borrow is refused; also
 /// how far the clock may be behind a token's `issued_at` (the server's clock) before it
@@ -61,9 +61,7 @@ impl Trust {
 
     /// Reads the CA file named by the client configuration.
     pub fn from_file(path: &Path) -> Result<Trust, Error> {
-        let pem = fs::read(path).map_err(|err| {
-            Error::Config(format!("cannot read CA file {}: {err}", path.display()))
-        })?;
+        let pem = files::read(path, "CA file", files::TEXT_LIMIT)?.bytes;
         Self::from_pem(&pem)
     }
 
@@ -150,6 +148,9 @@ pub struct StoredBorrow {
     pub token: String,
     /// `None` when the file does not hold a readable token.
     pub claims: Option<BorrowClaims>,
+    /// Why the file could not be read (not a regular file, too large, not text), naming
+    /// it; `token` is empty then. One such file does not hide the others.
+    pub unreadable: Option<String>,
 }
 
 /// The borrows, pinned keys and clock of one user on one machine.
@@ -274,15 +275,17 @@ impl BorrowStore {
         paths.sort();
         let mut borrows = Vec::new();
         for path in paths {
-            let token = fs::read_to_string(&path)
-                .map_err(|e| io("read", &path, e))?
-                .trim()
-                .to_string();
+            let (token, unreadable) =
+                match files::read_text(&path, "borrow token file", files::BORROW_TOKEN_LIMIT) {
+                    Ok(text) => (text.trim().to_string(), None),
+                    Err(err) => (String::new(), Some(err.to_string())),
+                };
             let claims = decode_token(&token).ok().map(|signed| signed.claims);
             borrows.push(StoredBorrow {
                 path,
                 token,
                 claims,
+                unreadable,
             });
         }
         Ok(borrows)
@@ -313,7 +316,9 @@ impl BorrowStore {
     /// Records that the clock read `now`; returns the latest time seen before.
     pub fn observe_clock(&self, now: i64) -> Result<i64, Error> {
         let path = self.dir.join("clock");
-        let latest = fs::read_to_string(&path)
+        // A clock file that cannot be read (a FIFO, garbage) counts as no time seen, and is
+        // replaced.
+        let latest = files::read_text(&path, "clock file", files::CLOCK_LIMIT)
             .ok()
             .and_then(|t| t.trim().parse::<i64>().ok())
             .unwrap_or(0);
@@ -350,7 +355,7 @@ impl BorrowStore {
         if claims.machine_id != machine_id {
             return Verdict::no("the token is bound to another machine");
         }
-        if latest_seen - now > CLOCK_ROLLBACK_LIMIT_MS {
+        if latest_seen.saturating_sub(now) > CLOCK_ROLLBACK_LIMIT_MS {
             return Verdict::no(format!(
                 "clock rolled back: it reads {}, but this machine has seen {}",
                 rfc3339(now),
@@ -399,10 +404,26 @@ impl BorrowStore {
             .list()?
             .into_iter()
             .map(|borrow| {
-                let verdict = self.verify(&borrow.token, trust, machine_id, now, latest);
+                let verdict = self.check(&borrow, trust, machine_id, now, latest);
                 (borrow, verdict)
             })
             .collect())
+    }
+
+    /// [`BorrowStore::verify`] of a kept borrow; one whose file could not be read is not
+    /// valid, and says why.
+    fn check(
+        &self,
+        borrow: &StoredBorrow,
+        trust: &Trust,
+        machine_id: &str,
+        now: i64,
+        latest: i64,
+    ) -> Verdict {
+        match &borrow.unreadable {
+            Some(why) => Verdict::no(why.clone()),
+            None => self.verify(&borrow.token, trust, machine_id, now, latest),
+        }
     }
 
     /// The borrows of `feature` kept here, each with its offline verdict, valid ones first.
@@ -418,7 +439,7 @@ impl BorrowStore {
             .of_feature(feature)?
             .into_iter()
             .map(|b| {
-                let verdict = self.verify(&b.token, trust, machine_id, now, latest);
+                let verdict = self.check(&b, trust, machine_id, now, latest);
                 (b, verdict)
             })
             .collect();
@@ -519,7 +540,9 @@ impl Client {
         let borrows = store.of_feature(feature)?;
         for borrow in &borrows {
             let Some(claims) = &borrow.claims else {
-                kept.push(format!("{} is not a readable token", borrow.path.display()));
+                kept.push(borrow.unreadable.clone().unwrap_or_else(|| {
+                    format!("{} is not a readable token", borrow.path.display())
+                }));
                 continue;
             };
             if claims.server_id != self.welcome().server_id {

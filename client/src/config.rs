@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tally_protocol::DEFAULT_PORT;
 
-use crate::Error;
+use crate::{files, Error};
 
 /// One server: a host name or address, and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,44 +21,69 @@ pub struct ServerAddr {
 }
 
 impl ServerAddr {
-    /// Parses `HOST:PORT`, `[V6]:PORT` or `HOST` (port 27010).
+    /// Parses `HOST:PORT`, `[V6]:PORT` or `HOST` (port 27010); a bare IPv6 address takes
+    /// port 27010 too. The host must be a host name or an IP address and the port a number
+    /// from 1 to 65535: anything else (`lic1:port`, `https://lic1`, `a b`) is refused here,
+    /// not found unreachable later.
     pub fn parse(text: &str) -> Result<ServerAddr, Error> {
         let text = text.trim();
-        let bad = || Error::Config(format!("server {text:?} is not HOST:PORT"));
+        let bad = |why: &str| Error::Config(format!("server {text:?} is not HOST:PORT: {why}"));
+        let port = |port: &str| match port.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(bad(&format!(
+                "the port {port:?} is not a number from 1 to 65535"
+            ))),
+        };
         if text.is_empty() {
-            return Err(bad());
+            return Err(bad("it is empty"));
         }
+        let v6 = |host: &str| {
+            host.parse::<std::net::Ipv6Addr>()
+                .map(|_| host.to_string())
+                .map_err(|_| bad(&format!("{host:?} is not an IPv6 address")))
+        };
         if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("a `[` without its `]`"))?;
             let port = match after.strip_prefix(':') {
-                Some(port) => port.parse().map_err(|_| bad())?,
+                Some(digits) => port(digits)?,
                 None if after.is_empty() => DEFAULT_PORT,
-                None => return Err(bad()),
+                None => return Err(bad("after `]` comes `:PORT` or nothing")),
             };
             return Ok(ServerAddr {
-                host: host.to_string(),
+                host: v6(host)?,
                 port,
             });
         }
-        match text.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => {
-                if host.is_empty() {
-                    return Err(bad());
-                }
-                Ok(ServerAddr {
-                    host: host.to_string(),
-                    port: port.parse().map_err(|_| bad())?,
-                })
-            }
-            Some(_) => Ok(ServerAddr {
-                host: text.to_string(),
-                port: DEFAULT_PORT,
-            }),
-            None => Ok(ServerAddr {
-                host: text.to_string(),
-                port: DEFAULT_PORT,
-            }),
-        }
+        let (host, port) = match text.split_once(':') {
+            // More than one colon: a bare IPv6 address, or nothing.
+            Some((_, rest)) if rest.contains(':') => (v6(text)?, DEFAULT_PORT),
+            Some((host, digits)) => (checked_host(host).map_err(|why| bad(&why))?, port(digits)?),
+            None => (checked_host(text).map_err(|why| bad(&why))?, DEFAULT_PORT),
+        };
+        Ok(ServerAddr { host, port })
+    }
+}
+
+/// `host` when it is a host name (letters, digits, `-` and `_` in dot-separated labels of at
+/// most 63 characters, a trailing dot allowed) or an IPv4 address; else why not.
+fn checked_host(host: &str) -> Result<String, String> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(host.to_string())
+    } else if host.is_empty() {
+        Err("the host is missing".into())
+    } else {
+        Err(format!("{host:?} is not a host name or IP address"))
     }
 }
 
@@ -129,19 +154,21 @@ pub struct ClientFile {
     pub cert: Option<PathBuf>,
     /// Private key of `cert` (PEM).
     pub key: Option<PathBuf>,
+    /// The permission bits of the file read (0 when none was): a file holding `token`
+    /// should be readable by its owner alone.
+    #[serde(skip)]
+    pub mode: u32,
 }
 
 impl ClientFile {
     /// Reads a client file, resolving its relative paths against its directory.
     pub fn load(path: &Path) -> Result<ClientFile, Error> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            Error::Config(format!(
-                "cannot read client configuration {}: {err}",
-                path.display()
-            ))
-        })?;
+        let what = "client configuration";
+        let read = files::read(path, what, files::TEXT_LIMIT)?;
+        let text = files::text(path, what, read.bytes)?;
         let mut file: ClientFile = toml::from_str(&text)
             .map_err(|err| Error::Config(format!("{}: {err}", path.display())))?;
+        file.mode = read.mode;
         let base = path.parent().unwrap_or(Path::new("."));
         file.ca = file.ca.map(|p| base.join(p));
         file.token_file = file.token_file.map(|p| base.join(p));
@@ -183,16 +210,14 @@ impl ClientConfig {
         files: (Option<PathBuf>, Option<PathBuf>),
     ) -> Result<Self, Error> {
         let read = |path: &Path, what: &str| {
-            std::fs::read(path).map_err(|err| {
-                Error::Config(format!(
-                    "cannot read client {what} {}: {err}",
-                    path.display()
-                ))
-            })
+            files::read(path, what, files::TEXT_LIMIT).map(|read| read.bytes)
         };
         self.identity = match files {
             (None, None) => None,
-            (Some(cert), Some(key)) => Some((read(&cert, "certificate")?, read(&key, "key")?)),
+            (Some(cert), Some(key)) => Some((
+                read(&cert, "client certificate")?,
+                read(&key, "client key")?,
+            )),
             (Some(_), None) => return Err(Error::Config("`cert` is set but `key` is not".into())),
             (None, Some(_)) => return Err(Error::Config("`key` is set but `cert` is not".into())),
         };
@@ -219,12 +244,10 @@ impl ClientConfig {
         let ca = ca.ok_or_else(|| {
             Error::Config("no CA given: set `ca` in the client file, --ca or TALLY_CA".into())
         })?;
-        let ca_pem = std::fs::read(&ca)
-            .map_err(|err| Error::Config(format!("cannot read CA file {}: {err}", ca.display())))?;
+        let ca_pem = files::read(&ca, "CA file", files::TEXT_LIMIT)?.bytes;
         let token = match (token, token_file) {
             (Some(token), _) => token,
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .map_err(|err| Error::Config(format!("cannot read token file {}: {err}", path.display())))?
+            (None, Some(path)) => files::read_text(&path, "token file", files::TEXT_LIMIT)?
                 .trim()
                 .to_string(),
             (None, None) => {
@@ -257,7 +280,9 @@ pub fn machine_id() -> String {
 pub fn machine_id_from(files: &[impl AsRef<Path>], fallback: Option<String>) -> String {
     files
         .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .filter_map(|path| {
+            files::read_text(path.as_ref(), "machine id file", files::MACHINE_ID_LIMIT).ok()
+        })
         .map(|text| text.trim().to_string())
         .find(|id| !id.is_empty())
         .or_else(|| fallback.map(|id| id.trim().to_string()))
@@ -296,9 +321,50 @@ mod tests {
             }
         );
         assert_eq!(ServerAddr::parse("::1").unwrap().host, "::1");
-        assert!(ServerAddr::parse("lic1:http").is_err());
-        assert!(ServerAddr::parse(":80").is_err());
-        assert!(ServerAddr::parse("").is_err());
+        assert_eq!(
+            ServerAddr::parse("[2001:db8::1]").unwrap(),
+            ServerAddr {
+                host: "2001:db8::1".into(),
+                port: DEFAULT_PORT
+            }
+        );
+        assert_eq!(ServerAddr::parse("10.0.0.7:1").unwrap().host, "10.0.0.7");
+        assert_eq!(
+            ServerAddr::parse("lic-1.studio_lan.").unwrap().port,
+            DEFAULT_PORT
+        );
+        let refused = [
+            (
+                "lic1:http",
+                "the port \"http\" is not a number from 1 to 65535",
+            ),
+            ("lic1:port", "the port \"port\" is not a number"),
+            ("lic1:0", "the port \"0\""),
+            ("lic1:65536", "the port \"65536\""),
+            ("lic1:", "the port \"\""),
+            (":80", "the host is missing"),
+            ("", "it is empty"),
+            ("https://lic1", "the port \"//lic1\""),
+            ("lic1:27010:5", "\"lic1:27010:5\" is not an IPv6 address"),
+            (
+                "lic1 27010",
+                "\"lic1 27010\" is not a host name or IP address",
+            ),
+            ("lic1/x:1", "is not a host name"),
+            ("-lic1", "is not a host name"),
+            ("a..b", "is not a host name"),
+            ("[lic1]:1", "\"lic1\" is not an IPv6 address"),
+            ("[::1]x", "after `]`"),
+            ("[::1", "without its `]`"),
+        ];
+        for (text, why) in refused {
+            let err = ServerAddr::parse(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("server {:?} is not HOST:PORT: ", text.trim())),
+                "{text:?}: {err}"
+            );
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
     }
 
     #[test]

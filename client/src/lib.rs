@@ -31,6 +31,7 @@ pub mod borrow;
 pub mod cli;
 mod config;
 mod error;
+mod files;
 mod lease;
 mod session;
 

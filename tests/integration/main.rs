@@ -15,6 +15,7 @@ mod features;
 mod hostile;
 mod lifecycle;
 mod lying;
+mod neighbour;
 mod paging;
 mod pool;
 mod reconnect;

@@ -92,6 +92,10 @@ pub struct Globals {
     /// to say where a refused token came from).
     #[arg(skip)]
     pub token_on_command_line: bool,
+    /// Whether the servers were given with --server rather than TALLY_SERVER (set after
+    /// parsing, to say where a malformed one came from).
+    #[arg(skip)]
+    pub servers_on_command_line: bool,
 }
 
 #[derive(Debug, Subcommand)]

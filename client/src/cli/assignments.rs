@@ -65,6 +65,16 @@ impl Action {
                 let user = revoke.username.clone();
                 out.revoked(&user, &client.revoke_with_totals(revoke).await?);
             }
+            // JSON is written page by page; people see them grouped by feature.
+            Action::List { user, feature } if out.is_json() => {
+                let mut listing = out.assignments_listing().map_err(Failure::printing)?;
+                client
+                    .each_assignments_page(user.as_deref(), feature.as_deref(), |page| {
+                        listing.page(&page).map_err(Failure::printing)
+                    })
+                    .await?;
+                listing.finish().map_err(Failure::printing)?;
+            }
             Action::List { user, feature } => out.assignments(
                 &client
                     .assignments(user.as_deref(), feature.as_deref())

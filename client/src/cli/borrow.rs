@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::args::Globals;
 use super::failure::{exit, Failure};
 use super::output::Output;
-use super::settings::{client_config, client_file};
+use super::settings::{client_config_from, client_file};
 use super::values;
 use crate::{BorrowStore, Client, Trust};
 
@@ -127,7 +127,7 @@ impl Local {
             out.borrows(&store.verify_all(&trust, machine_id)?);
             return Ok(exit::OK);
         };
-        let online = match client_config(globals) {
+        let online = match client_config_from(globals, &found) {
             Ok(settings) => {
                 let mut config = settings.config.clone();
                 config.machine_id = machine_id.to_string();

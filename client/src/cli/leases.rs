@@ -1,7 +1,9 @@
 //! Seats and leases: `status` (and `status --all`, the `lmstat -a` view), `leases`,
 //! `checkout` and `release`.
 
-use tally_protocol::{now_millis, Entitlement, LeasePattern, LeasesQuery, ReleaseMatching};
+use tally_protocol::{
+    now_millis, Entitlement, FeatureStatus, LeasePattern, LeasesQuery, ReleaseMatching,
+};
 
 use super::args::CheckoutArgs;
 use super::failure::{exit, Failure};
@@ -80,16 +82,18 @@ impl Action {
                     upcoming(client, feature.as_deref()).await?
                 };
                 if all {
-                    let query = LeasesQuery {
-                        feature: feature.clone(),
-                        user: None,
-                    };
-                    out.status_all(&features, &client.holders(query).await?, &upcoming);
+                    status_all(client, out, &features, &upcoming).await?;
                 } else {
                     out.status(&features, &upcoming);
                 }
             }
-            Action::Leases(query) => out.leases(&client.leases(query).await?),
+            Action::Leases(query) => {
+                let mut listing = out.leases_listing().map_err(Failure::printing)?;
+                client
+                    .each_leases_page(query, |page| listing.page(&page).map_err(Failure::printing))
+                    .await?;
+                listing.finish().map_err(Failure::printing)?;
+            }
             Action::Checkout(checkout) => {
                 let mut signals = Signals::install()?;
                 super::output::hold_through_broken_pipes();
@@ -108,6 +112,35 @@ impl Action {
         }
         Ok(exit::OK)
     }
+}
+
+/// `status --all`: each feature with its holders, asked for a feature at a time and
+/// printed page by page, so that no listing is held whole.
+async fn status_all(
+    client: &Client,
+    out: &Output,
+    features: &[FeatureStatus],
+    upcoming: &[Entitlement],
+) -> Result<(), Failure> {
+    let mut printer = out
+        .status_all_printer(features)
+        .map_err(Failure::printing)?;
+    for f in features {
+        printer.feature(f, upcoming).map_err(Failure::printing)?;
+        let query = LeasesQuery {
+            feature: Some(f.feature.clone()),
+            user: None,
+        };
+        client
+            .each_holders_page(query, |page| {
+                printer.holders(f, &page).map_err(Failure::printing)
+            })
+            .await?;
+        printer
+            .end_feature(f, upcoming)
+            .map_err(Failure::printing)?;
+    }
+    printer.finish().map_err(Failure::printing)
 }
 
 /// The entitlements not yet started (of one feature, when given), soonest first.

@@ -157,10 +157,14 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
         .any(|a| a == "--json");
     let parsed = Cli::command().try_get_matches().and_then(|matches| {
         let token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
-        Cli::from_arg_matches(&matches).map(|cli| (cli, token_on_command_line))
+        let servers_on_command_line =
+            matches.value_source("servers") == Some(ValueSource::CommandLine);
+        Cli::from_arg_matches(&matches)
+            .map(|cli| (cli, token_on_command_line, servers_on_command_line))
     });
     let cli = match parsed {
-        Ok((mut cli, token_on_command_line)) => {
+        Ok((mut cli, token_on_command_line, servers_on_command_line)) => {
+            cli.globals.servers_on_command_line = servers_on_command_line;
             if token_on_command_line {
                 output::line_err(&format!("tally: warning: a token given with --token can be read by other users of this machine (in the process list); use --token-file FILE or the {TOKEN_ENV} environment variable"));
             }

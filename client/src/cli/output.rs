@@ -257,6 +257,150 @@ fn upcoming_text(e: &Entitlement) -> String {
     )
 }
 
+/// The columns of `leases`.
+const LEASE_COLUMNS: [&str; 9] = [
+    "id",
+    "feature",
+    "seats",
+    "user",
+    "host",
+    "kind",
+    "source",
+    "granted_at",
+    "expires_at",
+];
+
+/// What `leases` says when there are none.
+const NO_LEASES: &str = "no leases held";
+
+fn lease_row(l: &LeaseInfo) -> Vec<String> {
+    vec![
+        l.id.to_string(),
+        l.feature.clone(),
+        l.seats.to_string(),
+        l.user.clone(),
+        l.host.clone(),
+        l.kind.as_str().to_string(),
+        source(l.source),
+        time(l.granted_at),
+        time(l.expires_at),
+    ]
+}
+
+fn assignment_entry_json(e: &AssignmentEntry) -> Value {
+    let mut doc = assignment_json(&e.assignment);
+    doc["suspended"] = json!(e.suspended);
+    doc
+}
+
+/// The columns of the holders of `status --all`.
+const HOLDER_COLUMNS: [&str; 9] = [
+    "user", "host", "program", "pid", "address", "since", "seats", "kind", "lease",
+];
+
+fn holder_row(h: &HeldLease) -> Vec<String> {
+    vec![
+        h.lease.user.clone(),
+        h.lease.host.clone(),
+        h.program.clone(),
+        h.pid.to_string(),
+        h.address.clone(),
+        time(h.lease.granted_at),
+        h.lease.seats.to_string(),
+        h.lease.kind.as_str().to_string(),
+        short_id(h.lease.id),
+    ]
+}
+
+/// `status --all`, the `lmstat -a` view, printed as it comes: each feature's figures, the
+/// entitlements of it not yet started, and its holders underneath, page by page. JSON is
+/// `{"features": [{...figures, "holders": [...], "upcoming": [...]}]}`.
+pub enum StatusAll {
+    Json(JsonList),
+    Text {
+        /// Whether no feature is out yet (no blank line before it).
+        first: bool,
+        /// The holders of the feature being printed.
+        table: Table,
+        /// Whether that feature has had a holder.
+        any: bool,
+    },
+}
+
+impl StatusAll {
+    /// Starts a feature: its figures, and for people the entitlements not yet started.
+    pub fn feature(&mut self, f: &FeatureStatus, upcoming: &[Entitlement]) -> std::io::Result<()> {
+        match self {
+            StatusAll::Json(list) => list.open_object(&status_json(f), "holders"),
+            StatusAll::Text { first, table, any } => {
+                if !std::mem::take(first) {
+                    say!("");
+                }
+                say!("{}", figures(f));
+                for e in upcoming.iter().filter(|e| e.feature == f.feature) {
+                    say!("  not started yet: {}", upcoming_text(e));
+                }
+                *table = Table::indented(&HOLDER_COLUMNS, 2);
+                *any = false;
+                Ok(())
+            }
+        }
+    }
+
+    /// A page of the feature's holders (those of other features left out).
+    pub fn holders(&mut self, f: &FeatureStatus, page: &[HeldLease]) -> std::io::Result<()> {
+        let theirs = page.iter().filter(|h| h.lease.feature == f.feature);
+        match self {
+            StatusAll::Json(list) => {
+                for h in theirs {
+                    list.item(&holder_json(h))?;
+                }
+                list.flush()
+            }
+            StatusAll::Text { table, any, .. } => {
+                let rows: Vec<Vec<String>> = theirs.map(holder_row).collect();
+                if !rows.is_empty() {
+                    *any = true;
+                    table.rows(rows);
+                }
+                stdout().flush()
+            }
+        }
+    }
+
+    /// Ends the feature: in JSON, its entitlements not yet started.
+    pub fn end_feature(
+        &mut self,
+        f: &FeatureStatus,
+        upcoming: &[Entitlement],
+    ) -> std::io::Result<()> {
+        match self {
+            StatusAll::Json(list) => {
+                let later: Vec<Value> = upcoming
+                    .iter()
+                    .filter(|e| e.feature == f.feature)
+                    .map(|e| json!({"entitlement": e.id, "seats": e.seats, "starts_at": time(e.starts_at)}))
+                    .collect();
+                list.close_object(&[("upcoming", json!(later))])
+            }
+            StatusAll::Text { any, .. } => {
+                if !*any {
+                    say!("  no holders");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the listing.
+    pub fn finish(self) -> std::io::Result<()> {
+        match self {
+            StatusAll::Json(list) => list.finish(),
+            StatusAll::Text { .. } => Ok(()),
+        }
+    }
+}
+
 fn holder_json(h: &HeldLease) -> Value {
     json!({"lease": h.lease.id.to_string(), "user": h.lease.user, "host": h.lease.host,
            "program": h.program, "pid": h.pid, "address": h.address,
@@ -372,12 +516,178 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     Table::new(headers).rows(rows);
 }
 
-/// Prints audit events as their pages come: CSV and table rows at once, JSON as one
-/// document at the end.
+/// A JSON document whose long list is written an element at a time, as pages come, so that
+/// a listing of hundreds of thousands of entries never stands in memory as one `Value` (a
+/// lying server can fill a 16 MiB frame with leases). What it writes reads exactly as the
+/// document serialised whole: `{"leases":[{...},{...}]}` and a newline.
+pub struct JsonList<W: Write = std::io::BufWriter<std::io::Stdout>> {
+    out: W,
+    /// Whether the next element is the first of its list (no comma before it).
+    first: bool,
+    /// What opens a list (`{"leases":[`, a feature of `status --all` and its `"holders":[`),
+    /// held back until an element or the end comes: a first page the server refuses then
+    /// leaves only the error document on stdout.
+    pending: String,
+}
+
+impl JsonList {
+    /// Starts the document `{"KEY":[` on stdout.
+    pub fn start(key: &str) -> std::io::Result<Self> {
+        let stdout = std::io::BufWriter::with_capacity(64 * 1024, stdout());
+        JsonList::start_on(stdout, key)
+    }
+}
+
+impl<W: Write> JsonList<W> {
+    /// Starts the document `{"KEY":[` on `out` (held back).
+    fn start_on(out: W, key: &str) -> std::io::Result<Self> {
+        let mut list = Self {
+            out,
+            first: true,
+            pending: "{".into(),
+        };
+        list.open(key)?;
+        Ok(list)
+    }
+
+    /// Writes what is held back, then `text` as it is (JSON punctuation between lists).
+    fn raw(&mut self, text: &str) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.out
+                .write_all(std::mem::take(&mut self.pending).as_bytes())?;
+        }
+        self.out.write_all(text.as_bytes())
+    }
+
+    /// Opens the list `"KEY":[` inside the object being written (held back).
+    fn open(&mut self, key: &str) -> std::io::Result<()> {
+        self.pending.push_str(&serde_json::to_string(key)?);
+        self.pending.push_str(":[");
+        self.first = true;
+        Ok(())
+    }
+
+    /// Writes one element of the open list.
+    pub fn item(&mut self, item: &impl serde::Serialize) -> std::io::Result<()> {
+        let comma = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            ","
+        };
+        self.raw(comma)?;
+        serde_json::to_writer(&mut self.out, item)?;
+        Ok(())
+    }
+
+    /// Opens an object element of the open list with the fields of `head` (an object),
+    /// then a list inside it under `key`: `{...head...,"KEY":[` (held back).
+    /// [`JsonList::close_object`] closes both.
+    fn open_object(&mut self, head: &Value, key: &str) -> std::io::Result<()> {
+        if !std::mem::take(&mut self.first) {
+            self.pending.push(',');
+        }
+        let text = head.to_string();
+        let fields = text.strip_suffix('}').unwrap_or("{");
+        self.pending.push_str(fields);
+        if fields != "{" {
+            self.pending.push(',');
+        }
+        self.open(key)
+    }
+
+    /// Closes the list [`JsonList::open_object`] opened, adds the fields `tail` after it,
+    /// and closes the object: `],"K":V}`.
+    fn close_object(&mut self, tail: &[(&str, Value)]) -> std::io::Result<()> {
+        self.raw("]")?;
+        for (key, value) in tail {
+            self.raw(",")?;
+            serde_json::to_writer(&mut self.out, key)?;
+            self.raw(":")?;
+            serde_json::to_writer(&mut self.out, value)?;
+        }
+        self.raw("}")?;
+        // The object is an element of the list around it.
+        self.first = false;
+        Ok(())
+    }
+
+    /// Ends the list, then the document; flushes.
+    pub fn finish(self) -> std::io::Result<()> {
+        self.end().map(drop)
+    }
+
+    /// Ends the list, then the document; flushes, and gives the writer back.
+    fn end(mut self) -> std::io::Result<W> {
+        self.raw("]}\n")?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// Flushes what is written so far (at the end of a page).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A listing printed page by page: JSON an element at a time ([`JsonList`]), or table rows
+/// as they come; with `empty` printed for people when nothing came.
+pub struct Listing<T> {
+    sink: Sink,
+    /// An element's JSON.
+    json: fn(&T) -> Value,
+    /// An element's table row.
+    row: fn(&T) -> Vec<String>,
+    /// What people see when the listing is empty.
+    empty: &'static str,
+    /// Whether any element came.
+    any: bool,
+}
+
+enum Sink {
+    Json(JsonList),
+    Table(Table),
+}
+
+impl<T> Listing<T> {
+    /// Prints one page.
+    pub fn page(&mut self, items: &[T]) -> std::io::Result<()> {
+        self.any |= !items.is_empty();
+        match &mut self.sink {
+            Sink::Json(list) => {
+                for item in items {
+                    list.item(&(self.json)(item))?;
+                }
+                list.flush()
+            }
+            Sink::Table(table) => {
+                if !items.is_empty() {
+                    table.rows(items.iter().map(self.row).collect());
+                }
+                stdout().flush()
+            }
+        }
+    }
+
+    /// Ends the listing.
+    pub fn finish(self) -> std::io::Result<()> {
+        match self.sink {
+            Sink::Json(list) => list.finish(),
+            Sink::Table(_) => {
+                if !self.any {
+                    say!("{}", self.empty);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Prints audit events as their pages come: CSV and table rows at once, JSON an event at a
+/// time.
 pub enum AuditPrinter {
     Csv(Box<csv::Writer<std::io::Stdout>>),
     Table(Table),
-    Json(Vec<Value>),
+    Json(JsonList),
 }
 
 const AUDIT_COLUMNS: [&str; 7] = [
@@ -423,8 +733,10 @@ impl AuditPrinter {
                 stdout().flush()
             }
             AuditPrinter::Json(list) => {
-                list.extend(events.iter().map(event_json));
-                Ok(())
+                for e in events {
+                    list.item(&event_json(e))?;
+                }
+                list.flush()
             }
         }
     }
@@ -439,10 +751,7 @@ impl AuditPrinter {
                 }
                 Ok(())
             }
-            AuditPrinter::Json(list) => {
-                json_line(&json!({ "events": list }));
-                Ok(())
-            }
+            AuditPrinter::Json(list) => list.finish(),
         }
     }
 }
@@ -519,123 +828,71 @@ impl Output {
         }
     }
 
-    /// `status --all`, the `lmstat -a` view: each feature's figures, the entitlements of it
-    /// not yet started, and its holders underneath.
-    pub fn status_all(
-        &self,
-        features: &[FeatureStatus],
-        holders: &[HeldLease],
-        upcoming: &[Entitlement],
-    ) {
-        if self.json {
-            let list: Vec<Value> = features
-                .iter()
-                .map(|f| {
-                    let mut doc = status_json(f);
-                    let theirs: Vec<Value> = holders
-                        .iter()
-                        .filter(|h| h.lease.feature == f.feature)
-                        .map(holder_json)
-                        .collect();
-                    doc["holders"] = json!(theirs);
-                    let later: Vec<Value> = upcoming
-                        .iter()
-                        .filter(|e| e.feature == f.feature)
-                        .map(|e| json!({"entitlement": e.id, "seats": e.seats, "starts_at": time(e.starts_at)}))
-                        .collect();
-                    doc["upcoming"] = json!(later);
-                    doc
-                })
-                .collect();
-            return self.doc(json!({ "features": list }));
-        }
-        if features.is_empty() {
-            say!("no features yet: add one with `tally entitlement add FEATURE --seats N`");
-            return;
-        }
-        for (i, f) in features.iter().enumerate() {
-            if i > 0 {
-                say!("");
-            }
-            say!("{}", figures(f));
-            for e in upcoming.iter().filter(|e| e.feature == f.feature) {
-                say!("  not started yet: {}", upcoming_text(e));
-            }
-            let rows: Vec<Vec<String>> = holders
-                .iter()
-                .filter(|h| h.lease.feature == f.feature)
-                .map(|h| {
-                    vec![
-                        h.lease.user.clone(),
-                        h.lease.host.clone(),
-                        h.program.clone(),
-                        h.pid.to_string(),
-                        h.address.clone(),
-                        time(h.lease.granted_at),
-                        h.lease.seats.to_string(),
-                        h.lease.kind.as_str().to_string(),
-                        short_id(h.lease.id),
-                    ]
-                })
-                .collect();
-            if rows.is_empty() {
-                say!("  no holders");
-                continue;
-            }
-            Table::indented(
-                &[
-                    "user", "host", "program", "pid", "address", "since", "seats", "kind", "lease",
-                ],
-                2,
-            )
-            .rows(rows);
-        }
-    }
-
     pub fn leases(&self, leases: &[LeaseInfo]) {
         if self.json {
             let list: Vec<Value> = leases.iter().map(lease_json).collect();
             return self.doc(json!({ "leases": list }));
         }
         if leases.is_empty() {
-            say!("no leases held");
+            say!("{NO_LEASES}");
             return;
         }
-        let rows = leases
-            .iter()
-            .map(|l| {
-                vec![
-                    l.id.to_string(),
-                    l.feature.clone(),
-                    l.seats.to_string(),
-                    l.user.clone(),
-                    l.host.clone(),
-                    l.kind.as_str().to_string(),
-                    source(l.source),
-                    time(l.granted_at),
-                    time(l.expires_at),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "id",
-                "feature",
-                "seats",
-                "user",
-                "host",
-                "kind",
-                "source",
-                "granted_at",
-                "expires_at",
-            ],
-            rows,
-        );
+        table(&LEASE_COLUMNS, leases.iter().map(lease_row).collect());
     }
 
+    /// `leases`, printed page by page as the pages come.
+    pub fn leases_listing(&self) -> std::io::Result<Listing<LeaseInfo>> {
+        let sink = if self.json {
+            Sink::Json(JsonList::start("leases")?)
+        } else {
+            Sink::Table(Table::new(&LEASE_COLUMNS))
+        };
+        Ok(Listing {
+            sink,
+            json: lease_json,
+            row: lease_row,
+            empty: NO_LEASES,
+            any: false,
+        })
+    }
+
+    /// `assignments --json`, printed page by page as the pages come.
+    pub fn assignments_listing(&self) -> std::io::Result<Listing<AssignmentEntry>> {
+        Ok(Listing {
+            sink: Sink::Json(JsonList::start("assignments")?),
+            json: assignment_entry_json,
+            row: |_| Vec::new(),
+            empty: "",
+            any: false,
+        })
+    }
+
+    /// `status --all`, printed a feature at a time, each feature's holders page by page.
+    pub fn status_all_printer(&self, features: &[FeatureStatus]) -> std::io::Result<StatusAll> {
+        if self.json {
+            return Ok(StatusAll::Json(JsonList::start("features")?));
+        }
+        if features.is_empty() {
+            say!("no features yet: add one with `tally entitlement add FEATURE --seats N`");
+        }
+        Ok(StatusAll::Text {
+            first: true,
+            table: Table::indented(&HOLDER_COLUMNS, 2),
+            any: false,
+        })
+    }
+
+    /// The lease checked out. Printing it cannot fail the checkout: with `--json` a
+    /// stdout that cannot be written is warned about on stderr, and the lease is still held
+    /// (and the command run) and checked in as usual.
     pub fn lease_granted(&self, lease: &LeaseInfo, holding: bool) {
         if self.json {
-            return self.doc(json!({ "lease": lease_json(lease) }));
+            let mut stdout = stdout().lock();
+            let doc = json!({ "lease": lease_json(lease) });
+            if let Err(err) = writeln!(stdout, "{doc}").and_then(|()| stdout.flush()) {
+                say_err!("tally: warning: cannot print the lease: {err}");
+            }
+            return;
         }
         say_err!(
             "checked out {} seat(s) of {} (lease {}){}",
@@ -883,17 +1140,19 @@ impl Output {
     }
 
     /// Every user; for people, with their assigned seats per feature (from `assignments`).
-    pub fn users(&self, users: &[UserInfo], assignments: &[AssignmentEntry]) {
+    pub fn users(
+        &self,
+        users: &[UserInfo],
+        assignments: &[AssignmentEntry],
+    ) -> std::io::Result<()> {
         if self.json {
-            let list: Vec<Value> = users
-                .iter()
-                .map(|u| {
-                    let mut doc = user_json(u);
-                    doc["assigned_seats"] = json!(u.assigned_seats);
-                    doc
-                })
-                .collect();
-            return self.doc(json!({ "users": list }));
+            let mut list = JsonList::start("users")?;
+            for u in users {
+                let mut doc = user_json(u);
+                doc["assigned_seats"] = json!(u.assigned_seats);
+                list.item(&doc)?;
+            }
+            return list.finish();
         }
         let mut by_user: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
         for entry in assignments {
@@ -925,6 +1184,7 @@ impl Output {
             &["username", "name", "role", "state", "assigned_seats"],
             rows,
         );
+        Ok(())
     }
 
     pub fn token_issued(&self, issued: &IssuedToken) {
@@ -1037,14 +1297,7 @@ impl Output {
     /// `assignments`: who has which seats, per feature.
     pub fn assignments(&self, list: &[AssignmentEntry]) {
         if self.json {
-            let list: Vec<Value> = list
-                .iter()
-                .map(|e| {
-                    let mut doc = assignment_json(&e.assignment);
-                    doc["suspended"] = json!(e.suspended);
-                    doc
-                })
-                .collect();
+            let list: Vec<Value> = list.iter().map(assignment_entry_json).collect();
             return self.doc(json!({ "assignments": list }));
         }
         if list.is_empty() {
@@ -1117,7 +1370,7 @@ impl Output {
             return Ok(AuditPrinter::Csv(Box::new(writer)));
         }
         if self.json {
-            return Ok(AuditPrinter::Json(Vec::new()));
+            return Ok(AuditPrinter::Json(JsonList::start("events")?));
         }
         Ok(AuditPrinter::Table(Table::new(&AUDIT_COLUMNS)))
     }
@@ -1150,9 +1403,10 @@ impl Output {
                 .iter()
                 .map(|(b, verdict)| match &b.claims {
                     Some(c) => json!({"feature": c.feature, "seats": c.seats, "expires_at": time(c.expires_at),
-                        "server_id": c.server_id, "valid": verdict.valid, "reason": verdict.reason}),
+                        "server_id": c.server_id, "valid": verdict.valid, "reason": verdict.reason,
+                        "file": b.path.display().to_string()}),
                     None => json!({"feature": null, "seats": 0, "expires_at": null, "server_id": null,
-                        "valid": false, "reason": verdict.reason}),
+                        "valid": false, "reason": verdict.reason, "file": b.path.display().to_string()}),
                 })
                 .collect();
             return self.doc(json!({ "borrows": list }));
@@ -1287,6 +1541,45 @@ mod tests {
             json!({"id": "n1", "address": "[::1]:27010", "role": "leader", "epoch": 3,
                    "last_seen": "2023-11-14T22:13:20Z"})
         );
+    }
+
+    /// A document written an element at a time reads exactly as the one serialised whole,
+    /// with lists nested in objects of the list (`status --all`) and empty lists too.
+    #[test]
+    fn a_streamed_document_reads_as_the_document_serialised_whole() {
+        let written = |build: &dyn Fn(&mut JsonList<Vec<u8>>) -> std::io::Result<()>| {
+            let mut list = JsonList::start_on(Vec::new(), "features").unwrap();
+            build(&mut list).unwrap();
+            String::from_utf8(list.end().unwrap()).unwrap()
+        };
+        assert_eq!(
+            written(&|_| Ok(())),
+            format!("{}\n", json!({"features": []}))
+        );
+        // Nothing is written before the first element or the end: a refused first page
+        // leaves stdout to the error document.
+        let mut list = JsonList::start_on(Vec::new(), "leases").unwrap();
+        list.open_object(&json!({"feature": "vray"}), "holders")
+            .unwrap();
+        list.flush().unwrap();
+        assert!(list.out.is_empty());
+        let text = written(&|list| {
+            list.item(&json!({"a": 1}))?;
+            list.open_object(&json!({"feature": "vray", "total": 2}), "holders")?;
+            list.item(&json!({"user": "ann"}))?;
+            list.item(&json!({"user": "bob"}))?;
+            list.close_object(&[("upcoming", json!([]))])?;
+            list.open_object(&json!({}), "holders")?;
+            list.close_object(&[])?;
+            list.item(&"last")
+        });
+        let whole = json!({"features": [
+            {"a": 1},
+            {"feature": "vray", "total": 2, "holders": [{"user": "ann"}, {"user": "bob"}], "upcoming": []},
+            {"holders": []},
+            "last",
+        ]});
+        assert_eq!(text, format!("{whole}\n"));
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! default one when it exists) merged with flags and environment, flags winning; and, for
 //! messages that say what to fix, where each setting came from.
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use tally_protocol::ErrorCode;
 
 use super::args::Globals;
 use super::failure::Failure;
+use super::output::say_err;
 use crate::config::ClientFile;
-use crate::{ClientConfig, Error};
+use crate::{files, ClientConfig, Error, ServerAddr};
 
 /// The client file as found: what it holds, and where it is or where it was looked for.
 pub struct Found {
@@ -45,7 +47,24 @@ impl Found {
 }
 
 /// The client file: `--config` (or `TALLY_CONFIG`), else the default one when it exists.
+/// One that holds a `token` and that others can read is warned about.
 pub fn client_file(globals: &Globals) -> Result<Found, Failure> {
+    let found = find_client_file(globals)?;
+    if let (Some(path), Some(_)) = (&found.path, &found.file.token) {
+        warn_if_readable(path, found.file.mode, "the client file");
+    }
+    Ok(found)
+}
+
+/// Prints one warning when the file at `path` (of mode `mode`) holds a token others can
+/// read.
+fn warn_if_readable(path: &Path, mode: u32, what: &str) {
+    if let Some(warning) = files::readable_by_others(path, mode, what) {
+        say_err!("tally: warning: {warning}");
+    }
+}
+
+fn find_client_file(globals: &Globals) -> Result<Found, Failure> {
     let load =
         |path: &PathBuf| ClientFile::load(path).map_err(|err| Failure::usage(err.to_string()));
     if let Some(path) = &globals.config {
@@ -80,17 +99,26 @@ pub struct Settings {
 
 /// Merges the client file with flags and environment (flags win).
 pub fn client_config(globals: &Globals) -> Result<Settings, Failure> {
-    let found = client_file(globals)?;
-    let servers = if globals.servers.is_empty() {
-        found.file.servers.clone()
-    } else {
-        globals.servers.clone()
-    };
-    let ca = globals.ca.clone().or(found.file.ca.clone());
+    client_config_from(globals, &client_file(globals)?)
+}
+
+/// [`client_config`] with the client file already found.
+pub fn client_config_from(globals: &Globals, found: &Found) -> Result<Settings, Failure> {
     let in_file = |key: &str| match &found.path {
         Some(path) => format!("`{key}` in {}", path.display()),
         None => format!("`{key}`"),
     };
+    let (servers, servers_origin) = if globals.servers.is_empty() {
+        (found.file.servers.clone(), in_file("servers"))
+    } else if globals.servers_on_command_line {
+        (globals.servers.clone(), "--server".to_string())
+    } else {
+        (
+            globals.servers.clone(),
+            "the TALLY_SERVER environment variable".to_string(),
+        )
+    };
+    let ca = globals.ca.clone().or(found.file.ca.clone());
     let (token, token_file, token_origin) = if globals.token.is_some() {
         let origin = if globals.token_on_command_line {
             "--token".to_string()
@@ -121,6 +149,11 @@ pub fn client_config(globals: &Globals) -> Result<Settings, Failure> {
             "--server HOST:PORT or TALLY_SERVER",
         ));
     }
+    // An entry that is not HOST:PORT is the user's to fix, before anything is dialled.
+    for entry in &servers {
+        ServerAddr::parse(entry)
+            .map_err(|err| Failure::usage(format!("{err} (given in {servers_origin})")))?;
+    }
     if ca.is_none() {
         return Err(found.missing("no CA given", "ca", "--ca FILE or TALLY_CA"));
     }
@@ -130,6 +163,11 @@ pub fn client_config(globals: &Globals) -> Result<Settings, Failure> {
             "token_file",
             "--token-file FILE or TALLY_TOKEN",
         ));
+    }
+    if let Some(path) = &token_file {
+        if let Ok(meta) = std::fs::metadata(path) {
+            warn_if_readable(path, meta.mode() & 0o7777, "the token file");
+        }
     }
     let identity = (found.file.cert.clone(), found.file.key.clone());
     let mut config = ClientConfig::from_parts(servers, ca, token, token_file)

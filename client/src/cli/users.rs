@@ -73,7 +73,7 @@ impl Action {
                 } else {
                     client.assignments(None, None).await?
                 };
-                out.users(&users, &assignments);
+                out.users(&users, &assignments).map_err(Failure::printing)?;
             }
             Action::MintToken(mint) => out.token_issued(&client.mint_token(mint).await?),
             Action::Tokens { username } => out.tokens(&client.tokens(&username).await?),
