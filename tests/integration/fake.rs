@@ -1,9 +1,8 @@
 //! A misbehaving server for the client's tests (issue 12): it speaks the protocol over TLS
 //! with a test server's certificate, so the client trusts it, and then does what its
-//! [`Script`] says: answer, lie, stay silent, answer with another id, drip bytes, close, or
-//! flood. It records every request and counts connections.
-
-#![allow(dead_code)] // its pieces are used by the tests of issue 12 as they land
+//! [`Script`] says: answer (or lie, or flood the client with an answer as large as a frame
+//! may be), stay silent, answer with another id, drip bytes, answer late, or close. It
+//! records every request and counts connections.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,6 +129,21 @@ pub fn lease_of(outcome: &Outcome) -> tally_protocol::LeaseId {
     }
 }
 
+/// A listener on a port of its own and a TLS acceptor with the certificate of `server`,
+/// which clients of `server` trust: what every fake server starts from.
+pub async fn listen_as(server: &TestServer) -> (TcpListener, tokio_rustls::TlsAcceptor) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = test_config(
+        listener.local_addr().unwrap(),
+        &server.data_dir(),
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    );
+    let tls = tally_server::init::tls_config(&config, &DataDir::new(&server.data_dir()))
+        .expect("the test server's certificate");
+    (listener, tokio_rustls::TlsAcceptor::from(tls))
+}
+
 /// The fake: on a port of its own until dropped.
 pub struct FakeServer {
     pub addr: SocketAddr,
@@ -153,23 +167,14 @@ impl Drop for FakeServer {
 impl FakeServer {
     /// Starts a fake with the certificate of `server` (whose CA clients trust).
     pub async fn start(server: &TestServer, script: Script) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, acceptor) = listen_as(server).await;
         let addr = listener.local_addr().unwrap();
-        let config = test_config(
-            addr,
-            &server.data_dir(),
-            Duration::from_secs(3),
-            Duration::from_secs(1),
-        );
-        let tls = tally_server::init::tls_config(&config, &DataDir::new(&server.data_dir()))
-            .expect("the test server's certificate");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
         let accepted_at = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(script);
         let (log, count, times) = (seen.clone(), accepted.clone(), accepted_at.clone());
         let task = tokio::spawn(async move {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             let mut connections = JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {

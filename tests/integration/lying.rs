@@ -14,8 +14,6 @@ use tally_protocol::{
     LeaseId, LeaseInfo, LeaseKind, LeaseSource, Outcome, Request, Response, Role, ServerMessage,
     Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
 };
-use tally_server::init::DataDir;
-use tokio::net::TcpListener;
 
 use crate::harness::*;
 
@@ -27,15 +25,8 @@ async fn lying_server(
     claimed: &'static str,
     seen: Arc<Mutex<Vec<Request>>>,
 ) -> ServerAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (listener, acceptor) = crate::fake::listen_as(server).await;
     let addr = listener.local_addr().unwrap();
-    let config = test_config(
-        addr,
-        &server.data_dir(),
-        Duration::from_secs(3),
-        Duration::from_secs(1),
-    );
-    let tls = tally_server::init::tls_config(&config, &DataDir::new(&server.data_dir())).unwrap();
     let key =
         Ed25519KeyPair::from_pkcs8(&std::fs::read(server.data_dir().join("signing.key")).unwrap())
             .unwrap();
@@ -45,7 +36,6 @@ async fn lying_server(
             .map(|c| c.unwrap().as_ref().to_vec())
             .collect();
     tokio::spawn(async move {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         while let Ok((tcp, _)) = listener.accept().await {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;

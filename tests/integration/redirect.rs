@@ -14,7 +14,6 @@ use tally_protocol::{
     NotLeader, Outcome, Request, Response, Role, ServerInfo, ServerMessage, Welcome,
     DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
-use tally_server::init::DataDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -34,21 +33,12 @@ struct Standby {
 impl Standby {
     /// Starts a standby that names `leader` (`HOST:PORT`) as the leader, or none.
     async fn start(server: &TestServer, leader: Option<String>) -> Standby {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, acceptor) = crate::fake::listen_as(server).await;
         let addr = listener.local_addr().unwrap();
-        let config = test_config(
-            addr,
-            &server.data_dir(),
-            Duration::from_secs(3),
-            Duration::from_secs(1),
-        );
-        let tls = tally_server::init::tls_config(&config, &DataDir::new(&server.data_dir()))
-            .expect("the test server's certificate");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let open = Arc::new(AtomicUsize::new(0));
         let (log, count) = (seen.clone(), open.clone());
         let task = tokio::spawn(async move {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             // Dropped with this task when the standby is: every connection ends with it.
             let mut connections = JoinSet::new();
             loop {

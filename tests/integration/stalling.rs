@@ -4,7 +4,8 @@
 //! has a deadline, a late grant is given back, signals end every wait of `tally checkout`,
 //! and reconnects back off until a request is answered.
 
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +15,50 @@ use nix::unistd::Pid;
 use tally_client::{Client, Error};
 use tally_protocol::{Request, StatusQuery};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
 
 use crate::fake::*;
 use crate::harness::*;
 
 /// Far more than any deadline of these tests: reaching it means `tally` or the client hung.
 const HUNG: Duration = Duration::from_secs(60);
+
+/// Starts `tally --config CONFIG ARGS...` with its output piped; killed if the test ends
+/// first.
+fn spawn_tally(config: &Path, args: &[&str]) -> Child {
+    tokio::process::Command::new(CLI)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The grant `tally --json checkout` prints, once it is out.
+async fn grant_of(tally: &mut Child) -> String {
+    let mut grant = String::new();
+    BufReader::new(tally.stdout.take().unwrap())
+        .read_line(&mut grant)
+        .await
+        .unwrap();
+    assert!(grant.contains("\"lease\""), "{grant}");
+    grant
+}
+
+/// Waits for `tally` to end: `what` it must not outlive.
+async fn ended(tally: Child, what: &str) -> Output {
+    tokio::time::timeout(HUNG, tally.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("tally outlived {what}"))
+        .unwrap()
+}
+
+fn signal(tally: &Child, signal: Signal) {
+    kill(Pid::from_raw(tally.id().unwrap() as i32), signal).unwrap()
+}
 
 fn status_request() -> Request {
     Request::Status(StatusQuery { feature: None })
@@ -232,26 +271,8 @@ async fn a_server_that_drops_every_connection_gets_backoff_and_one_warning() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = fake.client_toml(dir.path());
-    let mut tally = tokio::process::Command::new(CLI)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "-v",
-            "--json",
-            "checkout",
-            "vray",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut grant = String::new();
-    BufReader::new(tally.stdout.take().unwrap())
-        .read_line(&mut grant)
-        .await
-        .unwrap();
-    assert!(grant.contains("\"lease\""), "{grant}");
+    let mut tally = spawn_tally(&config, &["-v", "--json", "checkout", "vray"]);
+    grant_of(&mut tally).await;
     let before = fake.accepted.load(Ordering::SeqCst);
     dropping.store(true, Ordering::SeqCst);
     // The fake drops the next heartbeat's connection, and then every one after the
@@ -262,8 +283,8 @@ async fn a_server_that_drops_every_connection_gets_backoff_and_one_warning() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let times = fake.accepted_at.lock().unwrap()[before..before + 7].to_vec();
-    kill(Pid::from_raw(tally.id().unwrap() as i32), Signal::SIGKILL).unwrap();
-    let output = tally.wait_with_output().await.unwrap();
+    signal(&tally, Signal::SIGKILL);
+    let output = ended(tally, "SIGKILL").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Each wait at least its backoff: 0, 100, 200, 400 ms, then 2/3 of the heartbeat.
     let spent = times[6] - times[0];
@@ -297,69 +318,42 @@ async fn signals_end_every_wait_of_tally_checkout() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = fake.client_toml(dir.path());
-    let config = config.to_str().unwrap();
-    let spawn = |args: &[&str]| {
-        tokio::process::Command::new(CLI)
-            .args(["--config", config, "--json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let signal = |child: &tokio::process::Child, signal: Signal| {
-        kill(Pid::from_raw(child.id().unwrap() as i32), signal).unwrap()
-    };
 
     // The checkout is never answered: the first SIGINT ends tally.
-    let stuck = spawn(&["checkout", "stuck"]);
+    let stuck = spawn_tally(&config, &["--json", "checkout", "stuck"]);
     fake.wait_for("the checkout", |seen| {
         seen.iter().any(|r| matches!(r, Request::Checkout(_)))
     })
     .await;
     signal(&stuck, Signal::SIGINT);
-    let output = tokio::time::timeout(HUNG, stuck.wait_with_output())
-        .await
-        .expect("tally outlived SIGINT")
-        .unwrap();
+    let output = ended(stuck, "SIGINT").await;
     assert_eq!(output.status.code(), Some(130), "{output:?}");
     let document = stdout_json(&output);
     assert_eq!(document["error"]["code"], "interrupted", "{document}");
 
     // Held, then SIGTERM: the check-in is never answered, and a second signal ends the
     // wait.
-    let held = spawn(&["checkout", "vray"]);
-    let mut grant = String::new();
-    let mut held = held;
-    BufReader::new(held.stdout.take().unwrap())
-        .read_line(&mut grant)
-        .await
-        .unwrap();
-    assert!(grant.contains("\"lease\""), "{grant}");
+    let mut held = spawn_tally(&config, &["--json", "checkout", "vray"]);
+    grant_of(&mut held).await;
     signal(&held, Signal::SIGTERM);
     fake.wait_for("the check-in", |seen| {
         seen.iter().any(|r| matches!(r, Request::Checkin(_)))
     })
     .await;
     signal(&held, Signal::SIGTERM);
-    let output = tokio::time::timeout(HUNG, held.wait_with_output())
-        .await
-        .expect("tally outlived two signals")
-        .unwrap();
+    let output = ended(held, "two signals").await;
     assert_ne!(output.status.code(), Some(0), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // A command that exits 7; its check-in is never answered: tally still exits 7, after
     // the release deadline or at once on a signal.
-    let mut run = spawn(&["checkout", "vray", "--", "sh", "-c", "exit 7"]);
-    let mut grant = String::new();
-    BufReader::new(run.stdout.take().unwrap())
-        .read_line(&mut grant)
-        .await
-        .unwrap();
     let checkins = fake.requests().iter().filter(|r| **r == "checkin").count();
+    let mut run = spawn_tally(
+        &config,
+        &["--json", "checkout", "vray", "--", "sh", "-c", "exit 7"],
+    );
+    grant_of(&mut run).await;
     fake.wait_for("the command's check-in", |seen| {
         seen.iter()
             .filter(|r| matches!(r, Request::Checkin(_)))
@@ -368,10 +362,7 @@ async fn signals_end_every_wait_of_tally_checkout() {
     })
     .await;
     signal(&run, Signal::SIGINT);
-    let output = tokio::time::timeout(HUNG, run.wait_with_output())
-        .await
-        .expect("tally outlived its release deadline")
-        .unwrap();
+    let output = ended(run, "its release deadline").await;
     assert_eq!(output.status.code(), Some(7), "{output:?}");
 }
 
@@ -384,33 +375,14 @@ async fn sighup_reaches_the_command_and_the_seat_is_checked_in() {
     add_entitlement(&owner, "vray", 2, None).await;
     let dir = tempfile::tempdir().unwrap();
     let config = owner_toml(&server, dir.path());
-    let mut tally = tokio::process::Command::new(CLI)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-            "checkout",
-            "vray",
-            "--",
-        ])
-        .args(["sleep", "600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut grant = String::new();
-    BufReader::new(tally.stdout.take().unwrap())
-        .read_line(&mut grant)
-        .await
-        .unwrap();
-    assert!(grant.contains("\"lease\""), "{grant}");
+    let mut tally = spawn_tally(
+        &config,
+        &["--json", "checkout", "vray", "--", "sleep", "600"],
+    );
+    grant_of(&mut tally).await;
     assert_eq!(status(&owner, "vray").await.in_use, 1);
-    kill(Pid::from_raw(tally.id().unwrap() as i32), Signal::SIGHUP).unwrap();
-    let output = tokio::time::timeout(HUNG, tally.wait_with_output())
-        .await
-        .expect("tally outlived SIGHUP")
-        .unwrap();
+    signal(&tally, Signal::SIGHUP);
+    let output = ended(tally, "SIGHUP").await;
     // The command was ended by SIGHUP: 128 + 1, as a shell reports it.
     assert_eq!(output.status.code(), Some(129), "{output:?}");
     assert_eq!(status(&owner, "vray").await.in_use, 0);
@@ -467,24 +439,14 @@ async fn a_closed_stdout_does_not_stop_checkout_from_running_the_command_and_che
     let ran = dir.path().join("ran");
     for json in [true, false] {
         let _ = std::fs::remove_file(&ran);
-        let mut command = tokio::process::Command::new(CLI);
-        command.args(["--config", config.to_str().unwrap()]);
+        let script = format!("touch {}; exit 3", ran.display());
+        let mut args = vec!["checkout", "vray", "--", "sh", "-c", &script];
         if json {
-            command.arg("--json");
+            args.insert(0, "--json");
         }
-        let mut tally = command
-            .args(["checkout", "vray", "--", "sh", "-c"])
-            .arg(format!("touch {}; exit 3", ran.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut tally = spawn_tally(&config, &args);
         drop(tally.stdout.take());
-        let output = tokio::time::timeout(HUNG, tally.wait_with_output())
-            .await
-            .expect("tally hung")
-            .unwrap();
+        let output = ended(tally, "its command").await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(3), "json {json}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -493,18 +455,9 @@ async fn a_closed_stdout_does_not_stop_checkout_from_running_the_command_and_che
     }
     // Any other command whose reader went away ends quietly, as `tally status | head`
     // expects: the status of a process SIGPIPE ended, and nothing said.
-    let mut tally = tokio::process::Command::new(CLI)
-        .args(["--config", config.to_str().unwrap(), "status"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut tally = spawn_tally(&config, &["status"]);
     drop(tally.stdout.take());
-    let output = tokio::time::timeout(HUNG, tally.wait_with_output())
-        .await
-        .expect("tally hung")
-        .unwrap();
+    let output = ended(tally, "a closed stdout").await;
     assert_eq!(output.status.code(), Some(141), "{output:?}");
     assert!(output.stderr.is_empty(), "{output:?}");
 }
