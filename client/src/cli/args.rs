@@ -17,8 +17,10 @@ Exit codes:
   2  usage error (nothing was sent)
   3  no seat free (or a queue wait ended unserved); `verify`: the borrow is not valid
   4  unauthenticated or forbidden
-  5  cannot reach any server
+  5  cannot reach any server, or a server did not answer in time
   `checkout F -- CMD` exits with the command's status (126 or 127 when it cannot start).
+  `checkout` ended by a signal before the server answered: 128 + the signal (130 for
+  SIGINT). A stdout whose reader left (`tally leases | head`): 141, quietly.
 
 Environment:
   TALLY_CONFIG      client file (default ~/.config/tally/client.toml), as --config
