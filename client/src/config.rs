@@ -196,6 +196,25 @@ impl ClientConfig {
         }
     }
 
+    /// Reads the client file an application is given by its environment, as `tally` finds
+    /// it: the file `TALLY_CONFIG` names, else [`default_client_file`] when it exists. The
+    /// error says where it looked.
+    pub fn from_env() -> Result<Self, Error> {
+        if let Some(path) = std::env::var_os("TALLY_CONFIG").filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&path));
+        }
+        match default_client_file() {
+            Some(path) if path.exists() => Self::from_file(&path),
+            Some(path) => Err(Error::Config(format!(
+                "no client file: TALLY_CONFIG is not set, and there is none at {}; tallyd writes one at DATA_DIR/client.toml",
+                path.display()
+            ))),
+            None => Err(Error::Config(
+                "no client file: TALLY_CONFIG is not set, and neither is XDG_CONFIG_HOME or HOME, so there is no default path (~/.config/tally/client.toml)".into(),
+            )),
+        }
+    }
+
     /// Reads a client file (`servers`, `ca`, `token_file` or `token`).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let file = ClientFile::load(path)?;
@@ -297,6 +316,16 @@ pub fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The client file of the user when none is named: `$XDG_CONFIG_HOME/tally/client.toml`,
+/// or `~/.config/tally/client.toml`; `None` when neither variable is set.
+pub fn default_client_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(base.join("tally/client.toml"))
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ mod session;
 
 pub use api::LEASES_PAGE;
 pub use borrow::{verify_offline, BorrowStore, Checked, Trust, Verdict};
-pub use config::{machine_id, machine_id_from, ClientConfig, ServerAddr, MACHINE_ID_FILES};
+pub use config::{
+    default_client_file, machine_id, machine_id_from, ClientConfig, ServerAddr, MACHINE_ID_FILES,
+};
 pub use error::Error;
 pub use lease::Lease;
 pub use session::{Client, MAX_SENDS};

@@ -74,7 +74,7 @@ fn find_client_file(globals: &Globals) -> Result<Found, Failure> {
             looked_at: None,
         });
     }
-    let default = default_config_path();
+    let default = crate::config::default_client_file();
     Ok(match default {
         Some(path) if path.exists() => Found {
             file: load(&path)?,
@@ -192,13 +192,4 @@ impl Settings {
         }
         failure
     }
-}
-
-/// `$XDG_CONFIG_HOME/tally/client.toml`, or `~/.config/tally/client.toml`.
-fn default_config_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
-    Some(base.join("tally/client.toml"))
 }
