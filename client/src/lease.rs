@@ -61,6 +61,23 @@ impl Lease {
         }
     }
 
+    /// Like [`lost`](Lease::lost), without borrowing the lease: a future of its own, so that
+    /// one thread can wait for the loss while another releases the lease (bindings for other
+    /// languages do). It resolves with `Unknown` once the lease is released.
+    pub fn lost_signal(&self) -> impl std::future::Future<Output = EndReason> + Send + 'static {
+        let mut lost = self.lost.clone();
+        async move {
+            loop {
+                if let Some(reason) = *lost.borrow_and_update() {
+                    return reason;
+                }
+                if lost.changed().await.is_err() {
+                    return EndReason::Unknown;
+                }
+            }
+        }
+    }
+
     /// Checks the lease in and waits for the server to confirm it.
     pub async fn release(mut self) -> Result<(), Error> {
         self.released = true;
