@@ -18,6 +18,7 @@ mod lying;
 mod neighbour;
 mod paging;
 mod pool;
+mod python;
 mod reconnect;
 mod redirect;
 mod robust;

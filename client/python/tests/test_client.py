@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -122,6 +123,15 @@ def test_waits_release_the_gil(daemon: Daemon) -> None:
             counter.join()
 
 
+def test_ctrl_c_interrupts_a_wait(daemon: Daemon) -> None:
+    daemon.cli("entitlement", "add", "vray", "--seats", "1")
+    with tally.checkout("vray") as lease:
+        with pytest.raises(KeyboardInterrupt):
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            lease.wait_lost(timeout=DEADLINE)
+        assert lease.lost is None
+
+
 def test_borrow_verify_and_return(daemon: Daemon) -> None:
     daemon.cli("entitlement", "add", "houdini", "--seats", "2", "--borrowable")
     assert not tally.verify("houdini")
@@ -203,3 +213,9 @@ def test_the_stubs_name_everything_public() -> None:
         public = {member for member in dir(cls) if not member.startswith("_")}
         assert public <= declared[name], f"{name}: not in the stubs: {public - declared[name]}"
     assert set(tally.__all__) <= set(dir(tally))
+
+
+def test_the_readme_shows_the_example() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks == [EXAMPLE.read_text()], "README.md's python block is not examples/example.py"
