@@ -181,6 +181,11 @@ _BY_CODE: Dict[str, Type[Error]] = {
     )
 }
 
+# Shown as tally.NoSeat, the name applications use, in tracebacks and reprs.
+for _cls in (Error, ConfigError, *_BY_CODE.values()):
+    _cls.__module__ = "tally"
+del _cls
+
 
 def _make(code: str, message: str, class_name: Optional[str] = None) -> Error:
     """The exception for ``code`` (or of the class named ``class_name``); the extension
