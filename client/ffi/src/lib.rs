@@ -287,9 +287,10 @@ pub unsafe extern "C" fn tally_checkout(
         let lease = out(lease, "lease")?;
         let client = handle(client, "client")?;
         let feature = text(feature, "feature")?;
-        let held = client
-            .client
-            .checkout_waiting(feature, seats, Duration::from_millis(wait_ms))?;
+        let held =
+            client
+                .client
+                .checkout_waiting(feature, seats, Duration::from_millis(wait_ms))?;
         let info = held.info();
         *lease = Box::into_raw(Box::new(TallyLease {
             watch: None,

@@ -42,7 +42,11 @@ fn null_arguments_are_errors_that_say_which() {
     unsafe {
         let code = tally_connect(ptr::null(), ptr::null_mut());
         assert_eq!(code, TallyCode::InvalidArgument);
-        assert!(last_error_text().contains("client"), "{}", last_error_text());
+        assert!(
+            last_error_text().contains("client"),
+            "{}",
+            last_error_text()
+        );
 
         let mut lease = ptr::dangling_mut::<TallyLease>();
         let code = tally_checkout(ptr::null(), c"vray".as_ptr(), 1, 0, &mut lease);
@@ -82,7 +86,11 @@ fn a_missing_client_file_is_a_configuration_error_naming_it() {
     let code = unsafe { tally_connect(path.as_ptr(), &mut client) };
     assert_eq!(code, TallyCode::InvalidConfig);
     assert!(client.is_null());
-    assert!(last_error_text().contains("nope.toml"), "{}", last_error_text());
+    assert!(
+        last_error_text().contains("nope.toml"),
+        "{}",
+        last_error_text()
+    );
 }
 
 #[test]
