@@ -215,13 +215,17 @@ impl Drop for Driver {
 }
 
 fn add_vray(owner: &blocking::Client, seats: u32) {
+    add_entitlement(owner, "vray", seats, false);
+}
+
+fn add_entitlement(owner: &blocking::Client, feature: &str, seats: u32, borrowable: bool) {
     let new = NewEntitlement {
-        feature: "vray".into(),
+        feature: feature.into(),
         seats,
         starts_at: None,
         expires_at: None,
         kind: EntitlementKind::Standard,
-        borrowable: false,
+        borrowable,
         max_borrow_secs: None,
         reference: "PO-1".into(),
     };
@@ -346,6 +350,66 @@ fn a_cpp_program_holds_a_lease_through_a_restart_and_learns_of_its_release() {
         return;
     }
     drive("driver.cpp");
+}
+
+/// Offline work through the C ABI: a borrow verifies with no server at all, goes back
+/// with `return`, and a feature that is not borrowable is refused with its code.
+fn borrow_offline(source: &str) {
+    if c_compiler().is_none() {
+        return;
+    }
+    let installed = Installed::new();
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("driver");
+    installed.compile(
+        &workspace().join("tests/integration/ffi").join(source),
+        &program,
+    );
+    let mut daemon = DaemonProcess::start(dir.path(), "5s", "200ms");
+    let owner = blocking::Client::connect(daemon.client_config()).unwrap();
+    add_entitlement(&owner, "vray", 2, true);
+    add_entitlement(&owner, "nuke", 2, false);
+    let data = dir.path().join("borrows");
+    let mut driver = Driver::start(&program, &daemon.client_toml(), &data);
+    driver.expect("connected ");
+
+    let verdict = driver.ask("verify vray", "verify vray invalid ");
+    assert!(verdict.contains("no borrow of vray"), "{verdict}");
+    driver.ask("borrow nuke 3600", "error not_borrowable ");
+    let asked = now_millis();
+    let borrowed = driver.ask("borrow vray 3600", "borrowed vray ");
+    let ends: i64 = borrowed.split(' ').nth(2).unwrap().parse().unwrap();
+    assert!(
+        (asked + 3_500_000..=now_millis() + 3_600_000).contains(&ends),
+        "{borrowed}"
+    );
+    let figures = owner.status(Some("vray")).unwrap().remove(0);
+    assert_eq!((figures.borrowed, figures.available), (1, 1));
+
+    // No server at all: the borrow still verifies.
+    daemon.kill9();
+    driver.ask("verify vray", "verify vray valid ");
+    daemon.restart();
+
+    driver.ask("return vray", "returned vray 1");
+    driver.ask("verify vray", "verify vray invalid ");
+    let figures = owner.status(Some("vray")).unwrap().remove(0);
+    assert_eq!((figures.borrowed, figures.available), (0, 2));
+    driver.ask("quit", "bye");
+}
+
+#[test]
+fn a_c_program_borrows_verifies_offline_and_returns() {
+    borrow_offline("driver.c");
+}
+
+#[test]
+fn a_cpp_program_borrows_verifies_offline_and_returns() {
+    if !have("c++") {
+        eprintln!("skipped: no C++ compiler (`c++`) on this machine");
+        return;
+    }
+    borrow_offline("driver.cpp");
 }
 
 /// The fenced block of `language` in the README's section "From C, C++ and Python".

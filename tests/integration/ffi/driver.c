@@ -4,6 +4,9 @@
  *   lost SLOT     -> lost SLOT REASON           watch SLOT -> watching SLOT, later
  *   release SLOT  -> released SLOT | error ...                  callback SLOT REASON
  *   status FEATURE -> status FEATURE in_use=N available=N total=N
+ *   borrow FEATURE SECS -> borrowed FEATURE EXPIRES_AT_MS | error ...
+ *   return FEATURE -> returned FEATURE SEATS | error ...
+ *   verify FEATURE -> verify FEATURE valid|invalid REASON (offline)
  *   quit          -> bye (after freeing every lease and the client) */
 #include <stdarg.h>
 #include <stdint.h>
@@ -99,6 +102,32 @@ int main(void) {
                 say("status %s in_use=%u available=%u total=%u", arg, status.in_use,
                     status.available, status.total);
             }
+        } else if (strcmp(command, "borrow") == 0) {
+            int64_t expires_at_ms = 0;
+            code = tally_borrow(client, arg, 1, first, &expires_at_ms);
+            if (code != TALLY_CODE_OK) {
+                fail(code);
+            } else {
+                say("borrowed %s %lld", arg, (long long)expires_at_ms);
+            }
+        } else if (strcmp(command, "return") == 0) {
+            uint32_t seats = 0;
+            code = tally_return(client, arg, &seats);
+            if (code != TALLY_CODE_OK) {
+                fail(code);
+            } else {
+                say("returned %s %u", arg, seats);
+            }
+        } else if (strcmp(command, "verify") == 0) {
+            bool valid = false;
+            char *reason = NULL;
+            code = tally_verify_offline(NULL, arg, &valid, &reason);
+            if (code != TALLY_CODE_OK) {
+                fail(code);
+            } else {
+                say("verify %s %s %s", arg, valid ? "valid" : "invalid", reason);
+            }
+            tally_string_free(reason);
         } else if (strcmp(command, "quit") == 0) {
             break;
         } else {

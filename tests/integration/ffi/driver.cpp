@@ -67,6 +67,15 @@ int main() {
                 say("status " + arg + " in_use=" + std::to_string(status.in_use) +
                     " available=" + std::to_string(status.available) +
                     " total=" + std::to_string(status.total));
+            } else if (command == "borrow") {
+                std::int64_t expires_at_ms = client->borrow(arg, std::chrono::seconds(first));
+                say("borrowed " + arg + " " + std::to_string(expires_at_ms));
+            } else if (command == "return") {
+                say("returned " + arg + " " + std::to_string(client->return_borrow(arg)));
+            } else if (command == "verify") {
+                tally::Verdict verdict = tally::verify_offline(arg);
+                say("verify " + arg + " " + (verdict.valid ? "valid " : "invalid ") +
+                    verdict.reason);
             } else if (command == "quit") {
                 break;
             } else {
