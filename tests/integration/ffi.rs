@@ -96,6 +96,10 @@ impl Installed {
     /// Compiles one C (or, by its extension, C++) source into `out`, linked to
     /// `libtally.so` with the library's directory as its run path.
     fn compile(&self, source: &Path, out: &Path) {
+        self.compile_with(source, out, &[]);
+    }
+
+    fn compile_with(&self, source: &Path, out: &Path, extra: &[&str]) {
         let cxx = source.extension().is_some_and(|e| e == "cpp");
         let mut command = Command::new(if cxx { "c++" } else { "cc" });
         if cxx {
@@ -108,6 +112,7 @@ impl Installed {
             .arg(format!("-L{}", self.lib().display()))
             .arg("-ltally")
             .arg(format!("-Wl,-rpath,{}", self.lib().display()))
+            .args(extra)
             .arg("-o")
             .arg(out);
         compiled(command, source);
@@ -350,6 +355,35 @@ fn a_cpp_program_holds_a_lease_through_a_restart_and_learns_of_its_release() {
         return;
     }
     drive("driver.cpp");
+}
+
+/// One client shared by four C threads that check out and release at once (on fewer seats
+/// than threads, so checkouts wait), then a lost callback that frees its own lease: nothing
+/// fails, deadlocks or leaks a seat.
+#[test]
+fn a_client_serves_many_threads_and_a_callback_may_free_its_lease() {
+    if c_compiler().is_none() {
+        return;
+    }
+    let installed = Installed::new();
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("threads");
+    installed.compile_with(
+        &workspace().join("tests/integration/ffi/threads.c"),
+        &program,
+        &["-pthread"],
+    );
+    let daemon = DaemonProcess::start(dir.path(), "5s", "200ms");
+    let owner = blocking::Client::connect(daemon.client_config()).unwrap();
+    add_vray(&owner, 2);
+    let mut driver = Driver::start(&program, &daemon.client_toml(), dir.path());
+    driver.expect("threads ok");
+    let holding = driver.expect("holding ");
+    let id: LeaseId = holding["holding ".len()..].parse().unwrap();
+    owner.release(id).unwrap();
+    driver.expect("freed released");
+    assert!(driver.child.wait().unwrap().success());
+    assert_eq!(held(&owner).unwrap(), []);
 }
 
 /// Offline work through the C ABI: a borrow verifies with no server at all, goes back
