@@ -334,6 +334,17 @@ fn drive(source: &str) {
     let second: LeaseId = granted.split(' ').nth(2).unwrap().parse().unwrap();
     driver.ask("status vray", "status vray in_use=1 available=0 total=1");
 
+    // A client from explicit servers, CA and token rather than a client file.
+    let config = daemon.client_config();
+    let ca = config.ca_file.as_ref().unwrap().display().to_string();
+    let connect_to = format!(
+        "connect_to {} {ca} {} vray",
+        config.servers[0], config.token
+    );
+    driver.ask(&connect_to, "connected_to vray in_use=1");
+    let wrong_port = connect_to.replace(&format!(":{}", daemon.port), &format!(":{}", free_port()));
+    driver.ask(&wrong_port, "error unreachable ");
+
     // Released: the server holds nothing.
     driver.ask("release 1", "released 1");
     until_held(&owner, "no lease", |leases| leases.is_empty());

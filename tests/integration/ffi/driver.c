@@ -7,6 +7,8 @@
  *   borrow FEATURE SECS -> borrowed FEATURE EXPIRES_AT_MS | error ...
  *   return FEATURE -> returned FEATURE SEATS | error ...
  *   verify FEATURE -> verify FEATURE valid|invalid REASON (offline)
+ *   connect_to SERVER CA_FILE TOKEN FEATURE -> connected_to FEATURE in_use=N (a second
+ *                 client, without a client file, asks for the feature's status and goes)
  *   quit          -> bye (after freeing every lease and the client) */
 #include <stdarg.h>
 #include <stdint.h>
@@ -128,6 +130,22 @@ int main(void) {
                 say("verify %s %s %s", arg, valid ? "valid" : "invalid", reason);
             }
             tally_string_free(reason);
+        } else if (strcmp(command, "connect_to") == 0) {
+            char server[256] = "", ca[512] = "", token[256] = "", feature[64] = "";
+            sscanf(line, "%*s %255s %511s %255s %63s", server, ca, token, feature);
+            const char *servers[] = {server};
+            TallyClient *other = NULL;
+            TallyFeatureStatus status;
+            code = tally_connect_to(servers, 1, ca, token, &other);
+            if (code == TALLY_CODE_OK) {
+                code = tally_status(other, feature, &status);
+            }
+            if (code != TALLY_CODE_OK) {
+                fail(code);
+            } else {
+                say("connected_to %s in_use=%u", feature, status.in_use);
+            }
+            tally_client_free(other);
         } else if (strcmp(command, "quit") == 0) {
             break;
         } else {

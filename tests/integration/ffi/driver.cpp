@@ -76,6 +76,14 @@ int main() {
                 tally::Verdict verdict = tally::verify_offline(arg);
                 say("verify " + arg + " " + (verdict.valid ? "valid " : "invalid ") +
                     verdict.reason);
+            } else if (command == "connect_to") {
+                std::string ca, token, feature;
+                words.clear();
+                words.str(line);
+                words >> command >> arg >> ca >> token >> feature;
+                tally::Client other({arg}, ca, token);
+                say("connected_to " + feature +
+                    " in_use=" + std::to_string(other.status(feature).in_use));
             } else if (command == "quit") {
                 break;
             } else {
