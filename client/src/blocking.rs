@@ -9,10 +9,15 @@
 //! # Ok::<(), tally_client::Error>(())
 //! ```
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
-use tally_protocol::{EndReason, LeaseInfo, Request, Response};
+use tally_protocol::{
+    EndReason, ErrorBody, ErrorCode, FeatureStatus, LeaseId, LeaseInfo, Request, Response,
+};
 
 use crate::{ClientConfig, Error};
 
@@ -52,6 +57,68 @@ impl Client {
             inner: Some(lease),
         })
     }
+
+    /// Like [`checkout`](Self::checkout), but while the pool has no free seat, tries again
+    /// (every 100 ms at first, then every second) until `wait` has passed; then fails with
+    /// the last `no_seat`. Until the server has a queue (SPEC R17) this is how a checkout
+    /// waits; a zero `wait` tries once.
+    pub fn checkout_waiting(
+        &self,
+        feature: &str,
+        seats: u32,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.checkout(feature, seats) {
+                Err(Error::Server(body)) if body.code == ErrorCode::NoSeat => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        let message = match wait.is_zero() {
+                            true => body.message,
+                            false => format!("{} (waited {} ms)", body.message, wait.as_millis()),
+                        };
+                        return Err(Error::Server(ErrorBody::new(ErrorCode::NoSeat, message)));
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Seat figures of every feature, or of one; see [`crate::Client::status`].
+    pub fn status(&self, feature: Option<&str>) -> Result<Vec<FeatureStatus>, Error> {
+        self.runtime.block_on(self.inner.status(feature))
+    }
+
+    /// Borrows seats for offline use; see [`crate::Client::borrow`].
+    pub fn borrow(
+        &self,
+        feature: &str,
+        seats: u32,
+        duration: Duration,
+    ) -> Result<(LeaseInfo, PathBuf), Error> {
+        self.runtime
+            .block_on(self.inner.borrow(feature, seats, duration))
+    }
+
+    /// Gives back this machine's borrows of `feature`; see [`crate::Client::return_borrows`].
+    pub fn return_borrows(&self, feature: &str) -> Result<u32, Error> {
+        self.runtime.block_on(self.inner.return_borrows(feature))
+    }
+
+    /// An admin's forced check-in of a lease; see [`crate::Client::release`].
+    pub fn release(&self, lease: LeaseId) -> Result<LeaseId, Error> {
+        self.runtime.block_on(self.inner.release(lease))
+    }
+
+    /// The async client this one drives.
+    pub fn inner(&self) -> &crate::Client {
+        &self.inner
+    }
 }
 
 /// A blocking [`crate::Lease`]: dropping it checks the seats in and waits (up to 5 s) for
@@ -75,6 +142,54 @@ impl Lease {
         self.inner.as_ref().and_then(|lease| lease.is_lost())
     }
 
+    /// Calls `on_lost` once, on a thread of its own, when the server ends the lease (at once
+    /// if it has already ended). Never called for a lease its holder checks in, nor once the
+    /// returned [`LostWatch`] is dropped. The thread is outside the client's runtime, so
+    /// `on_lost` may call the client, and drop or release this lease.
+    pub fn on_lost(&self, on_lost: impl FnOnce(EndReason) + Send + 'static) -> LostWatch {
+        let mut lost = self
+            .inner
+            .as_ref()
+            .expect("lease present until dropped")
+            .lost_watch();
+        let (cancel, cancelled_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new(WatchState::default());
+        let runtime = self.runtime.clone();
+        let watcher_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("tally-lost".into())
+            .spawn(move || {
+                let ended = runtime.block_on(async move {
+                    let ended = async {
+                        loop {
+                            if let Some(reason) = *lost.borrow_and_update() {
+                                return Some(reason);
+                            }
+                            // The sender goes when the lease is checked in or the client stops.
+                            lost.changed().await.ok()?;
+                        }
+                    };
+                    tokio::select! {
+                        reason = ended => reason,
+                        _ = cancelled_rx => None,
+                    }
+                });
+                drop(runtime);
+                if let Some(reason) = ended {
+                    let _running = watcher_state.running.lock();
+                    if !watcher_state.cancelled.load(Ordering::SeqCst) {
+                        on_lost(reason);
+                    }
+                }
+            })
+            .expect("cannot start a thread for the lost callback");
+        LostWatch {
+            cancel: Some(cancel),
+            state,
+            thread: thread.thread().id(),
+        }
+    }
+
     /// Checks the lease in and waits for the server to confirm it.
     pub fn release(mut self) -> Result<(), Error> {
         match self.inner.take() {
@@ -90,6 +205,40 @@ impl Drop for Lease {
             let _ = self.runtime.block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), lease.release()).await
             });
+        }
+    }
+}
+
+/// A lost callback registered with [`Lease::on_lost`]. Dropping it cancels the callback: once
+/// the drop returns, the callback is not running and will never run (unless the drop
+/// happens inside the callback itself, which then simply finishes).
+#[derive(Debug)]
+pub struct LostWatch {
+    /// Wakes the watcher thread so it ends at once.
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Shared with the watcher thread.
+    state: Arc<WatchState>,
+    /// The watcher thread: a drop from inside the callback must not wait for itself.
+    thread: ThreadId,
+}
+
+/// What a [`LostWatch`] shares with its thread.
+#[derive(Debug, Default)]
+struct WatchState {
+    /// Set by the drop; the thread checks it, under `running`, before calling back.
+    cancelled: AtomicBool,
+    /// Held by the thread while the callback runs, so the drop can wait for it to finish.
+    running: Mutex<()>,
+}
+
+impl Drop for LostWatch {
+    fn drop(&mut self) {
+        self.state.cancelled.store(true, Ordering::SeqCst);
+        if let Some(cancel) = self.cancel.take() {
+            let _ = cancel.send(());
+        }
+        if std::thread::current().id() != self.thread {
+            drop(self.state.running.lock());
         }
     }
 }

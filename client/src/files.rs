@@ -92,7 +92,8 @@ pub fn text(path: &Path, what: &str, bytes: Vec<u8>) -> Result<String, Error> {
 
 /// The warning for a file holding a token that others may read: its mode when group or
 /// others can read it, with the fix. `None` when only its owner can, or it cannot be read.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))] // only `tally` warns
+// Only the command line warns; the library alone (libtally) does not call it.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn readable_by_others(path: &Path, mode: u32, what: &str) -> Option<String> {
     (mode & 0o044 != 0).then(|| {
         format!(

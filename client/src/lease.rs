@@ -48,6 +48,12 @@ impl Lease {
         *self.lost.borrow()
     }
 
+    /// A receiver of the lease's end, for a watcher that outlives a borrow of the guard
+    /// (the blocking wrapper's lost callback).
+    pub(crate) fn lost_watch(&self) -> watch::Receiver<Option<EndReason>> {
+        self.lost.clone()
+    }
+
     /// Resolves when the server ends the lease, with the reason.
     pub async fn lost(&mut self) -> EndReason {
         loop {

@@ -12,6 +12,7 @@ mod failover;
 mod fake;
 mod faults;
 mod features;
+mod ffi;
 mod hostile;
 mod lifecycle;
 mod lying;
