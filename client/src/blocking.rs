@@ -13,11 +13,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tally_protocol::{
-    EndReason, ErrorBody, ErrorCode, FeatureStatus, LeaseId, LeaseInfo, Request, Response,
-};
+use tally_protocol::{EndReason, FeatureStatus, LeaseId, LeaseInfo, Request, Response};
 
 use crate::{ClientConfig, Error};
 
@@ -59,34 +57,20 @@ impl Client {
     }
 
     /// Like [`checkout`](Self::checkout), but while the pool has no free seat, tries again
-    /// (every 100 ms at first, then every second) until `wait` has passed; then fails with
-    /// the last `no_seat`. Until the server has a queue (SPEC R17) this is how a checkout
-    /// waits; a zero `wait` tries once.
+    /// until `wait` has passed; see [`crate::Client::checkout_waiting`].
     pub fn checkout_waiting(
         &self,
         feature: &str,
         seats: u32,
         wait: Duration,
     ) -> Result<Lease, Error> {
-        let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.checkout(feature, seats) {
-                Err(Error::Server(body)) if body.code == ErrorCode::NoSeat => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        let message = match wait.is_zero() {
-                            true => body.message,
-                            false => format!("{} (waited {} ms)", body.message, wait.as_millis()),
-                        };
-                        return Err(Error::Server(ErrorBody::new(ErrorCode::NoSeat, message)));
-                    }
-                    std::thread::sleep(pause.min(deadline - now));
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
+        let lease = self
+            .runtime
+            .block_on(self.inner.checkout_waiting(feature, seats, wait))?;
+        Ok(Lease {
+            runtime: self.runtime.clone(),
+            inner: Some(lease),
+        })
     }
 
     /// Seat figures of every feature, or of one; see [`crate::Client::status`].

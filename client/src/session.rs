@@ -235,6 +235,37 @@ impl Client {
         Ok(Lease::new(info, self.clone(), lost_rx))
     }
 
+    /// Like [`checkout`](Self::checkout), but while the pool has no free seat, tries again
+    /// (after 100 ms at first, the wait doubling to a second) until `wait` has passed; then
+    /// fails with the last `no_seat`, saying how long it waited. Until the server queues
+    /// checkouts (SPEC R17) this is how a checkout waits; a zero `wait` tries once.
+    pub async fn checkout_waiting(
+        &self,
+        feature: &str,
+        seats: u32,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.checkout(feature, seats).await {
+                Err(Error::Server(body)) if body.code == ErrorCode::NoSeat => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        let message = match wait.is_zero() {
+                            true => body.message,
+                            false => format!("{} (waited {} ms)", body.message, wait.as_millis()),
+                        };
+                        return Err(Error::Server(ErrorBody::new(ErrorCode::NoSeat, message)));
+                    }
+                    tokio::time::sleep(pause.min(deadline - now)).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Borrows seats for offline use, bound to this machine, and keeps the signed token in
     /// the user's data directory (see [`BorrowStore`]). Returns the lease and the token file.
     /// The request carries a request id, so it is resent after a reconnect and a lost

@@ -53,12 +53,23 @@ impl Client {
         })
     }
 
-    /// Checks out `seats` seats of `feature`: a lease that heartbeats until released.
-    #[pyo3(signature = (feature, seats=1))]
-    fn checkout(&self, py: Python<'_>, feature: String, seats: u32) -> PyResult<Lease> {
+    /// Checks out `seats` seats of `feature`: a lease that heartbeats until released. With
+    /// `wait` (seconds, a `timedelta` or text such as `"10m"`), tries again while no seat is
+    /// free, until the wait has passed.
+    #[pyo3(signature = (feature, seats=1, wait=None))]
+    fn checkout(
+        &self,
+        py: Python<'_>,
+        feature: String,
+        seats: u32,
+        wait: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Lease> {
         let client = self.connection()?;
-        let lease =
-            wait(py, async move { client.checkout(&feature, seats).await })?.map_err(error)?;
+        let patience = wait.map(seconds).transpose()?.unwrap_or_default();
+        let lease = crate::wait(py, async move {
+            client.checkout_waiting(&feature, seats, patience).await
+        })?
+        .map_err(error)?;
         Ok(Lease::new(lease))
     }
 

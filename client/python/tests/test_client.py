@@ -54,6 +54,23 @@ def test_a_full_pool_raises_no_seat(daemon: Daemon) -> None:
             client.checkout("no-such-feature")
 
 
+def test_a_waiting_checkout_gets_a_seat_freed_meanwhile_or_raises_no_seat(daemon: Daemon) -> None:
+    daemon.cli("entitlement", "add", "nuke", "--seats", "1")
+    with tally.Client() as client:
+        held = client.checkout("nuke")
+        with pytest.raises(tally.NoSeat) as refused:
+            client.checkout("nuke", wait=0.3)
+        assert "waited 300 ms" in refused.value.message
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(client.checkout("nuke", wait="1m")))
+        waiter.start()
+        held.release()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive(), "the waiting checkout never got the freed seat"
+        assert got and got[0].lost is None
+        got[0].release()
+
+
 def test_the_lease_outlives_a_kill_9_and_restart_of_tallyd(daemon: Daemon) -> None:
     daemon.cli("entitlement", "add", "vray", "--seats", "1")
     client = tally.Client()

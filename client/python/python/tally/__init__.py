@@ -57,14 +57,21 @@ ConfigPath = Union[str, "os.PathLike[str]", None]
 DurationLike = Union[int, float, timedelta, str]
 
 
-def checkout(feature: str, seats: int = 1, config: ConfigPath = None) -> Lease:
+def checkout(
+    feature: str,
+    seats: int = 1,
+    config: ConfigPath = None,
+    wait: Optional[DurationLike] = None,
+) -> Lease:
     """Checks out ``seats`` seats of ``feature`` over a connection of their own.
 
     Use it in a ``with`` block, which releases the lease at its end; or call
-    ``lease.release()``. The connection lasts as long as the lease.
+    ``lease.release()``. The connection lasts as long as the lease. With ``wait``, a
+    checkout that finds no free seat tries again until the wait has passed, then raises
+    ``tally.NoSeat``.
     """
     with Client(config) as client:
-        return client.checkout(feature, seats)
+        return client.checkout(feature, seats, wait)
 
 
 def status(feature: Optional[str] = None, config: ConfigPath = None) -> List[FeatureStatus]:

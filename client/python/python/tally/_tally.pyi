@@ -18,8 +18,11 @@ class Client:
     def __init__(self, config: _ConfigPath = None, *, agent: Optional[str] = None) -> None:
         """Connects with the client file ``config`` (``None``: ``TALLY_CONFIG``, else
         ``~/.config/tally/client.toml``); ``agent`` names the program to admins."""
-    def checkout(self, feature: str, seats: int = 1) -> Lease:
-        """Checks out seats; raises ``tally.NoSeat`` when none is free."""
+    def checkout(
+        self, feature: str, seats: int = 1, wait: Optional[_Duration] = None
+    ) -> Lease:
+        """Checks out seats; raises ``tally.NoSeat`` when none is free (after trying
+        again until ``wait`` has passed, when it is given)."""
     def status(self, feature: Optional[str] = None) -> List[FeatureStatus]: ...
     def borrow(self, feature: str, duration: _Duration, seats: int = 1) -> Borrow: ...
     def return_borrow(self, feature: str) -> int: ...
