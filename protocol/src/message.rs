@@ -237,6 +237,14 @@ pub enum Request {
     /// An admin's forced check-in of the online leases a pattern selects: an id prefix, or a
     /// user, host and feature (like `lmremove`); answered with [`Response::ReleasedLeases`].
     ReleaseMatching(ReleaseMatching),
+    /// Makes a checkout of a feature also take a seat of another for the same client
+    /// instance (SPEC R18; admins); answered with [`Response::Features`].
+    FeatureRequire(FeatureRequirement),
+    /// Drops a prerequisite (admins); answered with [`Response::Features`].
+    FeatureUnrequire(FeatureRequirement),
+    /// Every feature with prerequisites and what it requires; answered with
+    /// [`Response::Features`].
+    FeatureList,
 }
 
 impl Request {
@@ -280,6 +288,9 @@ impl Request {
             Request::EntitlementUpdate(_) => "entitlement_update",
             Request::EntitlementDelete(_) => "entitlement_remove",
             Request::ReleaseMatching(_) => "release",
+            Request::FeatureRequire(_) => "feature_require",
+            Request::FeatureUnrequire(_) => "feature_unrequire",
+            Request::FeatureList => "feature_list",
         }
     }
 
@@ -301,6 +312,7 @@ impl Request {
                 | Request::Audit(_)
                 | Request::AuditPage(_)
                 | Request::Assignments(_)
+                | Request::FeatureList
         )
     }
 
@@ -377,6 +389,9 @@ pub enum Response {
     EntitlementDeleted(EntitlementDeleted),
     /// The answer to `ReleaseMatching`: the leases released.
     ReleasedLeases(Vec<LeaseId>),
+    /// The answer to `FeatureRequire`, `FeatureUnrequire` and `FeatureList`: every feature
+    /// with prerequisites, by name, after the change.
+    Features(Vec<FeatureRequires>),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -1017,4 +1032,18 @@ pub struct ReleaseMatching {
     pub user: Option<String>,
     pub host: Option<String>,
     pub feature: Option<String>,
+}
+
+/// A prerequisite: a checkout of `feature` also takes a seat of `requires` (SPEC R18).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureRequirement {
+    pub feature: String,
+    pub requires: String,
+}
+
+/// A feature and the features a checkout of it also takes a seat of, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureRequires {
+    pub feature: String,
+    pub requires: Vec<String>,
 }

@@ -480,6 +480,9 @@ fn every_variant_keeps_its_index() {
             35,
         ),
         (Request::ReleaseMatching(release_matching()), 36),
+        (Request::FeatureRequire(requirement()), 37),
+        (Request::FeatureUnrequire(requirement()), 38),
+        (Request::FeatureList, 39),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -549,6 +552,7 @@ fn every_variant_keeps_its_index() {
             31,
         ),
         (Response::ReleasedLeases(vec![]), 32),
+        (Response::Features(vec![]), 33),
     ];
     for (response, index) in responses {
         assert_eq!(
@@ -976,6 +980,38 @@ fn golden_bytes_of_the_admin_views() {
     assert_eq!(
         encode(&Response::ReleasedLeases(vec![LeaseId([2; 16])])),
         format!("2001{}", "02".repeat(16))
+    );
+}
+
+fn requirement() -> FeatureRequirement {
+    FeatureRequirement {
+        feature: "f".into(),
+        requires: "p".into(),
+    }
+}
+
+/// The requests and answer of prerequisites (SPEC R18), byte for byte: each after every
+/// earlier variant.
+#[test]
+fn golden_bytes_of_prerequisites() {
+    // index 37 and 38: "f", "p"
+    assert_eq!(
+        encode(&Request::FeatureRequire(requirement())),
+        "2501660170"
+    );
+    assert_eq!(
+        encode(&Request::FeatureUnrequire(requirement())),
+        "2601660170"
+    );
+    // index 39, no body
+    assert_eq!(encode(&Request::FeatureList), "27");
+    // index 33, one feature: "f" requires ["p", "q"]
+    assert_eq!(
+        encode(&Response::Features(vec![FeatureRequires {
+            feature: "f".into(),
+            requires: vec!["p".into(), "q".into()],
+        }])),
+        "210101660201700171"
     );
 }
 

@@ -792,6 +792,13 @@ impl Engine {
             PoolRequest::ReleaseMatching(release) => pool
                 .release_matching(now, actor, &release, batch)
                 .map(Response::ReleasedLeases),
+            PoolRequest::FeatureRequire(requirement) => pool
+                .require(now, actor, &requirement, batch)
+                .map(Response::Features),
+            PoolRequest::FeatureUnrequire(requirement) => pool
+                .unrequire(now, actor, &requirement, batch)
+                .map(Response::Features),
+            PoolRequest::FeatureList => Ok(Response::Features(pool.prerequisites(now, batch))),
         }
     }
 

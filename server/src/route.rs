@@ -7,9 +7,9 @@
 use crate::core::Action;
 use tally_protocol::{
     Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementDelete,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, LeasesPageQuery, LeasesQuery,
-    NewEntitlement, Release, ReleaseMatching, Request, Resume, Return, Revoke, StatusQuery,
-    TokenMint, TokenRevoke, UserAdd, UserRef,
+    EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement, LeasesPageQuery,
+    LeasesQuery, NewEntitlement, Release, ReleaseMatching, Request, Resume, Return, Revoke,
+    StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
 };
 
 /// Who answers a request.
@@ -89,6 +89,9 @@ pub enum PoolRequest {
     EntitlementUpdate(EntitlementUpdate),
     EntitlementDelete(EntitlementDelete),
     ReleaseMatching(ReleaseMatching),
+    FeatureRequire(FeatureRequirement),
+    FeatureUnrequire(FeatureRequirement),
+    FeatureList,
 }
 
 /// Decides who answers `request`.
@@ -152,6 +155,9 @@ pub fn route(request: Request) -> Route {
         Request::EntitlementUpdate(body) => PoolRequest::EntitlementUpdate(body),
         Request::EntitlementDelete(body) => PoolRequest::EntitlementDelete(body),
         Request::ReleaseMatching(body) => PoolRequest::ReleaseMatching(body),
+        Request::FeatureRequire(body) => PoolRequest::FeatureRequire(body),
+        Request::FeatureUnrequire(body) => PoolRequest::FeatureUnrequire(body),
+        Request::FeatureList => PoolRequest::FeatureList,
     };
     Route::Engine(EngineRequest {
         name,

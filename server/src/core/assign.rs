@@ -301,6 +301,7 @@ impl Pool {
                 )));
             }
         }
+        self.check_assign_prerequisites(user, feature)?;
         let donor = match from {
             None => self.floating_donor(now, user, request)?,
             Some(from) => self.assignment_donor(now, user, from, request)?,
@@ -509,6 +510,9 @@ impl Pool {
             return Err(ErrorBody::invalid(format!(
                 "{user} has {total} seat(s) of {feature} assigned; cannot revoke {wanted}"
             )));
+        }
+        if wanted == total {
+            self.check_revoke_prerequisites(user, feature)?;
         }
         let mut plan = Vec::new();
         let mut left = wanted;

@@ -53,6 +53,10 @@ pub struct Batch {
     pub next_entitlement_id: Option<u64>,
     /// The assignment id counter, likewise.
     pub next_assignment_id: Option<u64>,
+    /// Prerequisites added (R18): (feature, the feature it requires).
+    pub requires_added: Vec<(String, String)>,
+    /// Prerequisites dropped, likewise.
+    pub requires_removed: Vec<(String, String)>,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
@@ -81,6 +85,8 @@ impl Batch {
             && self.notifications.is_empty()
             && self.next_entitlement_id.is_none()
             && self.next_assignment_id.is_none()
+            && self.requires_added.is_empty()
+            && self.requires_removed.is_empty()
     }
 
     /// How many rows the batch writes.
@@ -98,6 +104,8 @@ impl Batch {
             + self.assignments_upserted.len()
             + self.assignments_removed.len()
             + self.notifications.len()
+            + self.requires_added.len()
+            + self.requires_removed.len()
     }
 
     pub fn add_lease(&mut self, lease: Lease) {
@@ -289,6 +297,8 @@ pub struct Snapshot {
     pub assignments: Vec<Assignment>,
     pub next_entitlement_id: u64,
     pub next_assignment_id: u64,
+    /// Prerequisites (R18): (feature, the feature it requires), in that order.
+    pub requires: Vec<(String, String)>,
 }
 
 impl Snapshot {
@@ -354,6 +364,14 @@ impl Snapshot {
         if let Some(next) = batch.next_assignment_id {
             self.next_assignment_id = next;
         }
+        self.requires
+            .retain(|r| !batch.requires_removed.contains(r));
+        for requirement in &batch.requires_added {
+            if !self.requires.contains(requirement) {
+                self.requires.push(requirement.clone());
+            }
+        }
+        self.requires.sort();
     }
 }
 

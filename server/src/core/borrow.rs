@@ -103,6 +103,7 @@ impl Pool {
             batch.audit_refusal(now, actor, Action::Borrow, feature, Some(feature), checked)?;
         let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
         let lease = Lease {
+            taken_with: None,
             id: new_id,
             feature: request.feature.clone(),
             seats: request.seats,

@@ -11,6 +11,7 @@ use tally_protocol::{
 };
 
 use super::checks::{check_request, require_admin, unknown_name, username};
+use super::prereqs::prerequisite_ids;
 use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool};
 
 impl Pool {
@@ -38,8 +39,13 @@ impl Pool {
             }
         }
         let feature = request.feature.as_str();
-        let checked = self.check_checkout(now, actor, holder, request);
-        let source = batch.audit_refusal(
+        let checked = self
+            .check_checkout(now, actor, holder, request)
+            .and_then(|source| {
+                let taken = self.check_prerequisite_seats(now, actor, holder, request)?;
+                Ok((source, taken))
+            });
+        let (source, taken) = batch.audit_refusal(
             now,
             actor,
             Action::Checkout,
@@ -61,6 +67,7 @@ impl Pool {
             granted_at: now,
             expires_at: now + self.ledger.ttl_ms,
             entitlement: None,
+            taken_with: None,
         };
         self.ledger.renew(holder.client, now);
         self.ledger.insert(lease.clone(), now + self.ledger.ttl_ms);
@@ -73,8 +80,92 @@ impl Pool {
             Some(feature),
             Ok(""),
         );
+        for (requires, source) in taken {
+            let (id, request_id) = prerequisite_ids(new_id, &requires);
+            let seat = Lease {
+                id,
+                feature: requires,
+                seats: 1,
+                request_id,
+                source,
+                taken_with: Some(new_id),
+                ..lease.clone()
+            };
+            self.ledger.insert(seat.clone(), now + self.ledger.ttl_ms);
+            let detail = format!("a prerequisite of {feature}, with lease {new_id}");
+            batch.audit(
+                now,
+                actor,
+                Action::Checkout,
+                &id.to_string(),
+                Some(&seat.feature),
+                Ok(&detail),
+            );
+            batch.add_lease(seat);
+        }
         batch.add_lease(lease);
         Ok(info)
+    }
+
+    /// The seat of each prerequisite of the feature (R18) that a checkout must also take,
+    /// and where it comes from; the prerequisites this client instance already holds are
+    /// not taken again. With no seat of one, the whole checkout is refused naming it.
+    fn check_prerequisite_seats(
+        &self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Checkout,
+    ) -> Result<Vec<(String, LeaseSource)>, ErrorBody> {
+        let session = self
+            .ledger
+            .sessions
+            .get(&holder.client)
+            .filter(|session| session.user == actor.username);
+        let held: BTreeSet<&str> = session
+            .map(|session| {
+                session
+                    .leases
+                    .iter()
+                    .filter_map(|id| self.ledger.leases.get(id))
+                    .map(|l| l.feature.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let count = session.map_or(0, |session| session.leases.len());
+        let mut taken = Vec::new();
+        for requires in self.prerequisites_of(&request.feature) {
+            if held.contains(requires.as_str()) {
+                continue;
+            }
+            let seat = Checkout {
+                request_id: request.request_id,
+                feature: requires.clone(),
+                seats: 1,
+            };
+            let source = self
+                .check_checkout(now, actor, holder, &seat)
+                .map_err(|err| {
+                    ErrorBody::new(
+                        ErrorCode::NoSeat,
+                        format!(
+                            "{} requires {requires}, and there is no seat of {requires} for you: {}",
+                            request.feature, err.message
+                        ),
+                    )
+                })?;
+            taken.push((requires, source));
+        }
+        let max = self.policy.max_leases_per_client as usize;
+        let after = count + 1 + taken.len();
+        if max != 0 && !taken.is_empty() && after > max {
+            return Err(ErrorBody::invalid(format!(
+                "{} requires {} more seat(s) of its prerequisites, and this client instance may hold at most {max} leases (limits.max_leases_per_client); check some in first",
+                request.feature,
+                taken.len()
+            )));
+        }
+        Ok(taken)
     }
 
     /// Where a checkout's seats come from (the user's free assignment first, else the
@@ -272,6 +363,18 @@ impl Pool {
             }
             resumed.push(id);
         }
+        // The seats of prerequisites a resumed lease's checkout took (R18) go where it goes;
+        // the client never learned of them, so they are not in `ids`.
+        let linked: Vec<LeaseId> = resumed
+            .iter()
+            .flat_map(|id| self.ledger.taken.get(id).into_iter().flatten().copied())
+            .collect();
+        for &id in &linked {
+            if self.ledger.leases[&id].client != holder.client {
+                self.ledger.rebind(id, holder, now);
+                batch.update_lease(self.ledger.leases[&id].clone());
+            }
+        }
         // A resume names every online lease the client instance holds. Any other lease of
         // its session is one it never learned of: a checkout committed while its answer
         // was lost (a dropped connection, a failover, a deadline that passed). Its
@@ -287,7 +390,7 @@ impl Pool {
                     .leases
                     .iter()
                     .copied()
-                    .filter(|id| !ids.contains(id))
+                    .filter(|id| !ids.contains(id) && !linked.contains(id))
                     .filter(|id| {
                         self.ledger
                             .leases

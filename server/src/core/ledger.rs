@@ -85,6 +85,8 @@ pub(super) struct Ledger {
     usage: HashMap<String, Usage>,
     /// Seats in use per assignment.
     assignment_use: HashMap<u64, Usage>,
+    /// The seats of prerequisites each lease's checkout took (R18), which end with it.
+    pub(super) taken: HashMap<LeaseId, BTreeSet<LeaseId>>,
 }
 
 impl Ledger {
@@ -98,6 +100,7 @@ impl Ledger {
             borrow_expiry: BTreeSet::new(),
             usage: HashMap::new(),
             assignment_use: HashMap::new(),
+            taken: HashMap::new(),
         }
     }
 
@@ -168,6 +171,9 @@ impl Ledger {
         usage.take(lease.kind, lease.seats);
         self.by_request
             .insert((lease.client, lease.request_id), lease.id);
+        if let Some(with) = lease.taken_with {
+            self.taken.entry(with).or_default().insert(lease.id);
+        }
         if lease.kind == LeaseKind::Borrowed {
             self.borrow_expiry.insert((lease.expires_at, lease.id));
         }
@@ -287,6 +293,18 @@ impl Ledger {
             ),
         });
         batch.remove_lease(id);
+        if let Some(with) = lease.taken_with {
+            if let Some(set) = self.taken.get_mut(&with) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.taken.remove(&with);
+                }
+            }
+        }
+        // The seats of prerequisites its checkout took end with it, for the same reason.
+        for linked in self.taken.remove(&id).unwrap_or_default() {
+            self.end(linked, reason, now, actor, batch);
+        }
     }
 
     /// Ends every borrow whose end has come and every session that lapsed by `now` (R3).

@@ -19,7 +19,8 @@
 //! - one module per request family: `leases` (checkout, heartbeat, resume, check-in,
 //!   release, listing), `entitlements` (add, remove, list, status), `users`, `assign`
 //!   (assign, revoke, assignment ends), `borrow` (borrow, return), `tokens` (sign-in,
-//!   mint, list, revoke) and `audit` (whether the names an audit query filters by exist).
+//!   mint, list, revoke), `audit` (whether the names an audit query filters by exist) and
+//!   `prereqs` (R18: the features a checkout of another also takes a seat of).
 
 mod assign;
 mod audit;
@@ -31,6 +32,7 @@ mod entitlements;
 mod invariants;
 mod leases;
 mod ledger;
+mod prereqs;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -81,6 +83,8 @@ pub struct Pool {
     next_assignment_id: u64,
     /// The server settings the rules depend on.
     policy: Policy,
+    /// Prerequisites (R18): a checkout of the key also takes a seat of each of these.
+    requires: BTreeMap<String, BTreeSet<String>>,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
@@ -102,6 +106,7 @@ impl Pool {
             assignments: BTreeMap::new(),
             next_assignment_id: 1,
             policy,
+            requires: BTreeMap::new(),
             next_boundary: i64::MAX,
         }
     }
@@ -134,6 +139,9 @@ impl Pool {
         for lease in snapshot.leases {
             pool.ledger.insert(lease, now + ttl_ms);
         }
+        for (feature, requires) in snapshot.requires {
+            pool.requires.entry(feature).or_default().insert(requires);
+        }
         // Whatever boundary passed while the store was not serving is due now.
         pool.next_boundary = i64::MIN;
         pool
@@ -152,6 +160,11 @@ impl Pool {
             next_user_id: self.next_user_id,
             next_entitlement_id: self.next_entitlement_id,
             next_assignment_id: self.next_assignment_id,
+            requires: self
+                .requires
+                .iter()
+                .flat_map(|(f, set)| set.iter().map(move |p| (f.clone(), p.clone())))
+                .collect(),
         }
     }
 

@@ -2298,3 +2298,260 @@ fn removing_an_entitlement_refuses_to_end_leases_unless_forced_and_names_them() 
         .is_ok());
     assert_eq!(pool.lease_count(), 0);
 }
+
+/// A pool with `maya` (1 seat) and `vray` (3 seats), where `vray` requires `maya` (R18).
+fn pool_with_prerequisite() -> (Pool, Batch) {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(1, &admin(), &entitlement("maya", 1), &mut batch)
+        .unwrap();
+    pool.add_entitlement(1, &admin(), &entitlement("vray", 3), &mut batch)
+        .unwrap();
+    let requirement = tally_protocol::FeatureRequirement {
+        feature: "vray".into(),
+        requires: "maya".into(),
+    };
+    let listed = pool.require(1, &admin(), &requirement, &mut batch).unwrap();
+    assert_eq!(
+        listed,
+        vec![tally_protocol::FeatureRequires {
+            feature: "vray".into(),
+            requires: vec!["maya".into()],
+        }]
+    );
+    (pool, batch)
+}
+
+fn seats_in_use(pool: &Pool, feature: &str) -> u32 {
+    pool.ledger.usage(feature).total()
+}
+
+#[test]
+fn a_checkout_takes_its_prerequisite_in_the_same_step_and_checkin_returns_both() {
+    let (mut pool, _) = pool_with_prerequisite();
+    let mut batch = Batch::default();
+    let vray = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            lease_id(1),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(seats_in_use(&pool, "vray"), 1);
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
+    assert_eq!(batch.leases_added.len(), 2);
+    let maya = batch
+        .leases_added
+        .iter()
+        .find(|l| l.feature == "maya")
+        .unwrap();
+    assert_eq!(maya.taken_with, Some(vray.id));
+    assert_eq!(maya.client, holder(0).client);
+    pool.check_invariants(2).unwrap();
+
+    let mut batch = Batch::default();
+    pool.checkin(3, &member(0), vray.id, &mut batch).unwrap();
+    assert_eq!(seats_in_use(&pool, "vray"), 0);
+    assert_eq!(seats_in_use(&pool, "maya"), 0);
+    assert_eq!(batch.leases_removed.len(), 2);
+    assert!(pool.ledger.taken.is_empty());
+    pool.check_invariants(3).unwrap();
+}
+
+#[test]
+fn with_no_seat_of_the_prerequisite_the_whole_checkout_is_refused_naming_it() {
+    let (mut pool, _) = pool_with_prerequisite();
+    let mut batch = Batch::default();
+    pool.checkout(
+        2,
+        &member(0),
+        &holder(0),
+        &checkout("vray", 1, 1),
+        lease_id(1),
+        &mut batch,
+    )
+    .unwrap();
+    let mut batch = Batch::default();
+    let err = pool
+        .checkout(
+            2,
+            &member(1),
+            &holder(1),
+            &checkout("vray", 1, 2),
+            lease_id(2),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoSeat);
+    assert!(
+        err.message.contains("vray requires maya"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("no seat of maya"), "{}", err.message);
+    assert!(batch.leases_added.is_empty());
+    assert_eq!(seats_in_use(&pool, "vray"), 1);
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
+    pool.check_invariants(2).unwrap();
+}
+
+#[test]
+fn a_client_already_holding_the_prerequisite_does_not_take_it_again() {
+    let (mut pool, _) = pool_with_prerequisite();
+    let mut batch = Batch::default();
+    let maya = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("maya", 1, 1),
+            lease_id(1),
+            &mut batch,
+        )
+        .unwrap();
+    let vray = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 2),
+            lease_id(2),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
+    assert_eq!(seats_in_use(&pool, "vray"), 1);
+    let mut batch = Batch::default();
+    pool.checkin(3, &member(0), vray.id, &mut batch).unwrap();
+    // The seat it held before stays: the checkout of vray did not take it.
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
+    assert!(pool.ledger.leases.contains_key(&maya.id));
+}
+
+#[test]
+fn the_linked_seat_survives_a_restart_a_resume_and_ends_with_its_lease() {
+    let (mut pool, setup) = pool_with_prerequisite();
+    let mut store = Snapshot::default();
+    store.apply(&setup);
+    let mut batch = Batch::default();
+    let vray = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            lease_id(1),
+            &mut batch,
+        )
+        .unwrap();
+    store.apply(&batch);
+    let mut pool = Pool::restore(store, TTL, Policy::default(), 3);
+    let mut batch = Batch::default();
+    // The client names only the lease it knows of; the seat of maya stays with it, and
+    // goes with it to another instance.
+    let resumed = pool.resume(4, &member(0), &holder(5), &[vray.id], &mut batch);
+    assert_eq!(resumed.resumed.len(), 1);
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
+    let maya = pool
+        .ledger
+        .leases
+        .values()
+        .find(|l| l.feature == "maya")
+        .unwrap();
+    assert_eq!(maya.client, holder(5).client);
+    pool.checkin(5, &member(0), vray.id, &mut batch).unwrap();
+    assert_eq!(seats_in_use(&pool, "maya"), 0);
+    assert_eq!(pool.lease_count(), 0);
+}
+
+#[test]
+fn requirements_refuse_cycles_and_are_for_admins() {
+    let (mut pool, mut batch) = pool_with_prerequisite();
+    pool.add_entitlement(1, &admin(), &entitlement("nuke", 1), &mut batch)
+        .unwrap();
+    let req = |f: &str, p: &str| tally_protocol::FeatureRequirement {
+        feature: f.into(),
+        requires: p.into(),
+    };
+    pool.require(2, &admin(), &req("maya", "nuke"), &mut batch)
+        .unwrap();
+    let err = pool
+        .require(2, &admin(), &req("nuke", "vray"), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(
+        err.message.contains("cycle (nuke -> vray -> maya -> nuke)"),
+        "{}",
+        err.message
+    );
+    let err = pool
+        .require(2, &admin(), &req("nuke", "nuke"), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    let err = pool
+        .require(2, &member(0), &req("nuke", "vray"), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    let err = pool
+        .unrequire(2, &admin(), &req("nuke", "vray"), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    // vray now takes maya and, through it, nuke.
+    assert_eq!(pool.prerequisites_of("vray"), ["maya", "nuke"]);
+    let listed = pool
+        .unrequire(2, &admin(), &req("maya", "nuke"), &mut batch)
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(pool.prerequisites(2, &mut batch), listed);
+}
+
+#[test]
+fn assigning_needs_the_prerequisite_assigned_and_revoking_it_waits_for_its_dependants() {
+    let (mut pool, mut batch) = pool_with_prerequisite();
+    let user = USERS[0];
+    let err = pool
+        .assign(
+            2,
+            &admin(),
+            &assign_request(user, "vray", 1, None),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(
+        err.message.contains("vray requires maya"),
+        "{}",
+        err.message
+    );
+    pool.assign(
+        2,
+        &admin(),
+        &assign_request(user, "maya", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    pool.assign(
+        2,
+        &admin(),
+        &assign_request(user, "vray", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    let revoke = |feature: &str| tally_protocol::Revoke {
+        username: user.into(),
+        feature: feature.into(),
+        seats: None,
+    };
+    let err = pool
+        .revoke(3, &admin(), &revoke("maya"), &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::HasAssignments);
+    assert!(err.message.contains("vray"), "{}", err.message);
+    pool.revoke(3, &admin(), &revoke("vray"), &mut batch)
+        .unwrap();
+    pool.revoke(3, &admin(), &revoke("maya"), &mut batch)
+        .unwrap();
+    pool.check_invariants(3).unwrap();
+}

@@ -61,6 +61,9 @@ pub struct Lease {
     /// For a borrowed floating lease: the borrowable entitlement its seats are charged to,
     /// so that they always fit in that entitlement until the borrow ends.
     pub entitlement: Option<u64>,
+    /// For a seat of a prerequisite (R18): the lease whose checkout took it, which it ends
+    /// with.
+    pub taken_with: Option<LeaseId>,
 }
 
 /// A person who signs in (SPEC §1). The username is kept in lowercase.

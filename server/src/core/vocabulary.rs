@@ -57,11 +57,17 @@ pub enum Action {
     Assignments,
     /// An entitlement changed (renewed or corrected).
     EntitlementUpdate,
+    /// A prerequisite added to a feature (R18).
+    FeatureRequire,
+    /// A prerequisite dropped.
+    FeatureUnrequire,
+    /// The prerequisites listed.
+    FeatureList,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 33] = [
+    pub const ALL: [Action; 36] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -95,6 +101,9 @@ impl Action {
         Self::ServerNodes,
         Self::Assignments,
         Self::EntitlementUpdate,
+        Self::FeatureRequire,
+        Self::FeatureUnrequire,
+        Self::FeatureList,
     ];
 
     /// The stored text.
@@ -133,6 +142,9 @@ impl Action {
             Self::ServerNodes => "server_nodes",
             Self::Assignments => "assignments",
             Self::EntitlementUpdate => "entitlement_update",
+            Self::FeatureRequire => "feature_require",
+            Self::FeatureUnrequire => "feature_unrequire",
+            Self::FeatureList => "feature_list",
         }
     }
 
@@ -176,6 +188,9 @@ impl Action {
             Request::TokenList(_) => Self::TokenList,
             Request::TokenRevoke(_) => Self::TokenRevoke,
             Request::ServerNodes => Self::ServerNodes,
+            Request::FeatureRequire(_) => Self::FeatureRequire,
+            Request::FeatureUnrequire(_) => Self::FeatureUnrequire,
+            Request::FeatureList => Self::FeatureList,
         }
     }
 
@@ -190,6 +205,8 @@ impl Action {
                 | Self::EntitlementAdd
                 | Self::EntitlementRemove
                 | Self::EntitlementUpdate
+                | Self::FeatureRequire
+                | Self::FeatureUnrequire
                 | Self::Assign
                 | Self::Revoke
                 | Self::AssignmentEnd
@@ -329,6 +346,9 @@ mod tests {
                 "server_nodes",
                 "assignments",
                 "entitlement_update",
+                "feature_require",
+                "feature_unrequire",
+                "feature_list",
             ]
         );
         for action in Action::ALL {
@@ -360,6 +380,8 @@ mod tests {
                 "revoke",
                 "assignment_end",
                 "entitlement_update",
+                "feature_require",
+                "feature_unrequire",
             ]
         );
     }
@@ -436,6 +458,15 @@ mod tests {
                 host: None,
                 feature: None,
             }),
+            Request::FeatureRequire(tally_protocol::FeatureRequirement {
+                feature: "vray".into(),
+                requires: "maya".into(),
+            }),
+            Request::FeatureUnrequire(tally_protocol::FeatureRequirement {
+                feature: "vray".into(),
+                requires: "maya".into(),
+            }),
+            Request::FeatureList,
         ];
         for request in &requests {
             assert_eq!(Action::of_request(request).as_str(), request.name());

@@ -7,8 +7,8 @@
 //! property tests use.
 
 use tally_protocol::{
-    AuditEvent, AuditQuery, Checkout, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind,
-    LeaseSource, NewEntitlement, RequestId, Role, UserState,
+    AuditEvent, AuditQuery, Checkout, ClientId, Entitlement, EntitlementKind, FeatureRequirement,
+    LeaseId, LeaseKind, LeaseSource, NewEntitlement, RequestId, Role, UserState,
 };
 
 use super::{event_size, Fence, Store};
@@ -28,6 +28,79 @@ pub async fn contract(store: &dyn Store) {
     every_kind_of_row_round_trips(store).await;
     audit_pages(store).await;
     outbox(store).await;
+    prerequisites_round_trip(store).await;
+}
+
+/// On the store the steps before left: a requirement, and a checkout that took a seat of
+/// its prerequisite linked to its own lease, read back as the pool holds them; the pool
+/// rebuilt from the store still ends the linked seat with its lease; dropping the
+/// requirement deletes its row.
+pub async fn prerequisites_round_trip(store: &dyn Store) {
+    let now = 5;
+    let mut pool = Pool::restore(store.load().await.unwrap(), 60_000, Policy::default(), now);
+    let mut batch = Batch::default();
+    for feature in ["houdini", "houdini-fx"] {
+        let new = NewEntitlement {
+            feature: feature.into(),
+            seats: 2,
+            starts_at: None,
+            expires_at: None,
+            kind: EntitlementKind::Standard,
+            borrowable: false,
+            max_borrow_secs: None,
+            reference: String::new(),
+        };
+        pool.add_entitlement(now, &owner(), &new, &mut batch)
+            .unwrap();
+    }
+    let requirement = FeatureRequirement {
+        feature: "houdini-fx".into(),
+        requires: "houdini".into(),
+    };
+    pool.require(now, &owner(), &requirement, &mut batch)
+        .unwrap();
+    let holder = Holder {
+        client: ClientId([42; 16]),
+        host: "fx1".into(),
+        peer: Peer::default(),
+    };
+    let checkout = Checkout {
+        request_id: RequestId([43; 16]),
+        feature: "houdini-fx".into(),
+        seats: 1,
+    };
+    let fx = LeaseId([44; 16]);
+    pool.checkout(now, &owner(), &holder, &checkout, fx, &mut batch)
+        .unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
+
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert_eq!(
+        loaded.requires,
+        vec![("houdini-fx".to_string(), "houdini".to_string())]
+    );
+    let linked: Vec<&Lease> = loaded
+        .leases
+        .iter()
+        .filter(|l| l.taken_with == Some(fx))
+        .collect();
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0].feature, "houdini");
+
+    let mut pool = Pool::restore(loaded, 60_000, Policy::default(), now);
+    let mut batch = Batch::default();
+    pool.checkin(now, &owner(), fx, &mut batch).unwrap();
+    pool.unrequire(now, &owner(), &requirement, &mut batch)
+        .unwrap();
+    store.commit(&batch, Fence::Single).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert!(loaded.requires.is_empty());
+    assert!(loaded
+        .leases
+        .iter()
+        .all(|l| l.feature != "houdini" && l.feature != "houdini-fx"));
 }
 
 fn owner() -> Actor {
@@ -307,6 +380,7 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
         granted_at: 10,
         expires_at: 1_000,
         entitlement: None,
+        taken_with: None,
     };
     let floating_borrow = Lease {
         id: LeaseId(10_001u128.to_be_bytes()),

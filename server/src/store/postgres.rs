@@ -24,7 +24,9 @@ use sqlx::query_builder::Separated;
 use sqlx::{Encode, PgConnection, PgPool, Postgres, QueryBuilder, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
-use super::rows::{AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, TokenRow, UserRow};
+use super::rows::{
+    AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, RequiresRow, TokenRow, UserRow,
+};
 use super::writer::LeaseRows;
 use super::{ClusterIdentity, ClusterStore, Fence, Identity, NodeRow, Store, StoreError};
 use crate::core::{token_id, Batch, Lease, Notification, SignedIn, Snapshot, Token};
@@ -211,6 +213,11 @@ impl Store for PgStore {
             sqlx::query_as("SELECT * FROM tokens ORDER BY id COLLATE \"C\"")
                 .fetch_all(&mut *tx)
                 .await?;
+        let requires: Vec<RequiresRow> = sqlx::query_as(
+            "SELECT feature, requires FROM feature_requires ORDER BY feature COLLATE \"C\", requires COLLATE \"C\"",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *tx)
             .await?
@@ -223,6 +230,7 @@ impl Store for PgStore {
             users,
             assignments,
             tokens,
+            requires,
             meta,
         }
         .into_snapshot()?;
@@ -522,6 +530,7 @@ mod tests {
                     id[..8].copy_from_slice(&(i as u64).to_be_bytes());
                     id[8..].copy_from_slice(&rand::random::<[u8; 8]>());
                     batch.add_lease(Lease {
+                        taken_with: None,
                         id: LeaseId(id),
                         feature: format!("feature{}", i % 20),
                         seats: 1,

@@ -67,6 +67,8 @@ pub struct LeaseRow {
     pub program: String,
     pub pid: i64,
     pub address: String,
+    /// For a seat of a prerequisite: the lease whose checkout took it (R18).
+    pub taken_with: Option<Vec<u8>>,
 }
 
 /// A row of `leases` with its row number (`seq`, in grant order).
@@ -105,6 +107,10 @@ impl TryFrom<LeaseRow> for Lease {
             entitlement: row
                 .entitlement
                 .map(|id| unsigned("leases.entitlement", id))
+                .transpose()?,
+            taken_with: row
+                .taken_with
+                .map(|id| id16("leases.taken_with", id).map(LeaseId))
                 .transpose()?,
         })
     }
@@ -284,6 +290,7 @@ mod tests {
     #[test]
     fn unreadable_values_name_their_column() {
         let row = || LeaseRow {
+            taken_with: None,
             id: vec![1; 16],
             feature: "vray".into(),
             seats: 1,
@@ -338,7 +345,16 @@ pub struct LoadedRows {
     pub users: Vec<UserRow>,
     pub assignments: Vec<AssignmentRow>,
     pub tokens: Vec<TokenRow>,
+    /// Prerequisites (R18), by feature then the feature it requires.
+    pub requires: Vec<RequiresRow>,
     pub meta: std::collections::HashMap<String, String>,
+}
+
+/// A row of `feature_requires`: a checkout of `feature` also takes a seat of `requires`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RequiresRow {
+    pub feature: String,
+    pub requires: String,
 }
 
 impl LoadedRows {
@@ -364,6 +380,11 @@ impl LoadedRows {
             assignments: convert(self.assignments)?,
             next_entitlement_id: counter("next_entitlement_id")?,
             next_assignment_id: counter("next_assignment_id")?,
+            requires: self
+                .requires
+                .into_iter()
+                .map(|row| (row.feature, row.requires))
+                .collect(),
         };
         Ok((snapshot, rows))
     }

@@ -14,7 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Encode, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
-use super::rows::{AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, TokenRow, UserRow};
+use super::rows::{
+    AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, RequiresRow, TokenRow, UserRow,
+};
 use super::writer::LeaseRows;
 use super::{Fence, Identity, Store, StoreError};
 use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
@@ -212,6 +214,11 @@ impl Store for SqliteStore {
         let tokens: Vec<TokenRow> = sqlx::query_as("SELECT * FROM tokens ORDER BY id")
             .fetch_all(&mut *conn)
             .await?;
+        let requires: Vec<RequiresRow> = sqlx::query_as(
+            "SELECT feature, requires FROM feature_requires ORDER BY feature, requires",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *conn)
             .await?
@@ -223,6 +230,7 @@ impl Store for SqliteStore {
             users,
             assignments,
             tokens,
+            requires,
             meta,
         }
         .into_snapshot()?;
@@ -452,7 +460,7 @@ mod tests {
                 .iter()
                 .map(|m| m.0)
                 .collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5, 6]
+            [1, 2, 3, 4, 5, 6, 7]
         );
         let token = store.find_token(&[7; 32]).await.unwrap().unwrap();
         assert_eq!((token.id, token.user), (token_id(&[7; 32]), 3));

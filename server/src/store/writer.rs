@@ -303,6 +303,7 @@ macro_rules! batch_writer {
                     "program",
                     "pid",
                     "address",
+                    "taken_with",
                 ],
                 &added,
                 " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at, program = excluded.program, pid = excluded.pid, address = excluded.address",
@@ -326,11 +327,31 @@ macro_rules! batch_writer {
                         .push_bind(l.entitlement.map(|id| id as i64))
                         .push_bind(&l.peer.program)
                         .push_bind(i64::from(l.peer.pid))
-                        .push_bind(&l.peer.address);
+                        .push_bind(&l.peer.address)
+                        .push_bind(l.taken_with.as_ref().map(|id| id.0.to_vec()));
                 },
             )
             .await?;
             delete_in(conn, "leases", "seq", removed_rows).await?;
+            for (feature, requires) in &batch.requires_removed {
+                let mut q =
+                    QueryBuilder::<$db>::new("DELETE FROM feature_requires WHERE feature = ");
+                q.push_bind(feature)
+                    .push(" AND requires = ")
+                    .push_bind(requires);
+                q.build().execute(&mut *conn).await?;
+            }
+            insert_rows(
+                conn,
+                "feature_requires",
+                &["feature", "requires"],
+                &batch.requires_added,
+                " ON CONFLICT (feature, requires) DO NOTHING",
+                |b, (feature, requires)| {
+                    b.push_bind(feature).push_bind(requires);
+                },
+            )
+            .await?;
             let removed = stored_ids(&batch.entitlements_removed);
             delete_in(conn, "entitlements", "id", &removed).await?;
             insert_rows(
