@@ -8,11 +8,11 @@
 use tally_protocol::{
     Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage, AssignmentsQuery,
     AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementDelete, EntitlementDeleted,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureStatus,
-    HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
-    LeasesQuery, NewEntitlement, NodeInfo, Release, ReleaseMatching, Request, Response, Return,
-    Revoke, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef,
-    Whoami,
+    EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureRequirement,
+    FeatureRequires, FeatureStatus, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo,
+    LeasesPage, LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, Release, ReleaseMatching,
+    Request, Response, Return, Revoke, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke,
+    UserAdd, UserInfo, UserRef, Whoami,
 };
 
 use crate::{Client, Error};
@@ -353,6 +353,39 @@ impl Client {
     /// prefix, or a user and/or host): the leases released.
     pub async fn release_matching(&self, release: ReleaseMatching) -> Result<Vec<LeaseId>, Error> {
         ask!(self, Request::ReleaseMatching(release), Response::ReleasedLeases(ids) => ids)
+    }
+
+    /// Makes a checkout of `feature` also take a seat of `requires` (admins, SPEC R18):
+    /// every feature's prerequisites after the change.
+    pub async fn require_feature(
+        &self,
+        feature: &str,
+        requires: &str,
+    ) -> Result<Vec<FeatureRequires>, Error> {
+        let requirement = requirement(feature, requires);
+        ask!(self, Request::FeatureRequire(requirement), Response::Features(list) => list)
+    }
+
+    /// Drops a prerequisite (admins): every feature's prerequisites after the change.
+    pub async fn unrequire_feature(
+        &self,
+        feature: &str,
+        requires: &str,
+    ) -> Result<Vec<FeatureRequires>, Error> {
+        let requirement = requirement(feature, requires);
+        ask!(self, Request::FeatureUnrequire(requirement), Response::Features(list) => list)
+    }
+
+    /// Every feature with prerequisites, and what it requires.
+    pub async fn feature_requirements(&self) -> Result<Vec<FeatureRequires>, Error> {
+        ask!(self, Request::FeatureList, Response::Features(list) => list)
+    }
+}
+
+fn requirement(feature: &str, requires: &str) -> FeatureRequirement {
+    FeatureRequirement {
+        feature: feature.to_string(),
+        requires: requires.to_string(),
     }
 }
 

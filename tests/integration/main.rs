@@ -19,6 +19,7 @@ mod lying;
 mod neighbour;
 mod paging;
 mod pool;
+mod prereqs;
 mod python;
 mod reconnect;
 mod redirect;

@@ -125,6 +125,9 @@ pub enum Command {
     /// Manage entitlements (purchases of a feature).
     #[command(subcommand)]
     Entitlement(EntitlementCommand),
+    /// Manage prerequisites: features whose checkout also takes a seat of another.
+    #[command(subcommand)]
+    Feature(FeatureCommand),
     /// Force the check-in of online leases (admins), like `lmremove`: one by its id or a
     /// unique prefix of it, or every lease of a user or host.
     #[command(group(
@@ -391,6 +394,28 @@ pub enum EntitlementCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeatureCommand {
+    /// Make every checkout of FEATURE also take one seat of PREREQUISITE for the same
+    /// client instance (unless it holds one already), and assigning FEATURE need an
+    /// assignment of PREREQUISITE (admins).
+    Require {
+        /// The feature that needs another, e.g. vray.
+        feature: String,
+        /// The feature it needs, e.g. maya.
+        prerequisite: String,
+    },
+    /// Drop a prerequisite (admins).
+    Unrequire {
+        /// The feature that needed another.
+        feature: String,
+        /// The feature it no longer needs.
+        prerequisite: String,
+    },
+    /// List every feature with prerequisites, and what it requires.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

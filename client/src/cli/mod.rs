@@ -17,6 +17,7 @@ mod borrow;
 mod docs;
 mod entitlements;
 mod failure;
+mod features;
 mod hold;
 mod leases;
 mod log;
@@ -54,6 +55,7 @@ enum Action {
 enum Remote {
     Leases(leases::Action),
     Entitlements(entitlements::Action),
+    Features(features::Action),
     Users(users::Action),
     Assignments(assignments::Action),
     Borrow(borrow::Action),
@@ -80,6 +82,7 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
             R::Assignments(assignments::Action::list(user, feature)?)
         }
         Command::Entitlement(command) => R::Entitlements(entitlements::Action::new(command)?),
+        Command::Feature(command) => R::Features(features::Action::new(command)?),
         Command::Whoami => R::Users(users::Action::Whoami),
         Command::User(command) => R::Users(users::Action::new(command)?),
         Command::Assign {
@@ -130,6 +133,7 @@ impl Remote {
         match self {
             Remote::Leases(action) => action.run(client, out).await,
             Remote::Entitlements(action) => action.run(client, out).await,
+            Remote::Features(action) => action.run(client, out).await,
             Remote::Users(action) => action.run(client, out).await,
             Remote::Assignments(action) => action.run(client, out).await,
             Remote::Borrow(action) => action.run(client, out).await,

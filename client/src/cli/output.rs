@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use tally_protocol::{
     AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, Entitlement, EntitlementDeleted,
-    EntitlementUpdated, FeatureStatus, HeldLease, IssuedToken, LeaseId, LeaseInfo, LeaseSource,
-    NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
+    EntitlementUpdated, FeatureRequires, FeatureStatus, HeldLease, IssuedToken, LeaseId, LeaseInfo,
+    LeaseSource, NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
 /// Prints a line for people on stdout, with control characters escaped ([`line`]).
@@ -917,6 +917,26 @@ impl Output {
             e.seats,
             e.feature
         );
+    }
+
+    /// Every feature with prerequisites (R18). JSON is the spec's document.
+    pub fn features(&self, list: &[FeatureRequires]) {
+        if self.json {
+            let list: Vec<Value> = list
+                .iter()
+                .map(|f| json!({ "feature": f.feature, "requires": f.requires }))
+                .collect();
+            return self.doc(json!({ "features": list }));
+        }
+        if list.is_empty() {
+            say!("no prerequisites: add one with `tally feature require FEATURE PREREQUISITE`");
+            return;
+        }
+        let rows = list
+            .iter()
+            .map(|f| vec![f.feature.clone(), f.requires.join(", ")])
+            .collect();
+        table(&["feature", "requires"], rows);
     }
 
     pub fn entitlements(&self, list: &[Entitlement]) {
