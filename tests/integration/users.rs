@@ -553,6 +553,14 @@ async fn every_admin_request_is_refused_to_members_guests_and_strangers() {
                 seats: None,
             }),
             Request::Release(Release { lease: held.id() }),
+            Request::FeatureRequire(tally_protocol::FeatureRequirement {
+                feature: "vray".into(),
+                requires: "vray".into(),
+            }),
+            Request::FeatureUnrequire(tally_protocol::FeatureRequirement {
+                feature: "vray".into(),
+                requires: "nuke".into(),
+            }),
             Request::Audit(AuditQuery {
                 since: None,
                 user: None,
