@@ -70,6 +70,25 @@ impl Pool {
                 ));
             }
         }
+        for lease in self.ledger.leases.values() {
+            let Some(with) = lease.taken_with else {
+                continue;
+            };
+            let linked = self
+                .ledger
+                .taken
+                .get(&with)
+                .is_some_and(|set| set.contains(&lease.id));
+            match self.ledger.leases.get(&with) {
+                Some(taker) if taker.client == lease.client && linked => {}
+                _ => {
+                    return Err(format!(
+                        "R18: lease {} of {} was taken with lease {with}, which its client instance no longer holds",
+                        lease.id, lease.feature
+                    ))
+                }
+            }
+        }
         for (client, session) in &self.ledger.sessions {
             for id in &session.leases {
                 match self.ledger.leases.get(id) {

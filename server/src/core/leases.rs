@@ -375,6 +375,21 @@ impl Pool {
                 batch.update_lease(self.ledger.leases[&id].clone());
             }
         }
+        // A seat of a prerequisite resumed by itself, away from the lease it came with, is
+        // its own from now on: it no longer ends with that lease.
+        for &id in &resumed {
+            let lease = &self.ledger.leases[&id];
+            let apart = lease.taken_with.is_some_and(|with| {
+                self.ledger
+                    .leases
+                    .get(&with)
+                    .is_none_or(|taker| taker.client != lease.client)
+            });
+            if apart {
+                self.ledger.unlink(id);
+                batch.update_lease(self.ledger.leases[&id].clone());
+            }
+        }
         // A resume names every online lease the client instance holds. Any other lease of
         // its session is one it never learned of: a checkout committed while its answer
         // was lost (a dropped connection, a failover, a deadline that passed). Its

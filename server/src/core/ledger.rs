@@ -229,6 +229,19 @@ impl Ledger {
         self.session_mut(to, &user).leases.insert(id);
     }
 
+    /// Makes the seat of a prerequisite independent of the lease it was taken with.
+    pub(super) fn unlink(&mut self, id: LeaseId) {
+        let Some(with) = self.leases.get_mut(&id).and_then(|l| l.taken_with.take()) else {
+            return;
+        };
+        if let Some(set) = self.taken.get_mut(&with) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.taken.remove(&with);
+            }
+        }
+    }
+
     /// Ends a lease: frees its seats, tells its holder why (unless it gave it back itself),
     /// and records the end in the audit log and the store.
     pub(super) fn end(

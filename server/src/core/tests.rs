@@ -193,6 +193,10 @@ enum Op {
     FailNextCommit {
         delay: i64,
     },
+    /// `feature require vray nuke` (`on`) or `feature unrequire vray nuke` (R18).
+    Require {
+        on: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -228,6 +232,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3usize).prop_map(|user| Op::Activate { user }),
         1 => (0..4 * TTL).prop_map(|downtime| Op::Restart { downtime }),
         1 => (0..2 * TTL).prop_map(|delay| Op::FailNextCommit { delay }),
+        1 => any::<bool>().prop_map(|on| Op::Require { on }),
     ]
 }
 
@@ -582,6 +587,20 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     .is_err()
                 {
                     unchanged(&pool, "activate")?;
+                }
+            }
+            Op::Require { on } => {
+                let requirement = tally_protocol::FeatureRequirement {
+                    feature: FEATURES[0].into(),
+                    requires: FEATURES[1].into(),
+                };
+                let done = if on {
+                    pool.require(now, &admin(), &requirement, &mut batch)
+                } else {
+                    pool.unrequire(now, &admin(), &requirement, &mut batch)
+                };
+                if done.is_err() {
+                    unchanged(&pool, "require")?;
                 }
             }
             Op::Restart { downtime } => {
@@ -2554,4 +2573,33 @@ fn assigning_needs_the_prerequisite_assigned_and_revoking_it_waits_for_its_depen
     pool.revoke(3, &admin(), &revoke("maya"), &mut batch)
         .unwrap();
     pool.check_invariants(3).unwrap();
+}
+
+#[test]
+fn a_prerequisite_seat_resumed_alone_elsewhere_becomes_its_own() {
+    let (mut pool, _) = pool_with_prerequisite();
+    let mut batch = Batch::default();
+    let vray = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            lease_id(1),
+            &mut batch,
+        )
+        .unwrap();
+    let maya = batch
+        .leases_added
+        .iter()
+        .find(|l| l.feature == "maya")
+        .unwrap()
+        .id;
+    let mut batch = Batch::default();
+    pool.resume(3, &member(0), &holder(2), &[maya], &mut batch);
+    assert_eq!(pool.ledger.leases[&maya].taken_with, None);
+    assert_eq!(batch.leases_added[0].taken_with, None);
+    pool.check_invariants(3).unwrap();
+    pool.checkin(4, &member(0), vray.id, &mut batch).unwrap();
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
 }

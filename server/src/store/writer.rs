@@ -306,7 +306,7 @@ macro_rules! batch_writer {
                     "taken_with",
                 ],
                 &added,
-                " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at, program = excluded.program, pid = excluded.pid, address = excluded.address",
+                " ON CONFLICT (seq) DO UPDATE SET host = excluded.host, client_id = excluded.client_id, expires_at = excluded.expires_at, program = excluded.program, pid = excluded.pid, address = excluded.address, taken_with = excluded.taken_with",
                 |b, (l, seq)| {
                     let assignment = match l.source {
                         LeaseSource::Floating => None,
