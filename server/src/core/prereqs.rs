@@ -28,36 +28,8 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<Vec<FeatureRequires>, ErrorBody> {
         self.advance(now, batch);
-        let feature = request.feature.as_str();
         let checked = self.check_require(actor, request);
-        batch.audit_refusal(
-            now,
-            actor,
-            Action::FeatureRequire,
-            feature,
-            Some(feature),
-            checked,
-        )?;
-        let added = self
-            .requires
-            .entry(request.feature.clone())
-            .or_default()
-            .insert(request.requires.clone());
-        if added {
-            batch
-                .requires_added
-                .push((request.feature.clone(), request.requires.clone()));
-        }
-        let detail = format!("requires {}", request.requires);
-        batch.audit(
-            now,
-            actor,
-            Action::FeatureRequire,
-            feature,
-            Some(feature),
-            Ok(&detail),
-        );
-        Ok(self.requirements())
+        self.change_requirement(now, actor, request, Action::FeatureRequire, checked, batch)
     }
 
     /// Drops a requirement (admins); one that does not exist is `not_found`.
@@ -69,34 +41,52 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<Vec<FeatureRequires>, ErrorBody> {
         self.advance(now, batch);
-        let feature = request.feature.as_str();
         let checked = self.check_unrequire(actor, request);
-        batch.audit_refusal(
+        self.change_requirement(
             now,
             actor,
+            request,
             Action::FeatureUnrequire,
-            feature,
-            Some(feature),
             checked,
-        )?;
-        if let Some(set) = self.requires.get_mut(feature) {
-            set.remove(&request.requires);
-            if set.is_empty() {
-                self.requires.remove(feature);
+            batch,
+        )
+    }
+
+    /// The one path of both changes (after `advance` and their check): the refusal audited, or the change applied, recorded
+    /// in the batch and audited; answers every requirement after it.
+    fn change_requirement(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &FeatureRequirement,
+        action: Action,
+        checked: Result<(), ErrorBody>,
+        batch: &mut Batch,
+    ) -> Result<Vec<FeatureRequires>, ErrorBody> {
+        let feature = request.feature.as_str();
+        batch.audit_refusal(now, actor, action, feature, Some(feature), checked)?;
+        let pair = (request.feature.clone(), request.requires.clone());
+        let detail = if action == Action::FeatureRequire {
+            let added = self
+                .requires
+                .entry(pair.0.clone())
+                .or_default()
+                .insert(pair.1.clone());
+            if added {
+                batch.requires_added.push(pair);
             }
-        }
-        batch
-            .requires_removed
-            .push((request.feature.clone(), request.requires.clone()));
-        let detail = format!("no longer requires {}", request.requires);
-        batch.audit(
-            now,
-            actor,
-            Action::FeatureUnrequire,
-            feature,
-            Some(feature),
-            Ok(&detail),
-        );
+            format!("requires {}", request.requires)
+        } else {
+            if let Some(set) = self.requires.get_mut(feature) {
+                set.remove(&request.requires);
+                if set.is_empty() {
+                    self.requires.remove(feature);
+                }
+            }
+            batch.requires_removed.push(pair);
+            format!("no longer requires {}", request.requires)
+        };
+        batch.audit(now, actor, action, feature, Some(feature), Ok(&detail));
         Ok(self.requirements())
     }
 
