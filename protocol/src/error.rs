@@ -25,11 +25,15 @@ pub enum ErrorCode {
     VersionUnsupported,
     RateLimited,
     Internal,
+    /// A policy rule refuses it (SPEC §8); the message names the rule.
+    Denied,
+    /// A meter has not enough credit for the user (SPEC §11).
+    NoCredit,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::Unauthenticated,
         Self::Forbidden,
         Self::NotFound,
@@ -48,6 +52,8 @@ impl ErrorCode {
         Self::VersionUnsupported,
         Self::RateLimited,
         Self::Internal,
+        Self::Denied,
+        Self::NoCredit,
     ];
 
     /// The code as SPEC §4 spells it, e.g. `no_seat`.
@@ -71,6 +77,8 @@ impl ErrorCode {
             Self::VersionUnsupported => "version_unsupported",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
+            Self::Denied => "denied",
+            Self::NoCredit => "no_credit",
         }
     }
 }

@@ -18,6 +18,7 @@ mod error;
 mod ids;
 mod message;
 mod names;
+mod policy;
 pub mod text;
 mod time;
 mod validate;
@@ -31,6 +32,11 @@ pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, LeasePattern, ParseIdError, RequestId, MIN_PATTERN_DIGITS};
 pub use message::*;
 pub use names::{validate_feature, validate_username, FEATURE_MAX_LEN};
+pub use policy::{
+    validate_group, FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, Member, PolicyAdd,
+    PolicyCheck, PolicyDecision, PolicyQuery, RuleAdded, RuleEffect, RuleInfo, RuleKind, RuleRef,
+    RuleSpec, GROUP_MAX_LEN, HOST_PATTERN_MAX_LEN, MAX_GROUP_MEMBERS,
+};
 pub use time::{format_time, format_time_millis, now_millis, validate_time, MAX_TIME, MIN_TIME};
 pub use validate::{validate_duration_secs, validate_seats, MAX_DURATION_SECS, MAX_SEATS};
 

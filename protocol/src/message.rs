@@ -9,6 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{
+    FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, PolicyAdd, PolicyCheck,
+    PolicyDecision, PolicyQuery, RuleAdded, RuleInfo, RuleRef,
+};
 use crate::{ClientId, ErrorBody, ErrorCode, LeaseId, RequestId};
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -245,6 +249,27 @@ pub enum Request {
     /// Every feature with prerequisites and what it requires; answered with
     /// [`Response::Features`].
     FeatureList,
+    /// Creates a group (SPEC §8; admins); answered with [`Response::Group`].
+    GroupAdd(GroupAdd),
+    /// Adds or removes members of a group (admins); answered with [`Response::Group`].
+    GroupMembers(GroupMembers),
+    /// Every group (admins); answered with [`Response::Groups`].
+    GroupList,
+    /// Removes a group no rule uses (admins); answered with [`Response::GroupRemoved`].
+    GroupRemove(GroupRef),
+    /// Adds a rule to a feature, or says what it would do (R16; admins); answered with
+    /// [`Response::RuleAdded`].
+    PolicyAdd(PolicyAdd),
+    /// The rules of a feature or of all (admins); answered with [`Response::Rules`].
+    PolicyList(PolicyQuery),
+    /// Removes a rule (admins); answered with [`Response::RuleRemoved`].
+    PolicyRemove(RuleRef),
+    /// How the rules decide for one holder (admins); answered with
+    /// [`Response::PolicyDecision`].
+    PolicyCheck(PolicyCheck),
+    /// `Status` with the seats each feature's reserves keep; answered with
+    /// [`Response::Figures`]. Clients send it instead of `Status`.
+    Figures(StatusQuery),
 }
 
 impl Request {
@@ -291,6 +316,15 @@ impl Request {
             Request::FeatureRequire(_) => "feature_require",
             Request::FeatureUnrequire(_) => "feature_unrequire",
             Request::FeatureList => "feature_list",
+            Request::GroupAdd(_) => "group_add",
+            Request::GroupMembers(_) => "group_members",
+            Request::GroupList => "group_list",
+            Request::GroupRemove(_) => "group_remove",
+            Request::PolicyAdd(_) => "policy_add",
+            Request::PolicyList(_) => "policy_list",
+            Request::PolicyRemove(_) => "policy_remove",
+            Request::PolicyCheck(_) => "policy_check",
+            Request::Figures(_) => "status",
         }
     }
 
@@ -313,6 +347,10 @@ impl Request {
                 | Request::AuditPage(_)
                 | Request::Assignments(_)
                 | Request::FeatureList
+                | Request::GroupList
+                | Request::PolicyList(_)
+                | Request::PolicyCheck(_)
+                | Request::Figures(_)
         )
     }
 
@@ -392,6 +430,22 @@ pub enum Response {
     /// The answer to `FeatureRequire`, `FeatureUnrequire` and `FeatureList`: every feature
     /// with prerequisites, by name, after the change.
     Features(Vec<FeatureRequires>),
+    /// The answer to `GroupAdd` and `GroupMembers`: the group after the change.
+    Group(GroupInfo),
+    /// The answer to `GroupList`: every group, by name.
+    Groups(Vec<GroupInfo>),
+    /// The answer to `GroupRemove`: the name of the group removed.
+    GroupRemoved(String),
+    /// The answer to `PolicyAdd`: the rule (stored unless a dry run) and its effect.
+    RuleAdded(RuleAdded),
+    /// The answer to `PolicyList`: rules by feature, then id.
+    Rules(Vec<RuleInfo>),
+    /// The answer to `PolicyRemove`: the id of the rule removed.
+    RuleRemoved(u64),
+    /// The answer to `PolicyCheck`.
+    PolicyDecision(PolicyDecision),
+    /// The answer to `Figures`.
+    Figures(Vec<FeatureFigures>),
 }
 
 /// Check out `seats` seats of `feature`.

@@ -222,6 +222,8 @@ fn error_codes_keep_their_wire_index_and_names() {
             "version_unsupported",
             "rate_limited",
             "internal",
+            "denied",
+            "no_credit",
         ]
     );
 }
@@ -483,6 +485,8 @@ fn every_variant_keeps_its_index() {
         (Request::FeatureRequire(requirement()), 37),
         (Request::FeatureUnrequire(requirement()), 38),
         (Request::FeatureList, 39),
+        (Request::GroupList, 42),
+        (Request::Figures(StatusQuery { feature: None }), 48),
     ];
     for (request, index) in requests {
         assert_eq!(
@@ -553,6 +557,8 @@ fn every_variant_keeps_its_index() {
         ),
         (Response::ReleasedLeases(vec![]), 32),
         (Response::Features(vec![]), 33),
+        (Response::Groups(vec![]), 35),
+        (Response::Figures(vec![]), 41),
     ];
     for (response, index) in responses {
         assert_eq!(
@@ -1013,6 +1019,120 @@ fn golden_bytes_of_prerequisites() {
         }])),
         "210101660201700171"
     );
+}
+
+/// The requests and answers of groups and policy rules (SPEC §8), byte for byte: each after
+/// every earlier variant.
+#[test]
+fn golden_bytes_of_policy() {
+    let requests: Vec<(Request, &str)> = vec![
+        // index 40: "g", ["user:a@b"]
+        (
+            Request::GroupAdd(GroupAdd {
+                name: "g".into(),
+                members: vec!["user:a@b".into()],
+            }),
+            "2801670108757365723a614062",
+        ),
+        // index 41: "g", add, ["host:h"]
+        (
+            Request::GroupMembers(GroupMembers {
+                name: "g".into(),
+                add: true,
+                members: vec!["host:h".into()],
+            }),
+            "290167010106686f73743a68",
+        ),
+        (Request::GroupList, "2a"),
+        (
+            Request::GroupRemove(GroupRef { name: "g".into() }),
+            "2b0167",
+        ),
+        // index 44: "f", max (3), 2, Some("g"), each, dry run
+        (
+            Request::PolicyAdd(PolicyAdd {
+                rule: RuleSpec {
+                    feature: "f".into(),
+                    kind: RuleKind::Max,
+                    seats: 2,
+                    group: Some("g".into()),
+                    each: true,
+                },
+                dry_run: true,
+            }),
+            "2c016603020101670101",
+        ),
+        (Request::PolicyList(PolicyQuery { feature: None }), "2d00"),
+        (Request::PolicyRemove(RuleRef { id: 7 }), "2e07"),
+        // index 47: "f", "u", Some("h"), None
+        (
+            Request::PolicyCheck(PolicyCheck {
+                feature: "f".into(),
+                user: "u".into(),
+                host: Some("h".into()),
+                ip: None,
+            }),
+            "2f0166017501016800",
+        ),
+        (
+            Request::Figures(StatusQuery {
+                feature: Some("f".into()),
+            }),
+            "30010166",
+        ),
+    ];
+    for (request, bytes) in requests {
+        assert_eq!(encode(&request), bytes, "{}", request.name());
+    }
+    let kinds: Vec<String> = RuleKind::ALL.iter().map(encode).collect();
+    assert_eq!(kinds, ["00", "01", "02", "03", "04", "05", "06"]);
+    let responses: Vec<(Response, &str)> = vec![
+        (
+            Response::Group(GroupInfo {
+                name: "g".into(),
+                members: vec![],
+            }),
+            "22016700",
+        ),
+        (Response::Groups(vec![]), "2300"),
+        (Response::GroupRemoved("g".into()), "240167"),
+        // index 37: no id, "f", borrow-lowwater (5), 1, no group, not each; no lease over,
+        // ["u"] denied
+        (
+            Response::RuleAdded(RuleAdded {
+                rule: RuleInfo {
+                    id: None,
+                    rule: RuleSpec {
+                        feature: "f".into(),
+                        kind: RuleKind::BorrowLowwater,
+                        seats: 1,
+                        group: None,
+                        each: false,
+                    },
+                },
+                effect: RuleEffect {
+                    leases_over: vec![],
+                    users_denied: vec!["u".into()],
+                },
+            }),
+            "250001660501000000010175",
+        ),
+        (Response::Rules(vec![]), "2600"),
+        (Response::RuleRemoved(7), "2707"),
+        // index 40: not allowed, Some(3), "r"
+        (
+            Response::PolicyDecision(PolicyDecision {
+                allowed: false,
+                rule: Some(3),
+                reason: "r".into(),
+            }),
+            "280001030172",
+        ),
+        (Response::Figures(vec![]), "2900"),
+    ];
+    for (response, bytes) in responses {
+        assert_eq!(encode(&response), bytes, "{response:?}");
+    }
 }
 
 /// Lease ids as people type them: whole, by prefix, or abbreviated as `PREFIX...SUFFIX`;

@@ -799,6 +799,31 @@ impl Engine {
                 .unrequire(now, actor, &requirement, batch)
                 .map(Response::Features),
             PoolRequest::FeatureList => Ok(Response::Features(pool.prerequisites(now, batch))),
+            PoolRequest::GroupAdd(group) => pool
+                .add_group(now, actor, &group, batch)
+                .map(Response::Group),
+            PoolRequest::GroupMembers(change) => pool
+                .change_group_members(now, actor, &change, batch)
+                .map(Response::Group),
+            PoolRequest::GroupList => pool.list_groups(now, actor, batch).map(Response::Groups),
+            PoolRequest::GroupRemove(group) => pool
+                .remove_group(now, actor, &group, batch)
+                .map(Response::GroupRemoved),
+            PoolRequest::PolicyAdd(rule) => pool
+                .add_rule(now, actor, &rule, batch)
+                .map(Response::RuleAdded),
+            PoolRequest::PolicyList(query) => pool
+                .list_rules(now, actor, &query, batch)
+                .map(Response::Rules),
+            PoolRequest::PolicyRemove(rule) => pool
+                .remove_rule(now, actor, rule, batch)
+                .map(Response::RuleRemoved),
+            PoolRequest::PolicyCheck(check) => pool
+                .check_policy(now, actor, &check, batch)
+                .map(Response::PolicyDecision),
+            PoolRequest::Figures(query) => pool
+                .figures(now, query.feature.as_deref(), batch)
+                .map(Response::Figures),
         }
     }
 

@@ -7,9 +7,10 @@
 use crate::core::Action;
 use tally_protocol::{
     Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementDelete,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement, LeasesPageQuery,
-    LeasesQuery, NewEntitlement, Release, ReleaseMatching, Request, Resume, Return, Revoke,
-    StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
+    EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement, GroupAdd,
+    GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery, NewEntitlement, PolicyAdd, PolicyCheck,
+    PolicyQuery, Release, ReleaseMatching, Request, Resume, Return, Revoke, RuleRef, StatusQuery,
+    TokenMint, TokenRevoke, UserAdd, UserRef,
 };
 
 /// Who answers a request.
@@ -92,6 +93,15 @@ pub enum PoolRequest {
     FeatureRequire(FeatureRequirement),
     FeatureUnrequire(FeatureRequirement),
     FeatureList,
+    GroupAdd(GroupAdd),
+    GroupMembers(GroupMembers),
+    GroupList,
+    GroupRemove(GroupRef),
+    PolicyAdd(PolicyAdd),
+    PolicyList(PolicyQuery),
+    PolicyRemove(RuleRef),
+    PolicyCheck(PolicyCheck),
+    Figures(StatusQuery),
 }
 
 /// Decides who answers `request`.
@@ -158,6 +168,15 @@ pub fn route(request: Request) -> Route {
         Request::FeatureRequire(body) => PoolRequest::FeatureRequire(body),
         Request::FeatureUnrequire(body) => PoolRequest::FeatureUnrequire(body),
         Request::FeatureList => PoolRequest::FeatureList,
+        Request::GroupAdd(body) => PoolRequest::GroupAdd(body),
+        Request::GroupMembers(body) => PoolRequest::GroupMembers(body),
+        Request::GroupList => PoolRequest::GroupList,
+        Request::GroupRemove(body) => PoolRequest::GroupRemove(body),
+        Request::PolicyAdd(body) => PoolRequest::PolicyAdd(body),
+        Request::PolicyList(body) => PoolRequest::PolicyList(body),
+        Request::PolicyRemove(body) => PoolRequest::PolicyRemove(body),
+        Request::PolicyCheck(body) => PoolRequest::PolicyCheck(body),
+        Request::Figures(body) => PoolRequest::Figures(body),
     };
     Route::Engine(EngineRequest {
         name,

@@ -134,6 +134,8 @@ impl TallyCode {
             ErrorCode::VersionUnsupported => TallyCode::VersionUnsupported,
             ErrorCode::RateLimited => TallyCode::RateLimited,
             ErrorCode::Internal => TallyCode::Internal,
+            ErrorCode::Denied => TallyCode::Denied,
+            ErrorCode::NoCredit => TallyCode::NoCredit,
         }
     }
 }

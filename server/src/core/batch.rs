@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use tally_protocol::{AuditEvent, Entitlement, ErrorBody, LeaseId};
 
+use super::types::{Group, Rule};
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
 
 /// A message for the outbox, written in the same transaction as the change it reports and
@@ -57,6 +58,16 @@ pub struct Batch {
     pub requires_added: Vec<(String, String)>,
     /// Prerequisites dropped, likewise.
     pub requires_removed: Vec<(String, String)>,
+    /// Groups added or changed (an upsert by name, members and all).
+    pub groups_upserted: Vec<Group>,
+    /// Groups removed, by name. Written before `groups_upserted`.
+    pub groups_removed: Vec<String>,
+    /// Policy rules added (R16).
+    pub rules_added: Vec<Rule>,
+    /// Policy rules removed, by id.
+    pub rules_removed: Vec<u64>,
+    /// The rule id counter, so that rule ids are never reused.
+    pub next_rule_id: Option<u64>,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
@@ -87,6 +98,11 @@ impl Batch {
             && self.next_assignment_id.is_none()
             && self.requires_added.is_empty()
             && self.requires_removed.is_empty()
+            && self.groups_upserted.is_empty()
+            && self.groups_removed.is_empty()
+            && self.rules_added.is_empty()
+            && self.rules_removed.is_empty()
+            && self.next_rule_id.is_none()
     }
 
     /// How many rows the batch writes.
@@ -106,6 +122,10 @@ impl Batch {
             + self.notifications.len()
             + self.requires_added.len()
             + self.requires_removed.len()
+            + self.groups_upserted.len()
+            + self.groups_removed.len()
+            + self.rules_added.len()
+            + self.rules_removed.len()
     }
 
     pub fn add_lease(&mut self, lease: Lease) {
@@ -299,6 +319,11 @@ pub struct Snapshot {
     pub next_assignment_id: u64,
     /// Prerequisites (R18): (feature, the feature it requires), in that order.
     pub requires: Vec<(String, String)>,
+    /// Groups (SPEC §8), by name.
+    pub groups: Vec<Group>,
+    /// Policy rules (R16), by id.
+    pub rules: Vec<Rule>,
+    pub next_rule_id: u64,
 }
 
 impl Snapshot {
@@ -372,6 +397,21 @@ impl Snapshot {
             }
         }
         self.requires.sort();
+        self.groups
+            .retain(|g| !batch.groups_removed.contains(&g.name));
+        for group in &batch.groups_upserted {
+            match self.groups.iter_mut().find(|g| g.name == group.name) {
+                Some(slot) => *slot = group.clone(),
+                None => self.groups.push(group.clone()),
+            }
+        }
+        self.groups.sort_by(|a, b| a.name.cmp(&b.name));
+        self.rules.extend(batch.rules_added.iter().cloned());
+        self.rules.retain(|r| !batch.rules_removed.contains(&r.id));
+        self.rules.sort_by_key(|r| r.id);
+        if let Some(next) = batch.next_rule_id {
+            self.next_rule_id = next;
+        }
     }
 }
 

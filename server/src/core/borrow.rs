@@ -20,6 +20,7 @@ use tally_protocol::{
 
 use super::capacity::is_active;
 use super::checks::check_request;
+use super::policy::Who;
 use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool, DEFAULT_MAX_BORROW_SECS};
 
 /// Where a borrow draws from, and the longest it may last.
@@ -86,18 +87,20 @@ impl Pool {
                 return Ok(self.ledger.info(lease));
             }
         }
-        let checked = self.check_borrow(now, actor, request).and_then(|source| {
-            let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
-            if ends > source.until {
-                return Err(ErrorBody::invalid(format!(
-                    "{} can be borrowed until {} at the latest ({}); ask for a shorter time",
-                    request.feature,
-                    rfc3339(source.until),
-                    source.limit
-                )));
-            }
-            Ok(source)
-        });
+        let checked = self
+            .check_borrow(now, actor, holder, request)
+            .and_then(|source| {
+                let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));
+                if ends > source.until {
+                    return Err(ErrorBody::invalid(format!(
+                        "{} can be borrowed until {} at the latest ({}); ask for a shorter time",
+                        request.feature,
+                        rfc3339(source.until),
+                        source.limit
+                    )));
+                }
+                Ok(source)
+            });
         let feature = request.feature.as_str();
         let source =
             batch.audit_refusal(now, actor, Action::Borrow, feature, Some(feature), checked)?;
@@ -143,6 +146,7 @@ impl Pool {
         &self,
         now: i64,
         actor: &Actor,
+        holder: &Holder,
         request: &BorrowOnce,
     ) -> Result<Source, ErrorBody> {
         check_request(request)?;
@@ -159,6 +163,8 @@ impl Pool {
                 format!("no active entitlement of {feature} allows borrowing; check it out online instead"),
             ));
         }
+        let who = Who::of(actor, holder);
+        self.policy_denial(feature, &who, request.seats, true)?;
         let server_max = if self.policy.borrow_max_ms > 0 {
             self.policy.borrow_max_ms
         } else {
@@ -200,13 +206,23 @@ impl Pool {
                 format!("no seat of {feature} to borrow: guests borrow only seats assigned to them, and you have no free borrowable assigned seat of {feature}"),
             ));
         }
-        let available = self.available(feature, now);
-        if request.seats > available {
-            return Err(ErrorBody::new(
-                ErrorCode::NoSeat,
-                format!("no seat of {feature} to borrow: {available} floating seat(s) free, {} asked for", request.seats),
-            ));
+        let free = self.available(feature, now);
+        let (kept, keeping) = self.reserved_for_others(feature, &who, now);
+        let yours = free.saturating_sub(kept);
+        if request.seats > yours {
+            let mut msg = format!(
+                "no seat of {feature} to borrow: {free} floating seat(s) free, {} asked for",
+                request.seats
+            );
+            if kept > 0 {
+                msg.push_str(&format!(
+                    "; {} of them are reserved for others by {keeping}",
+                    kept.min(free)
+                ));
+            }
+            return Err(ErrorBody::new(ErrorCode::NoSeat, msg));
         }
+        self.check_lowwater(feature, request.seats, now)?;
         let entitlement = known
             .iter()
             .filter(|e| {

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use tally_protocol::{
     validate_feature, EndReason, Entitlement, EntitlementDelete, EntitlementDeleted,
-    EntitlementUpdate, EntitlementUpdated, ErrorBody, ErrorCode, FeatureStatus, LeaseId, LeaseKind,
-    LeaseSource, NewEntitlement,
+    EntitlementUpdate, EntitlementUpdated, ErrorBody, ErrorCode, FeatureFigures, FeatureStatus,
+    LeaseId, LeaseKind, LeaseSource, NewEntitlement,
 };
 
 use super::capacity::is_active;
@@ -478,7 +478,10 @@ impl Pool {
                 let assigned = self.assigned(feature, now);
                 let floating = total.saturating_sub(assigned);
                 let mut usage = self.ledger.usage(feature);
-                let available = floating.saturating_sub(usage.total());
+                // Seats reserves keep for their groups are not available to others (R16).
+                let available = floating
+                    .saturating_sub(usage.total())
+                    .saturating_sub(self.reserved(feature, now));
                 for assignment in self.assignments.values().filter(|a| a.feature == feature) {
                     let used = self.ledger.assignment_usage(assignment.id);
                     usage.online += used.online;
@@ -500,6 +503,23 @@ impl Pool {
 }
 
 impl Pool {
+    /// The status figures with the seats each feature's reserves keep unused (R16).
+    pub fn figures(
+        &mut self,
+        now: i64,
+        feature: Option<&str>,
+        batch: &mut Batch,
+    ) -> Result<Vec<FeatureFigures>, ErrorBody> {
+        let status = self.status(now, feature, batch)?;
+        Ok(status
+            .into_iter()
+            .map(|status| FeatureFigures {
+                reserved: self.reserved(&status.feature, now),
+                status,
+            })
+            .collect())
+    }
+
     /// Every entitlement of `feature`, active or not; `not_found` when it has none.
     pub(super) fn entitlements_of(&self, feature: &str) -> Result<Vec<&Entitlement>, ErrorBody> {
         let known: Vec<&Entitlement> = self

@@ -11,6 +11,7 @@ use tally_protocol::{
 };
 
 use super::checks::{check_request, require_admin, unknown_name, username};
+use super::policy::Who;
 use super::prereqs::prerequisite_ids;
 use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool};
 
@@ -207,6 +208,8 @@ impl Pool {
                 }
             }
         }
+        let who = Who::of(actor, holder);
+        self.policy_denial(feature, &who, request.seats, false)?;
         if let Some(id) = self.free_assignment(&actor.username, feature, request.seats, now) {
             return Ok(LeaseSource::Assignment(id));
         }
@@ -221,11 +224,19 @@ impl Pool {
         let capacity = self.floating_capacity(feature, now);
         let used = self.ledger.usage(feature).total();
         let free = capacity.saturating_sub(used);
-        if request.seats > free {
+        let (kept, keeping) = self.reserved_for_others(feature, &who, now);
+        let yours = free.saturating_sub(kept);
+        if request.seats > yours {
             let mut msg = format!(
                 "no seat of {feature}: {used} of {capacity} floating seats are in use, {free} free, {} asked for",
                 request.seats
             );
+            if kept > 0 {
+                msg.push_str(&format!(
+                    "; {} of the free seats are reserved for others by {keeping}",
+                    kept.min(free)
+                ));
+            }
             if actor.role.is_admin() && used > 0 {
                 msg.push_str(&format!("; held by {}", self.holders_of(feature)));
             }
@@ -356,10 +367,8 @@ impl Pool {
             } else if lease.host != holder.host || lease.peer != holder.peer {
                 // The same instance, reconnected (from another address, say): admins see
                 // where it is now.
-                let lease = self.ledger.leases.get_mut(&id).expect("lease exists");
-                lease.host = holder.host.clone();
-                lease.peer = holder.peer.clone();
-                batch.update_lease(lease.clone());
+                self.ledger.relocate(id, holder);
+                batch.update_lease(self.ledger.leases[&id].clone());
             }
             resumed.push(id);
         }

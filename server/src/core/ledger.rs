@@ -10,6 +10,7 @@
 //! reclaims all its leases together when it passes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use tally_protocol::{
     ClientId, EndReason, EndedLease, LeaseId, LeaseInfo, LeaseKind, LeaseSource, RequestId,
@@ -87,6 +88,36 @@ pub(super) struct Ledger {
     assignment_use: HashMap<u64, Usage>,
     /// The seats of prerequisites each lease's checkout took (R18), which end with it.
     pub(super) taken: HashMap<LeaseId, BTreeSet<LeaseId>>,
+    /// Seats held of each feature by each distinct holder (user, host, address): what the
+    /// policy rules (R16) count, read without walking every lease.
+    held: HashMap<String, HashMap<HolderKey, Held>>,
+}
+
+/// Who holds seats, as policy rules tell holders apart: the user, the host the client
+/// named and the address it connected from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct HolderKey {
+    pub(super) user: String,
+    pub(super) host: String,
+    pub(super) address: Option<IpAddr>,
+}
+
+impl HolderKey {
+    pub(super) fn of(lease: &Lease) -> Self {
+        Self {
+            user: lease.user.clone(),
+            host: lease.host.clone(),
+            address: lease.peer.address.parse().ok(),
+        }
+    }
+}
+
+/// The seats one holder has of a feature: all of them (online and borrowed, floating and
+/// assigned), and those drawn from the floating pool.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Held {
+    pub(super) all: u32,
+    pub(super) floating: u32,
 }
 
 impl Ledger {
@@ -101,6 +132,47 @@ impl Ledger {
             usage: HashMap::new(),
             assignment_use: HashMap::new(),
             taken: HashMap::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// The seats each distinct holder has of a feature.
+    pub(super) fn holders(&self, feature: &str) -> impl Iterator<Item = (&HolderKey, Held)> {
+        self.held
+            .get(feature)
+            .into_iter()
+            .flat_map(|by| by.iter().map(|(key, held)| (key, *held)))
+    }
+
+    fn hold(&mut self, lease: &Lease) {
+        let held = self
+            .held
+            .entry(lease.feature.clone())
+            .or_default()
+            .entry(HolderKey::of(lease))
+            .or_default();
+        held.all += lease.seats;
+        if lease.source == LeaseSource::Floating {
+            held.floating += lease.seats;
+        }
+    }
+
+    fn unhold(&mut self, lease: &Lease) {
+        let Some(by) = self.held.get_mut(&lease.feature) else {
+            return;
+        };
+        let key = HolderKey::of(lease);
+        if let Some(held) = by.get_mut(&key) {
+            held.all = held.all.saturating_sub(lease.seats);
+            if lease.source == LeaseSource::Floating {
+                held.floating = held.floating.saturating_sub(lease.seats);
+            }
+            if held.all == 0 {
+                by.remove(&key);
+            }
+        }
+        if by.is_empty() {
+            self.held.remove(&lease.feature);
         }
     }
 
@@ -177,6 +249,7 @@ impl Ledger {
         if lease.kind == LeaseKind::Borrowed {
             self.borrow_expiry.insert((lease.expires_at, lease.id));
         }
+        self.hold(&lease);
         if lease.kind == LeaseKind::Online {
             let client = lease.client;
             let session = self.session_mut(client, &lease.user);
@@ -206,9 +279,11 @@ impl Ledger {
     /// Binds a lease to another client instance of the same user (R4); its former
     /// instance learns at its next heartbeat that it moved.
     pub(super) fn rebind(&mut self, id: LeaseId, holder: &Holder, now: i64) {
-        let Some(lease) = self.leases.get_mut(&id) else {
+        let Some(before) = self.leases.get(&id).cloned() else {
             return;
         };
+        self.unhold(&before);
+        let lease = self.leases.get_mut(&id).expect("the lease was just read");
         let to = holder.client;
         let from = lease.client;
         let user = lease.user.clone();
@@ -216,6 +291,8 @@ impl Ledger {
         lease.client = to;
         lease.host = holder.host.clone();
         lease.peer = holder.peer.clone();
+        let after = lease.clone();
+        self.hold(&after);
         if let Some(session) = self.sessions.get_mut(&from) {
             session.ended.push(EndedLease {
                 lease: id,
@@ -227,6 +304,20 @@ impl Ledger {
         self.by_request.remove(&(from, request_id));
         self.by_request.insert((to, request_id), id);
         self.session_mut(to, &user).leases.insert(id);
+    }
+
+    /// Records where the client instance holding a lease now is (its host, program and
+    /// address), as it said when it reconnected.
+    pub(super) fn relocate(&mut self, id: LeaseId, holder: &Holder) {
+        let Some(before) = self.leases.get(&id).cloned() else {
+            return;
+        };
+        self.unhold(&before);
+        let lease = self.leases.get_mut(&id).expect("the lease was just read");
+        lease.host = holder.host.clone();
+        lease.peer = holder.peer.clone();
+        let after = lease.clone();
+        self.hold(&after);
     }
 
     /// Makes the seat of a prerequisite independent of the lease it was taken with.
@@ -255,6 +346,7 @@ impl Ledger {
         let Some(lease) = self.leases.remove(&id) else {
             return;
         };
+        self.unhold(&lease);
         match lease.source {
             LeaseSource::Floating => {
                 if let Some(usage) = self.usage.get_mut(&lease.feature) {

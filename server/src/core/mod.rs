@@ -19,8 +19,9 @@
 //! - one module per request family: `leases` (checkout, heartbeat, resume, check-in,
 //!   release, listing), `entitlements` (add, remove, list, status), `users`, `assign`
 //!   (assign, revoke, assignment ends), `borrow` (borrow, return), `tokens` (sign-in,
-//!   mint, list, revoke), `audit` (whether the names an audit query filters by exist) and
-//!   `prereqs` (R18: the features a checkout of another also takes a seat of).
+//!   mint, list, revoke), `audit` (whether the names an audit query filters by exist),
+//!   `prereqs` (R18: the features a checkout of another also takes a seat of) and `policy`
+//!   (R16: groups and rules, checked at checkout and borrow).
 
 mod assign;
 mod audit;
@@ -32,6 +33,7 @@ mod entitlements;
 mod invariants;
 mod leases;
 mod ledger;
+mod policy;
 mod prereqs;
 #[cfg(test)]
 mod tests;
@@ -49,8 +51,8 @@ pub use checks::require_admin;
 pub use tally_protocol::AuditEvent;
 pub use tokens::{token_id, SignedIn, Token};
 pub use types::{
-    Actor, Assignment, Holder, Lease, NewToken, Peer, Policy, User, DEFAULT_MAX_BORROW_SECS,
-    MAX_DURATION_SECS, MAX_SEATS,
+    Actor, Assignment, Group, Holder, Lease, NewToken, Peer, Policy, Rule, User,
+    DEFAULT_MAX_BORROW_SECS, MAX_DURATION_SECS, MAX_SEATS,
 };
 pub use vocabulary::{Action, AuditOutcome, NotificationKind};
 
@@ -85,6 +87,8 @@ pub struct Pool {
     policy: Policy,
     /// Prerequisites (R18): a checkout of the key also takes a seat of each of these.
     requires: BTreeMap<String, BTreeSet<String>>,
+    /// Groups and policy rules (R16).
+    rules: policy::Rules,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
@@ -107,6 +111,7 @@ impl Pool {
             next_assignment_id: 1,
             policy,
             requires: BTreeMap::new(),
+            rules: policy::Rules::new(),
             next_boundary: i64::MAX,
         }
     }
@@ -142,6 +147,13 @@ impl Pool {
         for (feature, requires) in snapshot.requires {
             pool.requires.entry(feature).or_default().insert(requires);
         }
+        for group in snapshot.groups {
+            pool.rules.groups.insert(group.name.clone(), group);
+        }
+        pool.rules.next_id = snapshot.next_rule_id.max(1);
+        for rule in snapshot.rules {
+            pool.rules.insert(rule);
+        }
         // Whatever boundary passed while the store was not serving is due now.
         pool.next_boundary = i64::MIN;
         pool
@@ -165,6 +177,9 @@ impl Pool {
                 .iter()
                 .flat_map(|(f, set)| set.iter().map(move |p| (f.clone(), p.clone())))
                 .collect(),
+            groups: self.rules.groups.values().cloned().collect(),
+            rules: self.rules.rules.values().cloned().collect(),
+            next_rule_id: self.rules.next_id,
         }
     }
 

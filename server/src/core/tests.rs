@@ -250,6 +250,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut store = Snapshot {
         next_entitlement_id: 1,
         next_assignment_id: 1,
+        next_rule_id: 1,
         ..Snapshot::default()
     };
     store.apply(&seed);

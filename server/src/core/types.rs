@@ -1,7 +1,9 @@
 //! The domain types of the seat core: who asks (actor, holder), what is held (leases,
 //! assignments), who signs in (users), and the server settings the rules depend on.
 
-use tally_protocol::{ClientId, LeaseId, LeaseKind, LeaseSource, RequestId, Role, UserState};
+use tally_protocol::{
+    ClientId, LeaseId, LeaseKind, LeaseSource, Member, RequestId, Role, RuleSpec, UserState,
+};
 
 /// The default longest borrow of an entitlement (SPEC §1): 168 hours.
 pub const DEFAULT_MAX_BORROW_SECS: u64 = 168 * 3600;
@@ -90,6 +92,24 @@ pub struct Assignment {
     pub seats: u32,
     /// No later than the entitlement's end.
     pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A named set of members (SPEC §8) that policy rules name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// In the order they were added; no member twice.
+    pub members: Vec<Member>,
+    pub created_at: i64,
+}
+
+/// A policy rule of one feature (SPEC §8, R16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Never reused.
+    pub id: u64,
+    pub spec: RuleSpec,
     pub created_at: i64,
 }
 

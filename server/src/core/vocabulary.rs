@@ -63,11 +63,27 @@ pub enum Action {
     FeatureUnrequire,
     /// The prerequisites listed.
     FeatureList,
+    /// A group created (SPEC §8).
+    GroupAdd,
+    /// Members added to a group or removed from it.
+    GroupMembers,
+    /// A group removed.
+    GroupRemove,
+    /// The groups listed.
+    GroupList,
+    /// A policy rule added (R16).
+    PolicyAdd,
+    /// A policy rule removed.
+    PolicyRemove,
+    /// The policy rules listed.
+    PolicyList,
+    /// The rules' decision for one holder asked.
+    PolicyCheck,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 36] = [
+    pub const ALL: [Action; 44] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -104,6 +120,14 @@ impl Action {
         Self::FeatureRequire,
         Self::FeatureUnrequire,
         Self::FeatureList,
+        Self::GroupAdd,
+        Self::GroupMembers,
+        Self::GroupRemove,
+        Self::GroupList,
+        Self::PolicyAdd,
+        Self::PolicyRemove,
+        Self::PolicyList,
+        Self::PolicyCheck,
     ];
 
     /// The stored text.
@@ -145,6 +169,14 @@ impl Action {
             Self::FeatureRequire => "feature_require",
             Self::FeatureUnrequire => "feature_unrequire",
             Self::FeatureList => "feature_list",
+            Self::GroupAdd => "group_add",
+            Self::GroupMembers => "group_members",
+            Self::GroupRemove => "group_remove",
+            Self::GroupList => "group_list",
+            Self::PolicyAdd => "policy_add",
+            Self::PolicyRemove => "policy_remove",
+            Self::PolicyList => "policy_list",
+            Self::PolicyCheck => "policy_check",
         }
     }
 
@@ -191,6 +223,15 @@ impl Action {
             Request::FeatureRequire(_) => Self::FeatureRequire,
             Request::FeatureUnrequire(_) => Self::FeatureUnrequire,
             Request::FeatureList => Self::FeatureList,
+            Request::GroupAdd(_) => Self::GroupAdd,
+            Request::GroupMembers(_) => Self::GroupMembers,
+            Request::GroupRemove(_) => Self::GroupRemove,
+            Request::GroupList => Self::GroupList,
+            Request::PolicyAdd(_) => Self::PolicyAdd,
+            Request::PolicyRemove(_) => Self::PolicyRemove,
+            Request::PolicyList(_) => Self::PolicyList,
+            Request::PolicyCheck(_) => Self::PolicyCheck,
+            Request::Figures(_) => Self::Status,
         }
     }
 
@@ -207,6 +248,11 @@ impl Action {
                 | Self::EntitlementUpdate
                 | Self::FeatureRequire
                 | Self::FeatureUnrequire
+                | Self::GroupAdd
+                | Self::GroupMembers
+                | Self::GroupRemove
+                | Self::PolicyAdd
+                | Self::PolicyRemove
                 | Self::Assign
                 | Self::Revoke
                 | Self::AssignmentEnd
@@ -349,6 +395,14 @@ mod tests {
                 "feature_require",
                 "feature_unrequire",
                 "feature_list",
+                "group_add",
+                "group_members",
+                "group_remove",
+                "group_list",
+                "policy_add",
+                "policy_remove",
+                "policy_list",
+                "policy_check",
             ]
         );
         for action in Action::ALL {
@@ -382,6 +436,11 @@ mod tests {
                 "entitlement_update",
                 "feature_require",
                 "feature_unrequire",
+                "group_add",
+                "group_members",
+                "group_remove",
+                "policy_add",
+                "policy_remove",
             ]
         );
     }
@@ -467,6 +526,28 @@ mod tests {
                 requires: "maya".into(),
             }),
             Request::FeatureList,
+            Request::GroupAdd(tally_protocol::GroupAdd {
+                name: "juniors".into(),
+                members: vec![],
+            }),
+            Request::GroupMembers(tally_protocol::GroupMembers {
+                name: "juniors".into(),
+                add: true,
+                members: vec![],
+            }),
+            Request::GroupRemove(tally_protocol::GroupRef {
+                name: "juniors".into(),
+            }),
+            Request::GroupList,
+            Request::PolicyRemove(tally_protocol::RuleRef { id: 1 }),
+            Request::PolicyList(tally_protocol::PolicyQuery { feature: None }),
+            Request::PolicyCheck(tally_protocol::PolicyCheck {
+                feature: "vray".into(),
+                user: "ana@studio".into(),
+                host: None,
+                ip: None,
+            }),
+            Request::Figures(StatusQuery { feature: None }),
         ];
         for request in &requests {
             assert_eq!(Action::of_request(request).as_str(), request.name());

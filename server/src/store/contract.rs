@@ -8,7 +8,8 @@
 
 use tally_protocol::{
     AuditEvent, AuditQuery, Checkout, ClientId, Entitlement, EntitlementKind, FeatureRequirement,
-    LeaseId, LeaseKind, LeaseSource, NewEntitlement, RequestId, Role, UserState,
+    GroupAdd, GroupMembers, GroupRef, LeaseId, LeaseKind, LeaseSource, NewEntitlement, PolicyAdd,
+    RequestId, Role, RuleKind, RuleRef, RuleSpec, UserState,
 };
 
 use super::{event_size, Fence, Store};
@@ -29,6 +30,115 @@ pub async fn contract(store: &dyn Store) {
     audit_pages(store).await;
     outbox(store).await;
     prerequisites_round_trip(store).await;
+    policy_round_trip(store).await;
+}
+
+/// On the store the steps before left: groups and rules of every kind written, changed and
+/// removed, in one batch and across batches, read back as the pool holds them; a group
+/// changed and removed in the same batch stays removed; rule ids are not reused after a
+/// reload.
+pub async fn policy_round_trip(store: &dyn Store) {
+    let now = 7;
+    let mut pool = Pool::restore(store.load().await.unwrap(), 60_000, Policy::default(), now);
+    let mut batch = Batch::default();
+    let group = |name: &str, members: &[&str]| GroupAdd {
+        name: name.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    pool.add_group(
+        now,
+        &owner(),
+        &group("juniors", &["user:ana@studio", "host:render-*"]),
+        &mut batch,
+    )
+    .unwrap();
+    pool.add_group(
+        now,
+        &owner(),
+        &group("farm", &["ip:10.1.0.0/16"]),
+        &mut batch,
+    )
+    .unwrap();
+    pool.add_group(now, &owner(), &group("gone", &[]), &mut batch)
+        .unwrap();
+    let change = GroupMembers {
+        name: "gone".into(),
+        add: true,
+        members: vec!["user:bo@studio".into()],
+    };
+    pool.change_group_members(now, &owner(), &change, &mut batch)
+        .unwrap();
+    pool.remove_group(
+        now,
+        &owner(),
+        &GroupRef {
+            name: "gone".into(),
+        },
+        &mut batch,
+    )
+    .unwrap();
+    let rule = |kind, seats, group: Option<&str>, each| PolicyAdd {
+        rule: RuleSpec {
+            feature: "houdini".into(),
+            kind,
+            seats,
+            group: group.map(str::to_string),
+            each,
+        },
+        dry_run: false,
+    };
+    for add in [
+        rule(RuleKind::Include, 0, Some("juniors"), false),
+        rule(RuleKind::Exclude, 0, Some("farm"), false),
+        rule(RuleKind::Reserve, 1, Some("juniors"), false),
+        rule(RuleKind::Max, 2, Some("juniors"), true),
+        rule(RuleKind::BorrowExclude, 0, Some("farm"), false),
+        rule(RuleKind::BorrowLowwater, 1, None, false),
+        rule(RuleKind::Priority, 0, Some("juniors"), false),
+    ] {
+        pool.add_rule(now, &owner(), &add, &mut batch).unwrap();
+    }
+    store.commit(&batch, Fence::Single).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert_eq!(loaded.groups.len(), 2);
+    assert_eq!(loaded.rules.len(), 7);
+
+    let mut pool = Pool::restore(loaded, 60_000, Policy::default(), now);
+    let mut batch = Batch::default();
+    let change = GroupMembers {
+        name: "juniors".into(),
+        add: false,
+        members: vec!["host:render-*".into()],
+    };
+    pool.change_group_members(now, &owner(), &change, &mut batch)
+        .unwrap();
+    let first = pool.snapshot().rules[0].id;
+    pool.remove_rule(now, &owner(), RuleRef { id: first }, &mut batch)
+        .unwrap();
+    let added = pool
+        .add_rule(
+            now,
+            &owner(),
+            &rule(RuleKind::Max, 3, Some("farm"), false),
+            &mut batch,
+        )
+        .unwrap();
+    assert_eq!(added.rule.id, Some(first + 7), "rule ids are never reused");
+    store.commit(&batch, Fence::Single).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert_eq!(
+        loaded
+            .groups
+            .iter()
+            .find(|g| g.name == "juniors")
+            .unwrap()
+            .members
+            .len(),
+        1
+    );
+    assert_eq!(loaded.next_rule_id, first + 8);
 }
 
 /// On the store the steps before left: a requirement, and a checkout that took a seat of
@@ -145,6 +255,7 @@ pub async fn lease_batches_round_trip(store: &dyn Store) {
             next_user_id: 1,
             next_entitlement_id: 1,
             next_assignment_id: 1,
+            next_rule_id: 1,
             ..Snapshot::default()
         },
         "an empty store loads an empty pool whose counters start at 1"

@@ -25,7 +25,8 @@ use sqlx::{Encode, PgConnection, PgPool, Postgres, QueryBuilder, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
-    AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, RequiresRow, TokenRow, UserRow,
+    AssignmentRow, EntitlementRow, GroupRow, LoadedRows, NumberedLeaseRow, RequiresRow, RuleRow,
+    TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
 use super::{ClusterIdentity, ClusterStore, Fence, Identity, NodeRow, Store, StoreError};
@@ -218,6 +219,16 @@ impl Store for PgStore {
         )
         .fetch_all(&mut *tx)
         .await?;
+        let groups: Vec<GroupRow> = sqlx::query_as(
+            "SELECT name, members, created_at FROM policy_groups ORDER BY name COLLATE \"C\"",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let rules: Vec<RuleRow> = sqlx::query_as(
+            "SELECT id, feature, kind, seats, group_name, each, created_at FROM policy_rules ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *tx)
             .await?
@@ -231,6 +242,8 @@ impl Store for PgStore {
             assignments,
             tokens,
             requires,
+            groups,
+            rules,
             meta,
         }
         .into_snapshot()?;

@@ -6,12 +6,12 @@
 //! `TryFrom`. A value this version cannot read is [`StoreError::Corrupt`], naming the column.
 
 use tally_protocol::{
-    AuditEvent, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, RequestId,
-    Role, UserState,
+    AuditEvent, ClientId, Entitlement, EntitlementKind, LeaseId, LeaseKind, LeaseSource, Member,
+    RequestId, Role, RuleKind, RuleSpec, UserState,
 };
 
 use super::StoreError;
-use crate::core::{Assignment, Lease, Notification, Peer, Token, User};
+use crate::core::{Assignment, Group, Lease, Notification, Peer, Rule, Token, User};
 
 /// A row of `entitlements`.
 #[derive(Debug, sqlx::FromRow)]
@@ -347,7 +347,83 @@ pub struct LoadedRows {
     pub tokens: Vec<TokenRow>,
     /// Prerequisites (R18), by feature then the feature it requires.
     pub requires: Vec<RequiresRow>,
+    /// Groups (SPEC §8), by name.
+    pub groups: Vec<GroupRow>,
+    /// Policy rules (R16), by id.
+    pub rules: Vec<RuleRow>,
     pub meta: std::collections::HashMap<String, String>,
+}
+
+/// A row of `policy_groups`: a group and its members, space-separated.
+#[derive(Debug, sqlx::FromRow)]
+pub struct GroupRow {
+    pub name: String,
+    pub members: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<GroupRow> for Group {
+    type Error = StoreError;
+
+    fn try_from(row: GroupRow) -> Result<Self, StoreError> {
+        let members = row
+            .members
+            .split(' ')
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.parse::<Member>().map_err(|err| {
+                    StoreError::Corrupt(format!("policy_groups.members of {}: {err}", row.name))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Group {
+            name: row.name,
+            members,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// The members of a group as `policy_groups.members` keeps them.
+pub fn members_text(group: &Group) -> String {
+    group
+        .members
+        .iter()
+        .map(Member::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A row of `policy_rules`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RuleRow {
+    pub id: i64,
+    pub feature: String,
+    pub kind: String,
+    pub seats: i64,
+    pub group_name: Option<String>,
+    pub each: bool,
+    pub created_at: i64,
+}
+
+impl TryFrom<RuleRow> for Rule {
+    type Error = StoreError;
+
+    fn try_from(row: RuleRow) -> Result<Self, StoreError> {
+        let kind = RuleKind::parse(&row.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("policy_rules.kind {:?}", row.kind)))?;
+        Ok(Rule {
+            id: unsigned("policy_rules.id", row.id)?,
+            spec: RuleSpec {
+                feature: row.feature,
+                kind,
+                seats: unsigned("policy_rules.seats", row.seats)?,
+                group: row.group_name,
+                each: row.each,
+            },
+            created_at: row.created_at,
+        })
+    }
 }
 
 /// A row of `feature_requires`: a checkout of `feature` also takes a seat of `requires`.
@@ -385,6 +461,9 @@ impl LoadedRows {
                 .into_iter()
                 .map(|row| (row.feature, row.requires))
                 .collect(),
+            groups: convert(self.groups)?,
+            rules: convert(self.rules)?,
+            next_rule_id: counter("next_rule_id")?,
         };
         Ok((snapshot, rows))
     }

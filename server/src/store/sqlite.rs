@@ -15,7 +15,8 @@ use sqlx::{Encode, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
-    AssignmentRow, EntitlementRow, LoadedRows, NumberedLeaseRow, RequiresRow, TokenRow, UserRow,
+    AssignmentRow, EntitlementRow, GroupRow, LoadedRows, NumberedLeaseRow, RequiresRow, RuleRow,
+    TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
 use super::{Fence, Identity, Store, StoreError};
@@ -219,6 +220,15 @@ impl Store for SqliteStore {
         )
         .fetch_all(&mut *conn)
         .await?;
+        let groups: Vec<GroupRow> =
+            sqlx::query_as("SELECT name, members, created_at FROM policy_groups ORDER BY name")
+                .fetch_all(&mut *conn)
+                .await?;
+        let rules: Vec<RuleRow> = sqlx::query_as(
+            "SELECT id, feature, kind, seats, group_name, each, created_at FROM policy_rules ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *conn)
             .await?
@@ -231,6 +241,8 @@ impl Store for SqliteStore {
             assignments,
             tokens,
             requires,
+            groups,
+            rules,
             meta,
         }
         .into_snapshot()?;
@@ -460,7 +472,7 @@ mod tests {
                 .iter()
                 .map(|m| m.0)
                 .collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5, 6, 7]
+            [1, 2, 3, 4, 5, 6, 7, 8]
         );
         let token = store.find_token(&[7; 32]).await.unwrap().unwrap();
         assert_eq!((token.id, token.user), (token_id(&[7; 32]), 3));

@@ -341,6 +341,45 @@ macro_rules! batch_writer {
                     .push_bind(requires);
                 q.build().execute(&mut *conn).await?;
             }
+            delete_in(conn, "policy_groups", "name", &batch.groups_removed).await?;
+            let groups: Vec<(&crate::core::Group, String)> = batch
+                .groups_upserted
+                .iter()
+                .map(|g| (g, crate::store::rows::members_text(g)))
+                .collect();
+            insert_rows(
+                conn,
+                "policy_groups",
+                &["name", "members", "created_at"],
+                &groups,
+                " ON CONFLICT (name) DO UPDATE SET members = excluded.members",
+                |b, (group, members)| {
+                    b.push_bind(&group.name)
+                        .push_bind(members)
+                        .push_bind(group.created_at);
+                },
+            )
+            .await?;
+            insert_rows(
+                conn,
+                "policy_rules",
+                &["id", "feature", "kind", "seats", "group_name", "each", "created_at"],
+                &batch.rules_added,
+                "",
+                |b, rule| {
+                    b.push_bind(rule.id as i64)
+                        .push_bind(&rule.spec.feature)
+                        .push_bind(rule.spec.kind.as_str())
+                        .push_bind(i64::from(rule.spec.seats))
+                        .push_bind(&rule.spec.group)
+                        .push_bind(rule.spec.each)
+                        .push_bind(rule.created_at);
+                },
+            )
+            .await?;
+            let removed_rules: Vec<i64> = batch.rules_removed.iter().map(|&id| id as i64).collect();
+            delete_in(conn, "policy_rules", "id", &removed_rules).await?;
+            set_counter(conn, "next_rule_id", batch.next_rule_id).await?;
             insert_rows(
                 conn,
                 "feature_requires",

@@ -1,0 +1,1102 @@
+//! Groups and policy rules (SPEC §8, R16): the options file of FlexNet and RLM, kept as
+//! data in the store so that every node of a cluster decides alike.
+//!
+//! A group is a named set of members (`user:EMAIL`, `host:GLOB`, `ip:CIDR`); a rule belongs
+//! to one feature and names a group (all but `borrow-lowwater`). Checkout and borrow ask
+//! [`Pool::policy_denial`] after authorisation: exclude, then include, then `max` (on every
+//! seat held of the feature, assigned or floating), then for a borrow `borrow-exclude` and
+//! `borrow-lowwater`; a refusal is `denied`, naming the rule. `reserve` is seat arithmetic
+//! on the floating pool ([`Pool::reserves`]): seats kept for a group that nobody of it uses
+//! are not available to others. `priority` orders the queue ([`Pool::queue_priority`]).
+//!
+//! What rules count is read from the ledger's per-holder totals (`Ledger::holders`), so a
+//! checkout's cost grows with the rules of its feature and the distinct holders of it, not
+//! with every lease held.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use tally_protocol::{
+    validate_feature, validate_group, ErrorBody, ErrorCode, GroupAdd, GroupInfo, GroupMembers,
+    GroupRef, LeaseInfo, LeaseKind, LeaseSource, Member, PolicyAdd, PolicyCheck, PolicyDecision,
+    PolicyQuery, RuleAdded, RuleEffect, RuleInfo, RuleKind, RuleRef, RuleSpec, UserState,
+    MAX_GROUP_MEMBERS,
+};
+
+use super::checks::{require_admin, unknown_name};
+use super::ledger::HolderKey;
+use super::types::{Group, Rule};
+use super::{Action, Actor, Batch, Holder, Lease, Pool};
+
+/// Who a rule is asked about: a user, on a host, from an address.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Who<'a> {
+    pub(super) user: &'a str,
+    pub(super) host: &'a str,
+    pub(super) address: Option<IpAddr>,
+}
+
+impl<'a> Who<'a> {
+    pub(super) fn of(actor: &'a Actor, holder: &'a Holder) -> Self {
+        Self {
+            user: &actor.username,
+            host: &holder.host,
+            address: holder.peer.address.parse().ok(),
+        }
+    }
+
+    fn of_key(key: &'a HolderKey) -> Self {
+        Self {
+            user: &key.user,
+            host: &key.host,
+            address: key.address,
+        }
+    }
+
+    fn of_lease(lease: &'a Lease) -> Self {
+        Self {
+            user: &lease.user,
+            host: &lease.host,
+            address: lease.peer.address.parse().ok(),
+        }
+    }
+
+    /// "ana@studio on ws1 from 10.0.0.7", for messages.
+    fn describe(&self) -> String {
+        let mut text = self.user.to_string();
+        if !self.host.is_empty() {
+            text.push_str(&format!(" on {}", self.host));
+        }
+        if let Some(address) = self.address {
+            text.push_str(&format!(" from {address}"));
+        }
+        text
+    }
+}
+
+/// The rules of every feature, with an index by feature, and the groups they name.
+#[derive(Debug, Default)]
+pub(super) struct Rules {
+    pub(super) groups: std::collections::BTreeMap<String, Group>,
+    pub(super) rules: std::collections::BTreeMap<u64, Rule>,
+    /// Rule ids by feature, in id order.
+    by_feature: HashMap<String, Vec<u64>>,
+    /// The id the next rule gets; ids are never reused.
+    pub(super) next_id: u64,
+}
+
+impl Rules {
+    pub(super) fn new() -> Self {
+        Self {
+            next_id: 1,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn insert(&mut self, rule: Rule) {
+        self.next_id = self.next_id.max(rule.id + 1);
+        let ids = self
+            .by_feature
+            .entry(rule.spec.feature.clone())
+            .or_default();
+        ids.push(rule.id);
+        ids.sort_unstable();
+        self.rules.insert(rule.id, rule);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Rule> {
+        let rule = self.rules.remove(&id)?;
+        if let Some(ids) = self.by_feature.get_mut(&rule.spec.feature) {
+            ids.retain(|&other| other != id);
+            if ids.is_empty() {
+                self.by_feature.remove(&rule.spec.feature);
+            }
+        }
+        Some(rule)
+    }
+
+    /// The rules of a feature of one kind, in id order.
+    fn of<'a>(&'a self, feature: &str, kind: RuleKind) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.by_feature
+            .get(feature)
+            .into_iter()
+            .flatten()
+            .map(|id| &self.rules[id])
+            .filter(move |rule| rule.spec.kind == kind)
+    }
+
+    fn has_any(&self, feature: &str) -> bool {
+        self.by_feature.contains_key(feature)
+    }
+
+    /// Whether a group takes `who` in; a group that does not exist takes nobody.
+    fn contains(&self, group: &str, who: &Who) -> bool {
+        self.groups.get(group).is_some_and(|group| {
+            group
+                .members
+                .iter()
+                .any(|m| m.matches(who.user, who.host, who.address))
+        })
+    }
+
+    /// Whether the group of a rule takes `who` in.
+    fn applies(&self, rule: &Rule, who: &Who) -> bool {
+        rule.spec
+            .group
+            .as_deref()
+            .is_some_and(|group| self.contains(group, who))
+    }
+}
+
+/// "rule 4 (nuke: max 2 juniors --each)".
+fn named(rule: &Rule) -> String {
+    format!(
+        "rule {} ({}: {})",
+        rule.id,
+        rule.spec.feature,
+        rule.spec.text()
+    )
+}
+
+/// A refusal by a rule: the rule's id and the `denied` error naming it.
+pub(super) type Denial = (u64, ErrorBody);
+
+fn denied(rule: &Rule, why: String) -> Denial {
+    let err = ErrorBody::new(
+        ErrorCode::Denied,
+        format!("denied by {}: {why}", named(rule)),
+    );
+    (rule.id, err)
+}
+
+fn group_info(group: &Group) -> GroupInfo {
+    GroupInfo {
+        name: group.name.clone(),
+        members: group.members.iter().map(Member::to_string).collect(),
+    }
+}
+
+fn rule_info(rule: &Rule) -> RuleInfo {
+    RuleInfo {
+        id: Some(rule.id),
+        rule: rule.spec.clone(),
+    }
+}
+
+/// A reserve rule's seats kept for its group that nobody of the group uses now.
+#[derive(Debug)]
+pub(super) struct Unused<'a> {
+    pub(super) rule: &'a Rule,
+    pub(super) seats: u32,
+}
+
+impl Pool {
+    // ----- groups -----
+
+    /// Creates a group with its first members (admins).
+    pub fn add_group(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &GroupAdd,
+        batch: &mut Batch,
+    ) -> Result<GroupInfo, ErrorBody> {
+        self.advance(now, batch);
+        let checked = (|| {
+            require_admin(actor, "change groups")?;
+            validate_group(&request.name).map_err(ErrorBody::invalid)?;
+            if self.rules.groups.contains_key(&request.name) {
+                return Err(ErrorBody::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "a group {} exists already; `tally group member add {} MEMBER...` adds to it",
+                        request.name, request.name
+                    ),
+                ));
+            }
+            let mut members = Vec::new();
+            add_members(&request.name, &mut members, &request.members)?;
+            Ok(members)
+        })();
+        let name = request.name.as_str();
+        let members = batch.audit_refusal(now, actor, Action::GroupAdd, name, None, checked)?;
+        let group = Group {
+            name: request.name.clone(),
+            members,
+            created_at: now,
+        };
+        let detail = format!("{} member(s)", group.members.len());
+        batch.audit(now, actor, Action::GroupAdd, name, None, Ok(&detail));
+        batch.groups_upserted.push(group.clone());
+        let info = group_info(&group);
+        self.rules.groups.insert(group.name.clone(), group);
+        Ok(info)
+    }
+
+    /// Adds members to a group (those it has already are left as they are) or removes them
+    /// (each must be a member).
+    pub fn change_group_members(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &GroupMembers,
+        batch: &mut Batch,
+    ) -> Result<GroupInfo, ErrorBody> {
+        self.advance(now, batch);
+        let checked = (|| {
+            require_admin(actor, "change groups")?;
+            let group = self.group(&request.name)?;
+            let mut members = group.members.clone();
+            if request.add {
+                add_members(&request.name, &mut members, &request.members)?;
+            } else {
+                if request.members.is_empty() {
+                    return Err(ErrorBody::invalid("name the members to remove"));
+                }
+                for text in &request.members {
+                    let member: Member = text.parse().map_err(ErrorBody::invalid)?;
+                    let Some(at) = members.iter().position(|m| *m == member) else {
+                        return Err(ErrorBody::not_found(format!(
+                            "{member} is not a member of {}; `tally group list` shows its members",
+                            request.name
+                        )));
+                    };
+                    members.remove(at);
+                }
+            }
+            Ok(members)
+        })();
+        let name = request.name.as_str();
+        let members = batch.audit_refusal(now, actor, Action::GroupMembers, name, None, checked)?;
+        let group = self
+            .rules
+            .groups
+            .get_mut(&request.name)
+            .expect("checked above");
+        group.members = members;
+        let detail = format!(
+            "{} {}",
+            if request.add { "added" } else { "removed" },
+            request.members.join(" ")
+        );
+        batch.audit(now, actor, Action::GroupMembers, name, None, Ok(&detail));
+        let group = group.clone();
+        batch.groups_upserted.push(group.clone());
+        Ok(group_info(&group))
+    }
+
+    /// Every group, by name (admins).
+    pub fn list_groups(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        batch: &mut Batch,
+    ) -> Result<Vec<GroupInfo>, ErrorBody> {
+        self.advance(now, batch);
+        let checked = require_admin(actor, "list groups");
+        batch.audit_refusal(now, actor, Action::GroupList, "groups", None, checked)?;
+        Ok(self.rules.groups.values().map(group_info).collect())
+    }
+
+    /// Removes a group no rule names (admins).
+    pub fn remove_group(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &GroupRef,
+        batch: &mut Batch,
+    ) -> Result<String, ErrorBody> {
+        self.advance(now, batch);
+        let checked = (|| {
+            require_admin(actor, "change groups")?;
+            self.group(&request.name)?;
+            let using: Vec<String> = self
+                .rules
+                .rules
+                .values()
+                .filter(|r| r.spec.group.as_deref() == Some(request.name.as_str()))
+                .map(named)
+                .collect();
+            if !using.is_empty() {
+                return Err(ErrorBody::invalid(format!(
+                    "{} is used by {}; remove those rules first (`tally policy remove ID`)",
+                    request.name,
+                    using.join(", ")
+                )));
+            }
+            Ok(())
+        })();
+        let name = request.name.as_str();
+        batch.audit_refusal(now, actor, Action::GroupRemove, name, None, checked)?;
+        self.rules.groups.remove(name);
+        // A change to the group earlier in the same batch must not bring it back.
+        batch.groups_upserted.retain(|g| g.name != name);
+        batch.groups_removed.push(name.to_string());
+        batch.audit(now, actor, Action::GroupRemove, name, None, Ok("removed"));
+        Ok(name.to_string())
+    }
+
+    fn group(&self, name: &str) -> Result<&Group, ErrorBody> {
+        self.rules.groups.get(name).ok_or_else(|| {
+            unknown_name(
+                "group",
+                name,
+                self.rules.groups.keys().map(String::as_str),
+                "`tally group list` lists them",
+            )
+        })
+    }
+
+    // ----- rules -----
+
+    /// Adds a rule to a feature (admins), or with `dry_run` only says what it would do. The
+    /// effect (leases it puts over its limit, active users it refuses) is reported either
+    /// way; leases already held are not ended: rules apply to new checkouts and borrows.
+    pub fn add_rule(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &PolicyAdd,
+        batch: &mut Batch,
+    ) -> Result<RuleAdded, ErrorBody> {
+        self.advance(now, batch);
+        let spec = &request.rule;
+        let checked = self.check_rule(actor, spec);
+        let feature = spec.feature.as_str();
+        let subject = format!("{feature}: {}", spec.text());
+        batch.audit_refusal(
+            now,
+            actor,
+            Action::PolicyAdd,
+            &subject,
+            Some(feature),
+            checked,
+        )?;
+        let rule = Rule {
+            id: self.rules.next_id,
+            spec: spec.clone(),
+            created_at: now,
+        };
+        let effect = self.effect(&rule, now);
+        if request.dry_run {
+            return Ok(RuleAdded {
+                rule: RuleInfo {
+                    id: None,
+                    rule: spec.clone(),
+                },
+                effect,
+            });
+        }
+        let subject = named(&rule);
+        let detail = format!(
+            "{} lease(s) over it, {} active user(s) it refuses",
+            effect.leases_over.len(),
+            effect.users_denied.len()
+        );
+        batch.audit(
+            now,
+            actor,
+            Action::PolicyAdd,
+            &subject,
+            Some(feature),
+            Ok(&detail),
+        );
+        batch.rules_added.push(rule.clone());
+        batch.next_rule_id = Some(rule.id + 1);
+        let info = rule_info(&rule);
+        self.rules.insert(rule);
+        Ok(RuleAdded { rule: info, effect })
+    }
+
+    fn check_rule(&self, actor: &Actor, spec: &RuleSpec) -> Result<(), ErrorBody> {
+        require_admin(actor, "change policy rules")?;
+        validate_feature(&spec.feature).map_err(ErrorBody::invalid)?;
+        spec.validate().map_err(ErrorBody::invalid)?;
+        let known = self.known_features();
+        if !known.contains(spec.feature.as_str()) {
+            return Err(unknown_name(
+                "feature",
+                &spec.feature,
+                known,
+                "`tally status` lists the features",
+            ));
+        }
+        if let Some(group) = &spec.group {
+            self.group(group)?;
+        }
+        if let Some(same) = self.rules.rules.values().find(|r| r.spec == *spec) {
+            return Err(ErrorBody::new(
+                ErrorCode::AlreadyExists,
+                format!("{} says that already", named(same)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rules of a feature, or of every feature, by feature then id (admins).
+    pub fn list_rules(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        query: &PolicyQuery,
+        batch: &mut Batch,
+    ) -> Result<Vec<RuleInfo>, ErrorBody> {
+        self.advance(now, batch);
+        let checked = (|| {
+            require_admin(actor, "list policy rules")?;
+            if let Some(feature) = &query.feature {
+                validate_feature(feature).map_err(ErrorBody::invalid)?;
+                let known = self.known_features();
+                if !known.contains(feature.as_str()) {
+                    return Err(unknown_name(
+                        "feature",
+                        feature,
+                        known,
+                        "`tally status` lists the features",
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        let feature = query.feature.as_deref();
+        batch.audit_refusal(
+            now,
+            actor,
+            Action::PolicyList,
+            feature.unwrap_or("rules"),
+            feature,
+            checked,
+        )?;
+        let mut rules: Vec<&Rule> = self
+            .rules
+            .rules
+            .values()
+            .filter(|r| feature.is_none_or(|f| r.spec.feature == f))
+            .collect();
+        rules.sort_by(|a, b| a.spec.feature.cmp(&b.spec.feature).then(a.id.cmp(&b.id)));
+        Ok(rules.into_iter().map(rule_info).collect())
+    }
+
+    /// Removes a rule (admins).
+    pub fn remove_rule(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: RuleRef,
+        batch: &mut Batch,
+    ) -> Result<u64, ErrorBody> {
+        self.advance(now, batch);
+        let checked = (|| {
+            require_admin(actor, "change policy rules")?;
+            match self.rules.rules.get(&request.id) {
+                Some(rule) => Ok(rule.clone()),
+                None => Err(ErrorBody::not_found(format!(
+                    "no rule {} exists; `tally policy list` lists them",
+                    request.id
+                ))),
+            }
+        })();
+        let subject = format!("rule {}", request.id);
+        let rule =
+            batch.audit_refusal(now, actor, Action::PolicyRemove, &subject, None, checked)?;
+        self.rules.remove(rule.id);
+        batch.rules_removed.push(rule.id);
+        batch.audit(
+            now,
+            actor,
+            Action::PolicyRemove,
+            &named(&rule),
+            Some(&rule.spec.feature),
+            Ok("removed"),
+        );
+        Ok(rule.id)
+    }
+
+    /// How the rules of a feature decide a one-seat checkout for one holder now (admins);
+    /// nothing is taken.
+    pub fn check_policy(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &PolicyCheck,
+        batch: &mut Batch,
+    ) -> Result<PolicyDecision, ErrorBody> {
+        self.advance(now, batch);
+        let checked = (|| {
+            require_admin(actor, "check policy rules")?;
+            validate_feature(&request.feature).map_err(ErrorBody::invalid)?;
+            let known = self.known_features();
+            if !known.contains(request.feature.as_str()) {
+                return Err(unknown_name(
+                    "feature",
+                    &request.feature,
+                    known,
+                    "`tally status` lists the features",
+                ));
+            }
+            let user = request.user.to_lowercase();
+            if !self.users.contains_key(&user) {
+                return Err(unknown_name(
+                    "user",
+                    &user,
+                    self.users.keys().map(String::as_str),
+                    "`tally user list` lists them",
+                ));
+            }
+            let address = match request.ip.as_deref() {
+                None => None,
+                Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+                    ErrorBody::invalid(format!("--ip {text:?} is not an IP address"))
+                })?),
+            };
+            Ok((user, address))
+        })();
+        let feature = request.feature.as_str();
+        let (user, address) = batch.audit_refusal(
+            now,
+            actor,
+            Action::PolicyCheck,
+            feature,
+            Some(feature),
+            checked,
+        )?;
+        let who = Who {
+            user: &user,
+            host: request.host.as_deref().unwrap_or(""),
+            address: address.map(|a| a.to_canonical()),
+        };
+        Ok(self.decide(feature, &who, now))
+    }
+
+    /// The decision `policy check` explains.
+    fn decide(&self, feature: &str, who: &Who, now: i64) -> PolicyDecision {
+        if let Err((rule, err)) = self.policy_refusal(feature, who, 1, false) {
+            return PolicyDecision {
+                allowed: false,
+                rule: Some(rule),
+                reason: err.message,
+            };
+        }
+        let mut rule = None;
+        let mut reasons = Vec::new();
+        let includes: Vec<&Rule> = self.rules.of(feature, RuleKind::Include).collect();
+        if let Some(admits) = includes.iter().find(|r| self.rules.applies(r, who)) {
+            rule = Some(admits.id);
+            reasons.push(format!(
+                "allowed: {} is a member of {} ({})",
+                who.describe(),
+                admits.spec.group.as_deref().unwrap_or_default(),
+                named(admits)
+            ));
+        } else {
+            reasons.push(format!(
+                "allowed: no rule of {feature} refuses {}",
+                who.describe()
+            ));
+        }
+        let kept: u32 = self
+            .reserves(feature, now)
+            .iter()
+            .filter(|unused| !self.rules.applies(unused.rule, who))
+            .map(|unused| unused.seats)
+            .sum();
+        if kept > 0 {
+            reasons.push(format!(
+                "{kept} floating seat(s) are reserved for groups it is not in"
+            ));
+        }
+        let priority = self.queue_priority(feature, who);
+        if let Some(priority) = self
+            .rules
+            .of(feature, RuleKind::Priority)
+            .find(|r| r.spec.seats == priority && self.rules.applies(r, who))
+        {
+            reasons.push(format!(
+                "it queues with priority {} ({})",
+                priority.spec.seats,
+                named(priority)
+            ));
+        }
+        if self
+            .rules
+            .of(feature, RuleKind::BorrowExclude)
+            .any(|r| self.rules.applies(r, who))
+        {
+            reasons.push("it may not borrow".into());
+        }
+        PolicyDecision {
+            allowed: true,
+            rule,
+            reason: reasons.join("; "),
+        }
+    }
+
+    // ----- evaluation -----
+
+    /// Whether the rules of a feature let `who` take `seats` more seats of it (include,
+    /// exclude, `max`; for a borrow also `borrow-exclude`): `denied` naming the rule when
+    /// not. `borrow-lowwater` and `reserve` count floating seats and are asked apart.
+    pub(super) fn policy_denial(
+        &self,
+        feature: &str,
+        who: &Who,
+        seats: u32,
+        borrow: bool,
+    ) -> Result<(), ErrorBody> {
+        self.policy_refusal(feature, who, seats, borrow)
+            .map_err(|(_, err)| err)
+    }
+
+    /// [`policy_denial`](Self::policy_denial) with the id of the rule that refuses.
+    fn policy_refusal(
+        &self,
+        feature: &str,
+        who: &Who,
+        seats: u32,
+        borrow: bool,
+    ) -> Result<(), Denial> {
+        if !self.rules.has_any(feature) {
+            return Ok(());
+        }
+        if let Some(rule) = self
+            .rules
+            .of(feature, RuleKind::Exclude)
+            .find(|r| self.rules.applies(r, who))
+        {
+            let group = rule.spec.group.as_deref().unwrap_or_default();
+            return Err(denied(
+                rule,
+                format!(
+                    "{} is a member of {group}, which may not use {feature}",
+                    who.describe()
+                ),
+            ));
+        }
+        let mut includes = self.rules.of(feature, RuleKind::Include).peekable();
+        if let Some(first) = includes.peek().copied() {
+            let groups: Vec<&str> = self
+                .rules
+                .of(feature, RuleKind::Include)
+                .filter_map(|r| r.spec.group.as_deref())
+                .collect();
+            if !includes.any(|r| self.rules.applies(r, who)) {
+                return Err(denied(
+                    first,
+                    format!(
+                        "only members of {} may use {feature}, and {} is not one",
+                        groups.join(", "),
+                        who.describe()
+                    ),
+                ));
+            }
+        }
+        for rule in self.rules.of(feature, RuleKind::Max) {
+            let Some(group) = rule.spec.group.as_deref() else {
+                continue;
+            };
+            if !self.rules.contains(group, who) {
+                continue;
+            }
+            let limit = rule.spec.seats;
+            if rule.spec.each {
+                for (member, held) in self.held_by_member(feature, group, who) {
+                    if held.saturating_add(seats) > limit {
+                        return Err(denied(
+                            rule,
+                            format!(
+                                "{member} holds {held} seat(s) of {feature}, and each member of {group} may hold {limit}; {seats} more asked for"
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                let held: u32 = self
+                    .ledger
+                    .holders(feature)
+                    .filter(|(key, _)| self.rules.contains(group, &Who::of_key(key)))
+                    .map(|(_, held)| held.all)
+                    .sum();
+                if held.saturating_add(seats) > limit {
+                    return Err(denied(
+                        rule,
+                        format!(
+                            "members of {group} hold {held} seat(s) of {feature} and may hold {limit} together; {seats} more asked for"
+                        ),
+                    ));
+                }
+            }
+        }
+        if borrow {
+            if let Some(rule) = self
+                .rules
+                .of(feature, RuleKind::BorrowExclude)
+                .find(|r| self.rules.applies(r, who))
+            {
+                let group = rule.spec.group.as_deref().unwrap_or_default();
+                return Err(denied(
+                    rule,
+                    format!(
+                        "members of {group} may not borrow {feature}; check it out online instead"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// For `max --each`: the members of `group` that take `who` in, each as the holder it
+    /// stands for (the user, the host or the address), with the seats that one holds.
+    fn held_by_member(&self, feature: &str, group: &str, who: &Who) -> Vec<(String, u32)> {
+        let Some(group) = self.rules.groups.get(group) else {
+            return Vec::new();
+        };
+        let mut seen = BTreeSet::new();
+        let mut counts = Vec::new();
+        for member in &group.members {
+            if !member.matches(who.user, who.host, who.address) {
+                continue;
+            }
+            let label = match member {
+                Member::User(_) => who.user.to_string(),
+                Member::Host(_) => format!("host {}", who.host),
+                Member::Ip { .. } => format!(
+                    "address {}",
+                    who.address.map(|a| a.to_string()).unwrap_or_default()
+                ),
+            };
+            if !seen.insert(label.clone()) {
+                continue;
+            }
+            let same = |key: &HolderKey| match member {
+                Member::User(_) => key.user.eq_ignore_ascii_case(who.user),
+                Member::Host(_) => key.host.eq_ignore_ascii_case(who.host),
+                Member::Ip { .. } => key.address == who.address,
+            };
+            let held: u32 = self
+                .ledger
+                .holders(feature)
+                .filter(|(key, _)| same(key))
+                .map(|(_, held)| held.all)
+                .sum();
+            counts.push((label, held));
+        }
+        counts
+    }
+
+    /// The seats each `reserve` rule of a feature keeps that nobody of its group uses now.
+    /// Reserves are honoured in rule-id order up to the floating capacity; the floating
+    /// seats a holder uses count toward the first reserve of theirs with room.
+    pub(super) fn reserves(&self, feature: &str, now: i64) -> Vec<Unused<'_>> {
+        let rules: Vec<&Rule> = self.rules.of(feature, RuleKind::Reserve).collect();
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let mut left = self.floating_capacity(feature, now);
+        let mut room: Vec<u32> = rules
+            .iter()
+            .map(|rule| {
+                let kept = rule.spec.seats.min(left);
+                left -= kept;
+                kept
+            })
+            .collect();
+        for (key, held) in self.ledger.holders(feature) {
+            let mut seats = held.floating;
+            let who = Who::of_key(key);
+            for (rule, room) in rules.iter().zip(room.iter_mut()) {
+                if seats == 0 {
+                    break;
+                }
+                if *room > 0 && self.rules.applies(rule, &who) {
+                    let taken = seats.min(*room);
+                    *room -= taken;
+                    seats -= taken;
+                }
+            }
+        }
+        rules
+            .into_iter()
+            .zip(room)
+            .map(|(rule, seats)| Unused { rule, seats })
+            .collect()
+    }
+
+    /// Floating seats of a feature kept by reserves for groups `who` is not in, and the
+    /// rules that keep them.
+    pub(super) fn reserved_for_others(&self, feature: &str, who: &Who, now: i64) -> (u32, String) {
+        let mut seats = 0u32;
+        let mut rules = Vec::new();
+        for unused in self.reserves(feature, now) {
+            if unused.seats > 0 && !self.rules.applies(unused.rule, who) {
+                seats = seats.saturating_add(unused.seats);
+                rules.push(named(unused.rule));
+            }
+        }
+        (seats, rules.join(", "))
+    }
+
+    /// Floating seats of a feature its reserves keep and nobody of their groups uses.
+    pub(super) fn reserved(&self, feature: &str, now: i64) -> u32 {
+        self.reserves(feature, now)
+            .iter()
+            .fold(0u32, |sum, unused| sum.saturating_add(unused.seats))
+    }
+
+    /// Whether `borrow-lowwater` lets `seats` more floating seats of a feature be borrowed.
+    pub(super) fn check_lowwater(
+        &self,
+        feature: &str,
+        seats: u32,
+        now: i64,
+    ) -> Result<(), ErrorBody> {
+        let Some(rule) = self
+            .rules
+            .of(feature, RuleKind::BorrowLowwater)
+            .max_by_key(|r| r.spec.seats)
+        else {
+            return Ok(());
+        };
+        let capacity = self.floating_capacity(feature, now);
+        let borrowed = self.ledger.usage(feature).borrowed;
+        let lendable = capacity.saturating_sub(rule.spec.seats);
+        if borrowed.saturating_add(seats) > lendable {
+            let (_, err) = denied(
+                rule,
+                format!(
+                    "{} of the {capacity} floating seat(s) of {feature} are never lent; {borrowed} are borrowed, {seats} more asked for",
+                    rule.spec.seats
+                ),
+            );
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Where `who` queues for a feature: the lowest number of the `priority` rules whose
+    /// group takes them in, or `u32::MAX` when none does (lower goes first).
+    pub(super) fn queue_priority(&self, feature: &str, who: &Who) -> u32 {
+        self.rules
+            .of(feature, RuleKind::Priority)
+            .filter(|r| self.rules.applies(r, who))
+            .map(|r| r.spec.seats)
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+
+    // ----- dry run -----
+
+    /// What `rule` would do now: the current leases it puts over its limit and the active
+    /// users it refuses whatever host or address they use.
+    fn effect(&self, rule: &Rule, now: i64) -> RuleEffect {
+        let feature = rule.spec.feature.as_str();
+        let group = rule.spec.group.as_deref().unwrap_or_default();
+        let in_group = |who: &Who| self.rules.contains(group, who);
+        let mut leases: Vec<&Lease> = self
+            .ledger
+            .leases
+            .values()
+            .filter(|l| l.feature == feature)
+            .collect();
+        leases.sort_by_key(|l| (l.granted_at, l.id));
+        let mut over: Vec<&Lease> = Vec::new();
+        let mut denied_users: BTreeSet<String> = BTreeSet::new();
+        let active_users = || {
+            self.users
+                .values()
+                .filter(|u| u.state == UserState::Active)
+                .map(|u| u.username.as_str())
+        };
+        fn by_name(user: &str) -> Who<'_> {
+            Who {
+                user,
+                host: "",
+                address: None,
+            }
+        }
+        match rule.spec.kind {
+            RuleKind::Include => {
+                let mut groups: Vec<&str> = self
+                    .rules
+                    .of(feature, RuleKind::Include)
+                    .filter_map(|r| r.spec.group.as_deref())
+                    .collect();
+                groups.push(group);
+                let admitted = |who: &Who| groups.iter().any(|g| self.rules.contains(g, who));
+                over.extend(leases.iter().filter(|l| !admitted(&Who::of_lease(l))));
+                let by_place = groups.iter().any(|g| {
+                    self.rules
+                        .groups
+                        .get(*g)
+                        .is_some_and(|g| g.members.iter().any(|m| !matches!(m, Member::User(_))))
+                });
+                if !by_place {
+                    denied_users.extend(
+                        active_users()
+                            .filter(|u| !admitted(&by_name(u)))
+                            .map(str::to_string),
+                    );
+                }
+            }
+            RuleKind::Exclude | RuleKind::BorrowExclude => {
+                let borrow = rule.spec.kind == RuleKind::BorrowExclude;
+                over.extend(leases.iter().filter(|l| {
+                    (!borrow || l.kind == LeaseKind::Borrowed) && in_group(&Who::of_lease(l))
+                }));
+                denied_users.extend(
+                    active_users()
+                        .filter(|u| in_group(&by_name(u)))
+                        .map(str::to_string),
+                );
+            }
+            RuleKind::Max => {
+                let limit = rule.spec.seats;
+                let mut held: HashMap<String, u32> = HashMap::new();
+                for lease in leases.iter().filter(|l| in_group(&Who::of_lease(l))) {
+                    let who = Who::of_lease(lease);
+                    let keys: Vec<String> = if rule.spec.each {
+                        self.member_keys(group, &who)
+                    } else {
+                        vec![String::new()]
+                    };
+                    let mut is_over = false;
+                    for key in keys {
+                        let count = held.entry(key).or_default();
+                        *count = count.saturating_add(lease.seats);
+                        is_over |= *count > limit;
+                    }
+                    if is_over {
+                        over.push(lease);
+                    }
+                }
+                let full = |who: &Who| {
+                    if rule.spec.each {
+                        self.member_keys(group, who)
+                            .iter()
+                            .any(|key| held.get(key).copied().unwrap_or(0) >= limit)
+                    } else {
+                        held.get("").copied().unwrap_or(0) >= limit
+                    }
+                };
+                denied_users.extend(
+                    active_users()
+                        .filter(|u| {
+                            let who = by_name(u);
+                            in_group(&who) && full(&who)
+                        })
+                        .map(str::to_string),
+                );
+                for lease in &over {
+                    denied_users.insert(lease.user.clone());
+                }
+            }
+            RuleKind::Reserve => {
+                let capacity = self.floating_capacity(feature, now);
+                let kept_before: u32 = self
+                    .rules
+                    .of(feature, RuleKind::Reserve)
+                    .map(|r| r.spec.seats)
+                    .fold(0u32, u32::saturating_add);
+                let kept = rule.spec.seats.min(capacity.saturating_sub(kept_before));
+                let floating = |l: &&&Lease| l.source == LeaseSource::Floating;
+                let members: u32 = leases
+                    .iter()
+                    .filter(floating)
+                    .filter(|l| in_group(&Who::of_lease(l)))
+                    .map(|l| l.seats)
+                    .sum();
+                let used = self.ledger.usage(feature).total();
+                let unused = kept.saturating_sub(members);
+                let excess = (used + self.reserved(feature, now) + unused).saturating_sub(capacity);
+                over.extend(newest_covering(
+                    leases
+                        .iter()
+                        .filter(floating)
+                        .filter(|l| !in_group(&Who::of_lease(l)))
+                        .copied(),
+                    excess,
+                ));
+            }
+            RuleKind::BorrowLowwater => {
+                let capacity = self.floating_capacity(feature, now);
+                let borrowed = self.ledger.usage(feature).borrowed;
+                let excess = borrowed.saturating_sub(capacity.saturating_sub(rule.spec.seats));
+                over.extend(newest_covering(
+                    leases
+                        .iter()
+                        .filter(|l| {
+                            l.kind == LeaseKind::Borrowed && l.source == LeaseSource::Floating
+                        })
+                        .copied(),
+                    excess,
+                ));
+            }
+            RuleKind::Priority => {}
+        }
+        over.sort_by_key(|l| (l.granted_at, l.id));
+        over.dedup_by_key(|l| l.id);
+        RuleEffect {
+            leases_over: over
+                .iter()
+                .map(|l| self.ledger.info(l))
+                .collect::<Vec<LeaseInfo>>(),
+            users_denied: denied_users.into_iter().collect(),
+        }
+    }
+
+    /// For `max --each`: the holders `who` stands for as a member of `group` ("user:...",
+    /// "host:...", "ip:..."), as keys to count seats under.
+    fn member_keys(&self, group: &str, who: &Who) -> Vec<String> {
+        let Some(group) = self.rules.groups.get(group) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = group
+            .members
+            .iter()
+            .filter(|m| m.matches(who.user, who.host, who.address))
+            .map(|m| match m {
+                Member::User(_) => format!("user:{}", who.user.to_lowercase()),
+                Member::Host(_) => format!("host:{}", who.host.to_lowercase()),
+                Member::Ip { .. } => format!(
+                    "ip:{}",
+                    who.address.map(|a| a.to_string()).unwrap_or_default()
+                ),
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+/// The newest of `leases` (given oldest first) until they hold `excess` seats.
+fn newest_covering<'a>(leases: impl Iterator<Item = &'a Lease>, mut excess: u32) -> Vec<&'a Lease> {
+    let mut all: Vec<&Lease> = leases.collect();
+    all.reverse();
+    let mut chosen = Vec::new();
+    for lease in all {
+        if excess == 0 {
+            break;
+        }
+        excess = excess.saturating_sub(lease.seats);
+        chosen.push(lease);
+    }
+    chosen
+}
+
+/// Parses members and adds those the group does not have yet, refusing the first that is
+/// not `user:EMAIL`, `host:GLOB` or `ip:CIDR`.
+fn add_members(group: &str, members: &mut Vec<Member>, texts: &[String]) -> Result<(), ErrorBody> {
+    for text in texts {
+        let member: Member = text.parse().map_err(ErrorBody::invalid)?;
+        if !members.contains(&member) {
+            members.push(member);
+        }
+    }
+    if members.len() > MAX_GROUP_MEMBERS {
+        return Err(ErrorBody::invalid(format!(
+            "{group} would have {} members; a group has at most {MAX_GROUP_MEMBERS} (use host: patterns or ip: networks for many machines)",
+            members.len()
+        )));
+    }
+    Ok(())
+}
