@@ -9,7 +9,9 @@ use tally_protocol::{
     Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage, AssignmentsQuery,
     AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementDelete, EntitlementDeleted,
     EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureRequirement,
-    FeatureRequires, FeatureStatus, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo,
+    FeatureFigures, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo, GroupMembers, GroupRef,
+    PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery, RuleAdded, RuleInfo, RuleRef, RuleSpec,
+    HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo,
     LeasesPage, LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, Release, ReleaseMatching,
     Request, Response, Return, Revoke, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke,
     UserAdd, UserInfo, UserRef, Whoami,
@@ -67,6 +69,15 @@ impl Client {
             feature: feature.map(str::to_string),
         };
         ask!(self, Request::Status(query), Response::Status(features) => features)
+    }
+
+    /// The status figures with the seats each feature's reserves keep (SPEC R16):
+    /// what `tally status` shows.
+    pub async fn figures(&self, feature: Option<&str>) -> Result<Vec<FeatureFigures>, Error> {
+        let query = StatusQuery {
+            feature: feature.map(str::to_string),
+        };
+        ask!(self, Request::Figures(query), Response::Figures(features) => features)
     }
 
     /// One page of the lease listing: leases after `query.after`, and the cursor of the
@@ -379,6 +390,70 @@ impl Client {
     /// Every feature with prerequisites, and what it requires.
     pub async fn feature_requirements(&self) -> Result<Vec<FeatureRequires>, Error> {
         ask!(self, Request::FeatureList, Response::Features(list) => list)
+    }
+}
+
+/// Groups and policy rules (SPEC §8, R16; admins).
+impl Client {
+    /// Creates a group with its first members (`user:EMAIL`, `host:GLOB`, `ip:CIDR`).
+    pub async fn add_group(&self, name: &str, members: &[String]) -> Result<GroupInfo, Error> {
+        let group = GroupAdd {
+            name: name.to_string(),
+            members: members.to_vec(),
+        };
+        ask!(self, Request::GroupAdd(group), Response::Group(group) => group)
+    }
+
+    /// Adds members to a group (`add`) or removes them: the group after the change.
+    pub async fn change_group_members(
+        &self,
+        name: &str,
+        add: bool,
+        members: &[String],
+    ) -> Result<GroupInfo, Error> {
+        let change = GroupMembers {
+            name: name.to_string(),
+            add,
+            members: members.to_vec(),
+        };
+        ask!(self, Request::GroupMembers(change), Response::Group(group) => group)
+    }
+
+    /// Every group, by name.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, Error> {
+        ask!(self, Request::GroupList, Response::Groups(groups) => groups)
+    }
+
+    /// Removes a group no rule names.
+    pub async fn remove_group(&self, name: &str) -> Result<String, Error> {
+        let group = GroupRef {
+            name: name.to_string(),
+        };
+        ask!(self, Request::GroupRemove(group), Response::GroupRemoved(name) => name)
+    }
+
+    /// Adds a rule, or with `dry_run` only says what it would do.
+    pub async fn add_rule(&self, rule: RuleSpec, dry_run: bool) -> Result<RuleAdded, Error> {
+        let add = PolicyAdd { rule, dry_run };
+        ask!(self, Request::PolicyAdd(add), Response::RuleAdded(added) => added)
+    }
+
+    /// The rules of a feature, or of every feature.
+    pub async fn rules(&self, feature: Option<&str>) -> Result<Vec<RuleInfo>, Error> {
+        let query = PolicyQuery {
+            feature: feature.map(str::to_string),
+        };
+        ask!(self, Request::PolicyList(query), Response::Rules(rules) => rules)
+    }
+
+    /// Removes a rule by id.
+    pub async fn remove_rule(&self, id: u64) -> Result<u64, Error> {
+        ask!(self, Request::PolicyRemove(RuleRef { id }), Response::RuleRemoved(id) => id)
+    }
+
+    /// How the rules of a feature decide for one holder; nothing is taken.
+    pub async fn check_policy(&self, check: PolicyCheck) -> Result<PolicyDecision, Error> {
+        ask!(self, Request::PolicyCheck(check), Response::PolicyDecision(decision) => decision)
     }
 }
 

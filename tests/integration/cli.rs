@@ -147,7 +147,7 @@ async fn the_readme_tour_works_end_to_end() {
     assert_eq!(
         doc,
         serde_json::json!({"features": [{"feature": "vray", "total": 100, "assigned": 0, "floating": 100,
-            "in_use": 0, "borrowed": 0, "available": 100, "queued": 0}]})
+            "in_use": 0, "borrowed": 0, "available": 100, "queued": 0, "reserved": 0}]})
     );
 
     // `checkout -- CMD` holds a seat while the command runs and exits with its status.

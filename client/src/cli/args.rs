@@ -128,6 +128,13 @@ pub enum Command {
     /// Manage prerequisites: features whose checkout also takes a seat of another.
     #[command(subcommand)]
     Feature(FeatureCommand),
+    /// Manage groups of users, hosts and addresses that policy rules name (admins).
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Manage policy rules: who may use a feature, seats reserved and capped, borrowing
+    /// and queue priority (admins).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Force the check-in of online leases (admins), like `lmremove`: one by its id or a
     /// unique prefix of it, or every lease of a user or host.
     #[command(group(
@@ -416,6 +423,93 @@ pub enum FeatureCommand {
     },
     /// List every feature with prerequisites, and what it requires.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group, with members given as user:EMAIL, host:GLOB (the client's host name;
+    /// `*` and `?` wildcards) or ip:CIDR (the address the server sees).
+    Add {
+        /// The group's name, e.g. juniors.
+        name: String,
+        /// Its first members, e.g. user:ana@studio.com host:render-* ip:10.1.0.0/16.
+        members: Vec<String>,
+    },
+    /// Add members to a group or remove them.
+    #[command(subcommand)]
+    Member(GroupMemberCommand),
+    /// List every group and its members.
+    List,
+    /// Remove a group no rule names.
+    Remove {
+        /// The group's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupMemberCommand {
+    /// Add members (those it has already are left as they are).
+    Add {
+        /// The group's name.
+        name: String,
+        /// user:EMAIL, host:GLOB or ip:CIDR.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove members.
+    Remove {
+        /// The group's name.
+        name: String,
+        /// Members as the group lists them.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Add a rule to a feature: include GROUP, exclude GROUP, reserve N GROUP, max N GROUP
+    /// [--each], borrow-exclude GROUP, borrow-lowwater N, priority N GROUP. Says which
+    /// current leases it puts over its limit and which active users it refuses.
+    Add {
+        /// The feature the rule is for, e.g. nuke.
+        feature: String,
+        /// The rule, e.g. `max 2 juniors`.
+        #[arg(required = true, num_args = 1..=3)]
+        rule: Vec<String>,
+        /// For max: the limit holds for each member rather than for the group together.
+        #[arg(long)]
+        each: bool,
+        /// Only say what the rule would do; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the rules of a feature, or of every feature.
+    List {
+        /// Only this feature's rules.
+        feature: Option<String>,
+    },
+    /// Remove a rule by its id.
+    Remove {
+        /// The rule's id, as `policy list` shows it.
+        id: u64,
+    },
+    /// Explain how the rules decide a checkout of FEATURE for one holder (nothing is
+    /// taken); exits 0 when allowed, 1 when not.
+    Check {
+        /// The feature.
+        feature: String,
+        /// The user (an e-mail address).
+        #[arg(long, value_name = "EMAIL")]
+        user: String,
+        /// The host name the user's client reports.
+        #[arg(long)]
+        host: Option<String>,
+        /// The address the user connects from.
+        #[arg(long)]
+        ip: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

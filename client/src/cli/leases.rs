@@ -2,7 +2,7 @@
 //! `checkout` and `release`.
 
 use tally_protocol::{
-    now_millis, Entitlement, FeatureStatus, LeasePattern, LeasesQuery, ReleaseMatching,
+    now_millis, Entitlement, FeatureFigures, LeasePattern, LeasesQuery, ReleaseMatching,
 };
 
 use super::args::CheckoutArgs;
@@ -74,7 +74,7 @@ impl Action {
     pub async fn run(self, client: &Client, out: &Output) -> Result<u8, Failure> {
         match self {
             Action::Status { feature, all } => {
-                let features = client.status(feature.as_deref()).await?;
+                let features = client.figures(feature.as_deref()).await?;
                 // JSON keeps the document of the spec; people also see what starts later.
                 let upcoming = if out.is_json() && !all {
                     Vec::new()
@@ -119,14 +119,15 @@ impl Action {
 async fn status_all(
     client: &Client,
     out: &Output,
-    features: &[FeatureStatus],
+    features: &[FeatureFigures],
     upcoming: &[Entitlement],
 ) -> Result<(), Failure> {
     let mut printer = out
         .status_all_printer(features)
         .map_err(Failure::printing)?;
-    for f in features {
-        printer.feature(f, upcoming).map_err(Failure::printing)?;
+    for figures in features {
+        printer.feature(figures, upcoming).map_err(Failure::printing)?;
+        let f = &figures.status;
         let query = LeasesQuery {
             feature: Some(f.feature.clone()),
             user: None,

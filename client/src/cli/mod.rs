@@ -22,6 +22,7 @@ mod hold;
 mod leases;
 mod log;
 mod output;
+mod policy;
 mod server;
 mod settings;
 mod users;
@@ -56,6 +57,7 @@ enum Remote {
     Leases(leases::Action),
     Entitlements(entitlements::Action),
     Features(features::Action),
+    Policy(policy::Action),
     Users(users::Action),
     Assignments(assignments::Action),
     Borrow(borrow::Action),
@@ -83,6 +85,8 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
         }
         Command::Entitlement(command) => R::Entitlements(entitlements::Action::new(command)?),
         Command::Feature(command) => R::Features(features::Action::new(command)?),
+        Command::Group(command) => R::Policy(policy::Action::group(command)?),
+        Command::Policy(command) => R::Policy(policy::Action::policy(command)?),
         Command::Whoami => R::Users(users::Action::Whoami),
         Command::User(command) => R::Users(users::Action::new(command)?),
         Command::Assign {
@@ -134,6 +138,7 @@ impl Remote {
             Remote::Leases(action) => action.run(client, out).await,
             Remote::Entitlements(action) => action.run(client, out).await,
             Remote::Features(action) => action.run(client, out).await,
+            Remote::Policy(action) => action.run(client, out).await,
             Remote::Users(action) => action.run(client, out).await,
             Remote::Assignments(action) => action.run(client, out).await,
             Remote::Borrow(action) => action.run(client, out).await,

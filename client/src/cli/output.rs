@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 
 use tally_protocol::{
     AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, Entitlement, EntitlementDeleted,
-    EntitlementUpdated, FeatureRequires, FeatureStatus, HeldLease, IssuedToken, LeaseId, LeaseInfo,
+    EntitlementUpdated, FeatureFigures, FeatureRequires, FeatureStatus, GroupInfo, PolicyDecision,
+    RuleAdded, RuleInfo, HeldLease, IssuedToken, LeaseId, LeaseInfo,
     LeaseSource, NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
@@ -160,9 +161,29 @@ pub fn entitlement_json(e: &Entitlement) -> Value {
     })
 }
 
-fn status_json(f: &FeatureStatus) -> Value {
+fn group_json(group: &GroupInfo) -> Value {
+    json!({ "name": group.name, "members": group.members })
+}
+
+/// A rule as SPEC §8 writes it: `{"id", "feature", "kind", "seats", "group", "each"}`; `id`
+/// is null for the rule of a dry run, and `seats` null for kinds that take no number.
+fn rule_json(rule: &RuleInfo) -> Value {
+    let spec = &rule.rule;
+    json!({
+        "id": rule.id,
+        "feature": spec.feature,
+        "kind": spec.kind.as_str(),
+        "seats": spec.kind.takes_number().then_some(spec.seats),
+        "group": spec.group,
+        "each": spec.each,
+    })
+}
+
+fn status_json(figures: &FeatureFigures) -> Value {
+    let f = &figures.status;
     json!({"feature": f.feature, "total": f.total, "assigned": f.assigned, "floating": f.floating,
-           "in_use": f.in_use, "borrowed": f.borrowed, "available": f.available, "queued": f.queued})
+           "in_use": f.in_use, "borrowed": f.borrowed, "available": f.available, "queued": f.queued,
+           "reserved": figures.reserved})
 }
 
 pub fn user_json(user: &UserInfo) -> Value {
@@ -234,11 +255,16 @@ fn touched_text(a: &AssignmentInfo) -> String {
 }
 
 /// One feature's figures on one line, for the heading of `status --all`.
-fn figures(f: &FeatureStatus) -> String {
-    format!(
+fn figures(figures: &FeatureFigures) -> String {
+    let f = &figures.status;
+    let mut text = format!(
         "{}: {} total, {} assigned, {} floating, {} in use, {} borrowed, {} available, {} queued",
         f.feature, f.total, f.assigned, f.floating, f.in_use, f.borrowed, f.available, f.queued
-    )
+    );
+    if figures.reserved > 0 {
+        text.push_str(&format!(", {} reserved", figures.reserved));
+    }
+    text
 }
 
 /// "5 seat(s) from 2027-01-01T00:00:00Z (entitlement 2)" for an entitlement not yet
@@ -329,14 +355,19 @@ pub enum StatusAll {
 
 impl StatusAll {
     /// Starts a feature: its figures, and for people the entitlements not yet started.
-    pub fn feature(&mut self, f: &FeatureStatus, upcoming: &[Entitlement]) -> std::io::Result<()> {
+    pub fn feature(
+        &mut self,
+        figures_of: &FeatureFigures,
+        upcoming: &[Entitlement],
+    ) -> std::io::Result<()> {
+        let f = &figures_of.status;
         match self {
-            StatusAll::Json(list) => list.open_object(&status_json(f), "holders"),
+            StatusAll::Json(list) => list.open_object(&status_json(figures_of), "holders"),
             StatusAll::Text { first, table, any } => {
                 if !std::mem::take(first) {
                     say!("");
                 }
-                say!("{}", figures(f));
+                say!("{}", figures(figures_of));
                 for e in upcoming.iter().filter(|e| e.feature == f.feature) {
                     say!("  not started yet: {}", upcoming_text(e));
                 }
@@ -779,7 +810,7 @@ impl Output {
 
     /// The figures of each feature; for people, also the entitlements not yet started
     /// (`upcoming`), with their start. JSON is the spec's document.
-    pub fn status(&self, features: &[FeatureStatus], upcoming: &[Entitlement]) {
+    pub fn status(&self, features: &[FeatureFigures], upcoming: &[Entitlement]) {
         if self.json {
             let list: Vec<Value> = features.iter().map(status_json).collect();
             return self.doc(json!({ "features": list }));
@@ -790,7 +821,8 @@ impl Output {
         }
         let rows = features
             .iter()
-            .map(|f| {
+            .map(|figures| {
+                let f = &figures.status;
                 [
                     &f.feature as &dyn ToString,
                     &f.total,
@@ -800,6 +832,7 @@ impl Output {
                     &f.borrowed,
                     &f.available,
                     &f.queued,
+                    &figures.reserved,
                 ]
                 .iter()
                 .map(|v| v.to_string())
@@ -816,6 +849,7 @@ impl Output {
                 "borrowed",
                 "available",
                 "queued",
+                "reserved",
             ],
             rows,
         );
@@ -868,7 +902,7 @@ impl Output {
     }
 
     /// `status --all`, printed a feature at a time, each feature's holders page by page.
-    pub fn status_all_printer(&self, features: &[FeatureStatus]) -> std::io::Result<StatusAll> {
+    pub fn status_all_printer(&self, features: &[FeatureFigures]) -> std::io::Result<StatusAll> {
         if self.json {
             return Ok(StatusAll::Json(JsonList::start("features")?));
         }
@@ -937,6 +971,129 @@ impl Output {
             .map(|f| vec![f.feature.clone(), f.requires.join(", ")])
             .collect();
         table(&["feature", "requires"], rows);
+    }
+
+    /// A group after a change: `{"group": {"name", "members"}}`.
+    pub fn group(&self, group: &GroupInfo) {
+        if self.json {
+            return self.doc(json!({ "group": group_json(group) }));
+        }
+        if group.members.is_empty() {
+            say!("group {}: no members", group.name);
+        } else {
+            say!("group {}: {}", group.name, group.members.join(" "));
+        }
+    }
+
+    /// Every group: `{"groups": [...]}`.
+    pub fn groups(&self, groups: &[GroupInfo]) {
+        if self.json {
+            let list: Vec<Value> = groups.iter().map(group_json).collect();
+            return self.doc(json!({ "groups": list }));
+        }
+        if groups.is_empty() {
+            say!("no groups: add one with `tally group add NAME MEMBER...`");
+            return;
+        }
+        let rows = groups
+            .iter()
+            .map(|g| vec![g.name.clone(), g.members.join(" ")])
+            .collect();
+        table(&["group", "members"], rows);
+    }
+
+    /// A group removed: `{"removed": NAME}`.
+    pub fn group_removed(&self, name: &str) {
+        if self.json {
+            return self.doc(json!({ "removed": name }));
+        }
+        say!("removed group {name}");
+    }
+
+    /// A rule added, or what it would do: `{"rule": {...}, "effect": {"leases_over",
+    /// "users_denied"}}`.
+    pub fn rule_added(&self, added: &RuleAdded, dry_run: bool) {
+        let effect = &added.effect;
+        if self.json {
+            let leases: Vec<Value> = effect.leases_over.iter().map(lease_json).collect();
+            return self.doc(json!({
+                "rule": rule_json(&added.rule),
+                "effect": { "leases_over": leases, "users_denied": effect.users_denied },
+            }));
+        }
+        let text = format!("{}: {}", added.rule.rule.feature, added.rule.rule.text());
+        match added.rule.id {
+            Some(id) => say!("added rule {id}: {text}"),
+            None if dry_run => say!("dry run, nothing stored: {text}"),
+            None => say!("{text}"),
+        }
+        if effect.leases_over.is_empty() {
+            say!("no current lease is over it");
+        } else {
+            say!(
+                "{} current lease(s) over it (they are not ended; the rule applies to new checkouts):",
+                effect.leases_over.len()
+            );
+            for lease in &effect.leases_over {
+                say!(
+                    "  {} {} seat(s) of {} held by {} on {} since {}",
+                    lease.id,
+                    lease.seats,
+                    lease.feature,
+                    lease.user,
+                    lease.host,
+                    time(lease.granted_at)
+                );
+            }
+        }
+        if effect.users_denied.is_empty() {
+            say!("no active user is refused by it");
+        } else {
+            say!("active users it refuses: {}", effect.users_denied.join(", "));
+        }
+    }
+
+    /// Rules: `{"rules": [...]}`.
+    pub fn rules(&self, rules: &[RuleInfo]) {
+        if self.json {
+            let list: Vec<Value> = rules.iter().map(rule_json).collect();
+            return self.doc(json!({ "rules": list }));
+        }
+        if rules.is_empty() {
+            say!("no rules: add one with `tally policy add FEATURE RULE...`");
+            return;
+        }
+        let rows = rules
+            .iter()
+            .map(|r| {
+                vec![
+                    r.id.map(|id| id.to_string()).unwrap_or_default(),
+                    r.rule.feature.clone(),
+                    r.rule.text(),
+                ]
+            })
+            .collect();
+        table(&["id", "feature", "rule"], rows);
+    }
+
+    /// A rule removed: `{"removed": ID}`.
+    pub fn rule_removed(&self, id: u64) {
+        if self.json {
+            return self.doc(json!({ "removed": id }));
+        }
+        say!("removed rule {id}");
+    }
+
+    /// How the rules decide for one holder: `{"allowed", "rule", "reason"}`.
+    pub fn decision(&self, decision: &PolicyDecision) {
+        if self.json {
+            return self.doc(json!({
+                "allowed": decision.allowed,
+                "rule": decision.rule,
+                "reason": decision.reason,
+            }));
+        }
+        say!("{}", decision.reason);
     }
 
     pub fn entitlements(&self, list: &[Entitlement]) {
