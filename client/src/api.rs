@@ -8,13 +8,13 @@
 use tally_protocol::{
     Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage, AssignmentsQuery,
     AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementDelete, EntitlementDeleted,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureRequirement,
-    FeatureFigures, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo, GroupMembers, GroupRef,
-    PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery, RuleAdded, RuleInfo, RuleRef, RuleSpec,
-    HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo,
-    LeasesPage, LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, Release, ReleaseMatching,
-    Request, Response, Return, Revoke, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke,
-    UserAdd, UserInfo, UserRef, Whoami,
+    EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureFigures,
+    FeatureRequirement, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo, GroupMembers,
+    GroupRef, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
+    LeasesQuery, NewEntitlement, NodeInfo, PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery,
+    Release, ReleaseMatching, Request, Response, Return, Revoke, RuleAdded, RuleInfo, RuleRef,
+    RuleSpec, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo,
+    UserRef, Whoami,
 };
 
 use crate::{Client, Error};

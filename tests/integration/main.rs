@@ -18,6 +18,7 @@ mod lifecycle;
 mod lying;
 mod neighbour;
 mod paging;
+mod policy;
 mod pool;
 mod prereqs;
 mod python;

@@ -126,7 +126,9 @@ async fn status_all(
         .status_all_printer(features)
         .map_err(Failure::printing)?;
     for figures in features {
-        printer.feature(figures, upcoming).map_err(Failure::printing)?;
+        printer
+            .feature(figures, upcoming)
+            .map_err(Failure::printing)?;
         let f = &figures.status;
         let query = LeasesQuery {
             feature: Some(f.feature.clone()),

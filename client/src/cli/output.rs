@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 
 use tally_protocol::{
     AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, Entitlement, EntitlementDeleted,
-    EntitlementUpdated, FeatureFigures, FeatureRequires, FeatureStatus, GroupInfo, PolicyDecision,
-    RuleAdded, RuleInfo, HeldLease, IssuedToken, LeaseId, LeaseInfo,
-    LeaseSource, NodeInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
+    EntitlementUpdated, FeatureFigures, FeatureRequires, FeatureStatus, GroupInfo, HeldLease,
+    IssuedToken, LeaseId, LeaseInfo, LeaseSource, NodeInfo, PolicyDecision, RuleAdded, RuleInfo,
+    ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
 /// Prints a line for people on stdout, with control characters escaped ([`line`]).
@@ -1049,7 +1049,10 @@ impl Output {
         if effect.users_denied.is_empty() {
             say!("no active user is refused by it");
         } else {
-            say!("active users it refuses: {}", effect.users_denied.join(", "));
+            say!(
+                "active users it refuses: {}",
+                effect.users_denied.join(", ")
+            );
         }
     }
 

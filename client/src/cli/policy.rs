@@ -11,13 +11,29 @@ use crate::Client;
 
 /// A group or policy command, checked and ready to send.
 pub enum Action {
-    GroupAdd { name: String, members: Vec<String> },
-    GroupMembers { name: String, add: bool, members: Vec<String> },
+    GroupAdd {
+        name: String,
+        members: Vec<String>,
+    },
+    GroupMembers {
+        name: String,
+        add: bool,
+        members: Vec<String>,
+    },
     GroupList,
-    GroupRemove { name: String },
-    PolicyAdd { rule: RuleSpec, dry_run: bool },
-    PolicyList { feature: Option<String> },
-    PolicyRemove { id: u64 },
+    GroupRemove {
+        name: String,
+    },
+    PolicyAdd {
+        rule: RuleSpec,
+        dry_run: bool,
+    },
+    PolicyList {
+        feature: Option<String>,
+    },
+    PolicyRemove {
+        id: u64,
+    },
     PolicyCheck(PolicyCheck),
 }
 
@@ -71,9 +87,8 @@ impl Action {
                 ip,
             } => {
                 if let Some(ip) = &ip {
-                    ip.parse::<std::net::IpAddr>().map_err(|_| {
-                        Failure::usage(format!("--ip {ip:?} is not an IP address"))
-                    })?;
+                    ip.parse::<std::net::IpAddr>()
+                        .map_err(|_| Failure::usage(format!("--ip {ip:?} is not an IP address")))?;
                 }
                 Action::PolicyCheck(PolicyCheck {
                     feature: values::feature(feature)?,
@@ -141,7 +156,9 @@ fn rule_spec(feature: String, words: &[String], each: bool) -> Result<RuleSpec, 
             )));
         };
         number.parse::<u32>().map_err(|_| {
-            Failure::usage(format!("{number:?} is not a number; a {kind} rule needs one"))
+            Failure::usage(format!(
+                "{number:?} is not a number; a {kind} rule needs one"
+            ))
         })?
     } else {
         0
@@ -185,7 +202,10 @@ mod tests {
         let rule = rule_spec("nuke".into(), &words("max 2 juniors"), true).unwrap();
         assert_eq!(rule.text(), "max 2 juniors --each");
         let rule = rule_spec("nuke".into(), &words("borrow-lowwater 3"), false).unwrap();
-        assert_eq!((rule.kind, rule.seats, rule.group), (RuleKind::BorrowLowwater, 3, None));
+        assert_eq!(
+            (rule.kind, rule.seats, rule.group),
+            (RuleKind::BorrowLowwater, 3, None)
+        );
         for (bad, says) in [
             ("maximum 2 juniors", "is not a rule"),
             ("max juniors", "is not a number"),
