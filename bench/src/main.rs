@@ -14,6 +14,7 @@ mod daemon;
 mod failover;
 mod load;
 mod pg;
+mod policy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +64,15 @@ enum Scenario {
         /// Keep the database made for the run instead of dropping it.
         #[arg(long, requires = "database")]
         keep_database: bool,
+    },
+    /// Checkout loops with no policy rule, then with RULES rules on the feature: their cost.
+    Policy {
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        #[arg(long, default_value_t = 50)]
+        rules: usize,
     },
     /// Sessions each holding a lease and heartbeating: latency and server memory.
     Heartbeat {
@@ -141,6 +151,9 @@ fn main() -> Result<()> {
                     checkout(&tallyd, conns, secs, Some(&url)).await
                 })
                 .await
+            }
+            Scenario::Policy { conns, secs, rules } => {
+                policy::run(&tallyd, conns, secs, rules).await
             }
             Scenario::Heartbeat {
                 sessions,

@@ -5,7 +5,7 @@
 //! survive a `kill -9` of the daemon.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 use serde_json::{json, Value};
 
@@ -112,7 +112,7 @@ impl Studio {
 }
 
 /// `tally checkout FEATURE -- true` as a user: its exit code and JSON error, if any.
-fn try_checkout(studio: &Studio, config: &Path, feature: &str) -> (Option<i32>, Value) {
+fn try_checkout(config: &Path, feature: &str) -> (Option<i32>, Value) {
     let out = cli(&[
         "--config",
         config.to_str().unwrap(),
@@ -122,7 +122,6 @@ fn try_checkout(studio: &Studio, config: &Path, feature: &str) -> (Option<i32>, 
         "--",
         "true",
     ]);
-    let _ = studio;
     let code = out.status.code();
     let text = String::from_utf8_lossy(&out.stdout);
     let doc = text
@@ -350,22 +349,22 @@ fn include_exclude_and_max_decide_checkouts_and_name_the_rule() {
 
     // include: only members of the include groups.
     let include = rule_id(&studio.ok(&["policy", "add", "nuke", "include", "artists"]));
-    assert_eq!(try_checkout(&studio, &studio.ana, "nuke").0, Some(0));
-    assert_denied(try_checkout(&studio, &studio.bo, "nuke"), include);
+    assert_eq!(try_checkout(&studio.ana, "nuke").0, Some(0));
+    assert_denied(try_checkout(&studio.bo, "nuke"), include);
     // A host or address member admits too.
     let by_place = rule_id(&studio.ok(&["policy", "add", "nuke", "include", "elsewhere"]));
-    assert_denied(try_checkout(&studio, &studio.bo, "nuke"), include);
+    assert_denied(try_checkout(&studio.bo, "nuke"), include);
     studio.ok(&["policy", "remove", &by_place.to_string()]);
     let by_host = rule_id(&studio.ok(&["policy", "add", "nuke", "include", "here"]));
-    assert_eq!(try_checkout(&studio, &studio.bo, "nuke").0, Some(0));
+    assert_eq!(try_checkout(&studio.bo, "nuke").0, Some(0));
     studio.ok(&["policy", "remove", &by_host.to_string()]);
     let by_ip = rule_id(&studio.ok(&["policy", "add", "nuke", "include", "loopback"]));
-    assert_eq!(try_checkout(&studio, &studio.bo, "nuke").0, Some(0));
+    assert_eq!(try_checkout(&studio.bo, "nuke").0, Some(0));
     studio.ok(&["policy", "remove", &by_ip.to_string()]);
 
     // exclude wins over include.
     let exclude = rule_id(&studio.ok(&["policy", "add", "nuke", "exclude", "loopback"]));
-    assert_denied(try_checkout(&studio, &studio.ana, "nuke"), exclude);
+    assert_denied(try_checkout(&studio.ana, "nuke"), exclude);
     // `policy check` exits 1 when the rules refuse, naming the rule that does.
     let check = |user: &str, ip: &str| {
         studio.owner(&["policy", "check", "nuke", "--user", user, "--ip", ip])
@@ -395,9 +394,9 @@ fn include_exclude_and_max_decide_checkouts_and_name_the_rule() {
     let max = rule_id(&studio.ok(&["policy", "add", "nuke", "max", "2", "artists"]));
     let first = hold(&studio.ana, "nuke");
     let second = hold(&studio.bo, "nuke");
-    assert_denied(try_checkout(&studio, &studio.ana, "nuke"), max);
+    assert_denied(try_checkout(&studio.ana, "nuke"), max);
     // The owner is no artist: the cap is not theirs.
-    assert_eq!(try_checkout(&studio, &studio.owner, "nuke").0, Some(0));
+    assert_eq!(try_checkout(&studio.owner, "nuke").0, Some(0));
     // A dry run of a tighter cap lists the newest lease over it and who it refuses.
     let doc = studio.ok(&["policy", "add", "nuke", "max", "1", "artists", "--dry-run"]);
     let over = doc["effect"]["leases_over"].as_array().unwrap();
@@ -409,13 +408,13 @@ fn include_exclude_and_max_decide_checkouts_and_name_the_rule() {
         "{doc}"
     );
     release(second);
-    assert_eq!(try_checkout(&studio, &studio.bo, "nuke").0, Some(0));
+    assert_eq!(try_checkout(&studio.bo, "nuke").0, Some(0));
     studio.ok(&["policy", "remove", &max.to_string()]);
     let each = rule_id(&studio.ok(&["policy", "add", "nuke", "max", "1", "artists", "--each"]));
-    assert_denied(try_checkout(&studio, &studio.ana, "nuke"), each);
-    assert_eq!(try_checkout(&studio, &studio.bo, "nuke").0, Some(0));
+    assert_denied(try_checkout(&studio.ana, "nuke"), each);
+    assert_eq!(try_checkout(&studio.bo, "nuke").0, Some(0));
     release(first);
-    assert_eq!(try_checkout(&studio, &studio.ana, "nuke").0, Some(0));
+    assert_eq!(try_checkout(&studio.ana, "nuke").0, Some(0));
 
     // Denials are audited with their code and the rule (repeats of a member's refusals
     // within a minute are folded, R11).
@@ -457,7 +456,7 @@ fn reserves_keep_seats_for_their_group_and_survive_a_restart() {
 
     // Others get the one unreserved seat, then no_seat naming the reserve.
     let owner_seat = hold(&studio.owner, "houdini");
-    let (code, doc) = try_checkout(&studio, &studio.owner, "houdini");
+    let (code, doc) = try_checkout(&studio.owner, "houdini");
     assert_eq!(code, Some(3), "{doc}");
     assert_eq!(doc["error"]["code"], "no_seat");
     assert!(
@@ -485,7 +484,7 @@ fn reserves_keep_seats_for_their_group_and_survive_a_restart() {
     // The rules and groups are in the store: after kill -9 they decide alike.
     studio.daemon.kill9();
     studio.daemon.restart();
-    let (code, doc) = try_checkout(&studio, &studio.owner, "houdini");
+    let (code, doc) = try_checkout(&studio.owner, "houdini");
     assert_eq!(
         (code, &doc["error"]["code"]),
         (Some(3), &json!("no_seat")),
@@ -502,7 +501,7 @@ fn reserves_keep_seats_for_their_group_and_survive_a_restart() {
         studio.ok(&["group", "list"]),
         json!({ "groups": [{ "name": "leads", "members": ["user:ana@studio"] }] })
     );
-    assert_eq!(try_checkout(&studio, &studio.ana, "houdini").0, Some(0));
+    assert_eq!(try_checkout(&studio.ana, "houdini").0, Some(0));
     for seat in [owner_seat, bo_seat, ana_seat] {
         release(seat);
     }
@@ -530,7 +529,7 @@ fn borrow_rules_keep_seats_from_leaving() {
         "{doc}"
     );
     // A freelancer still checks maya out online.
-    assert_eq!(try_checkout(&studio, &studio.bo, "maya").0, Some(0));
+    assert_eq!(try_checkout(&studio.bo, "maya").0, Some(0));
 
     // Of 3 floating seats, 2 are never lent: one borrow, then denied by the low-water mark.
     let (code, doc) = tally(
@@ -556,5 +555,5 @@ fn borrow_rules_keep_seats_from_leaving() {
         "{doc}"
     );
     // The seats kept from borrowing are still there to check out online.
-    assert_eq!(try_checkout(&studio, &studio.owner, "maya").0, Some(0));
+    assert_eq!(try_checkout(&studio.owner, "maya").0, Some(0));
 }

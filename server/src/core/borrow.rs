@@ -207,7 +207,8 @@ impl Pool {
             ));
         }
         let free = self.available(feature, now);
-        let (kept, keeping) = self.reserved_for_others(feature, &who, now);
+        let capacity = self.floating_capacity(feature, now);
+        let kept = self.reserved_for_others(feature, &who, capacity);
         let yours = free.saturating_sub(kept);
         if request.seats > yours {
             let mut msg = format!(
@@ -216,8 +217,9 @@ impl Pool {
             );
             if kept > 0 {
                 msg.push_str(&format!(
-                    "; {} of them are reserved for others by {keeping}",
-                    kept.min(free)
+                    "; {} of them are reserved for others by {}",
+                    kept.min(free),
+                    self.reserves_keeping(feature, &who, capacity)
                 ));
             }
             return Err(ErrorBody::new(ErrorCode::NoSeat, msg));

@@ -224,7 +224,7 @@ impl Pool {
         let capacity = self.floating_capacity(feature, now);
         let used = self.ledger.usage(feature).total();
         let free = capacity.saturating_sub(used);
-        let (kept, keeping) = self.reserved_for_others(feature, &who, now);
+        let kept = self.reserved_for_others(feature, &who, capacity);
         let yours = free.saturating_sub(kept);
         if request.seats > yours {
             let mut msg = format!(
@@ -233,8 +233,9 @@ impl Pool {
             );
             if kept > 0 {
                 msg.push_str(&format!(
-                    "; {} of the free seats are reserved for others by {keeping}",
-                    kept.min(free)
+                    "; {} of the free seats are reserved for others by {}",
+                    kept.min(free),
+                    self.reserves_keeping(feature, &who, capacity)
                 ));
             }
             if actor.role.is_admin() && used > 0 {

@@ -79,8 +79,9 @@ impl<'a> Who<'a> {
 pub(super) struct Rules {
     pub(super) groups: std::collections::BTreeMap<String, Group>,
     pub(super) rules: std::collections::BTreeMap<u64, Rule>,
-    /// Rule ids by feature, in id order.
-    by_feature: HashMap<String, Vec<u64>>,
+    /// The rules of each feature by kind (`RuleKind as usize`), in id order: what a
+    /// checkout reads, without a look-up per rule.
+    by_feature: HashMap<String, [Vec<Rule>; RuleKind::ALL.len()]>,
     /// The id the next rule gets; ids are never reused.
     pub(super) next_id: u64,
 }
@@ -95,20 +96,20 @@ impl Rules {
 
     pub(super) fn insert(&mut self, rule: Rule) {
         self.next_id = self.next_id.max(rule.id + 1);
-        let ids = self
+        let of_kind = &mut self
             .by_feature
             .entry(rule.spec.feature.clone())
-            .or_default();
-        ids.push(rule.id);
-        ids.sort_unstable();
+            .or_default()[rule.spec.kind as usize];
+        of_kind.push(rule.clone());
+        of_kind.sort_unstable_by_key(|r| r.id);
         self.rules.insert(rule.id, rule);
     }
 
     fn remove(&mut self, id: u64) -> Option<Rule> {
         let rule = self.rules.remove(&id)?;
-        if let Some(ids) = self.by_feature.get_mut(&rule.spec.feature) {
-            ids.retain(|&other| other != id);
-            if ids.is_empty() {
+        if let Some(kinds) = self.by_feature.get_mut(&rule.spec.feature) {
+            kinds[rule.spec.kind as usize].retain(|other| other.id != id);
+            if kinds.iter().all(Vec::is_empty) {
                 self.by_feature.remove(&rule.spec.feature);
             }
         }
@@ -116,27 +117,22 @@ impl Rules {
     }
 
     /// The rules of a feature of one kind, in id order.
-    fn of<'a>(&'a self, feature: &str, kind: RuleKind) -> impl Iterator<Item = &'a Rule> + 'a {
+    fn of(&self, feature: &str, kind: RuleKind) -> &[Rule] {
         self.by_feature
             .get(feature)
-            .into_iter()
-            .flatten()
-            .map(|id| &self.rules[id])
-            .filter(move |rule| rule.spec.kind == kind)
+            .map_or(&[], |kinds| kinds[kind as usize].as_slice())
     }
 
-    fn has_any(&self, feature: &str) -> bool {
-        self.by_feature.contains_key(feature)
+    /// The group a rule names, if it names one that exists.
+    fn group_of(&self, rule: &Rule) -> Option<&Group> {
+        rule.spec.group.as_deref().and_then(|g| self.groups.get(g))
     }
 
     /// Whether a group takes `who` in; a group that does not exist takes nobody.
     fn contains(&self, group: &str, who: &Who) -> bool {
-        self.groups.get(group).is_some_and(|group| {
-            group
-                .members
-                .iter()
-                .any(|m| m.matches(who.user, who.host, who.address))
-        })
+        self.groups
+            .get(group)
+            .is_some_and(|group| takes_in(group, who))
     }
 
     /// Whether the group of a rule takes `who` in.
@@ -146,6 +142,14 @@ impl Rules {
             .as_deref()
             .is_some_and(|group| self.contains(group, who))
     }
+}
+
+/// Whether a member of `group` takes `who` in.
+fn takes_in(group: &Group, who: &Who) -> bool {
+    group
+        .members
+        .iter()
+        .any(|m| m.matches(who.user, who.host, who.address))
 }
 
 /// "rule 4 (nuke: max 2 juniors --each)".
@@ -579,7 +583,7 @@ impl Pool {
         }
         let mut rule = None;
         let mut reasons = Vec::new();
-        let includes: Vec<&Rule> = self.rules.of(feature, RuleKind::Include).collect();
+        let includes: Vec<&Rule> = self.rules.of(feature, RuleKind::Include).iter().collect();
         if let Some(admits) = includes.iter().find(|r| self.rules.applies(r, who)) {
             rule = Some(admits.id);
             reasons.push(format!(
@@ -595,7 +599,7 @@ impl Pool {
             ));
         }
         let kept: u32 = self
-            .reserves(feature, now)
+            .reserves(feature, self.floating_capacity(feature, now))
             .iter()
             .filter(|unused| !self.rules.applies(unused.rule, who))
             .map(|unused| unused.seats)
@@ -609,6 +613,7 @@ impl Pool {
         if let Some(priority) = self
             .rules
             .of(feature, RuleKind::Priority)
+            .iter()
             .find(|r| r.spec.seats == priority && self.rules.applies(r, who))
         {
             reasons.push(format!(
@@ -620,6 +625,7 @@ impl Pool {
         if self
             .rules
             .of(feature, RuleKind::BorrowExclude)
+            .iter()
             .any(|r| self.rules.applies(r, who))
         {
             reasons.push("it may not borrow".into());
@@ -647,7 +653,8 @@ impl Pool {
             .map_err(|(_, err)| err)
     }
 
-    /// [`policy_denial`](Self::policy_denial) with the id of the rule that refuses.
+    /// [`policy_denial`](Self::policy_denial) with the id of the rule that refuses. Nothing
+    /// is allocated unless it refuses: every checkout of a feature with rules comes here.
     fn policy_refusal(
         &self,
         feature: &str,
@@ -655,12 +662,12 @@ impl Pool {
         seats: u32,
         borrow: bool,
     ) -> Result<(), Denial> {
-        if !self.rules.has_any(feature) {
+        let Some(kinds) = self.rules.by_feature.get(feature) else {
             return Ok(());
-        }
-        if let Some(rule) = self
-            .rules
-            .of(feature, RuleKind::Exclude)
+        };
+        let of = |kind: RuleKind| kinds[kind as usize].as_slice();
+        if let Some(rule) = of(RuleKind::Exclude)
+            .iter()
             .find(|r| self.rules.applies(r, who))
         {
             let group = rule.spec.group.as_deref().unwrap_or_default();
@@ -672,14 +679,13 @@ impl Pool {
                 ),
             ));
         }
-        let mut includes = self.rules.of(feature, RuleKind::Include).peekable();
-        if let Some(first) = includes.peek().copied() {
-            let groups: Vec<&str> = self
-                .rules
-                .of(feature, RuleKind::Include)
-                .filter_map(|r| r.spec.group.as_deref())
-                .collect();
-            if !includes.any(|r| self.rules.applies(r, who)) {
+        let includes = of(RuleKind::Include);
+        if let Some(first) = includes.first() {
+            if !includes.iter().any(|r| self.rules.applies(r, who)) {
+                let groups: Vec<&str> = includes
+                    .iter()
+                    .filter_map(|r| r.spec.group.as_deref())
+                    .collect();
                 return Err(denied(
                     first,
                     format!(
@@ -690,46 +696,41 @@ impl Pool {
                 ));
             }
         }
-        for rule in self.rules.of(feature, RuleKind::Max) {
-            let Some(group) = rule.spec.group.as_deref() else {
+        for rule in of(RuleKind::Max) {
+            let Some(group) = self
+                .rules
+                .group_of(rule)
+                .filter(|group| takes_in(group, who))
+            else {
                 continue;
             };
-            if !self.rules.contains(group, who) {
-                continue;
-            }
             let limit = rule.spec.seats;
             if rule.spec.each {
-                for (member, held) in self.held_by_member(feature, group, who) {
-                    if held.saturating_add(seats) > limit {
-                        return Err(denied(
-                            rule,
-                            format!(
-                                "{member} holds {held} seat(s) of {feature}, and each member of {group} may hold {limit}; {seats} more asked for"
-                            ),
-                        ));
-                    }
+                if let Some((member, held)) = self.member_over(feature, group, who, seats, limit) {
+                    return Err(denied(
+                        rule,
+                        format!(
+                            "{member} holds {held} seat(s) of {feature}, and each member of {} may hold {limit}; {seats} more asked for",
+                            group.name
+                        ),
+                    ));
                 }
             } else {
-                let held: u32 = self
-                    .ledger
-                    .holders(feature)
-                    .filter(|(key, _)| self.rules.contains(group, &Who::of_key(key)))
-                    .map(|(_, held)| held.all)
-                    .sum();
+                let held = self.held_by_group(feature, group);
                 if held.saturating_add(seats) > limit {
                     return Err(denied(
                         rule,
                         format!(
-                            "members of {group} hold {held} seat(s) of {feature} and may hold {limit} together; {seats} more asked for"
+                            "members of {} hold {held} seat(s) of {feature} and may hold {limit} together; {seats} more asked for",
+                            group.name
                         ),
                     ));
                 }
             }
         }
         if borrow {
-            if let Some(rule) = self
-                .rules
-                .of(feature, RuleKind::BorrowExclude)
+            if let Some(rule) = of(RuleKind::BorrowExclude)
+                .iter()
                 .find(|r| self.rules.applies(r, who))
             {
                 let group = rule.spec.group.as_deref().unwrap_or_default();
@@ -744,100 +745,122 @@ impl Pool {
         Ok(())
     }
 
-    /// For `max --each`: the members of `group` that take `who` in, each as the holder it
-    /// stands for (the user, the host or the address), with the seats that one holds.
-    fn held_by_member(&self, feature: &str, group: &str, who: &Who) -> Vec<(String, u32)> {
-        let Some(group) = self.rules.groups.get(group) else {
-            return Vec::new();
-        };
-        let mut seen = BTreeSet::new();
-        let mut counts = Vec::new();
-        for member in &group.members {
-            if !member.matches(who.user, who.host, who.address) {
-                continue;
-            }
-            let label = match member {
-                Member::User(_) => who.user.to_string(),
-                Member::Host(_) => format!("host {}", who.host),
-                Member::Ip { .. } => format!(
-                    "address {}",
-                    who.address.map(|a| a.to_string()).unwrap_or_default()
-                ),
-            };
-            if !seen.insert(label.clone()) {
-                continue;
-            }
-            let same = |key: &HolderKey| match member {
-                Member::User(_) => key.user.eq_ignore_ascii_case(who.user),
-                Member::Host(_) => key.host.eq_ignore_ascii_case(who.host),
-                Member::Ip { .. } => key.address == who.address,
-            };
-            let held: u32 = self
-                .ledger
-                .holders(feature)
-                .filter(|(key, _)| same(key))
-                .map(|(_, held)| held.all)
-                .sum();
-            counts.push((label, held));
-        }
-        counts
+    /// Seats of a feature held by the holders a group takes in.
+    fn held_by_group(&self, feature: &str, group: &Group) -> u32 {
+        self.ledger
+            .holders(feature)
+            .filter(|(key, _)| takes_in(group, &Who::of_key(key)))
+            .fold(0u32, |sum, (_, held)| sum.saturating_add(held.all))
     }
 
-    /// The seats each `reserve` rule of a feature keeps that nobody of its group uses now.
-    /// Reserves are honoured in rule-id order up to the floating capacity; the floating
-    /// seats a holder uses count toward the first reserve of theirs with room.
-    pub(super) fn reserves(&self, feature: &str, now: i64) -> Vec<Unused<'_>> {
-        let rules: Vec<&Rule> = self.rules.of(feature, RuleKind::Reserve).collect();
+    /// For `max --each`: the first member of `group` taking `who` in (as the user, the
+    /// host or the address it stands for) that would hold more than `limit` seats with
+    /// `seats` more, named, and what it holds.
+    fn member_over(
+        &self,
+        feature: &str,
+        group: &Group,
+        who: &Who,
+        seats: u32,
+        limit: u32,
+    ) -> Option<(String, u32)> {
+        // Each kind of member counts once: a user is one holder however many members name
+        // them.
+        let mut counted = [false; 3];
+        for member in &group.members {
+            let kind = match member {
+                Member::User(_) => 0,
+                Member::Host(_) => 1,
+                Member::Ip { .. } => 2,
+            };
+            if counted[kind] || !member.matches(who.user, who.host, who.address) {
+                continue;
+            }
+            counted[kind] = true;
+            let held = self
+                .ledger
+                .holders(feature)
+                .filter(|(key, _)| match kind {
+                    0 => key.user.eq_ignore_ascii_case(who.user),
+                    1 => key.host.eq_ignore_ascii_case(who.host),
+                    _ => key.address == who.address,
+                })
+                .fold(0u32, |sum, (_, held)| sum.saturating_add(held.all));
+            if held.saturating_add(seats) > limit {
+                let label = match kind {
+                    0 => who.user.to_string(),
+                    1 => format!("host {}", who.host),
+                    _ => format!(
+                        "address {}",
+                        who.address.map(|a| a.to_string()).unwrap_or_default()
+                    ),
+                };
+                return Some((label, held));
+            }
+        }
+        None
+    }
+
+    /// The seats each `reserve` rule of a feature keeps that nobody of its group uses now,
+    /// given the feature's floating capacity. Reserves are honoured in rule-id order up to
+    /// that capacity; the floating seats a holder uses count toward the first reserve of
+    /// theirs with room. Empty when the feature has no reserve.
+    pub(super) fn reserves(&self, feature: &str, capacity: u32) -> Vec<Unused<'_>> {
+        let rules = self.rules.of(feature, RuleKind::Reserve);
         if rules.is_empty() {
             return Vec::new();
         }
-        let mut left = self.floating_capacity(feature, now);
-        let mut room: Vec<u32> = rules
+        let mut left = capacity;
+        let mut unused: Vec<Unused> = rules
             .iter()
             .map(|rule| {
                 let kept = rule.spec.seats.min(left);
                 left -= kept;
-                kept
+                Unused { rule, seats: kept }
             })
             .collect();
         for (key, held) in self.ledger.holders(feature) {
             let mut seats = held.floating;
+            if seats == 0 {
+                continue;
+            }
             let who = Who::of_key(key);
-            for (rule, room) in rules.iter().zip(room.iter_mut()) {
+            for room in unused.iter_mut() {
                 if seats == 0 {
                     break;
                 }
-                if *room > 0 && self.rules.applies(rule, &who) {
-                    let taken = seats.min(*room);
-                    *room -= taken;
+                if room.seats > 0 && self.rules.applies(room.rule, &who) {
+                    let taken = seats.min(room.seats);
+                    room.seats -= taken;
                     seats -= taken;
                 }
             }
         }
-        rules
-            .into_iter()
-            .zip(room)
-            .map(|(rule, seats)| Unused { rule, seats })
-            .collect()
+        unused
     }
 
-    /// Floating seats of a feature kept by reserves for groups `who` is not in, and the
-    /// rules that keep them.
-    pub(super) fn reserved_for_others(&self, feature: &str, who: &Who, now: i64) -> (u32, String) {
-        let mut seats = 0u32;
-        let mut rules = Vec::new();
-        for unused in self.reserves(feature, now) {
-            if unused.seats > 0 && !self.rules.applies(unused.rule, who) {
-                seats = seats.saturating_add(unused.seats);
-                rules.push(named(unused.rule));
-            }
-        }
-        (seats, rules.join(", "))
+    /// Floating seats of a feature (of floating capacity `capacity`) kept by reserves for
+    /// groups `who` is not in.
+    pub(super) fn reserved_for_others(&self, feature: &str, who: &Who, capacity: u32) -> u32 {
+        self.reserves(feature, capacity)
+            .iter()
+            .filter(|unused| unused.seats > 0 && !self.rules.applies(unused.rule, who))
+            .fold(0u32, |sum, unused| sum.saturating_add(unused.seats))
+    }
+
+    /// The reserves that keep seats from `who`, named, for a refusal.
+    pub(super) fn reserves_keeping(&self, feature: &str, who: &Who, capacity: u32) -> String {
+        self.reserves(feature, capacity)
+            .iter()
+            .filter(|unused| unused.seats > 0 && !self.rules.applies(unused.rule, who))
+            .map(|unused| named(unused.rule))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Floating seats of a feature its reserves keep and nobody of their groups uses.
     pub(super) fn reserved(&self, feature: &str, now: i64) -> u32 {
-        self.reserves(feature, now)
+        self.reserves(feature, self.floating_capacity(feature, now))
             .iter()
             .fold(0u32, |sum, unused| sum.saturating_add(unused.seats))
     }
@@ -852,6 +875,7 @@ impl Pool {
         let Some(rule) = self
             .rules
             .of(feature, RuleKind::BorrowLowwater)
+            .iter()
             .max_by_key(|r| r.spec.seats)
         else {
             return Ok(());
@@ -877,6 +901,7 @@ impl Pool {
     pub(super) fn queue_priority(&self, feature: &str, who: &Who) -> u32 {
         self.rules
             .of(feature, RuleKind::Priority)
+            .iter()
             .filter(|r| self.rules.applies(r, who))
             .map(|r| r.spec.seats)
             .min()
@@ -918,6 +943,7 @@ impl Pool {
                 let mut groups: Vec<&str> = self
                     .rules
                     .of(feature, RuleKind::Include)
+                    .iter()
                     .filter_map(|r| r.spec.group.as_deref())
                     .collect();
                 groups.push(group);
@@ -994,6 +1020,7 @@ impl Pool {
                 let kept_before: u32 = self
                     .rules
                     .of(feature, RuleKind::Reserve)
+                    .iter()
                     .map(|r| r.spec.seats)
                     .fold(0u32, u32::saturating_add);
                 let kept = rule.spec.seats.min(capacity.saturating_sub(kept_before));
