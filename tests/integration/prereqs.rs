@@ -94,3 +94,71 @@ fn a_checkout_takes_its_prerequisite_and_both_survive_a_restart() {
     assert_eq!(code, Some(1), "{doc}");
     assert_eq!(doc["error"]["code"], "not_found");
 }
+
+#[test]
+fn assignments_follow_prerequisites_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let config = daemon.client_toml();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| cli_json(config, args);
+    let ok = |args: &[&str]| {
+        let (code, doc) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {doc}");
+        doc
+    };
+    ok(&["entitlement", "add", "maya", "--seats", "2"]);
+    ok(&["entitlement", "add", "vray", "--seats", "2"]);
+    ok(&["user", "add", "ana@studio"]);
+    ok(&["user", "add", "bo@studio"]);
+    ok(&["assign", "ana@studio", "vray"]);
+    // A requirement that assignments made before would break is refused, naming them.
+    let (code, doc) = run(&["feature", "require", "vray", "maya"]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("invalid")),
+        "{doc}"
+    );
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ana@studio"),
+        "{doc}"
+    );
+    ok(&["revoke", "ana@studio", "vray"]);
+    ok(&["feature", "require", "vray", "maya"]);
+
+    // Assigning vray needs maya assigned.
+    let (code, doc) = run(&["assign", "ana@studio", "vray"]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("invalid")),
+        "{doc}"
+    );
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vray requires maya"),
+        "{doc}"
+    );
+    ok(&["assign", "ana@studio", "maya"]);
+    ok(&["assign", "ana@studio", "vray"]);
+
+    // Her maya cannot be revoked, nor moved away, while her vray needs it.
+    let (code, doc) = run(&["revoke", "ana@studio", "maya"]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("has_assignments")),
+        "{doc}"
+    );
+    let (code, doc) = run(&["assign", "bo@studio", "maya", "--from", "ana@studio"]);
+    assert_eq!(
+        (code, &doc["error"]["code"]),
+        (Some(1), &serde_json::json!("has_assignments")),
+        "{doc}"
+    );
+    ok(&["revoke", "ana@studio", "vray"]);
+    ok(&["revoke", "ana@studio", "maya"]);
+}

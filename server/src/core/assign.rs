@@ -416,6 +416,17 @@ impl Pool {
         if donor.seats - request.seats < borrowed {
             return Err(self.borrowed_refusal(from, feature, donor.id, borrowed, "move them"));
         }
+        // Moving away the last of their seats of a prerequisite (R18) is a revoke of it.
+        let left: u32 = self
+            .assignments
+            .values()
+            .filter(|a| a.user == from && a.feature == feature)
+            .map(|a| a.seats)
+            .sum::<u32>()
+            - request.seats;
+        if left == 0 {
+            self.check_revoke_prerequisites(from, feature)?;
+        }
         Ok(Donor::Assignment(donor.id))
     }
 

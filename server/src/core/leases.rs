@@ -644,11 +644,18 @@ impl Pool {
         let feature = request.feature.as_deref();
         let checked = self.check_release_matching(actor, request);
         let ids = batch.audit_refusal(now, actor, Action::Release, &subject, feature, checked)?;
+        let mut ended = Vec::new();
         for &id in &ids {
+            // The seats of prerequisites go with the leases they were taken with (R18).
+            for linked in self.ledger.linked(id) {
+                if !ended.contains(&linked) {
+                    ended.push(linked);
+                }
+            }
             self.ledger
                 .end(id, EndReason::Released, now, &actor.username, batch);
         }
-        Ok(ids)
+        Ok(ended)
     }
 
     /// The online leases a release selects, newest first, or why none may be released.

@@ -320,6 +320,24 @@ impl Ledger {
         self.hold(&after);
     }
 
+    /// A lease and those that end with it (R18): the lease it was taken with and every seat
+    /// of a prerequisite taken with either; the lease first.
+    pub(super) fn linked(&self, id: LeaseId) -> Vec<LeaseId> {
+        let mut ids = vec![id];
+        let parent = self.leases.get(&id).and_then(|l| l.taken_with);
+        for of in [Some(id), parent].into_iter().flatten() {
+            if of != id && self.leases.contains_key(&of) {
+                ids.push(of);
+            }
+            for &seat in self.taken.get(&of).into_iter().flatten() {
+                if !ids.contains(&seat) {
+                    ids.push(seat);
+                }
+            }
+        }
+        ids
+    }
+
     /// Makes the seat of a prerequisite independent of the lease it was taken with.
     pub(super) fn unlink(&mut self, id: LeaseId) {
         let Some(with) = self.leases.get_mut(&id).and_then(|l| l.taken_with.take()) else {
@@ -405,6 +423,9 @@ impl Ledger {
                     self.taken.remove(&with);
                 }
             }
+            // A seat of a prerequisite (R18) ended by itself (released, or over a smaller
+            // pool) ends the lease that needs it: the two are held and returned together.
+            self.end(with, reason, now, actor, batch);
         }
         // The seats of prerequisites its checkout took end with it, for the same reason.
         for linked in self.taken.remove(&id).unwrap_or_default() {

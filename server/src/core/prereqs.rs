@@ -133,6 +133,27 @@ impl Pool {
                 path.join(" -> ")
             )));
         }
+        // Assignments of the feature made before need the prerequisite assigned too, as
+        // new ones do.
+        let lacking: BTreeSet<&str> = self
+            .assignments
+            .values()
+            .filter(|a| a.feature == feature)
+            .filter(|a| {
+                !self
+                    .assignments
+                    .values()
+                    .any(|p| p.user == a.user && p.feature == requires)
+            })
+            .map(|a| a.user.as_str())
+            .collect();
+        if !lacking.is_empty() {
+            let users: Vec<&str> = lacking.into_iter().collect();
+            return Err(ErrorBody::invalid(format!(
+                "{feature} is assigned to {} without {requires}; assign them {requires} first, or revoke {feature}",
+                users.join(", ")
+            )));
+        }
         Ok(())
     }
 

@@ -2577,6 +2577,107 @@ fn assigning_needs_the_prerequisite_assigned_and_revoking_it_waits_for_its_depen
 }
 
 #[test]
+fn moving_away_the_last_seat_of_a_prerequisite_waits_for_its_dependants() {
+    let (mut pool, mut batch) = pool_with_prerequisite();
+    let (ana, ben) = (USERS[0], USERS[1]);
+    for feature in ["maya", "vray"] {
+        pool.assign(
+            2,
+            &admin(),
+            &assign_request(ana, feature, 1, None),
+            &mut batch,
+        )
+        .unwrap();
+    }
+    let err = pool
+        .assign(
+            2,
+            &admin(),
+            &assign_request(ben, "maya", 1, Some(ana)),
+            &mut batch,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::HasAssignments);
+    assert!(err.message.contains("requires maya"), "{}", err.message);
+    pool.check_invariants(2).unwrap();
+}
+
+#[test]
+fn a_requirement_needs_the_prerequisite_of_every_assignment_made_before() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    for (feature, seats) in [("maya", 2), ("vray", 2)] {
+        pool.add_entitlement(1, &admin(), &entitlement(feature, seats), &mut batch)
+            .unwrap();
+    }
+    pool.assign(
+        2,
+        &admin(),
+        &assign_request(USERS[0], "vray", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    let requirement = tally_protocol::FeatureRequirement {
+        feature: "vray".into(),
+        requires: "maya".into(),
+    };
+    let err = pool
+        .require(3, &admin(), &requirement, &mut batch)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(
+        err.message
+            .contains(&format!("vray is assigned to {} without maya", USERS[0])),
+        "{}",
+        err.message
+    );
+    pool.assign(
+        3,
+        &admin(),
+        &assign_request(USERS[0], "maya", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    pool.require(3, &admin(), &requirement, &mut batch).unwrap();
+}
+
+#[test]
+fn releasing_the_seat_of_a_prerequisite_releases_the_lease_that_needs_it() {
+    let (mut pool, _) = pool_with_prerequisite();
+    let mut batch = Batch::default();
+    let vray = pool
+        .checkout(
+            2,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            lease_id(1),
+            &mut batch,
+        )
+        .unwrap();
+    let maya = batch
+        .leases_added
+        .iter()
+        .find(|l| l.feature == "maya")
+        .unwrap()
+        .id;
+    let mut batch = Batch::default();
+    let request = tally_protocol::ReleaseMatching {
+        lease: Some(maya.to_string()),
+        user: None,
+        host: None,
+        feature: None,
+    };
+    let released = pool
+        .release_matching(3, &admin(), &request, &mut batch)
+        .unwrap();
+    assert_eq!(released, vec![maya, vray.id]);
+    assert_eq!(seats_in_use(&pool, "vray"), 0);
+    assert_eq!(seats_in_use(&pool, "maya"), 0);
+    assert!(pool.ledger.taken.is_empty());
+    pool.check_invariants(3).unwrap();
+}
+
+#[test]
 fn a_prerequisite_seat_resumed_alone_elsewhere_becomes_its_own() {
     let (mut pool, _) = pool_with_prerequisite();
     let mut batch = Batch::default();
