@@ -606,7 +606,8 @@ impl Pool {
             .sum();
         if kept > 0 {
             reasons.push(format!(
-                "{kept} floating seat(s) are reserved for groups it is not in"
+                "{kept} floating seat(s) are reserved for groups {} is not in",
+                who.user
             ));
         }
         let priority = self.queue_priority(feature, who);
@@ -617,7 +618,8 @@ impl Pool {
             .find(|r| r.spec.seats == priority && self.rules.applies(r, who))
         {
             reasons.push(format!(
-                "it queues with priority {} ({})",
+                "{} queues with priority {} ({})",
+                who.user,
                 priority.spec.seats,
                 named(priority)
             ));
@@ -628,7 +630,7 @@ impl Pool {
             .iter()
             .any(|r| self.rules.applies(r, who))
         {
-            reasons.push("it may not borrow".into());
+            reasons.push(format!("{} may not borrow {feature}", who.user));
         }
         PolicyDecision {
             allowed: true,
