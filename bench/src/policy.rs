@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use tally_protocol::{
-    Checkin, Checkout, GroupAdd, PolicyAdd, Request, RequestId, Response, RuleKind, RuleSpec,
+    Checkin, Checkout, GroupAdd, PolicyAdd, Request, RequestId, Response, RuleKind, RuleRef,
+    RuleSpec,
 };
 
 use crate::daemon::Daemon;
@@ -33,9 +34,19 @@ pub async fn run(tallyd: &std::path::Path, conns: usize, secs: u64, rules: usize
     for _ in 0..conns {
         sessions.push(Session::open(&connector, &target).await?);
     }
-    let (mut without, sessions) = phase(&daemon, sessions, secs).await?;
+    // No rules, rules, no rules again: the two phases without bracket the one with, so that
+    // a machine getting busier or quieter over the run does not pass for the rules' cost.
+    let (before, sessions) = phase(&daemon, sessions, secs).await?;
     add_rules(&mut admin, rules).await?;
-    let (mut with, _) = phase(&daemon, sessions, secs).await?;
+    let (mut with, sessions) = phase(&daemon, sessions, secs).await?;
+    remove_rules(&mut admin, rules).await?;
+    let (after, _) = phase(&daemon, sessions, secs).await?;
+    let mut without = Phase {
+        ops_per_sec: (before.ops_per_sec + after.ops_per_sec) / 2.0,
+        server_cpu_us_per_op: (before.server_cpu_us_per_op + after.server_cpu_us_per_op) / 2.0,
+        latencies: before.latencies,
+    };
+    without.latencies.merge(after.latencies);
     println!(
         "policy: {conns} connections looping checkout + check-in for {secs} s with no rule, then with {rules} rules on the feature (SQLite, synchronous = FULL)"
     );
@@ -52,6 +63,8 @@ pub async fn run(tallyd: &std::path::Path, conns: usize, secs: u64, rules: usize
         "no_rules_ops_per_sec": without.ops_per_sec.round(),
         "no_rules_p99_ms": without.latencies.quantile_ms(0.99),
         "no_rules_server_cpu_us_per_op": without.server_cpu_us_per_op,
+        "no_rules_before_server_cpu_us_per_op": before.server_cpu_us_per_op,
+        "no_rules_after_server_cpu_us_per_op": after.server_cpu_us_per_op,
         "cpu_ratio_to_no_rules": (ratio * 1000.0).round() / 1000.0,
     }))
 }
@@ -107,6 +120,17 @@ async fn phase(
         latencies: all,
     };
     Ok((phase, sessions))
+}
+
+/// Removes the rules `add_rules` added (ids 1 to `rules`).
+async fn remove_rules(admin: &mut Session, rules: usize) -> Result<()> {
+    for id in 1..=rules as u64 {
+        match admin.call(Request::PolicyRemove(RuleRef { id })).await? {
+            Ok(_) => {}
+            Err(err) => bail!("{err}"),
+        }
+    }
+    Ok(())
 }
 
 /// `rules` rules on `bench`: first `include` of a group the benchmark's client is in (its

@@ -148,7 +148,7 @@ impl Pool {
             pool.requires.entry(feature).or_default().insert(requires);
         }
         for group in snapshot.groups {
-            pool.rules.groups.insert(group.name.clone(), group);
+            pool.rules.set_group(group);
         }
         pool.rules.next_id = snapshot.next_rule_id.max(1);
         for rule in snapshot.rules {

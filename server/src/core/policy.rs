@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tally_protocol::{
     validate_feature, validate_group, ErrorBody, ErrorCode, GroupAdd, GroupInfo, GroupMembers,
@@ -79,11 +80,28 @@ impl<'a> Who<'a> {
 pub(super) struct Rules {
     pub(super) groups: std::collections::BTreeMap<String, Group>,
     pub(super) rules: std::collections::BTreeMap<u64, Rule>,
-    /// The rules of each feature by kind (`RuleKind as usize`), in id order: what a
-    /// checkout reads, without a look-up per rule.
-    by_feature: HashMap<String, [Vec<Rule>; RuleKind::ALL.len()]>,
+    /// The rules of each feature by kind (`RuleKind as usize`), in id order, each with its
+    /// group's members: what a checkout reads, without a look-up per rule. Rebuilt on
+    /// every change of a rule or a group (admins' changes, rare).
+    by_feature: HashMap<String, [Vec<Compiled>; RuleKind::ALL.len()]>,
     /// The id the next rule gets; ids are never reused.
     pub(super) next_id: u64,
+}
+
+/// A rule with the group it names, as checkouts read it.
+#[derive(Debug)]
+pub(super) struct Compiled {
+    rule: Rule,
+    /// The group's members; `None` for a rule that names no group.
+    group: Option<Arc<Group>>,
+}
+
+impl std::ops::Deref for Compiled {
+    type Target = Rule;
+
+    fn deref(&self) -> &Rule {
+        &self.rule
+    }
 }
 
 impl Rules {
@@ -96,36 +114,55 @@ impl Rules {
 
     pub(super) fn insert(&mut self, rule: Rule) {
         self.next_id = self.next_id.max(rule.id + 1);
-        let of_kind = &mut self
-            .by_feature
-            .entry(rule.spec.feature.clone())
-            .or_default()[rule.spec.kind as usize];
-        of_kind.push(rule.clone());
-        of_kind.sort_unstable_by_key(|r| r.id);
         self.rules.insert(rule.id, rule);
+        self.reindex();
     }
 
     fn remove(&mut self, id: u64) -> Option<Rule> {
         let rule = self.rules.remove(&id)?;
-        if let Some(kinds) = self.by_feature.get_mut(&rule.spec.feature) {
-            kinds[rule.spec.kind as usize].retain(|other| other.id != id);
-            if kinds.iter().all(Vec::is_empty) {
-                self.by_feature.remove(&rule.spec.feature);
-            }
-        }
+        self.reindex();
         Some(rule)
     }
 
+    /// Adds or replaces a group.
+    pub(super) fn set_group(&mut self, group: Group) {
+        self.groups.insert(group.name.clone(), group);
+        self.reindex();
+    }
+
+    fn drop_group(&mut self, name: &str) {
+        self.groups.remove(name);
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        let groups: HashMap<&str, Arc<Group>> = self
+            .groups
+            .iter()
+            .map(|(name, group)| (name.as_str(), Arc::new(group.clone())))
+            .collect();
+        let mut by_feature: HashMap<String, [Vec<Compiled>; RuleKind::ALL.len()]> = HashMap::new();
+        for rule in self.rules.values() {
+            let group = rule
+                .spec
+                .group
+                .as_deref()
+                .and_then(|name| groups.get(name).cloned());
+            by_feature.entry(rule.spec.feature.clone()).or_default()[rule.spec.kind as usize].push(
+                Compiled {
+                    rule: rule.clone(),
+                    group,
+                },
+            );
+        }
+        self.by_feature = by_feature;
+    }
+
     /// The rules of a feature of one kind, in id order.
-    fn of(&self, feature: &str, kind: RuleKind) -> &[Rule] {
+    fn of(&self, feature: &str, kind: RuleKind) -> &[Compiled] {
         self.by_feature
             .get(feature)
             .map_or(&[], |kinds| kinds[kind as usize].as_slice())
-    }
-
-    /// The group a rule names, if it names one that exists.
-    fn group_of(&self, rule: &Rule) -> Option<&Group> {
-        rule.spec.group.as_deref().and_then(|g| self.groups.get(g))
     }
 
     /// Whether a group takes `who` in; a group that does not exist takes nobody.
@@ -136,11 +173,10 @@ impl Rules {
     }
 
     /// Whether the group of a rule takes `who` in.
-    fn applies(&self, rule: &Rule, who: &Who) -> bool {
-        rule.spec
-            .group
+    fn applies(&self, rule: &Compiled, who: &Who) -> bool {
+        rule.group
             .as_deref()
-            .is_some_and(|group| self.contains(group, who))
+            .is_some_and(|group| takes_in(group, who))
     }
 }
 
@@ -190,7 +226,7 @@ fn rule_info(rule: &Rule) -> RuleInfo {
 /// A reserve rule's seats kept for its group that nobody of the group uses now.
 #[derive(Debug)]
 pub(super) struct Unused<'a> {
-    pub(super) rule: &'a Rule,
+    pub(super) rule: &'a Compiled,
     pub(super) seats: u32,
 }
 
@@ -233,7 +269,7 @@ impl Pool {
         batch.audit(now, actor, Action::GroupAdd, name, None, Ok(&detail));
         batch.groups_upserted.push(group.clone());
         let info = group_info(&group);
-        self.rules.groups.insert(group.name.clone(), group);
+        self.rules.set_group(group);
         Ok(info)
     }
 
@@ -272,11 +308,7 @@ impl Pool {
         })();
         let name = request.name.as_str();
         let members = batch.audit_refusal(now, actor, Action::GroupMembers, name, None, checked)?;
-        let group = self
-            .rules
-            .groups
-            .get_mut(&request.name)
-            .expect("checked above");
+        let mut group = self.rules.groups[&request.name].clone();
         group.members = members;
         let detail = format!(
             "{} {}",
@@ -284,9 +316,10 @@ impl Pool {
             request.members.join(" ")
         );
         batch.audit(now, actor, Action::GroupMembers, name, None, Ok(&detail));
-        let group = group.clone();
         batch.groups_upserted.push(group.clone());
-        Ok(group_info(&group))
+        let info = group_info(&group);
+        self.rules.set_group(group);
+        Ok(info)
     }
 
     /// Every group, by name (admins).
@@ -332,7 +365,7 @@ impl Pool {
         })();
         let name = request.name.as_str();
         batch.audit_refusal(now, actor, Action::GroupRemove, name, None, checked)?;
-        self.rules.groups.remove(name);
+        self.rules.drop_group(name);
         // A change to the group earlier in the same batch must not bring it back.
         batch.groups_upserted.retain(|g| g.name != name);
         batch.groups_removed.push(name.to_string());
@@ -583,7 +616,7 @@ impl Pool {
         }
         let mut rule = None;
         let mut reasons = Vec::new();
-        let includes: Vec<&Rule> = self.rules.of(feature, RuleKind::Include).iter().collect();
+        let includes = self.rules.of(feature, RuleKind::Include);
         if let Some(admits) = includes.iter().find(|r| self.rules.applies(r, who)) {
             rule = Some(admits.id);
             reasons.push(format!(
@@ -699,11 +732,7 @@ impl Pool {
             }
         }
         for rule in of(RuleKind::Max) {
-            let Some(group) = self
-                .rules
-                .group_of(rule)
-                .filter(|group| takes_in(group, who))
-            else {
+            let Some(group) = rule.group.as_deref().filter(|group| takes_in(group, who)) else {
                 continue;
             };
             let limit = rule.spec.seats;
