@@ -374,6 +374,11 @@ impl Request {
                 | Request::EntitlementUpdate(_)
                 | Request::EntitlementDelete(_)
                 | Request::ReleaseMatching(_)
+                | Request::GroupAdd(_)
+                | Request::GroupMembers(_)
+                | Request::GroupRemove(_)
+                | Request::PolicyAdd(_)
+                | Request::PolicyRemove(_)
         )
     }
 }
