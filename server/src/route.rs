@@ -6,10 +6,11 @@
 
 use crate::core::Action;
 use tally_protocol::{
-    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementDelete,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement, LeasesPageQuery,
-    LeasesQuery, NewEntitlement, Release, ReleaseMatching, Request, Resume, Return, Revoke,
-    StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
+    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, CheckoutWait,
+    EntitlementDelete, EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement,
+    LeasesPageQuery, LeasesQuery, NewEntitlement, QueueCancel, QueueQuery, Release,
+    ReleaseMatching, Request, Resume, Return, Revoke, StatusQuery, TokenMint, TokenRevoke, UserAdd,
+    UserRef,
 };
 
 /// Who answers a request.
@@ -92,6 +93,9 @@ pub enum PoolRequest {
     FeatureRequire(FeatureRequirement),
     FeatureUnrequire(FeatureRequirement),
     FeatureList,
+    CheckoutWait(CheckoutWait),
+    QueueCancel(QueueCancel),
+    Queue(QueueQuery),
 }
 
 /// Decides who answers `request`.
@@ -158,6 +162,9 @@ pub fn route(request: Request) -> Route {
         Request::FeatureRequire(body) => PoolRequest::FeatureRequire(body),
         Request::FeatureUnrequire(body) => PoolRequest::FeatureUnrequire(body),
         Request::FeatureList => PoolRequest::FeatureList,
+        Request::CheckoutWait(body) => PoolRequest::CheckoutWait(body),
+        Request::QueueCancel(body) => PoolRequest::QueueCancel(body),
+        Request::Queue(body) => PoolRequest::Queue(body),
     };
     Route::Engine(EngineRequest {
         name,

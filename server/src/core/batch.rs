@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use tally_protocol::{AuditEvent, Entitlement, ErrorBody, LeaseId};
+use tally_protocol::{AuditEvent, ClientId, Entitlement, ErrorBody, LeaseId, QueueNotice};
 
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
 
@@ -57,6 +57,9 @@ pub struct Batch {
     pub requires_added: Vec<(String, String)>,
     /// Prerequisites dropped, likewise.
     pub requires_removed: Vec<(String, String)>,
+    /// How queued checkouts ended (R17): each sent to its client instance's connection once
+    /// the batch is committed. Not written.
+    pub queue_notices: Vec<(ClientId, QueueNotice)>,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).

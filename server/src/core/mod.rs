@@ -20,7 +20,8 @@
 //!   release, listing), `entitlements` (add, remove, list, status), `users`, `assign`
 //!   (assign, revoke, assignment ends), `borrow` (borrow, return), `tokens` (sign-in,
 //!   mint, list, revoke), `audit` (whether the names an audit query filters by exist) and
-//!   `prereqs` (R18: the features a checkout of another also takes a seat of).
+//!   `prereqs` (R18: the features a checkout of another also takes a seat of);
+//! - `queue` (R17): checkouts waiting for a seat, served in order as seats free up.
 
 mod assign;
 mod audit;
@@ -33,6 +34,7 @@ mod invariants;
 mod leases;
 mod ledger;
 mod prereqs;
+mod queue;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -46,6 +48,7 @@ use tally_protocol::{EndReason, Entitlement, ErrorBody, ErrorCode, UserState};
 
 pub use batch::{Batch, Notification, SignOut, Snapshot};
 pub use checks::require_admin;
+pub use queue::MAX_WAITS_PER_CLIENT;
 pub use tally_protocol::AuditEvent;
 pub use tokens::{token_id, SignedIn, Token};
 pub use types::{
@@ -85,6 +88,8 @@ pub struct Pool {
     policy: Policy,
     /// Prerequisites (R18): a checkout of the key also takes a seat of each of these.
     requires: BTreeMap<String, BTreeSet<String>>,
+    /// Checkouts waiting for a seat (R17); in memory only.
+    queue: queue::Queue,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
@@ -107,6 +112,7 @@ impl Pool {
             next_assignment_id: 1,
             policy,
             requires: BTreeMap::new(),
+            queue: queue::Queue::default(),
             next_boundary: i64::MAX,
         }
     }

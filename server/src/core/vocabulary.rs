@@ -63,11 +63,14 @@ pub enum Action {
     FeatureUnrequire,
     /// The prerequisites listed.
     FeatureList,
+    /// A checkout's wait in the queue (R17): joined, left, timed out or dropped, and the
+    /// queue listed. The grant itself is a `checkout`.
+    Queue,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 36] = [
+    pub const ALL: [Action; 37] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -104,6 +107,7 @@ impl Action {
         Self::FeatureRequire,
         Self::FeatureUnrequire,
         Self::FeatureList,
+        Self::Queue,
     ];
 
     /// The stored text.
@@ -145,6 +149,7 @@ impl Action {
             Self::FeatureRequire => "feature_require",
             Self::FeatureUnrequire => "feature_unrequire",
             Self::FeatureList => "feature_list",
+            Self::Queue => "queue",
         }
     }
 
@@ -191,6 +196,8 @@ impl Action {
             Request::FeatureRequire(_) => Self::FeatureRequire,
             Request::FeatureUnrequire(_) => Self::FeatureUnrequire,
             Request::FeatureList => Self::FeatureList,
+            Request::CheckoutWait(_) => Self::Checkout,
+            Request::QueueCancel(_) | Request::Queue(_) => Self::Queue,
         }
     }
 
@@ -349,6 +356,7 @@ mod tests {
                 "feature_require",
                 "feature_unrequire",
                 "feature_list",
+                "queue",
             ]
         );
         for action in Action::ALL {
