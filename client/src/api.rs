@@ -10,9 +10,9 @@ use tally_protocol::{
     AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementDelete, EntitlementDeleted,
     EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureRequirement,
     FeatureRequires, FeatureStatus, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo,
-    LeasesPage, LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, Release, ReleaseMatching,
-    Request, Response, Return, Revoke, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke,
-    UserAdd, UserInfo, UserRef, Whoami,
+    LeasesPage, LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, QueueEntry, QueueQuery,
+    Release, ReleaseMatching, Request, Response, Return, Revoke, ServerInfo, StatusQuery,
+    TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef, Whoami,
 };
 
 use crate::{Client, Error};
@@ -379,6 +379,15 @@ impl Client {
     /// Every feature with prerequisites, and what it requires.
     pub async fn feature_requirements(&self) -> Result<Vec<FeatureRequires>, Error> {
         ask!(self, Request::FeatureList, Response::Features(list) => list)
+    }
+
+    /// The checkouts waiting in the queue of `feature`, or of every feature, each feature's
+    /// in the order they are served (admins see every entry, others their own).
+    pub async fn queue(&self, feature: Option<&str>) -> Result<Vec<QueueEntry>, Error> {
+        let query = QueueQuery {
+            feature: feature.map(str::to_string),
+        };
+        ask!(self, Request::Queue(query), Response::Queue(entries) => entries)
     }
 }
 
