@@ -342,9 +342,11 @@ impl Client {
                 waiting: false,
             }))
             .map_err(|_| Error::Closed)?;
-        let result = answer.await.map_err(|_| Error::Closed);
-        cancel.done = true;
-        let info = result??;
+        let result = answer.await.map_err(|_| Error::Closed).and_then(|r| r);
+        // The server decided (a lease, or a refusal): nothing to cancel. A failure of this
+        // side leaves the cancel to be sent when `cancel` drops.
+        cancel.done = matches!(result, Ok(_) | Err(Error::Server(_)));
+        let info = result?;
         Ok(Lease::new(info, self.clone(), lost_rx))
     }
 
@@ -1300,14 +1302,15 @@ impl Task {
                 ));
             }
             Command::CancelWait(request_id) => {
-                if self.waits.remove(&request_id).is_some() {
-                    let request = Request::QueueCancel(QueueCancel { request_id });
-                    queue.push_back(Pending::within(
-                        request,
-                        Purpose::Internal,
-                        config.release_timeout,
-                    ));
-                }
+                // Sent even when the wait already failed here (a deadline, a lost
+                // connection): the server may still hold its entry, or a grant of it.
+                self.waits.remove(&request_id);
+                let request = Request::QueueCancel(QueueCancel { request_id });
+                queue.push_back(Pending::within(
+                    request,
+                    Purpose::Internal,
+                    config.release_timeout,
+                ));
             }
         }
     }

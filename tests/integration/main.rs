@@ -21,6 +21,7 @@ mod paging;
 mod pool;
 mod prereqs;
 mod python;
+mod queue;
 mod reconnect;
 mod redirect;
 mod robust;

@@ -459,6 +459,10 @@ impl Pool {
                     .iter()
                     .copied()
                     .filter(|id| !ids.contains(id) && !linked.contains(id))
+                    // A grant from the queue (R17) may not have reached a client that was
+                    // away; its `CheckoutWait`, sent again after this resume, claims it
+                    // (and a `QueueCancel` gives it back).
+                    .filter(|id| !self.queue.is_unclaimed_grant(id))
                     .filter(|id| {
                         self.ledger
                             .leases

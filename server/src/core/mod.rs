@@ -223,6 +223,7 @@ impl Pool {
     pub fn sweep(&mut self, now: i64, batch: &mut Batch) {
         self.advance(now, batch);
         self.ledger.forget_stale_sessions(now);
+        self.forget_ended_grants();
     }
 
     /// The user a request comes from, by account id and token, as the pool knows them now:

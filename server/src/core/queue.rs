@@ -20,11 +20,11 @@
 //! that reconnects sends its `CheckoutWait` again under the same request id and joins
 //! again, at the back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tally_protocol::{
-    Checkout, CheckoutWait, ClientId, ErrorBody, ErrorCode, LeaseId, QueueEntry, QueueNotice,
-    QueueOutcome, QueuePlace, QueueQuery, RequestId, Response, MAX_DURATION_SECS,
+    Checkout, CheckoutWait, ClientId, EndReason, ErrorBody, ErrorCode, LeaseId, QueueEntry,
+    QueueNotice, QueueOutcome, QueuePlace, QueueQuery, RequestId, Response, MAX_DURATION_SECS,
 };
 
 use super::{rfc3339, Action, Actor, Batch, Holder, Pool};
@@ -48,6 +48,10 @@ pub(super) struct Queue {
     clients: HashMap<ClientId, (i64, usize)>,
     /// The arrival number of the next entry.
     next_seq: u64,
+    /// Leases granted from the queue that no `CheckoutWait` retry has returned yet: a
+    /// resume of a client that was away when its grant was sent does not check them in,
+    /// since the retry that follows claims them.
+    granted: HashSet<LeaseId>,
 }
 
 /// One waiting checkout.
@@ -81,6 +85,11 @@ impl Entry {
 impl Queue {
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether `lease` was granted from the queue and not yet claimed by a retry.
+    pub(super) fn is_unclaimed_grant(&self, lease: &LeaseId) -> bool {
+        self.granted.contains(lease)
     }
 
     /// Seats waited for by the entries of `feature`: the status figure `queued`.
@@ -173,6 +182,7 @@ impl Pool {
             }
         }
         if let Some(info) = self.lease_of_request(now, actor, holder, checkout.request_id) {
+            self.queue.granted.remove(&info.id);
             return Ok(Response::Lease(info));
         }
         let checked = self
@@ -249,7 +259,18 @@ impl Pool {
         let key = (holder.client, request_id);
         match self.queue.entries.get(&key) {
             Some(entry) if entry.user == actor.username => {}
-            _ => return false,
+            _ => {
+                // Granted meanwhile, and the client never learned of it: given back.
+                if let Some(id) = self.ledger.by_request.get(&key).copied() {
+                    if self.queue.granted.remove(&id)
+                        && self.ledger.leases[&id].user == actor.username
+                    {
+                        self.ledger
+                            .end(id, EndReason::CheckedIn, now, &actor.username, batch);
+                    }
+                }
+                return false;
+            }
         }
         let entry = self.queue.remove(&key).expect("entry exists");
         let feature = entry.checkout.feature.as_str();
@@ -302,6 +323,14 @@ impl Pool {
             }
         }
         Ok(listed)
+    }
+
+    /// Forgets grants whose leases ended (the sweep calls it).
+    pub(super) fn forget_ended_grants(&mut self) {
+        if !self.queue.granted.is_empty() {
+            let leases = &self.ledger.leases;
+            self.queue.granted.retain(|id| leases.contains_key(id));
+        }
     }
 
     /// A request or heartbeat of the client instance: its entries are kept another ttl.
@@ -412,6 +441,7 @@ impl Pool {
                             &detail,
                             batch,
                         );
+                        self.queue.granted.insert(info.id);
                         batch.queue_notices.push((
                             entry.holder.client,
                             QueueNotice {

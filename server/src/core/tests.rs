@@ -2841,6 +2841,54 @@ mod queue {
         pool.check_invariants(5).unwrap();
     }
 
+    /// A grant sent while its client was away survives the resume that client sends on
+    /// reconnecting (which names only the leases it knows of), and the `CheckoutWait` sent
+    /// again after it returns the lease; a `QueueCancel` instead gives such a grant back.
+    #[test]
+    fn a_grant_the_client_missed_is_claimed_by_its_retry_or_given_back_by_a_cancel() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        let Response::Lease(held) = join(&mut pool, 1, 0, 1, &mut batch) else {
+            panic!("a seat was free");
+        };
+        join(&mut pool, 2, 1, 1, &mut batch);
+        join(&mut pool, 2, 3, 1, &mut batch);
+        pool.checkin(3, &member(0), held.id, &mut batch).unwrap();
+        pool.serve_queue(3, &mut ids(), &mut batch);
+        let granted = pool.ledger.by_request[&(holder(1).client, request_id(1, 1))];
+        // Holder 1 reconnects knowing of no lease: the grant stays.
+        let resumed = pool.resume(4, &member(1), &holder(1), &[], &mut batch);
+        assert!(resumed.ended.is_empty());
+        pool.serve_queue(4, &mut ids(), &mut batch);
+        assert!(pool.ledger.leases.contains_key(&granted));
+        assert_eq!(
+            pool.queue_list(4, &admin(), &QueueQuery { feature: None }, &mut batch)
+                .unwrap()
+                .len(),
+            1
+        );
+        match join(&mut pool, 5, 1, 1, &mut batch) {
+            Response::Lease(info) => assert_eq!(info.id, granted),
+            other => panic!("{other:?}"),
+        }
+        // Once claimed, it is an ordinary lease: a resume that does not name it ends it,
+        // and the seat goes on to holder 3.
+        pool.resume(6, &member(1), &holder(1), &[], &mut batch);
+        assert!(!pool.ledger.leases.contains_key(&granted));
+        let mut batch = Batch::default();
+        pool.serve_queue(6, &mut ids(), &mut batch);
+        assert_eq!(notices(&batch).0, [holder(3).client]);
+        // Holder 3 gave up meanwhile: its cancel gives the grant back.
+        let third = pool.ledger.by_request[&(holder(3).client, request_id(3, 1))];
+        assert!(!pool.queue_cancel(7, &member(3), &holder(3), request_id(3, 1), &mut batch));
+        assert!(!pool.ledger.leases.contains_key(&third));
+        assert_eq!(
+            pool.status(7, Some("vray"), &mut batch).unwrap()[0].in_use,
+            0
+        );
+        pool.check_invariants(7).unwrap();
+    }
+
     /// A wait with a limit ends with `queue_timeout` when it passes, and a client instance
     /// not seen for one ttl loses its entry; one that keeps coming keeps it.
     #[test]
