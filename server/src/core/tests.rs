@@ -197,6 +197,17 @@ enum Op {
     Require {
         on: bool,
     },
+    /// A checkout that waits in the queue (R17), for `wait` seconds or with no limit.
+    Wait {
+        client: usize,
+        feature: usize,
+        seats: u32,
+        wait: Option<u64>,
+    },
+    /// The client gives up its last wait.
+    CancelWait {
+        client: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -233,6 +244,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4 * TTL).prop_map(|downtime| Op::Restart { downtime }),
         1 => (0..2 * TTL).prop_map(|delay| Op::FailNextCommit { delay }),
         1 => any::<bool>().prop_map(|on| Op::Require { on }),
+        4 => (0..6usize, 0..2usize, 1..4u32, proptest::option::of(0..30u64))
+            .prop_map(|(client, feature, seats, wait)| Op::Wait { client, feature, seats, wait }),
+        1 => (0..6usize).prop_map(|client| Op::CancelWait { client }),
     ]
 }
 
@@ -325,6 +339,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     continue;
                 };
                 pool.heartbeat(now, &actor, &holder(client), &mut batch);
+                // As the engine does for every request: the instance's waits are kept.
+                pool.queue_seen(holder(client).client, now);
             }
             Op::Checkin { pick: i } => {
                 if let Some(id) = pick(i) {
@@ -615,7 +631,45 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 pool.advance(now, &mut batch);
             }
             Op::FailNextCommit { delay } => commit_fails = Some(delay),
+            Op::Wait {
+                client,
+                feature,
+                seats,
+                wait,
+            } => {
+                last_request[client] = last_request[client].wrapping_add(1);
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
+                let request = tally_protocol::CheckoutWait {
+                    checkout: Checkout {
+                        request_id: request_id(client, last_request[client]),
+                        feature: FEATURES[feature].into(),
+                        seats,
+                    },
+                    wait_secs: wait,
+                };
+                let id = LeaseId(next_lease.to_be_bytes());
+                next_lease += 1;
+                let _ = pool.checkout_wait(now, &actor, &holder(client), &request, id, &mut batch);
+            }
+            Op::CancelWait { client } => {
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
+                let request = request_id(client, last_request[client]);
+                pool.queue_cancel(now, &actor, &holder(client), request, &mut batch);
+            }
         }
+        // As the engine does before every commit: freed seats go to the waiting checkouts.
+        pool.serve_queue(
+            now,
+            &mut || {
+                next_lease += 1;
+                LeaseId((next_lease - 1).to_be_bytes())
+            },
+            &mut batch,
+        );
         if let Some(delay) = failing {
             // The batch never reaches the store; the engine reloads the pool and applies
             // what passed meanwhile, as a commit of its own.
@@ -644,7 +698,8 @@ proptest! {
     /// R1 after every step of 10,000 random interleavings of checkout (and retries),
     /// heartbeat, check-in, release (by id, prefix and user), resume, expiry, entitlement
     /// add/update/remove (with and without force), assign (and moves), revoke, deactivate,
-    /// activate and restart.
+    /// activate, restart, and checkouts waiting in the queue (R17: none waits while its
+    /// checkout would succeed).
     #[test]
     fn r1_holds_under_random_interleavings(ops in proptest::collection::vec(op(), 1..40)) {
         run(&ops)?;
