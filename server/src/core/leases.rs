@@ -428,15 +428,16 @@ impl Pool {
                 batch.update_lease(self.ledger.leases[&id].clone());
             }
         }
-        // A seat of a prerequisite resumed by itself, away from the lease it came with, is
-        // its own from now on: it no longer ends with that lease.
+        // A seat of a prerequisite resumed by itself, away from the lease it came with (on
+        // another instance, or not named in this resume, so about to be checked in below),
+        // is its own from now on: it no longer ends with that lease.
         for &id in &resumed {
             let lease = &self.ledger.leases[&id];
             let apart = lease.taken_with.is_some_and(|with| {
                 self.ledger
                     .leases
                     .get(&with)
-                    .is_none_or(|taker| taker.client != lease.client)
+                    .is_none_or(|taker| taker.client != lease.client || !resumed.contains(&with))
             });
             if apart {
                 self.ledger.unlink(id);

@@ -3060,3 +3060,43 @@ mod queue {
         pool.check_invariants(4).unwrap();
     }
 }
+
+/// A resume that names only the prerequisite seat a checkout took (R18), not the lease it
+/// came with, keeps that seat as a lease of its own and checks the unnamed lease in; it
+/// used to end the seat with its lease and then look it up (a panic of the engine).
+#[test]
+fn a_resume_of_a_prerequisite_seat_alone_keeps_it() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 3), &mut batch)
+        .unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 1), &mut batch)
+        .unwrap();
+    let requirement = tally_protocol::FeatureRequirement {
+        feature: "vray".into(),
+        requires: "nuke".into(),
+    };
+    pool.require(0, &admin(), &requirement, &mut batch).unwrap();
+    let vray = pool
+        .checkout(
+            1,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    let nuke = pool
+        .snapshot()
+        .leases
+        .iter()
+        .find(|l| l.feature == "nuke")
+        .unwrap()
+        .id;
+    let resumed = pool.resume(2, &member(0), &holder(0), &[nuke], &mut batch);
+    assert_eq!(resumed.resumed.len(), 1);
+    assert_eq!(resumed.resumed[0].id, nuke);
+    assert!(!pool.ledger.leases.contains_key(&vray.id));
+    assert_eq!(pool.ledger.leases[&nuke].taken_with, None);
+    pool.check_invariants(2).unwrap();
+}
