@@ -12,9 +12,9 @@ use tally_protocol::{
     FeatureRequirement, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo, GroupMembers,
     GroupRef, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
     LeasesQuery, NewEntitlement, NodeInfo, PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery,
-    Release, ReleaseMatching, Request, Response, Return, Revoke, RuleAdded, RuleInfo, RuleRef,
-    RuleSpec, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo,
-    UserRef, Whoami,
+    QueueEntry, QueueQuery, Release, ReleaseMatching, Request, Response, Return, Revoke, RuleAdded,
+    RuleInfo, RuleRef, RuleSpec, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke,
+    UserAdd, UserInfo, UserRef, Whoami,
 };
 
 use crate::{Client, Error};
@@ -390,6 +390,15 @@ impl Client {
     /// Every feature with prerequisites, and what it requires.
     pub async fn feature_requirements(&self) -> Result<Vec<FeatureRequires>, Error> {
         ask!(self, Request::FeatureList, Response::Features(list) => list)
+    }
+
+    /// The checkouts waiting in the queue of `feature`, or of every feature, each feature's
+    /// in the order they are served (admins see every entry, others their own).
+    pub async fn queue(&self, feature: Option<&str>) -> Result<Vec<QueueEntry>, Error> {
+        let query = QueueQuery {
+            feature: feature.map(str::to_string),
+        };
+        ask!(self, Request::Queue(query), Response::Queue(entries) => entries)
     }
 }
 

@@ -56,8 +56,9 @@ impl Client {
         })
     }
 
-    /// Like [`checkout`](Self::checkout), but while the pool has no free seat, tries again
-    /// until `wait` has passed; see [`crate::Client::checkout_waiting`].
+    /// Like [`checkout`](Self::checkout), but while the pool has no free seat, waits in the
+    /// server's queue until `wait` has passed (then `no_seat`); see
+    /// [`crate::Client::checkout_waiting`].
     pub fn checkout_waiting(
         &self,
         feature: &str,
@@ -67,6 +68,24 @@ impl Client {
         let lease = self
             .runtime
             .block_on(self.inner.checkout_waiting(feature, seats, wait))?;
+        Ok(Lease {
+            runtime: self.runtime.clone(),
+            inner: Some(lease),
+        })
+    }
+
+    /// Like [`checkout`](Self::checkout), but waits in the feature's queue on the server
+    /// when no seat is free, until granted or `wait` passes (`queue_timeout`; `None`: no
+    /// limit); see [`crate::Client::checkout_wait`].
+    pub fn checkout_wait(
+        &self,
+        feature: &str,
+        seats: u32,
+        wait: Option<Duration>,
+    ) -> Result<Lease, Error> {
+        let lease = self
+            .runtime
+            .block_on(self.inner.checkout_wait(feature, seats, wait))?;
         Ok(Lease {
             runtime: self.runtime.clone(),
             inner: Some(lease),

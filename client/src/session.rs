@@ -41,10 +41,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::PathBuf;
 
 use tally_protocol::{
-    decode_token, Authenticate, BorrowOnce, Checkin, Checkout, ClientId, ClientInfo, ClientMessage,
-    Connection, EndReason, ErrorBody, ErrorCode, FrameError, Hello, LeaseId, LeaseInfo, NotLeader,
-    Outcome, Request, RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME,
-    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    decode_token, Authenticate, BorrowOnce, Checkin, Checkout, CheckoutWait, ClientId, ClientInfo,
+    ClientMessage, Connection, EndReason, ErrorBody, ErrorCode, FrameError, Hello, LeaseId,
+    LeaseInfo, NotLeader, Outcome, QueueCancel, QueueNotice, QueueOutcome, QueuePlace, Request,
+    RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
+    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -108,6 +109,37 @@ pub(crate) enum Command {
     },
     /// A lease guard was dropped: check it in, nobody waits for the answer.
     Drop(LeaseId),
+    /// A checkout that waits in the server's queue (SPEC R17) until granted or ended.
+    Wait(Waiter),
+    /// The caller gave up a waiting checkout: leave the queue.
+    CancelWait(RequestId),
+}
+
+/// A checkout waiting in the server's queue, as the connection task keeps it.
+pub(crate) struct Waiter {
+    request: CheckoutWait,
+    reply: oneshot::Sender<Result<LeaseInfo, Error>>,
+    lost: LostSender,
+    /// Told the place once the server queues the checkout.
+    queued: Option<oneshot::Sender<QueuePlace>>,
+    /// Whether the server answered `Queued` (and the task now waits for its notice) rather
+    /// than the `CheckoutWait` being on its way: after a reconnect a queued one is sent again.
+    waiting: bool,
+}
+
+/// Sends `QueueCancel` when a waiting checkout's caller stops waiting before an outcome.
+struct CancelOnDrop {
+    commands: mpsc::UnboundedSender<Command>,
+    request_id: RequestId,
+    done: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.commands.send(Command::CancelWait(self.request_id));
+        }
+    }
 }
 
 /// A connection to a Tally server (or the first of a list that answers).
@@ -161,6 +193,7 @@ impl Client {
             heartbeat: Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
             redirects: Redirects::default(),
             link: Link::default(),
+            waits: HashMap::new(),
         };
         tokio::spawn(task.run(conn));
         Ok(Client {
@@ -235,35 +268,86 @@ impl Client {
         Ok(Lease::new(info, self.clone(), lost_rx))
     }
 
-    /// Like [`checkout`](Self::checkout), but while the pool has no free seat, tries again
-    /// (after 100 ms at first, the wait doubling to a second) until `wait` has passed; then
-    /// fails with the last `no_seat`, saying how long it waited. Until the server queues
-    /// checkouts (SPEC R17) this is how a checkout waits; a zero `wait` tries once.
+    /// Like [`checkout`](Self::checkout), but while the pool has no free seat, waits in
+    /// the server's queue until `wait` has passed; then leaves it and fails with
+    /// `no_seat`, saying how long it waited (the error earlier versions gave, so callers
+    /// that treat it as "no seat" keep working). A zero `wait` tries once. See
+    /// [`checkout_wait`](Self::checkout_wait), which ends with `queue_timeout`.
     pub async fn checkout_waiting(
         &self,
         feature: &str,
         seats: u32,
         wait: Duration,
     ) -> Result<Lease, Error> {
-        let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.checkout(feature, seats).await {
-                Err(Error::Server(body)) if body.code == ErrorCode::NoSeat => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        let message = match wait.is_zero() {
-                            true => body.message,
-                            false => format!("{} (waited {} ms)", body.message, wait.as_millis()),
-                        };
-                        return Err(Error::Server(ErrorBody::new(ErrorCode::NoSeat, message)));
-                    }
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
+        if wait.is_zero() {
+            return self.checkout(feature, seats).await;
         }
+        // The server's limit is a backstop, in whole seconds; the caller's is kept here.
+        let backstop = Duration::from_secs(wait.as_millis().div_ceil(1000) as u64 + 1);
+        match tokio::time::timeout(wait, self.checkout_wait(feature, seats, Some(backstop))).await {
+            Ok(Err(Error::Server(body))) if body.code == ErrorCode::QueueTimeout => {
+                Err(no_seat_after(feature, wait))
+            }
+            Ok(other) => other,
+            Err(_) => Err(no_seat_after(feature, wait)),
+        }
+    }
+
+    /// Checks out `seats` seats of `feature`, waiting in the feature's queue on the server
+    /// (SPEC R17) when none is free: first come, first served, a freed seat going to the
+    /// queue before any new checkout. Fails with `queue_timeout` when `wait` passes first
+    /// (`None`: no limit). The wait survives reconnects (the same request is sent again, and
+    /// the server returns the place or the lease granted meanwhile); dropping the future
+    /// leaves the queue, and a seat granted after that is given back.
+    pub async fn checkout_wait(
+        &self,
+        feature: &str,
+        seats: u32,
+        wait: Option<Duration>,
+    ) -> Result<Lease, Error> {
+        self.checkout_wait_with(feature, seats, wait, None).await
+    }
+
+    /// Like [`checkout_wait`](Self::checkout_wait); `queued` is told the place in the queue
+    /// when the checkout has to wait.
+    pub async fn checkout_wait_with(
+        &self,
+        feature: &str,
+        seats: u32,
+        wait: Option<Duration>,
+        queued: Option<oneshot::Sender<QueuePlace>>,
+    ) -> Result<Lease, Error> {
+        let (lost, lost_rx) = watch::channel(None);
+        let request_id = RequestId(rand::random());
+        let request = CheckoutWait {
+            checkout: Checkout {
+                request_id,
+                feature: feature.to_string(),
+                seats,
+            },
+            wait_secs: wait.map(|wait| wait.as_millis().div_ceil(1000) as u64),
+        };
+        let (reply, answer) = oneshot::channel();
+        let mut cancel = CancelOnDrop {
+            commands: self.commands.clone(),
+            request_id,
+            done: false,
+        };
+        self.commands
+            .send(Command::Wait(Waiter {
+                request,
+                reply,
+                lost,
+                queued,
+                waiting: false,
+            }))
+            .map_err(|_| Error::Closed)?;
+        let result = answer.await.map_err(|_| Error::Closed).and_then(|r| r);
+        // The server decided (a lease, or a refusal): nothing to cancel. A failure of this
+        // side leaves the cancel to be sent when `cancel` drops.
+        cancel.done = matches!(result, Ok(_) | Err(Error::Server(_)));
+        let info = result?;
+        Ok(Lease::new(info, self.clone(), lost_rx))
     }
 
     /// Borrows seats for offline use, bound to this machine, and keeps the signed token in
@@ -351,6 +435,17 @@ impl Client {
     pub(crate) fn checkin_in_background(&self, lease: LeaseId) {
         let _ = self.commands.send(Command::Drop(lease));
     }
+}
+
+/// The error of a waiting checkout whose caller's wait passed.
+fn no_seat_after(feature: &str, wait: Duration) -> Error {
+    Error::Server(ErrorBody::new(
+        ErrorCode::NoSeat,
+        format!(
+            "no seat of {feature} was free (waited {} ms in the queue)",
+            wait.as_millis()
+        ),
+    ))
 }
 
 /// What the task needs to (re)connect.
@@ -547,6 +642,8 @@ enum Purpose {
     },
     /// The task's own heartbeat, resume or background check-in.
     Internal,
+    /// The `CheckoutWait` of a waiter in [`Task::waits`]: the waiter gets the outcome.
+    Wait(RequestId),
 }
 
 struct Pending {
@@ -791,6 +888,8 @@ struct Task {
     heartbeat: Duration,
     redirects: Redirects,
     link: Link,
+    /// Checkouts waiting in the server's queue, by request id.
+    waits: HashMap<RequestId, Waiter>,
 }
 
 impl Task {
@@ -943,6 +1042,17 @@ impl Task {
         let leases: Vec<LeaseId> = self.held.keys().copied().collect();
         let request = Request::Resume(Resume { leases });
         queue.push_front(Pending::new(request, Purpose::Internal, far()));
+        // Waits the server had queued are sent again: it returns the place, or the lease
+        // granted while the notice could not reach this client (or, after a restart, the
+        // checkout joins the queue again).
+        let timeout = self.settings.config.request_timeout;
+        for (id, waiter) in &mut self.waits {
+            if waiter.waiting {
+                waiter.waiting = false;
+                let request = Request::CheckoutWait(waiter.request.clone());
+                queue.push_back(Pending::within(request, Purpose::Wait(*id), timeout));
+            }
+        }
     }
 
     /// Waits about `base` (with jitter, within the heartbeat interval) before the next
@@ -1074,6 +1184,13 @@ impl Task {
                         }
                     }
                     Ok(Some(ServerMessage::Error(body))) => return self.lost(body.to_string(), inflight, queue),
+                    Ok(Some(ServerMessage::Queue(notice))) => {
+                        if let Some(giveback) = self.notice(notice) {
+                            if let Err(why) = self.send_internal(conn, giveback, &mut inflight).await {
+                                return self.lost(why, inflight, queue);
+                            }
+                        }
+                    }
                     Ok(Some(other)) => return self.lost(format!("unexpected message {other:?}"), inflight, queue),
                     Ok(None) => return self.lost("the server closed the connection".into(), inflight, queue),
                     Err(err) => return self.lost(err.to_string(), inflight, queue),
@@ -1130,6 +1247,7 @@ impl Task {
                 Purpose::Call { reply, .. } => {
                     let _ = reply.send(Err(err));
                 }
+                Purpose::Wait(id) => self.fail_wait(id, err),
                 Purpose::Internal => {
                     tracing::warn!(request = pending.request.name(), error = %err, "background request given up")
                 }
@@ -1173,6 +1291,97 @@ impl Task {
                     config.release_timeout,
                 ));
             }
+            Command::Wait(waiter) => {
+                let id = waiter.request.checkout.request_id;
+                let request = Request::CheckoutWait(waiter.request.clone());
+                self.waits.insert(id, waiter);
+                queue.push_back(Pending::within(
+                    request,
+                    Purpose::Wait(id),
+                    config.request_timeout,
+                ));
+            }
+            Command::CancelWait(request_id) => {
+                // Sent even when the wait already failed here (a deadline, a lost
+                // connection): the server may still hold its entry, or a grant of it.
+                self.waits.remove(&request_id);
+                let request = Request::QueueCancel(QueueCancel { request_id });
+                queue.push_back(Pending::within(
+                    request,
+                    Purpose::Internal,
+                    config.release_timeout,
+                ));
+            }
+        }
+    }
+
+    /// The end of a waiting checkout: its caller gets `result`. Returns the check-in of a
+    /// seat granted to a wait nobody waits for any more (the caller gave up, or it was
+    /// already answered).
+    fn finish_wait(&mut self, id: RequestId, result: Result<LeaseInfo, Error>) -> Option<Request> {
+        let Some(waiter) = self.waits.remove(&id) else {
+            return match result {
+                Ok(info) if !self.held.contains_key(&info.id) => {
+                    Some(Request::Checkin(Checkin { lease: info.id }))
+                }
+                _ => None,
+            };
+        };
+        match result {
+            Ok(info) if waiter.reply.is_closed() => {
+                Some(Request::Checkin(Checkin { lease: info.id }))
+            }
+            Ok(info) => {
+                self.held.insert(info.id, waiter.lost);
+                let _ = waiter.reply.send(Ok(info));
+                None
+            }
+            Err(err) => {
+                let _ = waiter.reply.send(Err(err));
+                None
+            }
+        }
+    }
+
+    /// A notice from the server: a queued checkout was granted, or its wait ended.
+    fn notice(&mut self, notice: QueueNotice) -> Option<Request> {
+        match notice.outcome {
+            QueueOutcome::Granted(info) => {
+                tracing::debug!(lease = %info.id, feature = %info.feature, "a queued checkout was granted");
+                self.finish_wait(notice.request_id, Ok(info))
+            }
+            QueueOutcome::Ended(err) => {
+                self.finish_wait(notice.request_id, Err(Error::Server(err)))
+            }
+        }
+    }
+
+    /// The answer to a waiter's `CheckoutWait`.
+    fn answer_wait(
+        &mut self,
+        id: RequestId,
+        result: Result<Response, ErrorBody>,
+    ) -> Option<Request> {
+        match result {
+            Ok(Response::Lease(info)) => self.finish_wait(id, Ok(info)),
+            Ok(Response::Queued(place)) => {
+                if let Some(waiter) = self.waits.get_mut(&id) {
+                    waiter.waiting = true;
+                    if let Some(queued) = waiter.queued.take() {
+                        let _ = queued.send(place);
+                    }
+                }
+                None
+            }
+            Ok(other) => self.finish_wait(id, Err(crate::api::unexpected("checkout", &other))),
+            Err(body) => self.finish_wait(id, Err(Error::Server(body))),
+        }
+    }
+
+    /// A waiter's `CheckoutWait` failed on the client's side (its deadline, the connection).
+    fn fail_wait(&mut self, id: RequestId, err: Error) {
+        if let Some(waiter) = self.waits.remove(&id) {
+            let _ = waiter.reply.send(Err(err));
         }
     }
 
@@ -1231,7 +1440,7 @@ impl Task {
         // An answer to a caller, or to a heartbeat (a connection that lived an interval),
         // shows the link works; a resume answered before the server drops the connection
         // again does not.
-        let works = matches!(pending.purpose, Purpose::Call { .. })
+        let works = matches!(pending.purpose, Purpose::Call { .. } | Purpose::Wait(_))
             || matches!(pending.request, Request::Heartbeat);
         if works && self.link.answered() == Say::Yes {
             tracing::info!(server = %self.current, "the license server answers again");
@@ -1254,6 +1463,9 @@ impl Task {
                 );
             }
             _ => {}
+        }
+        if let Purpose::Wait(id) = pending.purpose {
+            return self.answer_wait(id, result);
         }
         if let Purpose::Call { reply, lost } = pending.purpose {
             if reply.is_closed() {
@@ -1296,6 +1508,7 @@ impl Task {
                 Purpose::Call { reply, .. } => {
                     let _ = reply.send(Err(err));
                 }
+                Purpose::Wait(id) => self.fail_wait(id, err),
                 Purpose::Internal => {
                     tracing::warn!(request = pending.request.name(), error = %err, "background request given up")
                 }
@@ -1343,6 +1556,14 @@ impl Task {
                 Purpose::Call { reply, .. } => {
                     let _ = reply.send(Err(Error::ConnectionLost(why.clone())));
                 }
+                Purpose::Wait(_) if again => queue.push_front(pending),
+                Purpose::Wait(id) => {
+                    let err = Error::ConnectionLost(format!(
+                        "{why}; the connection dropped each of the {} times the waiting checkout was sent, so it is not sent again",
+                        pending.sends
+                    ));
+                    self.fail_wait(id, err);
+                }
             }
         }
         Ended::Lost(why)
@@ -1357,8 +1578,12 @@ impl Task {
                 kept.push_back(pending);
             } else {
                 let err = pending.timed_out();
-                if let Purpose::Call { reply, .. } = pending.purpose {
-                    let _ = reply.send(Err(err));
+                match pending.purpose {
+                    Purpose::Call { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                    Purpose::Wait(id) => self.fail_wait(id, err),
+                    Purpose::Internal => {}
                 }
             }
         }
@@ -1370,6 +1595,9 @@ impl Task {
             if let Purpose::Call { reply, .. } = pending.purpose {
                 let _ = reply.send(Err(err.clone()));
             }
+        }
+        for (_, waiter) in self.waits.drain() {
+            let _ = waiter.reply.send(Err(err.clone()));
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum ServerMessage {
     /// A connection-level refusal (wrong version, request before authentication, bad frame);
     /// the server closes the connection after sending it.
     Error(ErrorBody),
+    /// How a queued checkout ended (SPEC R17), sent by the server unasked to the connection
+    /// of the client instance that queued it, once the change is committed.
+    Queue(QueueNotice),
 }
 
 /// The answer to one request.
@@ -270,6 +273,18 @@ pub enum Request {
     /// `Status` with the seats each feature's reserves keep; answered with
     /// [`Response::Figures`]. Clients send it instead of `Status`.
     Figures(StatusQuery),
+    /// A checkout that waits in the feature's queue when no seat is free (SPEC R17):
+    /// answered with [`Response::Lease`] when a seat is free now, else with
+    /// [`Response::Queued`], and the grant (or the end of the wait) comes later as
+    /// [`ServerMessage::Queue`]. A retry with the same request id returns the lease or the
+    /// place, so a client resends it after a reconnect.
+    CheckoutWait(CheckoutWait),
+    /// Leaves the queue: the client gave up the wait of this request id; answered with
+    /// [`Response::QueueCancelled`].
+    QueueCancel(QueueCancel),
+    /// The queue of one feature or of all: admins see every entry, others their own;
+    /// answered with [`Response::Queue`].
+    Queue(QueueQuery),
 }
 
 impl Request {
@@ -325,6 +340,9 @@ impl Request {
             Request::PolicyRemove(_) => "policy_remove",
             Request::PolicyCheck(_) => "policy_check",
             Request::Figures(_) => "status",
+            Request::CheckoutWait(_) => "checkout",
+            Request::QueueCancel(_) => "queue_cancel",
+            Request::Queue(_) => "queue",
         }
     }
 
@@ -351,6 +369,7 @@ impl Request {
                 | Request::PolicyList(_)
                 | Request::PolicyCheck(_)
                 | Request::Figures(_)
+                | Request::Queue(_)
         )
     }
 
@@ -451,6 +470,12 @@ pub enum Response {
     PolicyDecision(PolicyDecision),
     /// The answer to `Figures`.
     Figures(Vec<FeatureFigures>),
+    /// The answer to `CheckoutWait` when no seat was free: the checkout waits in the queue.
+    Queued(QueuePlace),
+    /// The answer to `Queue`: the entries, each feature's in the order they are served.
+    Queue(Vec<QueueEntry>),
+    /// The answer to `QueueCancel`: whether an entry was waiting (and now is not).
+    QueueCancelled(bool),
 }
 
 /// Check out `seats` seats of `feature`.
@@ -1105,4 +1130,71 @@ pub struct FeatureRequirement {
 pub struct FeatureRequires {
     pub feature: String,
     pub requires: Vec<String>,
+}
+
+/// A checkout that waits for a seat in the feature's queue (SPEC R17). `Checkout` itself
+/// never changes (the wire); this wraps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckoutWait {
+    pub checkout: Checkout,
+    /// How long to wait in the queue, in seconds; `None`: no limit. When it passes
+    /// unserved the wait ends with `queue_timeout`.
+    pub wait_secs: Option<u64>,
+}
+
+/// Leave the queue: the wait of this checkout's request id is given up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCancel {
+    pub request_id: RequestId,
+}
+
+/// List the queue of one feature, or of all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueQuery {
+    pub feature: Option<String>,
+}
+
+/// Where a waiting checkout stands in its feature's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePlace {
+    pub request_id: RequestId,
+    pub feature: String,
+    pub seats: u32,
+    /// 1 for the first entry served.
+    pub position: u32,
+    /// When it joined the queue.
+    pub since: UnixMillis,
+    /// When the wait ends unserved; `None`: no limit.
+    pub deadline: Option<UnixMillis>,
+}
+
+/// One waiting checkout, as `tally queue` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub feature: String,
+    pub seats: u32,
+    pub user: String,
+    pub host: String,
+    /// When it joined the queue.
+    pub since: UnixMillis,
+    /// 1 for the first entry of its feature served.
+    pub position: u32,
+}
+
+/// How a queued checkout ended, sent unasked to the client instance that queued it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueNotice {
+    /// The request id of its `CheckoutWait`.
+    pub request_id: RequestId,
+    pub outcome: QueueOutcome,
+}
+
+/// The end of a wait in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QueueOutcome {
+    /// A seat was granted: the lease, durable, held by the client instance like any other.
+    Granted(LeaseInfo),
+    /// The wait ended unserved: `queue_timeout` when its time passed, or why the entry was
+    /// dropped (the client was gone for one ttl, the checkout can no longer succeed).
+    Ended(ErrorBody),
 }

@@ -1162,3 +1162,85 @@ fn lease_patterns_match_prefixes_and_abbreviations() {
     let err = LeasePattern::parse(&"a".repeat(33)).unwrap_err();
     assert!(err.contains("32 hexadecimal digits"), "{err}");
 }
+
+/// The wire indices of the queue's variants (SPEC R17), one constant each. On this branch
+/// they follow the prerequisites directly; merged after the policy work (requests 40-48,
+/// answers 34-41) they become requests 49, 50, 51 and answers 42, 43, 44: renumber here.
+mod queue_index {
+    pub const CHECKOUT_WAIT: u8 = 49;
+    pub const QUEUE_CANCEL: u8 = 50;
+    pub const QUEUE: u8 = 51;
+    pub const QUEUED: u8 = 42;
+    pub const QUEUE_LIST: u8 = 43;
+    pub const QUEUE_CANCELLED: u8 = 44;
+    /// `ServerMessage::Queue`, after `Error`.
+    pub const NOTICE: u8 = 4;
+}
+
+/// The queue's requests, answers and notice, byte for byte (each index from
+/// `queue_index`).
+#[test]
+fn golden_bytes_of_the_queue() {
+    use queue_index::*;
+    let id = "02".repeat(16);
+    let wait = Request::CheckoutWait(CheckoutWait {
+        checkout: Checkout {
+            request_id: RequestId([2; 16]),
+            feature: "f".into(),
+            seats: 1,
+        },
+        wait_secs: Some(90),
+    });
+    // the id, "f", 1 seat, Some(90)
+    assert_eq!(encode(&wait), format!("{CHECKOUT_WAIT:02x}{id}016601015a"));
+    assert!(wait.is_idempotent() && !wait.is_read_only());
+    let cancel = Request::QueueCancel(QueueCancel {
+        request_id: RequestId([2; 16]),
+    });
+    assert_eq!(encode(&cancel), format!("{QUEUE_CANCEL:02x}{id}"));
+    let query = Request::Queue(QueueQuery {
+        feature: Some("f".into()),
+    });
+    assert_eq!(encode(&query), format!("{QUEUE:02x}010166"));
+    assert!(query.is_read_only());
+    let place = Response::Queued(QueuePlace {
+        request_id: RequestId([2; 16]),
+        feature: "f".into(),
+        seats: 1,
+        position: 3,
+        since: 1000,
+        deadline: None,
+    });
+    // the id, "f", 1 seat, position 3, since 1000 (zigzag varint d00f), no deadline
+    assert_eq!(encode(&place), format!("{QUEUED:02x}{id}01660103d00f00"));
+    let list = Response::Queue(vec![QueueEntry {
+        feature: "f".into(),
+        seats: 1,
+        user: "u".into(),
+        host: "h".into(),
+        since: 1000,
+        position: 1,
+    }]);
+    assert_eq!(
+        encode(&list),
+        format!("{QUEUE_LIST:02x}0101660101750168d00f01")
+    );
+    assert_eq!(
+        encode(&Response::QueueCancelled(true)),
+        format!("{QUEUE_CANCELLED:02x}01")
+    );
+    let ended = ServerMessage::Queue(QueueNotice {
+        request_id: RequestId([2; 16]),
+        outcome: QueueOutcome::Ended(ErrorBody::new(ErrorCode::QueueTimeout, "t")),
+    });
+    // the id, Ended (1), queue_timeout (13), "t"
+    assert_eq!(encode(&ended), format!("{NOTICE:02x}{id}010d0174"));
+    let granted = ServerMessage::Queue(QueueNotice {
+        request_id: RequestId([2; 16]),
+        outcome: QueueOutcome::Granted(lease_info()),
+    });
+    assert_eq!(
+        encode(&granted),
+        format!("{NOTICE:02x}{id}00{}", &encode(&lease_info()))
+    );
+}

@@ -214,6 +214,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         Serving::Standby { .. } => None,
     };
 
+    // Queue notices (R17) for this client instance come from the engine through here.
+    let mut notices = shared.notices.register(holder.client);
+
     // Requests, pipelined; answers go back in order.
     let idle = shared.ttl;
     let mut pending = FuturesOrdered::new();
@@ -246,6 +249,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 if let Some(err) = signed_out {
                     return Err(refuse(&mut conn, err).await);
                 }
+            }
+            Some(notice) = notices.messages.recv() => {
+                conn.send(&notice).await.map_err(|e| e.to_string())?;
             }
             _ = shutdown.cancelled(), if !closing => closing = true,
             ended = sign_outs.recv() => match ended {

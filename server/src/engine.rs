@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tally_protocol::{
     key_id, BorrowClaims, BorrowOnce, Borrowed, ErrorBody, ErrorCode, IssuedToken, LeaseId,
-    LeaseInfo, Outcome, RequestId, Response,
+    LeaseInfo, Outcome, QueueNotice, QueueOutcome, RequestId, Response, ServerMessage,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
@@ -34,6 +34,7 @@ use crate::core::{
 use crate::fold::RefusalFolder;
 use crate::ha::{Role, Serving};
 use crate::init::{new_token, token_hash};
+use crate::notices::Notices;
 use crate::route::{AuditRead, EngineKind, EngineRequest, PoolRequest};
 use crate::store::{ClusterStore, Fence, Store, StoreError};
 use crate::watchdog::Watchdog;
@@ -191,6 +192,8 @@ pub struct Engine {
     /// The fence of every commit: [`Fence::Single`] for a single node, the epoch it leads
     /// under in a cluster.
     fence: Fence,
+    /// Where queue notices (R17) go once their batch is committed.
+    notices: Arc<Notices>,
 }
 
 /// What the engine of a cluster's node follows.
@@ -251,7 +254,13 @@ impl Engine {
             cluster: None,
             serving: watch::channel(Serving::Leader { epoch: 0 }).0,
             fence: Fence::Single,
+            notices: Arc::new(Notices::default()),
         }
+    }
+
+    pub fn with_notices(mut self, notices: Arc<Notices>) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Follows `cluster`'s role instead of serving as a single node: a standby to begin with.
@@ -484,6 +493,7 @@ impl Engine {
             watchdog.ping_if_due();
             let mut batch = Batch::default();
             let mut replies = Vec::new();
+            let queue_due = self.pool.queue_next_due();
             tokio::select! {
                 biased;
                 () = leadership_lost(role.clone(), epoch) => return Stopped::Lost { fenced: false },
@@ -494,6 +504,7 @@ impl Engine {
                 _ = sweep.tick() => self.sweep(&mut batch),
                 // A stepped test clock is applied at once, not at the next tick.
                 () = clock.stepped() => self.sweep(&mut batch),
+                () = until_millis(&clock, queue_due) => self.sweep(&mut batch),
                 () = watchdog.due() => {}
             }
             // Gather the batch. Clients answered by the last commit come back within a
@@ -514,6 +525,7 @@ impl Engine {
                 }
             }
             answered = replies.len();
+            self.serve_queue(&mut batch);
             if let Err(lost) = self.flush(batch, replies, role.clone()).await {
                 return lost;
             }
@@ -521,6 +533,14 @@ impl Engine {
     }
 
     /// Reclaims what lapsed and writes the refusals folded long enough.
+    /// Gives the seats freed so far to the checkouts waiting for them (R17), before any
+    /// later request can take them.
+    fn serve_queue(&mut self, batch: &mut Batch) {
+        let now = self.clock.now_millis();
+        self.pool
+            .serve_queue(now, &mut || LeaseId(rand::random()), batch);
+    }
+
     fn sweep(&mut self, batch: &mut Batch) {
         let now = self.clock.now_millis();
         self.pool.sweep(now, batch);
@@ -559,6 +579,10 @@ impl Engine {
                 return;
             }
         };
+        // The client instance is here: its waiting checkouts keep their places, and the
+        // seats freed by the requests before this one go to the queue first.
+        self.pool.queue_seen(holder.client, now);
+        self.serve_queue(batch);
         let request = match request.kind {
             EngineKind::Pool(request) => request,
             EngineKind::Audit(read) => {
@@ -824,6 +848,20 @@ impl Engine {
             PoolRequest::Figures(query) => pool
                 .figures(now, query.feature.as_deref(), batch)
                 .map(Response::Figures),
+            PoolRequest::CheckoutWait(wait) => {
+                let id = LeaseId(rand::random());
+                pool.checkout_wait(now, actor, holder, &wait, id, batch)
+            }
+            PoolRequest::QueueCancel(cancel) => Ok(Response::QueueCancelled(pool.queue_cancel(
+                now,
+                actor,
+                holder,
+                cancel.request_id,
+                batch,
+            ))),
+            PoolRequest::Queue(query) => pool
+                .queue_list(now, actor, &query, batch)
+                .map(Response::Queue),
         }
     }
 
@@ -868,6 +906,28 @@ impl Engine {
                         }
                     }
                 }
+                // The reloaded pool has no queue (it lives in memory): every wait ends, and
+                // a grant that was not committed is no grant.
+                let mut waiting = self.pool.queue_waiting();
+                waiting.extend(
+                    batch
+                        .queue_notices
+                        .iter()
+                        .map(|(client, notice)| (*client, notice.request_id)),
+                );
+                for (client, request_id) in waiting {
+                    let err = ErrorBody::new(
+                        ErrorCode::Internal,
+                        "the server could not record a change and reloaded its pool, which ended this wait in the queue; check out again",
+                    );
+                    self.notices.send(
+                        client,
+                        ServerMessage::Queue(QueueNotice {
+                            request_id,
+                            outcome: QueueOutcome::Ended(err),
+                        }),
+                    );
+                }
                 self.reload().await;
                 return Ok(());
             }
@@ -885,6 +945,10 @@ impl Engine {
             if !batch.notifications.is_empty() {
                 self.outbox.notify_one();
             }
+        }
+        // Committed: the queue's grants are durable, so their clients may be told.
+        for (client, notice) in batch.queue_notices.drain(..) {
+            self.notices.send(client, ServerMessage::Queue(notice));
         }
         for reply in replies {
             match reply {
@@ -980,6 +1044,18 @@ impl Engine {
 }
 
 /// A standby's `not_leader`, naming the leader when it is known.
+/// Resolves at `due` (Unix milliseconds) by `clock`; never when `None`. For a manual clock
+/// the wait is in real time, but stepping the clock wakes the sweep anyway.
+async fn until_millis(clock: &Clock, due: Option<i64>) {
+    match due {
+        Some(due) => {
+            let wait = due.saturating_sub(clock.now_millis()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn not_leader(job: RequestJob, leader: Option<&str>) {
     let message = match leader {
         Some(leader) => format!("this node is a standby; the leader is at {leader}"),

@@ -8,7 +8,8 @@
 //! - [`conn`]: one client connection; `shared`: what connection tasks share.
 //! - [`store`]: durable state behind the [`store::Store`] trait.
 //! - [`ha`]: leadership on PostgreSQL (not yet wired in): the elector and the epoch fence.
-//! - [`notify`]: delivery of the notification outbox.
+//! - [`notify`]: delivery of the notification outbox; [`notices`]: server-initiated
+//!   messages (queue notices) to the live connection of a client instance.
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
 //! - [`config`], [`init`]: configuration and the data directory; [`check`]: what
 //!   `tallyd check-config` reads beyond the file; [`error`]: the error of setting up and
@@ -30,6 +31,7 @@ pub mod ha;
 pub mod init;
 mod limiter;
 mod logtext;
+pub mod notices;
 pub mod notify;
 mod route;
 mod server;

@@ -6,11 +6,11 @@
 
 use crate::core::Action;
 use tally_protocol::{
-    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, EntitlementDelete,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement, GroupAdd,
-    GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery, NewEntitlement, PolicyAdd, PolicyCheck,
-    PolicyQuery, Release, ReleaseMatching, Request, Resume, Return, Revoke, RuleRef, StatusQuery,
-    TokenMint, TokenRevoke, UserAdd, UserRef,
+    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, CheckoutWait,
+    EntitlementDelete, EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement,
+    GroupAdd, GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery, NewEntitlement, PolicyAdd,
+    PolicyCheck, PolicyQuery, QueueCancel, QueueQuery, Release, ReleaseMatching, Request, Resume,
+    Return, Revoke, RuleRef, StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
 };
 
 /// Who answers a request.
@@ -102,6 +102,9 @@ pub enum PoolRequest {
     PolicyRemove(RuleRef),
     PolicyCheck(PolicyCheck),
     Figures(StatusQuery),
+    CheckoutWait(CheckoutWait),
+    QueueCancel(QueueCancel),
+    Queue(QueueQuery),
 }
 
 /// Decides who answers `request`.
@@ -177,6 +180,9 @@ pub fn route(request: Request) -> Route {
         Request::PolicyRemove(body) => PoolRequest::PolicyRemove(body),
         Request::PolicyCheck(body) => PoolRequest::PolicyCheck(body),
         Request::Figures(body) => PoolRequest::Figures(body),
+        Request::CheckoutWait(body) => PoolRequest::CheckoutWait(body),
+        Request::QueueCancel(body) => PoolRequest::QueueCancel(body),
+        Request::Queue(body) => PoolRequest::Queue(body),
     };
     Route::Engine(EngineRequest {
         name,

@@ -20,6 +20,7 @@ use crate::error::{Context, Error, Result};
 use crate::ha::{Elector, ElectorConfig, Serving};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
+use crate::notices::Notices;
 use crate::notify;
 use crate::shared::{Node, Shared};
 use crate::store::Store;
@@ -114,6 +115,7 @@ pub async fn run(
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
     let (sign_outs, _) = broadcast::channel(1024);
     let outbox = Arc::new(Notify::new());
+    let notices = Arc::new(Notices::default());
     let public_key = init::public_key(&signing_key);
     let signer = Signer {
         key: signing_key,
@@ -129,7 +131,8 @@ pub async fn run(
         sign_outs.clone(),
     )
     .with_watchdog(control.watchdog)
-    .with_clock(control.clock.clone());
+    .with_clock(control.clock.clone())
+    .with_notices(notices.clone());
     let (engine, elector) = match (&cluster, &node) {
         (Some(cluster), Some((id, address))) => {
             let elector = Elector::start(
@@ -191,6 +194,7 @@ pub async fn run(
             }),
             _ => None,
         },
+        notices,
     });
     match &node {
         Some((id, address)) => {

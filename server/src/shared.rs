@@ -1,5 +1,6 @@
 //! `Shared`: what every connection task reads (TLS configuration, limits, the engine's
-//! queue, the sign-out broadcast, the front door's limiters). `server::run` builds it and
+//! queue, the sign-out broadcast, the front door's limiters, the connections queue notices
+//! go to). `server::run` builds it and
 //! swaps the TLS configuration and limits on reload; `conn` only reads it.
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use crate::config::Limits;
 use crate::core::SignOut;
 use crate::ha::Serving;
 use crate::limiter::{AuthLimiter, PreAuth};
+use crate::notices::Notices;
 use crate::store::{ClusterStore, Store};
 
 /// What connection tasks share.
@@ -47,6 +49,8 @@ pub struct Shared {
     pub serving: watch::Receiver<Serving>,
     /// This node in its cluster; `None` for a single node.
     pub node: Option<Node>,
+    /// Where the engine's queue notices reach each client instance's connection.
+    pub notices: Arc<Notices>,
 }
 
 /// A cluster's node, for `server info` and `server nodes`.

@@ -22,6 +22,7 @@ mod policy;
 mod pool;
 mod prereqs;
 mod python;
+mod queue;
 mod reconnect;
 mod redirect;
 mod robust;

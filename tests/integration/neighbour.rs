@@ -218,7 +218,12 @@ async fn listings_print_times_past_year_9999_and_before_1970() {
                         next: None,
                     }))
                 }
-                Request::Status(_) => Outcome::Ok(Response::Status(vec![figures("vray")])),
+                Request::Figures(_) => {
+                    Outcome::Ok(Response::Figures(vec![tally_protocol::FeatureFigures {
+                        status: figures("vray"),
+                        reserved: 0,
+                    }]))
+                }
                 Request::EntitlementList(_) => {
                     Outcome::Ok(Response::Entitlements(entitlements.clone()))
                 }
@@ -542,7 +547,7 @@ async fn a_token_others_can_read_is_warned_about() {
     let fake = FakeServer::start(
         &server,
         Script::honest(1_000).replying(|request| match request {
-            Request::Status(_) => Reply::Answer(Outcome::Ok(Response::Status(Vec::new()))),
+            Request::Figures(_) => Reply::Answer(Outcome::Ok(Response::Figures(Vec::new()))),
             Request::EntitlementList(_) => {
                 Reply::Answer(Outcome::Ok(Response::Entitlements(Vec::new())))
             }

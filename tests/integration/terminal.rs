@@ -111,15 +111,18 @@ fn assignment() -> AssignmentInfo {
 /// The fake's answer to each request a listing sends: every string in it is [`ATTACK`].
 fn hostile(request: &Request) -> Outcome {
     let response = match request {
-        Request::Status(_) => Response::Status(vec![tally_protocol::FeatureStatus {
-            feature: ATTACK.into(),
-            total: 5,
-            assigned: 1,
-            floating: 4,
-            in_use: 1,
-            borrowed: 0,
-            available: 4,
-            queued: 0,
+        Request::Figures(_) => Response::Figures(vec![tally_protocol::FeatureFigures {
+            status: tally_protocol::FeatureStatus {
+                feature: ATTACK.into(),
+                total: 5,
+                assigned: 1,
+                floating: 4,
+                in_use: 1,
+                borrowed: 0,
+                available: 4,
+                queued: 0,
+            },
+            reserved: 0,
         }]),
         Request::EntitlementList(_) => Response::Entitlements(vec![Entitlement {
             id: 1,
@@ -364,13 +367,13 @@ async fn a_forged_leader_name_is_escaped_in_the_log() {
     let statuses = Arc::new(AtomicUsize::new(0));
     let seen = statuses.clone();
     let reply = move |request: &Request| match request {
-        Request::Status(_) if seen.fetch_add(1, Ordering::SeqCst) == 0 => {
+        Request::Figures(_) if seen.fetch_add(1, Ordering::SeqCst) == 0 => {
             Reply::Answer(Outcome::NotLeader(NotLeader {
                 leader: Some(LEADER.into()),
                 message: ATTACK.into(),
             }))
         }
-        Request::Status(_) => {
+        Request::Figures(_) => {
             Reply::Answer(Outcome::Err(ErrorBody::new(ErrorCode::NotLeader, ATTACK)))
         }
         other => Reply::Answer(honest(other)),

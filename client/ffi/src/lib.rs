@@ -267,10 +267,10 @@ pub unsafe extern "C" fn tally_client_free(client: *mut TallyClient) {
 }
 
 /// Checks out `seats` seats of `feature`. When none is free: with `wait_ms` 0 fails at once
-/// with `TALLY_CODE_NO_SEAT`; otherwise tries again (every 100 ms at first, then every
-/// second) until `wait_ms` milliseconds have passed, then fails with `TALLY_CODE_NO_SEAT`.
-/// (Servers have no queue yet, SPEC R17; once they do, a wait may end in
-/// `TALLY_CODE_QUEUE_TIMEOUT`: treat both alike.) On success `*lease` is a new handle.
+/// with `TALLY_CODE_NO_SEAT`; otherwise waits in the feature's queue on the server (first
+/// come, first served) until a seat is granted or `wait_ms` milliseconds have passed, then
+/// leaves the queue and fails with `TALLY_CODE_NO_SEAT`. (`TALLY_CODE_QUEUE_TIMEOUT` means
+/// the same: treat both alike.) On success `*lease` is a new handle.
 ///
 /// # Safety
 /// `client` is a live client handle; `feature` a NUL-terminated string; `lease` points

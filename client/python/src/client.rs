@@ -54,8 +54,8 @@ impl Client {
     }
 
     /// Checks out `seats` seats of `feature`: a lease that heartbeats until released. With
-    /// `wait` (seconds, a `timedelta` or text such as `"10m"`), tries again while no seat is
-    /// free, until the wait has passed.
+    /// `wait` (seconds, a `timedelta` or text such as `"10m"`), waits in the feature's queue
+    /// on the server while no seat is free, until a seat is granted or the wait has passed.
     #[pyo3(signature = (feature, seats=1, wait=None))]
     fn checkout(
         &self,

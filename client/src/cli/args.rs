@@ -122,6 +122,12 @@ pub enum Command {
     },
     /// Check out seats and hold them until interrupted, or while running a command.
     Checkout(CheckoutArgs),
+    /// Checkouts waiting for a seat, each feature's in the order they are served (admins
+    /// see every one, others their own).
+    Queue {
+        /// Only this feature's queue.
+        feature: Option<String>,
+    },
     /// Manage entitlements (purchases of a feature).
     #[command(subcommand)]
     Entitlement(EntitlementCommand),
@@ -326,6 +332,11 @@ pub struct CheckoutArgs {
     /// How many seats.
     #[arg(long, default_value_t = 1)]
     pub seats: u32,
+    /// When no seat is free, wait in the feature's queue (first come, first served) for at
+    /// most DURATION (90s, 15m, 8h, 7d); with no value, with no limit. When it passes
+    /// unserved: exit 3 with queue_timeout.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "")]
+    pub wait: Option<String>,
     /// Command to run while holding the lease; tally exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -1,5 +1,5 @@
 //! Seats and leases: `status` (and `status --all`, the `lmstat -a` view), `leases`,
-//! `checkout` and `release`.
+//! `checkout` (with `--wait`, in the feature's queue), `queue` and `release`.
 
 use tally_protocol::{
     now_millis, Entitlement, FeatureFigures, LeasePattern, LeasesQuery, ReleaseMatching,
@@ -14,10 +14,15 @@ use crate::{Client, Error};
 
 /// A seats-and-leases command, checked and ready to send.
 pub enum Action {
-    Status { feature: Option<String>, all: bool },
+    Status {
+        feature: Option<String>,
+        all: bool,
+    },
     Leases(LeasesQuery),
     Checkout(Checkout),
     Release(ReleaseMatching),
+    /// `queue [FEATURE]`.
+    Queue(Option<String>),
 }
 
 /// `checkout`: the seats to take, and the command to run while holding them (none: hold
@@ -25,6 +30,8 @@ pub enum Action {
 pub struct Checkout {
     feature: String,
     seats: u32,
+    /// `--wait`: `None` does not wait; `Some(None)` waits with no limit.
+    wait: Option<Option<std::time::Duration>>,
     command: Vec<String>,
 }
 
@@ -47,8 +54,17 @@ impl Action {
         Ok(Action::Checkout(Checkout {
             feature: values::feature(args.feature)?,
             seats: values::seats(args.seats)?,
+            wait: match args.wait.as_deref() {
+                None => None,
+                Some("") => Some(None),
+                Some(text) => Some(Some(values::duration(text)?)),
+            },
             command: args.command,
         }))
+    }
+
+    pub fn queue(feature: Option<String>) -> Result<Self, Failure> {
+        Ok(Action::Queue(values::feature_opt(feature)?))
     }
 
     /// `release LEASE_ID` (a full id, a prefix or `PREFIX...SUFFIX`), or `release --user U
@@ -98,7 +114,7 @@ impl Action {
                 let mut signals = Signals::install()?;
                 super::output::hold_through_broken_pipes();
                 let lease = tokio::select! {
-                    lease = client.checkout(&checkout.feature, checkout.seats) => lease?,
+                    lease = take(client, &checkout, out) => lease?,
                     signal = signals.recv() => return Err(hold::interrupted(signal, &checkout.feature)),
                 };
                 return if checkout.command.is_empty() {
@@ -109,9 +125,28 @@ impl Action {
                 };
             }
             Action::Release(release) => out.released(&client.release_matching(release).await?),
+            Action::Queue(feature) => out.queue(&client.queue(feature.as_deref()).await?),
         }
         Ok(exit::OK)
     }
+}
+
+/// The checkout's lease: at once, or after a wait in the feature's queue (said once on a
+/// terminal's stderr, with the place).
+async fn take(client: &Client, checkout: &Checkout, out: &Output) -> Result<crate::Lease, Error> {
+    let Some(limit) = checkout.wait else {
+        return client.checkout(&checkout.feature, checkout.seats).await;
+    };
+    let (queued, place) = tokio::sync::oneshot::channel();
+    let wait = client.checkout_wait_with(&checkout.feature, checkout.seats, limit, Some(queued));
+    tokio::pin!(wait);
+    tokio::select! {
+        lease = &mut wait => return lease,
+        place = place => if let Ok(place) = place {
+            out.queued(&place);
+        },
+    }
+    wait.await
 }
 
 /// `status --all`: each feature with its holders, asked for a feature at a time and

@@ -74,6 +74,7 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
         Command::Status { feature, all } => R::Leases(leases::Action::status(feature, all)?),
         Command::Leases { feature, user } => R::Leases(leases::Action::leases(feature, user)?),
         Command::Checkout(args) => R::Leases(leases::Action::checkout(args)?),
+        Command::Queue { feature } => R::Leases(leases::Action::queue(feature)?),
         Command::Release {
             lease_id,
             user,

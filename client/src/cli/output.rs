@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use tally_protocol::{
     AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, Entitlement, EntitlementDeleted,
     EntitlementUpdated, FeatureFigures, FeatureRequires, FeatureStatus, GroupInfo, HeldLease,
-    IssuedToken, LeaseId, LeaseInfo, LeaseSource, NodeInfo, PolicyDecision, RuleAdded, RuleInfo,
-    ServerInfo, TokenInfo, UserInfo, Whoami,
+    IssuedToken, LeaseId, LeaseInfo, LeaseSource, NodeInfo, PolicyDecision, QueueEntry, QueuePlace,
+    RuleAdded, RuleInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
 };
 
 /// Prints a line for people on stdout, with control characters escaped ([`line`]).
@@ -950,6 +950,63 @@ impl Output {
             e.id,
             e.seats,
             e.feature
+        );
+    }
+
+    /// A checkout that waits in the queue, said once on stderr when it is a terminal (a
+    /// script reads the grant, or the failure, from stdout).
+    pub fn queued(&self, place: &QueuePlace) {
+        #[allow(clippy::disallowed_methods)]
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if terminal {
+            say_err!(
+                "no seat of {} is free: waiting for {} seat(s) at position {} in the queue",
+                place.feature,
+                place.seats,
+                place.position
+            );
+        }
+    }
+
+    /// The waiting checkouts (R17), each feature's in the order they are served. JSON is
+    /// the spec's document.
+    pub fn queue(&self, list: &[QueueEntry]) {
+        if self.json {
+            let list: Vec<Value> = list
+                .iter()
+                .map(|e| {
+                    json!({
+                        "feature": e.feature,
+                        "seats": e.seats,
+                        "user": e.user,
+                        "host": e.host,
+                        "since": time(e.since),
+                        "position": e.position,
+                    })
+                })
+                .collect();
+            return self.doc(json!({ "queue": list }));
+        }
+        if list.is_empty() {
+            say!("no checkout is waiting");
+            return;
+        }
+        let rows = list
+            .iter()
+            .map(|e| {
+                vec![
+                    e.feature.clone(),
+                    e.position.to_string(),
+                    e.seats.to_string(),
+                    e.user.clone(),
+                    e.host.clone(),
+                    time(e.since),
+                ]
+            })
+            .collect();
+        table(
+            &["feature", "position", "seats", "user", "host", "since"],
+            rows,
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use tally_protocol::{AuditEvent, Entitlement, ErrorBody, LeaseId};
+use tally_protocol::{AuditEvent, ClientId, Entitlement, ErrorBody, LeaseId, QueueNotice};
 
 use super::types::{Group, Rule};
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
@@ -68,6 +68,9 @@ pub struct Batch {
     pub rules_removed: Vec<u64>,
     /// The rule id counter, so that rule ids are never reused.
     pub next_rule_id: Option<u64>,
+    /// How queued checkouts ended (R17): each sent to its client instance's connection once
+    /// the batch is committed. Not written.
+    pub queue_notices: Vec<(ClientId, QueueNotice)>,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).

@@ -495,7 +495,7 @@ impl Pool {
                     in_use: usage.online,
                     borrowed: usage.borrowed,
                     available,
-                    queued: 0,
+                    queued: self.queue.queued_seats(feature),
                 }
             })
             .collect())

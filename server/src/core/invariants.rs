@@ -1,6 +1,7 @@
 //! The pool's invariants, checked from scratch: R1 for every feature and assignment, the
 //! usage counters against the leases, and the sessions against the leases they list. The
-//! property tests call [`Pool::check_invariants`] after every step.
+//! property tests call [`Pool::check_invariants`] after every step. With checkouts waiting
+//! (R17), also that none waits while its checkout would succeed.
 
 use std::collections::HashMap;
 
@@ -101,6 +102,6 @@ impl Pool {
                 }
             }
         }
-        Ok(())
+        self.check_queue(now)
     }
 }

@@ -15,6 +15,9 @@ use super::policy::Who;
 use super::prereqs::prerequisite_ids;
 use super::{rfc3339, Action, Actor, Batch, Holder, Lease, Pool};
 
+/// Where a checkout's seats come from, and the prerequisites' seats it also takes.
+pub(super) type Seats = (LeaseSource, Vec<(String, LeaseSource)>);
+
 impl Pool {
     /// Checks out `seats` floating seats (R1, R2), or returns the lease an earlier attempt
     /// of the same request got (R4).
@@ -28,24 +31,11 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<LeaseInfo, ErrorBody> {
         self.advance(now, batch);
-        if let Some(id) = self
-            .ledger
-            .by_request
-            .get(&(holder.client, request.request_id))
-            .copied()
-        {
-            if self.ledger.leases[&id].user == actor.username {
-                self.ledger.renew(holder.client, now);
-                return Ok(self.ledger.info(&self.ledger.leases[&id]));
-            }
+        if let Some(info) = self.lease_of_request(now, actor, holder, request.request_id) {
+            return Ok(info);
         }
         let feature = request.feature.as_str();
-        let checked = self
-            .check_checkout(now, actor, holder, request)
-            .and_then(|source| {
-                let taken = self.check_prerequisite_seats(now, actor, holder, request)?;
-                Ok((source, taken))
-            });
+        let checked = self.check_checkout_whole(now, actor, holder, request);
         let (source, taken) = batch.audit_refusal(
             now,
             actor,
@@ -54,6 +44,69 @@ impl Pool {
             Some(feature),
             checked,
         )?;
+        Ok(self.grant(
+            now,
+            actor,
+            holder,
+            request,
+            new_id,
+            (source, taken),
+            "",
+            batch,
+        ))
+    }
+
+    /// The live lease this client instance got for `request_id`, renewed, if it got one:
+    /// what a retried checkout returns (R4).
+    pub(super) fn lease_of_request(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request_id: tally_protocol::RequestId,
+    ) -> Option<LeaseInfo> {
+        let id = self
+            .ledger
+            .by_request
+            .get(&(holder.client, request_id))
+            .copied()?;
+        if self.ledger.leases[&id].user != actor.username {
+            return None;
+        }
+        self.ledger.renew(holder.client, now);
+        Some(self.ledger.info(&self.ledger.leases[&id]))
+    }
+
+    /// Whether a checkout would succeed now, prerequisites included: where its seats and
+    /// its prerequisites' seats come from, or the refusal. Nothing is taken.
+    pub(super) fn check_checkout_whole(
+        &self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Checkout,
+    ) -> Result<Seats, ErrorBody> {
+        let source = self.check_checkout(now, actor, holder, request)?;
+        let taken = self.check_prerequisite_seats(now, actor, holder, request)?;
+        Ok((source, taken))
+    }
+
+    /// Grants a checkout that [`check_checkout_whole`](Self::check_checkout_whole) allowed:
+    /// the lease and its prerequisites' seats, recorded and audited (`detail` says where
+    /// the grant came from when not from the request itself).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn grant(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        holder: &Holder,
+        request: &Checkout,
+        new_id: LeaseId,
+        (source, taken): Seats,
+        detail: &str,
+        batch: &mut Batch,
+    ) -> LeaseInfo {
+        let feature = request.feature.as_str();
         let lease = Lease {
             id: new_id,
             feature: feature.to_string(),
@@ -79,7 +132,7 @@ impl Pool {
             Action::Checkout,
             &new_id.to_string(),
             Some(feature),
-            Ok(""),
+            Ok(detail),
         );
         for (requires, source) in taken {
             let (id, request_id) = prerequisite_ids(new_id, &requires);
@@ -105,7 +158,7 @@ impl Pool {
             batch.add_lease(seat);
         }
         batch.add_lease(lease);
-        Ok(info)
+        info
     }
 
     /// The seat of each prerequisite of the feature (R18) that a checkout must also take,
@@ -385,15 +438,16 @@ impl Pool {
                 batch.update_lease(self.ledger.leases[&id].clone());
             }
         }
-        // A seat of a prerequisite resumed by itself, away from the lease it came with, is
-        // its own from now on: it no longer ends with that lease.
+        // A seat of a prerequisite resumed by itself, away from the lease it came with (on
+        // another instance, or not named in this resume, so about to be checked in below),
+        // is its own from now on: it no longer ends with that lease.
         for &id in &resumed {
             let lease = &self.ledger.leases[&id];
             let apart = lease.taken_with.is_some_and(|with| {
                 self.ledger
                     .leases
                     .get(&with)
-                    .is_none_or(|taker| taker.client != lease.client)
+                    .is_none_or(|taker| taker.client != lease.client || !resumed.contains(&with))
             });
             if apart {
                 self.ledger.unlink(id);
@@ -416,6 +470,10 @@ impl Pool {
                     .iter()
                     .copied()
                     .filter(|id| !ids.contains(id) && !linked.contains(id))
+                    // A grant from the queue (R17) may not have reached a client that was
+                    // away; its `CheckoutWait`, sent again after this resume, claims it
+                    // (and a `QueueCancel` gives it back).
+                    .filter(|id| !self.queue.is_unclaimed_grant(id))
                     .filter(|id| {
                         self.ledger
                             .leases

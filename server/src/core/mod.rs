@@ -21,7 +21,8 @@
 //!   (assign, revoke, assignment ends), `borrow` (borrow, return), `tokens` (sign-in,
 //!   mint, list, revoke), `audit` (whether the names an audit query filters by exist),
 //!   `prereqs` (R18: the features a checkout of another also takes a seat of) and `policy`
-//!   (R16: groups and rules, checked at checkout and borrow).
+//!   (R16: groups and rules, checked at checkout and borrow);
+//! - `queue` (R17): checkouts waiting for a seat, served in order as seats free up.
 
 mod assign;
 mod audit;
@@ -35,6 +36,7 @@ mod leases;
 mod ledger;
 mod policy;
 mod prereqs;
+mod queue;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -48,6 +50,7 @@ use tally_protocol::{EndReason, Entitlement, ErrorBody, ErrorCode, UserState};
 
 pub use batch::{Batch, Notification, SignOut, Snapshot};
 pub use checks::require_admin;
+pub use queue::MAX_WAITS_PER_CLIENT;
 pub use tally_protocol::AuditEvent;
 pub use tokens::{token_id, SignedIn, Token};
 pub use types::{
@@ -89,6 +92,8 @@ pub struct Pool {
     requires: BTreeMap<String, BTreeSet<String>>,
     /// Groups and policy rules (R16).
     rules: policy::Rules,
+    /// Checkouts waiting for a seat (R17); in memory only.
+    queue: queue::Queue,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
@@ -112,6 +117,7 @@ impl Pool {
             policy,
             requires: BTreeMap::new(),
             rules: policy::Rules::new(),
+            queue: queue::Queue::default(),
             next_boundary: i64::MAX,
         }
     }
@@ -232,6 +238,7 @@ impl Pool {
     pub fn sweep(&mut self, now: i64, batch: &mut Batch) {
         self.advance(now, batch);
         self.ledger.forget_stale_sessions(now);
+        self.forget_ended_grants();
     }
 
     /// The user a request comes from, by account id and token, as the pool knows them now:

@@ -927,6 +927,25 @@ impl Pool {
         Ok(())
     }
 
+    /// Whether a refusal of `who`'s checkout of `seats` seats of `feature` is one a wait in
+    /// the queue may outlast (R17: a freed seat goes to the first entry that policy and seat
+    /// count allow): no seat free, or a `max` rule whose group holds its limit now. Include
+    /// and exclude refuse for good.
+    pub(super) fn may_wait(&self, feature: &str, who: &Who, seats: u32, err: &ErrorBody) -> bool {
+        match err.code {
+            ErrorCode::NoSeat => true,
+            ErrorCode::Denied => match self.policy_refusal(feature, who, seats, false) {
+                Err((id, _)) => self
+                    .rules
+                    .rules
+                    .get(&id)
+                    .is_some_and(|rule| rule.spec.kind == RuleKind::Max),
+                Ok(()) => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Where `who` queues for a feature: the lowest number of the `priority` rules whose
     /// group takes them in, or `u32::MAX` when none does (lower goes first).
     pub(super) fn queue_priority(&self, feature: &str, who: &Who) -> u32 {

@@ -197,6 +197,17 @@ enum Op {
     Require {
         on: bool,
     },
+    /// A checkout that waits in the queue (R17), for `wait` seconds or with no limit.
+    Wait {
+        client: usize,
+        feature: usize,
+        seats: u32,
+        wait: Option<u64>,
+    },
+    /// The client gives up its last wait.
+    CancelWait {
+        client: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -233,6 +244,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4 * TTL).prop_map(|downtime| Op::Restart { downtime }),
         1 => (0..2 * TTL).prop_map(|delay| Op::FailNextCommit { delay }),
         1 => any::<bool>().prop_map(|on| Op::Require { on }),
+        4 => (0..6usize, 0..2usize, 1..4u32, proptest::option::of(0..30u64))
+            .prop_map(|(client, feature, seats, wait)| Op::Wait { client, feature, seats, wait }),
+        1 => (0..6usize).prop_map(|client| Op::CancelWait { client }),
     ]
 }
 
@@ -326,6 +340,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     continue;
                 };
                 pool.heartbeat(now, &actor, &holder(client), &mut batch);
+                // As the engine does for every request: the instance's waits are kept.
+                pool.queue_seen(holder(client).client, now);
             }
             Op::Checkin { pick: i } => {
                 if let Some(id) = pick(i) {
@@ -616,7 +632,45 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 pool.advance(now, &mut batch);
             }
             Op::FailNextCommit { delay } => commit_fails = Some(delay),
+            Op::Wait {
+                client,
+                feature,
+                seats,
+                wait,
+            } => {
+                last_request[client] = last_request[client].wrapping_add(1);
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
+                let request = tally_protocol::CheckoutWait {
+                    checkout: Checkout {
+                        request_id: request_id(client, last_request[client]),
+                        feature: FEATURES[feature].into(),
+                        seats,
+                    },
+                    wait_secs: wait,
+                };
+                let id = LeaseId(next_lease.to_be_bytes());
+                next_lease += 1;
+                let _ = pool.checkout_wait(now, &actor, &holder(client), &request, id, &mut batch);
+            }
+            Op::CancelWait { client } => {
+                let Ok(actor) = pool.authorize(&member(client).username) else {
+                    continue;
+                };
+                let request = request_id(client, last_request[client]);
+                pool.queue_cancel(now, &actor, &holder(client), request, &mut batch);
+            }
         }
+        // As the engine does before every commit: freed seats go to the waiting checkouts.
+        pool.serve_queue(
+            now,
+            &mut || {
+                next_lease += 1;
+                LeaseId((next_lease - 1).to_be_bytes())
+            },
+            &mut batch,
+        );
         if let Some(delay) = failing {
             // The batch never reaches the store; the engine reloads the pool and applies
             // what passed meanwhile, as a commit of its own.
@@ -645,7 +699,8 @@ proptest! {
     /// R1 after every step of 10,000 random interleavings of checkout (and retries),
     /// heartbeat, check-in, release (by id, prefix and user), resume, expiry, entitlement
     /// add/update/remove (with and without force), assign (and moves), revoke, deactivate,
-    /// activate and restart.
+    /// activate, restart, and checkouts waiting in the queue (R17: none waits while its
+    /// checkout would succeed).
     #[test]
     fn r1_holds_under_random_interleavings(ops in proptest::collection::vec(op(), 1..40)) {
         run(&ops)?;
@@ -2704,4 +2759,446 @@ fn a_prerequisite_seat_resumed_alone_elsewhere_becomes_its_own() {
     pool.check_invariants(3).unwrap();
     pool.checkin(4, &member(0), vray.id, &mut batch).unwrap();
     assert_eq!(seats_in_use(&pool, "maya"), 1);
+}
+
+/// The queue of waiting checkouts (R17).
+mod queue {
+    use tally_protocol::{CheckoutWait, QueueOutcome, QueueQuery, Response};
+
+    use super::*;
+
+    /// A pool with the test users and `seats` seats of vray.
+    fn pool(seats: u32) -> Pool {
+        let (mut pool, mut batch) = pool_with_users(Policy::default());
+        pool.add_entitlement(0, &admin(), &entitlement("vray", seats), &mut batch)
+            .unwrap();
+        pool
+    }
+
+    fn wait(seats: u32, request: RequestId, wait_secs: Option<u64>) -> CheckoutWait {
+        CheckoutWait {
+            checkout: Checkout {
+                request_id: request,
+                feature: "vray".into(),
+                seats,
+            },
+            wait_secs,
+        }
+    }
+
+    /// Lease ids from a counter, as the engine gives random ones.
+    fn ids() -> impl FnMut() -> LeaseId {
+        let mut n = 100u8;
+        move || {
+            n += 1;
+            LeaseId([n; 16])
+        }
+    }
+
+    /// Client `i` (user `member(i)`) waits for `seats` seats; returns the answer.
+    fn join(pool: &mut Pool, now: i64, i: usize, seats: u32, batch: &mut Batch) -> Response {
+        pool.checkout_wait(
+            now,
+            &member(i),
+            &holder(i),
+            &wait(seats, request_id(i, 1), None),
+            LeaseId([i as u8 + 50; 16]),
+            batch,
+        )
+        .unwrap()
+    }
+
+    fn position(response: &Response) -> u32 {
+        match response {
+            Response::Queued(place) => place.position,
+            other => panic!("not queued: {other:?}"),
+        }
+    }
+
+    /// The clients granted by the batch's notices, in order, and those ended with a code.
+    fn notices(batch: &Batch) -> (Vec<ClientId>, Vec<(ClientId, ErrorCode)>) {
+        let mut granted = Vec::new();
+        let mut ended = Vec::new();
+        for (client, notice) in &batch.queue_notices {
+            match &notice.outcome {
+                QueueOutcome::Granted(info) => {
+                    assert_eq!(info.feature, "vray");
+                    granted.push(*client)
+                }
+                QueueOutcome::Ended(err) => ended.push((*client, err.code)),
+            }
+        }
+        (granted, ended)
+    }
+
+    /// Holder 0 holds the pool's one seat, 1 to 4 wait (1 and 4 are the same user, ana and
+    /// ben alternate): each freed seat goes to the next in order of arrival.
+    #[test]
+    fn waiters_are_served_first_come_first_served() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        let held = match join(&mut pool, 1, 0, 1, &mut batch) {
+            Response::Lease(info) => info.id,
+            other => panic!("{other:?}"),
+        };
+        for i in [1, 3, 4] {
+            let response = join(&mut pool, 10 + i as i64, i, 1, &mut batch);
+            assert_eq!(position(&response), [0, 1, 0, 2, 3][i]);
+        }
+        let mut ids = ids();
+        pool.serve_queue(20, &mut ids, &mut batch);
+        assert!(batch.queue_notices.is_empty(), "no seat is free yet");
+        pool.check_invariants(20).unwrap();
+        let status = pool.status(20, Some("vray"), &mut batch).unwrap();
+        assert_eq!(status[0].queued, 3);
+
+        pool.checkin(30, &member(0), held, &mut batch).unwrap();
+        let mut batch = Batch::default();
+        pool.serve_queue(30, &mut ids, &mut batch);
+        assert_eq!(notices(&batch).0, [holder(1).client]);
+        pool.check_invariants(30).unwrap();
+        let listed = pool
+            .queue_list(31, &admin(), &QueueQuery { feature: None }, &mut batch)
+            .unwrap();
+        let order: Vec<(String, u32)> = listed
+            .iter()
+            .map(|e| (e.host.clone(), e.position))
+            .collect();
+        assert_eq!(order, [("node3".to_string(), 1), ("node4".to_string(), 2)]);
+        // A member sees their own entry only, with its real position.
+        let own = pool
+            .queue_list(
+                31,
+                &member(4),
+                &QueueQuery {
+                    feature: Some("vray".into()),
+                },
+                &mut batch,
+            )
+            .unwrap();
+        assert_eq!(own.len(), 1);
+        assert_eq!((own[0].host.as_str(), own[0].position), ("node4", 2));
+
+        let granted = pool
+            .ledger
+            .leases
+            .values()
+            .find(|l| l.client == holder(1).client)
+            .unwrap()
+            .id;
+        pool.checkin(40, &member(1), granted, &mut batch).unwrap();
+        let mut batch = Batch::default();
+        pool.serve_queue(40, &mut ids, &mut batch);
+        assert_eq!(notices(&batch).0, [holder(3).client]);
+        // The grant is an ordinary lease, recorded and audited as a checkout from the queue.
+        assert_eq!(batch.leases_added.len(), 1);
+        assert!(batch
+            .audit
+            .iter()
+            .any(|e| e.action == "checkout" && e.reason.starts_with("from the queue")));
+        assert_eq!(
+            pool.status(41, Some("vray"), &mut batch).unwrap()[0].queued,
+            1
+        );
+    }
+
+    /// An entry asking more seats than are free is skipped for a later one that fits; it is
+    /// served once enough are free.
+    #[test]
+    fn an_entry_that_does_not_fit_is_skipped_for_one_that_does() {
+        let mut pool = pool(3);
+        let mut batch = Batch::default();
+        let mut held = Vec::new();
+        // Members only (2 and 5 are guests, who use no floating seats).
+        for i in [0, 4, 6] {
+            let Response::Lease(info) = join(&mut pool, 1, i, 1, &mut batch) else {
+                panic!("a seat was free");
+            };
+            held.push((i, info.id));
+        }
+        assert_eq!(position(&join(&mut pool, 2, 1, 2, &mut batch)), 1);
+        assert_eq!(position(&join(&mut pool, 3, 3, 1, &mut batch)), 2);
+        let mut ids = ids();
+        let (i, id) = held.pop().unwrap();
+        pool.checkin(10, &member(i), id, &mut batch).unwrap();
+        let mut batch = Batch::default();
+        pool.serve_queue(10, &mut ids, &mut batch);
+        assert_eq!(
+            notices(&batch).0,
+            [holder(3).client],
+            "the 1-seat wait fits"
+        );
+        pool.check_invariants(10).unwrap();
+        for (i, id) in held {
+            pool.checkin(20, &member(i), id, &mut batch).unwrap();
+        }
+        let mut batch = Batch::default();
+        pool.serve_queue(20, &mut ids, &mut batch);
+        assert_eq!(notices(&batch).0, [holder(1).client]);
+        assert!(pool.queue_is_empty());
+        pool.check_invariants(20).unwrap();
+    }
+
+    /// A freed seat goes to the queue before a new checkout that does not wait: the engine
+    /// serves the queue before each request, so the checkout finds no seat.
+    #[test]
+    fn a_freed_seat_goes_to_the_queue_before_a_new_checkout() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        let Response::Lease(info) = join(&mut pool, 1, 0, 1, &mut batch) else {
+            panic!("a seat was free");
+        };
+        join(&mut pool, 2, 1, 1, &mut batch);
+        pool.checkin(3, &member(0), info.id, &mut batch).unwrap();
+        pool.serve_queue(3, &mut ids(), &mut batch);
+        let err = pool
+            .checkout(
+                4,
+                &member(3),
+                &holder(3),
+                &checkout("vray", 1, 9),
+                LeaseId([9; 16]),
+                &mut batch,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NoSeat);
+        assert_eq!(notices(&batch).0, [holder(1).client]);
+    }
+
+    /// A retried `CheckoutWait` (the same request id, as after a reconnect) returns the same
+    /// place while it waits, and the lease once granted; no second entry, no second seat.
+    #[test]
+    fn a_retried_wait_returns_the_same_place_then_the_lease() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        let Response::Lease(info) = join(&mut pool, 1, 0, 1, &mut batch) else {
+            panic!("a seat was free");
+        };
+        let first = join(&mut pool, 2, 1, 1, &mut batch);
+        let again = join(&mut pool, 3, 1, 1, &mut batch);
+        assert_eq!(first, again);
+        assert_eq!(
+            pool.status(3, Some("vray"), &mut batch).unwrap()[0].queued,
+            1
+        );
+        // Another user on the same client instance with the same request id is not ana's
+        // entry's owner, and gets a place of its own only through its own instance.
+        pool.checkin(4, &member(0), info.id, &mut batch).unwrap();
+        let mut batch = Batch::default();
+        pool.serve_queue(4, &mut ids(), &mut batch);
+        let granted = match &batch.queue_notices[0].1.outcome {
+            QueueOutcome::Granted(info) => info.clone(),
+            other => panic!("{other:?}"),
+        };
+        match join(&mut pool, 5, 1, 1, &mut batch) {
+            Response::Lease(lease) => assert_eq!(lease.id, granted.id),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.lease_count(), 1);
+        pool.check_invariants(5).unwrap();
+    }
+
+    /// A grant sent while its client was away survives the resume that client sends on
+    /// reconnecting (which names only the leases it knows of), and the `CheckoutWait` sent
+    /// again after it returns the lease; a `QueueCancel` instead gives such a grant back.
+    #[test]
+    fn a_grant_the_client_missed_is_claimed_by_its_retry_or_given_back_by_a_cancel() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        let Response::Lease(held) = join(&mut pool, 1, 0, 1, &mut batch) else {
+            panic!("a seat was free");
+        };
+        join(&mut pool, 2, 1, 1, &mut batch);
+        join(&mut pool, 2, 3, 1, &mut batch);
+        pool.checkin(3, &member(0), held.id, &mut batch).unwrap();
+        pool.serve_queue(3, &mut ids(), &mut batch);
+        let granted = pool.ledger.by_request[&(holder(1).client, request_id(1, 1))];
+        // Holder 1 reconnects knowing of no lease: the grant stays.
+        let resumed = pool.resume(4, &member(1), &holder(1), &[], &mut batch);
+        assert!(resumed.ended.is_empty());
+        pool.serve_queue(4, &mut ids(), &mut batch);
+        assert!(pool.ledger.leases.contains_key(&granted));
+        assert_eq!(
+            pool.queue_list(4, &admin(), &QueueQuery { feature: None }, &mut batch)
+                .unwrap()
+                .len(),
+            1
+        );
+        match join(&mut pool, 5, 1, 1, &mut batch) {
+            Response::Lease(info) => assert_eq!(info.id, granted),
+            other => panic!("{other:?}"),
+        }
+        // Once claimed, it is an ordinary lease: a resume that does not name it ends it,
+        // and the seat goes on to holder 3.
+        pool.resume(6, &member(1), &holder(1), &[], &mut batch);
+        assert!(!pool.ledger.leases.contains_key(&granted));
+        let mut batch = Batch::default();
+        pool.serve_queue(6, &mut ids(), &mut batch);
+        assert_eq!(notices(&batch).0, [holder(3).client]);
+        // Holder 3 gave up meanwhile: its cancel gives the grant back.
+        let third = pool.ledger.by_request[&(holder(3).client, request_id(3, 1))];
+        assert!(!pool.queue_cancel(7, &member(3), &holder(3), request_id(3, 1), &mut batch));
+        assert!(!pool.ledger.leases.contains_key(&third));
+        assert_eq!(
+            pool.status(7, Some("vray"), &mut batch).unwrap()[0].in_use,
+            0
+        );
+        pool.check_invariants(7).unwrap();
+    }
+
+    /// A wait with a limit ends with `queue_timeout` when it passes, and a client instance
+    /// not seen for one ttl loses its entry; one that keeps coming keeps it.
+    #[test]
+    fn waits_end_at_their_deadline_and_when_the_client_is_gone() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        join(&mut pool, 0, 0, 1, &mut batch);
+        pool.checkout_wait(
+            1_000,
+            &member(1),
+            &holder(1),
+            &wait(1, request_id(1, 1), Some(5)),
+            LeaseId([7; 16]),
+            &mut batch,
+        )
+        .unwrap();
+        join(&mut pool, 1_000, 3, 1, &mut batch);
+        join(&mut pool, 1_000, 4, 1, &mut batch);
+        assert_eq!(pool.queue_next_due(), Some(6_000));
+        let mut ids = ids();
+        let mut batch = Batch::default();
+        pool.serve_queue(5_999, &mut ids, &mut batch);
+        assert!(batch.queue_notices.is_empty());
+        pool.serve_queue(6_000, &mut ids, &mut batch);
+        assert_eq!(
+            notices(&batch).1,
+            [(holder(1).client, ErrorCode::QueueTimeout)]
+        );
+        assert!(batch
+            .audit
+            .iter()
+            .any(|e| e.action == "queue" && e.outcome == "queue_timeout"));
+        // Holder 4 is seen (a request or heartbeat) just before its ttl ends; holder 3 is not.
+        // Holder 0 heartbeats its seat.
+        pool.heartbeat(TTL - 1, &member(0), &holder(0), &mut batch);
+        pool.queue_seen(holder(4).client, 1_000 + TTL - 1);
+        let mut batch = Batch::default();
+        pool.serve_queue(1_000 + TTL, &mut ids, &mut batch);
+        assert_eq!(
+            notices(&batch).1,
+            [(holder(3).client, ErrorCode::QueueTimeout)]
+        );
+        let listed = pool
+            .queue_list(
+                1_000 + TTL,
+                &admin(),
+                &QueueQuery { feature: None },
+                &mut batch,
+            )
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].host, "node4");
+    }
+
+    /// Only `no_seat` queues: an unknown feature, a bad wait or a cancelled entry do not.
+    #[test]
+    fn only_no_seat_queues_and_a_cancelled_wait_leaves() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        let mut unknown = wait(1, request_id(1, 2), None);
+        unknown.checkout.feature = "vrai".into();
+        let err = pool
+            .checkout_wait(
+                1,
+                &member(1),
+                &holder(1),
+                &unknown,
+                LeaseId([8; 16]),
+                &mut batch,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        let too_long = wait(1, request_id(1, 3), Some(u64::MAX));
+        let err = pool
+            .checkout_wait(
+                1,
+                &member(1),
+                &holder(1),
+                &too_long,
+                LeaseId([8; 16]),
+                &mut batch,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert!(pool.queue_is_empty());
+        join(&mut pool, 1, 0, 1, &mut batch);
+        join(&mut pool, 2, 1, 1, &mut batch);
+        // Only its own instance and user can cancel it.
+        assert!(!pool.queue_cancel(3, &member(4), &holder(4), request_id(1, 1), &mut batch));
+        assert!(pool.queue_cancel(3, &member(1), &holder(1), request_id(1, 1), &mut batch));
+        assert!(pool.queue_is_empty());
+        assert_eq!(
+            pool.status(3, Some("vray"), &mut batch).unwrap()[0].queued,
+            0
+        );
+    }
+
+    /// An entry whose checkout becomes impossible for another reason than a seat (its
+    /// user deactivated) ends with that refusal instead of waiting for ever.
+    #[test]
+    fn a_wait_that_can_no_longer_succeed_ends() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        join(&mut pool, 1, 0, 1, &mut batch);
+        join(&mut pool, 2, 1, 1, &mut batch);
+        pool.deactivate_user(3, &admin(), "ben@studio", &mut batch)
+            .unwrap();
+        let mut batch = Batch::default();
+        pool.serve_queue(4, &mut ids(), &mut batch);
+        assert_eq!(
+            notices(&batch).1,
+            [(holder(1).client, ErrorCode::Unauthenticated)]
+        );
+        pool.check_invariants(4).unwrap();
+    }
+}
+
+/// A resume that names only the prerequisite seat a checkout took (R18), not the lease it
+/// came with, keeps that seat as a lease of its own and checks the unnamed lease in; it
+/// used to end the seat with its lease and then look it up (a panic of the engine).
+#[test]
+fn a_resume_of_a_prerequisite_seat_alone_keeps_it() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 3), &mut batch)
+        .unwrap();
+    pool.add_entitlement(0, &admin(), &entitlement("nuke", 1), &mut batch)
+        .unwrap();
+    let requirement = tally_protocol::FeatureRequirement {
+        feature: "vray".into(),
+        requires: "nuke".into(),
+    };
+    pool.require(0, &admin(), &requirement, &mut batch).unwrap();
+    let vray = pool
+        .checkout(
+            1,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 1),
+            LeaseId([1; 16]),
+            &mut batch,
+        )
+        .unwrap();
+    let nuke = pool
+        .snapshot()
+        .leases
+        .iter()
+        .find(|l| l.feature == "nuke")
+        .unwrap()
+        .id;
+    let resumed = pool.resume(2, &member(0), &holder(0), &[nuke], &mut batch);
+    assert_eq!(resumed.resumed.len(), 1);
+    assert_eq!(resumed.resumed[0].id, nuke);
+    assert!(!pool.ledger.leases.contains_key(&vray.id));
+    assert_eq!(pool.ledger.leases[&nuke].taken_with, None);
+    pool.check_invariants(2).unwrap();
 }

@@ -79,11 +79,14 @@ pub enum Action {
     PolicyList,
     /// The rules' decision for one holder asked.
     PolicyCheck,
+    /// A checkout's wait in the queue (R17): joined, left, timed out or dropped, and the
+    /// queue listed. The grant itself is a `checkout`.
+    Queue,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 44] = [
+    pub const ALL: [Action; 45] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -128,6 +131,7 @@ impl Action {
         Self::PolicyRemove,
         Self::PolicyList,
         Self::PolicyCheck,
+        Self::Queue,
     ];
 
     /// The stored text.
@@ -177,6 +181,7 @@ impl Action {
             Self::PolicyRemove => "policy_remove",
             Self::PolicyList => "policy_list",
             Self::PolicyCheck => "policy_check",
+            Self::Queue => "queue",
         }
     }
 
@@ -232,6 +237,8 @@ impl Action {
             Request::PolicyList(_) => Self::PolicyList,
             Request::PolicyCheck(_) => Self::PolicyCheck,
             Request::Figures(_) => Self::Status,
+            Request::CheckoutWait(_) => Self::Checkout,
+            Request::QueueCancel(_) | Request::Queue(_) => Self::Queue,
         }
     }
 
@@ -403,6 +410,7 @@ mod tests {
                 "policy_remove",
                 "policy_list",
                 "policy_check",
+                "queue",
             ]
         );
         for action in Action::ALL {

@@ -67,8 +67,8 @@ def checkout(
 
     Use it in a ``with`` block, which releases the lease at its end; or call
     ``lease.release()``. The connection lasts as long as the lease. With ``wait``, a
-    checkout that finds no free seat tries again until the wait has passed, then raises
-    ``tally.NoSeat``.
+    checkout that finds no free seat waits in the feature's queue on the server until a
+    seat is granted or the wait has passed, then raises ``tally.NoSeat``.
     """
     with Client(config) as client:
         return client.checkout(feature, seats, wait)
