@@ -41,7 +41,7 @@ impl<'a> Who<'a> {
         Self {
             user: &actor.username,
             host: &holder.host,
-            address: holder.peer.address.parse().ok(),
+            address: canonical(&holder.peer.address),
         }
     }
 
@@ -49,7 +49,7 @@ impl<'a> Who<'a> {
         Self {
             user: &key.user,
             host: &key.host,
-            address: key.address,
+            address: key.address.map(|a| a.to_canonical()),
         }
     }
 
@@ -57,7 +57,7 @@ impl<'a> Who<'a> {
         Self {
             user: &lease.user,
             host: &lease.host,
-            address: lease.peer.address.parse().ok(),
+            address: canonical(&lease.peer.address),
         }
     }
 
@@ -72,6 +72,13 @@ impl<'a> Who<'a> {
         }
         text
     }
+}
+
+/// An address as rules compare it: an IPv4-mapped IPv6 address (as a dual-stack listener
+/// reports IPv4 clients) is the IPv4 address it maps, so that `max --each` counts one
+/// address once whichever form it came in.
+fn canonical(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>().ok().map(|a| a.to_canonical())
 }
 
 /// The rules of every feature, with an index by feature, and the groups they name.
@@ -770,7 +777,7 @@ impl Pool {
             let same = |key: &HolderKey| match member {
                 Member::User(_) => key.user.eq_ignore_ascii_case(who.user),
                 Member::Host(_) => key.host.eq_ignore_ascii_case(who.host),
-                Member::Ip { .. } => key.address == who.address,
+                Member::Ip { .. } => key.address.map(|a| a.to_canonical()) == who.address,
             };
             let held: u32 = self
                 .ledger
