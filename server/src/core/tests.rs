@@ -4059,3 +4059,29 @@ fn max_each_counts_an_address_whichever_form_it_came_in() {
     )
     .is_ok());
 }
+
+#[test]
+fn reserved_seats_do_not_depend_on_the_order_holders_are_counted_in() {
+    // Ana (in a and b) and ben (in a only) hold one floating seat each; a and b keep one
+    // each. Counting ana's seat toward b and ben's toward a uses both reserves; counting
+    // ana's toward a leaves b's unused. The figure must not depend on which holder comes
+    // first in the ledger (a hash map, in an order that differs from pool to pool).
+    let mut seen = BTreeSet::new();
+    for _ in 0..32 {
+        let (mut pool, _) = policy_pool(10);
+        add_group(&mut pool, "a", &["user:ana@studio", "user:ben@studio"]);
+        add_group(&mut pool, "b", &["user:ana@studio"]);
+        add_rule(
+            &mut pool,
+            spec("vray", RuleKind::Reserve, 1, Some("a"), false),
+        );
+        add_rule(
+            &mut pool,
+            spec("vray", RuleKind::Reserve, 1, Some("b"), false),
+        );
+        take(&mut pool, 0, 0, &holder(0), "vray", 1, 1).unwrap();
+        take(&mut pool, 0, 1, &holder(1), "vray", 1, 2).unwrap();
+        seen.insert(figures_of(&mut pool, 0, "vray"));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![(10, 8, 0)]);
+}
