@@ -200,8 +200,15 @@ impl Pool {
             let source = self
                 .check_checkout(now, actor, holder, &seat)
                 .map_err(|err| {
+                    // A rule that refuses the prerequisite refuses the checkout: `denied`
+                    // (R16), not `no_seat`.
+                    let code = if err.code == ErrorCode::Denied {
+                        ErrorCode::Denied
+                    } else {
+                        ErrorCode::NoSeat
+                    };
                     ErrorBody::new(
-                        ErrorCode::NoSeat,
+                        code,
                         format!(
                             "{} requires {requires}, and there is no seat of {requires} for you: {}",
                             request.feature, err.message

@@ -42,7 +42,7 @@ impl<'a> Who<'a> {
         Self {
             user: &actor.username,
             host: &holder.host,
-            address: holder.peer.address.parse().ok(),
+            address: canonical(&holder.peer.address),
         }
     }
 
@@ -50,7 +50,7 @@ impl<'a> Who<'a> {
         Self {
             user: &key.user,
             host: &key.host,
-            address: key.address,
+            address: key.address.map(|a| a.to_canonical()),
         }
     }
 
@@ -58,7 +58,7 @@ impl<'a> Who<'a> {
         Self {
             user: &lease.user,
             host: &lease.host,
-            address: lease.peer.address.parse().ok(),
+            address: canonical(&lease.peer.address),
         }
     }
 
@@ -73,6 +73,13 @@ impl<'a> Who<'a> {
         }
         text
     }
+}
+
+/// An address as rules compare it: an IPv4-mapped IPv6 address (as a dual-stack listener
+/// reports IPv4 clients) is the IPv4 address it maps, so that `max --each` counts one
+/// address once whichever form it came in.
+fn canonical(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>().ok().map(|a| a.to_canonical())
 }
 
 /// The rules of every feature, with an index by feature, and the groups they name.
@@ -814,7 +821,7 @@ impl Pool {
                 .filter(|(key, _)| match kind {
                     0 => key.user.eq_ignore_ascii_case(who.user),
                     1 => key.host.eq_ignore_ascii_case(who.host),
-                    _ => key.address == who.address,
+                    _ => key.address.map(|a| a.to_canonical()) == who.address,
                 })
                 .fold(0u32, |sum, (_, held)| sum.saturating_add(held.all));
             if held.saturating_add(seats) > limit {
@@ -834,8 +841,10 @@ impl Pool {
 
     /// The seats each `reserve` rule of a feature keeps that nobody of its group uses now,
     /// given the feature's floating capacity. Reserves are honoured in rule-id order up to
-    /// that capacity; the floating seats a holder uses count toward the first reserve of
-    /// theirs with room. Empty when the feature has no reserve.
+    /// that capacity; the floating seats members use count toward the reserves of their
+    /// groups as many as can (a maximum flow from members' seats to reserves), so that the
+    /// figures do not depend on the order holders are counted in. Empty when the feature
+    /// has no reserve.
     pub(super) fn reserves(&self, feature: &str, capacity: u32) -> Vec<Unused<'_>> {
         let rules = self.rules.of(feature, RuleKind::Reserve);
         if rules.is_empty() {
@@ -850,22 +859,25 @@ impl Pool {
                 Unused { rule, seats: kept }
             })
             .collect();
+        // Floating seats held, by the set of reserves whose groups take their holder in.
+        let mut by_fit: std::collections::BTreeMap<Vec<usize>, u32> = Default::default();
         for (key, held) in self.ledger.holders(feature) {
-            let mut seats = held.floating;
-            if seats == 0 {
+            if held.floating == 0 {
                 continue;
             }
             let who = Who::of_key(key);
-            for room in unused.iter_mut() {
-                if seats == 0 {
-                    break;
-                }
-                if room.seats > 0 && self.rules.applies(room.rule, &who) {
-                    let taken = seats.min(room.seats);
-                    room.seats -= taken;
-                    seats -= taken;
-                }
+            let fits: Vec<usize> = (0..unused.len())
+                .filter(|&r| unused[r].seats > 0 && self.rules.applies(unused[r].rule, &who))
+                .collect();
+            if !fits.is_empty() {
+                let seats = by_fit.entry(fits).or_default();
+                *seats = seats.saturating_add(held.floating);
             }
+        }
+        let mut room: Vec<u32> = unused.iter().map(|u| u.seats).collect();
+        count_toward_reserves(by_fit.into_iter().collect(), &mut room);
+        for (unused, room) in unused.iter_mut().zip(room) {
+            unused.seats = room;
         }
         unused
     }
@@ -1142,6 +1154,90 @@ impl Pool {
         keys.sort();
         keys.dedup();
         keys
+    }
+}
+
+/// Counts seats toward reserves as many as can be: `sets` are seats held by members of the
+/// reserves listed (indexes into `room`), `room` what each reserve keeps; on return `room`
+/// is what each keeps that no seat counts toward. Augmenting paths, shortest first
+/// (Edmonds-Karp), from the sets with seats not counted yet to a reserve with room, through
+/// seats already counted that may count toward another reserve instead.
+fn count_toward_reserves(sets: Vec<(Vec<usize>, u32)>, room: &mut [u32]) {
+    let (s_len, r_len) = (sets.len(), room.len());
+    let mut supply: Vec<u32> = sets.iter().map(|(_, seats)| *seats).collect();
+    // flow[s][r]: seats of set s counted toward reserve r.
+    let mut flow = vec![vec![0u32; r_len]; s_len];
+    loop {
+        // Nodes: sets 0..s_len, reserves s_len..; how each was reached.
+        let mut from: Vec<Option<usize>> = vec![None; s_len + r_len];
+        let mut queue = std::collections::VecDeque::new();
+        for s in 0..s_len {
+            if supply[s] > 0 {
+                from[s] = Some(s);
+                queue.push_back(s);
+            }
+        }
+        let mut end = None;
+        while let Some(node) = queue.pop_front() {
+            if node < s_len {
+                for &r in &sets[node].0 {
+                    let to = s_len + r;
+                    if from[to].is_none() {
+                        from[to] = Some(node);
+                        if room[r] > 0 {
+                            end = Some(r);
+                            break;
+                        }
+                        queue.push_back(to);
+                    }
+                }
+                if end.is_some() {
+                    break;
+                }
+            } else {
+                let r = node - s_len;
+                for s in 0..s_len {
+                    if flow[s][r] > 0 && from[s].is_none() {
+                        from[s] = Some(node);
+                        queue.push_back(s);
+                    }
+                }
+            }
+        }
+        let Some(r_end) = end else {
+            return;
+        };
+        // The seats the path can carry, then carry them.
+        let mut amount = room[r_end];
+        let mut node = s_len + r_end;
+        loop {
+            let prev = from[node].expect("reached");
+            if prev == node {
+                amount = amount.min(supply[node]);
+                break;
+            }
+            if node < s_len {
+                amount = amount.min(flow[node][prev - s_len]);
+            }
+            node = prev;
+        }
+        room[r_end] -= amount;
+        let mut node = s_len + r_end;
+        loop {
+            let prev = from[node].expect("reached");
+            if prev == node {
+                supply[node] -= amount;
+                break;
+            }
+            if node < s_len {
+                // Set `node` stops counting toward reserve `prev`.
+                flow[node][prev - s_len] -= amount;
+            } else {
+                // Set `prev` counts toward reserve `node`.
+                flow[prev][node - s_len] += amount;
+            }
+            node = prev;
+        }
     }
 }
 

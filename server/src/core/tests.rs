@@ -2,8 +2,9 @@
 
 use proptest::prelude::*;
 use tally_protocol::{
-    Checkout, ClientId, EndReason, EntitlementKind, ErrorCode, LeaseId, LeasesQuery,
-    NewEntitlement, RequestId, Role,
+    Checkout, ClientId, EndReason, EntitlementKind, ErrorCode, GroupRef, LeaseId, LeaseInfo,
+    LeaseSource, LeasesQuery, NewEntitlement, PolicyAdd, PolicyCheck, RequestId, Role, RuleKind,
+    RuleRef, RuleSpec,
 };
 
 use super::*;
@@ -208,6 +209,85 @@ enum Op {
     CancelWait {
         client: usize,
     },
+    /// `group add GROUPS[group] MEMBERS[m]...` (R16).
+    AddGroup {
+        group: usize,
+        members: Vec<usize>,
+    },
+    /// `group member add|remove GROUPS[group] MEMBERS[m]...`.
+    ChangeMembers {
+        group: usize,
+        add: bool,
+        members: Vec<usize>,
+    },
+    /// `policy add FEATURES[feature] RULE_KINDS[kind] seats GROUPS[group] [--each]
+    /// [--dry-run]`; the number and group are dropped for the kinds that take none.
+    AddRule {
+        feature: usize,
+        kind: usize,
+        seats: u32,
+        group: usize,
+        each: bool,
+        dry_run: bool,
+    },
+    /// `policy remove` of the `pick`th rule, or of one that does not exist.
+    RemoveRule {
+        pick: usize,
+    },
+    /// `group remove GROUPS[group]`, refused while a rule names it.
+    RemoveGroup {
+        group: usize,
+    },
+}
+
+/// The kinds of rule random runs add, those that count seats more often.
+const RULE_KINDS: [RuleKind; 10] = [
+    RuleKind::Include,
+    RuleKind::Exclude,
+    RuleKind::Reserve,
+    RuleKind::Reserve,
+    RuleKind::Max,
+    RuleKind::Max,
+    RuleKind::Max,
+    RuleKind::BorrowExclude,
+    RuleKind::BorrowLowwater,
+    RuleKind::Priority,
+];
+
+/// The groups random runs make.
+const GROUPS: [&str; 3] = ["leads", "farm", "lab"];
+
+/// The members random runs put in groups: users, host patterns and networks that take in
+/// some of the holders of [`varied_holder`] and not others.
+const MEMBERS: [&str; 9] = [
+    "user:ana@studio",
+    "user:ben@studio",
+    "user:gus@studio",
+    "host:ws1",
+    "host:ws?",
+    "host:farm*",
+    "ip:10.0.0.0/24",
+    "ip:10.0.1.2/32",
+    "ip:fe80::/64",
+];
+
+/// Client `i` of a random run: its user is that of [`member`]; hosts and addresses are
+/// shared between users (ws1: ana and ben; 10.0.0.1: ana and ben, once as an IPv4-mapped
+/// IPv6 address) so that `max --each` per host and per address counts across users.
+fn varied_holder(i: usize) -> Holder {
+    const HOSTS: [&str; 6] = ["ws1", "WS1", "ws2", "farm1", "farm2", "laptop"];
+    const ADDRESSES: [&str; 6] = [
+        "10.0.0.1",
+        "10.0.0.2",
+        "10.0.1.2",
+        "::ffff:10.0.0.1",
+        "10.0.0.1",
+        "fe80::1",
+    ];
+    let mut holder = holder(i);
+    holder.host = HOSTS[i % HOSTS.len()].into();
+    holder.peer.address = ADDRESSES[i % ADDRESSES.len()].into();
+    holder
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -247,12 +327,319 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..6usize, 0..2usize, 1..4u32, proptest::option::of(0..30u64))
             .prop_map(|(client, feature, seats, wait)| Op::Wait { client, feature, seats, wait }),
         1 => (0..6usize).prop_map(|client| Op::CancelWait { client }),
+        2 => (0..3usize, proptest::collection::vec(0..MEMBERS.len(), 0..4))
+            .prop_map(|(group, members)| Op::AddGroup { group, members }),
+        1 => (0..3usize, any::<bool>(), proptest::collection::vec(0..MEMBERS.len(), 0..3))
+            .prop_map(|(group, add, members)| Op::ChangeMembers { group, add, members }),
+        5 => (0..2usize, 0..RULE_KINDS.len(), 0..5u32, 0..3usize, any::<bool>(), proptest::bool::weighted(0.2))
+            .prop_map(|(feature, kind, seats, group, each, dry_run)| Op::AddRule { feature, kind, seats, group, each, dry_run }),
+        1 => any::<usize>().prop_map(|pick| Op::RemoveRule { pick }),
+        1 => (0..3usize).prop_map(|group| Op::RemoveGroup { group }),
     ]
 }
 
-/// Runs the ops against a pool and a model store that applies every batch, checking R1 and
-/// that the store always holds exactly what the pool holds.
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+/// A holder as the test's own policy checker sees it: user, host and address, with an
+/// IPv4-mapped IPv6 address taken as the IPv4 address it is.
+struct Seen {
+    user: String,
+    host: String,
+    address: Option<std::net::IpAddr>,
+}
+
+impl Seen {
+    fn of(user: &str, host: &str, address: &str) -> Self {
+        Self {
+            user: user.to_lowercase(),
+            host: host.to_lowercase(),
+            address: address
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|a| a.to_canonical()),
+        }
+    }
+
+    fn of_lease(lease: &Lease) -> Self {
+        Self::of(&lease.user, &lease.host, &lease.peer.address)
+    }
+}
+
+/// `*` any run, `?` any one character, ASCII case ignored: by brute force.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) => p.eq_ignore_ascii_case(t) && glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+fn takes_in(member: &tally_protocol::Member, who: &Seen) -> bool {
+    use std::net::IpAddr;
+    use tally_protocol::Member;
+    match member {
+        Member::User(name) => name.eq_ignore_ascii_case(&who.user),
+        Member::Host(pattern) => glob(pattern.as_bytes(), who.host.as_bytes()),
+        Member::Ip { network, prefix } => {
+            let bits = |a: IpAddr| -> (bool, u128) {
+                match a.to_canonical() {
+                    IpAddr::V4(v4) => (true, u128::from(u32::from(v4)) << 96),
+                    IpAddr::V6(v6) => (false, u128::from(v6)),
+                }
+            };
+            let (v4, net) = bits(*network);
+            let width = u32::from(*prefix);
+            let mask = u128::MAX.checked_shl(128 - width).unwrap_or(0);
+            who.address.is_some_and(|a| {
+                let (a4, a) = bits(a);
+                a4 == v4 && a & mask == net & mask
+            })
+        }
+    }
+}
+
+fn in_group(pool: &Pool, group: Option<&str>, who: &Seen) -> bool {
+    group
+        .and_then(|g| pool.rules.groups.get(g))
+        .is_some_and(|g| g.members.iter().any(|m| takes_in(m, who)))
+}
+
+/// The rules of a feature, in id order.
+fn rules_of<'a>(pool: &'a Pool, feature: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+    pool.rules
+        .rules
+        .values()
+        .filter(move |r| r.spec.feature == feature)
+}
+
+/// The least number of reserved seats left unused, over every way of counting the floating
+/// seats members hold toward the reserves of their groups (a matching, by augmenting
+/// paths), with the reserves honoured in id order up to the floating capacity.
+fn least_unused_reserves(pool: &Pool, feature: &str, capacity: u32) -> u32 {
+    let mut left = capacity;
+    let reserves: Vec<(&Rule, u32)> = rules_of(pool, feature)
+        .filter(|r| r.spec.kind == RuleKind::Reserve)
+        .map(|r| {
+            let kept = r.spec.seats.min(left);
+            left -= kept;
+            (r, kept)
+        })
+        .collect();
+    // One entry per floating seat held: the reserves it may count toward.
+    let mut seats: Vec<Vec<usize>> = Vec::new();
+    for lease in pool.ledger.leases.values() {
+        if lease.feature != feature || lease.source != LeaseSource::Floating {
+            continue;
+        }
+        let who = Seen::of_lease(lease);
+        let fits: Vec<usize> = reserves
+            .iter()
+            .enumerate()
+            .filter(|(_, (r, _))| in_group(pool, r.spec.group.as_deref(), &who))
+            .map(|(i, _)| i)
+            .collect();
+        for _ in 0..lease.seats {
+            seats.push(fits.clone());
+        }
+    }
+    fn place(
+        seat: usize,
+        seats: &[Vec<usize>],
+        kept: &[u32],
+        holding: &mut [Vec<usize>],
+        seen: &mut [bool],
+    ) -> bool {
+        for &r in &seats[seat] {
+            if seen[r] {
+                continue;
+            }
+            seen[r] = true;
+            if (holding[r].len() as u32) < kept[r] {
+                holding[r].push(seat);
+                return true;
+            }
+            for at in 0..holding[r].len() {
+                let other = holding[r][at];
+                if place(other, seats, kept, holding, seen) {
+                    holding[r][at] = seat;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    let kept: Vec<u32> = reserves.iter().map(|(_, k)| *k).collect();
+    let mut holding: Vec<Vec<usize>> = vec![Vec::new(); kept.len()];
+    let mut matched = 0u32;
+    for seat in 0..seats.len() {
+        let mut seen = vec![false; kept.len()];
+        if place(seat, &seats, &kept, &mut holding, &mut seen) {
+            matched += 1;
+        }
+    }
+    kept.iter().sum::<u32>() - matched
+}
+
+/// Checks, from scratch, that the rules of its feature allowed a lease just granted: it is
+/// not excluded, an include admits it, every `max` that takes it in holds with it counted,
+/// a borrow is not borrow-excluded and keeps the low water, and a floating seat of a holder
+/// in no reserve group left the seats the reserves keep unused.
+fn granted_within_rules(pool: &Pool, lease: &Lease, now: i64) -> Result<(), String> {
+    let feature = lease.feature.as_str();
+    let who = Seen::of_lease(lease);
+    let held = |same: &dyn Fn(&Seen) -> bool| -> u32 {
+        pool.ledger
+            .leases
+            .values()
+            .filter(|l| l.feature == feature && same(&Seen::of_lease(l)))
+            .map(|l| l.seats)
+            .sum()
+    };
+    let capacity = pool.floating_capacity(feature, now);
+    let floating = |kind: Option<tally_protocol::LeaseKind>| -> u32 {
+        pool.ledger
+            .leases
+            .values()
+            .filter(|l| l.feature == feature && l.source == LeaseSource::Floating)
+            .filter(|l| kind.is_none_or(|k| l.kind == k))
+            .map(|l| l.seats)
+            .sum()
+    };
+    let borrowed = lease.kind == tally_protocol::LeaseKind::Borrowed;
+    let mut includes = rules_of(pool, feature)
+        .filter(|r| r.spec.kind == RuleKind::Include)
+        .peekable();
+    if includes.peek().is_some() && !includes.any(|r| in_group(pool, r.spec.group.as_deref(), &who))
+    {
+        return Err(format!(
+            "lease {} was granted outside every include",
+            lease.id
+        ));
+    }
+    for rule in rules_of(pool, feature) {
+        let group = rule.spec.group.as_deref();
+        let member = in_group(pool, group, &who);
+        let breach = match rule.spec.kind {
+            RuleKind::Exclude => member,
+            RuleKind::BorrowExclude => member && borrowed,
+            RuleKind::Max if member && !rule.spec.each => {
+                held(&|other| in_group(pool, group, other)) > rule.spec.seats
+            }
+            RuleKind::Max if member => pool.rules.groups[group.unwrap()]
+                .members
+                .iter()
+                .filter(|m| takes_in(m, &who))
+                .any(|m| {
+                    let count = match m {
+                        tally_protocol::Member::User(_) => held(&|o| o.user == who.user),
+                        tally_protocol::Member::Host(_) => held(&|o| o.host == who.host),
+                        tally_protocol::Member::Ip { .. } => held(&|o| o.address == who.address),
+                    };
+                    count > rule.spec.seats
+                }),
+            RuleKind::BorrowLowwater => {
+                borrowed
+                    && lease.source == LeaseSource::Floating
+                    && floating(Some(tally_protocol::LeaseKind::Borrowed))
+                        > capacity.saturating_sub(rule.spec.seats)
+            }
+            RuleKind::Reserve => {
+                lease.source == LeaseSource::Floating
+                    && !rules_of(pool, feature).any(|r| {
+                        r.spec.kind == RuleKind::Reserve
+                            && in_group(pool, r.spec.group.as_deref(), &who)
+                    })
+                    && floating(None) + least_unused_reserves(pool, feature, capacity) > capacity
+            }
+            _ => false,
+        };
+        if breach {
+            return Err(format!(
+                "lease {} ({} seat(s) of {feature} for {} on {} from {}) was granted against rule {} ({})",
+                lease.id,
+                lease.seats,
+                lease.user,
+                lease.host,
+                lease.peer.address,
+                rule.id,
+                rule.spec.text()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a refusal: `denied` exactly when it names a rule, and then a rule that exists, of
+/// the feature or of a prerequisite of it, that takes the asker in (or, for an include,
+/// that no include of that feature admits them).
+fn refusal_names_a_rule(
+    pool: &Pool,
+    feature: &str,
+    who: &Seen,
+    borrow: bool,
+    err: &ErrorBody,
+) -> Result<(), String> {
+    let Some(at) = err.message.find("denied by rule ") else {
+        return if err.code == ErrorCode::Denied {
+            Err(format!("denied naming no rule: {}", err.message))
+        } else {
+            Ok(())
+        };
+    };
+    if err.code != ErrorCode::Denied {
+        return Err(format!(
+            "a rule refused with {:?}: {}",
+            err.code, err.message
+        ));
+    }
+    let rest = &err.message[at + "denied by rule ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let Some(rule) = digits
+        .parse()
+        .ok()
+        .and_then(|id: u64| pool.rules.rules.get(&id))
+    else {
+        return Err(format!(
+            "denied by a rule that does not exist: {}",
+            err.message
+        ));
+    };
+    let of = rule.spec.feature.as_str();
+    let named = format!("{digits} ({of}: {})", rule.spec.text());
+    if !rest.starts_with(&named)
+        || (of != feature && !pool.prerequisites_of(feature).iter().any(|p| p == of))
+    {
+        return Err(format!(
+            "denied by a rule of another feature: {}",
+            err.message
+        ));
+    }
+    let group = rule.spec.group.as_deref();
+    let applies = match rule.spec.kind {
+        RuleKind::Include => !rules_of(pool, of)
+            .filter(|r| r.spec.kind == RuleKind::Include)
+            .any(|r| in_group(pool, r.spec.group.as_deref(), who)),
+        RuleKind::Exclude | RuleKind::Max => in_group(pool, group, who),
+        RuleKind::BorrowExclude => borrow && in_group(pool, group, who),
+        RuleKind::BorrowLowwater => borrow,
+        RuleKind::Reserve | RuleKind::Priority => false,
+    };
+    if !applies {
+        return Err(format!(
+            "denied by a rule that does not apply: {}",
+            err.message
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the ops against a pool and a model store that applies every batch, checking R1,
+/// that the store always holds exactly what the pool holds, and that every grant and denial
+/// keeps the policy rules. The pool starts with the groups of [`GROUPS`] whose members are
+/// `groups` (indexes into [`MEMBERS`]).
+fn run(groups: &[Vec<usize>], ops: &[Op]) -> Result<(), TestCaseError> {
     let mut now: i64 = 1_000_000;
     let policy = Policy {
         guests_use_floating: false,
@@ -260,7 +647,14 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         borrow_max_ms: 3 * TTL,
         max_leases_per_client: 0,
     };
-    let (mut pool, seed) = pool_with_users(policy);
+    let (mut pool, mut seed) = pool_with_users(policy);
+    for (name, members) in GROUPS.iter().zip(groups) {
+        let request = tally_protocol::GroupAdd {
+            name: name.to_string(),
+            members: members.iter().map(|&m| MEMBERS[m].to_string()).collect(),
+        };
+        pool.add_group(0, &admin(), &request, &mut seed).unwrap();
+    }
     let mut store = Snapshot {
         next_entitlement_id: 1,
         next_assignment_id: 1,
@@ -312,7 +706,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let result = pool.checkout(
                     now,
                     &actor,
-                    &holder(client),
+                    &varied_holder(client),
                     &Checkout {
                         request_id: request_id(client, last_request[client]),
                         feature: FEATURES[feature].into(),
@@ -321,6 +715,28 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     id,
                     &mut batch,
                 );
+                let asker = varied_holder(client);
+                let who = Seen::of(&actor.username, &asker.host, &asker.peer.address);
+                match &result {
+                    Ok(_) => {
+                        for lease in pool.ledger.leases.values() {
+                            if !lease_ids.contains(&lease.id) {
+                                if let Err(breach) = granted_within_rules(&pool, lease, now) {
+                                    return Err(TestCaseError::fail(format!(
+                                        "after {op:?}: {breach}"
+                                    )));
+                                }
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        if let Err(wrong) =
+                            refusal_names_a_rule(&pool, FEATURES[feature], &who, false, err)
+                        {
+                            return Err(TestCaseError::fail(format!("after {op:?}: {wrong}")));
+                        }
+                    }
+                }
                 if retry && result.is_ok() && pool.lease_count() == before + 1 {
                     // A retry that got a new lease must not have had a live one to return.
                     let live = pool
@@ -328,7 +744,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         .leases
                         .iter()
                         .filter(|l| {
-                            l.client == holder(client).client
+                            l.client == varied_holder(client).client
                                 && l.request_id == request_id(client, last_request[client])
                         })
                         .count();
@@ -339,9 +755,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let Ok(actor) = pool.authorize(&member(client).username) else {
                     continue;
                 };
-                pool.heartbeat(now, &actor, &holder(client), &mut batch);
+                pool.heartbeat(now, &actor, &varied_holder(client), &mut batch);
                 // As the engine does for every request: the instance's waits are kept.
-                pool.queue_seen(holder(client).client, now);
+                pool.queue_seen(varied_holder(client).client, now);
             }
             Op::Checkin { pick: i } => {
                 if let Some(id) = pick(i) {
@@ -378,7 +794,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Resume { client, pick: i } => {
                 if let (Some(id), Ok(actor)) = (pick(i), pool.authorize(&member(client).username)) {
-                    pool.resume(now, &actor, &holder(client), &[id], &mut batch);
+                    pool.resume(now, &actor, &varied_holder(client), &[id], &mut batch);
                 }
             }
             Op::Advance { ms } => {
@@ -508,12 +924,28 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 let id = LeaseId(next_lease.to_be_bytes());
                 next_lease += 1;
-                match pool.borrow(now, &actor, &holder(client), &request, id, &mut batch) {
-                    Ok(lease) => prop_assert!(
-                        lease.expires_at <= now + 3 * TTL,
-                        "a borrow past borrow.max"
-                    ),
-                    Err(_) => unchanged(&pool, "borrow")?,
+                let asker = varied_holder(client);
+                match pool.borrow(now, &actor, &asker, &request, id, &mut batch) {
+                    Ok(lease) => {
+                        prop_assert!(
+                            lease.expires_at <= now + 3 * TTL,
+                            "a borrow past borrow.max"
+                        );
+                        if let Err(breach) =
+                            granted_within_rules(&pool, &pool.ledger.leases[&lease.id], now)
+                        {
+                            return Err(TestCaseError::fail(format!("after {op:?}: {breach}")));
+                        }
+                    }
+                    Err(err) => {
+                        unchanged(&pool, "borrow")?;
+                        let who = Seen::of(&actor.username, &asker.host, &asker.peer.address);
+                        if let Err(wrong) =
+                            refusal_names_a_rule(&pool, FEATURES[feature], &who, true, &err)
+                        {
+                            return Err(TestCaseError::fail(format!("after {op:?}: {wrong}")));
+                        }
+                    }
                 }
             }
             Op::Return { pick: i } => {
@@ -620,6 +1052,124 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     unchanged(&pool, "require")?;
                 }
             }
+            Op::AddGroup { group, members } => {
+                let request = tally_protocol::GroupAdd {
+                    name: GROUPS[group].into(),
+                    members: members.iter().map(|&m| MEMBERS[m].to_string()).collect(),
+                };
+                let existed = pool.rules.groups.contains_key(GROUPS[group]);
+                match pool.add_group(now, &admin(), &request, &mut batch) {
+                    Ok(info) => {
+                        prop_assert!(!existed);
+                        prop_assert_eq!(info.members.len(), {
+                            let mut distinct = members.clone();
+                            distinct.sort_unstable();
+                            distinct.dedup();
+                            distinct.len()
+                        });
+                    }
+                    Err(err) => {
+                        prop_assert!(existed, "{}", err.message);
+                        prop_assert_eq!(err.code, ErrorCode::AlreadyExists);
+                        unchanged(&pool, "group add")?;
+                    }
+                }
+            }
+            Op::ChangeMembers {
+                group,
+                add,
+                members,
+            } => {
+                let request = tally_protocol::GroupMembers {
+                    name: GROUPS[group].into(),
+                    add,
+                    members: members.iter().map(|&m| MEMBERS[m].to_string()).collect(),
+                };
+                if pool
+                    .change_group_members(now, &admin(), &request, &mut batch)
+                    .is_err()
+                {
+                    unchanged(&pool, "group member change")?;
+                }
+            }
+            Op::AddRule {
+                feature,
+                kind,
+                seats,
+                group,
+                each,
+                dry_run,
+            } => {
+                let kind = RULE_KINDS[kind];
+                let request = PolicyAdd {
+                    rule: RuleSpec {
+                        feature: FEATURES[feature].into(),
+                        kind,
+                        seats: if kind.takes_number() { seats } else { 0 },
+                        group: kind.takes_group().then(|| GROUPS[group].to_string()),
+                        each: kind == RuleKind::Max && each,
+                    },
+                    dry_run,
+                };
+                match pool.add_rule(now, &admin(), &request, &mut batch) {
+                    Ok(added) => {
+                        prop_assert_eq!(added.rule.id.is_none(), dry_run);
+                        if dry_run {
+                            unchanged(&pool, "a dry run")?;
+                        }
+                    }
+                    Err(err) => {
+                        prop_assert!(
+                            matches!(
+                                err.code,
+                                ErrorCode::NotFound | ErrorCode::AlreadyExists | ErrorCode::Invalid
+                            ),
+                            "{}",
+                            err.message
+                        );
+                        unchanged(&pool, "policy add")?;
+                    }
+                }
+            }
+            Op::RemoveRule { pick } => {
+                let ids: Vec<u64> = pool.rules.rules.keys().copied().collect();
+                let id = if ids.is_empty() {
+                    pick as u64 % 3 + 1
+                } else {
+                    ids[pick % ids.len()]
+                };
+                match pool.remove_rule(now, &admin(), RuleRef { id }, &mut batch) {
+                    Ok(removed) => prop_assert_eq!(removed, id),
+                    Err(err) => {
+                        prop_assert!(ids.is_empty(), "{}", err.message);
+                        prop_assert_eq!(err.code, ErrorCode::NotFound);
+                        unchanged(&pool, "policy remove")?;
+                    }
+                }
+            }
+            Op::RemoveGroup { group } => {
+                let name = GROUPS[group];
+                let used = pool
+                    .rules
+                    .rules
+                    .values()
+                    .any(|r| r.spec.group.as_deref() == Some(name));
+                let exists = pool.rules.groups.contains_key(name);
+                let request = GroupRef { name: name.into() };
+                match pool.remove_group(now, &admin(), &request, &mut batch) {
+                    Ok(_) => prop_assert!(exists && !used),
+                    Err(err) => {
+                        let expected = if !exists {
+                            ErrorCode::NotFound
+                        } else {
+                            ErrorCode::Invalid
+                        };
+                        prop_assert!(!exists || used, "{}", err.message);
+                        prop_assert_eq!(err.code, expected, "{}", err.message);
+                        unchanged(&pool, "group remove")?;
+                    }
+                }
+            }
             Op::Restart { downtime } => {
                 let held: Vec<LeaseId> = lease_ids.clone();
                 pool = Pool::restore(store.clone(), TTL, policy, now);
@@ -652,14 +1202,21 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 let id = LeaseId(next_lease.to_be_bytes());
                 next_lease += 1;
-                let _ = pool.checkout_wait(now, &actor, &holder(client), &request, id, &mut batch);
+                let _ = pool.checkout_wait(
+                    now,
+                    &actor,
+                    &varied_holder(client),
+                    &request,
+                    id,
+                    &mut batch,
+                );
             }
             Op::CancelWait { client } => {
                 let Ok(actor) = pool.authorize(&member(client).username) else {
                     continue;
                 };
                 let request = request_id(client, last_request[client]);
-                pool.queue_cancel(now, &actor, &holder(client), request, &mut batch);
+                pool.queue_cancel(now, &actor, &varied_holder(client), request, &mut batch);
             }
         }
         // As the engine does before every commit: freed seats go to the waiting checkouts.
@@ -702,8 +1259,11 @@ proptest! {
     /// activate, restart, and checkouts waiting in the queue (R17: none waits while its
     /// checkout would succeed).
     #[test]
-    fn r1_holds_under_random_interleavings(ops in proptest::collection::vec(op(), 1..40)) {
-        run(&ops)?;
+    fn r1_holds_under_random_interleavings(
+        groups in proptest::collection::vec(proptest::collection::vec(0..MEMBERS.len(), 1..4), GROUPS.len()),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run(&groups, &ops)?;
     }
 }
 
@@ -3201,4 +3761,932 @@ fn a_resume_of_a_prerequisite_seat_alone_keeps_it() {
     assert!(!pool.ledger.leases.contains_key(&vray.id));
     assert_eq!(pool.ledger.leases[&nuke].taken_with, None);
     pool.check_invariants(2).unwrap();
+}
+
+// ----- groups and policy rules (R16) -----
+
+/// A pool with the test users and `seats` floating seats of each of vray and nuke.
+fn policy_pool(seats: u32) -> (Pool, Batch) {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    for feature in FEATURES {
+        pool.add_entitlement(0, &admin(), &entitlement(feature, seats), &mut batch)
+            .unwrap();
+    }
+    (pool, batch)
+}
+
+fn add_group(pool: &mut Pool, name: &str, members: &[&str]) {
+    let request = tally_protocol::GroupAdd {
+        name: name.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    pool.add_group(0, &admin(), &request, &mut Batch::default())
+        .unwrap();
+}
+
+fn spec(feature: &str, kind: RuleKind, seats: u32, group: Option<&str>, each: bool) -> RuleSpec {
+    RuleSpec {
+        feature: feature.into(),
+        kind,
+        seats,
+        group: group.map(str::to_string),
+        each,
+    }
+}
+
+/// Adds a rule (stored) and returns its id.
+fn add_rule(pool: &mut Pool, rule: RuleSpec) -> u64 {
+    let request = PolicyAdd {
+        rule,
+        dry_run: false,
+    };
+    pool.add_rule(0, &admin(), &request, &mut Batch::default())
+        .unwrap()
+        .rule
+        .id
+        .unwrap()
+}
+
+/// What adding a rule would do, without adding it.
+fn dry_run(pool: &mut Pool, now: i64, rule: RuleSpec) -> (Vec<LeaseId>, Vec<String>) {
+    let before = pool.snapshot();
+    let request = PolicyAdd {
+        rule,
+        dry_run: true,
+    };
+    let mut batch = Batch::default();
+    let added = pool.add_rule(now, &admin(), &request, &mut batch).unwrap();
+    assert_eq!(added.rule.id, None);
+    assert_eq!(pool.snapshot(), before, "a dry run changed the pool");
+    assert!(batch.rules_added.is_empty() && batch.next_rule_id.is_none());
+    let leases = added.effect.leases_over.iter().map(|l| l.id).collect();
+    (leases, added.effect.users_denied)
+}
+
+/// A holder of client `i` on `host` from `address`.
+fn holder_on(i: usize, host: &str, address: &str) -> Holder {
+    let mut holder = holder(i);
+    holder.host = host.into();
+    holder.peer.address = address.into();
+    holder
+}
+
+/// A checkout of `seats` of `feature` by `user` (an index into USERS) through `holder`, as
+/// lease and request `n`.
+fn take(
+    pool: &mut Pool,
+    now: i64,
+    user: usize,
+    holder: &Holder,
+    feature: &str,
+    seats: u32,
+    n: u8,
+) -> Result<LeaseInfo, ErrorBody> {
+    let actor = pool.authorize(USERS[user]).unwrap();
+    pool.checkout(
+        now,
+        &actor,
+        holder,
+        &checkout(feature, seats, n),
+        lease_id(n),
+        &mut Batch::default(),
+    )
+}
+
+/// Asserts a refusal is `denied` by rule `id` of `feature`.
+fn assert_denied_by(result: Result<LeaseInfo, ErrorBody>, id: u64, text: &str) -> ErrorBody {
+    let err = result.expect_err("the rule refuses");
+    assert_eq!(err.code, ErrorCode::Denied, "{}", err.message);
+    assert!(
+        err.message
+            .contains(&format!("denied by rule {id} ({text}): ")),
+        "{}",
+        err.message
+    );
+    err
+}
+
+fn figures_of(pool: &mut Pool, now: i64, feature: &str) -> (u32, u32, u32) {
+    let figures = pool
+        .figures(now, Some(feature), &mut Batch::default())
+        .unwrap();
+    let f = &figures[0];
+    (f.status.floating, f.status.available, f.reserved)
+}
+
+#[test]
+fn include_admits_only_members_of_any_include_group_by_user_host_or_address() {
+    let (mut pool, _) = policy_pool(10);
+    add_group(&mut pool, "leads", &["user:ana@studio"]);
+    add_group(&mut pool, "farm", &["host:render-??"]);
+    add_group(&mut pool, "lab", &["ip:10.9.0.0/16"]);
+    let first = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Include, 0, Some("leads"), false),
+    );
+    assert!(take(&mut pool, 0, 0, &holder(0), "vray", 1, 1).is_ok());
+    let err = assert_denied_by(
+        take(&mut pool, 0, 1, &holder(1), "vray", 1, 2),
+        first,
+        "vray: include leads",
+    );
+    assert!(err.message.contains("ben@studio"), "{}", err.message);
+    // Other features are not concerned.
+    assert!(take(&mut pool, 0, 1, &holder(1), "nuke", 1, 3).is_ok());
+    add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Include, 0, Some("farm"), false),
+    );
+    add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Include, 0, Some("lab"), false),
+    );
+    // Either include group admits.
+    assert!(take(
+        &mut pool,
+        0,
+        1,
+        &holder_on(1, "render-07", "192.168.1.1"),
+        "vray",
+        1,
+        4
+    )
+    .is_ok());
+    assert_denied_by(
+        take(
+            &mut pool,
+            0,
+            1,
+            &holder_on(1, "render-007", "192.168.1.1"),
+            "vray",
+            1,
+            5,
+        ),
+        first,
+        "vray: include leads",
+    );
+    assert!(take(
+        &mut pool,
+        0,
+        1,
+        &holder_on(1, "laptop", "10.9.200.3"),
+        "vray",
+        1,
+        6
+    )
+    .is_ok());
+    // An IPv4-mapped IPv6 address is the IPv4 address.
+    assert!(take(
+        &mut pool,
+        0,
+        1,
+        &holder_on(4, "laptop", "::ffff:10.9.0.1"),
+        "vray",
+        1,
+        7
+    )
+    .is_ok());
+    assert_denied_by(
+        take(
+            &mut pool,
+            0,
+            1,
+            &holder_on(4, "laptop", "::ffff:10.8.0.1"),
+            "vray",
+            1,
+            8,
+        ),
+        first,
+        "vray: include leads",
+    );
+}
+
+#[test]
+fn exclude_refuses_members_and_wins_over_include_on_assigned_seats_too() {
+    let (mut pool, mut batch) = policy_pool(10);
+    pool.assign(
+        0,
+        &admin(),
+        &assign_request("ben@studio", "vray", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    add_group(&mut pool, "all", &["host:*"]);
+    add_group(&mut pool, "outsiders", &["user:ben@studio"]);
+    add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Include, 0, Some("all"), false),
+    );
+    let exclude = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Exclude, 0, Some("outsiders"), false),
+    );
+    assert!(take(&mut pool, 0, 0, &holder(0), "vray", 1, 1).is_ok());
+    // Ben has a free assigned seat, and is included by host, and is still refused.
+    let err = assert_denied_by(
+        take(&mut pool, 0, 1, &holder(1), "vray", 1, 2),
+        exclude,
+        "vray: exclude outsiders",
+    );
+    assert!(err.message.contains("outsiders"), "{}", err.message);
+    assert_eq!(pool.ledger.leases.len(), 1);
+}
+
+/// A borrow of `seats` of `feature` by `user` through `holder`, as lease `n`.
+fn borrow_as(
+    pool: &mut Pool,
+    now: i64,
+    user: usize,
+    holder: &Holder,
+    feature: &str,
+    seats: u32,
+    n: u8,
+) -> Result<LeaseInfo, ErrorBody> {
+    let actor = pool.authorize(USERS[user]).unwrap();
+    let request = tally_protocol::Borrow {
+        feature: feature.into(),
+        seats,
+        duration_secs: 60,
+        machine_id: "m".into(),
+    };
+    pool.borrow(
+        now,
+        &actor,
+        holder,
+        &request,
+        lease_id(n),
+        &mut Batch::default(),
+    )
+}
+
+fn lendable_pool(seats: u32) -> (Pool, Batch) {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    for feature in FEATURES {
+        let mut lendable = entitlement(feature, seats);
+        lendable.borrowable = true;
+        pool.add_entitlement(0, &admin(), &lendable, &mut batch)
+            .unwrap();
+    }
+    (pool, batch)
+}
+
+#[test]
+fn max_counts_every_seat_the_group_holds_assigned_floating_and_borrowed() {
+    let (mut pool, mut batch) = lendable_pool(10);
+    pool.assign(
+        0,
+        &admin(),
+        &assign_request("ana@studio", "vray", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    add_group(&mut pool, "team", &["user:ana@studio", "user:ben@studio"]);
+    let max = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Max, 4, Some("team"), false),
+    );
+    let text = "vray: max 4 team";
+    // One assigned seat, one borrowed, two floating: four together.
+    let assigned = take(&mut pool, 0, 0, &holder(0), "vray", 1, 1).unwrap();
+    assert!(matches!(assigned.source, LeaseSource::Assignment(_)));
+    borrow_as(&mut pool, 0, 1, &holder(1), "vray", 1, 2).unwrap();
+    let floating = take(&mut pool, 0, 1, &holder(1), "vray", 2, 3).unwrap();
+    let err = assert_denied_by(take(&mut pool, 0, 0, &holder(0), "vray", 1, 4), max, text);
+    assert!(err.message.contains("hold 4 seat(s)"), "{}", err.message);
+    assert_denied_by(
+        borrow_as(&mut pool, 0, 0, &holder(0), "vray", 1, 5),
+        max,
+        text,
+    );
+    // Gus is not in the group: the rule does not count him or stop him.
+    pool.assign(
+        0,
+        &admin(),
+        &assign_request("gus@studio", "vray", 1, None),
+        &mut batch,
+    )
+    .unwrap();
+    assert!(take(&mut pool, 0, 2, &holder(2), "vray", 1, 6).is_ok());
+    // A check-in frees room.
+    let ben = pool.authorize(USERS[1]).unwrap();
+    pool.checkin(0, &ben, floating.id, &mut batch).unwrap();
+    assert!(take(&mut pool, 0, 0, &holder(0), "vray", 2, 7).is_ok());
+    assert_denied_by(take(&mut pool, 0, 1, &holder(1), "vray", 1, 8), max, text);
+}
+
+#[test]
+fn max_each_counts_per_user_for_user_members_and_per_host_for_host_members() {
+    let (mut pool, mut batch) = lendable_pool(10);
+    add_group(&mut pool, "people", &["user:ana@studio", "user:ben@studio"]);
+    let per_user = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Max, 2, Some("people"), true),
+    );
+    let text = "vray: max 2 people --each";
+    take(&mut pool, 0, 0, &holder(0), "vray", 1, 1).unwrap();
+    // Ana on another machine is still ana.
+    borrow_as(&mut pool, 0, 0, &holder(2), "vray", 1, 2).unwrap();
+    let err = assert_denied_by(
+        take(&mut pool, 0, 0, &holder(4), "vray", 1, 3),
+        per_user,
+        text,
+    );
+    assert!(
+        err.message.contains("ana@studio holds 2 seat(s)"),
+        "{}",
+        err.message
+    );
+    // Ben has his own two.
+    let ben = take(&mut pool, 0, 1, &holder(1), "vray", 2, 4).unwrap();
+    assert_denied_by(
+        take(&mut pool, 0, 1, &holder(1), "vray", 1, 5),
+        per_user,
+        text,
+    );
+    pool.checkin(0, &pool.authorize(USERS[1]).unwrap(), ben.id, &mut batch)
+        .unwrap();
+
+    add_group(&mut pool, "boxes", &["host:ws*"]);
+    let per_host = add_rule(
+        &mut pool,
+        spec("nuke", RuleKind::Max, 1, Some("boxes"), true),
+    );
+    let text = "nuke: max 1 boxes --each";
+    take(
+        &mut pool,
+        0,
+        0,
+        &holder_on(0, "ws1", "10.0.0.1"),
+        "nuke",
+        1,
+        6,
+    )
+    .unwrap();
+    // Ben on ws1: the host holds one already, whoever holds it.
+    let err = assert_denied_by(
+        take(
+            &mut pool,
+            0,
+            1,
+            &holder_on(1, "ws1", "10.0.0.2"),
+            "nuke",
+            1,
+            7,
+        ),
+        per_host,
+        text,
+    );
+    assert!(
+        err.message.contains("host ws1 holds 1 seat(s)"),
+        "{}",
+        err.message
+    );
+    // On ws2 he may.
+    assert!(take(
+        &mut pool,
+        0,
+        1,
+        &holder_on(1, "ws2", "10.0.0.2"),
+        "nuke",
+        1,
+        8
+    )
+    .is_ok());
+    // Off the group's hosts, no limit.
+    assert!(take(
+        &mut pool,
+        0,
+        1,
+        &holder_on(3, "laptop", "10.0.0.3"),
+        "nuke",
+        3,
+        9
+    )
+    .is_ok());
+}
+
+#[test]
+fn reserves_are_honoured_in_rule_order_up_to_the_floating_capacity() {
+    let (mut pool, mut batch) = pool_with_users(Policy::default());
+    pool.add_entitlement(0, &admin(), &entitlement("vray", 10), &mut batch)
+        .unwrap();
+    pool.assign(
+        0,
+        &admin(),
+        &assign_request("ana@studio", "vray", 2, None),
+        &mut batch,
+    )
+    .unwrap();
+    add_group(&mut pool, "a", &["user:ben@studio"]);
+    add_group(&mut pool, "b", &["host:farm*"]);
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (8, 8, 0));
+    let first = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Reserve, 3, Some("a"), false),
+    );
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (8, 5, 3));
+    let second = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Reserve, 10, Some("b"), false),
+    );
+    // 3 for a, and the 5 left for b: nothing for anybody else.
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (8, 0, 8));
+    let owner = |pool: &mut Pool, host: &str, seats: u32, n: u8| {
+        pool.checkout(
+            0,
+            &admin(),
+            &holder_on(5, host, "10.0.0.5"),
+            &checkout("vray", seats, n),
+            lease_id(n),
+            &mut Batch::default(),
+        )
+    };
+    let err = owner(&mut pool, "desk", 1, 1).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoSeat, "{}", err.message);
+    assert!(
+        err.message
+            .contains(&format!("rule {first} (vray: reserve 3 a)"))
+            && err
+                .message
+                .contains(&format!("rule {second} (vray: reserve 10 b)")),
+        "{}",
+        err.message
+    );
+    // Members of a take a's seats and only those.
+    take(&mut pool, 0, 1, &holder(1), "vray", 2, 2).unwrap();
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (8, 0, 6));
+    assert_eq!(
+        take(&mut pool, 0, 1, &holder(1), "vray", 2, 3)
+            .unwrap_err()
+            .code,
+        ErrorCode::NoSeat
+    );
+    // Seats drawn from ana's assignment are not floating and eat no reserve.
+    let mine = take(
+        &mut pool,
+        0,
+        0,
+        &holder_on(0, "desk", "10.0.0.1"),
+        "vray",
+        2,
+        4,
+    )
+    .unwrap();
+    assert!(matches!(mine.source, LeaseSource::Assignment(_)));
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (8, 0, 6));
+    // Ana on a farm host is a member of b: a floating seat of b's.
+    let farm = take(
+        &mut pool,
+        0,
+        0,
+        &holder_on(0, "farm1", "10.0.0.1"),
+        "vray",
+        1,
+        5,
+    )
+    .unwrap();
+    assert_eq!(farm.source, LeaseSource::Floating);
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (8, 0, 5));
+    // Deactivating ana ends her leases and returns her 2 seats to floating: b is kept 7.
+    pool.deactivate_user(0, &admin(), "ana@studio", &mut batch)
+        .unwrap();
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (10, 0, 8));
+    assert!(owner(&mut pool, "farm9", 7, 6).is_ok());
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (10, 0, 1));
+    assert_eq!(
+        owner(&mut pool, "desk", 1, 7).unwrap_err().code,
+        ErrorCode::NoSeat
+    );
+    assert!(take(&mut pool, 0, 1, &holder(1), "vray", 1, 8).is_ok());
+    assert_eq!(figures_of(&mut pool, 0, "vray"), (10, 0, 0));
+}
+
+#[test]
+fn borrow_exclude_and_borrow_lowwater_refuse_borrows_only() {
+    let (mut pool, _) = lendable_pool(4);
+    add_group(&mut pool, "travellers", &["user:ben@studio"]);
+    let exclude = add_rule(
+        &mut pool,
+        spec(
+            "vray",
+            RuleKind::BorrowExclude,
+            0,
+            Some("travellers"),
+            false,
+        ),
+    );
+    assert_denied_by(
+        borrow_as(&mut pool, 0, 1, &holder(1), "vray", 1, 1),
+        exclude,
+        "vray: borrow-exclude travellers",
+    );
+    // Ben may still check it out online, and ana may borrow.
+    assert!(take(&mut pool, 0, 1, &holder(1), "vray", 1, 2).is_ok());
+    assert!(borrow_as(&mut pool, 0, 0, &holder(0), "vray", 1, 3).is_ok());
+    // Of 4 floating seats 2 are never lent: one more borrow, not two.
+    let lowwater = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::BorrowLowwater, 2, None, false),
+    );
+    let err = assert_denied_by(
+        borrow_as(&mut pool, 0, 0, &holder(0), "vray", 2, 4),
+        lowwater,
+        "vray: borrow-lowwater 2",
+    );
+    assert!(
+        err.message.contains("1 are borrowed, 2 more asked for"),
+        "{}",
+        err.message
+    );
+    assert!(borrow_as(&mut pool, 0, 0, &holder(0), "vray", 1, 5).is_ok());
+    assert_denied_by(
+        borrow_as(&mut pool, 0, 0, &holder(0), "vray", 1, 6),
+        lowwater,
+        "vray: borrow-lowwater 2",
+    );
+    // The online seat left is still there for checkouts.
+    assert!(take(&mut pool, 0, 0, &holder(0), "vray", 1, 7).is_ok());
+}
+
+fn names(users: &[&str]) -> Vec<String> {
+    users.iter().map(|u| u.to_string()).collect()
+}
+
+#[test]
+fn a_dry_run_stores_nothing_and_says_which_leases_and_users_the_rule_would_catch() {
+    let (mut pool, _) = lendable_pool(10);
+    add_group(&mut pool, "a", &["user:ana@studio"]);
+    add_group(&mut pool, "people", &["user:ana@studio", "user:ben@studio"]);
+    add_group(&mut pool, "g", &["user:gus@studio"]);
+    let ana = take(&mut pool, 1, 0, &holder(0), "vray", 2, 1).unwrap().id;
+    let ben1 = take(&mut pool, 2, 1, &holder(1), "vray", 1, 2).unwrap().id;
+    let ben2 = take(&mut pool, 3, 1, &holder(3), "vray", 1, 3).unwrap().id;
+    let lent1 = borrow_as(&mut pool, 4, 0, &holder(0), "nuke", 1, 4)
+        .unwrap()
+        .id;
+    let lent2 = borrow_as(&mut pool, 5, 1, &holder(1), "nuke", 2, 5)
+        .unwrap()
+        .id;
+    let _ = lent1;
+    let now = 6;
+    let rule = |kind, seats, group: Option<&str>, each| spec("vray", kind, seats, group, each);
+    assert_eq!(
+        dry_run(&mut pool, now, rule(RuleKind::Include, 0, Some("a"), false)),
+        (
+            vec![ben1, ben2],
+            names(&["ben@studio", "gus@studio", "owner@localhost"])
+        )
+    );
+    assert_eq!(
+        dry_run(&mut pool, now, rule(RuleKind::Exclude, 0, Some("a"), false)),
+        (vec![ana], names(&["ana@studio"]))
+    );
+    // Together: 2, 3, 4 seats in grant order; 2 is the limit.
+    assert_eq!(
+        dry_run(
+            &mut pool,
+            now,
+            rule(RuleKind::Max, 2, Some("people"), false)
+        ),
+        (vec![ben1, ben2], names(&["ana@studio", "ben@studio"]))
+    );
+    // Each: ana holds 2 at once, ben's second seat is his second.
+    assert_eq!(
+        dry_run(&mut pool, now, rule(RuleKind::Max, 1, Some("people"), true)),
+        (vec![ana, ben2], names(&["ana@studio", "ben@studio"]))
+    );
+    assert_eq!(
+        dry_run(&mut pool, now, rule(RuleKind::Max, 3, Some("people"), true)),
+        (vec![], names(&[]))
+    );
+    // 8 kept for gus of 10 with 4 in use by others: the newest 2 seats are over.
+    assert_eq!(
+        dry_run(&mut pool, now, rule(RuleKind::Reserve, 8, Some("g"), false)),
+        (vec![ben1, ben2], names(&[]))
+    );
+    assert_eq!(
+        dry_run(&mut pool, now, rule(RuleKind::Reserve, 6, Some("g"), false)),
+        (vec![], names(&[]))
+    );
+    // nuke: 3 borrowed, at most 1 may be: the newest borrow (2 seats) covers it.
+    assert_eq!(
+        dry_run(
+            &mut pool,
+            now,
+            spec("nuke", RuleKind::BorrowLowwater, 9, None, false)
+        ),
+        (vec![lent2], names(&[]))
+    );
+    // No id was used up.
+    let id = add_rule(&mut pool, rule(RuleKind::Exclude, 0, Some("g"), false));
+    assert_eq!(id, 1);
+}
+
+#[test]
+fn policy_check_names_the_deciding_rule_and_nothing_is_taken() {
+    let (mut pool, mut batch) = policy_pool(10);
+    add_group(&mut pool, "leads", &["user:ana@studio"]);
+    add_group(&mut pool, "lab", &["ip:10.9.0.0/16"]);
+    let include = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Include, 0, Some("leads"), false),
+    );
+    let exclude = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Exclude, 0, Some("lab"), false),
+    );
+    let before = pool.snapshot();
+    let mut check = |user: &str, ip: Option<&str>| {
+        let request = PolicyCheck {
+            feature: "vray".into(),
+            user: user.into(),
+            host: Some("ws1".into()),
+            ip: ip.map(str::to_string),
+        };
+        pool.check_policy(0, &admin(), &request, &mut batch)
+            .unwrap()
+    };
+    let yes = check("ana@studio", None);
+    assert_eq!(
+        (yes.allowed, yes.rule),
+        (true, Some(include)),
+        "{}",
+        yes.reason
+    );
+    let no = check("ben@studio", None);
+    assert_eq!(
+        (no.allowed, no.rule),
+        (false, Some(include)),
+        "{}",
+        no.reason
+    );
+    assert!(no.reason.contains("ben@studio on ws1"), "{}", no.reason);
+    let no = check("ANA@studio", Some("::ffff:10.9.1.1"));
+    assert_eq!(
+        (no.allowed, no.rule),
+        (false, Some(exclude)),
+        "{}",
+        no.reason
+    );
+    let free = pool
+        .check_policy(
+            0,
+            &admin(),
+            &PolicyCheck {
+                feature: "nuke".into(),
+                user: "gus@studio".into(),
+                host: None,
+                ip: None,
+            },
+            &mut Batch::default(),
+        )
+        .unwrap();
+    assert_eq!((free.allowed, free.rule), (true, None));
+    assert_eq!(pool.snapshot(), before);
+}
+
+#[test]
+fn group_and_rule_refusals_have_their_codes_and_are_audited() {
+    let (mut pool, _) = policy_pool(10);
+    add_group(&mut pool, "leads", &["user:ana@studio"]);
+    let max = add_rule(
+        &mut pool,
+        spec("vray", RuleKind::Max, 2, Some("leads"), true),
+    );
+    let before = pool.snapshot();
+    let ben = pool.authorize(USERS[1]).unwrap();
+    let mut batch = Batch::default();
+    let refused = |batch: &mut Batch, err: ErrorBody, code: ErrorCode, action: &str| {
+        assert_eq!(err.code, code, "{}", err.message);
+        let last = batch.audit.last().expect("audited");
+        assert_eq!(
+            (last.action.as_str(), last.outcome.as_str()),
+            (action, code.as_str()),
+            "{last:?}"
+        );
+        err
+    };
+    let gone = GroupRef {
+        name: "leads".into(),
+    };
+    let err = pool
+        .remove_group(0, &admin(), &gone, &mut batch)
+        .unwrap_err();
+    let err = refused(&mut batch, err, ErrorCode::Invalid, "group_remove");
+    assert!(
+        err.message
+            .contains(&format!("rule {max} (vray: max 2 leads --each)")),
+        "{}",
+        err.message
+    );
+    let err = pool
+        .add_rule(
+            0,
+            &admin(),
+            &PolicyAdd {
+                rule: spec("vray", RuleKind::Max, 2, Some("leads"), true),
+                dry_run: false,
+            },
+            &mut batch,
+        )
+        .unwrap_err();
+    let err = refused(&mut batch, err, ErrorCode::AlreadyExists, "policy_add");
+    assert!(
+        err.message.contains(&format!("rule {max}")),
+        "{}",
+        err.message
+    );
+    for (rule, what) in [
+        (
+            spec("vray", RuleKind::Exclude, 0, Some("nobody"), false),
+            "nobody",
+        ),
+        (
+            spec("maya", RuleKind::Exclude, 0, Some("leads"), false),
+            "maya",
+        ),
+    ] {
+        let request = PolicyAdd {
+            rule,
+            dry_run: true,
+        };
+        let err = pool
+            .add_rule(0, &admin(), &request, &mut batch)
+            .unwrap_err();
+        let err = refused(&mut batch, err, ErrorCode::NotFound, "policy_add");
+        assert!(err.message.contains(what), "{}", err.message);
+    }
+    let err = pool
+        .add_group(
+            0,
+            &ben,
+            &tally_protocol::GroupAdd {
+                name: "mine".into(),
+                members: vec!["user:ben@studio".into()],
+            },
+            &mut batch,
+        )
+        .unwrap_err();
+    refused(&mut batch, err, ErrorCode::Forbidden, "group_add");
+    let err = pool
+        .add_rule(
+            0,
+            &ben,
+            &PolicyAdd {
+                rule: spec("vray", RuleKind::Exclude, 0, Some("leads"), false),
+                dry_run: true,
+            },
+            &mut batch,
+        )
+        .unwrap_err();
+    refused(&mut batch, err, ErrorCode::Forbidden, "policy_add");
+    let err = pool
+        .remove_rule(0, &ben, RuleRef { id: max }, &mut batch)
+        .unwrap_err();
+    refused(&mut batch, err, ErrorCode::Forbidden, "policy_remove");
+    let err = pool
+        .remove_rule(0, &admin(), RuleRef { id: 99 }, &mut batch)
+        .unwrap_err();
+    refused(&mut batch, err, ErrorCode::NotFound, "policy_remove");
+    let check = PolicyCheck {
+        feature: "vray".into(),
+        user: "ana@studio".into(),
+        host: None,
+        ip: None,
+    };
+    let err = pool.check_policy(0, &ben, &check, &mut batch).unwrap_err();
+    refused(&mut batch, err, ErrorCode::Forbidden, "policy_check");
+    let err = pool
+        .change_group_members(
+            0,
+            &admin(),
+            &tally_protocol::GroupMembers {
+                name: "nobody".into(),
+                add: true,
+                members: vec!["user:ben@studio".into()],
+            },
+            &mut batch,
+        )
+        .unwrap_err();
+    refused(&mut batch, err, ErrorCode::NotFound, "group_members");
+    assert_eq!(pool.snapshot(), before, "a refusal changed the pool");
+    // A checkout refused by a rule is audited as denied, naming the rule.
+    take(&mut pool, 0, 0, &holder(0), "vray", 2, 1).unwrap();
+    let ana = pool.authorize(USERS[0]).unwrap();
+    let err = pool
+        .checkout(
+            0,
+            &ana,
+            &holder(0),
+            &checkout("vray", 1, 2),
+            lease_id(2),
+            &mut batch,
+        )
+        .unwrap_err();
+    refused(&mut batch, err, ErrorCode::Denied, "checkout");
+    assert!(batch
+        .audit
+        .last()
+        .unwrap()
+        .reason
+        .contains(&format!("rule {max}")));
+    // Once the rule is gone the group may go.
+    pool.remove_rule(0, &admin(), RuleRef { id: max }, &mut batch)
+        .unwrap();
+    pool.remove_group(0, &admin(), &gone, &mut batch).unwrap();
+}
+
+#[test]
+fn a_rule_on_a_prerequisite_denies_the_checkout_that_would_take_its_seat() {
+    let (mut pool, _) = pool_with_prerequisite();
+    add_group(&mut pool, "outsiders", &["user:ben@studio"]);
+    let exclude = add_rule(
+        &mut pool,
+        spec("maya", RuleKind::Exclude, 0, Some("outsiders"), false),
+    );
+    let err = assert_denied_by(
+        take(&mut pool, 1, 1, &holder(1), "vray", 1, 1),
+        exclude,
+        "maya: exclude outsiders",
+    );
+    assert!(
+        err.message.starts_with("vray requires maya"),
+        "{}",
+        err.message
+    );
+    assert_eq!(pool.ledger.leases.len(), 0, "nothing is taken");
+    assert!(take(&mut pool, 1, 0, &holder(0), "vray", 1, 2).is_ok());
+    assert_eq!(seats_in_use(&pool, "maya"), 1);
+}
+
+#[test]
+fn max_each_counts_an_address_whichever_form_it_came_in() {
+    let (mut pool, _) = policy_pool(10);
+    add_group(&mut pool, "lab", &["ip:10.0.0.0/24"]);
+    let per_address = add_rule(&mut pool, spec("vray", RuleKind::Max, 1, Some("lab"), true));
+    take(
+        &mut pool,
+        0,
+        1,
+        &holder_on(1, "ws1", "10.0.0.1"),
+        "vray",
+        1,
+        1,
+    )
+    .unwrap();
+    // The same IPv4 address, as a dual-stack listener reports it.
+    let err = assert_denied_by(
+        take(
+            &mut pool,
+            0,
+            0,
+            &holder_on(0, "ws2", "::ffff:10.0.0.1"),
+            "vray",
+            1,
+            2,
+        ),
+        per_address,
+        "vray: max 1 lab --each",
+    );
+    assert!(
+        err.message.contains("address 10.0.0.1 holds 1 seat(s)"),
+        "{}",
+        err.message
+    );
+    assert!(take(
+        &mut pool,
+        0,
+        0,
+        &holder_on(0, "ws2", "10.0.0.2"),
+        "vray",
+        1,
+        3
+    )
+    .is_ok());
+}
+
+#[test]
+fn reserved_seats_do_not_depend_on_the_order_holders_are_counted_in() {
+    // Ana (in a and b) and ben (in a only) hold one floating seat each; a and b keep one
+    // each. Counting ana's seat toward b and ben's toward a uses both reserves; counting
+    // ana's toward a leaves b's unused. The figure must not depend on which holder comes
+    // first in the ledger (a hash map, in an order that differs from pool to pool).
+    let mut seen = BTreeSet::new();
+    for _ in 0..32 {
+        let (mut pool, _) = policy_pool(10);
+        add_group(&mut pool, "a", &["user:ana@studio", "user:ben@studio"]);
+        add_group(&mut pool, "b", &["user:ana@studio"]);
+        add_rule(
+            &mut pool,
+            spec("vray", RuleKind::Reserve, 1, Some("a"), false),
+        );
+        add_rule(
+            &mut pool,
+            spec("vray", RuleKind::Reserve, 1, Some("b"), false),
+        );
+        take(&mut pool, 0, 0, &holder(0), "vray", 1, 1).unwrap();
+        take(&mut pool, 0, 1, &holder(1), "vray", 1, 2).unwrap();
+        seen.insert(figures_of(&mut pool, 0, "vray"));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![(10, 8, 0)]);
 }
