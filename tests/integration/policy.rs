@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 /// A client file for a user signed in with `token`, beside the daemon's own.
-fn user_config(daemon: &DaemonProcess, name: &str, token: &str) -> PathBuf {
+pub fn user_config(daemon: &DaemonProcess, name: &str, token: &str) -> PathBuf {
     let text = std::fs::read_to_string(daemon.client_toml()).unwrap();
     let mut lines: Vec<String> = text
         .lines()

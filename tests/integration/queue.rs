@@ -391,3 +391,56 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> (Option<i32>, Strin
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `priority 1 leads` (SPEC §8) through the binaries: a lead who joins the queue after the
+/// owner is listed first and runs first.
+#[test]
+fn a_priority_rule_puts_its_group_first_in_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), "30s", "1s");
+    let toml = daemon.client_toml();
+    let config = toml.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let (code, doc) = cli_json(config, args);
+        assert_eq!(code, Some(0), "{args:?}: {doc}");
+        doc
+    };
+    ok(&["entitlement", "add", "vray", "--seats", "1"]);
+    let token = ok(&["user", "add", "lead@studio"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lead = crate::policy::user_config(&daemon, "lead", &token);
+    ok(&["group", "add", "leads", "user:lead@studio"]);
+    ok(&["policy", "add", "vray", "priority", "1", "leads"]);
+    let (mut holder, _) = spawn_holder(&toml, "vray");
+    let order = dir.path().join("order");
+
+    let owner_waits = cli_waiter(&toml, None, 1, &order);
+    wait_for_queue(config, 1);
+    let lead_waits = cli_waiter(&lead, None, 2, &order);
+    let doc = wait_for_queue(config, 2);
+    let listed: Vec<(&str, u64)> = doc["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["user"].as_str().unwrap(), e["position"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("lead@studio", 1), ("owner@localhost", 2)],
+        "{doc}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    holder.wait().unwrap();
+    for mut waiter in [lead_waits, owner_waits] {
+        let out = wait_with_deadline(&mut waiter, Duration::from_secs(30));
+        assert_eq!(out.0, Some(0), "stderr: {}", out.2);
+    }
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "2\n1\n");
+}

@@ -3391,6 +3391,149 @@ mod queue {
         (granted, ended)
     }
 
+    /// A `priority` rule (R16) puts its group ahead of earlier arrivals, lower numbers
+    /// first; a checkout held back by a `max` rule waits (it is not denied) and is served
+    /// once its group holds fewer seats, while an excluded one is refused at once.
+    #[test]
+    fn priority_rules_order_the_queue_and_a_max_rule_holds_a_wait_back() {
+        let mut pool = pool(1);
+        let mut batch = Batch::default();
+        for (name, host) in [("leads", "node1"), ("seniors", "node3")] {
+            let group = tally_protocol::GroupAdd {
+                name: name.into(),
+                members: vec![format!("host:{host}")],
+            };
+            pool.add_group(0, &admin(), &group, &mut batch).unwrap();
+        }
+        for (seats, group) in [(2, "leads"), (1, "seniors")] {
+            let rule = PolicyAdd {
+                rule: RuleSpec {
+                    feature: "vray".into(),
+                    kind: RuleKind::Priority,
+                    seats,
+                    group: Some(group.into()),
+                    each: false,
+                },
+                dry_run: false,
+            };
+            pool.add_rule(0, &admin(), &rule, &mut batch).unwrap();
+        }
+        let held = match join(&mut pool, 1, 0, 1, &mut batch) {
+            Response::Lease(info) => info.id,
+            other => panic!("{other:?}"),
+        };
+        // node4 (no rule) arrives first, then node1 (a lead's host), then node3 (a senior's):
+        // the senior (priority 1) goes first, the lead (2) next, node4 last.
+        assert_eq!(position(&join(&mut pool, 2, 4, 1, &mut batch)), 1);
+        assert_eq!(position(&join(&mut pool, 3, 1, 1, &mut batch)), 1);
+        assert_eq!(position(&join(&mut pool, 4, 3, 1, &mut batch)), 1);
+        let mut next_id = ids();
+        let mut served = Vec::new();
+        let mut current = held;
+        for at in [10, 20, 30] {
+            let actor = Actor {
+                username: pool.ledger.leases[&current].user.clone(),
+                role: Role::Member,
+            };
+            pool.checkin(at, &actor, current, &mut batch).unwrap();
+            let mut batch = Batch::default();
+            pool.serve_queue(at, &mut next_id, &mut batch);
+            let (granted, ended) = notices(&batch);
+            assert!(ended.is_empty(), "at {at}: {ended:?}");
+            served.extend(granted.iter().copied());
+            current = pool
+                .ledger
+                .leases
+                .values()
+                .find(|l| l.feature == "vray")
+                .unwrap_or_else(|| panic!("at {at}: served {served:?}"))
+                .id;
+            pool.check_invariants(at).unwrap();
+        }
+        assert_eq!(
+            served,
+            [holder(3).client, holder(1).client, holder(4).client]
+        );
+
+        // max 1 leads: the lead holding a seat waits for a second instead of being denied.
+        let mut pool = pool_two_seats_with_max();
+        let mut batch = Batch::default();
+        let first = match join(&mut pool, 1, 3, 1, &mut batch) {
+            Response::Lease(info) => info.id,
+            other => panic!("{other:?}"),
+        };
+        let second = pool
+            .checkout_wait(
+                2,
+                &member(3),
+                &holder(3),
+                &wait(1, request_id(3, 2), None),
+                LeaseId([77; 16]),
+                &mut batch,
+            )
+            .unwrap();
+        assert_eq!(
+            position(&second),
+            1,
+            "a seat is free, but max holds it back"
+        );
+        let mut next_id = ids();
+        let mut batch = Batch::default();
+        pool.serve_queue(3, &mut next_id, &mut batch);
+        assert!(batch.queue_notices.is_empty());
+        pool.check_invariants(3).unwrap();
+        pool.checkin(4, &member(3), first, &mut batch).unwrap();
+        let mut batch = Batch::default();
+        pool.serve_queue(4, &mut next_id, &mut batch);
+        assert_eq!(notices(&batch).0, [holder(3).client]);
+        // An excluded user is refused at once, not queued.
+        let exclude = PolicyAdd {
+            rule: RuleSpec {
+                feature: "vray".into(),
+                kind: RuleKind::Exclude,
+                seats: 0,
+                group: Some("leads".into()),
+                each: false,
+            },
+            dry_run: false,
+        };
+        pool.add_rule(5, &admin(), &exclude, &mut batch).unwrap();
+        let err = pool
+            .checkout_wait(
+                6,
+                &member(3),
+                &holder(3),
+                &wait(1, request_id(3, 3), None),
+                LeaseId([78; 16]),
+                &mut batch,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied);
+    }
+
+    /// Two seats of vray, and `max 1 leads` with the lead `USERS[0]`.
+    fn pool_two_seats_with_max() -> Pool {
+        let mut pool = pool(2);
+        let mut batch = Batch::default();
+        let group = tally_protocol::GroupAdd {
+            name: "leads".into(),
+            members: vec![format!("user:{}", USERS[0])],
+        };
+        pool.add_group(0, &admin(), &group, &mut batch).unwrap();
+        let rule = PolicyAdd {
+            rule: RuleSpec {
+                feature: "vray".into(),
+                kind: RuleKind::Max,
+                seats: 1,
+                group: Some("leads".into()),
+                each: false,
+            },
+            dry_run: false,
+        };
+        pool.add_rule(0, &admin(), &rule, &mut batch).unwrap();
+        pool
+    }
+
     /// Holder 0 holds the pool's one seat, 1 to 4 wait (1 and 4 are the same user, ana and
     /// ben alternate): each freed seat goes to the next in order of arrival.
     #[test]
