@@ -532,7 +532,6 @@ impl Engine {
         }
     }
 
-    /// Reclaims what lapsed and writes the refusals folded long enough.
     /// Gives the seats freed so far to the checkouts waiting for them (R17), before any
     /// later request can take them.
     fn serve_queue(&mut self, batch: &mut Batch) {
@@ -541,6 +540,7 @@ impl Engine {
             .serve_queue(now, &mut || LeaseId(rand::random()), batch);
     }
 
+    /// Reclaims what lapsed and writes the refusals folded long enough.
     fn sweep(&mut self, batch: &mut Batch) {
         let now = self.clock.now_millis();
         self.pool.sweep(now, batch);
@@ -1043,7 +1043,6 @@ impl Engine {
     }
 }
 
-/// A standby's `not_leader`, naming the leader when it is known.
 /// Resolves at `due` (Unix milliseconds) by `clock`; never when `None`. For a manual clock
 /// the wait is in real time, but stepping the clock wakes the sweep anyway.
 async fn until_millis(clock: &Clock, due: Option<i64>) {
@@ -1056,6 +1055,7 @@ async fn until_millis(clock: &Clock, due: Option<i64>) {
     }
 }
 
+/// A standby's `not_leader`, naming the leader when it is known.
 fn not_leader(job: RequestJob, leader: Option<&str>) {
     let message = match leader {
         Some(leader) => format!("this node is a standby; the leader is at {leader}"),
