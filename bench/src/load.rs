@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tally_protocol::{
-    Authenticate, ClientId, ClientInfo, ClientMessage, Connection, ErrorBody, Hello, Request,
-    Response, ServerMessage, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    Authenticate, Checkin, Checkout, ClientId, ClientInfo, ClientMessage, Connection, ErrorBody,
+    Hello, Request, RequestId, Response, ServerMessage, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
+    PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -90,6 +91,55 @@ impl Session {
             other => bail!("unexpected answer {other:?}"),
         }
     }
+}
+
+/// Each session loops a checkout of one seat of `bench` and its check-in for `secs`
+/// seconds: the latency of every answer, the sessions back, and the requests answered per
+/// second.
+pub async fn checkout_loops(
+    sessions: Vec<Session>,
+    secs: u64,
+) -> Result<(Latencies, Vec<Session>, f64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for mut session in sessions {
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            while std::time::Instant::now() < deadline {
+                let started = std::time::Instant::now();
+                let request = Request::Checkout(Checkout {
+                    request_id: RequestId(rand::random()),
+                    feature: "bench".into(),
+                    seats: 1,
+                });
+                let lease = match session.call(request).await? {
+                    Ok(Response::Lease(lease)) => lease,
+                    other => bail!("checkout: {other:?}"),
+                };
+                latencies.record(started.elapsed());
+                let started = std::time::Instant::now();
+                match session
+                    .call(Request::Checkin(Checkin { lease: lease.id }))
+                    .await?
+                {
+                    Ok(Response::CheckedIn(_)) => {}
+                    other => bail!("checkin: {other:?}"),
+                }
+                latencies.record(started.elapsed());
+            }
+            Ok((latencies, session))
+        }));
+    }
+    let started = std::time::Instant::now();
+    let mut all = Latencies::default();
+    let mut sessions = Vec::new();
+    for task in tasks {
+        let (latencies, session) = task.await??;
+        all.merge(latencies);
+        sessions.push(session);
+    }
+    let ops = all.0.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((all, sessions, ops))
 }
 
 /// The bare ceiling: a tokio-rustls server with the same framing and certificate type that

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tally_protocol::{
-    Checkin, Checkout, EntitlementKind, LeasesPageQuery, LeasesQuery, NewEntitlement, Request,
-    RequestId, Response, StatusQuery,
+    Checkout, EntitlementKind, LeasesPageQuery, LeasesQuery, NewEntitlement, Request, RequestId,
+    Response, StatusQuery,
 };
 
 use daemon::{Daemon, Node, Target};
@@ -331,42 +331,7 @@ async fn checkout(
         None => None,
     };
     let meter = daemon.cpu().meter()?;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for mut session in opened {
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Latencies::default();
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                let request = Request::Checkout(Checkout {
-                    request_id: RequestId(rand::random()),
-                    feature: "bench".into(),
-                    seats: 1,
-                });
-                let lease = match session.call(request).await? {
-                    Ok(Response::Lease(lease)) => lease,
-                    other => bail!("checkout: {other:?}"),
-                };
-                latencies.record(started.elapsed());
-                let started = Instant::now();
-                match session
-                    .call(Request::Checkin(Checkin { lease: lease.id }))
-                    .await?
-                {
-                    Ok(Response::CheckedIn(_)) => {}
-                    other => bail!("checkin: {other:?}"),
-                }
-                latencies.record(started.elapsed());
-            }
-            Ok(latencies)
-        }));
-    }
-    let started = Instant::now();
-    let mut all = Latencies::default();
-    for task in tasks {
-        all.merge(task.await??);
-    }
-    let ops = all.0.len() as f64 / started.elapsed().as_secs_f64();
+    let (mut all, _, ops) = load::checkout_loops(opened, secs).await?;
     println!(
         "checkout: {conns} connections looping checkout + check-in for {secs} s ({store_text})"
     );

@@ -4,14 +4,9 @@
 //! not in, some about a group it is in, so that `max` and `reserve` count seats), and the
 //! ratio of the server's CPU time per request between the two.
 
-use std::time::{Duration, Instant};
-
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use tally_protocol::{
-    Checkin, Checkout, GroupAdd, PolicyAdd, Request, RequestId, Response, RuleKind, RuleRef,
-    RuleSpec,
-};
+use tally_protocol::{GroupAdd, PolicyAdd, Request, RuleKind, RuleRef, RuleSpec};
 
 use crate::daemon::Daemon;
 use crate::load::{self, Latencies, Session};
@@ -69,55 +64,18 @@ pub async fn run(tallyd: &std::path::Path, conns: usize, secs: u64, rules: usize
     }))
 }
 
-/// Every session loops checkout and check-in for `secs` seconds.
+/// Every session loops checkout and check-in for `secs` seconds, the daemon's CPU metered.
 async fn phase(
     daemon: &Daemon,
     sessions: Vec<Session>,
     secs: u64,
 ) -> Result<(Phase, Vec<Session>)> {
     let meter = daemon.cpu().meter()?;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for mut session in sessions {
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Latencies::default();
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                let request = Request::Checkout(Checkout {
-                    request_id: RequestId(rand::random()),
-                    feature: "bench".into(),
-                    seats: 1,
-                });
-                let lease = match session.call(request).await? {
-                    Ok(Response::Lease(lease)) => lease,
-                    other => bail!("checkout: {other:?}"),
-                };
-                latencies.record(started.elapsed());
-                let started = Instant::now();
-                match session
-                    .call(Request::Checkin(Checkin { lease: lease.id }))
-                    .await?
-                {
-                    Ok(Response::CheckedIn(_)) => {}
-                    other => bail!("checkin: {other:?}"),
-                }
-                latencies.record(started.elapsed());
-            }
-            Ok((latencies, session))
-        }));
-    }
-    let started = Instant::now();
-    let mut all = Latencies::default();
-    let mut sessions = Vec::new();
-    for task in tasks {
-        let (latencies, session) = task.await??;
-        all.merge(latencies);
-        sessions.push(session);
-    }
+    let (latencies, sessions, ops_per_sec) = load::checkout_loops(sessions, secs).await?;
     let phase = Phase {
-        ops_per_sec: all.0.len() as f64 / started.elapsed().as_secs_f64(),
-        server_cpu_us_per_op: meter.us_per_op(all.0.len())?,
-        latencies: all,
+        ops_per_sec,
+        server_cpu_us_per_op: meter.us_per_op(latencies.0.len())?,
+        latencies,
     };
     Ok((phase, sessions))
 }

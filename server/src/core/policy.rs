@@ -274,10 +274,7 @@ impl Pool {
         };
         let detail = format!("{} member(s)", group.members.len());
         batch.audit(now, actor, Action::GroupAdd, name, None, Ok(&detail));
-        batch.groups_upserted.push(group.clone());
-        let info = group_info(&group);
-        self.rules.set_group(group);
-        Ok(info)
+        Ok(self.store_group(group, batch))
     }
 
     /// Adds members to a group (those it has already are left as they are) or removes them
@@ -323,10 +320,15 @@ impl Pool {
             request.members.join(" ")
         );
         batch.audit(now, actor, Action::GroupMembers, name, None, Ok(&detail));
+        Ok(self.store_group(group, batch))
+    }
+
+    /// A group added or changed: kept, recorded in the batch, and answered.
+    fn store_group(&mut self, group: Group, batch: &mut Batch) -> GroupInfo {
         batch.groups_upserted.push(group.clone());
         let info = group_info(&group);
         self.rules.set_group(group);
-        Ok(info)
+        info
     }
 
     /// Every group, by name (admins).
