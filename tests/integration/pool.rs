@@ -375,8 +375,21 @@ async fn long_lists_of_leases_and_audit_events_come_back_whole() {
         feature: None,
         limit: Some(5000),
     };
+    // Every grant is in the answer, far more than one frame holds. (On a starved machine
+    // the client may also reconnect mid-way, checking in grants it never heard of and
+    // getting others for the same requests: more events, never fewer.)
     match owner.call(Request::Audit(query)).await.unwrap() {
-        Response::AuditEvents(events) => assert_eq!(events.len(), 2001),
+        Response::AuditEvents(events) => {
+            assert!(events.len() >= 2001, "{} events", events.len());
+            let granted: std::collections::HashSet<&str> = events
+                .iter()
+                .filter(|e| e.action == "checkout" && e.outcome == "ok")
+                .map(|e| e.subject.as_str())
+                .collect();
+            for lease in &held {
+                assert!(granted.contains(lease.id().to_string().as_str()));
+            }
+        }
         other => panic!("{other:?}"),
     }
     drop(held);
