@@ -215,13 +215,7 @@ impl Pool {
                 "no seat of {feature} to borrow: {free} floating seat(s) free, {} asked for",
                 request.seats
             );
-            if kept > 0 {
-                msg.push_str(&format!(
-                    "; {} of them are reserved for others by {}",
-                    kept.min(free),
-                    self.reserves_keeping(feature, &who, capacity)
-                ));
-            }
+            msg.push_str(&self.reserve_note(feature, &who, capacity, kept, free));
             return Err(ErrorBody::new(ErrorCode::NoSeat, msg));
         }
         self.check_lowwater(feature, request.seats, now)?;

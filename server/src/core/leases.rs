@@ -291,13 +291,7 @@ impl Pool {
                 "no seat of {feature}: {used} of {capacity} floating seats are in use, {free} free, {} asked for",
                 request.seats
             );
-            if kept > 0 {
-                msg.push_str(&format!(
-                    "; {} of the free seats are reserved for others by {}",
-                    kept.min(free),
-                    self.reserves_keeping(feature, &who, capacity)
-                ));
-            }
+            msg.push_str(&self.reserve_note(feature, &who, capacity, kept, free));
             if actor.role.is_admin() && used > 0 {
                 msg.push_str(&format!("; held by {}", self.holders_of(feature)));
             }
@@ -831,6 +825,42 @@ impl Pool {
 
     /// The features that exist: those an entitlement names (active or not) and those a
     /// lease holds.
+    /// `invalid` for a feature name that is not one, `not_found` (naming the nearest) for
+    /// one that no entitlement or lease bears.
+    pub(super) fn known_feature(&self, feature: &str) -> Result<(), ErrorBody> {
+        validate_feature(feature).map_err(ErrorBody::invalid)?;
+        let known = self.known_features();
+        if known.contains(feature) {
+            return Ok(());
+        }
+        Err(unknown_name(
+            "feature",
+            feature,
+            known,
+            "`tally status` lists the features",
+        ))
+    }
+
+    /// "; 2 of the free seats are reserved for others by rule 1 (...)" when reserves keep
+    /// some of the `free` floating seats from `who` (`kept` of them), for a `no_seat`.
+    pub(super) fn reserve_note(
+        &self,
+        feature: &str,
+        who: &Who,
+        capacity: u32,
+        kept: u32,
+        free: u32,
+    ) -> String {
+        if kept == 0 {
+            return String::new();
+        }
+        format!(
+            "; {} of the free seats are reserved for others by {}",
+            kept.min(free),
+            self.reserves_keeping(feature, who, capacity)
+        )
+    }
+
     pub(super) fn known_features(&self) -> BTreeSet<&str> {
         self.entitlements
             .values()

@@ -18,10 +18,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tally_protocol::{
-    validate_feature, validate_group, ErrorBody, ErrorCode, GroupAdd, GroupInfo, GroupMembers,
-    GroupRef, LeaseInfo, LeaseKind, LeaseSource, Member, PolicyAdd, PolicyCheck, PolicyDecision,
-    PolicyQuery, RuleAdded, RuleEffect, RuleInfo, RuleKind, RuleRef, RuleSpec, UserState,
-    MAX_GROUP_MEMBERS,
+    validate_group, ErrorBody, ErrorCode, GroupAdd, GroupInfo, GroupMembers, GroupRef, LeaseInfo,
+    LeaseKind, LeaseSource, Member, PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery, RuleAdded,
+    RuleEffect, RuleInfo, RuleKind, RuleRef, RuleSpec, UserState, MAX_GROUP_MEMBERS,
 };
 
 use super::checks::{require_admin, unknown_name};
@@ -456,17 +455,8 @@ impl Pool {
 
     fn check_rule(&self, actor: &Actor, spec: &RuleSpec) -> Result<(), ErrorBody> {
         require_admin(actor, "change policy rules")?;
-        validate_feature(&spec.feature).map_err(ErrorBody::invalid)?;
+        self.known_feature(&spec.feature)?;
         spec.validate().map_err(ErrorBody::invalid)?;
-        let known = self.known_features();
-        if !known.contains(spec.feature.as_str()) {
-            return Err(unknown_name(
-                "feature",
-                &spec.feature,
-                known,
-                "`tally status` lists the features",
-            ));
-        }
         if let Some(group) = &spec.group {
             self.group(group)?;
         }
@@ -491,16 +481,7 @@ impl Pool {
         let checked = (|| {
             require_admin(actor, "list policy rules")?;
             if let Some(feature) = &query.feature {
-                validate_feature(feature).map_err(ErrorBody::invalid)?;
-                let known = self.known_features();
-                if !known.contains(feature.as_str()) {
-                    return Err(unknown_name(
-                        "feature",
-                        feature,
-                        known,
-                        "`tally status` lists the features",
-                    ));
-                }
+                self.known_feature(feature)?;
             }
             Ok(())
         })();
@@ -570,16 +551,7 @@ impl Pool {
         self.advance(now, batch);
         let checked = (|| {
             require_admin(actor, "check policy rules")?;
-            validate_feature(&request.feature).map_err(ErrorBody::invalid)?;
-            let known = self.known_features();
-            if !known.contains(request.feature.as_str()) {
-                return Err(unknown_name(
-                    "feature",
-                    &request.feature,
-                    known,
-                    "`tally status` lists the features",
-                ));
-            }
+            self.known_feature(&request.feature)?;
             let user = request.user.to_lowercase();
             if !self.users.contains_key(&user) {
                 return Err(unknown_name(

@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256};
 use tally_protocol::{
-    validate_feature, ErrorBody, ErrorCode, FeatureRequirement, FeatureRequires, LeaseId, RequestId,
+    ErrorBody, ErrorCode, FeatureRequirement, FeatureRequires, LeaseId, RequestId,
 };
 
-use super::checks::{require_admin, unknown_name};
+use super::checks::require_admin;
 use super::{Action, Actor, Batch, Pool};
 
 impl Pool {
@@ -109,19 +109,8 @@ impl Pool {
     fn check_require(&self, actor: &Actor, request: &FeatureRequirement) -> Result<(), ErrorBody> {
         require_admin(actor, "change prerequisites")?;
         let (feature, requires) = (request.feature.as_str(), request.requires.as_str());
-        validate_feature(feature).map_err(ErrorBody::invalid)?;
-        validate_feature(requires).map_err(ErrorBody::invalid)?;
-        let known = self.known_features();
-        for name in [feature, requires] {
-            if !known.contains(name) {
-                return Err(unknown_name(
-                    "feature",
-                    name,
-                    known,
-                    "`tally status` lists the features",
-                ));
-            }
-        }
+        self.known_feature(feature)?;
+        self.known_feature(requires)?;
         if feature == requires {
             return Err(ErrorBody::invalid(format!(
                 "{feature} cannot require itself"
