@@ -457,6 +457,18 @@ impl Pool {
         feature: Option<&str>,
         batch: &mut Batch,
     ) -> Result<Vec<FeatureStatus>, ErrorBody> {
+        let figures = self.figures(now, feature, batch)?;
+        Ok(figures.into_iter().map(|f| f.status).collect())
+    }
+
+    /// The status figures with the seats each feature's reserves keep unused (R16): what
+    /// `tally status` shows.
+    pub fn figures(
+        &mut self,
+        now: i64,
+        feature: Option<&str>,
+        batch: &mut Batch,
+    ) -> Result<Vec<FeatureFigures>, ErrorBody> {
         self.advance(now, batch);
         let mut features: BTreeSet<&str> = self
             .entitlements
@@ -479,23 +491,30 @@ impl Pool {
                 let floating = total.saturating_sub(assigned);
                 let mut usage = self.ledger.usage(feature);
                 // Seats reserves keep for their groups are not available to others (R16).
+                let reserved = self
+                    .reserves(feature, floating)
+                    .iter()
+                    .fold(0u32, |sum, unused| sum.saturating_add(unused.seats));
                 let available = floating
                     .saturating_sub(usage.total())
-                    .saturating_sub(self.reserved(feature, now));
+                    .saturating_sub(reserved);
                 for assignment in self.assignments.values().filter(|a| a.feature == feature) {
                     let used = self.ledger.assignment_usage(assignment.id);
                     usage.online += used.online;
                     usage.borrowed += used.borrowed;
                 }
-                FeatureStatus {
-                    feature: feature.to_string(),
-                    total,
-                    assigned,
-                    floating,
-                    in_use: usage.online,
-                    borrowed: usage.borrowed,
-                    available,
-                    queued: self.queue.queued_seats(feature),
+                FeatureFigures {
+                    status: FeatureStatus {
+                        feature: feature.to_string(),
+                        total,
+                        assigned,
+                        floating,
+                        in_use: usage.online,
+                        borrowed: usage.borrowed,
+                        available,
+                        queued: self.queue.queued_seats(feature),
+                    },
+                    reserved,
                 }
             })
             .collect())
@@ -503,23 +522,6 @@ impl Pool {
 }
 
 impl Pool {
-    /// The status figures with the seats each feature's reserves keep unused (R16).
-    pub fn figures(
-        &mut self,
-        now: i64,
-        feature: Option<&str>,
-        batch: &mut Batch,
-    ) -> Result<Vec<FeatureFigures>, ErrorBody> {
-        let status = self.status(now, feature, batch)?;
-        Ok(status
-            .into_iter()
-            .map(|status| FeatureFigures {
-                reserved: self.reserved(&status.feature, now),
-                status,
-            })
-            .collect())
-    }
-
     /// Every entitlement of `feature`, active or not; `not_found` when it has none.
     pub(super) fn entitlements_of(&self, feature: &str) -> Result<Vec<&Entitlement>, ErrorBody> {
         let known: Vec<&Entitlement> = self
