@@ -7,8 +7,10 @@
 //! CPU time per answered request, see `cpu.rs`). `checkout --database postgres://...` runs
 //! the same load against a node serving from PostgreSQL (`pg.rs`); `failover` (`failover.rs`)
 //! kills the leader of a cluster and reports times to the first new lease and to every held
-//! lease resumed instead.
+//! lease resumed instead. `bulk` (`bulk.rs`) times bulk CSV administration through the
+//! release `tally` binary.
 
+mod bulk;
 mod cpu;
 mod daemon;
 mod failover;
@@ -73,6 +75,12 @@ enum Scenario {
         secs: u64,
         #[arg(long, default_value_t = 50)]
         rules: usize,
+    },
+    /// `tally user import` of ROWS users, then `tally assign --csv` of a seat to each (SPEC
+    /// R19), each timed whole through the release `tally` binary.
+    Bulk {
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
     },
     /// Sessions each holding a lease and heartbeating: latency and server memory.
     Heartbeat {
@@ -155,6 +163,7 @@ fn main() -> Result<()> {
             Scenario::Policy { conns, secs, rules } => {
                 policy::run(&tallyd, conns, secs, rules).await
             }
+            Scenario::Bulk { rows } => bulk::run(&tallyd, rows).await,
             Scenario::Heartbeat {
                 sessions,
                 interval,

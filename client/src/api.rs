@@ -7,14 +7,14 @@
 
 use tally_protocol::{
     Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage, AssignmentsQuery,
-    AuditPage, AuditPageQuery, Checkin, Entitlement, EntitlementDelete, EntitlementDeleted,
-    EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated, FeatureFigures,
-    FeatureRequirement, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo, GroupMembers,
-    GroupRef, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage, LeasesPageQuery,
-    LeasesQuery, NewEntitlement, NodeInfo, PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery,
-    QueueEntry, QueueQuery, Release, ReleaseMatching, Request, Response, Return, Revoke, RuleAdded,
-    RuleInfo, RuleRef, RuleSpec, ServerInfo, StatusQuery, TokenInfo, TokenMint, TokenRevoke,
-    UserAdd, UserInfo, UserRef, Whoami,
+    AuditPage, AuditPageQuery, Bulk, BulkOutcome, Checkin, Entitlement, EntitlementDelete,
+    EntitlementDeleted, EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated,
+    FeatureFigures, FeatureRequirement, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo,
+    GroupMembers, GroupRef, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage,
+    LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, NotifyStatus, PolicyAdd, PolicyCheck,
+    PolicyDecision, PolicyQuery, QueueEntry, QueueQuery, Release, ReleaseMatching, Request,
+    Response, Return, Revoke, RuleAdded, RuleInfo, RuleRef, RuleSpec, ServerInfo, SinkOutcome,
+    StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef, UserSeen, Whoami,
 };
 
 use crate::{Client, Error};
@@ -189,6 +189,18 @@ impl Client {
     /// Every user (admins).
     pub async fn users(&self) -> Result<Vec<UserInfo>, Error> {
         ask!(self, Request::UserList, Response::Users(users) => users)
+    }
+
+    /// Every user with the last sign-in of any of their tokens (admins).
+    pub async fn users_seen(&self) -> Result<Vec<UserSeen>, Error> {
+        ask!(self, Request::UsersSeen, Response::UsersSeen(users) => users)
+    }
+
+    /// Applies the rows of a bulk file (admins, SPEC R19), each on its own, in one commit:
+    /// how many applied, the rows refused and, for an import asking for them, the new
+    /// users' tokens.
+    pub async fn bulk(&self, bulk: Bulk) -> Result<BulkOutcome, Error> {
+        ask!(self, Request::Bulk(bulk), Response::Bulk(outcome) => outcome)
     }
 
     /// Mints a labelled token for a user: its id and the token, which is shown only now.
@@ -476,6 +488,20 @@ fn requirement(feature: &str, requires: &str) -> FeatureRequirement {
 fn user_ref(username: &str) -> UserRef {
     UserRef {
         username: username.to_string(),
+    }
+}
+
+/// The notification outbox (SPEC §9, R20; admins).
+impl Client {
+    /// How delivery stands: notifications not settled, those a sink gave up on, and each
+    /// sink's counts and latest error.
+    pub async fn notify_status(&self) -> Result<NotifyStatus, Error> {
+        ask!(self, Request::NotifyStatus, Response::NotifyStatus(status) => status)
+    }
+
+    /// Sends a test notification straight to every sink: the outcome at each.
+    pub async fn notify_test(&self) -> Result<Vec<SinkOutcome>, Error> {
+        ask!(self, Request::NotifyTest, Response::NotifyTested(outcomes) => outcomes)
     }
 }
 

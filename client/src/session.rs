@@ -44,8 +44,8 @@ use tally_protocol::{
     decode_token, Authenticate, BorrowOnce, Checkin, Checkout, CheckoutWait, ClientId, ClientInfo,
     ClientMessage, Connection, EndReason, ErrorBody, ErrorCode, FrameError, Hello, LeaseId,
     LeaseInfo, NotLeader, Outcome, QueueCancel, QueueNotice, QueueOutcome, QueuePlace, Request,
-    RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_RESPONSE_FRAME,
-    PROTOCOL_VERSION,
+    RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_BULK_FRAME,
+    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -621,7 +621,13 @@ impl Settings {
         .await
         .map_err(frame)?;
         match conn.recv::<ServerMessage>().await.map_err(frame)? {
-            Some(ServerMessage::Authenticated(auth)) => Ok((conn, welcome, auth.username)),
+            Some(ServerMessage::Authenticated(auth)) => {
+                // A server reads a bulk file in one frame from an admin (SPEC R19).
+                if auth.role.is_admin() {
+                    conn.set_max_write(MAX_BULK_FRAME);
+                }
+                Ok((conn, welcome, auth.username))
+            }
             Some(ServerMessage::Error(body)) => Err(Error::Server(body)),
             Some(other) => Err(Error::Protocol(format!(
                 "expected Authenticated, got {other:?}"

@@ -94,6 +94,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Changes the limit of frames read from now on: a server reads larger frames from a
+    /// signed-in admin (bulk requests) than from anyone else.
+    pub fn set_max_read(&mut self, max_read: usize) {
+        self.framed.codec_mut().read.set_max_frame_length(max_read);
+        self.max_read = max_read;
+    }
+
+    /// Changes the limit of frames written from now on.
+    pub fn set_max_write(&mut self, max_write: usize) {
+        self.framed
+            .codec_mut()
+            .write
+            .set_max_frame_length(max_write);
+        self.max_write = max_write;
+    }
+
     /// Encodes and sends one message.
     pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
         let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;

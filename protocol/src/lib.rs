@@ -13,11 +13,13 @@
 //! build cannot read the `ServerInfo` of a server built before them.
 
 mod borrow;
+mod bulk;
 mod connection;
 mod error;
 mod ids;
 mod message;
 mod names;
+mod notify;
 mod policy;
 pub mod text;
 mod time;
@@ -27,11 +29,16 @@ pub use borrow::{
     decode_token, key_id, BorrowClaims, SignedClaims, TokenError, MAX_CHAIN, TOKEN_PREFIX,
     TOKEN_PREFIX_V1,
 };
+pub use bulk::{
+    Bulk, BulkFailure, BulkOutcome, BulkRow, BulkRows, BulkToken, UserSeen, MAX_BULK_FRAME,
+    MAX_BULK_REASON, MAX_BULK_ROWS,
+};
 pub use connection::{Connection, FrameError, MAX_RESPONSE_FRAME};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, LeasePattern, ParseIdError, RequestId, MIN_PATTERN_DIGITS};
 pub use message::*;
 pub use names::{validate_feature, validate_username, FEATURE_MAX_LEN};
+pub use notify::{NotifyStatus, SinkOutcome, SinkStatus};
 pub use policy::{
     validate_group, FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, Member, PolicyAdd,
     PolicyCheck, PolicyDecision, PolicyQuery, RuleAdded, RuleEffect, RuleInfo, RuleKind, RuleRef,
@@ -50,6 +57,12 @@ pub const DEFAULT_PORT: u16 = 27010;
 /// The largest frame accepted by default (64 KiB). A larger length prefix closes the
 /// connection before anything is allocated.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// How many bytes `message` takes on the wire, for checking a request against a frame
+/// limit before sending it.
+pub fn encoded_len<M: serde::Serialize>(message: &M) -> usize {
+    postcard::experimental::serialized_size(message).unwrap_or(usize::MAX)
+}
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bulk::{Bulk, BulkOutcome, BulkRows, UserSeen};
+use crate::notify::{NotifyStatus, SinkOutcome};
 use crate::policy::{
     FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, PolicyAdd, PolicyCheck,
     PolicyDecision, PolicyQuery, RuleAdded, RuleInfo, RuleRef,
@@ -285,6 +287,18 @@ pub enum Request {
     /// The queue of one feature or of all: admins see every entry, others their own;
     /// answered with [`Response::Queue`].
     Queue(QueueQuery),
+    /// Every row of a bulk file (SPEC R19; admins), applied row by row in one commit;
+    /// answered with [`Response::Bulk`].
+    Bulk(Bulk),
+    /// How the delivery of notifications to each sink stands (R20; admins); answered with
+    /// [`Response::NotifyStatus`].
+    NotifyStatus,
+    /// Sends one notification of kind `test` straight to every sink, not through the
+    /// outbox (R20; admins); answered with [`Response::NotifyTested`].
+    NotifyTest,
+    /// `UserList` with each user's last sign-in (admins); answered with
+    /// [`Response::UsersSeen`]. Clients send it for `tally user list --csv`.
+    UsersSeen,
 }
 
 impl Request {
@@ -343,6 +357,16 @@ impl Request {
             Request::CheckoutWait(_) => "checkout",
             Request::QueueCancel(_) => "queue_cancel",
             Request::Queue(_) => "queue",
+            Request::Bulk(bulk) => match bulk.rows {
+                BulkRows::Import(_) => "user_import",
+                BulkRows::Remove(_) => "user_remove_csv",
+                BulkRows::Deactivate(_) => "user_deactivate_csv",
+                BulkRows::Assign(_) => "assign_csv",
+                BulkRows::Revoke(_) => "revoke_csv",
+            },
+            Request::NotifyStatus => "notify_status",
+            Request::NotifyTest => "notify_test",
+            Request::UsersSeen => "user_list",
         }
     }
 
@@ -370,6 +394,8 @@ impl Request {
                 | Request::PolicyCheck(_)
                 | Request::Figures(_)
                 | Request::Queue(_)
+                | Request::UsersSeen
+                | Request::NotifyStatus
         )
     }
 
@@ -398,6 +424,8 @@ impl Request {
                 | Request::GroupRemove(_)
                 | Request::PolicyAdd(_)
                 | Request::PolicyRemove(_)
+                | Request::Bulk(_)
+                | Request::NotifyTest
         )
     }
 }
@@ -476,6 +504,14 @@ pub enum Response {
     Queue(Vec<QueueEntry>),
     /// The answer to `QueueCancel`: whether an entry was waiting (and now is not).
     QueueCancelled(bool),
+    /// The answer to `Bulk`: how many rows applied, the rows refused and the new tokens.
+    Bulk(BulkOutcome),
+    /// The answer to `NotifyStatus`.
+    NotifyStatus(NotifyStatus),
+    /// The answer to `NotifyTest`: the outcome at each sink, the log first.
+    NotifyTested(Vec<SinkOutcome>),
+    /// The answer to `UsersSeen`: every user, by username, with their last sign-in.
+    UsersSeen(Vec<UserSeen>),
 }
 
 /// Check out `seats` seats of `feature`.

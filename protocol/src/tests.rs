@@ -1244,3 +1244,156 @@ fn golden_bytes_of_the_queue() {
         format!("{NOTICE:02x}{id}00{}", &encode(&lease_info()))
     );
 }
+
+/// The wire indices of bulk administration (SPEC R19), around those of the notification
+/// outbox (53, 54; 46, 47).
+mod bulk_index {
+    pub const BULK: u8 = 52;
+    pub const USERS_SEEN: u8 = 55;
+    pub const BULK_OUTCOME: u8 = 45;
+    pub const USERS_SEEN_ANSWER: u8 = 48;
+}
+
+/// Bulk requests and their answers, byte for byte (each index from `bulk_index`).
+#[test]
+fn golden_bytes_of_bulk_administration() {
+    use bulk_index::*;
+    let import = Request::Bulk(Bulk {
+        rows: BulkRows::Import(vec![BulkRow {
+            line: 2,
+            row: UserAdd {
+                username: "u".into(),
+                name: "n".into(),
+                role: Role::Member,
+            },
+        }]),
+        dry_run: false,
+        tokens: true,
+    });
+    // Import (0), one row: line 2, "u", "n", member (2); no dry run, tokens
+    assert_eq!(encode(&import), format!("{BULK:02x}0001020175016e020001"));
+    assert!(!import.is_idempotent() && !import.is_read_only());
+    let remove = Request::Bulk(Bulk {
+        rows: BulkRows::Remove(vec![BulkRow {
+            line: 3,
+            row: UserRef {
+                username: "u".into(),
+            },
+        }]),
+        dry_run: true,
+        tokens: false,
+    });
+    // Remove (1), one row: line 3, "u"; a dry run, no tokens
+    assert_eq!(encode(&remove), format!("{BULK:02x}01010301750100"));
+    let revoke = Request::Bulk(Bulk {
+        rows: BulkRows::Revoke(vec![BulkRow {
+            line: 4,
+            row: Revoke {
+                username: "u".into(),
+                feature: "f".into(),
+                seats: None,
+            },
+        }]),
+        dry_run: false,
+        tokens: false,
+    });
+    // Revoke (4), one row: line 4, "u", "f", all seats
+    assert_eq!(encode(&revoke), format!("{BULK:02x}04010401750166000000"));
+    assert_eq!(encode(&Request::UsersSeen), format!("{USERS_SEEN:02x}"));
+    assert!(Request::UsersSeen.is_read_only());
+    let outcome = Response::Bulk(BulkOutcome {
+        applied: 1,
+        failed: vec![BulkFailure {
+            line: 2,
+            email: "u".into(),
+            code: ErrorCode::AlreadyExists,
+            reason: "r".into(),
+        }],
+        tokens: vec![BulkToken {
+            line: 3,
+            email: "v".into(),
+            token: "t".into(),
+        }],
+    });
+    // 1 applied; line 2, "u", already_exists (3), "r"; line 3, "v", "t"
+    assert_eq!(
+        encode(&outcome),
+        format!("{BULK_OUTCOME:02x}0101020175030172010301760174")
+    );
+    let seen = Response::UsersSeen(vec![UserSeen {
+        user: UserInfo {
+            username: "u".into(),
+            name: String::new(),
+            role: Role::Member,
+            state: UserState::Active,
+            assigned_seats: 2,
+        },
+        last_seen: Some(1000),
+    }]);
+    // "u", "", member, active, 2 seats, last seen 1000 (zigzag varint d00f)
+    assert_eq!(
+        encode(&seen),
+        format!("{USERS_SEEN_ANSWER:02x}0101750002000201d00f")
+    );
+}
+
+/// The wire indices of the notification outbox's requests and answers (SPEC R20).
+mod notify_index {
+    pub const NOTIFY_STATUS: u8 = 53;
+    pub const NOTIFY_TEST: u8 = 54;
+    pub const NOTIFY_STATUS_ANSWER: u8 = 46;
+    pub const NOTIFY_TESTED: u8 = 47;
+}
+
+/// The notification outbox's requests and answers, byte for byte (each index from
+/// `notify_index`).
+#[test]
+fn golden_bytes_of_the_notification_outbox() {
+    use notify_index::*;
+    let status = Request::NotifyStatus;
+    assert_eq!(encode(&status), format!("{NOTIFY_STATUS:02x}"));
+    assert!(status.is_read_only() && status.is_idempotent());
+    let test = Request::NotifyTest;
+    assert_eq!(encode(&test), format!("{NOTIFY_TEST:02x}"));
+    assert!(
+        !test.is_read_only() && !test.is_idempotent(),
+        "a resend sends it again"
+    );
+    let answer = Response::NotifyStatus(NotifyStatus {
+        pending: 2,
+        failed: 1,
+        sinks: vec![
+            SinkStatus {
+                sink: "log".into(),
+                delivered: 3,
+                failed: 0,
+                last_error: None,
+            },
+            SinkStatus {
+                sink: "w".into(),
+                delivered: 1,
+                failed: 1,
+                last_error: Some("e".into()),
+            },
+        ],
+    });
+    // pending 2, failed 1, 2 sinks: "log" 3 0 None, "w" 1 1 Some("e")
+    assert_eq!(
+        encode(&answer),
+        format!("{NOTIFY_STATUS_ANSWER:02x}020102036c6f6703000001770101010165")
+    );
+    let tested = Response::NotifyTested(vec![
+        SinkOutcome {
+            sink: "log".into(),
+            error: None,
+        },
+        SinkOutcome {
+            sink: "w".into(),
+            error: Some("e".into()),
+        },
+    ]);
+    assert_eq!(
+        encode(&tested),
+        format!("{NOTIFY_TESTED:02x}02036c6f67000177010165")
+    );
+}

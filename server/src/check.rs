@@ -1,7 +1,7 @@
 //! `tallyd check-config`: what a start would refuse, found without starting and without
 //! changing anything. Beyond [`Config::problems`] it reads the files the configuration
 //! names (the certificate and key, and that the key belongs to the certificate;
-//! `tls.client_ca`; `borrow.signing_cert`) and looks at `data_dir` and the SQLite file as
+//! `tls.client_ca`; `borrow.signing_cert`; the notification sinks' `ca`) and looks at `data_dir` and the SQLite file as
 //! the user running the check (the systemd unit runs it as the daemon's user). Every
 //! problem is reported, each naming its key.
 
@@ -57,6 +57,26 @@ pub fn files(config: &Config) -> Vec<String> {
                         ));
                     }
                 }
+            }
+        }
+    }
+    let cas = config
+        .notify
+        .webhook
+        .iter()
+        .enumerate()
+        .map(|(i, hook)| (format!("notify.webhook[{i}].ca"), &hook.ca))
+        .chain(
+            config
+                .notify
+                .email
+                .iter()
+                .map(|email| ("notify.email.ca".to_string(), &email.ca)),
+        );
+    for (key, ca) in cas {
+        if let Some(path) = ca {
+            if let Err(err) = crate::notify::sinks::read_pem_certs(path) {
+                problems.push(format!("{key}: {err}"));
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_protocol::now_millis as system_millis;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// A cheap, cloneable handle on the daemon's time. The default is the system clock.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +28,8 @@ struct Manual {
     now: AtomicI64,
     /// Woken on every step, so that the engine sweeps at the new time.
     stepped: Notify,
+    /// The time after each step, for every other task that decides by it (the notifier).
+    steps: watch::Sender<i64>,
 }
 
 impl Clock {
@@ -42,6 +44,7 @@ impl Clock {
             manual: Some(Arc::new(Manual {
                 now: AtomicI64::new(start),
                 stepped: Notify::new(),
+                steps: watch::Sender::new(start),
             })),
         }
     }
@@ -77,7 +80,14 @@ impl Clock {
             .saturating_add(by);
         // A stored permit: a step made while the engine is busy is swept right after.
         manual.stepped.notify_one();
+        manual.steps.send_replace(now);
         now
+    }
+
+    /// Changes on every step of a manual clock; `None` on the system clock. Unlike
+    /// [`stepped`](Self::stepped), any number of tasks may follow it.
+    pub(crate) fn steps(&self) -> Option<watch::Receiver<i64>> {
+        self.manual.as_ref().map(|manual| manual.steps.subscribe())
     }
 
     /// Resolves after a step of a manual clock; never on the system clock.

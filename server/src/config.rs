@@ -36,6 +36,285 @@ pub struct Config {
     /// High availability on PostgreSQL (SPEC §7); read only when `database` is PostgreSQL.
     #[serde(default)]
     pub ha: HaConfig,
+    /// Where notifications go besides the log (SPEC §9, R20), and how delivery retries.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// The notification sinks (`[notify]`): webhooks and e-mail, and how each delivery is
+/// retried. The log always gets every notification. Reloaded on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Attempts at one notification per sink before that sink gives it up (logged at
+    /// `warn` and counted as failed in `tally notify status`).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt; it doubles with each failure after it.
+    #[serde(
+        default = "default_backoff_min",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
+    pub backoff_min: Duration,
+    /// The longest wait between two attempts.
+    #[serde(
+        default = "default_backoff_max",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
+    pub backoff_max: Duration,
+    /// How long one attempt may take (connecting, TLS, sending) before it fails.
+    #[serde(
+        default = "default_notify_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
+    pub timeout: Duration,
+    /// `[[notify.webhook]]`: each gets a signed JSON POST.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook: Vec<WebhookConfig>,
+    /// `[notify.email]`: one relay, mail to the responsible people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailConfig>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff_min: default_backoff_min(),
+            backoff_max: default_backoff_max(),
+            timeout: default_notify_timeout(),
+            webhook: Vec::new(),
+            email: None,
+        }
+    }
+}
+
+/// One `[[notify.webhook]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the notifications are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 key of the `Tally-Signature` header.
+    pub secret: Secret,
+    /// The kinds it gets; absent means every kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+    /// A PEM file of the CA that signed the receiver's certificate (a private CA); absent
+    /// means the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// `[notify.email]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `smtp://host[:port]` (port 25 by default; STARTTLS when the relay offers it) or
+    /// `smtps://host[:port]` (implicit TLS, port 465 by default).
+    pub smtp: String,
+    /// The sender address.
+    pub from: String,
+    /// The responsible people: every notification goes to them.
+    pub to: Vec<String>,
+    /// The relay's user name, for relays that ask for AUTH (with `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The relay's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// The kinds mailed; absent means every kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+    /// A PEM file of the CA that signed the relay's certificate (a private CA); absent
+    /// means the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// Where an `smtp` setting points, read by [`EmailConfig::relay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub host: String,
+    pub port: u16,
+    /// `smtps://`: TLS from the first byte; else STARTTLS when offered.
+    pub implicit_tls: bool,
+}
+
+impl NotifyConfig {
+    /// Every problem of `[notify]`, each naming its key; reads no file (the CA files are
+    /// read by `tallyd check-config` and when the sinks are made).
+    fn problems(&self, problem: &mut impl FnMut(String)) {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if !(1..=1000).contains(&self.max_attempts) {
+            problem(format!(
+                "notify.max_attempts = {}; it must be between 1 and 1000",
+                self.max_attempts
+            ));
+        }
+        if self.backoff_min < Duration::from_millis(10) {
+            problem(format!(
+                "notify.backoff_min = {} is shorter than 10ms, the least it may be",
+                show(self.backoff_min)
+            ));
+        }
+        if self.backoff_max < self.backoff_min {
+            problem(format!(
+                "notify.backoff_max = {} is shorter than notify.backoff_min = {}",
+                show(self.backoff_max),
+                show(self.backoff_min)
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) {
+            problem(format!(
+                "notify.timeout = {} is shorter than 100ms, the least it may be",
+                show(self.timeout)
+            ));
+        }
+        let kinds = |key: &str, kinds: &Option<Vec<String>>, problem: &mut dyn FnMut(String)| {
+            let Some(kinds) = kinds else { return };
+            if kinds.is_empty() {
+                problem(format!(
+                    "{key}.kinds is empty; leave it out for every kind, or name some of: {}",
+                    known_kinds()
+                ));
+            }
+            for kind in kinds {
+                if crate::core::NotificationKind::parse(kind).is_none() {
+                    problem(format!(
+                        "{key}.kinds: {kind:?} is not a notification kind; the kinds are {}",
+                        known_kinds()
+                    ));
+                }
+            }
+        };
+        let mut seen = Vec::new();
+        for (i, hook) in self.webhook.iter().enumerate() {
+            let key = format!("notify.webhook[{i}]");
+            match webhook_url(&hook.url) {
+                // Not repeated: it may hold a password.
+                Err(why) => problem(format!("{key}.url {why}")),
+                Ok(name) => {
+                    if seen.contains(&name) {
+                        problem(format!(
+                            "{key}.url: another webhook has the same URL ({name}); give each webhook once"
+                        ));
+                    }
+                    seen.push(name);
+                }
+            }
+            if hook.secret.0.is_empty() {
+                problem(format!("{key}.secret is empty; give the key the receiver checks the Tally-Signature with"));
+            }
+            kinds(&key, &hook.kinds, problem);
+        }
+        if let Some(email) = &self.email {
+            if let Err(why) = email.relay() {
+                problem(why);
+            }
+            if email.from.parse::<lettre::message::Mailbox>().is_err() {
+                problem(format!(
+                    "notify.email.from = {:?} is not an e-mail address",
+                    email.from
+                ));
+            }
+            if email.to.is_empty() {
+                problem("notify.email.to is empty; name the responsible people's addresses".into());
+            }
+            for to in &email.to {
+                if to.parse::<lettre::message::Mailbox>().is_err() {
+                    problem(format!("notify.email.to: {to:?} is not an e-mail address"));
+                }
+            }
+            match (&email.user, &email.password) {
+                (Some(_), None) => {
+                    problem("notify.email.user is set but notify.email.password is not".into())
+                }
+                (None, Some(_)) => {
+                    problem("notify.email.password is set but notify.email.user is not".into())
+                }
+                _ => {}
+            }
+            kinds("notify.email", &email.kinds, problem);
+        }
+    }
+}
+
+/// The notification kinds, for the text of a problem.
+fn known_kinds() -> String {
+    crate::core::NotificationKind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A webhook URL's name as people read it (`webhook https://host:port/path`: no user,
+/// password, query or fragment), or why it is not an http(s) URL (never repeating what
+/// may be a credential).
+pub fn webhook_url(url: &str) -> Result<String, &'static str> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| "is not a URL; give it as https://host/path")?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("is not an http:// or https:// URL");
+    }
+    let Some(host) = parsed.host_str() else {
+        return Err("names no host");
+    };
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Ok(format!(
+        "webhook {}://{host}{port}{}",
+        parsed.scheme(),
+        parsed.path()
+    ))
+}
+
+impl EmailConfig {
+    /// The relay `smtp` names, or why it names none.
+    pub fn relay(&self) -> Result<Relay, String> {
+        let bad = || {
+            format!(
+                "notify.email.smtp = {:?} is not smtp://HOST[:PORT] or smtps://HOST[:PORT] (user and password go in notify.email.user and notify.email.password)",
+                self.smtp
+            )
+        };
+        let (implicit_tls, rest) = match self.smtp.split_once("://") {
+            Some(("smtp", rest)) => (false, rest),
+            Some(("smtps", rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty()
+            || rest.contains(['/', '@', '?', '#'])
+            || rest.contains(char::is_whitespace)
+        {
+            return Err(bad());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') && !port.contains(']') => {
+                match port.parse::<u16>() {
+                    Ok(port) if port > 0 => (host, port),
+                    _ => return Err(bad()),
+                }
+            }
+            _ => (rest, if implicit_tls { 465 } else { 25 }),
+        };
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Relay {
+            host: host.to_string(),
+            port,
+            implicit_tls,
+        })
+    }
 }
 
 /// A node of a cluster: where clients are sent when it leads, and how long leadership
@@ -204,6 +483,20 @@ pub struct LogConfig {
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+/// Written as `***`: a configuration's settings as text ([`Config::changes`]) never hold
+/// one.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -405,6 +698,7 @@ impl Config {
         if limits.max_leases_per_client == 0 {
             problem("limits.max_leases_per_client = 0; it must be at least 1".into());
         }
+        self.notify.problems(&mut problem);
         if !matches!(self.log.format.as_str(), "human" | "json") {
             problem(format!(
                 "log.format must be \"human\" or \"json\", not {:?}",
@@ -444,6 +738,44 @@ impl Config {
             });
             changes.sort_by(|a, b| a.key.cmp(&b.key));
         }
+        // Secrets are written `***` in the settings: a change of one alone shows here.
+        let secrets = |c: &Config| {
+            let mut secrets: Vec<(String, Option<String>)> = c
+                .notify
+                .webhook
+                .iter()
+                .enumerate()
+                .map(|(i, hook)| {
+                    (
+                        format!("notify.webhook[{i}].secret"),
+                        Some(hook.secret.0.clone()),
+                    )
+                })
+                .collect();
+            secrets.push((
+                "notify.email.password".into(),
+                c.notify
+                    .email
+                    .as_ref()
+                    .and_then(|e| e.password.as_ref())
+                    .map(|p| p.0.clone()),
+            ));
+            secrets
+        };
+        for ((key, old), (_, new)) in secrets(self).into_iter().zip(secrets(new)) {
+            if old != new && !changes.iter().any(|c| key.starts_with(&c.key)) {
+                let shown = |s: &Option<String>| match s {
+                    Some(_) => "(not shown)".to_string(),
+                    None => unset(),
+                };
+                changes.push(Change {
+                    key,
+                    old: shown(&old),
+                    new: shown(&new),
+                });
+            }
+        }
+        changes.sort_by(|a, b| a.key.cmp(&b.key));
         changes
     }
 
@@ -574,6 +906,18 @@ fn default_max_leases_per_client() -> u32 {
 }
 fn default_ha_lease() -> Duration {
     Duration::from_secs(3)
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_log_format() -> String {
     "human".into()
@@ -797,5 +1141,134 @@ mod tests {
                 .join(name);
             Config::load(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
         }
+    }
+
+    /// The example's commented `[[notify.webhook]]` and `[notify.email]`, uncommented, parse
+    /// and validate: the documentation cannot go stale.
+    #[test]
+    fn the_examples_notify_sinks_parse_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tallyd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut notify = String::new();
+        let mut inside = false;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                inside = line == "[notify]";
+            }
+            let uncommented = line.strip_prefix("# ").unwrap_or(line);
+            let is_setting = uncommented.starts_with('[')
+                || uncommented.split_once(" = ").is_some_and(|(key, _)| {
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+            if inside && is_setting {
+                notify.push_str(uncommented);
+                notify.push('\n');
+            }
+        }
+        assert!(notify.contains("[[notify.webhook]]"), "{notify}");
+        assert!(notify.contains("[notify.email]"), "{notify}");
+        let config = Config::parse(&notify).unwrap_or_else(|err| panic!("{err}\n{notify}"));
+        config.validate().unwrap();
+        assert_eq!(config.notify.webhook.len(), 1);
+        let email = config.notify.email.as_ref().unwrap();
+        assert_eq!(
+            email.relay().unwrap(),
+            Relay {
+                host: "relay.studio.lan".into(),
+                port: 25,
+                implicit_tls: false
+            }
+        );
+        assert!(!format!("{config:?}").contains("a long random string"));
+        assert!(!format!("{config:?}").contains("password = \"...\""));
+    }
+
+    #[test]
+    fn every_bad_notify_value_is_named_with_its_key() {
+        let config = Config::parse(
+            r#"
+[notify]
+max_attempts = 0
+backoff_min = "1s"
+backoff_max = "10ms"
+timeout = "1ms"
+
+[[notify.webhook]]
+url = "ftp://hooks.studio.lan/x"
+secret = ""
+kinds = ["pool_exhausted", "pool_exausted"]
+
+[[notify.webhook]]
+url = "https://u:hunter2@hooks.studio.lan/y"
+secret = "s"
+kinds = []
+
+[[notify.webhook]]
+url = "https://other:pw@hooks.studio.lan/y"
+secret = "t"
+
+[notify.email]
+smtp = "smtp://user:pw@relay:25"
+from = "not an address"
+to = ["it@studio.lan", "nobody"]
+password = "p"
+kinds = ["test"]
+"#,
+        )
+        .unwrap();
+        let problems = config.problems();
+        for expected in [
+            "notify.max_attempts = 0",
+            "notify.backoff_max = 10ms is shorter than notify.backoff_min = 1s",
+            "notify.timeout = 1ms",
+            "notify.webhook[0].url is not an http:// or https:// URL",
+            "notify.webhook[0].secret is empty",
+            "notify.webhook[0].kinds: \"pool_exausted\" is not a notification kind",
+            "notify.webhook[1].kinds is empty",
+            "notify.webhook[2].url: another webhook has the same URL (webhook https://hooks.studio.lan/y)",
+            "notify.email.smtp = \"smtp://user:pw@relay:25\" is not smtp://HOST[:PORT]",
+            "notify.email.from = \"not an address\" is not an e-mail address",
+            "notify.email.to: \"nobody\" is not an e-mail address",
+            "notify.email.password is set but notify.email.user is not",
+            "notify.email.kinds: \"test\" is not a notification kind",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}\n{problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 13, "{problems:#?}");
+        assert!(!problems.iter().any(|p| p.contains("hunter2")));
+        assert!(!format!("{config:?}").contains("\"p\""));
+        let good = Config::parse("[notify.email]\nsmtp = \"smtps://[fd00::5]\"\nfrom = \"t@s.lan\"\nto = [\"a@s.lan\"]\n").unwrap();
+        good.validate().unwrap();
+        assert_eq!(
+            good.notify.email.unwrap().relay().unwrap(),
+            Relay {
+                host: "fd00::5".into(),
+                port: 465,
+                implicit_tls: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_changed_secret_is_a_change_that_does_not_show_it() {
+        let config = |secret: &str| {
+            Config::parse(&format!(
+                "[[notify.webhook]]\nurl = \"https://h.lan/x\"\nsecret = {secret:?}\n"
+            ))
+            .unwrap()
+        };
+        let changes = config("old-secret").changes(&config("new-secret"));
+        assert_eq!(
+            changes,
+            [Change {
+                key: "notify.webhook[0].secret".into(),
+                old: "(not shown)".into(),
+                new: "(not shown)".into(),
+            }]
+        );
+        assert!(config("a").changes(&config("a")).is_empty());
     }
 }

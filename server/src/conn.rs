@@ -205,6 +205,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     .await
     .map_err(|e| e.to_string())?;
     tracing::debug!(agent = %logtext::peer(&hello.client.agent), host = %logtext::peer(&holder.host), "signed in");
+    // An admin may send a whole bulk file (SPEC R19) as one request, larger than anyone
+    // else's frames; every request is still checked against the role the pool holds now.
+    if session.role.is_admin() {
+        conn.set_max_read(
+            shared
+                .limits()
+                .max_frame
+                .max(tally_protocol::MAX_BULK_FRAME),
+        );
+    }
 
     // A connection opened while this node serves ends when that serving ends (a cluster's
     // leader stepping down), so that its client moves on to the new leader.

@@ -28,14 +28,15 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::clock::Clock;
 use crate::core::{
-    require_admin, Action, Actor, AuditOutcome, Batch, Holder, NewToken, Policy, Pool, SignOut,
-    SignedIn, Token,
+    require_admin, Action, Actor, AuditOutcome, Batch, Holder, NewToken, NotificationKind, Policy,
+    Pool, SignOut, SignedIn, Token,
 };
 use crate::fold::RefusalFolder;
 use crate::ha::{Role, Serving};
 use crate::init::{new_token, token_hash};
 use crate::notices::Notices;
-use crate::route::{AuditRead, EngineKind, EngineRequest, PoolRequest};
+use crate::notify::Notifier;
+use crate::route::{AuditRead, EngineKind, EngineRequest, NotifyRead, PoolRequest};
 use crate::store::{ClusterStore, Fence, Store, StoreError};
 use crate::watchdog::Watchdog;
 
@@ -115,6 +116,9 @@ enum Reply {
     /// changes it records) is committed; with the answer to give instead of an empty first
     /// page when it names a user or feature that does not exist (`Pool::audit_unknown`).
     Audit(oneshot::Sender<Outcome>, AuditRead, Option<ErrorBody>),
+    /// An authorised `NotifyStatus` or `NotifyTest` (with the admin who asked), answered by
+    /// the notifier once the batch (and its audit event) is committed.
+    Notify(oneshot::Sender<Outcome>, NotifyRead, String),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
 }
 
@@ -194,6 +198,9 @@ pub struct Engine {
     fence: Fence,
     /// Where queue notices (R17) go once their batch is committed.
     notices: Arc<Notices>,
+    /// The outbox's deliverer, which answers `NotifyStatus` and `NotifyTest` once they are
+    /// authorised; `None` where nothing delivers (they are then answered `internal`).
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// What the engine of a cluster's node follows.
@@ -255,7 +262,13 @@ impl Engine {
             serving: watch::channel(Serving::Leader { epoch: 0 }).0,
             fence: Fence::Single,
             notices: Arc::new(Notices::default()),
+            notifier: None,
         }
+    }
+
+    pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     pub fn with_notices(mut self, notices: Arc<Notices>) -> Self {
@@ -326,6 +339,8 @@ impl Engine {
         // An epoch whose commit was fenced off: never served again, whatever the elector
         // still believes.
         let mut fenced: Option<i64> = None;
+        // The leader this node last knew of, for the news of its own takeover.
+        let mut last_leader: Option<String> = None;
         loop {
             // A standby.
             let epoch = loop {
@@ -342,6 +357,9 @@ impl Engine {
                     Role::Leader { .. } => None,
                     Role::Standby { leader } => leader,
                 };
+                if leader.is_some() {
+                    last_leader.clone_from(&leader);
+                }
                 if leader.is_some() {
                     for (_, job) in held.drain(..) {
                         not_leader(job, leader.as_deref());
@@ -402,7 +420,7 @@ impl Engine {
             self.fence = Fence::Epoch(epoch);
             let role = Some(roles.clone());
             let ready = tokio::select! {
-                ready = self.take_over() => ready,
+                ready = self.take_over(&address, epoch, last_leader.as_deref()) => ready,
                 () = leadership_lost(role.clone(), epoch) => Err("the leadership was lost while loading the pool".to_string()),
             };
             if let Err(why) = ready {
@@ -443,7 +461,12 @@ impl Engine {
     }
 
     /// Loads the pool and applies what passed since it was last served, once.
-    async fn take_over(&mut self) -> Result<(), String> {
+    async fn take_over(
+        &mut self,
+        address: &str,
+        epoch: i64,
+        before: Option<&str>,
+    ) -> Result<(), String> {
         let started = std::time::Instant::now();
         let snapshot = self
             .store
@@ -457,17 +480,27 @@ impl Engine {
             "pool loaded from the database"
         );
         let mut batch = Batch::default();
-        self.pool.advance(self.clock.now_millis(), &mut batch);
-        if !batch.is_empty() {
-            self.store
-                .commit(&batch, self.fence)
-                .await
-                .map_err(|err| format!("cannot record the ends that passed meanwhile: {err}"))?;
-            log_changes(&batch);
-            if !batch.notifications.is_empty() {
-                self.outbox.notify_one();
-            }
-        }
+        let now = self.clock.now_millis();
+        self.pool.advance(now, &mut batch);
+        // The news goes out with the takeover's first commit, under its epoch (R20): a node
+        // that fails to commit it has not taken over.
+        let after = match before {
+            Some(before) if before != address => format!(", after {before}"),
+            _ => String::new(),
+        };
+        batch.notify(
+            now,
+            NotificationKind::LeaderChanged,
+            address,
+            None,
+            &format!("{address} is now the cluster's leader (epoch {epoch}{after})"),
+        );
+        self.store
+            .commit(&batch, self.fence)
+            .await
+            .map_err(|err| format!("cannot record the takeover: {err}"))?;
+        log_changes(&batch);
+        self.outbox.notify_one();
         Ok(())
     }
 
@@ -592,6 +625,24 @@ impl Engine {
                     Some(_) => None,
                 };
                 return Self::audit(now, &actor, read, unknown, batch, reply, replies);
+            }
+            EngineKind::Notify(read) => {
+                let (action, what) = match read {
+                    NotifyRead::Status => (Action::NotifyStatus, "read the notification status"),
+                    NotifyRead::Test => (Action::NotifyTest, "send a test notification"),
+                };
+                let checked = require_admin(&actor, what);
+                let detail = match read {
+                    NotifyRead::Status => "",
+                    NotifyRead::Test => "a test notification to every sink",
+                };
+                let outcome = checked.as_ref().map(|()| detail);
+                batch.audit(now, &actor, action, "notifications", None, outcome);
+                match checked {
+                    Ok(()) => replies.push(Reply::Notify(reply, read, actor.username.clone())),
+                    Err(err) => replies.push(Reply::Ready(reply, Outcome::Err(err))),
+                }
+                return;
             }
         };
         let outcome = match self.handle(now, &actor, &holder, request, batch) {
@@ -734,6 +785,10 @@ impl Engine {
                 .add_user(now, actor, &add, mint_token(), batch)
                 .map(|(user, token)| Response::UserAdded { user, token }),
             PoolRequest::UserList => pool.users(now, actor, batch).map(Response::Users),
+            PoolRequest::UsersSeen => pool.users_seen(now, actor, batch).map(Response::UsersSeen),
+            PoolRequest::Bulk(bulk) => pool
+                .bulk(now, actor, &bulk, &mut mint_token, batch)
+                .map(Response::Bulk),
             PoolRequest::UserToken(user) => {
                 let token = mint_token();
                 let text = token.token.clone();
@@ -898,7 +953,9 @@ impl Engine {
                 tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
                 for reply in replies {
                     match reply {
-                        Reply::Ready(reply, _) | Reply::Audit(reply, _, _) => {
+                        Reply::Ready(reply, _)
+                        | Reply::Audit(reply, _, _)
+                        | Reply::Notify(reply, _, _) => {
                             let _ = reply.send(Outcome::Err(ErrorBody::internal()));
                         }
                         Reply::SignIn(reply, _) => {
@@ -957,6 +1014,25 @@ impl Engine {
                 }
                 Reply::SignIn(reply, outcome) => {
                     let _ = reply.send(outcome);
+                }
+                Reply::Notify(reply, read, actor) => {
+                    let notifier = self.notifier.clone();
+                    tokio::spawn(async move {
+                        let outcome = match (notifier, read) {
+                            (None, _) => Outcome::Err(ErrorBody::internal()),
+                            (Some(notifier), NotifyRead::Status) => match notifier.status().await {
+                                Ok(status) => Outcome::Ok(Response::NotifyStatus(status)),
+                                Err(err) => {
+                                    tracing::error!(error = %err, "notification status query failed");
+                                    Outcome::Err(ErrorBody::internal())
+                                }
+                            },
+                            (Some(notifier), NotifyRead::Test) => {
+                                Outcome::Ok(Response::NotifyTested(notifier.test(&actor).await))
+                            }
+                        };
+                        let _ = reply.send(outcome);
+                    });
                 }
                 Reply::Audit(reply, mut read, unknown) => {
                     let (cap, max_bytes) = if read.paged {

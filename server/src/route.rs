@@ -1,16 +1,18 @@
 //! Where a signed-in request is answered, decided once as it arrives: `ServerInfo` and
-//! `ServerNodes` by the connection, audit reads from the store once the engine's batch has
-//! committed, every other request by the pool. The engine's handler takes a
+//! `ServerNodes` by the connection, audit reads from the store and the notification
+//! outbox's status and test by the notifier once the engine's batch has committed, every
+//! other request by the pool. The engine's handler takes a
 //! [`PoolRequest`], which has no variant for the others, so no request can reach the wrong
 //! handler.
 
 use crate::core::Action;
 use tally_protocol::{
-    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Checkin, Checkout, CheckoutWait,
-    EntitlementDelete, EntitlementQuery, EntitlementRemove, EntitlementUpdate, FeatureRequirement,
-    GroupAdd, GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery, NewEntitlement, PolicyAdd,
-    PolicyCheck, PolicyQuery, QueueCancel, QueueQuery, Release, ReleaseMatching, Request, Resume,
-    Return, Revoke, RuleRef, StatusQuery, TokenMint, TokenRevoke, UserAdd, UserRef,
+    Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Bulk, Checkin, Checkout,
+    CheckoutWait, EntitlementDelete, EntitlementQuery, EntitlementRemove, EntitlementUpdate,
+    FeatureRequirement, GroupAdd, GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery,
+    NewEntitlement, PolicyAdd, PolicyCheck, PolicyQuery, QueueCancel, QueueQuery, Release,
+    ReleaseMatching, Request, Resume, Return, Revoke, RuleRef, StatusQuery, TokenMint, TokenRevoke,
+    UserAdd, UserRef,
 };
 
 /// Who answers a request.
@@ -41,6 +43,17 @@ pub enum EngineKind {
     Audit(AuditRead),
     /// Apply it to the pool.
     Pool(PoolRequest),
+    /// Check the role, then ask the notifier after the commit.
+    Notify(NotifyRead),
+}
+
+/// What the notifier is asked, once an admin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyRead {
+    /// How delivery stands (`NotifyStatus`).
+    Status,
+    /// A test notification to every sink (`NotifyTest`).
+    Test,
 }
 
 /// An audit query and how to answer it.
@@ -105,6 +118,8 @@ pub enum PoolRequest {
     CheckoutWait(CheckoutWait),
     QueueCancel(QueueCancel),
     Queue(QueueQuery),
+    Bulk(Bulk),
+    UsersSeen,
 }
 
 /// Decides who answers `request`.
@@ -134,6 +149,14 @@ pub fn route(request: Request) -> Route {
                 before: page.before,
                 paged: true,
             })
+        }
+        Request::NotifyStatus => {
+            let kind = EngineKind::Notify(NotifyRead::Status);
+            return Route::Engine(EngineRequest { name, action, kind });
+        }
+        Request::NotifyTest => {
+            let kind = EngineKind::Notify(NotifyRead::Test);
+            return Route::Engine(EngineRequest { name, action, kind });
         }
         Request::Heartbeat => PoolRequest::Heartbeat,
         Request::Checkout(body) => PoolRequest::Checkout(body),
@@ -183,6 +206,8 @@ pub fn route(request: Request) -> Route {
         Request::CheckoutWait(body) => PoolRequest::CheckoutWait(body),
         Request::QueueCancel(body) => PoolRequest::QueueCancel(body),
         Request::Queue(body) => PoolRequest::Queue(body),
+        Request::Bulk(body) => PoolRequest::Bulk(body),
+        Request::UsersSeen => PoolRequest::UsersSeen,
     };
     Route::Engine(EngineRequest {
         name,

@@ -17,7 +17,7 @@ use crate::config::{Config, Limits};
 use crate::core::{Policy, Pool};
 use crate::engine::{Cluster, Engine, Signer};
 use crate::error::{Context, Error, Result};
-use crate::ha::{Elector, ElectorConfig, Serving};
+use crate::ha::{Elector, ElectorConfig};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notices::Notices;
@@ -112,6 +112,9 @@ pub async fn run(
         );
     }
 
+    let sinks = notify::SinkSet::from_config(&config.notify).map_err(Error::Invalid)?;
+    let notifier = notify::Notifier::new(store.clone(), control.clock.clone(), sinks);
+
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
     let (sign_outs, _) = broadcast::channel(1024);
     let outbox = Arc::new(Notify::new());
@@ -132,7 +135,8 @@ pub async fn run(
     )
     .with_watchdog(control.watchdog)
     .with_clock(control.clock.clone())
-    .with_notices(notices.clone());
+    .with_notices(notices.clone())
+    .with_notifier(notifier.clone());
     let (engine, elector) = match (&cluster, &node) {
         (Some(cluster), Some((id, address))) => {
             let elector = Elector::start(
@@ -158,9 +162,8 @@ pub async fn run(
     let serving = engine.serving();
     let mut engine_task = tokio::spawn(engine.run(engine_rx));
     let notifier_stop = CancellationToken::new();
-    let mut notifier = tokio::spawn(notify::run(
-        store.clone(),
-        Arc::new(notify::LogSink),
+    let mut notifier_task = tokio::spawn(notify::run(
+        notifier.clone(),
         outbox,
         serving.clone(),
         notifier_stop.clone(),
@@ -223,10 +226,10 @@ pub async fn run(
                 notifier_stop.cancel();
                 return Err(task_ended("engine", ended, &control.shutdown));
             }
-            ended = &mut notifier => return Err(task_ended("notifier", ended, &control.shutdown)),
+            ended = &mut notifier_task => return Err(task_ended("notifier", ended, &control.shutdown)),
             changed = wait_reload(&mut control.reload) => {
                 if let Some(new) = changed {
-                    running = apply_reload(&shared, &running, &new, &dir);
+                    running = apply_reload(&shared, &notifier, &running, &new, &dir);
                 }
             }
             accepted = listener.accept() => {
@@ -279,16 +282,12 @@ pub async fn run(
     engine_task
         .await
         .map_err(|err| task_ended("engine", Err(err), &control.shutdown))?;
+    // A delivery in flight is abandoned unrecorded: it is sent again after the next start
+    // (at least once). Nothing else is lost: the outbox and each sink's state are stored.
     notifier_stop.cancel();
-    notifier
+    notifier_task
         .await
         .map_err(|err| task_ended("notifier", Err(err), &control.shutdown))?;
-    let leading = matches!(*serving.borrow(), Serving::Leader { .. });
-    if leading {
-        if let Err(err) = notify::deliver_pending(store.as_ref(), &notify::LogSink).await {
-            tracing::warn!(error = %err, "notifications left in the outbox for the next start");
-        }
-    }
     // After the engine's last commit: a leader gives the leadership up at once, so that a
     // standby takes over without waiting for the lease to lapse.
     if let Some(elector) = elector {
@@ -361,7 +360,13 @@ async fn wait_reload(reload: &mut Option<watch::Receiver<Config>>) -> Option<Con
 /// stay. Logs every key whose value changed from `running`, with its old and new value,
 /// saying whether it was applied or needs a restart; returns the configuration now in
 /// effect, which the next reload compares with.
-fn apply_reload(shared: &Shared, running: &Config, new: &Config, dir: &DataDir) -> Config {
+fn apply_reload(
+    shared: &Shared,
+    notifier: &notify::Notifier,
+    running: &Config,
+    new: &Config,
+    dir: &DataDir,
+) -> Config {
     let tls = match init::tls_config(new, dir) {
         Ok(tls) => {
             *shared.tls.write().expect("tls lock") = tls;
@@ -372,7 +377,18 @@ fn apply_reload(shared: &Shared, running: &Config, new: &Config, dir: &DataDir) 
             false
         }
     };
-    let effective = in_effect(running, new, tls);
+    let mut effective = in_effect(running, new, tls);
+    if running.notify != new.notify {
+        match notify::SinkSet::from_config(&new.notify) {
+            Ok(sinks) => {
+                notifier.replace(sinks);
+                effective.notify = new.notify.clone();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reload: keeping the notification sinks in use");
+            }
+        }
+    }
     *shared.limits.write().expect("limits lock") = effective.limits.clone();
     shared
         .auth_limiter
@@ -391,6 +407,9 @@ fn apply_reload(shared: &Shared, running: &Config, new: &Config, dir: &DataDir) 
         } else if key == "tls.names" {
             needs_restart += 1;
             tracing::warn!(%key, %old, %new, "reload: needs a restart to take effect, after removing DATA_DIR/tls/server.pem and server.key so that a certificate for the new names is made; still running with the old value");
+        } else if key.starts_with("notify") {
+            // The sinks could not be made: the error above says why.
+            tracing::warn!(%key, %old, %new, "reload: not applied, the notification sinks cannot be made; still running with the old ones");
         } else if key.starts_with("tls.") {
             // tls.cert, tls.key, tls.client_ca: the error above says why.
             tracing::warn!(%key, %old, %new, "reload: not applied, the TLS files are not usable; still running with the old value");

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use tally_protocol::{AuditPage, AuditQuery};
 use tally_server::core::{Batch, Notification, Snapshot, Token};
-use tally_server::store::{Fence, Identity, Store, StoreError};
+use tally_server::store::{Delivery, DeliverySummary, Fence, Identity, Store, StoreError};
 
 /// The entitlement reference that sets off `engine-panic` and `engine-hang`.
 const TRIGGER: &str = "fault-injection";
@@ -107,6 +107,31 @@ impl Store for Faulty {
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
         self.inner.mark_delivered(ids, at).await
+    }
+
+    async fn unsettled_notifications(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError> {
+        let pending = self.inner.unsettled_notifications(after, limit).await?;
+        if self.fault == "notifier-panic" && pending.iter().any(|(_, n)| n.subject == TRIGGER_USER)
+        {
+            panic!("injected fault: the notifier panics");
+        }
+        Ok(pending)
+    }
+
+    async fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.deliveries(ids).await
+    }
+
+    async fn record_delivery(&self, delivery: &Delivery, now: i64) -> Result<(), StoreError> {
+        self.inner.record_delivery(delivery, now).await
+    }
+
+    async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError> {
+        self.inner.delivery_summary().await
     }
 
     async fn close(&self) {

@@ -501,6 +501,8 @@ pub struct ClusterSpec {
     /// `leases.ttl` and `leases.sweep` of the seats.
     pub ttl: &'static str,
     pub sweep: &'static str,
+    /// More configuration for every node (its tables go after the harness's and `[ha]`).
+    pub extra: String,
 }
 
 impl ClusterSpec {
@@ -518,6 +520,7 @@ impl ClusterSpec {
             lease,
             ttl: "3s",
             sweep: "200ms",
+            extra: String::new(),
         }
     }
 
@@ -624,8 +627,8 @@ impl Cluster {
                 process: None,
                 dir: node_dir,
                 extra: format!(
-                    "database = {url:?}\n[ha]\nadvertise = \"{addr}\"\nlease = \"{}\"\n",
-                    spec.lease
+                    "database = {url:?}\n[ha]\nadvertise = \"{addr}\"\nlease = \"{}\"\n{}",
+                    spec.lease, spec.extra
                 ),
                 addr,
                 log: dir.path().join(format!("node{i}.log")),

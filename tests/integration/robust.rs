@@ -13,7 +13,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use tally_protocol::{
     Assign, AuditQuery, Borrow, Checkout, ClientId, Entitlement, EntitlementKind, ErrorCode,
     NewEntitlement, Outcome, Request, RequestId, Response, Revoke, Role, ServerMessage,
-    StatusQuery, UserAdd, MAX_DURATION_SECS, MAX_SEATS, MAX_TIME,
+    StatusQuery, UserAdd, UserRef, MAX_DURATION_SECS, MAX_SEATS, MAX_TIME,
 };
 use tally_server::core::Batch;
 use tally_server::store::{Fence, SqliteStore, Store};
@@ -209,6 +209,25 @@ async fn a_panicking_notifier_ends_tallyd_with_a_failure_status_too() {
                 username: "fault@injection.test".into(),
                 name: "Fault".into(),
                 role: Role::Member,
+            }),
+        )
+        .await;
+    assert!(
+        matches!(
+            answer,
+            ServerMessage::Response {
+                outcome: Outcome::Ok(_),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    // Removing the user queues a notification (user_removed), which the notifier takes.
+    let answer = raw
+        .request(
+            2,
+            Request::UserRemove(UserRef {
+                username: "fault@injection.test".into(),
             }),
         )
         .await;

@@ -167,6 +167,10 @@ pub enum Command {
     /// About the server.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Notifications: how delivery to each sink stands, and a test sent to every sink
+    /// (admins).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Your account, the seats assigned to you and the leases you hold.
     Whoami,
     /// Manage users (admins).
@@ -182,12 +186,15 @@ pub enum Command {
         #[arg(long)]
         feature: Option<String>,
     },
-    /// Assign seats of a feature to a user by name (admins).
+    /// Assign seats of a feature to a user by name (admins); with --csv, to every user of a
+    /// file.
     Assign {
         /// The user (an e-mail address).
-        email: String,
+        #[arg(required_unless_present_any = ["csv", "template"])]
+        email: Option<String>,
         /// The feature, e.g. vray.
-        feature: String,
+        #[arg(required_unless_present_any = ["csv", "template"])]
+        feature: Option<String>,
         /// How many seats.
         #[arg(long, default_value_t = 1)]
         seats: u32,
@@ -201,16 +208,30 @@ pub enum Command {
         /// than the entitlement's.
         #[arg(long, value_name = "TIME")]
         expires: Option<String>,
+        /// Assign from a CSV file with the columns email,feature,seats,entitlement (the last
+        /// two may be left out: 1 seat, any entitlement with room).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["email", "feature", "from", "expires", "entitlement"])]
+        csv: Option<PathBuf>,
+        #[command(flatten)]
+        bulk: BulkFlags,
     },
     /// Revoke seats assigned to a user (admins); all of them unless --seats.
     Revoke {
         /// The user (an e-mail address).
-        email: String,
+        #[arg(required_unless_present_any = ["csv", "template"])]
+        email: Option<String>,
         /// The feature whose seats to revoke.
-        feature: String,
+        #[arg(required_unless_present_any = ["csv", "template"])]
+        feature: Option<String>,
         /// How many seats (default: all of them).
         #[arg(long)]
         seats: Option<u32>,
+        /// Revoke from a CSV file with the columns email,feature,seats (seats may be left
+        /// empty or out: all of them).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["email", "feature", "seats"])]
+        csv: Option<PathBuf>,
+        #[command(flatten)]
+        bulk: BulkFlags,
     },
     /// Borrow seats for offline use on this machine.
     Borrow {
@@ -279,8 +300,27 @@ pub enum UserCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// Add the users of a CSV file with the columns email,role,name (role may be left empty
+    /// or out: member).
+    Import {
+        /// The CSV file.
+        #[arg(required_unless_present = "template")]
+        file: Option<PathBuf>,
+        /// Mint each new user's first token and write them to this new file (CSV
+        /// line,email,token, readable by you alone); without it the users get no token,
+        /// and `tally user token EMAIL` mints one.
+        #[arg(long, value_name = "OUT")]
+        tokens: Option<PathBuf>,
+        #[command(flatten)]
+        bulk: BulkFlags,
+    },
     /// List users, with the seats assigned to each per feature.
-    List,
+    List {
+        /// Print CSV (email,name,role,state,assigned_seats,last_seen) instead of a table or
+        /// JSON.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Mint another token for a user, shown once; `user token revoke ID` revokes one.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Token {
@@ -301,7 +341,13 @@ pub enum UserCommand {
     /// Deactivate a user: their leases end and their assigned seats return to the pool.
     Deactivate {
         /// The user to deactivate (an e-mail address).
-        email: String,
+        #[arg(required_unless_present_any = ["csv", "template"])]
+        email: Option<String>,
+        /// Deactivate every user of a CSV file with the column email.
+        #[arg(long, value_name = "FILE", conflicts_with = "email")]
+        csv: Option<PathBuf>,
+        #[command(flatten)]
+        bulk: BulkFlags,
     },
     /// Activate a user again, restoring their assigned seats.
     Activate {
@@ -311,8 +357,30 @@ pub enum UserCommand {
     /// Remove a user who has no assignments and no borrowed seats.
     Remove {
         /// The user to remove (an e-mail address).
-        email: String,
+        #[arg(required_unless_present_any = ["csv", "template"])]
+        email: Option<String>,
+        /// Remove every user of a CSV file with the column email.
+        #[arg(long, value_name = "FILE", conflicts_with = "email")]
+        csv: Option<PathBuf>,
+        #[command(flatten)]
+        bulk: BulkFlags,
     },
+}
+
+/// What every bulk command (a CSV file of rows, SPEC R19) takes.
+#[derive(Debug, Args)]
+pub struct BulkFlags {
+    /// Check every row of the file as it would apply and report the outcome, storing
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the refused rows to this new CSV file (line,email,code,reason and the row's
+    /// own columns): fix them and give the file to the same command again.
+    #[arg(long, value_name = "OUT.csv")]
+    pub failures: Option<PathBuf>,
+    /// Print the header line of the command's CSV file and exit.
+    #[arg(long)]
+    pub template: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -521,6 +589,16 @@ pub enum PolicyCommand {
         #[arg(long)]
         ip: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Notifications not yet delivered everywhere, those a sink gave up on, and per sink
+    /// how many it delivered and gave up and its latest error.
+    Status,
+    /// Send one notification of kind `test` straight to every sink (not through the
+    /// outbox) and report each outcome; exit 1 when any sink failed.
+    Test,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 
 use tally_protocol::{Assign, Revoke};
 
+use super::bulk;
 use super::failure::{exit, Failure};
 use super::output::Output;
 use super::values;
@@ -12,6 +13,8 @@ use crate::Client;
 pub enum Action {
     Assign(Assign),
     Revoke(Revoke),
+    /// A CSV file of assignments or revocations.
+    Bulk(bulk::Action),
     List {
         user: Option<String>,
         feature: Option<String>,
@@ -75,6 +78,7 @@ impl Action {
                     .await?;
                 listing.finish().map_err(Failure::printing)?;
             }
+            Action::Bulk(bulk) => return bulk.run(client, out).await,
             Action::List { user, feature } => out.assignments(
                 &client
                     .assignments(user.as_deref(), feature.as_deref())

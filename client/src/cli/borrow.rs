@@ -56,6 +56,7 @@ impl Action {
                     return Err(Failure {
                         code: exit::FAILED,
                         error_code: "already_exists".into(),
+                        lines: Vec::new(),
                         message: format!(
                             "this machine already borrows {} seat(s) of {feature} until {} (lease {}); to borrow for longer or more seats, give it back first with `tally return {feature}`",
                             held.seats,

@@ -33,6 +33,16 @@ pub struct Failure {
     pub error_code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// The lines of a file that are wrong, each with what is wrong on it (a bulk file):
+    /// printed under the message, and in the JSON error as `lines`.
+    pub lines: Vec<BadLine>,
+}
+
+/// A line of a file and what is wrong on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    pub line: u64,
+    pub reason: String,
 }
 
 impl Failure {
@@ -42,6 +52,7 @@ impl Failure {
             code: exit::USAGE,
             error_code: "invalid".into(),
             message: message.into(),
+            lines: Vec::new(),
         }
     }
 
@@ -51,6 +62,7 @@ impl Failure {
             code: exit::FAILED,
             error_code: "internal".into(),
             message: message.into(),
+            lines: Vec::new(),
         }
     }
 
@@ -63,6 +75,7 @@ impl Failure {
                 code: super::output::BROKEN_PIPE,
                 error_code: BROKEN_PIPE.into(),
                 message: String::new(),
+                lines: Vec::new(),
             };
         }
         Self::internal(format!("cannot print the result: {err}"))
@@ -90,6 +103,7 @@ impl From<Error> for Failure {
             code,
             error_code: err.code_str().to_string(),
             message: err.to_string(),
+            lines: Vec::new(),
         }
     }
 }

@@ -58,6 +58,7 @@ pub fn interrupted(signal: nix::sys::signal::Signal, feature: &str) -> Failure {
     Failure {
         code: 128 + signal as u8,
         error_code: "interrupted".into(),
+        lines: Vec::new(),
         message: format!(
             "interrupted by {} before the server answered the checkout of {feature}; if it granted the seat after all, the seat returns to the pool when its lease ttl passes",
             signal.as_str()
@@ -94,7 +95,7 @@ pub async fn until_signal(
         _ = signals.recv() => {}
         reason = lease.lost() => {
             let message = format!("lease {} of {} was lost: {}", lease.id(), feature, reason.as_str());
-            return Err(Failure { code: exit::FAILED, error_code: "lease_lost".into(), message });
+            return Err(Failure { code: exit::FAILED, error_code: "lease_lost".into(), message, lines: Vec::new() });
         }
     };
     let id = lease.id();
@@ -102,7 +103,7 @@ pub async fn until_signal(
         released = lease.release() => released?,
         signal = signals.recv() => {
             let message = format!("{} while checking lease {id} of {feature} in: not waiting for the server; the seat returns to the pool when its lease ttl passes", signal.as_str());
-            return Err(Failure { code: exit::FAILED, error_code: "interrupted".into(), message });
+            return Err(Failure { code: exit::FAILED, error_code: "interrupted".into(), message, lines: Vec::new() });
         }
     }
     out.note(&format!("checked in {feature}"));
@@ -225,6 +226,7 @@ fn spawn_failure(command: &str, err: &std::io::Error) -> Failure {
         Failure {
             code: exit::NOT_FOUND,
             error_code: "command_not_found".into(),
+            lines: Vec::new(),
             message: format!(
                 "cannot run {command:?}: command not found; the seat was checked in again"
             ),
@@ -233,6 +235,7 @@ fn spawn_failure(command: &str, err: &std::io::Error) -> Failure {
         Failure {
             code: exit::CANNOT_EXECUTE,
             error_code: "command_not_executable".into(),
+            lines: Vec::new(),
             message: format!("cannot run {command:?}: {err}; the seat was checked in again"),
         }
     }

@@ -5,7 +5,7 @@
 //! A run reads the arguments (`args`), turns the command into its checked request once
 //! (`plan`, each family in its own module), so that a usage error exits 2 before any
 //! server is asked, then connects and runs it. Every family module (`leases`,
-//! `entitlements`, `users`, `assignments`, `borrow`, `audit`, `server`, `docs`) holds both
+//! `entitlements`, `users`, `assignments`, `borrow`, `audit`, `server`, `notify`, `docs`) holds both
 //! halves of its commands; `hold` runs the command of `checkout -- CMD`, `settings` merges
 //! the client file with flags, `values` reads times, durations and ids, `output` prints,
 //! `log` writes the library's log.
@@ -14,6 +14,7 @@ mod args;
 mod assignments;
 mod audit;
 mod borrow;
+mod bulk;
 mod docs;
 mod entitlements;
 mod failure;
@@ -21,6 +22,7 @@ mod features;
 mod hold;
 mod leases;
 mod log;
+mod notify;
 mod output;
 mod policy;
 mod server;
@@ -50,6 +52,8 @@ enum Action {
     Local(borrow::Local),
     /// Sent to the server.
     Remote(Remote),
+    /// `--template` of a bulk command: the header line of its CSV file, with no server.
+    Template(bulk::Kind),
 }
 
 /// A command for the server, by family.
@@ -63,6 +67,7 @@ enum Remote {
     Borrow(borrow::Action),
     Audit(audit::Action),
     Server(server::Action),
+    Notify(notify::Action),
 }
 
 /// Checks a command's arguments and turns it into its action: arguments the server would
@@ -70,6 +75,9 @@ enum Remote {
 /// global `--json`, which some commands' own options contradict.
 fn plan(command: Command, json: bool) -> Result<Action, Failure> {
     use Remote as R;
+    if let Some(kind) = bulk::template_of(&command) {
+        return Ok(Action::Template(kind));
+    }
     Ok(Action::Remote(match command {
         Command::Status { feature, all } => R::Leases(leases::Action::status(feature, all)?),
         Command::Leases { feature, user } => R::Leases(leases::Action::leases(feature, user)?),
@@ -89,7 +97,7 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
         Command::Group(command) => R::Policy(policy::Action::group(command)?),
         Command::Policy(command) => R::Policy(policy::Action::policy(command)?),
         Command::Whoami => R::Users(users::Action::Whoami),
-        Command::User(command) => R::Users(users::Action::new(command)?),
+        Command::User(command) => R::Users(users::Action::new(command, json)?),
         Command::Assign {
             email,
             feature,
@@ -97,19 +105,33 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
             entitlement,
             from,
             expires,
-        } => R::Assignments(assignments::Action::assign(
-            email,
-            feature,
-            seats,
-            entitlement,
-            from,
-            expires,
-        )?),
+            csv,
+            bulk,
+        } => match bulk::Action::with_csv(bulk::Kind::Assign, csv, bulk, json)? {
+            Some(bulk) => R::Assignments(assignments::Action::Bulk(bulk)),
+            None => R::Assignments(assignments::Action::assign(
+                email.unwrap_or_default(),
+                feature.unwrap_or_default(),
+                seats,
+                entitlement,
+                from,
+                expires,
+            )?),
+        },
         Command::Revoke {
             email,
             feature,
             seats,
-        } => R::Assignments(assignments::Action::revoke(email, feature, seats)?),
+            csv,
+            bulk,
+        } => match bulk::Action::with_csv(bulk::Kind::Revoke, csv, bulk, json)? {
+            Some(bulk) => R::Assignments(assignments::Action::Bulk(bulk)),
+            None => R::Assignments(assignments::Action::revoke(
+                email.unwrap_or_default(),
+                feature.unwrap_or_default(),
+                seats,
+            )?),
+        },
         Command::Borrow {
             feature,
             duration,
@@ -126,6 +148,7 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
             csv,
         } => R::Audit(audit::Action::new(since, user, feature, limit, csv, json)?),
         Command::Server(command) => R::Server(server::Action::new(command)),
+        Command::Notify(command) => R::Notify(notify::Action::new(command)),
         Command::Completions { shell } => {
             return Ok(Action::Docs(docs::Action::Completions(shell)))
         }
@@ -145,6 +168,7 @@ impl Remote {
             Remote::Borrow(action) => action.run(client, out).await,
             Remote::Audit(action) => action.run(client, out).await,
             Remote::Server(action) => action.run(client, out).await,
+            Remote::Notify(action) => action.run(client, out).await,
         }
     }
 }
@@ -206,6 +230,10 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
     };
     let action = match action {
         Action::Docs(docs) => return docs.run().map_or_else(|f| fail(json, f), ExitCode::from),
+        Action::Template(kind) => {
+            Output::new(json).template(&kind.template());
+            return ExitCode::from(exit::OK);
+        }
         Action::Local(local) => Ok(local),
         Action::Remote(remote) => Err(remote),
     };
@@ -248,7 +276,7 @@ pub fn main_with_machine_id_files(files: &[PathBuf]) -> ExitCode {
 /// Prints the failure (a JSON document with `--json`) and gives its exit code.
 fn fail(json: bool, failure: Failure) -> ExitCode {
     if failure.error_code != failure::BROKEN_PIPE {
-        output::print_error(json, &failure.error_code, &failure.message);
+        output::print_error_lines(json, &failure.error_code, &failure.message, &failure.lines);
     }
     ExitCode::from(failure.code)
 }

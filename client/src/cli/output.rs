@@ -14,13 +14,15 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{json, Value};
+
+use super::failure::BadLine;
 use std::collections::BTreeMap;
 
 use tally_protocol::{
-    AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, Entitlement, EntitlementDeleted,
-    EntitlementUpdated, FeatureFigures, FeatureRequires, FeatureStatus, GroupInfo, HeldLease,
-    IssuedToken, LeaseId, LeaseInfo, LeaseSource, NodeInfo, PolicyDecision, QueueEntry, QueuePlace,
-    RuleAdded, RuleInfo, ServerInfo, TokenInfo, UserInfo, Whoami,
+    AssignmentChange, AssignmentEntry, AssignmentInfo, AuditEvent, BulkOutcome, Entitlement,
+    EntitlementDeleted, EntitlementUpdated, FeatureFigures, FeatureRequires, FeatureStatus,
+    GroupInfo, HeldLease, IssuedToken, LeaseId, LeaseInfo, LeaseSource, NodeInfo, PolicyDecision,
+    QueueEntry, QueuePlace, RuleAdded, RuleInfo, ServerInfo, TokenInfo, UserInfo, UserSeen, Whoami,
 };
 
 /// Prints a line for people on stdout, with control characters escaped ([`line`]).
@@ -114,6 +116,16 @@ pub fn csv_cell(text: &str) -> Cow<'_, str> {
         cleaned
     }
 }
+
+/// The columns of `user list --csv`.
+const USER_COLUMNS: [&str; 6] = [
+    "email",
+    "name",
+    "role",
+    "state",
+    "assigned_seats",
+    "last_seen",
+];
 
 /// Where results go.
 pub struct Output {
@@ -471,10 +483,32 @@ fn time_millis(millis: i64) -> String {
 
 /// Prints a failure: `{"error": {...}}` on stdout with `--json`, a line on stderr otherwise.
 pub fn print_error(json: bool, code: &str, message: &str) {
+    print_error_lines(json, code, message, &[]);
+}
+
+/// [`print_error`] of a file with bad lines: in JSON, `lines` lists them
+/// (`[{"line", "reason"}]`); for people, one line each under the message.
+pub fn print_error_lines(json: bool, code: &str, message: &str, lines: &[BadLine]) {
     if json {
-        json_line(&json!({"error": {"code": code, "message": message}}));
-    } else {
+        let mut error = json!({"code": code, "message": message});
+        if !lines.is_empty() {
+            let lines: Vec<Value> = lines
+                .iter()
+                .map(|l| json!({"line": l.line, "reason": l.reason}))
+                .collect();
+            error["lines"] = json!(lines);
+        }
+        json_line(&json!({ "error": error }));
+    } else if lines.is_empty() {
         say_err!("tally: {message}");
+    } else {
+        let head = message
+            .split_once(": line ")
+            .map_or(message, |(head, _)| head);
+        say_err!("tally: {head}:");
+        for l in lines {
+            say_err!("  line {}: {}", l.line, l.reason);
+        }
     }
 }
 
@@ -543,7 +577,7 @@ impl Table {
 }
 
 /// Left-aligned columns.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     Table::new(headers).rows(rows);
 }
 
@@ -792,7 +826,7 @@ impl Output {
         Self { json }
     }
 
-    fn doc(&self, value: Value) {
+    pub(super) fn doc(&self, value: Value) {
         json_line(&value);
     }
 
@@ -1374,6 +1408,96 @@ impl Output {
         }
         say!("added {} ({})", user.username, user.role.as_str());
         say!("token (shown once; give it to them for their client file): {token}");
+    }
+
+    /// A bulk file's header line (`--template`), for people and scripts alike.
+    pub fn template(&self, header: &str) {
+        if self.json {
+            return self.doc(json!({"template": header}));
+        }
+        say!("{header}");
+    }
+
+    /// The outcome of a bulk file of `rows` rows. `tokens_to`, for an import that stored
+    /// its rows: the file holding the new users' tokens, or none when none were minted.
+    pub fn bulk(
+        &self,
+        outcome: &BulkOutcome,
+        rows: usize,
+        dry_run: bool,
+        tokens_to: Option<Option<&std::path::Path>>,
+    ) {
+        if self.json {
+            let failed: Vec<Value> = outcome
+                .failed
+                .iter()
+                .map(|f| {
+                    json!({"line": f.line, "email": f.email, "code": f.code.as_str(), "reason": f.reason})
+                })
+                .collect();
+            return self.doc(json!({"applied": outcome.applied, "failed": failed}));
+        }
+        let refused = outcome.failed.len();
+        if dry_run {
+            say!(
+                "dry run: {} of {rows} row(s) would apply, {refused} would be refused; nothing was stored",
+                outcome.applied
+            );
+        } else {
+            say!(
+                "{} of {rows} row(s) applied, {refused} refused",
+                outcome.applied
+            );
+        }
+        match tokens_to {
+            Some(Some(path)) if outcome.applied > 0 => say!(
+                "the new users' tokens are in {} (readable by you alone); give each user theirs",
+                path.display()
+            ),
+            Some(None) if outcome.applied > 0 => say!(
+                "the new users have no token yet: mint each one's with `tally user token EMAIL`, or import with --tokens FILE"
+            ),
+            _ => {}
+        }
+        if refused > 0 {
+            table(
+                &["line", "email", "code", "reason"],
+                outcome
+                    .failed
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.line.to_string(),
+                            f.email.clone(),
+                            f.code.as_str().into(),
+                            f.reason.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    /// Every user as CSV (`user list --csv`): `email,name,role,state,assigned_seats,last_seen`,
+    /// each cell neutralised against spreadsheet formulas.
+    pub fn users_csv(&self, users: &[UserSeen]) -> std::io::Result<()> {
+        let mut writer = csv::Writer::from_writer(stdout());
+        writer.write_record(USER_COLUMNS)?;
+        for seen in users {
+            let u = &seen.user;
+            let seats = u.assigned_seats.to_string();
+            let last_seen = seen.last_seen.map(time).unwrap_or_default();
+            let cells = [
+                u.username.as_str(),
+                &u.name,
+                u.role.as_str(),
+                u.state.as_str(),
+                &seats,
+                &last_seen,
+            ];
+            writer.write_record(cells.map(|cell| csv_cell(cell).into_owned()))?;
+        }
+        writer.flush()
     }
 
     /// Every user; for people, with their assigned seats per feature (from `assignments`).

@@ -4,6 +4,7 @@
 use tally_protocol::{TokenMint, UserAdd};
 
 use super::args::{TokenCommand, UserCommand};
+use super::bulk::{self, Kind};
 use super::failure::{exit, Failure};
 use super::output::Output;
 use super::values;
@@ -14,23 +15,54 @@ pub enum Action {
     Whoami,
     Add(UserAdd),
     List,
+    /// `user list --csv`: with each user's last sign-in.
+    ListCsv,
+    /// A CSV file of users to import, remove or deactivate.
+    Bulk(bulk::Action),
     MintToken(TokenMint),
-    Tokens { username: String },
-    RevokeToken { id: String },
-    Deactivate { username: String },
-    Activate { username: String },
-    Remove { username: String },
+    Tokens {
+        username: String,
+    },
+    RevokeToken {
+        id: String,
+    },
+    Deactivate {
+        username: String,
+    },
+    Activate {
+        username: String,
+    },
+    Remove {
+        username: String,
+    },
 }
 
 impl Action {
-    pub fn new(command: UserCommand) -> Result<Self, Failure> {
+    /// `json` is the global `--json`, which `user list --csv` contradicts.
+    pub fn new(command: UserCommand, json: bool) -> Result<Self, Failure> {
         Ok(match command {
+            UserCommand::Import { file, tokens, bulk } => Action::Bulk(bulk::Action::new(
+                bulk::Options {
+                    kind: Kind::Import,
+                    file,
+                    dry_run: bulk.dry_run,
+                    failures: bulk.failures,
+                    tokens,
+                },
+                json,
+            )?),
+            UserCommand::List { csv: true } if json => {
+                return Err(Failure::usage(
+                    "--csv and --json ask for two formats; give one",
+                ))
+            }
+            UserCommand::List { csv: true } => Action::ListCsv,
             UserCommand::Add { email, role, name } => Action::Add(UserAdd {
                 username: values::username(email)?,
                 role: values::role(&role)?,
                 name,
             }),
-            UserCommand::List => Action::List,
+            UserCommand::List { csv: false } => Action::List,
             UserCommand::Token {
                 action: Some(TokenCommand::Revoke { id }),
                 ..
@@ -46,15 +78,25 @@ impl Action {
             UserCommand::Tokens { email } => Action::Tokens {
                 username: values::username(email)?,
             },
-            UserCommand::Deactivate { email } => Action::Deactivate {
-                username: values::username(email)?,
-            },
+            UserCommand::Deactivate { email, csv, bulk } => {
+                match bulk::Action::with_csv(Kind::Deactivate, csv, bulk, json)? {
+                    Some(bulk) => Action::Bulk(bulk),
+                    None => Action::Deactivate {
+                        username: values::username(email.unwrap_or_default())?,
+                    },
+                }
+            }
             UserCommand::Activate { email } => Action::Activate {
                 username: values::username(email)?,
             },
-            UserCommand::Remove { email } => Action::Remove {
-                username: values::username(email)?,
-            },
+            UserCommand::Remove { email, csv, bulk } => {
+                match bulk::Action::with_csv(Kind::Remove, csv, bulk, json)? {
+                    Some(bulk) => Action::Bulk(bulk),
+                    None => Action::Remove {
+                        username: values::username(email.unwrap_or_default())?,
+                    },
+                }
+            }
         })
     }
 
@@ -75,6 +117,10 @@ impl Action {
                 };
                 out.users(&users, &assignments).map_err(Failure::printing)?;
             }
+            Action::ListCsv => out
+                .users_csv(&client.users_seen().await?)
+                .map_err(Failure::printing)?,
+            Action::Bulk(bulk) => return bulk.run(client, out).await,
             Action::MintToken(mint) => out.token_issued(&client.mint_token(mint).await?),
             Action::Tokens { username } => out.tokens(&client.tokens(&username).await?),
             Action::RevokeToken { id } => out.token_revoked(&client.revoke_token(&id).await?),

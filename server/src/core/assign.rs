@@ -90,9 +90,13 @@ impl Pool {
                 );
                 batch.notify(
                     now,
-                    NotificationKind::AssignmentRevoked,
+                    NotificationKind::AssignmentChanged,
                     &donor.user,
-                    &detail,
+                    Some(&donor.feature),
+                    &format!(
+                        "{} seat(s) of {} moved to {user}",
+                        request.seats, donor.feature
+                    ),
                 );
                 donor.entitlement
             }
@@ -106,9 +110,13 @@ impl Pool {
             .map(|a| a.id);
         let assignment = match merged {
             Some(id) => {
+                let before = self.assignments[&id].clone();
+                self.track_assignment(&before, false);
                 let existing = self.assignments.get_mut(&id).expect("assignment exists");
                 existing.seats += request.seats;
-                existing.clone()
+                let after = existing.clone();
+                self.track_assignment(&after, true);
+                after
             }
             None => {
                 let id = self.next_assignment_id;
@@ -123,6 +131,7 @@ impl Pool {
                     expires_at: request.expires_at,
                     created_at: now,
                 };
+                self.track_assignment(&assignment, true);
                 self.assignments.insert(id, assignment.clone());
                 assignment
             }
@@ -144,18 +153,24 @@ impl Pool {
             Some(&request.feature),
             Ok(&detail),
         );
+        let text = match &from {
+            Some(from) => format!(
+                "{} seat(s) of {} moved from {from} to {user}",
+                request.seats, request.feature
+            ),
+            None => format!(
+                "{} seat(s) of {} assigned to {user} (entitlement {entitlement})",
+                request.seats, request.feature
+            ),
+        };
         batch.notify(
             now,
-            NotificationKind::AssignmentGranted,
+            NotificationKind::AssignmentChanged,
             &user,
-            &format!("{detail} of {}", request.feature),
+            Some(&request.feature),
+            &text,
         );
-        let info = self
-            .assignments_of(&user)
-            .into_iter()
-            .find(|a| a.id == assignment.id)
-            .expect("assignment listed");
-        Ok((info, moved_from))
+        Ok((self.assignment_info(&assignment), moved_from))
     }
 
     /// One page of the assignments, by id, after `query.after`, at most `limit`: admins see
@@ -489,7 +504,16 @@ impl Pool {
             Some(&request.feature),
             Ok(&detail),
         );
-        batch.notify(now, NotificationKind::AssignmentRevoked, &user, &detail);
+        batch.notify(
+            now,
+            NotificationKind::AssignmentChanged,
+            &user,
+            Some(&request.feature),
+            &format!(
+                "{revoked} seat(s) of {} revoked from {user}",
+                request.feature
+            ),
+        );
         Ok((revoked, taken))
     }
 
@@ -570,13 +594,16 @@ impl Pool {
         let before = self.assignments[&id].clone();
         let left = before.seats - seats;
         self.shrink_assignment_leases(id, left, EndReason::Revoked, now, actor, batch);
+        self.track_assignment(&before, false);
         if left == 0 {
             self.assignments.remove(&id);
             batch.remove_assignment(id);
         } else {
             let assignment = self.assignments.get_mut(&id).expect("assignment exists");
             assignment.seats = left;
-            batch.upsert_assignment(assignment.clone());
+            let after = assignment.clone();
+            self.track_assignment(&after, true);
+            batch.upsert_assignment(after);
         }
         before
     }
@@ -615,6 +642,7 @@ impl Pool {
         let Some(assignment) = self.assignments.remove(&id) else {
             return;
         };
+        self.track_assignment(&assignment, false);
         batch.remove_assignment(id);
         let detail = format!(
             "{} seats of {} for {} ({why})",
@@ -631,9 +659,13 @@ impl Pool {
         });
         batch.notify(
             now,
-            NotificationKind::AssignmentRevoked,
+            NotificationKind::AssignmentChanged,
             &assignment.user,
-            &detail,
+            Some(&assignment.feature),
+            &format!(
+                "the assignment of {} seat(s) of {} to {} ended ({why})",
+                assignment.seats, assignment.feature, assignment.user
+            ),
         );
     }
 

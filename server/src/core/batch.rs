@@ -8,16 +8,22 @@ use super::types::{Group, Rule};
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
 
 /// A message for the outbox, written in the same transaction as the change it reports and
-/// delivered at least once by the notification worker.
+/// delivered at least once to every sink by the notification worker (SPEC R20).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
+    /// Stable for de-duplication: the same on every delivery, every retry and every sink
+    /// (32 hex digits, random, made with the notification).
+    pub id: String,
     pub at: i64,
-    /// The stored text of a [`NotificationKind`] (`assignment_granted`, `user_added`, ...):
-    /// kept as text so that the outbox reads back whatever an older version wrote.
+    /// The stored text of a [`NotificationKind`] (`assignment_changed`, `pool_exhausted`,
+    /// ...): kept as text so that the outbox reads back whatever an older version wrote.
     pub kind: String,
-    /// The user it is about.
+    /// What it is about: a user for most kinds, an entitlement, a feature or a node.
     pub subject: String,
-    pub detail: String,
+    /// The feature it concerns, if any.
+    pub feature: Option<String>,
+    /// One sentence for people.
+    pub text: String,
 }
 
 /// The durable changes of one or more requests, written in one transaction.
@@ -68,6 +74,9 @@ pub struct Batch {
     pub rules_removed: Vec<u64>,
     /// The rule id counter, so that rule ids are never reused.
     pub next_rule_id: Option<u64>,
+    /// Marks of notifications that must not repeat (R20), upserted by key: see
+    /// [`Snapshot::marks`].
+    pub marks: Vec<(String, i64)>,
     /// How queued checkouts ended (R17): each sent to its client instance's connection once
     /// the batch is committed. Not written.
     pub queue_notices: Vec<(ClientId, QueueNotice)>,
@@ -106,6 +115,7 @@ impl Batch {
             && self.rules_added.is_empty()
             && self.rules_removed.is_empty()
             && self.next_rule_id.is_none()
+            && self.marks.is_empty()
     }
 
     /// How many rows the batch writes.
@@ -129,6 +139,7 @@ impl Batch {
             + self.groups_removed.len()
             + self.rules_added.len()
             + self.rules_removed.len()
+            + self.marks.len()
     }
 
     pub fn add_lease(&mut self, lease: Lease) {
@@ -208,15 +219,33 @@ impl Batch {
     }
 
     /// Queues a notification in the outbox.
-    pub fn notify(&mut self, at: i64, kind: NotificationKind, subject: &str, detail: &str) {
+    pub fn notify(
+        &mut self,
+        at: i64,
+        kind: NotificationKind,
+        subject: &str,
+        feature: Option<&str>,
+        text: &str,
+    ) {
+        // PostgreSQL's text holds no NUL; no rule of the core lets one through, and this
+        // keeps it so.
+        let clean = |text: &str| text.replace('\0', "\u{FFFD}");
         self.notifications.push(Notification {
+            id: format!("{:032x}", rand::random::<u128>()),
             at,
             kind: kind.as_str().to_string(),
-            // PostgreSQL's text holds no NUL; no rule of the core lets one through, and this
-            // keeps it so.
-            subject: subject.replace('\0', "\u{FFFD}"),
-            detail: detail.replace('\0', "\u{FFFD}"),
+            subject: clean(subject),
+            feature: feature.map(clean),
+            text: clean(text),
         });
+    }
+
+    /// Sets a notification mark (one row per key, the latest wins).
+    pub fn mark(&mut self, key: &str, at: i64) {
+        match self.marks.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = at,
+            None => self.marks.push((key.to_string(), at)),
+        }
     }
 
     pub fn add_entitlement(&mut self, entitlement: Entitlement) {
@@ -327,6 +356,9 @@ pub struct Snapshot {
     /// Policy rules (R16), by id.
     pub rules: Vec<Rule>,
     pub next_rule_id: u64,
+    /// Marks of notifications that must not repeat (R20), by key: how far entitlements'
+    /// expiry has been looked at, and when each feature last sent `pool_exhausted`.
+    pub marks: std::collections::BTreeMap<String, i64>,
 }
 
 impl Snapshot {
@@ -414,6 +446,9 @@ impl Snapshot {
         self.rules.sort_by_key(|r| r.id);
         if let Some(next) = batch.next_rule_id {
             self.next_rule_id = next;
+        }
+        for (key, at) in &batch.marks {
+            self.marks.insert(key.clone(), *at);
         }
     }
 }
@@ -504,7 +539,13 @@ mod tests {
     #[test]
     fn notifications_store_the_text_of_their_kind() {
         let mut batch = Batch::default();
-        batch.notify(1, NotificationKind::UserLimitExceeded, "ana@studio", "full");
+        batch.notify(
+            1,
+            NotificationKind::UserLimitExceeded,
+            "ana@studio",
+            None,
+            "full",
+        );
         assert_eq!(batch.notifications[0].kind, "user_limit_exceeded");
     }
 }

@@ -102,6 +102,9 @@ impl Pool {
                 Ok(source)
             });
         let feature = request.feature.as_str();
+        if let Err(refusal) = &checked {
+            self.notify_refusal(now, feature, &actor.username, refusal, batch);
+        }
         let source =
             batch.audit_refusal(now, actor, Action::Borrow, feature, Some(feature), checked)?;
         let ends = now.saturating_add((request.duration_secs as i64).saturating_mul(1000));

@@ -24,12 +24,65 @@ impl Pool {
             .fold(0u32, |sum, e| sum.saturating_add(e.seats))
     }
 
-    /// Seats of a feature assigned to active users at `now`.
+    /// Seats of a feature assigned to active users at `now`: those of its entitlements.
     pub fn assigned(&self, feature: &str, now: i64) -> u32 {
+        self.entitlements
+            .values()
+            .filter(|e| e.feature == feature)
+            .fold(0u32, |sum, e| {
+                sum.saturating_add(self.assigned_from(e.id, now))
+            })
+    }
+
+    /// [`assigned`](Self::assigned) by walking every assignment, for `check_invariants`.
+    pub(super) fn assigned_walked(&self, feature: &str, now: i64) -> u32 {
         self.assignments
             .values()
             .filter(|a| a.feature == feature && self.assignment_active(a, now))
             .fold(0u32, |sum, a| sum.saturating_add(a.seats))
+    }
+
+    /// Adds an assignment to (or, `add` false, takes it from) `assigned_totals` and
+    /// `assignment_ends`: called as one is made, changed (taken out before, added after)
+    /// or removed. The seats count only while the user is active.
+    pub(super) fn track_assignment(&mut self, assignment: &Assignment, add: bool) {
+        if let Some(end) = assignment.expires_at {
+            if add {
+                self.assignment_ends.insert((end, assignment.id));
+            } else {
+                self.assignment_ends.remove(&(end, assignment.id));
+            }
+        }
+        let active = self
+            .users
+            .get(&assignment.user)
+            .is_some_and(|u| u.state == UserState::Active);
+        if active {
+            self.count_assigned(assignment.entitlement, assignment.seats, add);
+        }
+    }
+
+    /// Counts a user's assignments in `assigned_totals` (`add`), or no longer: as they are
+    /// activated and deactivated.
+    pub(super) fn track_user_assignments(&mut self, username: &str, add: bool) {
+        let held: Vec<(u64, u32)> = self
+            .assignments
+            .values()
+            .filter(|a| a.user == username)
+            .map(|a| (a.entitlement, a.seats))
+            .collect();
+        for (entitlement, seats) in held {
+            self.count_assigned(entitlement, seats, add);
+        }
+    }
+
+    fn count_assigned(&mut self, entitlement: u64, seats: u32, add: bool) {
+        let total = self.assigned_totals.entry(entitlement).or_default();
+        *total = if add {
+            total.saturating_add(seats)
+        } else {
+            total.saturating_sub(seats)
+        };
     }
 
     /// The floating capacity of a feature: its pool less the seats assigned to active users.
@@ -70,8 +123,34 @@ impl Pool {
         }
     }
 
-    /// Seats of an entitlement assigned to active users.
+    /// Seats of an entitlement assigned to active users: none while it is not active; else
+    /// its total less the assignments past their end that are not ended yet.
     pub(super) fn assigned_from(&self, entitlement: u64, now: i64) -> u32 {
+        if !self
+            .entitlements
+            .get(&entitlement)
+            .is_some_and(|e| is_active(e, now))
+        {
+            return 0;
+        }
+        let total = self.assigned_totals.get(&entitlement).copied().unwrap_or(0);
+        let past_end = self
+            .assignment_ends
+            .range(..=(now, u64::MAX))
+            .filter_map(|(_, id)| self.assignments.get(id))
+            .filter(|a| a.entitlement == entitlement)
+            .filter(|a| {
+                self.users
+                    .get(&a.user)
+                    .is_some_and(|u| u.state == UserState::Active)
+            })
+            .fold(0u32, |sum, a| sum.saturating_add(a.seats));
+        total.saturating_sub(past_end)
+    }
+
+    /// [`assigned_from`](Self::assigned_from) by walking every assignment, for
+    /// `check_invariants`.
+    pub(super) fn assigned_from_walked(&self, entitlement: u64, now: i64) -> u32 {
         self.assignments
             .values()
             .filter(|a| a.entitlement == entitlement && self.assignment_active(a, now))
@@ -103,9 +182,13 @@ impl Pool {
             .entitlements
             .values()
             .flat_map(|e| [Some(e.starts_at), e.expires_at]);
-        let assignments = self.assignments.values().map(|a| a.expires_at);
+        let assignments = self
+            .assignment_ends
+            .range((now.saturating_add(1), 0)..)
+            .next()
+            .map(|&(end, _)| end);
         entitlements
-            .chain(assignments)
+            .chain(std::iter::once(assignments))
             .flatten()
             .filter(|&t| t > now)
             .min()

@@ -41,6 +41,7 @@ impl Pool {
         self.entitlements
             .insert(entitlement.id, entitlement.clone());
         self.next_boundary = self.compute_next_boundary(now);
+        self.marks.entitlements_changed();
         let subject = format!("entitlement {}", entitlement.id);
         let detail = format!("{} seats", entitlement.seats);
         batch.audit(
@@ -171,6 +172,7 @@ impl Pool {
             Ok(&detail),
         );
         self.next_boundary = self.compute_next_boundary(now);
+        self.marks.entitlements_changed();
         Ok(EntitlementDeleted { id, ended })
     }
 
@@ -269,6 +271,7 @@ impl Pool {
                 .end(id, EndReason::Revoked, now, &actor.username, batch);
         }
         self.next_boundary = self.compute_next_boundary(now);
+        self.marks.entitlements_changed();
         let mut detail = plan.changes.join(", ");
         if !plan.ends.is_empty() {
             detail.push_str(&format!("; {} lease(s) ended", plan.ends.len()));

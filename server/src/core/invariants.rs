@@ -14,6 +14,35 @@ impl Pool {
     /// Checks R1 for every feature and assignment at `now`, and that the usage counters
     /// agree with the leases; returns a description of the first breach.
     pub fn check_invariants(&self, now: i64) -> Result<(), String> {
+        for e in self.entitlements.values() {
+            let (kept, walked) = (
+                self.assigned_from(e.id, now),
+                self.assigned_from_walked(e.id, now),
+            );
+            if kept != walked {
+                return Err(format!(
+                    "entitlement {}: {kept} seats assigned to active users by the totals kept, {walked} by the assignments",
+                    e.id
+                ));
+            }
+            let (kept, walked) = (
+                self.assigned(&e.feature, now),
+                self.assigned_walked(&e.feature, now),
+            );
+            if kept != walked {
+                return Err(format!(
+                    "{}: {kept} seats assigned to active users by the totals kept, {walked} by the assignments",
+                    e.feature
+                ));
+            }
+        }
+        let active = self.count_active_users();
+        if active != self.active_users {
+            return Err(format!(
+                "{active} active users other than the owner, but the count kept says {}",
+                self.active_users
+            ));
+        }
         let mut floating: HashMap<&str, Usage> = HashMap::new();
         let mut assigned: HashMap<u64, Usage> = HashMap::new();
         for lease in self.ledger.leases.values() {

@@ -36,6 +36,9 @@ impl Pool {
         }
         let feature = request.feature.as_str();
         let checked = self.check_checkout_whole(now, actor, holder, request);
+        if let Err(refusal) = &checked {
+            self.notify_refusal(now, feature, &actor.username, refusal, batch);
+        }
         let (source, taken) = batch.audit_refusal(
             now,
             actor,

@@ -25,7 +25,7 @@ const ENDED_KEPT_MS: i64 = 3600 * 1000;
 pub(super) const SYSTEM: &str = "system";
 
 /// One client instance's online leases and when they lapse.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Session {
     /// The user the client signed in as; only they may renew or resume these leases.
     pub(super) user: String,
@@ -70,7 +70,7 @@ impl Usage {
 }
 
 /// Every lease held, and the indexes kept in step with them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Ledger {
     /// How long an online lease lives without a heartbeat.
     pub(super) ttl_ms: i64,

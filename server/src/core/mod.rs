@@ -22,18 +22,22 @@
 //!   mint, list, revoke), `audit` (whether the names an audit query filters by exist),
 //!   `prereqs` (R18: the features a checkout of another also takes a seat of) and `policy`
 //!   (R16: groups and rules, checked at checkout and borrow);
-//! - `queue` (R17): checkouts waiting for a seat, served in order as seats free up.
+//! - `queue` (R17): checkouts waiting for a seat, served in order as seats free up;
+//! - `notifications` (R20): the notifications time and refusals produce (entitlements
+//!   expiring and expired, a pool exhausted), with the marks that keep them from repeating.
 
 mod assign;
 mod audit;
 mod batch;
 mod borrow;
+mod bulk;
 mod capacity;
 mod checks;
 mod entitlements;
 mod invariants;
 mod leases;
 mod ledger;
+mod notifications;
 mod policy;
 mod prereqs;
 mod queue;
@@ -61,8 +65,9 @@ pub use vocabulary::{Action, AuditOutcome, NotificationKind};
 
 use ledger::{Ledger, SYSTEM};
 
-/// The whole seat state of a server.
-#[derive(Debug)]
+/// The whole seat state of a server. A clone is a scratch copy (a bulk dry run applies
+/// its rows to one and drops it).
+#[derive(Debug, Clone)]
 pub struct Pool {
     /// The leases held, their sessions, expiry queues and usage counters.
     ledger: Ledger,
@@ -74,6 +79,9 @@ pub struct Pool {
     users: BTreeMap<String, User>,
     /// Username by account id.
     user_ids: HashMap<u64, String>,
+    /// How many active users other than the owner there are (what `users.max_active`
+    /// caps, R9), kept in step with `users` so that adding one costs no count of them all.
+    active_users: usize,
     /// The id the next account gets; ids are never reused (R22).
     next_user_id: u64,
     /// Every token by id, and the id of each hash, for sign-in.
@@ -84,6 +92,13 @@ pub struct Pool {
     revoked_tokens: BTreeSet<String>,
     /// Seats given by name, by id.
     assignments: BTreeMap<u64, Assignment>,
+    /// Seats of each entitlement assigned to active users, whatever the assignments' own
+    /// ends: `assigned_from` reads it, less the assignments past their end not ended yet
+    /// (from `assignment_ends`), instead of walking every assignment, so that assigning
+    /// one more seat costs no walk of them all. Kept in step by `track_assignment`.
+    assigned_totals: HashMap<u64, u32>,
+    /// (end, id) of every assignment with an end of its own.
+    assignment_ends: BTreeSet<(i64, u64)>,
     /// The id the next assignment gets; ids are never reused.
     next_assignment_id: u64,
     /// The server settings the rules depend on.
@@ -94,6 +109,8 @@ pub struct Pool {
     rules: policy::Rules,
     /// Checkouts waiting for a seat (R17); in memory only.
     queue: queue::Queue,
+    /// What keeps time-driven notifications from repeating (R20).
+    marks: notifications::Marks,
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
@@ -108,16 +125,20 @@ impl Pool {
             next_entitlement_id: 1,
             users: BTreeMap::new(),
             user_ids: HashMap::new(),
+            active_users: 0,
             next_user_id: 1,
             tokens: BTreeMap::new(),
             token_hashes: HashMap::new(),
             revoked_tokens: BTreeSet::new(),
             assignments: BTreeMap::new(),
+            assigned_totals: HashMap::new(),
+            assignment_ends: BTreeSet::new(),
             next_assignment_id: 1,
             policy,
             requires: BTreeMap::new(),
             rules: policy::Rules::new(),
             queue: queue::Queue::default(),
+            marks: notifications::Marks::default(),
             next_boundary: i64::MAX,
         }
     }
@@ -145,6 +166,7 @@ impl Pool {
         pool.next_assignment_id = snapshot.next_assignment_id.max(1);
         for assignment in snapshot.assignments {
             pool.next_assignment_id = pool.next_assignment_id.max(assignment.id + 1);
+            pool.track_assignment(&assignment, true);
             pool.assignments.insert(assignment.id, assignment);
         }
         for lease in snapshot.leases {
@@ -157,6 +179,7 @@ impl Pool {
             pool.rules.set_group(group);
         }
         pool.rules.next_id = snapshot.next_rule_id.max(1);
+        pool.marks = notifications::Marks::restore(&snapshot.marks);
         for rule in snapshot.rules {
             pool.rules.insert(rule);
         }
@@ -186,6 +209,7 @@ impl Pool {
             groups: self.rules.groups.values().cloned().collect(),
             rules: self.rules.rules.values().cloned().collect(),
             next_rule_id: self.rules.next_id,
+            marks: self.marks.stored(),
         }
     }
 
@@ -231,6 +255,7 @@ impl Pool {
             }
             self.next_boundary = self.compute_next_boundary(now);
         }
+        self.notify_expiry(now, batch);
     }
 
     /// The periodic sweep: [`advance`](Self::advance), then forgets sessions with no leases

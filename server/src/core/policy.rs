@@ -82,7 +82,7 @@ fn canonical(text: &str) -> Option<IpAddr> {
 }
 
 /// The rules of every feature, with an index by feature, and the groups they name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Rules {
     pub(super) groups: std::collections::BTreeMap<String, Group>,
     pub(super) rules: std::collections::BTreeMap<u64, Rule>,
@@ -95,7 +95,7 @@ pub(super) struct Rules {
 }
 
 /// A rule with the group it names, as checkouts read it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Compiled {
     rule: Rule,
     /// The group's members; `None` for a rule that names no group.

@@ -40,7 +40,7 @@ type Key = (ClientId, RequestId);
 type Place = (u32, u64, Key);
 
 /// The waiting checkouts.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Queue {
     entries: HashMap<Key, Entry>,
     /// Each feature's entries in the order they are served.
@@ -189,6 +189,7 @@ impl Pool {
             }
             Err(err) => err,
         };
+        self.notify_refusal(now, feature, &actor.username, &refusal, batch);
         let waits = self.queue.clients.get(&holder.client).map_or(0, |c| c.1);
         let waitable = self.may_wait(feature, &Who::of(actor, holder), checkout.seats, &refusal);
         let refusal = match refusal.code {

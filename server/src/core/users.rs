@@ -27,6 +27,20 @@ impl Pool {
         token: NewToken,
         batch: &mut Batch,
     ) -> Result<(UserInfo, String), ErrorBody> {
+        self.add_user_with(now, actor, request, Some(token), batch)
+            .map(|(user, token)| (user, token.unwrap_or_default()))
+    }
+
+    /// [`add_user`](Self::add_user), with a first token only when one is given (a bulk
+    /// import asked for no tokens, or a dry run): the token minted, if any.
+    pub(super) fn add_user_with(
+        &mut self,
+        now: i64,
+        actor: &Actor,
+        request: &UserAdd,
+        token: Option<NewToken>,
+        batch: &mut Batch,
+    ) -> Result<(UserInfo, Option<String>), ErrorBody> {
         self.advance(now, batch);
         let username = normalized(&request.username);
         let checked = self.check_new_user(now, actor, &username, request, batch);
@@ -43,10 +57,9 @@ impl Pool {
         batch.next_user_id = Some(self.next_user_id);
         self.insert_user(user.clone());
         batch.upsert_user(user.clone());
-        let token = self.first_token(user.id, token, now, batch);
+        let token = token.map(|token| self.first_token(user.id, token, now, batch));
         let detail = format!("role {}", request.role.as_str());
         batch.audit(now, actor, Action::UserAdd, &username, None, Ok(&detail));
-        batch.notify(now, NotificationKind::UserAdded, &username, &detail);
         Ok((self.user_info(&username), token))
     }
 
@@ -107,17 +120,21 @@ impl Pool {
         batch: &mut Batch,
     ) -> Result<(), ErrorBody> {
         let max = self.policy.max_active;
-        // The owner is not counted (R9).
-        let active = self
-            .users
-            .values()
-            .filter(|u| u.state == UserState::Active && u.role != Role::Owner)
-            .count();
-        if max > 0 && active >= max as usize {
+        if max == 0 {
+            return Ok(());
+        }
+        let active = self.active_users;
+        if active >= max as usize {
             let message = format!(
                 "the server allows {max} active users and has {active}; deactivate someone or raise users.max_active"
             );
-            batch.notify(now, NotificationKind::UserLimitExceeded, username, &message);
+            batch.notify(
+                now,
+                NotificationKind::UserLimitExceeded,
+                username,
+                None,
+                &format!("{username} was refused: {message}"),
+            );
             return Err(ErrorBody::new(ErrorCode::UserLimit, message));
         }
         Ok(())
@@ -165,7 +182,9 @@ impl Pool {
         let user = self.users.get_mut(&username).expect("user exists");
         user.state = UserState::Deactivated;
         batch.upsert_user(user.clone());
+        self.active_users -= 1;
         batch.sign_outs.push(super::SignOut::User(user.id));
+        self.track_user_assignments(&username, false);
         let suspended = self.assigned_seats(&username);
         let detail = format!("{suspended} assigned seats suspended");
         batch.audit(
@@ -176,7 +195,6 @@ impl Pool {
             None,
             Ok(&detail),
         );
-        batch.notify(now, NotificationKind::UserDeactivated, &username, &detail);
         Ok(self.user_info(&username))
     }
 
@@ -204,6 +222,8 @@ impl Pool {
         let user = self.users.get_mut(&username).expect("user exists");
         user.state = UserState::Active;
         batch.upsert_user(user.clone());
+        self.active_users += 1;
+        self.track_user_assignments(&username, true);
         let detail = format!("{} assigned seats restored", self.assigned_seats(&username));
         batch.audit(
             now,
@@ -213,7 +233,6 @@ impl Pool {
             None,
             Ok(&detail),
         );
-        batch.notify(now, NotificationKind::UserActivated, &username, &detail);
         Ok(self.user_info(&username))
     }
 
@@ -284,12 +303,19 @@ impl Pool {
             batch,
         );
         if let Some(user) = self.users.remove(&username) {
+            self.active_users -= usize::from(counted(&user));
             self.user_ids.remove(&user.id);
             self.remove_tokens_of(user.id);
             batch.remove_user(&user);
         }
         batch.audit(now, actor, Action::UserRemove, &username, None, Ok(""));
-        batch.notify(now, NotificationKind::UserRemoved, &username, "");
+        batch.notify(
+            now,
+            NotificationKind::UserRemoved,
+            &username,
+            None,
+            &format!("the account {username} was removed by {}", actor.username),
+        );
         Ok(info)
     }
 
@@ -372,7 +398,15 @@ impl Pool {
     pub(super) fn insert_user(&mut self, user: User) {
         self.next_user_id = self.next_user_id.max(user.id + 1);
         self.user_ids.insert(user.id, user.username.clone());
-        self.users.insert(user.username.clone(), user);
+        self.active_users += usize::from(counted(&user));
+        if let Some(before) = self.users.insert(user.username.clone(), user) {
+            self.active_users -= usize::from(counted(&before));
+        }
+    }
+
+    /// Active users other than the owner, counted afresh (what `active_users` keeps).
+    pub(super) fn count_active_users(&self) -> usize {
+        self.users.values().filter(|u| counted(u)).count()
     }
 
     fn not_self_or_owner(
@@ -464,4 +498,9 @@ impl Pool {
             self.ledger.end(id, reason, now, actor, batch);
         }
     }
+}
+
+/// Whether `users.max_active` counts the user: active, and not the owner (R9).
+fn counted(user: &User) -> bool {
+    user.state == UserState::Active && user.role != Role::Owner
 }

@@ -6,7 +6,7 @@
 //! audit log's CSV export and older rows read the same. A new action or kind is a new
 //! variant with new text, added to `ALL` (the unit test pins every text).
 
-use tally_protocol::{ErrorCode, Request};
+use tally_protocol::{BulkRows, ErrorCode, Request};
 
 /// What an audit event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,11 +82,15 @@ pub enum Action {
     /// A checkout's wait in the queue (R17): joined, left, timed out or dropped, and the
     /// queue listed. The grant itself is a `checkout`.
     Queue,
+    /// How the delivery of notifications stands, asked (R20).
+    NotifyStatus,
+    /// A test notification sent to every sink (R20).
+    NotifyTest,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 45] = [
+    pub const ALL: [Action; 47] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -132,6 +136,8 @@ impl Action {
         Self::PolicyList,
         Self::PolicyCheck,
         Self::Queue,
+        Self::NotifyStatus,
+        Self::NotifyTest,
     ];
 
     /// The stored text.
@@ -182,12 +188,26 @@ impl Action {
             Self::PolicyList => "policy_list",
             Self::PolicyCheck => "policy_check",
             Self::Queue => "queue",
+            Self::NotifyStatus => "notify_status",
+            Self::NotifyTest => "notify_test",
         }
     }
 
     /// The action of a stored text, if it is one.
     pub fn parse(text: &str) -> Option<Action> {
         Self::ALL.into_iter().find(|action| action.as_str() == text)
+    }
+
+    /// The action a bulk file is audited under: each row is audited as its single-row
+    /// request, and a refusal of the whole file as that request too.
+    pub fn of_bulk(rows: &BulkRows) -> Action {
+        match rows {
+            BulkRows::Import(_) => Self::UserAdd,
+            BulkRows::Remove(_) => Self::UserRemove,
+            BulkRows::Deactivate(_) => Self::UserDeactivate,
+            BulkRows::Assign(_) => Self::Assign,
+            BulkRows::Revoke(_) => Self::Revoke,
+        }
     }
 
     /// The action a request is audited under when it is refused before its handler (its
@@ -239,6 +259,10 @@ impl Action {
             Request::Figures(_) => Self::Status,
             Request::CheckoutWait(_) => Self::Checkout,
             Request::QueueCancel(_) | Request::Queue(_) => Self::Queue,
+            Request::Bulk(bulk) => Self::of_bulk(&bulk.rows),
+            Request::UsersSeen => Self::UserList,
+            Request::NotifyStatus => Self::NotifyStatus,
+            Request::NotifyTest => Self::NotifyTest,
         }
     }
 
@@ -305,42 +329,53 @@ impl AuditOutcome {
     }
 }
 
-/// What a notification in the outbox is about.
+/// What a notification in the outbox is about (SPEC R20).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotificationKind {
-    AssignmentGranted,
-    AssignmentRevoked,
-    UserAdded,
-    UserDeactivated,
-    UserActivated,
-    UserRemoved,
     /// An add or activation refused past `users.max_active`.
     UserLimitExceeded,
+    /// An entitlement ends in 14 days, or in 1 day.
+    EntitlementExpiring,
+    /// An entitlement has ended.
+    EntitlementExpired,
+    /// A feature refused a checkout for lack of seats (at most one an hour a feature).
+    PoolExhausted,
+    /// Seats assigned to a user, revoked from them, moved, or ended with their assignment.
+    AssignmentChanged,
+    UserRemoved,
+    /// A node of a cluster took over as leader.
+    LeaderChanged,
 }
 
 impl NotificationKind {
     /// Every kind.
     pub const ALL: [NotificationKind; 7] = [
-        Self::AssignmentGranted,
-        Self::AssignmentRevoked,
-        Self::UserAdded,
-        Self::UserDeactivated,
-        Self::UserActivated,
-        Self::UserRemoved,
         Self::UserLimitExceeded,
+        Self::EntitlementExpiring,
+        Self::EntitlementExpired,
+        Self::PoolExhausted,
+        Self::AssignmentChanged,
+        Self::UserRemoved,
+        Self::LeaderChanged,
     ];
 
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::AssignmentGranted => "assignment_granted",
-            Self::AssignmentRevoked => "assignment_revoked",
-            Self::UserAdded => "user_added",
-            Self::UserDeactivated => "user_deactivated",
-            Self::UserActivated => "user_activated",
-            Self::UserRemoved => "user_removed",
             Self::UserLimitExceeded => "user_limit_exceeded",
+            Self::EntitlementExpiring => "entitlement_expiring",
+            Self::EntitlementExpired => "entitlement_expired",
+            Self::PoolExhausted => "pool_exhausted",
+            Self::AssignmentChanged => "assignment_changed",
+            Self::UserRemoved => "user_removed",
+            Self::LeaderChanged => "leader_changed",
         }
+    }
+
+    /// Whether the user the notification is about hears of it too (by e-mail, their
+    /// username being their address), besides the responsible people.
+    pub fn to_subject(self) -> bool {
+        matches!(self, Self::AssignmentChanged | Self::UserRemoved)
     }
 
     /// The kind of a stored text, if it is one.
@@ -411,6 +446,8 @@ mod tests {
                 "policy_list",
                 "policy_check",
                 "queue",
+                "notify_status",
+                "notify_test",
             ]
         );
         for action in Action::ALL {
@@ -581,13 +618,13 @@ mod tests {
         assert_eq!(
             texts,
             [
-                "assignment_granted",
-                "assignment_revoked",
-                "user_added",
-                "user_deactivated",
-                "user_activated",
-                "user_removed",
                 "user_limit_exceeded",
+                "entitlement_expiring",
+                "entitlement_expired",
+                "pool_exhausted",
+                "assignment_changed",
+                "user_removed",
+                "leader_changed",
             ]
         );
         for kind in NotificationKind::ALL {

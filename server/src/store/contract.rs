@@ -29,6 +29,7 @@ pub async fn contract(store: &dyn Store) {
     every_kind_of_row_round_trips(store).await;
     audit_pages(store).await;
     outbox(store).await;
+    deliveries(store).await;
     prerequisites_round_trip(store).await;
     policy_round_trip(store).await;
 }
@@ -503,13 +504,22 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
     };
     batch.add_lease(borrowed.clone());
     batch.add_lease(floating_borrow.clone());
-    let mut notifications = vec![Notification {
-        at: 10,
-        kind: "user_added".into(),
-        subject: users[0].username.clone(),
-        detail: "admin".into(),
-    }];
-    batch.notify(10, NotificationKind::UserAdded, &users[0].username, "admin");
+    batch.notify(
+        10,
+        NotificationKind::AssignmentChanged,
+        &users[0].username,
+        Some("vray"),
+        "2 seat(s) of vray assigned",
+    );
+    batch.mark("expiry_through", 10);
+    batch.mark("pool_exhausted:vray", 9);
+    batch.mark("pool_exhausted:vray", 10);
+    let mut notifications = batch.notifications.clone();
+    assert_eq!(
+        notifications[0].id.len(),
+        32,
+        "a stable id of 32 hex digits"
+    );
     store.commit(&batch, Fence::Single).await.unwrap();
     model.apply(&batch);
     let loaded = store.load().await.unwrap();
@@ -566,14 +576,10 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
     batch.next_entitlement_id = Some(model.next_entitlement_id + 11);
     for i in 0..2 {
         let subject = format!("user{i}@example.com");
-        batch.notify(20, NotificationKind::UserDeactivated, &subject, "");
-        notifications.push(Notification {
-            at: 20,
-            kind: "user_deactivated".into(),
-            subject,
-            detail: String::new(),
-        });
+        batch.notify(20, NotificationKind::UserRemoved, &subject, None, "");
     }
+    batch.mark("pool_exhausted:vray", 20);
+    notifications.extend(batch.notifications.iter().cloned());
     store.commit(&batch, Fence::Single).await.unwrap();
     model.apply(&batch);
     let loaded = store.load().await.unwrap();
@@ -751,17 +757,13 @@ pub async fn outbox(store: &dyn Store) {
         let subject = format!("user{i}@example.com");
         batch.notify(
             AUDIT_BASE + i,
-            NotificationKind::UserAdded,
+            NotificationKind::UserLimitExceeded,
             &subject,
+            None,
             "member",
         );
-        expected.push(Notification {
-            at: AUDIT_BASE + i,
-            kind: "user_added".into(),
-            subject,
-            detail: "member".into(),
-        });
     }
+    expected.extend(batch.notifications.iter().cloned());
     store.commit(&batch, Fence::Single).await.unwrap();
 
     let page = store.pending_notifications(1000).await.unwrap();
@@ -792,4 +794,149 @@ pub async fn outbox(store: &dyn Store) {
     // Delivering again changes nothing.
     store.mark_delivered(&ids, AUDIT_BASE + 1).await.unwrap();
     assert!(store.pending_notifications(10).await.unwrap().is_empty());
+}
+
+/// After the steps before (an outbox with nothing pending): the unsettled notifications are
+/// read in pages after a cursor; each sink's delivery is recorded, replaced, read back by
+/// outbox id and counted, with the latest error of each sink; settling takes a
+/// notification out of the pages.
+pub async fn deliveries(store: &dyn Store) {
+    use super::{Delivery, SinkCounts};
+    let summary = store.delivery_summary().await.unwrap();
+    assert_eq!((summary.pending, summary.failed), (0, 0));
+    assert!(summary.sinks.is_empty());
+    let mut batch = Batch::default();
+    for i in 0..5i64 {
+        batch.notify(
+            AUDIT_BASE + 10_000 + i,
+            NotificationKind::PoolExhausted,
+            &format!("feature{i}"),
+            Some(&format!("feature{i}")),
+            "no seat",
+        );
+    }
+    store.commit(&batch, Fence::Single).await.unwrap();
+    let first = store.unsettled_notifications(0, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let second = store.unsettled_notifications(first[1].0, 2).await.unwrap();
+    let third = store.unsettled_notifications(second[1].0, 2).await.unwrap();
+    assert_eq!(third.len(), 1);
+    let all: Vec<(i64, Notification)> = [first, second, third].concat();
+    let notes: Vec<Notification> = all.iter().map(|(_, n)| n.clone()).collect();
+    assert_eq!(notes, batch.notifications);
+    let ids: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
+    assert!(store.deliveries(&ids).await.unwrap().is_empty());
+
+    let hook = "webhook https://hooks.studio.lan/tally";
+    let delivery = |id: i64, sink: &str| Delivery {
+        outbox_id: id,
+        sink: sink.to_string(),
+        attempts: 1,
+        next_at: 0,
+        delivered_at: Some(AUDIT_BASE),
+        failed_at: None,
+        last_error: None,
+    };
+    for id in &ids {
+        store
+            .record_delivery(&delivery(*id, "log"), AUDIT_BASE)
+            .await
+            .unwrap();
+    }
+    // The webhook: the first delivered after a failure, the second given up, the third
+    // waiting for its next attempt.
+    let mut failed_once = delivery(ids[0], hook);
+    failed_once.delivered_at = None;
+    failed_once.next_at = AUDIT_BASE + 30_000;
+    failed_once.last_error = Some("the receiver answered HTTP 503".into());
+    store
+        .record_delivery(&failed_once, AUDIT_BASE)
+        .await
+        .unwrap();
+    let mut delivered = failed_once.clone();
+    delivered.attempts = 2;
+    delivered.delivered_at = Some(AUDIT_BASE + 30_000);
+    store
+        .record_delivery(&delivered, AUDIT_BASE + 30_000)
+        .await
+        .unwrap();
+    let given_up = Delivery {
+        attempts: 10,
+        delivered_at: None,
+        failed_at: Some(AUDIT_BASE + 40_000),
+        last_error: Some("cannot connect: refused".into()),
+        ..delivery(ids[1], hook)
+    };
+    store
+        .record_delivery(&given_up, AUDIT_BASE + 40_000)
+        .await
+        .unwrap();
+    let waiting = Delivery {
+        attempts: u32::try_from(i32::MAX).unwrap(),
+        delivered_at: None,
+        next_at: i64::MAX,
+        last_error: Some("timed out".into()),
+        ..delivery(ids[2], hook)
+    };
+    store
+        .record_delivery(&waiting, AUDIT_BASE + 20_000)
+        .await
+        .unwrap();
+
+    let mut read = store.deliveries(&ids[..3]).await.unwrap();
+    read.sort_by(|a, b| (a.outbox_id, &a.sink).cmp(&(b.outbox_id, &b.sink)));
+    let mut expected = vec![
+        delivery(ids[0], "log"),
+        delivered.clone(),
+        delivery(ids[1], "log"),
+        given_up.clone(),
+        delivery(ids[2], "log"),
+        waiting.clone(),
+    ];
+    expected.sort_by(|a, b| (a.outbox_id, &a.sink).cmp(&(b.outbox_id, &b.sink)));
+    assert_eq!(read, expected);
+    assert!(delivered.is_done() && given_up.is_done() && !waiting.is_done());
+
+    store
+        .mark_delivered(&ids[..2], AUDIT_BASE + 50_000)
+        .await
+        .unwrap();
+    let unsettled: Vec<i64> = store
+        .unsettled_notifications(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(unsettled, ids[2..]);
+    let summary = store.delivery_summary().await.unwrap();
+    assert_eq!((summary.pending, summary.failed), (3, 1));
+    assert_eq!(
+        summary.sinks,
+        [
+            SinkCounts {
+                sink: "log".into(),
+                delivered: 5,
+                failed: 0,
+                last_error: None,
+            },
+            SinkCounts {
+                sink: hook.into(),
+                delivered: 1,
+                failed: 1,
+                // The latest by the time it was recorded.
+                last_error: Some("cannot connect: refused".into()),
+            },
+        ]
+    );
+    store
+        .mark_delivered(&ids, AUDIT_BASE + 60_000)
+        .await
+        .unwrap();
+    assert!(store
+        .unsettled_notifications(0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.delivery_summary().await.unwrap().pending, 0);
 }

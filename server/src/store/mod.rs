@@ -195,8 +195,28 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<(i64, Notification)>, StoreError>;
 
-    /// Marks notifications delivered.
+    /// Marks notifications delivered: settled, every sink configured having delivered
+    /// them or given up.
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError>;
+
+    /// Notifications not yet settled whose outbox id is above `after`, oldest first, at
+    /// most `limit`: the pages the notifier walks.
+    async fn unsettled_notifications(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError>;
+
+    /// The deliveries recorded for these outbox ids, to every sink.
+    async fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records where the delivery of one notification to one sink stands (an attempt that
+    /// failed, its delivery, or giving it up), replacing what was recorded before.
+    async fn record_delivery(&self, delivery: &Delivery, now: i64) -> Result<(), StoreError>;
+
+    /// How delivery stands: unsettled notifications, those some sink gave up on, and each
+    /// sink's counts and latest error (`tally notify status`).
+    async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError>;
 
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);
@@ -205,6 +225,52 @@ pub trait Store: Send + Sync + 'static {
     fn cluster(self: Arc<Self>) -> Option<Arc<dyn ClusterStore>> {
         None
     }
+}
+
+/// The delivery of one notification (by outbox id) to one sink (by its name), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub outbox_id: i64,
+    /// The sink's name as people read it (`log`, `email`, `webhook https://host/path`).
+    pub sink: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix milliseconds, the daemon's clock).
+    pub next_at: i64,
+    /// When it was delivered.
+    pub delivered_at: Option<i64>,
+    /// When the sink gave it up, after its last attempt.
+    pub failed_at: Option<i64>,
+    /// The error of the latest failed attempt.
+    pub last_error: Option<String>,
+}
+
+impl Delivery {
+    /// Whether nothing more is to be done for it: delivered or given up.
+    pub fn is_done(&self) -> bool {
+        self.delivered_at.is_some() || self.failed_at.is_some()
+    }
+}
+
+/// One sink's deliveries, counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkCounts {
+    pub sink: String,
+    pub delivered: u64,
+    pub failed: u64,
+    /// The error of its latest failed attempt, if any.
+    pub last_error: Option<String>,
+}
+
+/// How delivery stands over the whole outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliverySummary {
+    /// Notifications not yet settled.
+    pub pending: u64,
+    /// Notifications some sink gave up on.
+    pub failed: u64,
+    /// Every sink with a delivery recorded, by name.
+    pub sinks: Vec<SinkCounts>,
 }
 
 /// The cluster's identity (SPEC §7, "Joining"): made by the first node, adopted by every

@@ -29,7 +29,10 @@ use super::rows::{
     TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
-use super::{ClusterIdentity, ClusterStore, Fence, Identity, NodeRow, Store, StoreError};
+use super::{
+    ClusterIdentity, ClusterStore, Delivery, DeliverySummary, Fence, Identity, NodeRow, Store,
+    StoreError,
+};
 use crate::core::{token_id, Batch, Lease, Notification, SignedIn, Snapshot, Token};
 use crate::ha::check_epoch;
 
@@ -229,6 +232,9 @@ impl Store for PgStore {
         )
         .fetch_all(&mut *tx)
         .await?;
+        let marks: Vec<(String, i64)> = sqlx::query_as("SELECT key, at FROM notify_marks")
+            .fetch_all(&mut *tx)
+            .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *tx)
             .await?
@@ -245,6 +251,7 @@ impl Store for PgStore {
             groups,
             rules,
             meta,
+            marks,
         }
         .into_snapshot()?;
         *self.rows.lock().expect("lease rows lock") = rows;
@@ -264,7 +271,27 @@ impl Store for PgStore {
         &self,
         limit: u32,
     ) -> Result<Vec<(i64, Notification)>, StoreError> {
-        read_pending(&self.pool, limit).await
+        read_pending(&self.pool, 0, limit).await
+    }
+
+    async fn unsettled_notifications(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError> {
+        read_pending(&self.pool, after, limit).await
+    }
+
+    async fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
+        read_deliveries(&self.pool, ids).await
+    }
+
+    async fn record_delivery(&self, delivery: &Delivery, now: i64) -> Result<(), StoreError> {
+        write_delivery(&self.pool, delivery, now).await
+    }
+
+    async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError> {
+        read_delivery_summary(&self.pool).await
     }
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {

@@ -228,6 +228,39 @@ impl From<AuditRow> for AuditEvent {
     }
 }
 
+/// A row of `notify_deliveries`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub outbox_id: i64,
+    pub sink: String,
+    pub attempts: i32,
+    pub next_at: i64,
+    pub delivered_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl TryFrom<DeliveryRow> for super::Delivery {
+    type Error = StoreError;
+
+    fn try_from(row: DeliveryRow) -> Result<Self, StoreError> {
+        Ok(super::Delivery {
+            outbox_id: row.outbox_id,
+            attempts: u32::try_from(row.attempts).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "notify_deliveries: {} attempts for {}",
+                    row.attempts, row.sink
+                ))
+            })?,
+            sink: row.sink,
+            next_at: row.next_at,
+            delivered_at: row.delivered_at,
+            failed_at: row.failed_at,
+            last_error: row.last_error,
+        })
+    }
+}
+
 /// A row of `outbox` not yet delivered, with its outbox id.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OutboxRow {
@@ -236,17 +269,27 @@ pub struct OutboxRow {
     pub kind: String,
     pub subject: String,
     pub detail: String,
+    pub uid: String,
+    pub feature: Option<String>,
 }
 
 impl From<OutboxRow> for (i64, Notification) {
     fn from(row: OutboxRow) -> Self {
+        // Rows an older version wrote have no id of their own: their outbox id is stable too.
+        let id = if row.uid.is_empty() {
+            format!("outbox-{}", row.id)
+        } else {
+            row.uid
+        };
         (
             row.id,
             Notification {
+                id,
                 at: row.at,
                 kind: row.kind,
                 subject: row.subject,
-                detail: row.detail,
+                feature: row.feature,
+                text: row.detail,
             },
         )
     }
@@ -352,6 +395,8 @@ pub struct LoadedRows {
     /// Policy rules (R16), by id.
     pub rules: Vec<RuleRow>,
     pub meta: std::collections::HashMap<String, String>,
+    /// `notify_marks`: (key, time).
+    pub marks: Vec<(String, i64)>,
 }
 
 /// A row of `policy_groups`: a group and its members, space-separated.
@@ -464,6 +509,7 @@ impl LoadedRows {
             groups: convert(self.groups)?,
             rules: convert(self.rules)?,
             next_rule_id: counter("next_rule_id")?,
+            marks: self.marks.into_iter().collect(),
         };
         Ok((snapshot, rows))
     }

@@ -19,7 +19,7 @@ use super::rows::{
     TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
-use super::{Fence, Identity, Store, StoreError};
+use super::{Delivery, DeliverySummary, Fence, Identity, Store, StoreError};
 use crate::core::{token_id, Batch, Lease, Notification, Snapshot, Token};
 use crate::ha::Fenced;
 
@@ -229,6 +229,9 @@ impl Store for SqliteStore {
         )
         .fetch_all(&mut *conn)
         .await?;
+        let marks: Vec<(String, i64)> = sqlx::query_as("SELECT key, at FROM notify_marks")
+            .fetch_all(&mut *conn)
+            .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *conn)
             .await?
@@ -244,6 +247,7 @@ impl Store for SqliteStore {
             groups,
             rules,
             meta,
+            marks,
         }
         .into_snapshot()?;
         *self.rows.lock().expect("lease rows lock") = rows;
@@ -263,7 +267,27 @@ impl Store for SqliteStore {
         &self,
         limit: u32,
     ) -> Result<Vec<(i64, Notification)>, StoreError> {
-        read_pending(&self.pool, limit).await
+        read_pending(&self.pool, 0, limit).await
+    }
+
+    async fn unsettled_notifications(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Notification)>, StoreError> {
+        read_pending(&self.pool, after, limit).await
+    }
+
+    async fn deliveries(&self, ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
+        read_deliveries(&self.pool, ids).await
+    }
+
+    async fn record_delivery(&self, delivery: &Delivery, now: i64) -> Result<(), StoreError> {
+        write_delivery(&self.pool, delivery, now).await
+    }
+
+    async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError> {
+        read_delivery_summary(&self.pool).await
     }
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
@@ -472,7 +496,8 @@ mod tests {
                 .iter()
                 .map(|m| m.0)
                 .collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5, 6, 7, 8]
+            MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>(),
+            "every migration, in order"
         );
         let token = store.find_token(&[7; 32]).await.unwrap().unwrap();
         assert_eq!((token.id, token.user), (token_id(&[7; 32]), 3));

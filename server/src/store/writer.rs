@@ -237,14 +237,27 @@ macro_rules! batch_writer {
             insert_rows(
                 conn,
                 "outbox",
-                &["at", "kind", "subject", "detail"],
+                &["uid", "at", "kind", "subject", "feature", "detail"],
                 &batch.notifications,
                 "",
                 |b, n| {
-                    b.push_bind(n.at)
+                    b.push_bind(&n.id)
+                        .push_bind(n.at)
                         .push_bind(&n.kind)
                         .push_bind(&n.subject)
-                        .push_bind(&n.detail);
+                        .push_bind(&n.feature)
+                        .push_bind(&n.text);
+                },
+            )
+            .await?;
+            insert_rows(
+                conn,
+                "notify_marks",
+                &["key", "at"],
+                &batch.marks,
+                " ON CONFLICT (key) DO UPDATE SET at = excluded.at",
+                |b, (key, at)| {
+                    b.push_bind(key).push_bind(*at);
                 },
             )
             .await?;
@@ -470,17 +483,111 @@ macro_rules! batch_writer {
             Ok(tally_protocol::AuditPage { events, next })
         }
 
-        /// Notifications not yet delivered, oldest first (see `Store::pending_notifications`).
+        /// Notifications not yet settled with an outbox id above `after`, oldest first (see
+        /// `Store::unsettled_notifications`).
         async fn read_pending(
             pool: &sqlx::Pool<$db>,
+            after: i64,
             limit: u32,
         ) -> Result<Vec<(i64, crate::core::Notification)>, StoreError> {
             let mut q = QueryBuilder::<$db>::new(
-                "SELECT id, at, kind, subject, detail FROM outbox WHERE delivered_at IS NULL ORDER BY id LIMIT ",
+                "SELECT id, uid, at, kind, subject, feature, detail FROM outbox WHERE delivered_at IS NULL AND id > ",
             );
+            q.push_bind(after);
+            q.push(" ORDER BY id LIMIT ");
             q.push_bind(i64::from(limit));
             let rows: Vec<super::rows::OutboxRow> = q.build_query_as().fetch_all(pool).await?;
             Ok(rows.into_iter().map(Into::into).collect())
+        }
+
+        /// The deliveries of these outbox ids (see `Store::deliveries`).
+        async fn read_deliveries(
+            pool: &sqlx::Pool<$db>,
+            ids: &[i64],
+        ) -> Result<Vec<super::Delivery>, StoreError> {
+            let mut out = Vec::new();
+            for chunk in ids.chunks(CHUNK) {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT outbox_id, sink, attempts, next_at, delivered_at, failed_at, last_error FROM notify_deliveries WHERE outbox_id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                let rows: Vec<super::rows::DeliveryRow> =
+                    q.build_query_as().fetch_all(pool).await?;
+                for row in rows {
+                    out.push(row.try_into()?);
+                }
+            }
+            Ok(out)
+        }
+
+        /// Inserts or replaces one delivery (see `Store::record_delivery`).
+        async fn write_delivery(
+            pool: &sqlx::Pool<$db>,
+            delivery: &super::Delivery,
+            now: i64,
+        ) -> Result<(), StoreError> {
+            let mut q = QueryBuilder::<$db>::new(
+                "INSERT INTO notify_deliveries (outbox_id, sink, attempts, next_at, delivered_at, failed_at, last_error, updated_at) VALUES (",
+            );
+            q.separated(", ")
+                .push_bind(delivery.outbox_id)
+                .push_bind(delivery.sink.as_str())
+                .push_bind(i32::try_from(delivery.attempts).unwrap_or(i32::MAX))
+                .push_bind(delivery.next_at)
+                .push_bind(delivery.delivered_at)
+                .push_bind(delivery.failed_at)
+                .push_bind(delivery.last_error.as_deref())
+                .push_bind(now);
+            q.push(
+                ") ON CONFLICT (outbox_id, sink) DO UPDATE SET attempts = excluded.attempts, next_at = excluded.next_at, delivered_at = excluded.delivered_at, failed_at = excluded.failed_at, last_error = excluded.last_error, updated_at = excluded.updated_at",
+            );
+            q.build().execute(pool).await?;
+            Ok(())
+        }
+
+        /// Counts the outbox and the deliveries (see `Store::delivery_summary`).
+        async fn read_delivery_summary(
+            pool: &sqlx::Pool<$db>,
+        ) -> Result<super::DeliverySummary, StoreError> {
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            let (pending,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+                    .fetch_one(pool)
+                    .await?;
+            let (failed,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(DISTINCT outbox_id) FROM notify_deliveries WHERE failed_at IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await?;
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT sink, COUNT(delivered_at), COUNT(failed_at) FROM notify_deliveries GROUP BY sink ORDER BY sink",
+            )
+            .fetch_all(pool)
+            .await?;
+            let mut sinks = Vec::with_capacity(rows.len());
+            for (sink, delivered, failed) in rows {
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT last_error FROM notify_deliveries WHERE sink = ",
+                );
+                q.push_bind(sink.as_str());
+                q.push(" AND last_error IS NOT NULL ORDER BY updated_at DESC, outbox_id DESC LIMIT 1");
+                let last_error: Option<(String,)> = q.build_query_as().fetch_optional(pool).await?;
+                sinks.push(super::SinkCounts {
+                    sink,
+                    delivered: count(delivered),
+                    failed: count(failed),
+                    last_error: last_error.map(|(e,)| e),
+                });
+            }
+            Ok(super::DeliverySummary {
+                pending: count(pending),
+                failed: count(failed),
+                sinks,
+            })
         }
     };
 }
