@@ -93,18 +93,6 @@ impl Store for Faulty {
         self.inner.audit(query, before, max_bytes).await
     }
 
-    async fn pending_notifications(
-        &self,
-        limit: u32,
-    ) -> Result<Vec<(i64, Notification)>, StoreError> {
-        let pending = self.inner.pending_notifications(limit).await?;
-        if self.fault == "notifier-panic" && pending.iter().any(|(_, n)| n.subject == TRIGGER_USER)
-        {
-            panic!("injected fault: the notifier panics");
-        }
-        Ok(pending)
-    }
-
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
         self.inner.mark_delivered(ids, at).await
     }

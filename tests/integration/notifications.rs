@@ -59,6 +59,26 @@ fn sink<'a>(doc: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no sink {name} in {doc}"))
 }
 
+/// The names of the sinks of a `notify status` or `notify test` document, in order.
+fn sink_names(doc: &Value) -> Vec<String> {
+    doc["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sink"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The keys of a JSON object, in order.
+fn keys(object: &Value) -> Vec<&str> {
+    object
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
 /// The `[notify]` section with these retries, webhooks and e-mail relay.
 fn notify_section(
     max_attempts: u32,
@@ -103,13 +123,10 @@ fn every_sink_gets_each_notification_signed_and_addressed() {
     let body = hook
         .wait_for(|b| b["kind"] == "user_removed", WAIT)
         .expect("the webhook got user_removed");
-    let keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(keys, ["id", "kind", "at", "subject", "feature", "text"]);
+    assert_eq!(
+        keys(&body),
+        ["id", "kind", "at", "subject", "feature", "text"]
+    );
     assert_eq!(body["subject"], "ana@studio.com");
     assert!(body["feature"].is_null());
     let id = body["id"].as_str().unwrap().to_string();
@@ -141,22 +158,10 @@ fn every_sink_gets_each_notification_signed_and_addressed() {
     });
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(status["failed"], 0, "{status}");
-    let names: Vec<&str> = status["sinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["sink"].as_str().unwrap())
-        .collect();
     let hook_name = format!("webhook {}", hook.url());
-    assert_eq!(names, ["log", hook_name.as_str(), "email"]);
+    assert_eq!(sink_names(&status), ["log", hook_name.as_str(), "email"]);
     for entry in status["sinks"].as_array().unwrap() {
-        let keys: Vec<&str> = entry
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(keys, ["sink", "delivered", "failed", "last_error"]);
+        assert_eq!(keys(entry), ["sink", "delivered", "failed", "last_error"]);
         assert!(entry["delivered"].as_u64().unwrap() >= 1, "{status}");
         assert_eq!(entry["failed"], 0);
         assert!(entry["last_error"].is_null());
@@ -178,22 +183,10 @@ fn notify_test_reports_each_sink_and_is_for_admins_only() {
     );
     let owner = daemon.client_toml();
     let tested = ok(&owner, &["notify", "test"]);
-    let names: Vec<&str> = tested["sinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["sink"].as_str().unwrap())
-        .collect();
     let hook_name = format!("webhook {}", hook.url());
-    assert_eq!(names, ["log", hook_name.as_str(), "email"]);
+    assert_eq!(sink_names(&tested), ["log", hook_name.as_str(), "email"]);
     for entry in tested["sinks"].as_array().unwrap() {
-        let keys: Vec<&str> = entry
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(keys, ["sink", "ok", "error"]);
+        assert_eq!(keys(entry), ["sink", "ok", "error"]);
         assert_eq!(entry["ok"], true, "{tested}");
         assert!(entry["error"].is_null());
     }
@@ -463,23 +456,15 @@ fn a_reload_applies_the_sinks() {
         &notify_section(3, ("1s", "1s"), &[hook.url()], None),
     );
     let owner = daemon.client_toml();
-    let names = |doc: &Value| -> Vec<String> {
-        doc["sinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["sink"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(names(&ok(&owner, &["notify", "status"])).len(), 2);
+    assert_eq!(sink_names(&ok(&owner, &["notify", "status"])).len(), 2);
     let text = std::fs::read_to_string(&daemon.config_path).unwrap();
     let added = notify_section(3, ("1s", "1s"), &[hook.url()], Some(&mail));
     let before = notify_section(3, ("1s", "1s"), &[hook.url()], None);
     std::fs::write(&daemon.config_path, text.replace(&before, &added)).unwrap();
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
-    let status = status_until(&owner, |s| names(s).len() == 3);
+    let status = status_until(&owner, |s| sink_names(s).len() == 3);
     assert_eq!(
-        names(&status).last().map(String::as_str),
+        sink_names(&status).last().map(String::as_str),
         Some("email"),
         "{status}"
     );

@@ -202,45 +202,31 @@ async fn a_panicking_notifier_ends_tallyd_with_a_failure_status_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = start_daemon(dir.path(), &[("TALLYD_TEST_FAULT", "notifier-panic")], None);
     let mut raw = raw_owner(&daemon).await;
-    let answer = raw
-        .request(
-            1,
-            Request::UserAdd(UserAdd {
-                username: "fault@injection.test".into(),
-                name: "Fault".into(),
-                role: Role::Member,
-            }),
-        )
-        .await;
-    assert!(
-        matches!(
-            answer,
-            ServerMessage::Response {
-                outcome: Outcome::Ok(_),
-                ..
-            }
-        ),
-        "{answer:?}"
-    );
+    let user = "fault@injection.test";
     // Removing the user queues a notification (user_removed), which the notifier takes.
-    let answer = raw
-        .request(
-            2,
-            Request::UserRemove(UserRef {
-                username: "fault@injection.test".into(),
-            }),
-        )
-        .await;
-    assert!(
-        matches!(
-            answer,
-            ServerMessage::Response {
-                outcome: Outcome::Ok(_),
-                ..
-            }
-        ),
-        "{answer:?}"
-    );
+    let requests = [
+        Request::UserAdd(UserAdd {
+            username: user.into(),
+            name: "Fault".into(),
+            role: Role::Member,
+        }),
+        Request::UserRemove(UserRef {
+            username: user.into(),
+        }),
+    ];
+    for (id, request) in (1..).zip(requests) {
+        let answer = raw.request(id, request).await;
+        assert!(
+            matches!(
+                answer,
+                ServerMessage::Response {
+                    outcome: Outcome::Ok(_),
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+    }
 
     let status = exit_within(&mut daemon, Duration::from_secs(20))
         .expect("tallyd exits when its notifier dies");

@@ -273,36 +273,41 @@ fn start_tls_relay(pki: &TestPki, port: u16) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let tls_port = listener.local_addr().unwrap().port();
+    serve_in_thread("test-smtps-relay", async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let Ok(mut inner) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
+            });
+        }
+    });
+    tls_port
+}
+
+/// Runs `server` on a runtime of its own in a thread named `name`, for the rest of the test
+/// process.
+fn serve_in_thread(name: &str, server: impl std::future::Future<Output = ()> + Send + 'static) {
     std::thread::Builder::new()
-        .name("test-smtps-relay".into())
+        .name(name.into())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(socket).await else {
-                            return;
-                        };
-                        let Ok(mut inner) =
-                            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                        else {
-                            return;
-                        };
-                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
-                    });
-                }
-            });
+                .unwrap()
+                .block_on(server)
         })
         .unwrap();
-    tls_port
 }
 
 /// What the webhook receiver shares between its handler and the test.
@@ -343,26 +348,17 @@ impl WebhookReceiver {
         let addr = listener.local_addr().unwrap();
         let secret = secret.to_string();
         let shared = state.clone();
-        std::thread::Builder::new()
-            .name("test-webhook".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let app = axum::Router::new().fallback(axum::routing::post(
-                        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                            let shared = shared.clone();
-                            let secret = secret.clone();
-                            async move { receive(&shared, &secret, &headers, &body) }
-                        },
-                    ));
-                    axum::serve(listener, app).await.unwrap();
-                });
-            })
-            .unwrap();
+        serve_in_thread("test-webhook", async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let shared = shared.clone();
+                    let secret = secret.clone();
+                    async move { receive(&shared, &secret, &headers, &body) }
+                },
+            ));
+            axum::serve(listener, app).await.unwrap();
+        });
         WebhookReceiver { addr, state }
     }
 

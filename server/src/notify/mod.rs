@@ -475,27 +475,49 @@ mod tests {
         watch::channel(Serving::Leader { epoch: 0 }).1
     }
 
-    #[tokio::test]
-    async fn each_sink_delivers_on_its_own_retries_with_backoff_and_gives_up() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store in `dir` whose outbox holds `notifications` (at, kind, subject, feature).
+    async fn store_holding(
+        dir: &tempfile::TempDir,
+        notifications: &[(i64, NotificationKind, &str, Option<&str>)],
+    ) -> Arc<dyn Store> {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
         let mut batch = Batch::default();
-        batch.notify(
-            1,
-            NotificationKind::UserRemoved,
-            "ana@studio.com",
-            None,
-            "removed",
-        );
-        batch.notify(
-            2,
-            NotificationKind::UserLimitExceeded,
-            "ben@studio.com",
-            None,
-            "3",
-        );
+        for &(at, kind, subject, feature) in notifications {
+            batch.notify(at, kind, subject, feature, "text");
+        }
         store.commit(&batch, Fence::Single).await.unwrap();
+        store
+    }
+
+    /// One sink retried up to 5 times with a fixed backoff.
+    fn one_sink(sink: Arc<Recorder>, backoff: Duration) -> SinkSet {
+        SinkSet {
+            sinks: vec![sink],
+            retry: Retry {
+                max_attempts: 5,
+                backoff_min: backoff,
+                backoff_max: backoff,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn each_sink_delivers_on_its_own_retries_with_backoff_and_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_holding(
+            &dir,
+            &[
+                (1, NotificationKind::UserRemoved, "ana@studio.com", None),
+                (
+                    2,
+                    NotificationKind::UserLimitExceeded,
+                    "ben@studio.com",
+                    None,
+                ),
+            ],
+        )
+        .await;
 
         let (up, down) = (Recorder::new("up"), Recorder::new("down"));
         *down.fail.lock().unwrap() = true;
@@ -576,26 +598,10 @@ mod tests {
     #[tokio::test]
     async fn a_sink_that_comes_back_delivers_once_and_a_standby_delivers_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-        let mut batch = Batch::default();
-        batch.notify(
-            1,
-            NotificationKind::PoolExhausted,
-            "vray",
-            Some("vray"),
-            "no seat",
-        );
-        store.commit(&batch, Fence::Single).await.unwrap();
+        let exhausted = (1, NotificationKind::PoolExhausted, "vray", Some("vray"));
+        let store = store_holding(&dir, &[exhausted]).await;
         let hook = Recorder::new("hook");
-        let set = SinkSet {
-            sinks: vec![hook.clone()],
-            retry: Retry {
-                max_attempts: 5,
-                backoff_min: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(1),
-            },
-        };
+        let set = one_sink(hook.clone(), Duration::from_secs(1));
         let clock = Clock::manual(0);
         let notifier = Notifier::new(store.clone(), clock.clone(), set.clone());
         let standby = watch::channel(Serving::Standby { leader: None }).1;
@@ -625,27 +631,11 @@ mod tests {
     #[tokio::test]
     async fn the_worker_wakes_when_the_clock_is_stepped() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-        let mut batch = Batch::default();
-        batch.notify(
-            1,
-            NotificationKind::PoolExhausted,
-            "vray",
-            Some("vray"),
-            "no seat",
-        );
-        store.commit(&batch, Fence::Single).await.unwrap();
+        let exhausted = (1, NotificationKind::PoolExhausted, "vray", Some("vray"));
+        let store = store_holding(&dir, &[exhausted]).await;
         let hook = Recorder::new("hook");
         *hook.fail.lock().unwrap() = true;
-        let set = SinkSet {
-            sinks: vec![hook.clone()],
-            retry: Retry {
-                max_attempts: 5,
-                backoff_min: Duration::from_secs(3600),
-                backoff_max: Duration::from_secs(3600),
-            },
-        };
+        let set = one_sink(hook.clone(), Duration::from_secs(3600));
         let clock = Clock::manual(0);
         let notifier = Notifier::new(store.clone(), clock.clone(), set);
         let shutdown = CancellationToken::new();

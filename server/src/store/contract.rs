@@ -397,7 +397,11 @@ pub async fn owner_tokens(store: &dyn Store) {
 /// three counters), then change or remove each; a reload equals the model after each.
 pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
     let mut model = store.load().await.unwrap();
-    let notifications_before = store.pending_notifications(u32::MAX).await.unwrap().len();
+    let notifications_before = store
+        .unsettled_notifications(0, u32::MAX)
+        .await
+        .unwrap()
+        .len();
 
     let mut batch = Batch::default();
     let kept = Entitlement {
@@ -602,7 +606,7 @@ pub async fn every_kind_of_row_round_trips(store: &dyn Store) {
     assert!(!loaded.entitlements.iter().any(|e| e.id == dropped.id));
     assert!(!loaded.leases.iter().any(|l| l.id == floating_borrow.id));
 
-    let pending = store.pending_notifications(u32::MAX).await.unwrap();
+    let pending = store.unsettled_notifications(0, u32::MAX).await.unwrap();
     let pending: Vec<Notification> = pending[notifications_before..]
         .iter()
         .map(|(_, n)| n.clone())
@@ -745,7 +749,7 @@ pub async fn audit_pages(store: &dyn Store) {
 /// once) takes them out for good.
 pub async fn outbox(store: &dyn Store) {
     let mut expected: Vec<Notification> = store
-        .pending_notifications(u32::MAX)
+        .unsettled_notifications(0, u32::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -766,20 +770,20 @@ pub async fn outbox(store: &dyn Store) {
     expected.extend(batch.notifications.iter().cloned());
     store.commit(&batch, Fence::Single).await.unwrap();
 
-    let page = store.pending_notifications(1000).await.unwrap();
+    let page = store.unsettled_notifications(0, 1000).await.unwrap();
     assert_eq!(page.len(), 1000);
     assert!(page.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
     let notes: Vec<&Notification> = page.iter().map(|(_, n)| n).collect();
     assert!(notes.iter().copied().eq(&expected[..1000]));
 
-    let all = store.pending_notifications(u32::MAX).await.unwrap();
+    let all = store.unsettled_notifications(0, u32::MAX).await.unwrap();
     assert_eq!(all.len(), expected.len());
     let ids: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
     store
         .mark_delivered(&ids[..1200], AUDIT_BASE)
         .await
         .unwrap();
-    let rest = store.pending_notifications(u32::MAX).await.unwrap();
+    let rest = store.unsettled_notifications(0, u32::MAX).await.unwrap();
     assert_eq!(rest, all[1200..]);
     store.mark_delivered(&[], AUDIT_BASE).await.unwrap();
     store
@@ -787,13 +791,17 @@ pub async fn outbox(store: &dyn Store) {
         .await
         .unwrap();
     assert!(store
-        .pending_notifications(u32::MAX)
+        .unsettled_notifications(0, u32::MAX)
         .await
         .unwrap()
         .is_empty());
     // Delivering again changes nothing.
     store.mark_delivered(&ids, AUDIT_BASE + 1).await.unwrap();
-    assert!(store.pending_notifications(10).await.unwrap().is_empty());
+    assert!(store
+        .unsettled_notifications(0, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// After the steps before (an outbox with nothing pending): the unsettled notifications are

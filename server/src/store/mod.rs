@@ -189,12 +189,6 @@ pub trait Store: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<AuditPage, StoreError>;
 
-    /// Notifications not yet delivered, oldest first, with their outbox ids.
-    async fn pending_notifications(
-        &self,
-        limit: u32,
-    ) -> Result<Vec<(i64, Notification)>, StoreError>;
-
     /// Marks notifications delivered: settled, every sink configured having delivered
     /// them or given up.
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError>;

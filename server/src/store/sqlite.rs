@@ -263,13 +263,6 @@ impl Store for SqliteStore {
         read_audit_page(&self.pool, query, before, max_bytes).await
     }
 
-    async fn pending_notifications(
-        &self,
-        limit: u32,
-    ) -> Result<Vec<(i64, Notification)>, StoreError> {
-        read_pending(&self.pool, 0, limit).await
-    }
-
     async fn unsettled_notifications(
         &self,
         after: i64,
