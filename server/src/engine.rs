@@ -600,7 +600,8 @@ impl Engine {
             Job::SignIn(job) => return self.sign_in(now, job, batch, replies),
             Job::Gauges(reply) => {
                 let gauges = self.pool.gauges(now, batch);
-                return replies.push(Reply::Gauges(reply, gauges));
+                replies.push(Reply::Gauges(reply, gauges));
+                return;
             }
         };
         let RequestJob {

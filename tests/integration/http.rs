@@ -457,6 +457,43 @@ async fn plain_http_is_refused() {
     server.stop().await;
 }
 
+/// At most `MAX_CONNECTIONS` HTTP connections at once: past them a connection is closed at
+/// once, and a slot frees when one ends.
+#[tokio::test]
+async fn http_connections_are_capped() {
+    let server = TestServer::start_with(|config| {
+        config.http = Some(HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_token: None,
+        });
+        config.limits.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let http = server.http.unwrap();
+    let client = https(&server.ca_pem(), http);
+    // Connections that never start their handshake hold every slot.
+    let mut silent = Vec::new();
+    for _ in 0..tally_server::http::MAX_CONNECTIONS {
+        silent.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    until(
+        Duration::from_secs(10),
+        "a connection past the cap refused",
+        || {
+            let request = client.get(url(http, "/healthz"));
+            async move { request.send().await.is_err() }
+        },
+    )
+    .await;
+    silent.pop();
+    until(Duration::from_secs(10), "a slot freed", || {
+        let request = client.get(url(http, "/healthz"));
+        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    server.stop().await;
+}
+
 /// `/readyz` is 503 once the store stops answering (the fault wrapper's `ping-hang`), while
 /// `/healthz` stays 200; the metrics token is reloaded on SIGHUP.
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! and the pool's gauges, read from the engine at scrape time, encoded by
 //! `prometheus-client` in the OpenMetrics text format Prometheus reads.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -11,8 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
-
 use tally_protocol::FeatureFigures;
 
 use crate::core::{Gauges, Tallies};

@@ -267,9 +267,9 @@ pub async fn serve(listener: TcpListener, http: Arc<Http>, shutdown: Cancellatio
     tracker.wait().await;
 }
 
-/// One connection: the TLS handshake within `within`, then HTTP/1.1 until the peer closes,
-/// a request's head takes longer than `within`, or the daemon stops (after the request in
-/// flight).
+/// One connection: the TLS handshake within `within` (given up at once when the daemon
+/// stops), then HTTP/1.1 until the peer closes, a request's head takes longer than
+/// `within`, or the daemon stops (after the request in flight).
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -278,7 +278,11 @@ async fn connection(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    let tls = match tokio::time::timeout(within, acceptor.accept(tcp)).await {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(within, acceptor.accept(tcp)) => handshake,
+        _ = shutdown.cancelled() => return,
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "http: TLS handshake failed");
