@@ -372,7 +372,8 @@ async fn metrics_agree_with_tally_status_and_count_checkouts_and_denials() {
 }
 
 /// `/metrics` with `http.metrics_token`: no header or a wrong token is 401, the right one
-/// 200; `/healthz` and `/readyz` need none; unknown paths are 404, other methods 405.
+/// 200; `/healthz` and `/readyz` need none; unknown paths are 404, other methods 405, and
+/// bytes that are not HTTP 400.
 #[tokio::test]
 async fn the_metrics_token_is_required_and_the_probes_need_none() {
     const TOKEN: &str = "metrics-token-0123456789";
@@ -417,6 +418,17 @@ async fn the_metrics_token_is_required_and_the_probes_need_none() {
     assert_eq!(get(&client, http, "/").await.0, 404);
     let post = client.post(url(http, "/metrics")).bearer_auth(TOKEN);
     assert_eq!(post.send().await.unwrap().status().as_u16(), 405);
+    // Not HTTP at all, over TLS: 400, and the daemon serves on.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = RawConn::tls(http, &server.ca_pem()).await;
+        tls.write_all(b"\x00\x01 nonsense\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(get(&client, http, "/healthz").await.0, 200);
     server.stop().await;
 }
 
