@@ -222,6 +222,8 @@ async fn serve(
         ready: Some(ready_tx),
         watchdog,
         clock: Default::default(),
+        // Bound by `run` from `http.listen`, with the protocol listener's errors' form.
+        http: None,
     };
     let shutdown = control.shutdown.clone();
     tokio::spawn(async move {

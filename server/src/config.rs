@@ -39,6 +39,47 @@ pub struct Config {
     /// Where notifications go besides the log (SPEC §9, R20), and how delivery retries.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// The HTTPS listener of `/metrics`, `/healthz` and `/readyz` (SPEC §10); absent: no
+    /// HTTP at all.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: where metrics and health are served over HTTPS, and who may read the metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// IP address and port of the HTTPS listener (changed only by a restart).
+    #[serde(deserialize_with = "socket_address")]
+    pub listen: SocketAddr,
+    /// When set, `/metrics` needs `Authorization: Bearer TOKEN`; reloaded on SIGHUP.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
+}
+
+impl HttpConfig {
+    fn problems(&self, main: SocketAddr, problem: &mut impl FnMut(String)) {
+        let (ip, main_ip) = (self.listen.ip(), main.ip());
+        let overlap = ip == main_ip || ip.is_unspecified() || main_ip.is_unspecified();
+        if overlap && self.listen.port() == main.port() && main.port() != 0 {
+            problem(format!(
+                "http.listen = {} takes the port of listen = {main}; give HTTP a port of its own, as in \"127.0.0.1:27080\"",
+                self.listen
+            ));
+        }
+        if let Some(token) = &self.metrics_token {
+            let token = token.0.as_str();
+            if token.len() < 16 {
+                problem(format!(
+                    "http.metrics_token is {} characters long; it must be at least 16 (e.g. the output of `openssl rand -hex 32`)",
+                    token.len()
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                problem("http.metrics_token holds a space, a control or a non-ASCII character; it goes in an HTTP header, so it may hold only visible ASCII characters".into());
+            }
+        }
+    }
 }
 
 /// The notification sinks (`[notify]`): webhooks and e-mail, and how each delivery is
@@ -699,6 +740,9 @@ impl Config {
             problem("limits.max_leases_per_client = 0; it must be at least 1".into());
         }
         self.notify.problems(&mut problem);
+        if let Some(http) = &self.http {
+            http.problems(self.listen, &mut problem);
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             problem(format!(
                 "log.format must be \"human\" or \"json\", not {:?}",
@@ -752,6 +796,17 @@ impl Config {
                     )
                 })
                 .collect();
+            // First, so that a different number of webhooks does not shift it.
+            secrets.insert(
+                0,
+                (
+                    "http.metrics_token".into(),
+                    c.http
+                        .as_ref()
+                        .and_then(|h| h.metrics_token.as_ref())
+                        .map(|t| t.0.clone()),
+                ),
+            );
             secrets.push((
                 "notify.email.password".into(),
                 c.notify
@@ -1127,6 +1182,54 @@ mod tests {
         );
     }
 
+    /// `[http]`: absent means no HTTP; unknown keys are refused; each problem names its
+    /// key; the token never prints, and a change of it alone shows without its value.
+    #[test]
+    fn the_http_section_is_checked_key_by_key_and_its_token_never_shows() {
+        assert!(Config::parse("").unwrap().http.is_none());
+        let err =
+            Config::parse("[http]\nlisten = \"127.0.0.1:27080\"\ntoken = \"x\"\n").unwrap_err();
+        assert!(err.contains("token"), "{err}");
+        let err = Config::parse("[http]\nlisten = \"localhost:27080\"\n").unwrap_err();
+        assert!(err.contains("listen") && err.contains("localhost"), "{err}");
+        let err = Config::parse("[http]\nmetrics_token = \"0123456789abcdef\"\n").unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+        let text = |token: &str| {
+            format!("listen = \"0.0.0.0:27010\"\n[http]\nlisten = \"127.0.0.1:27010\"\nmetrics_token = {token:?}\n")
+        };
+        let problems = Config::parse(&text("short one")).unwrap().problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("http.listen = 127.0.0.1:27010"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("http.metrics_token is 9 characters"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("http.metrics_token holds a space"),
+            "{problems:?}"
+        );
+        let good =
+            "[http]\nlisten = \"127.0.0.1:27080\"\nmetrics_token = \"s3cret-s3cret-s3cret\"\n";
+        let config = Config::parse(good).unwrap();
+        config.validate().unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let mut other = config.clone();
+        other.http.as_mut().unwrap().metrics_token = Some(Secret("another-token-entirely".into()));
+        let changes = config.changes(&other);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].key, "http.metrics_token");
+        assert!(
+            !format!("{changes:?}").contains("s3cret")
+                && !format!("{changes:?}").contains("another")
+        );
+        other.http.as_mut().unwrap().listen = "127.0.0.1:27081".parse().unwrap();
+        let keys: Vec<String> = config.changes(&other).into_iter().map(|c| c.key).collect();
+        assert_eq!(keys, ["http.listen", "http.metrics_token"]);
+    }
+
     #[test]
     fn secrets_do_not_print() {
         let config = Config::parse("database = \"sqlite:///tmp/secret-path.db\"\n").unwrap();
@@ -1141,6 +1244,20 @@ mod tests {
                 .join(name);
             Config::load(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
         }
+    }
+
+    /// The example's `[http]`, with its commented `metrics_token` uncommented, parses and
+    /// validates.
+    #[test]
+    fn the_examples_http_section_parses_with_its_token() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tallyd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = text.replace("# metrics_token = ", "metrics_token = ");
+        let config = Config::parse(&text).unwrap();
+        config.validate().unwrap();
+        let http = config.http.expect("the example serves HTTP");
+        assert_eq!(http.listen.to_string(), "127.0.0.1:27080");
+        assert!(http.metrics_token.is_some());
     }
 
     /// The example's commented `[[notify.webhook]]` and `[notify.email]`, uncommented, parse

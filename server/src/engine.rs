@@ -28,11 +28,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::clock::Clock;
 use crate::core::{
-    require_admin, Action, Actor, AuditOutcome, Batch, Holder, NewToken, NotificationKind, Policy,
-    Pool, SignOut, SignedIn, Token,
+    require_admin, Action, Actor, AuditOutcome, Batch, Gauges, Holder, NewToken, NotificationKind,
+    Policy, Pool, SignOut, SignedIn, Token,
 };
 use crate::fold::RefusalFolder;
 use crate::ha::{Role, Serving};
+use crate::http::Metrics;
 use crate::init::{new_token, token_hash};
 use crate::notices::Notices;
 use crate::notify::Notifier;
@@ -70,6 +71,9 @@ pub enum Job {
     Request(RequestJob),
     /// A token presented at sign-in.
     SignIn(SignInJob),
+    /// The pool's figures for `/metrics`, answered after the commit of what reading them
+    /// brought up to date; a standby drops it unanswered.
+    Gauges(oneshot::Sender<Gauges>),
 }
 
 /// A request, and where to send its outcome.
@@ -120,6 +124,7 @@ enum Reply {
     /// the notifier once the batch (and its audit event) is committed.
     Notify(oneshot::Sender<Outcome>, NotifyRead, String),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
+    Gauges(oneshot::Sender<Gauges>, Gauges),
 }
 
 fn mint_token() -> NewToken {
@@ -201,6 +206,8 @@ pub struct Engine {
     /// The outbox's deliverer, which answers `NotifyStatus` and `NotifyTest` once they are
     /// authorised; `None` where nothing delivers (they are then answered `internal`).
     notifier: Option<Arc<Notifier>>,
+    /// Where committed grants and denials are counted and commits timed (`/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 /// What the engine of a cluster's node follows.
@@ -263,7 +270,13 @@ impl Engine {
             fence: Fence::Single,
             notices: Arc::new(Notices::default()),
             notifier: None,
+            metrics: Arc::default(),
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
@@ -585,6 +598,11 @@ impl Engine {
         let job = match job {
             Job::Request(job) => job,
             Job::SignIn(job) => return self.sign_in(now, job, batch, replies),
+            Job::Gauges(reply) => {
+                let gauges = self.pool.gauges(now, batch);
+                replies.push(Reply::Gauges(reply, gauges));
+                return;
+            }
         };
         let RequestJob {
             session,
@@ -941,6 +959,7 @@ impl Engine {
                     committed = self.store.commit(&batch, self.fence) => committed,
                     () = leadership_lost(role, epoch) => Err(StoreError::Fenced(crate::ha::Fenced::Lapsed { epoch })),
                 };
+                self.metrics.observe_commit(started.elapsed());
                 if let Err(err) = committed {
                     let fenced = err.is_fenced();
                     // Unanswered: the connections close, and clients resend what is safe to
@@ -949,7 +968,7 @@ impl Engine {
                     drop(replies);
                     return Err(Stopped::Lost { fenced });
                 }
-            } else if let Err(err) = self.store.commit(&batch, self.fence).await {
+            } else if let Err(err) = self.commit_timed(&batch).await {
                 tracing::error!(error = %err, rows = batch.rows(), "commit failed; answering `internal` and reloading the pool from the store");
                 for reply in replies {
                     match reply {
@@ -961,6 +980,8 @@ impl Engine {
                         Reply::SignIn(reply, _) => {
                             let _ = reply.send(SignInOutcome::Refused(ErrorBody::internal()));
                         }
+                        // Unanswered: the scrape exports the node's own metrics only.
+                        Reply::Gauges(..) => {}
                     }
                 }
                 // The reloaded pool has no queue (it lives in memory): every wait ends, and
@@ -1003,6 +1024,8 @@ impl Engine {
                 self.outbox.notify_one();
             }
         }
+        // Committed (or nothing to write): what it granted and denied counts.
+        self.metrics.count(&batch.tallies);
         // Committed: the queue's grants are durable, so their clients may be told.
         for (client, notice) in batch.queue_notices.drain(..) {
             self.notices.send(client, ServerMessage::Queue(notice));
@@ -1014,6 +1037,9 @@ impl Engine {
                 }
                 Reply::SignIn(reply, outcome) => {
                     let _ = reply.send(outcome);
+                }
+                Reply::Gauges(reply, gauges) => {
+                    let _ = reply.send(gauges);
                 }
                 Reply::Notify(reply, read, actor) => {
                     let notifier = self.notifier.clone();
@@ -1062,6 +1088,14 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A single node's commit, timed for `/metrics`.
+    async fn commit_timed(&self, batch: &Batch) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let committed = self.store.commit(batch, self.fence).await;
+        self.metrics.observe_commit(started.elapsed());
+        committed
     }
 
     /// Rebuilds the pool from the store after a failed commit, then applies what passed
@@ -1149,6 +1183,8 @@ fn not_leader(job: RequestJob, leader: Option<&str>) {
 fn standby(job: Job, leader: Option<&str>, store: &Arc<dyn ClusterStore>) {
     match job {
         Job::Request(job) => not_leader(job, leader),
+        // A standby holds no pool: `/metrics` exports the node's own metrics only.
+        Job::Gauges(_) => {}
         Job::SignIn(job) => {
             let store = store.clone();
             tokio::spawn(async move {

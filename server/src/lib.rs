@@ -10,6 +10,7 @@
 //! - [`ha`]: leadership on PostgreSQL (not yet wired in): the elector and the epoch fence.
 //! - [`notify`]: delivery of the notification outbox; [`notices`]: server-initiated
 //!   messages (queue notices) to the live connection of a client instance.
+//! - [`http`]: `/metrics`, `/healthz` and `/readyz` over HTTPS (SPEC §10).
 //! - `watchdog`: the systemd watchdog, pinged from the engine's loop.
 //! - [`config`], [`init`]: configuration and the data directory; [`check`]: what
 //!   `tallyd check-config` reads beyond the file; [`error`]: the error of setting up and
@@ -28,6 +29,7 @@ mod engine;
 pub mod error;
 mod fold;
 pub mod ha;
+pub mod http;
 pub mod init;
 mod limiter;
 mod logtext;

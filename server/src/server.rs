@@ -18,6 +18,7 @@ use crate::core::{Policy, Pool};
 use crate::engine::{Cluster, Engine, Signer};
 use crate::error::{Context, Error, Result};
 use crate::ha::{Elector, ElectorConfig};
+use crate::http::{self, Http, Metrics};
 use crate::init::{self, DataDir, OWNER_USERNAME};
 use crate::limiter::{AuthLimiter, PreAuth, PreAuthPermit, Prefix, Throttle};
 use crate::notices::Notices;
@@ -46,6 +47,9 @@ pub struct Control {
     /// Where the engine takes the time from: the system clock by default; tests pass a
     /// [`Clock::manual`] they step.
     pub clock: Clock,
+    /// The HTTPS listener of `[http]`, bound by the caller (tests bind port 0 and read the
+    /// address); `None`: `run` binds `http.listen` itself. Unused without `[http]`.
+    pub http: Option<TcpListener>,
 }
 
 /// Runs the daemon on `listener` until `control.shutdown` is cancelled.
@@ -85,6 +89,14 @@ pub async fn run(
     init::ensure_certificates(&config, &dir)?;
     let signing_chain = init::signing_chain(&config, &dir, &signing_key)?;
     let tls = init::tls_config(&config, &dir)?;
+    let http_listener = match (&config.http, control.http.take()) {
+        (None, _) => None,
+        (Some(_), Some(listener)) => Some(listener),
+        (Some(http), None) => Some(
+            crate::listen(http.listen)
+                .with_context(|| format!("cannot listen on http.listen = {}", http.listen))?,
+        ),
+    };
     let identity = initialize_owner(&config, &dir, store.as_ref(), port, &control.clock).await?;
 
     let started = Instant::now();
@@ -120,6 +132,7 @@ pub async fn run(
     let outbox = Arc::new(Notify::new());
     let notices = Arc::new(Notices::default());
     let public_key = init::public_key(&signing_key);
+    let metrics = Arc::new(Metrics::default());
     let signer = Signer {
         key: signing_key,
         server_id: identity.clone(),
@@ -136,7 +149,8 @@ pub async fn run(
     .with_watchdog(control.watchdog)
     .with_clock(control.clock.clone())
     .with_notices(notices.clone())
-    .with_notifier(notifier.clone());
+    .with_notifier(notifier.clone())
+    .with_metrics(metrics.clone());
     let (engine, elector) = match (&cluster, &node) {
         (Some(cluster), Some((id, address))) => {
             let elector = Elector::start(
@@ -199,6 +213,23 @@ pub async fn run(
         },
         notices,
     });
+    let http = match (http_listener, &config.http) {
+        (Some(listener), Some(settings)) => {
+            let http = Arc::new(Http::new(
+                shared.clone(),
+                metrics,
+                settings.metrics_token.as_ref(),
+            ));
+            tracing::info!(addr = %listener.local_addr()?, metrics_token = settings.metrics_token.is_some(), "serving /metrics, /healthz and /readyz over HTTPS");
+            let task = tokio::spawn(http::serve(
+                listener,
+                http.clone(),
+                control.shutdown.clone(),
+            ));
+            Some((http, task))
+        }
+        _ => None,
+    };
     match &node {
         Some((id, address)) => {
             tracing::info!(addr = %listener.local_addr()?, store = store.backend(), data_dir = %dir.root.display(), node = %id, advertise = %address, lease = ?config.ha.lease, "tallyd serving as a node of a cluster: a standby until it leads")
@@ -229,7 +260,8 @@ pub async fn run(
             ended = &mut notifier_task => return Err(task_ended("notifier", ended, &control.shutdown)),
             changed = wait_reload(&mut control.reload) => {
                 if let Some(new) = changed {
-                    running = apply_reload(&shared, &notifier, &running, &new, &dir);
+                    let http = http.as_ref().map(|(http, _)| http.as_ref());
+                    running = apply_reload(&shared, &notifier, http, &running, &new, &dir);
                 }
             }
             accepted = listener.accept() => {
@@ -278,6 +310,13 @@ pub async fn run(
     drop(listener);
     tracker.close();
     tracker.wait().await;
+    // The HTTP side holds the engine's queue too: the engine ends once it is gone.
+    if let Some((http, task)) = http {
+        drop(http);
+        if let Err(err) = task.await {
+            tracing::error!(error = %err, "the HTTP listener ended abnormally");
+        }
+    }
     drop(shared);
     engine_task
         .await
@@ -356,13 +395,15 @@ async fn wait_reload(reload: &mut Option<watch::Receiver<Config>>) -> Option<Con
 
 /// Applies what can change while running: the TLS files (`tls.cert`, `tls.key`,
 /// `tls.client_ca`, read again even when their paths did not change, so that a renewed
-/// certificate is served) and the limits but `limits.max_leases_per_client`. Connections
+/// certificate is served, over HTTPS too), the limits but `limits.max_leases_per_client`,
+/// and `http.metrics_token` (while HTTP is served; `http.listen` needs a restart). Connections
 /// stay. Logs every key whose value changed from `running`, with its old and new value,
 /// saying whether it was applied or needs a restart; returns the configuration now in
 /// effect, which the next reload compares with.
 fn apply_reload(
     shared: &Shared,
     notifier: &notify::Notifier,
+    http: Option<&Http>,
     running: &Config,
     new: &Config,
     dir: &DataDir,
@@ -390,6 +431,9 @@ fn apply_reload(
         }
     }
     *shared.limits.write().expect("limits lock") = effective.limits.clone();
+    if let (Some(http), Some(settings)) = (http, &effective.http) {
+        http.set_token(settings.metrics_token.as_ref());
+    }
     shared
         .auth_limiter
         .set_max_failures(effective.limits.signin_failures);
@@ -445,6 +489,10 @@ fn in_effect(running: &Config, new: &Config, tls: bool) -> Config {
         max_leases_per_client: running.limits.max_leases_per_client,
         ..new.limits.clone()
     };
+    // The listener stays where it was bound; who may read the metrics changes at once.
+    if let (Some(effective), Some(new)) = (&mut effective.http, &new.http) {
+        effective.metrics_token = new.metrics_token.clone();
+    }
     effective
 }
 
@@ -566,5 +614,36 @@ mod tests {
         for key in ["tls.cert", "tls.key", "tls.client_ca"] {
             assert!(without_tls.iter().any(|k| k == key), "{key}");
         }
+    }
+
+    /// `http.metrics_token` is applied on reload; `http.listen`, and `[http]` added or
+    /// removed, need a restart.
+    #[test]
+    fn a_reload_applies_the_metrics_token_and_not_the_http_listener() {
+        let http = |listen: &str, token: &str| {
+            Config::parse(&format!(
+                "[http]\nlisten = \"{listen}\"\nmetrics_token = \"{token}\"\n"
+            ))
+            .unwrap()
+        };
+        let keys = |changes: Vec<crate::config::Change>| -> Vec<String> {
+            changes.into_iter().map(|c| c.key).collect()
+        };
+        let running = http("127.0.0.1:27080", "first-token-0123456789");
+        let new = http("127.0.0.1:27081", "second-token-0123456789");
+        let effective = in_effect(&running, &new, true);
+        assert_eq!(
+            keys(running.changes(&new)),
+            ["http.listen", "http.metrics_token"]
+        );
+        assert_eq!(keys(effective.changes(&new)), ["http.listen"]);
+        let token = effective.http.unwrap().metrics_token.unwrap();
+        assert_eq!(token.0, "second-token-0123456789");
+        let none = Config::parse("").unwrap();
+        assert_eq!(
+            keys(in_effect(&none, &new, true).changes(&new)),
+            ["http.listen", "http.metrics_token"]
+        );
+        assert!(in_effect(&running, &none, true).http.is_some());
     }
 }

@@ -6,9 +6,12 @@
 //! notifier, a notification about the user [`TRIGGER_USER`]):
 //! - `engine-panic`: the commit that adds it panics, inside the engine task;
 //! - `engine-hang`: that commit never returns, so the engine is stuck;
-//! - `notifier-panic`: the notifier panics when it reads the notification.
+//! - `notifier-panic`: the notifier panics when it reads the notification;
+//! - `ping-hang`: once that entitlement is committed, `ping` never returns (a database
+//!   that no longer answers, as `/readyz` sees it); everything else goes on working.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use tally_protocol::{AuditPage, AuditQuery};
@@ -23,7 +26,13 @@ const TRIGGER_USER: &str = "fault@injection.test";
 
 fn main() -> ExitCode {
     match std::env::var("TALLYD_TEST_FAULT") {
-        Ok(fault) => tally_server::cli::main_with(move |inner| Box::new(Faulty { inner, fault })),
+        Ok(fault) => tally_server::cli::main_with(move |inner| {
+            Box::new(Faulty {
+                inner,
+                fault,
+                triggered: AtomicBool::new(false),
+            })
+        }),
         Err(_) => tally_server::cli::main(),
     }
 }
@@ -31,8 +40,10 @@ fn main() -> ExitCode {
 /// A store that passes everything to `inner` except the fault it was told to inject.
 struct Faulty {
     inner: Box<dyn Store>,
-    /// `engine-panic`, `engine-hang` or `notifier-panic`.
+    /// `engine-panic`, `engine-hang`, `notifier-panic` or `ping-hang`.
     fault: String,
+    /// Whether the trigger was committed (for `ping-hang`).
+    triggered: AtomicBool,
 }
 
 #[async_trait]
@@ -80,8 +91,18 @@ impl Store for Faulty {
                 "engine-hang" => std::future::pending::<()>().await,
                 _ => {}
             }
+            let committed = self.inner.commit(batch, fence).await;
+            self.triggered.store(committed.is_ok(), Ordering::SeqCst);
+            return committed;
         }
         self.inner.commit(batch, fence).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.fault == "ping-hang" && self.triggered.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.ping().await
     }
 
     async fn audit(

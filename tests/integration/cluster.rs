@@ -503,6 +503,8 @@ pub struct ClusterSpec {
     pub sweep: &'static str,
     /// More configuration for every node (its tables go after the harness's and `[ha]`).
     pub extra: String,
+    /// Whether each node serves `[http]` on a port of its own ([`Node::http`]).
+    pub http: bool,
 }
 
 impl ClusterSpec {
@@ -521,7 +523,14 @@ impl ClusterSpec {
             ttl: "3s",
             sweep: "200ms",
             extra: String::new(),
+            http: false,
         }
+    }
+
+    /// Each node serves `/metrics` and the probes over HTTPS.
+    pub fn with_http(mut self) -> ClusterSpec {
+        self.http = true;
+        self
     }
 
     /// Each node through its own proxy.
@@ -541,6 +550,8 @@ pub struct Node {
     extra: String,
     /// Where it listens, and what it advertises (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
+    /// Where it serves HTTPS, when the spec asked for it.
+    pub http: Option<SocketAddr>,
     /// Its stderr (the log), appended to across restarts.
     pub log: PathBuf,
     /// False before its start and between [`Cluster::kill9`] and [`Cluster::restart`].
@@ -621,16 +632,24 @@ impl Cluster {
                 db.url()
             };
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let http = spec
+                .http
+                .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+            let http_section = match http {
+                Some(http) => format!("[http]\nlisten = \"{http}\"\n"),
+                None => String::new(),
+            };
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).expect("a node directory");
             nodes.push(Node {
                 process: None,
                 dir: node_dir,
                 extra: format!(
-                    "database = {url:?}\n[ha]\nadvertise = \"{addr}\"\nlease = \"{}\"\n{}",
+                    "database = {url:?}\n[ha]\nadvertise = \"{addr}\"\nlease = \"{}\"\n{}{http_section}",
                     spec.lease, spec.extra
                 ),
                 addr,
+                http,
                 log: dir.path().join(format!("node{i}.log")),
                 running: false,
             });

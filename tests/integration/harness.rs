@@ -36,6 +36,8 @@ pub fn test_config(listen: SocketAddr, data_dir: &Path, ttl: Duration, sweep: Du
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` and the probes are served, when the configuration has `[http]`.
+    pub http: Option<SocketAddr>,
     pub dir: TempDir,
     /// The server's time: the system clock, or a manual one the test steps
     /// ([`start_stepped`](Self::start_stepped)).
@@ -81,6 +83,16 @@ impl TestServer {
             Duration::from_millis(200),
         );
         adjust(&mut config);
+        // `[http]` on a port of its own, bound here as the protocol's is.
+        let http = match &mut config.http {
+            Some(settings) => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                settings.listen = listener.local_addr().unwrap();
+                Some(listener)
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr().unwrap());
         config.validate().unwrap();
         let store = tally_server::store::open(
             None,
@@ -92,6 +104,7 @@ impl TestServer {
         let control = tally_server::Control {
             ready: Some(ready_tx),
             clock: clock.clone(),
+            http,
             ..Default::default()
         };
         let shutdown = control.shutdown.clone();
@@ -99,6 +112,7 @@ impl TestServer {
         ready_rx.await.expect("server failed to start");
         TestServer {
             addr,
+            http: http_addr,
             dir,
             clock,
             shutdown,
@@ -230,8 +244,34 @@ impl DaemonProcess {
         Self::spawn(port, config_path, data_dir, log)
     }
 
+    /// Like [`start_with`](Self::start_with), with more variables in the daemon's
+    /// environment (e.g. `TALLYD_TEST_FAULT`); a restart does not keep them.
+    pub fn start_env(dir: &Path, extra: &str, log: Stdio, env: &[(&str, &str)]) -> DaemonProcess {
+        let data_dir = dir.join("data");
+        let config_path = dir.join("tallyd.toml");
+        let port = free_port();
+        std::fs::write(
+            &config_path,
+            daemon_config(port, &data_dir, "30s", "1s", extra),
+        )
+        .unwrap();
+        let process = Self::spawn_env(port, config_path, data_dir, log, env);
+        process.wait_for("READY=1");
+        process
+    }
+
     /// Starts the daemon; it is ready once it sends `READY=1` (see [`wait_for`](Self::wait_for)).
     fn spawn(port: u16, config_path: PathBuf, data_dir: PathBuf, log: Stdio) -> DaemonProcess {
+        Self::spawn_env(port, config_path, data_dir, log, &[])
+    }
+
+    fn spawn_env(
+        port: u16,
+        config_path: PathBuf,
+        data_dir: PathBuf,
+        log: Stdio,
+        env: &[(&str, &str)],
+    ) -> DaemonProcess {
         let socket_path = config_path.with_file_name(format!("notify-{}", rand::random::<u32>()));
         let notify = UnixDatagram::bind(&socket_path).unwrap();
         notify
@@ -242,6 +282,7 @@ impl DaemonProcess {
             .arg(&config_path)
             .env("NOTIFY_SOCKET", &socket_path)
             .env("TALLY_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

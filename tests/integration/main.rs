@@ -15,6 +15,7 @@ mod faults;
 mod features;
 mod ffi;
 mod hostile;
+mod http;
 mod kinds;
 mod lifecycle;
 mod lying;

@@ -2,7 +2,11 @@
 
 use std::collections::HashSet;
 
-use tally_protocol::{AuditEvent, ClientId, Entitlement, ErrorBody, LeaseId, QueueNotice};
+use std::collections::BTreeMap;
+
+use tally_protocol::{
+    AuditEvent, ClientId, Entitlement, ErrorBody, ErrorCode, LeaseId, QueueNotice,
+};
 
 use super::types::{Group, Rule};
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
@@ -80,6 +84,9 @@ pub struct Batch {
     /// How queued checkouts ended (R17): each sent to its client instance's connection once
     /// the batch is committed. Not written.
     pub queue_notices: Vec<(ClientId, QueueNotice)>,
+    /// Checkouts granted and refused by this batch, for the metrics' counters, which the
+    /// engine adds once the batch is committed. Not written.
+    pub tallies: Tallies,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
@@ -289,6 +296,9 @@ impl Batch {
             Ok(detail) => (AuditOutcome::Ok, detail.to_string()),
             Err(err) => (AuditOutcome::Refused(err.code), err.message.clone()),
         };
+        if let (AuditOutcome::Refused(code), Some(feature)) = (outcome, feature) {
+            self.tallies.refused(action, feature, code);
+        }
         // A name that is not a feature's is not stored as one (the subject, bounded like
         // every field, still shows what was asked).
         let feature = feature.filter(|f| tally_protocol::validate_feature(f).is_ok());
@@ -322,8 +332,51 @@ impl Batch {
         checked
     }
 
+    /// Counts a granted checkout, queued checkout or borrow of `feature`.
+    pub fn tally_grant(&mut self, feature: &str) {
+        *self.tallies.grants.entry(feature.to_string()).or_default() += 1;
+    }
+
     pub fn audit_raw(&mut self, event: AuditEvent) {
         self.audit.push(event);
+    }
+}
+
+/// What a batch did that the metrics count (SPEC §10): checkouts granted and refused, by
+/// feature. Filled where grants and refusals are audited, and counted by the engine only
+/// after the batch committed, so that a failed commit counts nothing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tallies {
+    /// Checkouts (direct or from the queue) and borrows granted, by feature.
+    pub grants: BTreeMap<String, u64>,
+    /// Checkouts, queued checkouts and borrows refused `no_seat`, `denied` or
+    /// `queue_timeout`, by feature and code (as the protocol writes it: `no_seat`).
+    pub denials: BTreeMap<(String, &'static str), u64>,
+}
+
+impl Tallies {
+    /// The codes that count as denials: no seat, a policy rule, a wait that ran out.
+    pub const DENIALS: [ErrorCode; 3] = [
+        ErrorCode::NoSeat,
+        ErrorCode::Denied,
+        ErrorCode::QueueTimeout,
+    ];
+
+    /// Counts a refusal of `action` when it is a denial of a checkout, queued checkout or
+    /// borrow.
+    fn refused(&mut self, action: Action, feature: &str, code: ErrorCode) {
+        let counted = matches!(action, Action::Checkout | Action::Queue | Action::Borrow);
+        if counted && Self::DENIALS.contains(&code) {
+            *self
+                .denials
+                .entry((feature.to_string(), code.as_str()))
+                .or_default() += 1;
+        }
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty() && self.denials.is_empty()
     }
 }
 

@@ -142,6 +142,7 @@ impl Pool {
             Ok(&detail),
         );
         batch.add_lease(lease);
+        batch.tally_grant(feature);
         Ok(info)
     }
 

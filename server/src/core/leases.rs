@@ -161,6 +161,7 @@ impl Pool {
             batch.add_lease(seat);
         }
         batch.add_lease(lease);
+        batch.tally_grant(feature);
         info
     }
 

@@ -24,7 +24,9 @@
 //!   (R16: groups and rules, checked at checkout and borrow);
 //! - `queue` (R17): checkouts waiting for a seat, served in order as seats free up;
 //! - `notifications` (R20): the notifications time and refusals produce (entitlements
-//!   expiring and expired, a pool exhausted), with the marks that keep them from repeating.
+//!   expiring and expired, a pool exhausted), with the marks that keep them from repeating;
+//! - `gauges`: what the metrics read at scrape time ([`Pool::gauges`]: the figures of
+//!   [`Pool::figures`], entitlement ends, active users).
 
 mod assign;
 mod audit;
@@ -34,6 +36,7 @@ mod bulk;
 mod capacity;
 mod checks;
 mod entitlements;
+mod gauges;
 mod invariants;
 mod leases;
 mod ledger;
@@ -52,8 +55,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_protocol::{EndReason, Entitlement, ErrorBody, ErrorCode, UserState};
 
-pub use batch::{Batch, Notification, SignOut, Snapshot};
+pub use batch::{Batch, Notification, SignOut, Snapshot, Tallies};
 pub use checks::require_admin;
+pub use gauges::Gauges;
 pub use queue::MAX_WAITS_PER_CLIENT;
 pub use tally_protocol::AuditEvent;
 pub use tokens::{token_id, SignedIn, Token};

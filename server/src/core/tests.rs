@@ -3389,6 +3389,82 @@ mod queue {
         (granted, ended)
     }
 
+    /// The metrics' counts (SPEC §10): each grant, direct or from the queue, once; each
+    /// refusal `no_seat` of a checkout or of a wait that may not wait, and each wait that
+    /// ran out (`queue_timeout`), once; joining the queue is neither.
+    #[test]
+    fn a_batch_tallies_its_grants_and_denials() {
+        let mut pool = pool(1);
+        let tallies = |batch: &Batch| {
+            let grants = batch.tallies.grants.get("vray").copied().unwrap_or(0);
+            let denial = |code: &str| {
+                let key = ("vray".to_string(), code.to_string());
+                batch
+                    .tallies
+                    .denials
+                    .iter()
+                    .find(|((f, c), _)| (f.clone(), c.to_string()) == key)
+                    .map_or(0, |(_, n)| *n)
+            };
+            (grants, denial("no_seat"), denial("queue_timeout"))
+        };
+        let mut batch = Batch::default();
+        pool.checkout(
+            1,
+            &member(0),
+            &holder(0),
+            &checkout("vray", 1, 2),
+            LeaseId([2; 16]),
+            &mut batch,
+        )
+        .unwrap();
+        assert_eq!(tallies(&batch), (1, 0, 0));
+        let mut batch = Batch::default();
+        let refused = pool.checkout(
+            2,
+            &member(1),
+            &holder(1),
+            &checkout("vray", 1, 1),
+            LeaseId([3; 16]),
+            &mut batch,
+        );
+        assert_eq!(refused.unwrap_err().code, ErrorCode::NoSeat);
+        let impatient = pool.checkout_wait(
+            2,
+            &member(1),
+            &holder(1),
+            &wait(1, request_id(1, 2), Some(0)),
+            LeaseId([4; 16]),
+            &mut batch,
+        );
+        assert_eq!(impatient.unwrap_err().code, ErrorCode::NoSeat);
+        assert_eq!(tallies(&batch), (0, 2, 0));
+        // Waiting is no denial; running out of time is, once.
+        let mut batch = Batch::default();
+        pool.checkout_wait(
+            3,
+            &member(1),
+            &holder(1),
+            &wait(1, request_id(1, 3), Some(1)),
+            LeaseId([5; 16]),
+            &mut batch,
+        )
+        .unwrap();
+        join(&mut pool, 3, 4, 1, &mut batch);
+        assert_eq!(tallies(&batch), (0, 0, 0));
+        let mut batch = Batch::default();
+        pool.serve_queue(1003, &mut ids(), &mut batch);
+        pool.serve_queue(1004, &mut ids(), &mut batch);
+        assert_eq!(tallies(&batch), (0, 0, 1));
+        // A seat freed goes to the one still waiting: a grant.
+        let mut batch = Batch::default();
+        pool.checkin(1005, &member(0), LeaseId([2; 16]), &mut batch)
+            .unwrap();
+        pool.serve_queue(1005, &mut ids(), &mut batch);
+        assert_eq!(notices(&batch).0, [holder(4).client]);
+        assert_eq!(tallies(&batch), (1, 0, 0));
+    }
+
     /// A `priority` rule (R16) puts its group ahead of earlier arrivals, lower numbers
     /// first; a checkout held back by a `max` rule waits (it is not denied) and is served
     /// once its group holds fewer seats, while an excluded one is refused at once.

@@ -23,6 +23,7 @@ const AUDIT_BASE: i64 = 1_000_000_000_000;
 
 /// Runs every step of the contract on `store`, which must be fresh and empty.
 pub async fn contract(store: &dyn Store) {
+    store.ping().await.expect("an open store answers a ping");
     lease_batches_round_trip(store).await;
     initialise_is_idempotent(store).await;
     owner_tokens(store).await;

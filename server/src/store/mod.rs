@@ -212,6 +212,10 @@ pub trait Store: Send + Sync + 'static {
     /// sink's counts and latest error (`tally notify status`).
     async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError>;
 
+    /// Whether the database answers now: one trivial query (`/readyz`). The caller bounds
+    /// how long it waits.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);
 
