@@ -136,7 +136,8 @@ pub async fn run(
     .with_watchdog(control.watchdog)
     .with_clock(control.clock.clone())
     .with_notices(notices.clone())
-    .with_notifier(notifier.clone());
+    .with_notifier(notifier.clone())
+    .with_history_keep(config.history.keep);
     let (engine, elector) = match (&cluster, &node) {
         (Some(cluster), Some((id, address))) => {
             let elector = Elector::start(

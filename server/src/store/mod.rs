@@ -212,6 +212,31 @@ pub trait Store: Send + Sync + 'static {
     /// sink's counts and latest error (`tally notify status`).
     async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError>;
 
+    /// What `report usage` reads, in one snapshot (SPEC §10): the rollup rows of the whole
+    /// hours `[since, until)`, each feature's last state before `since`, the users with seat
+    /// time per period (`periods`, or per hour when `None`) less those counted from open
+    /// leases, and the leases open now. See `core::report::UsageData`.
+    async fn usage_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+        periods: Option<&[crate::core::report::Period]>,
+    ) -> Result<crate::core::report::UsageData, StoreError>;
+
+    /// What `report users` reads, in one snapshot: the user rollups of `[since, until)`
+    /// summed per feature and user, and the leases open now.
+    async fn user_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<crate::core::report::UsersData, StoreError>;
+
+    /// Deletes up to `limit` rollup rows per table from before `before` (`history.keep`),
+    /// keeping each feature's last state before it; returns how many went.
+    async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
+
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);
 
