@@ -1387,9 +1387,8 @@ async fn read_report(store: &dyn Store, clock: &Clock, job: ReportJob) -> Outcom
     let answer = match read {
         ReportRead::Usage(query) => {
             let periods = report::periods(since, until, query.by);
-            let grouped = (query.by != tally_protocol::ReportPeriod::Hour).then_some(&periods[..]);
             store
-                .usage_history(feature, since, until, grouped)
+                .usage_history(feature, since, until, query.by, &periods)
                 .await
                 .map(|data| {
                     // Taken after the read: every open lease it saw was granted by then.

@@ -127,10 +127,11 @@ impl Store for Faulty {
         feature: Option<&str>,
         since: i64,
         until: i64,
-        periods: Option<&[tally_server::core::report::Period]>,
+        by: tally_protocol::ReportPeriod,
+        periods: &[tally_server::core::report::Period],
     ) -> Result<tally_server::core::report::UsageData, StoreError> {
         self.inner
-            .usage_history(feature, since, until, periods)
+            .usage_history(feature, since, until, by, periods)
             .await
     }
 

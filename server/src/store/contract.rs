@@ -43,6 +43,8 @@ pub async fn contract(store: &dyn Store) {
 pub async fn history_rollups(store: &dyn Store) {
     use crate::core::history::{HistoryRows, UsageHour, UserHour};
     use crate::core::report::{distinct_in_rows, periods};
+    use tally_protocol::ReportPeriod;
+    let hours_of = |since, until| periods(since, until, ReportPeriod::Hour);
     const H: i64 = 3_600_000;
     // Near the times of the steps before, whose leases are still held.
     let h0 = 10 * H;
@@ -111,7 +113,13 @@ pub async fn history_rollups(store: &dyn Store) {
     want_hours.retain(|h| h.feature == "hist-a" && h.hour_start >= h0);
     want_hours.sort_by_key(|h| h.hour_start);
     let data = store
-        .usage_history(Some("hist-a"), h0, h0 + 6 * H, None)
+        .usage_history(
+            Some("hist-a"),
+            h0,
+            h0 + 6 * H,
+            ReportPeriod::Hour,
+            &hours_of(h0, h0 + 6 * H),
+        )
         .await
         .unwrap();
     let mut hours = data.hours.clone();
@@ -155,7 +163,7 @@ pub async fn history_rollups(store: &dyn Store) {
     assert_eq!(distinct, distinct_in_rows(&users, &hourly, &data.open));
     let days = periods(h0, h0 + 6 * H, tally_protocol::ReportPeriod::Day);
     let grouped = store
-        .usage_history(Some("hist-a"), h0, h0 + 6 * H, Some(&days))
+        .usage_history(Some("hist-a"), h0, h0 + 6 * H, ReportPeriod::Day, &days)
         .await
         .unwrap();
     let mut distinct = grouped.distinct.clone();
@@ -188,7 +196,13 @@ pub async fn history_rollups(store: &dyn Store) {
     let deleted = store.prune_history(h0 + 4 * H, 10_000).await.unwrap();
     assert!(deleted > 0);
     let data = store
-        .usage_history(Some("hist-a"), h0 + 4 * H, h0 + 6 * H, None)
+        .usage_history(
+            Some("hist-a"),
+            h0 + 4 * H,
+            h0 + 6 * H,
+            ReportPeriod::Hour,
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(data.before, [("hist-a".to_string(), Some(2), Some(6))]);

@@ -214,14 +214,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// What `report usage` reads, in one snapshot (SPEC §10): the rollup rows of the whole
     /// hours `[since, until)`, each feature's last state before `since`, the users with seat
-    /// time per period (`periods`, or per hour when `None`) less those counted from open
-    /// leases, and the leases open now. See `core::report::UsageData`.
+    /// time per period of `by` (`periods`, as `core::report::periods` makes them) less
+    /// those counted from open leases, and the leases open now. See
+    /// `core::report::UsageData`.
     async fn usage_history(
         &self,
         feature: Option<&str>,
         since: i64,
         until: i64,
-        periods: Option<&[crate::core::report::Period]>,
+        by: tally_protocol::ReportPeriod,
+        periods: &[crate::core::report::Period],
     ) -> Result<crate::core::report::UsageData, StoreError>;
 
     /// What `report users` reads, in one snapshot: the user rollups of `[since, until)`

@@ -46,6 +46,9 @@ const CHUNK: usize = 1000;
 /// The two-argument maximum in SQL.
 const GREATEST: &str = "GREATEST";
 
+/// The two-argument minimum in SQL.
+const LEAST: &str = "LEAST";
+
 /// How long the database lets a transaction of this store sit idle before it ends the
 /// session (see [`PgStore::open`]).
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
@@ -295,14 +298,15 @@ impl Store for PgStore {
         feature: Option<&str>,
         since: i64,
         until: i64,
-        periods: Option<&[crate::core::report::Period]>,
+        by: tally_protocol::ReportPeriod,
+        periods: &[crate::core::report::Period],
     ) -> Result<crate::core::report::UsageData, StoreError> {
         // One snapshot: the rollups and the open leases of the same commit.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let data = read_usage(&mut tx, feature, since, until, periods).await?;
+        let data = read_usage(&mut tx, feature, since, until, by, periods).await?;
         tx.commit().await?;
         Ok(data)
     }

@@ -37,6 +37,9 @@ const CHUNK: usize = 1000;
 /// The two-argument maximum in SQL.
 const GREATEST: &str = "MAX";
 
+/// The two-argument minimum in SQL.
+const LEAST: &str = "MIN";
+
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -291,11 +294,12 @@ impl Store for SqliteStore {
         feature: Option<&str>,
         since: i64,
         until: i64,
-        periods: Option<&[crate::core::report::Period]>,
+        by: tally_protocol::ReportPeriod,
+        periods: &[crate::core::report::Period],
     ) -> Result<crate::core::report::UsageData, StoreError> {
         // One read transaction: the rollups and the open leases of the same commit.
         let mut tx = self.pool.begin().await?;
-        let data = read_usage(&mut tx, feature, since, until, periods).await?;
+        let data = read_usage(&mut tx, feature, since, until, by, periods).await?;
         tx.commit().await?;
         Ok(data)
     }

@@ -16,7 +16,7 @@ use crate::core::Batch;
 /// `read_usage`, `read_users` and `prune_rows`, with multi-row statements of at most `CHUNK` rows. The module that expands
 /// it imports `QueryBuilder`, `Separated`, `Encode`, `Type`, `Batch`, `Lease`, `LeaseSource`,
 /// `StoreError` and `token_id`, and defines `CHUNK` and `GREATEST` (the two-argument
-/// maximum: `MAX` or `GREATEST`).
+/// maximum: `MAX` or `GREATEST`) and `LEAST` (`MIN` or `LEAST`).
 macro_rules! batch_writer {
     ($db:ty, $conn:ty) => {
         /// Writes one token row outside the engine (first start, `tallyd owner-token`).
@@ -547,7 +547,8 @@ macro_rules! batch_writer {
             feature: Option<&str>,
             since: i64,
             until: i64,
-            periods: Option<&[crate::core::report::Period]>,
+            by: tally_protocol::ReportPeriod,
+            periods: &[crate::core::report::Period],
         ) -> Result<crate::core::report::UsageData, StoreError> {
             use crate::core::history::UsageHour;
             let open = read_open_leases(conn, feature).await?;
@@ -594,7 +595,10 @@ macro_rules! batch_writer {
                 .collect();
             let holders = crate::core::report::open_holders(&open);
             let mut q = QueryBuilder::<$db>::new("WITH ");
-            if let Some(periods) = periods {
+            // Months have no fixed length: their bounds are a table; hours, days and ISO
+            // weeks are computed from the hour, so that no join multiplies the rows.
+            let month = by == tally_protocol::ReportPeriod::Month;
+            if month {
                 q.push("p(s, e) AS (");
                 q.push_values(periods, |mut b, p| {
                     b.push_bind(p.from).push_bind(p.to);
@@ -608,13 +612,34 @@ macro_rules! batch_writer {
                 });
                 q.push("), ");
             }
-            let (start, end) = if periods.is_some() {
-                ("p.s", "p.e")
-            } else {
-                ("u.hour_start", "(u.hour_start + 3600000)")
+            let length = match by {
+                tally_protocol::ReportPeriod::Day => Some(86_400_000i64),
+                tally_protocol::ReportPeriod::Week => Some(7 * 86_400_000i64),
+                _ => None,
+            };
+            // The start of the period of a row's hour, cut at the range's start, and its
+            // end, cut at the range's end: `Period::from` and `Period::to`.
+            let (start, end) = match (month, length) {
+                (true, _) => ("p.s".to_string(), "p.e".to_string()),
+                (false, Some(len)) => {
+                    // Days from 1970-01-01; weeks from a Monday (1970-01-05 is day 4).
+                    let offset = if by == tally_protocol::ReportPeriod::Week { 3 } else { 0 };
+                    let days = len / 86_400_000;
+                    let aligned = format!(
+                        "((u.hour_start / 86400000 + {offset}) / {days} * {days} - {offset}) * 86400000"
+                    );
+                    (
+                        format!("{GREATEST}({aligned}, {since})"),
+                        format!("{LEAST}({aligned} + {len}, {until})"),
+                    )
+                }
+                (false, None) => (
+                    "u.hour_start".to_string(),
+                    "(u.hour_start + 3600000)".to_string(),
+                ),
             };
             q.push(format!("x(z) AS (SELECT 1) SELECT u.feature, {start}, COUNT(DISTINCT u.username) FROM usage_user_hours u "));
-            if periods.is_some() {
+            if month {
                 q.push("JOIN p ON u.hour_start >= p.s AND u.hour_start < p.e ");
             }
             if !holders.is_empty() {
