@@ -613,8 +613,8 @@ impl Engine {
     }
 
     /// Deletes lease history older than `history.keep`, a bounded pass at a time in its own
-    /// transaction, off the engine's loop: at most once a minute, and again at the next
-    /// sweep while a pass finds a full load.
+    /// transaction, off the engine's loop, at most once a minute (10,000 rows a pass per
+    /// table: 14 million a day, far more than any pool writes).
     fn prune_history(&mut self, now: i64) {
         use std::sync::atomic::Ordering;
         if now.saturating_sub(self.pruned_at) < 60_000 || self.pruning.swap(true, Ordering::SeqCst)
@@ -625,12 +625,10 @@ impl Engine {
         let before = crate::core::history::hour_of(now.saturating_sub(self.history_keep_ms));
         let store = self.store.clone();
         let pruning = self.pruning.clone();
-        let again = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn(async move {
             match store.prune_history(before, PRUNE_ROWS).await {
                 Ok(deleted) if deleted > 0 => {
                     tracing::debug!(deleted, before, "lease history pruned");
-                    again.store(deleted >= u64::from(PRUNE_ROWS), Ordering::SeqCst);
                 }
                 Ok(_) => {}
                 Err(err) => {
