@@ -8,7 +8,7 @@
 //! the same load against a node serving from PostgreSQL (`pg.rs`); `failover` (`failover.rs`)
 //! kills the leader of a cluster and reports times to the first new lease and to every held
 //! lease resumed instead. `bulk` (`bulk.rs`) times bulk CSV administration through the
-//! release `tally` binary.
+//! release `tally` binary; `report` (`report.rs`) times usage reports over a year of history.
 
 mod bulk;
 mod cpu;
@@ -17,6 +17,7 @@ mod failover;
 mod load;
 mod pg;
 mod policy;
+mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,6 +82,16 @@ enum Scenario {
     Bulk {
         #[arg(long, default_value_t = 10_000)]
         rows: usize,
+    },
+    /// A year of lease history of a 200-seat feature written through the store, then
+    /// `tally report usage --by day|month|hour` and `tally report users` over it, each
+    /// timed whole through the release `tally` binary (SPEC §10).
+    Report {
+        /// Leases a weekday (a fifth of it on weekends).
+        #[arg(long, default_value_t = 1_900)]
+        leases_per_day: u32,
+        #[arg(long, default_value_t = 300)]
+        users: usize,
     },
     /// Sessions each holding a lease and heartbeating: latency and server memory.
     Heartbeat {
@@ -164,6 +175,10 @@ fn main() -> Result<()> {
                 policy::run(&tallyd, conns, secs, rules).await
             }
             Scenario::Bulk { rows } => bulk::run(&tallyd, rows).await,
+            Scenario::Report {
+                leases_per_day,
+                users,
+            } => report::run(&tallyd, leases_per_day, users).await,
             Scenario::Heartbeat {
                 sessions,
                 interval,

@@ -192,6 +192,22 @@ impl Client {
     }
 
     /// Every user with the last sign-in of any of their tokens (admins).
+    /// Usage per feature and period from the server's lease history (admins, SPEC §10).
+    pub async fn report_usage(
+        &self,
+        query: tally_protocol::UsageQuery,
+    ) -> Result<Vec<tally_protocol::UsageRow>, Error> {
+        ask!(self, Request::ReportUsage(query), Response::Usage(rows) => rows)
+    }
+
+    /// Usage per user and feature from the server's lease history (admins, SPEC §10).
+    pub async fn report_users(
+        &self,
+        query: tally_protocol::UsersQuery,
+    ) -> Result<Vec<tally_protocol::UserUsageRow>, Error> {
+        ask!(self, Request::ReportUsers(query), Response::UserUsage(rows) => rows)
+    }
+
     pub async fn users_seen(&self) -> Result<Vec<UserSeen>, Error> {
         ask!(self, Request::UsersSeen, Response::UsersSeen(users) => users)
     }

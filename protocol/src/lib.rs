@@ -21,6 +21,7 @@ mod message;
 mod names;
 mod notify;
 mod policy;
+mod report;
 pub mod text;
 mod time;
 mod validate;
@@ -43,6 +44,10 @@ pub use policy::{
     validate_group, FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, Member, PolicyAdd,
     PolicyCheck, PolicyDecision, PolicyQuery, RuleAdded, RuleEffect, RuleInfo, RuleKind, RuleRef,
     RuleSpec, GROUP_MAX_LEN, HOST_PATTERN_MAX_LEN, MAX_GROUP_MEMBERS,
+};
+pub use report::{
+    validate_range, ReportPeriod, UsageQuery, UsageRow, UserUsageRow, UsersQuery,
+    DEFAULT_REPORT_RANGE_MS, HOUR_MS, MAX_REPORT_ROWS,
 };
 pub use time::{format_time, format_time_millis, now_millis, validate_time, MAX_TIME, MIN_TIME};
 pub use validate::{validate_duration_secs, validate_seats, MAX_DURATION_SECS, MAX_SEATS};

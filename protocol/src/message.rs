@@ -15,6 +15,7 @@ use crate::policy::{
     FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, PolicyAdd, PolicyCheck,
     PolicyDecision, PolicyQuery, RuleAdded, RuleInfo, RuleRef,
 };
+use crate::report::{UsageQuery, UsageRow, UserUsageRow, UsersQuery};
 use crate::{ClientId, ErrorBody, ErrorCode, LeaseId, RequestId};
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -299,6 +300,12 @@ pub enum Request {
     /// `UserList` with each user's last sign-in (admins); answered with
     /// [`Response::UsersSeen`]. Clients send it for `tally user list --csv`.
     UsersSeen,
+    /// Usage per feature and period (SPEC §10; admins); answered with
+    /// [`Response::Usage`].
+    ReportUsage(UsageQuery),
+    /// Usage per user and feature (SPEC §10; admins); answered with
+    /// [`Response::UserUsage`].
+    ReportUsers(UsersQuery),
 }
 
 impl Request {
@@ -367,6 +374,8 @@ impl Request {
             Request::NotifyStatus => "notify_status",
             Request::NotifyTest => "notify_test",
             Request::UsersSeen => "user_list",
+            Request::ReportUsage(_) => "report_usage",
+            Request::ReportUsers(_) => "report_users",
         }
     }
 
@@ -396,6 +405,8 @@ impl Request {
                 | Request::Queue(_)
                 | Request::UsersSeen
                 | Request::NotifyStatus
+                | Request::ReportUsage(_)
+                | Request::ReportUsers(_)
         )
     }
 
@@ -512,6 +523,10 @@ pub enum Response {
     NotifyTested(Vec<SinkOutcome>),
     /// The answer to `UsersSeen`: every user, by username, with their last sign-in.
     UsersSeen(Vec<UserSeen>),
+    /// The answer to `ReportUsage`: each feature's periods in order, features by name.
+    Usage(Vec<UsageRow>),
+    /// The answer to `ReportUsers`: by user, then feature.
+    UserUsage(Vec<UserUsageRow>),
 }
 
 /// Check out `seats` seats of `feature`.

@@ -1397,3 +1397,69 @@ fn golden_bytes_of_the_notification_outbox() {
         format!("{NOTIFY_TESTED:02x}02036c6f67000177010165")
     );
 }
+
+/// The wire indices of the usage reports' requests and answers (SPEC §10).
+mod report_index {
+    pub const REPORT_USAGE: u8 = 56;
+    pub const REPORT_USERS: u8 = 57;
+    pub const USAGE: u8 = 49;
+    pub const USER_USAGE: u8 = 50;
+}
+
+/// The usage reports' requests and answers, byte for byte (each index from
+/// `report_index`).
+#[test]
+fn golden_bytes_of_usage_reports() {
+    use report_index::*;
+    let usage = Request::ReportUsage(UsageQuery {
+        feature: Some("f".into()),
+        since: None,
+        until: Some(1),
+        by: ReportPeriod::Day,
+    });
+    // Some("f"), no since, until 1 (zigzag 2), Day (1)
+    assert_eq!(encode(&usage), format!("{REPORT_USAGE:02x}01016600010201"));
+    assert!(usage.is_read_only() && usage.is_idempotent());
+    let users = Request::ReportUsers(UsersQuery {
+        feature: None,
+        since: Some(0),
+        until: None,
+    });
+    assert_eq!(encode(&users), format!("{REPORT_USERS:02x}00010000"));
+    assert!(users.is_read_only() && users.is_idempotent());
+    let hour = Request::ReportUsage(UsageQuery {
+        feature: None,
+        since: None,
+        until: None,
+        by: ReportPeriod::Month,
+    });
+    // Hour 0, Day 1, Week 2, Month 3
+    assert_eq!(encode(&hour), format!("{REPORT_USAGE:02x}00000003"));
+    let answer = Response::Usage(vec![UsageRow {
+        feature: "f".into(),
+        period_start: 0,
+        period_ms: 1,
+        pool: 2,
+        peak_in_use: 1,
+        seat_ms: 3,
+        checkouts: 4,
+        denials: 5,
+        distinct_users: 1,
+    }]);
+    assert_eq!(
+        encode(&answer),
+        format!("{USAGE:02x}0101660002020103040501")
+    );
+    let answer = Response::UserUsage(vec![UserUsageRow {
+        user: "u".into(),
+        feature: "f".into(),
+        seat_ms: 1,
+        checkouts: 2,
+        denials: 0,
+        last_used: Some(2),
+    }]);
+    assert_eq!(
+        encode(&answer),
+        format!("{USER_USAGE:02x}01017501660102000104")
+    );
+}

@@ -43,6 +43,9 @@ pub struct Config {
     /// HTTP at all.
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// Lease history for usage reports (SPEC §10).
+    #[serde(default)]
+    pub history: HistoryConfig,
 }
 
 /// `[http]`: where metrics and health are served over HTTPS, and who may read the metrics.
@@ -80,6 +83,34 @@ impl HttpConfig {
             }
         }
     }
+}
+
+/// How long lease history is kept (`[history]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// History older than this is pruned; reports cannot reach further back.
+    #[serde(
+        default = "default_history_keep",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
+    pub keep: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            keep: DEFAULT_HISTORY_KEEP,
+        }
+    }
+}
+
+/// `history.keep` unless configured: 400 days.
+pub const DEFAULT_HISTORY_KEEP: Duration = Duration::from_secs(400 * 24 * 3600);
+
+fn default_history_keep() -> Duration {
+    DEFAULT_HISTORY_KEEP
 }
 
 /// The notification sinks (`[notify]`): webhooks and e-mail, and how each delivery is
@@ -709,6 +740,17 @@ impl Config {
                 "leases.sweep = {} is longer than leases.ttl = {}; it must be between 100ms and leases.ttl",
                 show(sweep),
                 show(ttl)
+            ));
+        }
+        if self.history.keep < Duration::from_secs(3600) {
+            problem(format!(
+                "history.keep = {} is shorter than 1h, the least it may be (reports count whole hours)",
+                show(self.history.keep)
+            ));
+        } else if self.history.keep > Duration::from_secs(1000 * 24 * 3600) {
+            problem(format!(
+                "history.keep = {} is longer than 1000d, the most it may be",
+                show(self.history.keep)
             ));
         }
         if self.borrow.max < Duration::from_secs(60) {

@@ -37,7 +37,7 @@ use crate::http::Metrics;
 use crate::init::{new_token, token_hash};
 use crate::notices::Notices;
 use crate::notify::Notifier;
-use crate::route::{AuditRead, EngineKind, EngineRequest, NotifyRead, PoolRequest};
+use crate::route::{AuditRead, EngineKind, EngineRequest, NotifyRead, PoolRequest, ReportRead};
 use crate::store::{ClusterStore, Fence, Store, StoreError};
 use crate::watchdog::Watchdog;
 
@@ -123,9 +123,25 @@ enum Reply {
     /// An authorised `NotifyStatus` or `NotifyTest` (with the admin who asked), answered by
     /// the notifier once the batch (and its audit event) is committed.
     Notify(oneshot::Sender<Outcome>, NotifyRead, String),
+    /// An authorised usage report, read from the store once the batch is committed.
+    Report(oneshot::Sender<Outcome>, ReportJob),
     SignIn(oneshot::Sender<SignInOutcome>, SignInOutcome),
     Gauges(oneshot::Sender<Gauges>, Gauges),
 }
+
+/// A usage report to read after the commit (SPEC §10): its checked query and range.
+struct ReportJob {
+    read: ReportRead,
+    feature: Option<String>,
+    /// The whole hours read, or `None` when the range is wholly in the future.
+    range: Option<(i64, i64)>,
+    /// The `not_found` to answer when the feature is unknown to the pool and the store holds
+    /// no history of it.
+    unknown: Option<ErrorBody>,
+}
+
+/// Rollup rows deleted per pass of the history's pruning.
+const PRUNE_ROWS: u32 = 10_000;
 
 fn mint_token() -> NewToken {
     let token = new_token();
@@ -208,6 +224,12 @@ pub struct Engine {
     notifier: Option<Arc<Notifier>>,
     /// Where committed grants and denials are counted and commits timed (`/metrics`).
     metrics: Arc<Metrics>,
+    /// How long lease history is kept (`history.keep`).
+    history_keep_ms: i64,
+    /// When the history was last pruned; a pass runs at most once a minute, in a task of
+    /// its own, while none is running.
+    pruned_at: i64,
+    pruning: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the engine of a cluster's node follows.
@@ -271,11 +293,20 @@ impl Engine {
             notices: Arc::new(Notices::default()),
             notifier: None,
             metrics: Arc::default(),
+            history_keep_ms: crate::config::DEFAULT_HISTORY_KEEP.as_millis() as i64,
+            pruned_at: i64::MIN,
+            pruning: Arc::default(),
         }
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Keeps lease history for `keep` (`history.keep`), pruning what is older.
+    pub fn with_history_keep(mut self, keep: Duration) -> Self {
+        self.history_keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
         self
     }
 
@@ -591,6 +622,34 @@ impl Engine {
         let now = self.clock.now_millis();
         self.pool.sweep(now, batch);
         self.folder.flush(now, &mut batch.audit);
+        self.prune_history(now);
+    }
+
+    /// Deletes lease history older than `history.keep`, a bounded pass at a time in its own
+    /// transaction, off the engine's loop, at most once a minute (10,000 rows a pass per
+    /// table: 14 million a day, far more than any pool writes).
+    fn prune_history(&mut self, now: i64) {
+        use std::sync::atomic::Ordering;
+        if now.saturating_sub(self.pruned_at) < 60_000 || self.pruning.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        self.pruned_at = now;
+        let before = crate::core::history::hour_of(now.saturating_sub(self.history_keep_ms));
+        let store = self.store.clone();
+        let pruning = self.pruning.clone();
+        tokio::spawn(async move {
+            match store.prune_history(before, PRUNE_ROWS).await {
+                Ok(deleted) if deleted > 0 => {
+                    tracing::debug!(deleted, before, "lease history pruned");
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "pruning lease history failed; retrying later")
+                }
+            }
+            pruning.store(false, Ordering::SeqCst);
+        });
     }
 
     fn apply(&mut self, job: Job, batch: &mut Batch, replies: &mut Vec<Reply>) {
@@ -644,6 +703,9 @@ impl Engine {
                 };
                 return Self::audit(now, &actor, read, unknown, batch, reply, replies);
             }
+            EngineKind::Report(read) => {
+                return self.report(now, &actor, read, batch, reply, replies);
+            }
             EngineKind::Notify(read) => {
                 let (action, what) = match read {
                     NotifyRead::Status => (Action::NotifyStatus, "read the notification status"),
@@ -687,6 +749,89 @@ impl Engine {
             Ok(()) => replies.push(Reply::Audit(reply, read, unknown)),
             Err(err) => {
                 batch.audit(now, actor, Action::Audit, "audit log", None, Err(&err));
+                replies.push(Reply::Ready(reply, Outcome::Err(err)));
+            }
+        }
+    }
+
+    /// Checks a usage report: admins only, then the query (its range and feature). The
+    /// store answers it once the batch has committed; a refusal is audited.
+    fn report(
+        &self,
+        now: i64,
+        actor: &Actor,
+        read: ReportRead,
+        batch: &mut Batch,
+        reply: oneshot::Sender<Outcome>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let (action, feature, since, until, by) = match &read {
+            ReportRead::Usage(q) => (
+                Action::ReportUsage,
+                q.feature.clone(),
+                q.since,
+                q.until,
+                Some(q.by),
+            ),
+            ReportRead::Users(q) => (
+                Action::ReportUsers,
+                q.feature.clone(),
+                q.since,
+                q.until,
+                None,
+            ),
+        };
+        let checked = require_admin(actor, "read usage reports")
+            .and_then(|()| {
+                tally_protocol::validate_range(since, until).map_err(ErrorBody::invalid)
+            })
+            .and_then(|()| match &feature {
+                Some(f) => tally_protocol::validate_feature(f).map_err(|e| ErrorBody::invalid(e.to_string())),
+                None => Ok(()),
+            })
+            .and_then(|()| {
+                let range = crate::core::report::report_range(since, until, now);
+                let (Some(by), Some((since, until))) = (by, range) else {
+                    return Ok(range);
+                };
+                let features = match feature {
+                    Some(_) => 1,
+                    None => self.pool.report_features().max(1) as u64,
+                };
+                let rows = crate::core::report::period_count(since, until, by) * features;
+                if rows > tally_protocol::MAX_REPORT_ROWS {
+                    return Err(ErrorBody::invalid(format!(
+                        "a report by {} of {} to {} would have about {rows} rows, more than the {} one answer holds; ask for a shorter range, a longer --by or one --feature",
+                        by.as_str(),
+                        crate::core::rfc3339(since),
+                        crate::core::rfc3339(until),
+                        tally_protocol::MAX_REPORT_ROWS
+                    )));
+                }
+                Ok(range)
+            });
+        match checked {
+            Ok(range) => {
+                let unknown = feature.as_deref().and_then(|f| self.pool.report_unknown(f));
+                replies.push(Reply::Report(
+                    reply,
+                    ReportJob {
+                        read,
+                        feature,
+                        range,
+                        unknown,
+                    },
+                ));
+            }
+            Err(err) => {
+                batch.audit(
+                    now,
+                    actor,
+                    action,
+                    "usage report",
+                    feature.as_deref(),
+                    Err(&err),
+                );
                 replies.push(Reply::Ready(reply, Outcome::Err(err)));
             }
         }
@@ -974,6 +1119,7 @@ impl Engine {
                     match reply {
                         Reply::Ready(reply, _)
                         | Reply::Audit(reply, _, _)
+                        | Reply::Report(reply, _)
                         | Reply::Notify(reply, _, _) => {
                             let _ = reply.send(Outcome::Err(ErrorBody::internal()));
                         }
@@ -1057,6 +1203,14 @@ impl Engine {
                                 Outcome::Ok(Response::NotifyTested(notifier.test(&actor).await))
                             }
                         };
+                        let _ = reply.send(outcome);
+                    });
+                }
+                Reply::Report(reply, job) => {
+                    let store = self.store.clone();
+                    let clock = self.clock.clone();
+                    tokio::spawn(async move {
+                        let outcome = read_report(store.as_ref(), &clock, job).await;
                         let _ = reply.send(outcome);
                     });
                 }
@@ -1243,6 +1397,60 @@ fn log_changes(batch: &Batch) {
             tracing::info!(actor = %peer(&event.actor), action = %event.action, subject = %peer(&event.subject), feature = %peer(feature), detail = %peer(&event.reason), "pool changed");
         } else {
             tracing::debug!(actor = %peer(&event.actor), action = %event.action, subject = %peer(&event.subject), feature = %peer(feature), outcome = %event.outcome, detail = %peer(&event.reason), "audit");
+        }
+    }
+}
+
+/// Reads a usage report from the store and computes it (SPEC §10); a store that fails
+/// answers `internal`, logged.
+async fn read_report(store: &dyn Store, clock: &Clock, job: ReportJob) -> Outcome {
+    use crate::core::report;
+    let ReportJob {
+        read,
+        feature,
+        range,
+        unknown,
+    } = job;
+    let Some((since, until)) = range else {
+        return Outcome::Ok(match read {
+            ReportRead::Usage(_) => Response::Usage(Vec::new()),
+            ReportRead::Users(_) => Response::UserUsage(Vec::new()),
+        });
+    };
+    let feature = feature.as_deref();
+    let answer = match read {
+        ReportRead::Usage(query) => {
+            let periods = report::periods(since, until, query.by);
+            store
+                .usage_history(feature, since, until, query.by, &periods)
+                .await
+                .map(|data| {
+                    // Taken after the read: every open lease it saw was granted by then.
+                    let now = clock.now_millis();
+                    let known =
+                        !data.hours.is_empty() || !data.before.is_empty() || !data.open.is_empty();
+                    (
+                        known,
+                        Response::Usage(report::usage(&data, feature, &periods, now)),
+                    )
+                })
+        }
+        ReportRead::Users(_) => store.user_history(feature, since, until).await.map(|data| {
+            let now = clock.now_millis();
+            let known = !data.rows.is_empty() || !data.open.is_empty();
+            (
+                known,
+                Response::UserUsage(report::users(&data, since, until, now)),
+            )
+        }),
+    };
+    match (answer, unknown) {
+        // A typo, not a quiet feature: say so, with the nearest name.
+        (Ok((false, _)), Some(unknown)) => Outcome::Err(unknown),
+        (Ok((_, response)), _) => Outcome::Ok(response),
+        (Err(err), _) => {
+            tracing::error!(error = %err, "usage report query failed");
+            Outcome::Err(ErrorBody::internal())
         }
     }
 }

@@ -12,7 +12,7 @@ use tally_protocol::{
     FeatureRequirement, GroupAdd, GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery,
     NewEntitlement, PolicyAdd, PolicyCheck, PolicyQuery, QueueCancel, QueueQuery, Release,
     ReleaseMatching, Request, Resume, Return, Revoke, RuleRef, StatusQuery, TokenMint, TokenRevoke,
-    UserAdd, UserRef,
+    UsageQuery, UserAdd, UserRef, UsersQuery,
 };
 
 /// Who answers a request.
@@ -45,6 +45,15 @@ pub enum EngineKind {
     Pool(PoolRequest),
     /// Check the role, then ask the notifier after the commit.
     Notify(NotifyRead),
+    /// Check the role and the query, then read the lease history after the commit.
+    Report(ReportRead),
+}
+
+/// A usage report asked for (SPEC §10).
+#[derive(Debug)]
+pub enum ReportRead {
+    Usage(UsageQuery),
+    Users(UsersQuery),
 }
 
 /// What the notifier is asked, once an admin is.
@@ -156,6 +165,14 @@ pub fn route(request: Request) -> Route {
         }
         Request::NotifyTest => {
             let kind = EngineKind::Notify(NotifyRead::Test);
+            return Route::Engine(EngineRequest { name, action, kind });
+        }
+        Request::ReportUsage(query) => {
+            let kind = EngineKind::Report(ReportRead::Usage(query));
+            return Route::Engine(EngineRequest { name, action, kind });
+        }
+        Request::ReportUsers(query) => {
+            let kind = EngineKind::Report(ReportRead::Users(query));
             return Route::Engine(EngineRequest { name, action, kind });
         }
         Request::Heartbeat => PoolRequest::Heartbeat,

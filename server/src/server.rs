@@ -150,7 +150,8 @@ pub async fn run(
     .with_clock(control.clock.clone())
     .with_notices(notices.clone())
     .with_notifier(notifier.clone())
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_history_keep(config.history.keep);
     let (engine, elector) = match (&cluster, &node) {
         (Some(cluster), Some((id, address))) => {
             let elector = Elector::start(

@@ -143,6 +143,32 @@ impl Store for Faulty {
         self.inner.delivery_summary().await
     }
 
+    async fn usage_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+        by: tally_protocol::ReportPeriod,
+        periods: &[tally_server::core::report::Period],
+    ) -> Result<tally_server::core::report::UsageData, StoreError> {
+        self.inner
+            .usage_history(feature, since, until, by, periods)
+            .await
+    }
+
+    async fn user_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<tally_server::core::report::UsersData, StoreError> {
+        self.inner.user_history(feature, since, until).await
+    }
+
+    async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.inner.prune_history(before, limit).await
+    }
+
     async fn close(&self) {
         self.inner.close().await
     }

@@ -29,6 +29,7 @@ mod python;
 mod queue;
 mod reconnect;
 mod redirect;
+mod reports;
 mod robust;
 mod sinks;
 mod stalling;

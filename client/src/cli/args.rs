@@ -277,6 +277,11 @@ pub enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// Usage reports from the server's lease history (admins). Reports count whole UTC
+    /// hours: --since is rounded down and --until up to the hour. Default range: the last
+    /// 7 days up to now.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Print a shell completion script for tally (no server needed).
     Completions {
         /// The shell to complete for.
@@ -588,6 +593,51 @@ pub enum PolicyCommand {
         /// The address the user connects from.
         #[arg(long)]
         ip: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Per feature and period: pool, peak seats held at once, seat-hours, utilisation,
+    /// checkouts, denials and distinct users. Reports count whole UTC hours; default range:
+    /// the last 7 days up to now.
+    Usage {
+        /// Only this feature.
+        #[arg(long)]
+        feature: Option<String>,
+        /// The start of the range (RFC 3339 or YYYY-MM-DD), rounded down to the hour;
+        /// default: 7 days before --until.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// The end of the range, excluded (RFC 3339 or YYYY-MM-DD, the start of that day),
+        /// rounded up to the hour; default: now.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// The length of a period: hour, day, week (ISO, from Monday) or month, in UTC.
+        #[arg(long, value_name = "PERIOD", default_value = "day")]
+        by: String,
+        /// Print CSV instead of a table or JSON.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Per user and feature over the range: seat-hours, checkouts, denials and the last
+    /// time they held a seat. Reports count whole UTC hours; default range: the last 7 days
+    /// up to now.
+    Users {
+        /// Only this feature.
+        #[arg(long)]
+        feature: Option<String>,
+        /// The start of the range (RFC 3339 or YYYY-MM-DD), rounded down to the hour;
+        /// default: 7 days before --until.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// The end of the range, excluded (RFC 3339 or YYYY-MM-DD, the start of that day),
+        /// rounded up to the hour; default: now.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Print CSV instead of a table or JSON.
+        #[arg(long)]
+        csv: bool,
     },
 }
 

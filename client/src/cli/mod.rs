@@ -25,6 +25,7 @@ mod log;
 mod notify;
 mod output;
 mod policy;
+mod report;
 mod server;
 mod settings;
 mod users;
@@ -68,6 +69,7 @@ enum Remote {
     Audit(audit::Action),
     Server(server::Action),
     Notify(notify::Action),
+    Report(report::Action),
 }
 
 /// Checks a command's arguments and turns it into its action: arguments the server would
@@ -149,6 +151,7 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
         } => R::Audit(audit::Action::new(since, user, feature, limit, csv, json)?),
         Command::Server(command) => R::Server(server::Action::new(command)),
         Command::Notify(command) => R::Notify(notify::Action::new(command)),
+        Command::Report(command) => R::Report(report::Action::new(command, json)?),
         Command::Completions { shell } => {
             return Ok(Action::Docs(docs::Action::Completions(shell)))
         }
@@ -169,6 +172,7 @@ impl Remote {
             Remote::Audit(action) => action.run(client, out).await,
             Remote::Server(action) => action.run(client, out).await,
             Remote::Notify(action) => action.run(client, out).await,
+            Remote::Report(action) => action.run(client, out).await,
         }
     }
 }

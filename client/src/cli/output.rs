@@ -94,7 +94,7 @@ pub fn line_err(text: &str) {
 /// Stdout itself, for the CSV writer (its cells pass through [`csv_cell`]) and for
 /// flushing.
 #[allow(clippy::disallowed_methods)]
-fn stdout() -> std::io::Stdout {
+pub(super) fn stdout() -> std::io::Stdout {
     std::io::stdout()
 }
 

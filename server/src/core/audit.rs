@@ -46,6 +46,28 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// The `not_found` of a usage report for a feature nothing names now, naming the
+    /// nearest; the engine answers it only when the store holds no history of it either.
+    pub fn report_unknown(&self, feature: &str) -> Option<ErrorBody> {
+        let known = self.known_features();
+        if known.contains(feature) {
+            return None;
+        }
+        Some(super::checks::unknown_name(
+            "feature",
+            feature,
+            known,
+            "`tally status` lists the features in use",
+        ))
+    }
+
+    /// How many features a report of all of them may name (for the bound of its size).
+    pub fn report_features(&self) -> usize {
+        self.known_features().len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tally_protocol::{EntitlementKind, ErrorCode, NewEntitlement, Role, UserState};

@@ -8,6 +8,7 @@ use tally_protocol::{
     AuditEvent, ClientId, Entitlement, ErrorBody, ErrorCode, LeaseId, QueueNotice,
 };
 
+use super::history::HistoryRows;
 use super::types::{Group, Rule};
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
 
@@ -87,6 +88,8 @@ pub struct Batch {
     /// Checkouts granted and refused by this batch, for the metrics' counters, which the
     /// engine adds once the batch is committed. Not written.
     pub tallies: Tallies,
+    /// The hourly rollups of lease history (SPEC §10) this batch upserts, one per key.
+    pub history: HistoryRows,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
@@ -123,6 +126,7 @@ impl Batch {
             && self.rules_removed.is_empty()
             && self.next_rule_id.is_none()
             && self.marks.is_empty()
+            && self.history.is_empty()
     }
 
     /// How many rows the batch writes.
@@ -147,6 +151,7 @@ impl Batch {
             + self.rules_added.len()
             + self.rules_removed.len()
             + self.marks.len()
+            + self.history.len()
     }
 
     pub fn add_lease(&mut self, lease: Lease) {
@@ -294,7 +299,12 @@ impl Batch {
     ) {
         let (outcome, reason) = match outcome {
             Ok(detail) => (AuditOutcome::Ok, detail.to_string()),
-            Err(err) => (AuditOutcome::Refused(err.code), err.message.clone()),
+            Err(err) => {
+                if let Some(feature) = feature {
+                    self.count_denial(at, &actor.username, action, feature, err.code);
+                }
+                (AuditOutcome::Refused(err.code), err.message.clone())
+            }
         };
         if let (AuditOutcome::Refused(code), Some(feature)) = (outcome, feature) {
             self.tallies.refused(action, feature, code);
@@ -335,6 +345,28 @@ impl Batch {
     /// Counts a granted checkout, queued checkout or borrow of `feature`.
     pub fn tally_grant(&mut self, feature: &str) {
         *self.tallies.grants.entry(feature.to_string()).or_default() += 1;
+    }
+
+    /// Counts a refusal in the lease history when it is a denial of a seat (SPEC §10): a
+    /// checkout, queued checkout or borrow refused `no_seat`, `denied` or `queue_timeout`.
+    /// Every refusal is audited through [`audit`](Self::audit), which calls this.
+    fn count_denial(
+        &mut self,
+        at: i64,
+        user: &str,
+        action: Action,
+        feature: &str,
+        code: tally_protocol::ErrorCode,
+    ) {
+        use tally_protocol::ErrorCode;
+        let seat = matches!(action, Action::Checkout | Action::Borrow | Action::Queue);
+        let denial = matches!(
+            code,
+            ErrorCode::NoSeat | ErrorCode::Denied | ErrorCode::QueueTimeout
+        );
+        if seat && denial && tally_protocol::validate_feature(feature).is_ok() {
+            self.history.deny(feature, user, at);
+        }
     }
 
     pub fn audit_raw(&mut self, event: AuditEvent) {

@@ -125,7 +125,7 @@ impl Pool {
             entitlement: matches!(source.source, LeaseSource::Floating)
                 .then_some(source.entitlement),
         };
-        self.ledger.insert(lease.clone(), now);
+        self.ledger.grant(lease.clone(), now, now, batch);
         let info = self.ledger.info(&lease);
         let detail = format!(
             "{} seat(s) until {} on {}",

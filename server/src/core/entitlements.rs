@@ -53,6 +53,7 @@ impl Pool {
             Ok(&detail),
         );
         batch.add_entitlement(entitlement.clone());
+        self.record_pool(&entitlement.feature, now, batch);
         Ok(entitlement)
     }
 
@@ -154,6 +155,7 @@ impl Pool {
         }
         self.entitlements.remove(&id);
         batch.remove_entitlement(id);
+        self.record_pool(&feature, now, batch);
         self.enforce_capacity(&feature, now, EndReason::Revoked, batch);
         let ended: Vec<LeaseId> = held
             .into_iter()
@@ -266,6 +268,7 @@ impl Pool {
         self.entitlements
             .insert(entitlement.id, entitlement.clone());
         batch.update_entitlement(entitlement.clone());
+        self.record_pool(&entitlement.feature, now, batch);
         for &id in &plan.ends {
             self.ledger
                 .end(id, EndReason::Revoked, now, &actor.username, batch);

@@ -127,7 +127,8 @@ impl Pool {
             taken_with: None,
         };
         self.ledger.renew(holder.client, now);
-        self.ledger.insert(lease.clone(), now + self.ledger.ttl_ms);
+        let expires_at = now + self.ledger.ttl_ms;
+        self.ledger.grant(lease.clone(), expires_at, now, batch);
         let info = self.ledger.info(&lease);
         batch.audit(
             now,
@@ -148,7 +149,8 @@ impl Pool {
                 taken_with: Some(new_id),
                 ..lease.clone()
             };
-            self.ledger.insert(seat.clone(), now + self.ledger.ttl_ms);
+            self.ledger
+                .grant(seat.clone(), now + self.ledger.ttl_ms, now, batch);
             let detail = format!("a prerequisite of {feature}, with lease {new_id}");
             batch.audit(
                 now,

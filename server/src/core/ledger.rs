@@ -91,6 +91,9 @@ pub(super) struct Ledger {
     /// Seats held of each feature by each distinct holder (user, host, address): what the
     /// policy rules (R16) count, read without walking every lease.
     held: HashMap<String, HashMap<HolderKey, Held>>,
+    /// Seats held of each feature, online and borrowed, floating and assigned: what the
+    /// lease history records as in use (SPEC §10).
+    in_use: HashMap<String, u32>,
 }
 
 /// Who holds seats, as policy rules tell holders apart: the user, the host the client
@@ -133,7 +136,34 @@ impl Ledger {
             assignment_use: HashMap::new(),
             taken: HashMap::new(),
             held: HashMap::new(),
+            in_use: HashMap::new(),
         }
+    }
+
+    /// Seats held of a feature, online and borrowed, floating and assigned.
+    pub(super) fn in_use(&self, feature: &str) -> u32 {
+        self.in_use.get(feature).copied().unwrap_or(0)
+    }
+
+    /// Features with seats held, and how many.
+    pub(super) fn in_use_all(&self) -> impl Iterator<Item = (&String, u32)> {
+        self.in_use.iter().map(|(feature, seats)| (feature, *seats))
+    }
+
+    /// Records a lease granted at `now` ([`insert`](Self::insert)) and its grant in the
+    /// lease history: every grant goes through here.
+    pub(super) fn grant(
+        &mut self,
+        lease: Lease,
+        session_expires_at: i64,
+        now: i64,
+        batch: &mut Batch,
+    ) {
+        let (feature, user) = (lease.feature.clone(), lease.user.clone());
+        self.insert(lease, session_expires_at);
+        batch
+            .history
+            .grant(&feature, &user, now, self.in_use(&feature));
     }
 
     /// The seats each distinct holder has of a feature.
@@ -241,6 +271,7 @@ impl Ledger {
             LeaseSource::Assignment(id) => self.assignment_use.entry(id).or_default(),
         };
         usage.take(lease.kind, lease.seats);
+        *self.in_use.entry(lease.feature.clone()).or_default() += lease.seats;
         self.by_request
             .insert((lease.client, lease.request_id), lease.id);
         if let Some(with) = lease.taken_with {
@@ -365,6 +396,21 @@ impl Ledger {
             return;
         };
         self.unhold(&lease);
+        if let Some(held) = self.in_use.get_mut(&lease.feature) {
+            *held = held.saturating_sub(lease.seats);
+            let held = *held;
+            if held == 0 {
+                self.in_use.remove(&lease.feature);
+            }
+            batch.history.end(
+                &lease.feature,
+                &lease.user,
+                lease.seats,
+                lease.granted_at,
+                now,
+                held,
+            );
+        }
         match lease.source {
             LeaseSource::Floating => {
                 if let Some(usage) = self.usage.get_mut(&lease.feature) {

@@ -37,6 +37,7 @@ mod capacity;
 mod checks;
 mod entitlements;
 mod gauges;
+pub mod history;
 mod invariants;
 mod leases;
 mod ledger;
@@ -44,6 +45,9 @@ mod notifications;
 mod policy;
 mod prereqs;
 mod queue;
+pub mod report;
+#[cfg(test)]
+mod report_tests;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -118,6 +122,9 @@ pub struct Pool {
     /// The next instant at which an entitlement starts or ends or an assignment ends;
     /// capacity is re-checked then.
     next_boundary: i64,
+    /// How far entitlements' starts and ends are recorded in the lease history (SPEC §10);
+    /// `None` before history begins. Stored as the mark `history_through`.
+    history_through: Option<i64>,
 }
 
 impl Pool {
@@ -144,6 +151,7 @@ impl Pool {
             queue: queue::Queue::default(),
             marks: notifications::Marks::default(),
             next_boundary: i64::MAX,
+            history_through: None,
         }
     }
 
@@ -184,6 +192,7 @@ impl Pool {
         }
         pool.rules.next_id = snapshot.next_rule_id.max(1);
         pool.marks = notifications::Marks::restore(&snapshot.marks);
+        pool.history_through = snapshot.marks.get(history::HISTORY_MARK).copied();
         for rule in snapshot.rules {
             pool.rules.insert(rule);
         }
@@ -196,6 +205,10 @@ impl Pool {
     pub fn snapshot(&self) -> Snapshot {
         let mut leases: Vec<Lease> = self.ledger.leases.values().cloned().collect();
         leases.sort_by_key(|lease| lease.id);
+        let mut marks = self.marks.stored();
+        if let Some(through) = self.history_through {
+            marks.insert(history::HISTORY_MARK.to_string(), through);
+        }
         Snapshot {
             entitlements: self.entitlements.values().cloned().collect(),
             leases,
@@ -213,7 +226,7 @@ impl Pool {
             groups: self.rules.groups.values().cloned().collect(),
             rules: self.rules.rules.values().cloned().collect(),
             next_rule_id: self.rules.next_id,
-            marks: self.marks.stored(),
+            marks,
         }
     }
 
@@ -238,6 +251,7 @@ impl Pool {
     pub fn advance(&mut self, now: i64, batch: &mut Batch) {
         self.ledger.expire(now, batch);
         if now >= self.next_boundary {
+            self.record_pool_boundaries(now, batch);
             let ended: Vec<u64> = self
                 .assignments
                 .values()

@@ -86,11 +86,15 @@ pub enum Action {
     NotifyStatus,
     /// A test notification sent to every sink (R20).
     NotifyTest,
+    /// A usage report read (SPEC §10).
+    ReportUsage,
+    /// A report of usage by user read (SPEC §10).
+    ReportUsers,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 47] = [
+    pub const ALL: [Action; 49] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -138,6 +142,8 @@ impl Action {
         Self::Queue,
         Self::NotifyStatus,
         Self::NotifyTest,
+        Self::ReportUsage,
+        Self::ReportUsers,
     ];
 
     /// The stored text.
@@ -190,6 +196,8 @@ impl Action {
             Self::Queue => "queue",
             Self::NotifyStatus => "notify_status",
             Self::NotifyTest => "notify_test",
+            Self::ReportUsage => "report_usage",
+            Self::ReportUsers => "report_users",
         }
     }
 
@@ -263,6 +271,8 @@ impl Action {
             Request::UsersSeen => Self::UserList,
             Request::NotifyStatus => Self::NotifyStatus,
             Request::NotifyTest => Self::NotifyTest,
+            Request::ReportUsage(_) => Self::ReportUsage,
+            Request::ReportUsers(_) => Self::ReportUsers,
         }
     }
 
@@ -448,6 +458,8 @@ mod tests {
                 "queue",
                 "notify_status",
                 "notify_test",
+                "report_usage",
+                "report_users",
             ]
         );
         for action in Action::ALL {

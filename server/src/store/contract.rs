@@ -33,6 +33,194 @@ pub async fn contract(store: &dyn Store) {
     deliveries(store).await;
     prerequisites_round_trip(store).await;
     policy_round_trip(store).await;
+    history_rollups(store).await;
+}
+
+/// On any store: the rollups of lease history merge across commits as the core merges them
+/// within a batch (maxima, sums, the latest `*_last`, the latest `last_used`), and the reads
+/// of the reports (rows of a range, the last state before it, users per period less those
+/// of open leases, sums per user, open leases) agree with the core's reference; pruning
+/// keeps each feature's last state.
+pub async fn history_rollups(store: &dyn Store) {
+    use crate::core::history::{HistoryRows, UsageHour, UserHour};
+    use crate::core::report::{distinct_in_rows, periods};
+    use tally_protocol::ReportPeriod;
+    let hours_of = |since, until| periods(since, until, ReportPeriod::Hour);
+    const H: i64 = 3_600_000;
+    // Near the times of the steps before, whose leases are still held.
+    let h0 = 10 * H;
+    let mut first = HistoryRows::default();
+    first.in_use("hist-a", h0 - 3 * H, 7);
+    first.pool("hist-a", h0 - 3 * H, 9);
+    first.in_use("hist-a", h0 + 10, 3);
+    first.grant("hist-a", "ana", h0 + 20, 4);
+    first.pool("hist-a", h0 + 30, 10);
+    first.deny("hist-a", "ben", h0 + 40);
+    first.end("hist-a", "ana", 2, h0 - H / 2, h0 + 2 * H + 5, 2);
+    first.deny("hist-b", "ana", h0 + 41);
+    let mut second = HistoryRows::default();
+    second.in_use("hist-a", h0 + 50, 1);
+    second.pool("hist-a", h0 + 60, 6);
+    second.grant("hist-a", "ana", h0 + 70, 2);
+    second.deny("hist-a", "ana", h0 + 80);
+    second.end("hist-a", "ben", 1, h0 + 100, h0 + 200, 1);
+    second.end("hist-a", "cy", 3, h0 + 4 * H, h0 + 4 * H + 9, 1);
+    let mut model = HistoryRows::default();
+    for rows in [first, second] {
+        model.absorb(rows.clone());
+        let mut batch = Batch::default();
+        batch.history = rows;
+        store.commit(&batch, Fence::Single).await.unwrap();
+    }
+    // An open lease of hist-a, granted through the pool (its grant is history too).
+    let now = h0 + 5 * H;
+    let mut pool = Pool::restore(store.load().await.unwrap(), 60_000, Policy::default(), now);
+    let mut batch = Batch::default();
+    let new = NewEntitlement {
+        feature: "hist-a".into(),
+        seats: 5,
+        starts_at: None,
+        expires_at: None,
+        kind: EntitlementKind::Standard,
+        borrowable: false,
+        max_borrow_secs: None,
+        reference: String::new(),
+    };
+    pool.add_entitlement(now, &owner(), &new, &mut batch)
+        .unwrap();
+    let holder = Holder {
+        client: ClientId([42; 16]),
+        host: "ws1".into(),
+        peer: Peer::default(),
+    };
+    let checkout = Checkout {
+        request_id: RequestId([42; 16]),
+        feature: "hist-a".into(),
+        seats: 2,
+    };
+    pool.checkout(
+        now,
+        &owner(),
+        &holder,
+        &checkout,
+        LeaseId([42; 16]),
+        &mut batch,
+    )
+    .unwrap();
+    model.absorb(batch.history.clone());
+    store.commit(&batch, Fence::Single).await.unwrap();
+
+    let mut want_hours: Vec<UsageHour> = model.hours.values().cloned().collect();
+    want_hours.retain(|h| h.feature == "hist-a" && h.hour_start >= h0);
+    want_hours.sort_by_key(|h| h.hour_start);
+    let data = store
+        .usage_history(
+            Some("hist-a"),
+            h0,
+            h0 + 6 * H,
+            ReportPeriod::Hour,
+            &hours_of(h0, h0 + 6 * H),
+        )
+        .await
+        .unwrap();
+    let mut hours = data.hours.clone();
+    hours.sort_by_key(|h| h.hour_start);
+    assert_eq!(hours, want_hours);
+    let first_hour = &hours[0];
+    assert_eq!(
+        (
+            first_hour.peak,
+            first_hour.in_use_last,
+            first_hour.pool_max,
+            first_hour.pool_last
+        ),
+        (4, Some(1), 10, Some(6)),
+        "maxima kept, the latest state of the second commit"
+    );
+    assert_eq!(first_hour.denials, 2);
+    assert_eq!(
+        data.before,
+        [("hist-a".to_string(), Some(7), Some(9))],
+        "the last state before the range, across stateless rows"
+    );
+    assert_eq!(data.open.len(), 1);
+    assert_eq!(
+        (
+            data.open[0].user.as_str(),
+            data.open[0].seats,
+            data.open[0].granted_at
+        ),
+        (owner().username.as_str(), 2, now)
+    );
+    let users: Vec<UserHour> = model
+        .user_hours
+        .values()
+        .filter(|u| u.feature == "hist-a" && u.hour_start >= h0 && u.hour_start < h0 + 6 * H)
+        .cloned()
+        .collect();
+    let hourly = periods(h0, h0 + 6 * H, tally_protocol::ReportPeriod::Hour);
+    let mut distinct = data.distinct.clone();
+    distinct.sort();
+    assert_eq!(distinct, distinct_in_rows(&users, &hourly, &data.open));
+    let days = periods(h0, h0 + 6 * H, tally_protocol::ReportPeriod::Day);
+    let grouped = store
+        .usage_history(Some("hist-a"), h0, h0 + 6 * H, ReportPeriod::Day, &days)
+        .await
+        .unwrap();
+    let mut distinct = grouped.distinct.clone();
+    distinct.sort();
+    assert_eq!(distinct, distinct_in_rows(&users, &days, &grouped.open));
+    let ana = &model.user_hours[&("hist-a".to_string(), "ana".to_string(), h0)];
+    assert_eq!(
+        (ana.checkouts, ana.denials, ana.last_used),
+        (2, 1, Some(h0 + H)),
+        "a denial's missing last_used keeps the one stored"
+    );
+    let read = store
+        .user_history(Some("hist-a"), h0, h0 + 6 * H)
+        .await
+        .unwrap();
+    let mut sums = read.rows.clone();
+    sums.sort_by(|a, b| a.user.cmp(&b.user));
+    let pick = |user: &str| sums.iter().find(|u| u.user == user).cloned().unwrap();
+    let ana = pick("ana");
+    assert_eq!(
+        (ana.seat_ms, ana.checkouts, ana.denials, ana.last_used),
+        (2 * (2 * H + 5), 2, 1, Some(h0 + 2 * H + 5))
+    );
+    let ben = pick("ben");
+    assert_eq!(
+        (ben.seat_ms, ben.denials, ben.last_used),
+        (100, 1, Some(h0 + 200))
+    );
+    // Pruning before h0 + 4h keeps the last state before it, and nothing after it goes.
+    let deleted = store.prune_history(h0 + 4 * H, 10_000).await.unwrap();
+    assert!(deleted > 0);
+    let data = store
+        .usage_history(
+            Some("hist-a"),
+            h0 + 4 * H,
+            h0 + 6 * H,
+            ReportPeriod::Hour,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(data.before, [("hist-a".to_string(), Some(2), Some(6))]);
+    assert_eq!(
+        data.hours.len(),
+        2,
+        "the hours of cy's lease and of the grant"
+    );
+    let read = store
+        .user_history(Some("hist-a"), 0, h0 + 4 * H)
+        .await
+        .unwrap();
+    assert!(
+        read.rows.is_empty(),
+        "user rows before the cut are gone: {:?}",
+        read.rows
+    );
 }
 
 /// On the store the steps before left: groups and rules of every kind written, changed and

@@ -216,6 +216,33 @@ pub trait Store: Send + Sync + 'static {
     /// how long it waits.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// What `report usage` reads, in one snapshot (SPEC §10): the rollup rows of the whole
+    /// hours `[since, until)`, each feature's last state before `since`, the users with seat
+    /// time per period of `by` (`periods`, as `core::report::periods` makes them) less
+    /// those counted from open leases, and the leases open now. See
+    /// `core::report::UsageData`.
+    async fn usage_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+        by: tally_protocol::ReportPeriod,
+        periods: &[crate::core::report::Period],
+    ) -> Result<crate::core::report::UsageData, StoreError>;
+
+    /// What `report users` reads, in one snapshot: the user rollups of `[since, until)`
+    /// summed per feature and user, and the leases open now.
+    async fn user_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<crate::core::report::UsersData, StoreError>;
+
+    /// Deletes up to `limit` rollup rows per table from before `before` (`history.keep`),
+    /// keeping each feature's last state before it; returns how many went.
+    async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
+
     /// Closes connections cleanly (checkpointing SQLite's WAL).
     async fn close(&self);
 

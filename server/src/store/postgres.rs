@@ -43,6 +43,12 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// bound parameters.
 const CHUNK: usize = 1000;
 
+/// The two-argument maximum in SQL.
+const GREATEST: &str = "GREATEST";
+
+/// The two-argument minimum in SQL.
+const LEAST: &str = "LEAST";
+
 /// How long the database lets a transaction of this store sit idle before it ends the
 /// session (see [`PgStore::open`]).
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
@@ -285,6 +291,46 @@ impl Store for PgStore {
 
     async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError> {
         read_delivery_summary(&self.pool).await
+    }
+
+    async fn usage_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+        by: tally_protocol::ReportPeriod,
+        periods: &[crate::core::report::Period],
+    ) -> Result<crate::core::report::UsageData, StoreError> {
+        // One snapshot: the rollups and the open leases of the same commit.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let data = read_usage(&mut tx, feature, since, until, by, periods).await?;
+        tx.commit().await?;
+        Ok(data)
+    }
+
+    async fn user_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<crate::core::report::UsersData, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let data = read_users(&mut tx, feature, since, until).await?;
+        tx.commit().await?;
+        Ok(data)
+    }
+
+    async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = prune_rows(&mut tx, before, i64::from(limit)).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {

@@ -34,6 +34,12 @@ const LAST_LEGACY_VERSION: i64 = 5;
 /// parameters.
 const CHUNK: usize = 1000;
 
+/// The two-argument maximum in SQL.
+const GREATEST: &str = "MAX";
+
+/// The two-argument minimum in SQL.
+const LEAST: &str = "MIN";
+
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -281,6 +287,40 @@ impl Store for SqliteStore {
 
     async fn delivery_summary(&self) -> Result<DeliverySummary, StoreError> {
         read_delivery_summary(&self.pool).await
+    }
+
+    async fn usage_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+        by: tally_protocol::ReportPeriod,
+        periods: &[crate::core::report::Period],
+    ) -> Result<crate::core::report::UsageData, StoreError> {
+        // One read transaction: the rollups and the open leases of the same commit.
+        let mut tx = self.pool.begin().await?;
+        let data = read_usage(&mut tx, feature, since, until, by, periods).await?;
+        tx.commit().await?;
+        Ok(data)
+    }
+
+    async fn user_history(
+        &self,
+        feature: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<crate::core::report::UsersData, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let data = read_users(&mut tx, feature, since, until).await?;
+        tx.commit().await?;
+        Ok(data)
+    }
+
+    async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = prune_rows(&mut tx, before, i64::from(limit)).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn mark_delivered(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {

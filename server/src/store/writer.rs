@@ -12,9 +12,11 @@ use crate::core::Batch;
 
 /// Expands the batch writer for `$db` (`sqlx::Sqlite`, `sqlx::Postgres`) and its connection
 /// type: `insert_token`, `add_owner_token_in`, `insert_rows`, `delete_in`, `where_in`, `set_counter`,
-/// `write_batch`, `read_audit_page` and `read_pending`, with multi-row statements of at most `CHUNK` rows. The module that expands
+/// `write_batch`, `read_audit_page` and `read_pending`, the lease history's `write_history`,
+/// `read_usage`, `read_users` and `prune_rows`, with multi-row statements of at most `CHUNK` rows. The module that expands
 /// it imports `QueryBuilder`, `Separated`, `Encode`, `Type`, `Batch`, `Lease`, `LeaseSource`,
-/// `StoreError` and `token_id`, and defines `CHUNK`.
+/// `StoreError` and `token_id`, and defines `CHUNK` and `GREATEST` (the two-argument
+/// maximum: `MAX` or `GREATEST`) and `LEAST` (`MIN` or `LEAST`).
 macro_rules! batch_writer {
     ($db:ty, $conn:ty) => {
         /// Writes one token row outside the engine (first start, `tallyd owner-token`).
@@ -426,7 +428,305 @@ macro_rules! batch_writer {
             )
             .await?;
             set_counter(conn, "next_entitlement_id", batch.next_entitlement_id).await?;
+            write_history(conn, &batch.history).await?;
             Ok(())
+        }
+
+        /// Upserts the hourly rollups of lease history, merged as `UsageHour::merge` and
+        /// `UserHour::merge` do (`GREATEST` is the backend's two-argument maximum).
+        async fn write_history(
+            conn: &mut $conn,
+            history: &crate::core::history::HistoryRows,
+        ) -> Result<(), StoreError> {
+            let hours: Vec<&crate::core::history::UsageHour> = history.hours.values().collect();
+            let tail = format!(
+                " ON CONFLICT (feature, hour_start) DO UPDATE SET \
+                 pool_max = {GREATEST}(usage_hours.pool_max, excluded.pool_max), \
+                 pool_last = COALESCE(excluded.pool_last, usage_hours.pool_last), \
+                 peak = {GREATEST}(usage_hours.peak, excluded.peak), \
+                 in_use_last = COALESCE(excluded.in_use_last, usage_hours.in_use_last), \
+                 seat_ms = usage_hours.seat_ms + excluded.seat_ms, \
+                 checkouts = usage_hours.checkouts + excluded.checkouts, \
+                 denials = usage_hours.denials + excluded.denials"
+            );
+            insert_rows(
+                conn,
+                "usage_hours",
+                &[
+                    "feature",
+                    "hour_start",
+                    "pool_max",
+                    "pool_last",
+                    "peak",
+                    "in_use_last",
+                    "seat_ms",
+                    "checkouts",
+                    "denials",
+                ],
+                &hours,
+                &tail,
+                |b, h| {
+                    b.push_bind(&h.feature)
+                        .push_bind(h.hour_start)
+                        .push_bind(i64::from(h.pool_max))
+                        .push_bind(h.pool_last.map(i64::from))
+                        .push_bind(i64::from(h.peak))
+                        .push_bind(h.in_use_last.map(i64::from))
+                        .push_bind(h.seat_ms)
+                        .push_bind(h.checkouts)
+                        .push_bind(h.denials);
+                },
+            )
+            .await?;
+            let users: Vec<&crate::core::history::UserHour> =
+                history.user_hours.values().collect();
+            let tail = format!(
+                " ON CONFLICT (feature, username, hour_start) DO UPDATE SET \
+                 seat_ms = usage_user_hours.seat_ms + excluded.seat_ms, \
+                 checkouts = usage_user_hours.checkouts + excluded.checkouts, \
+                 denials = usage_user_hours.denials + excluded.denials, \
+                 last_used = {GREATEST}(COALESCE(usage_user_hours.last_used, excluded.last_used), \
+                 COALESCE(excluded.last_used, usage_user_hours.last_used))"
+            );
+            insert_rows(
+                conn,
+                "usage_user_hours",
+                &[
+                    "feature",
+                    "username",
+                    "hour_start",
+                    "seat_ms",
+                    "checkouts",
+                    "denials",
+                    "last_used",
+                ],
+                &users,
+                &tail,
+                |b, u| {
+                    b.push_bind(&u.feature)
+                        .push_bind(&u.user)
+                        .push_bind(u.hour_start)
+                        .push_bind(u.seat_ms)
+                        .push_bind(u.checkouts)
+                        .push_bind(u.denials)
+                        .push_bind(u.last_used);
+                },
+            )
+            .await?;
+            Ok(())
+        }
+
+        /// The leases open now, of one feature or all (see `Store::usage_history`).
+        async fn read_open_leases(
+            conn: &mut $conn,
+            feature: Option<&str>,
+        ) -> Result<Vec<crate::core::report::OpenLease>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(
+                "SELECT feature, username, seats, granted_at FROM leases WHERE TRUE",
+            );
+            if let Some(feature) = feature {
+                q.push(" AND feature = ").push_bind(feature.to_string());
+            }
+            let rows: Vec<(String, String, i64, i64)> =
+                q.build_query_as().fetch_all(&mut *conn).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(feature, user, seats, granted_at)| crate::core::report::OpenLease {
+                    feature,
+                    user,
+                    seats: u32::try_from(seats).unwrap_or(0),
+                    granted_at,
+                })
+                .collect())
+        }
+
+        /// What `report usage` reads, inside the caller's read transaction (see
+        /// `Store::usage_history`).
+        async fn read_usage(
+            conn: &mut $conn,
+            feature: Option<&str>,
+            since: i64,
+            until: i64,
+            by: tally_protocol::ReportPeriod,
+            periods: &[crate::core::report::Period],
+        ) -> Result<crate::core::report::UsageData, StoreError> {
+            use crate::core::history::UsageHour;
+            let open = read_open_leases(conn, feature).await?;
+            let count = |n: i64| u32::try_from(n).unwrap_or(0);
+            let mut q = QueryBuilder::<$db>::new(
+                "SELECT feature, hour_start, pool_max, pool_last, peak, in_use_last, seat_ms, checkouts, denials FROM usage_hours WHERE hour_start >= ",
+            );
+            q.push_bind(since).push(" AND hour_start < ").push_bind(until);
+            if let Some(feature) = feature {
+                q.push(" AND feature = ").push_bind(feature.to_string());
+            }
+            #[allow(clippy::type_complexity)]
+            let rows: Vec<(String, i64, i64, Option<i64>, i64, Option<i64>, i64, i64, i64)> =
+                q.build_query_as().fetch_all(&mut *conn).await?;
+            let hours = rows
+                .into_iter()
+                .map(|(feature, hour_start, pool_max, pool_last, peak, in_use_last, seat_ms, checkouts, denials)| UsageHour {
+                    feature,
+                    hour_start,
+                    pool_max: count(pool_max),
+                    pool_last: pool_last.map(count),
+                    peak: count(peak),
+                    in_use_last: in_use_last.map(count),
+                    seat_ms,
+                    checkouts,
+                    denials,
+                })
+                .collect();
+            let mut q = QueryBuilder::<$db>::new("SELECT f.feature, (SELECT u.in_use_last FROM usage_hours u WHERE u.feature = f.feature AND u.in_use_last IS NOT NULL AND u.hour_start < ");
+            q.push_bind(since);
+            q.push(" ORDER BY u.hour_start DESC LIMIT 1), (SELECT u.pool_last FROM usage_hours u WHERE u.feature = f.feature AND u.pool_last IS NOT NULL AND u.hour_start < ");
+            q.push_bind(since);
+            q.push(" ORDER BY u.hour_start DESC LIMIT 1) FROM (SELECT DISTINCT feature FROM usage_hours WHERE hour_start < ");
+            q.push_bind(since);
+            if let Some(feature) = feature {
+                q.push(" AND feature = ").push_bind(feature.to_string());
+            }
+            q.push(") f");
+            let rows: Vec<(String, Option<i64>, Option<i64>)> =
+                q.build_query_as().fetch_all(&mut *conn).await?;
+            let before = rows
+                .into_iter()
+                .map(|(feature, in_use, pool)| (feature, in_use.map(count), pool.map(count)))
+                .collect();
+            let holders = crate::core::report::open_holders(&open);
+            let mut q = QueryBuilder::<$db>::new("WITH ");
+            // Months have no fixed length: their bounds are a table; hours, days and ISO
+            // weeks are computed from the hour, so that no join multiplies the rows.
+            let month = by == tally_protocol::ReportPeriod::Month;
+            if month {
+                q.push("p(s, e) AS (");
+                q.push_values(periods, |mut b, p| {
+                    b.push_bind(p.from).push_bind(p.to);
+                });
+                q.push("), ");
+            }
+            if !holders.is_empty() {
+                q.push("o(feature, username, g) AS (");
+                q.push_values(&holders, |mut b, ((feature, user), g)| {
+                    b.push_bind(feature.clone()).push_bind(user.clone()).push_bind(*g);
+                });
+                q.push("), ");
+            }
+            let length = match by {
+                tally_protocol::ReportPeriod::Day => Some(86_400_000i64),
+                tally_protocol::ReportPeriod::Week => Some(7 * 86_400_000i64),
+                _ => None,
+            };
+            // The start of the period of a row's hour, cut at the range's start, and its
+            // end, cut at the range's end: `Period::from` and `Period::to`.
+            let (start, end) = match (month, length) {
+                (true, _) => ("p.s".to_string(), "p.e".to_string()),
+                (false, Some(len)) => {
+                    // Days from 1970-01-01; weeks from a Monday (1970-01-05 is day 4).
+                    let offset = if by == tally_protocol::ReportPeriod::Week { 3 } else { 0 };
+                    let days = len / 86_400_000;
+                    let aligned = format!(
+                        "((u.hour_start / 86400000 + {offset}) / {days} * {days} - {offset}) * 86400000"
+                    );
+                    (
+                        format!("{GREATEST}({aligned}, {since})"),
+                        format!("{LEAST}({aligned} + {len}, {until})"),
+                    )
+                }
+                (false, None) => (
+                    "u.hour_start".to_string(),
+                    "(u.hour_start + 3600000)".to_string(),
+                ),
+            };
+            q.push(format!("x(z) AS (SELECT 1) SELECT u.feature, {start}, COUNT(DISTINCT u.username) FROM usage_user_hours u "));
+            if month {
+                q.push("JOIN p ON u.hour_start >= p.s AND u.hour_start < p.e ");
+            }
+            if !holders.is_empty() {
+                q.push(format!("LEFT JOIN o ON o.feature = u.feature AND o.username = u.username AND o.g < {end} "));
+            }
+            q.push("WHERE (u.seat_ms > 0 OR u.checkouts > 0) AND u.hour_start >= ");
+            q.push_bind(since).push(" AND u.hour_start < ").push_bind(until);
+            if let Some(feature) = feature {
+                q.push(" AND u.feature = ").push_bind(feature.to_string());
+            }
+            if !holders.is_empty() {
+                q.push(" AND o.username IS NULL");
+            }
+            q.push(format!(" GROUP BY u.feature, {start}"));
+            let rows: Vec<(String, i64, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
+            let distinct = rows
+                .into_iter()
+                .map(|(feature, from, n)| (feature, from, count(n)))
+                .collect();
+            Ok(crate::core::report::UsageData {
+                hours,
+                before,
+                distinct,
+                open,
+            })
+        }
+
+        /// What `report users` reads, inside the caller's read transaction (see
+        /// `Store::user_history`).
+        async fn read_users(
+            conn: &mut $conn,
+            feature: Option<&str>,
+            since: i64,
+            until: i64,
+        ) -> Result<crate::core::report::UsersData, StoreError> {
+            let open = read_open_leases(conn, feature).await?;
+            let mut q = QueryBuilder::<$db>::new(
+                "SELECT feature, username, CAST(SUM(seat_ms) AS BIGINT), CAST(SUM(checkouts) AS BIGINT), CAST(SUM(denials) AS BIGINT), MAX(last_used) FROM usage_user_hours WHERE hour_start >= ",
+            );
+            q.push_bind(since).push(" AND hour_start < ").push_bind(until);
+            if let Some(feature) = feature {
+                q.push(" AND feature = ").push_bind(feature.to_string());
+            }
+            q.push(" GROUP BY feature, username");
+            #[allow(clippy::type_complexity)]
+            let rows: Vec<(String, String, i64, i64, i64, Option<i64>)> =
+                q.build_query_as().fetch_all(&mut *conn).await?;
+            let rows = rows
+                .into_iter()
+                .map(|(feature, user, seat_ms, checkouts, denials, last_used)| {
+                    crate::core::history::UserHour {
+                        feature,
+                        user,
+                        hour_start: since,
+                        seat_ms,
+                        checkouts,
+                        denials,
+                        last_used,
+                    }
+                })
+                .collect();
+            Ok(crate::core::report::UsersData { rows, open })
+        }
+
+        /// Deletes at most `limit` rollup rows of each table from before `before`, keeping
+        /// each feature's last seats held and pool set before it (see `Store::prune_history`).
+        async fn prune_rows(
+            conn: &mut $conn,
+            before: i64,
+            limit: i64,
+        ) -> Result<u64, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(
+                "DELETE FROM usage_user_hours WHERE (feature, username, hour_start) IN (SELECT feature, username, hour_start FROM usage_user_hours WHERE hour_start < ",
+            );
+            q.push_bind(before).push(" LIMIT ").push_bind(limit).push(")");
+            let mut deleted = q.build().execute(&mut *conn).await?.rows_affected();
+            let mut q = QueryBuilder::<$db>::new(
+                "DELETE FROM usage_hours WHERE (feature, hour_start) IN (SELECT r.feature, r.hour_start FROM usage_hours r WHERE r.hour_start < ",
+            );
+            q.push_bind(before);
+            for column in ["in_use_last", "pool_last"] {
+                q.push(format!(" AND (r.{column} IS NULL OR EXISTS (SELECT 1 FROM usage_hours l WHERE l.feature = r.feature AND l.{column} IS NOT NULL AND l.hour_start > r.hour_start AND l.hour_start < "));
+                q.push_bind(before).push("))");
+            }
+            q.push(" LIMIT ").push_bind(limit).push(")");
+            deleted += q.build().execute(&mut *conn).await?.rows_affected();
+            Ok(deleted)
         }
 
         /// One page of the audit log, newest first (see `Store::audit`).
