@@ -300,15 +300,17 @@ impl Batch {
         let (outcome, reason) = match outcome {
             Ok(detail) => (AuditOutcome::Ok, detail.to_string()),
             Err(err) => {
-                if let Some(feature) = feature {
-                    self.count_denial(at, &actor.username, action, feature, err.code);
+                // A denial of a seat (SPEC §10) counts in the lease history and the metrics.
+                let denied = feature.filter(|f| {
+                    is_denial(action, err.code) && tally_protocol::validate_feature(f).is_ok()
+                });
+                if let Some(feature) = denied {
+                    self.history.deny(feature, &actor.username, at);
+                    self.tallies.deny(feature, err.code);
                 }
                 (AuditOutcome::Refused(err.code), err.message.clone())
             }
         };
-        if let (AuditOutcome::Refused(code), Some(feature)) = (outcome, feature) {
-            self.tallies.refused(action, feature, code);
-        }
         // A name that is not a feature's is not stored as one (the subject, bounded like
         // every field, still shows what was asked).
         let feature = feature.filter(|f| tally_protocol::validate_feature(f).is_ok());
@@ -347,31 +349,17 @@ impl Batch {
         *self.tallies.grants.entry(feature.to_string()).or_default() += 1;
     }
 
-    /// Counts a refusal in the lease history when it is a denial of a seat (SPEC §10): a
-    /// checkout, queued checkout or borrow refused `no_seat`, `denied` or `queue_timeout`.
-    /// Every refusal is audited through [`audit`](Self::audit), which calls this.
-    fn count_denial(
-        &mut self,
-        at: i64,
-        user: &str,
-        action: Action,
-        feature: &str,
-        code: tally_protocol::ErrorCode,
-    ) {
-        use tally_protocol::ErrorCode;
-        let seat = matches!(action, Action::Checkout | Action::Borrow | Action::Queue);
-        let denial = matches!(
-            code,
-            ErrorCode::NoSeat | ErrorCode::Denied | ErrorCode::QueueTimeout
-        );
-        if seat && denial && tally_protocol::validate_feature(feature).is_ok() {
-            self.history.deny(feature, user, at);
-        }
-    }
-
     pub fn audit_raw(&mut self, event: AuditEvent) {
         self.audit.push(event);
     }
+}
+
+/// Whether a refusal of `action` with `code` is a denial of a seat (SPEC §10): a checkout,
+/// queued checkout or borrow refused `no_seat`, `denied` or `queue_timeout`. The lease
+/// history and the metrics count the same ones.
+fn is_denial(action: Action, code: ErrorCode) -> bool {
+    matches!(action, Action::Checkout | Action::Queue | Action::Borrow)
+        && Tallies::DENIALS.contains(&code)
 }
 
 /// What a batch did that the metrics count (SPEC §10): checkouts granted and refused, by
@@ -394,16 +382,12 @@ impl Tallies {
         ErrorCode::QueueTimeout,
     ];
 
-    /// Counts a refusal of `action` when it is a denial of a checkout, queued checkout or
-    /// borrow.
-    fn refused(&mut self, action: Action, feature: &str, code: ErrorCode) {
-        let counted = matches!(action, Action::Checkout | Action::Queue | Action::Borrow);
-        if counted && Self::DENIALS.contains(&code) {
-            *self
-                .denials
-                .entry((feature.to_string(), code.as_str()))
-                .or_default() += 1;
-        }
+    /// Counts a denial (see [`is_denial`]) of `feature`.
+    fn deny(&mut self, feature: &str, code: ErrorCode) {
+        *self
+            .denials
+            .entry((feature.to_string(), code.as_str()))
+            .or_default() += 1;
     }
 
     /// Whether nothing was counted.
