@@ -95,7 +95,7 @@ fn path(path: &Path) -> Result<&str> {
 }
 
 /// Runs `tally --config CONFIG --json ARGS`: how long it took and its JSON document.
-fn timed(tally: &Path, config: &Path, args: &[&str]) -> Result<(Duration, Value)> {
+pub(crate) fn timed(tally: &Path, config: &Path, args: &[&str]) -> Result<(Duration, Value)> {
     let started = Instant::now();
     let out = Command::new(tally)
         .arg("--config")

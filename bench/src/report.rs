@@ -8,7 +8,6 @@
 //! are each timed whole through the release `tally` binary.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +16,7 @@ use tally_server::core::history::HistoryRows;
 use tally_server::core::Batch;
 use tally_server::store::Fence;
 
+use crate::bulk::timed;
 use crate::daemon::Daemon;
 
 const HOUR: i64 = 3_600_000;
@@ -253,24 +253,4 @@ pub async fn run(tallyd: &Path, leases_per_day: u32, users: usize) -> Result<Val
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
-/// Runs `tally --config CONFIG --json ARGS`: how long it took and its JSON document.
-fn timed(tally: &Path, config: &Path, args: &[&str]) -> Result<(Duration, Value)> {
-    let started = Instant::now();
-    let out = Command::new(tally)
-        .arg("--config")
-        .arg(config)
-        .arg("--json")
-        .args(args)
-        .env_remove("TALLY_CONFIG")
-        .output()?;
-    let elapsed = started.elapsed();
-    let doc = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "tally {args:?} printed no JSON; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    Ok((elapsed, doc))
 }
