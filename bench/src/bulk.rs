@@ -14,13 +14,7 @@ use serde_json::{json, Value};
 use crate::daemon::Daemon;
 
 pub async fn run(tallyd: &Path, rows: usize) -> Result<Value> {
-    let tally = tallyd.with_file_name("tally");
-    if !tally.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p tally-client`",
-            tally.display()
-        );
-    }
+    let tally = crate::bulk::tally_beside(tallyd)?;
     let daemon = Daemon::start(tallyd, "60s", 16)?;
     let config = daemon.dir.path().join("data/client.toml");
     let work = tempfile::tempdir()?;
@@ -92,6 +86,18 @@ pub async fn run(tallyd: &Path, rows: usize) -> Result<Value> {
 
 fn path(path: &Path) -> Result<&str> {
     path.to_str().context("a temporary path that is not UTF-8")
+}
+
+/// The release `tally` binary beside `tallyd`, which the scenarios that time the CLI run.
+pub(crate) fn tally_beside(tallyd: &Path) -> Result<std::path::PathBuf> {
+    let tally = tallyd.with_file_name("tally");
+    if !tally.exists() {
+        bail!(
+            "{} not found; build it with `cargo build --release -p tally-client`",
+            tally.display()
+        );
+    }
+    Ok(tally)
 }
 
 /// Runs `tally --config CONFIG --json ARGS`: how long it took and its JSON document.

@@ -55,13 +55,7 @@ enum Event {
 }
 
 pub async fn run(tallyd: &Path, leases_per_day: u32, users: usize) -> Result<Value> {
-    let tally = tallyd.with_file_name("tally");
-    if !tally.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p tally-client`",
-            tally.display()
-        );
-    }
+    let tally = crate::bulk::tally_beside(tallyd)?;
     let daemon = Daemon::start(tallyd, "60s", 16)?;
     let config = daemon.dir.path().join("data/client.toml");
     let (_, added) = timed(
