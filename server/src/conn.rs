@@ -348,8 +348,7 @@ async fn serving_ended(serving: &mut watch::Receiver<Serving>, epoch: Option<i64
     }
 }
 
-/// Starts one request: answered here (`ServerInfo`, `ServerNodes`, which a standby answers
-/// too) or by the engine. `None`: the engine dropped it unanswered.
+/// Starts one request of a protocol connection, tagged with its id.
 fn dispatch(
     shared: &Shared,
     session: &SignedIn,
@@ -357,15 +356,29 @@ fn dispatch(
     id: u32,
     request: Request,
 ) -> futures::future::BoxFuture<'static, (u32, Option<Outcome>)> {
+    let answer = answer(shared, session, holder, request);
+    Box::pin(async move { (id, answer.await) })
+}
+
+/// Answers one request of a signed-in session, a protocol connection's or the dashboard's:
+/// here (`ServerInfo`, `ServerNodes`, which a standby answers too) or by the engine, which
+/// checks the token, the account and its role as they are now. `None`: the engine dropped
+/// it unanswered.
+pub(crate) fn answer(
+    shared: &Shared,
+    session: &SignedIn,
+    holder: &Holder,
+    request: Request,
+) -> futures::future::BoxFuture<'static, Option<Outcome>> {
     let request = match route(request) {
         Route::Engine(request) => request,
         Route::ServerInfo => {
             let info = server_info(shared);
-            return Box::pin(async move { (id, Some(info.await)) });
+            return Box::pin(async move { Some(info.await) });
         }
         Route::ServerNodes => {
             let nodes = server_nodes(shared, session);
-            return Box::pin(async move { (id, Some(nodes.await)) });
+            return Box::pin(async move { Some(nodes.await) });
         }
     };
     let name = request.name;
@@ -389,13 +402,13 @@ fn dispatch(
             ok = matches!(outcome, Some(Outcome::Ok(_))),
             "request"
         );
-        (id, outcome)
+        outcome
     })
 }
 
 /// Signs a token in through the engine, asking the store about a hash the pool does not
 /// know (a token `tallyd owner-token` added while this server ran).
-async fn sign_in(
+pub(crate) async fn sign_in(
     shared: &Shared,
     hash: [u8; 32],
     ip: std::net::IpAddr,
@@ -429,7 +442,7 @@ async fn sign_in(
 
 /// The client instance as the pool knows it: bound to the account, so that another user
 /// presenting the same instance id never shares its session or its leases.
-fn session_client(user_id: u64, instance: ClientId) -> ClientId {
+pub(crate) fn session_client(user_id: u64, instance: ClientId) -> ClientId {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     hasher.update(b"tally session");
@@ -451,7 +464,7 @@ fn shutting_down() -> ErrorBody {
 /// What a peer says of itself (host, program), cut to `max` bytes, with control characters
 /// (NUL among them, which PostgreSQL's text cannot hold) made U+FFFD: it is stored with
 /// leases and shown to admins.
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;

@@ -220,8 +220,9 @@ pub async fn run(
                 shared.clone(),
                 metrics,
                 settings.metrics_token.as_ref(),
+                control.clock.clone(),
             ));
-            tracing::info!(addr = %listener.local_addr()?, metrics_token = settings.metrics_token.is_some(), "serving /metrics, /healthz and /readyz over HTTPS");
+            tracing::info!(addr = %listener.local_addr()?, metrics_token = settings.metrics_token.is_some(), "serving the dashboard, /metrics, /healthz and /readyz over HTTPS");
             let task = tokio::spawn(http::serve(
                 listener,
                 http.clone(),

@@ -1,6 +1,7 @@
-//! The HTTPS side of `tallyd` (SPEC §10): `/metrics`, `/healthz` and `/readyz`, served with
-//! the server's own certificate (the rustls configuration of the protocol listener, swapped
-//! on reload) on the daemon's runtime. Nothing here changes state.
+//! The HTTPS side of `tallyd` (SPEC §10): `/metrics`, `/healthz`, `/readyz` and the
+//! dashboard, served with the server's own certificate (the rustls configuration of the
+//! protocol listener, swapped on reload) on the daemon's runtime. Nothing here changes the
+//! pool.
 //!
 //! [`serve`] is the accept loop: a task per connection, the TLS handshake within
 //! `limits.handshake_timeout`, then hyper's HTTP/1.1 connection serving [`router`], at most
@@ -8,20 +9,27 @@
 //! Routes are added to [`router`]; what they share is [`Http`].
 //!
 //! - `metrics`: the counters the engine adds to, and the encoding of a scrape.
+//! - `dashboard`: the signed-in pages, asking the engine what the protocol asks.
+//! - `sessions`: the dashboard's sign-in sessions and their cookie.
+//! - `chart`: the geometry of the dashboard's usage chart.
 
+mod chart;
+mod dashboard;
 mod metrics;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use sha2::{Digest, Sha256};
@@ -32,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use metrics::{Metrics, NodeFigures};
+pub use sessions::SESSION_LIFETIME;
 
+use crate::clock::Clock;
 use crate::config::Secret;
 use crate::engine::Job;
 use crate::ha::Serving;
@@ -62,14 +72,25 @@ pub struct Http {
     metrics: Arc<Metrics>,
     /// SHA-256 of `http.metrics_token`, when `/metrics` needs it; swapped on reload.
     token: RwLock<Option<[u8; 32]>>,
+    /// The daemon's time, which dashboard sessions expire by.
+    clock: Clock,
+    /// The dashboard's open sessions.
+    sessions: sessions::Sessions,
 }
 
 impl Http {
-    pub fn new(shared: Arc<Shared>, metrics: Arc<Metrics>, token: Option<&Secret>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+        token: Option<&Secret>,
+        clock: Clock,
+    ) -> Self {
         let http = Self {
             shared,
             metrics,
             token: RwLock::new(None),
+            clock,
+            sessions: sessions::Sessions::default(),
         };
         http.set_token(token);
         http
@@ -117,13 +138,30 @@ impl Http {
     }
 }
 
-/// The routes. Each handler reads; none changes anything.
+/// The largest request body taken: the sign-in form's.
+const MAX_BODY: usize = 4096;
+
+/// The routes. Each handler reads; none changes the pool (signing in and out of the
+/// dashboard changes only its sessions).
 pub fn router(http: Arc<Http>) -> Router {
     Router::new()
+        .route("/", get(dashboard::status))
+        .route("/leases", get(dashboard::leases))
+        .route("/queue", get(dashboard::queue))
+        .route("/usage", get(dashboard::usage))
+        .route("/entitlements", get(dashboard::entitlements))
+        .route("/nodes", get(dashboard::nodes))
+        .route(
+            "/signin",
+            get(dashboard::sign_in_form).post(dashboard::sign_in_post),
+        )
+        .route("/signout", post(dashboard::sign_out))
+        .route("/style.css", get(dashboard::style))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(http)
 }
 
@@ -295,6 +333,7 @@ async fn connection(
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(within);
+    let router = router.layer(Extension(dashboard::ClientAddr(peer)));
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let served = tokio::select! {
