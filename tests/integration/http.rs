@@ -139,7 +139,7 @@ async fn until<F: std::future::Future<Output = bool>>(
 
 /// Runs `tally --config CONFIG --json ARGS...` with its own data directory and machine id
 /// (for borrows).
-fn tally(data: &Path, config: &Path, args: &[&str]) -> (Option<i32>, Value) {
+pub fn tally(data: &Path, config: &Path, args: &[&str]) -> (Option<i32>, Value) {
     let out = Command::new(CLI)
         .args(["--config", config.to_str().unwrap(), "--json"])
         .args(args)
@@ -161,10 +161,10 @@ fn tally(data: &Path, config: &Path, args: &[&str]) -> (Option<i32>, Value) {
 
 /// Processes that hold seats or wait, ended when the test ends however it ends.
 #[derive(Default)]
-struct Holders(Vec<Child>);
+pub struct Holders(Vec<Child>);
 
 impl Holders {
-    fn hold(&mut self, config: &Path, feature: &str) {
+    pub fn hold(&mut self, config: &Path, feature: &str) {
         self.0.push(spawn_holder(config, feature).0);
     }
 
@@ -415,7 +415,13 @@ async fn the_metrics_token_is_required_and_the_probes_need_none() {
     assert_eq!(get(&client, http, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(get(&client, http, "/readyz").await, (200, "ready\n".into()));
     assert_eq!(get(&client, http, "/nothing/here").await.0, 404);
-    assert_eq!(get(&client, http, "/").await.0, 404);
+    // The dashboard, to its sign-in page without a session.
+    let (status, page) = get(&client, http, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<form method="post" action="/signin">"#),
+        "{page}"
+    );
     let post = client.post(url(http, "/metrics")).bearer_auth(TOKEN);
     assert_eq!(post.send().await.unwrap().status().as_u16(), 405);
     // Not HTTP at all, over TLS: 400, and the daemon serves on.

@@ -8,6 +8,7 @@ mod borrow;
 mod bulk;
 mod cli;
 mod daemon;
+mod dashboard;
 mod datadir;
 mod failover;
 mod fake;

@@ -13,14 +13,19 @@ use crate::harness::*;
 
 /// A client file for a user signed in with `token`, beside the daemon's own.
 pub fn user_config(daemon: &DaemonProcess, name: &str, token: &str) -> PathBuf {
-    let text = std::fs::read_to_string(daemon.client_toml()).unwrap();
+    user_config_beside(&daemon.client_toml(), name, token)
+}
+
+/// A client file `NAME.toml` beside `client_toml` (the owner's), the same but for `token`.
+pub fn user_config_beside(client_toml: &Path, name: &str, token: &str) -> PathBuf {
+    let text = std::fs::read_to_string(client_toml).unwrap();
     let mut lines: Vec<String> = text
         .lines()
         .filter(|line| !line.trim_start().starts_with("token"))
         .map(str::to_string)
         .collect();
     lines.push(format!("token = {token:?}"));
-    let path = daemon.client_toml().with_file_name(format!("{name}.toml"));
+    let path = client_toml.with_file_name(format!("{name}.toml"));
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
 }

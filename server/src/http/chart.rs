@@ -43,6 +43,9 @@ pub struct Bar {
     pub y: f64,
     pub width: f64,
     pub height: f64,
+    /// The hour's peak in use and pool.
+    pub peak: u32,
+    pub pool: u32,
     /// Every seat of the pool was held at some instant of the hour.
     pub full: bool,
     /// What a pointer over it shows: the hour, its peak and pool.
@@ -74,6 +77,8 @@ pub fn chart(feature: &str, rows: &[&UsageRow]) -> Chart {
                 y: round(y),
                 width: round((step - 0.5).max(0.5)),
                 height: round(BOTTOM - y),
+                peak: row.peak_in_use,
+                pool: row.pool,
                 full,
                 title: format!(
                     "{}: peak {} of {} seat(s){}",

@@ -156,7 +156,7 @@ fn to_sign_in(ended: Option<&str>) -> Response {
     response
 }
 
-/// The headers of every page: never cached, no script, no framing, no referrer.
+/// The headers of every page: never cached, no script, no framing, no referrer to others.
 fn page(status: StatusCode, template: &impl Template) -> Response {
     let body = match template.render() {
         Ok(body) => body,
@@ -182,7 +182,8 @@ fn page(status: StatusCode, template: &impl Template) -> Response {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it, a browser sends `Origin: null` with the page's own forms.
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     response
 }
 
@@ -337,6 +338,11 @@ pub async fn sign_in_post(
         }
         Err(err) if err.code == ErrorCode::Unauthenticated => {
             tracing::info!(%ip, reason = %err.message, "dashboard: sign-in refused");
+            // The protocol's refusal ends with advice for a client file, not for a form.
+            let reason = err
+                .message
+                .split_once("; check ")
+                .map_or(err.message.as_str(), |(reason, _)| reason);
             match http
                 .shared
                 .auth_limiter
@@ -344,15 +350,14 @@ pub async fn sign_in_post(
             {
                 Ok(()) => refused(
                     StatusCode::UNAUTHORIZED,
-                    format!("Not signed in: {}", err.message),
+                    format!("Not signed in: {reason}."),
                 ),
                 Err(wait) => {
                     tokio::time::sleep(FAILURE_PAUSE).await;
                     refused(
                         StatusCode::TOO_MANY_REQUESTS,
                         format!(
-                            "Not signed in: {}. Too many sign-ins from {} failed, so failures are answered slowly for another {} s (a valid token still signs in).",
-                            err.message,
+                            "Not signed in: {reason}. Too many sign-ins from {} failed, so failures are answered slowly for another {} s (a valid token still signs in).",
                             Prefix(ip),
                             wait.as_secs().max(1)
                         ),
@@ -441,7 +446,11 @@ fn feature_line(figures: FeatureFigures, entitlements: &[Entitlement], now: i64)
         0 => 0.0,
         all => (100.0 * seats as f64 / all as f64).min(100.0),
     };
-    let held = (f.in_use + f.borrowed).min(f.floating);
+    // In use and borrowed count seats assigned by name too; the floating seats held are
+    // what is neither free nor reserved.
+    let held = f
+        .floating
+        .saturating_sub(f.available.saturating_add(figures.reserved));
     FeatureLine {
         state,
         expiring: expiring(&f.feature, entitlements, now)
@@ -930,6 +939,10 @@ mod tests {
         assert_eq!(feature_line(figures(3, 3, 0, 0, 0), &[], now).state, "free");
         let line = feature_line(figures(4, 0, 3, 0, 1), &[], now);
         assert_eq!((line.held_pct, line.reserved_pct), (75.0, 25.0));
+        // A seat assigned by name and in use is not a floating seat held.
+        let mut assigned = figures(5, 1, 2, 0, 0);
+        assigned.status.available = 3;
+        assert_eq!(feature_line(assigned, &[], now).held_pct, 40.0);
     }
 
     #[test]
