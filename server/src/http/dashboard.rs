@@ -8,6 +8,10 @@
 //! leases and queue entries, and a refusal (a member's usage report) is shown as such. Nothing
 //! here changes state. A failed sign-in counts toward the protocol's limit for its address.
 
+// A page ends early with an axum `Response` (a redirect to the sign-in page, an error):
+// one per request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +89,14 @@ fn refusal(err: &ErrorBody) -> String {
     format!("{}: {}", err.code.as_str(), err.message)
 }
 
+/// What a page lists: the items, or none and the refusal.
+fn shown<T>(asked: Result<Vec<T>, ErrorBody>) -> (Vec<T>, Option<String>) {
+    match asked {
+        Ok(items) => (items, None),
+        Err(err) => (Vec::new(), Some(refusal(&err))),
+    }
+}
+
 /// A signed-in request: the session, and the page it is on.
 struct Viewer {
     session: Session,
@@ -99,20 +111,24 @@ impl Viewer {
         }
     }
 
-    /// Asks the engine as this session's user. `Err`: the page cannot go on (the session
-    /// ended, or the node stopped serving); `Ok(Err)`: a refusal the page shows.
-    async fn ask(
+    /// Asks the engine as this session's user, and takes what the page shows from the
+    /// answer with `pick`. `Err`: the page cannot go on (the session ended, the node stopped
+    /// serving, or the answer is not of the request's kind); `Ok(Err)`: a refusal the page
+    /// shows.
+    async fn ask<T>(
         &self,
         http: &Http,
         headers: &HeaderMap,
         request: Request,
-    ) -> Result<Result<Answer, ErrorBody>, Response> {
+        pick: impl FnOnce(Answer) -> Option<T>,
+    ) -> Result<Result<T, ErrorBody>, Response> {
         let session = &self.session;
+        let name = request.name();
         match answer(&http.shared, &session.signed_in, &session.holder, request)
             .await
             .map(Outcome::into_result)
         {
-            Some(Ok(answer)) => Ok(Ok(answer)),
+            Some(Ok(answer)) => pick(answer).map(Ok).ok_or_else(|| unexpected(name)),
             Some(Err(err)) if err.code == ErrorCode::Unauthenticated => {
                 http.sessions.close(headers);
                 Err(to_sign_in(Some("revoked")))
@@ -461,6 +477,16 @@ fn feature_line(figures: FeatureFigures, entitlements: &[Entitlement], now: i64)
     }
 }
 
+/// Every entitlement, as both the status and the entitlements page ask.
+const ENTITLEMENTS: Request = Request::EntitlementList(EntitlementQuery { feature: None });
+
+fn entitlements_of(answer: Answer) -> Option<Vec<Entitlement>> {
+    match answer {
+        Answer::Entitlements(list) => Some(list),
+        _ => None,
+    }
+}
+
 /// Status per feature: the figures of `tally status`, each line coloured by whether a seat
 /// is free, and marked when an entitlement is about to end.
 pub async fn status(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
@@ -470,31 +496,23 @@ pub async fn status(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
             &http,
             &headers,
             Request::Figures(StatusQuery { feature: None }),
+            |a| match a {
+                Answer::Figures(list) => Some(list),
+                _ => None,
+            },
         )
         .await?;
-    let entitlements = viewer
-        .ask(
-            &http,
-            &headers,
-            Request::EntitlementList(EntitlementQuery { feature: None }),
-        )
-        .await?;
+    let (entitlements, _) = shown(
+        viewer
+            .ask(&http, &headers, ENTITLEMENTS, entitlements_of)
+            .await?,
+    );
     let now = http.clock.now_millis();
-    let entitlements = match entitlements {
-        Ok(Answer::Entitlements(list)) => list,
-        Ok(_) => return Err(unexpected("EntitlementList")),
-        Err(_) => Vec::new(),
-    };
-    let (features, refused) = match figures {
-        Ok(Answer::Figures(list)) => (
-            list.into_iter()
-                .map(|f| feature_line(f, &entitlements, now))
-                .collect::<Vec<_>>(),
-            None,
-        ),
-        Ok(_) => return Err(unexpected("Figures")),
-        Err(err) => (Vec::new(), Some(refusal(&err))),
-    };
+    let (figures, refused) = shown(figures);
+    let features: Vec<FeatureLine> = figures
+        .into_iter()
+        .map(|f| feature_line(f, &entitlements, now))
+        .collect();
     Ok(page(
         StatusCode::OK,
         &StatusPage {
@@ -533,47 +551,41 @@ struct LeasesPageView {
 /// The leases held (a member's own), newest first, at most [`LEASES_SHOWN`].
 pub async fn leases(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
     let viewer = viewer(&http, &headers)?;
+    let request = Request::LeasesPage(LeasesPageQuery {
+        query: LeasesQuery {
+            feature: None,
+            user: None,
+        },
+        after: None,
+        limit: Some(LEASES_SHOWN),
+    });
     let asked = viewer
-        .ask(
-            &http,
-            &headers,
-            Request::LeasesPage(LeasesPageQuery {
-                query: LeasesQuery {
-                    feature: None,
-                    user: None,
-                },
-                after: None,
-                limit: Some(LEASES_SHOWN),
-            }),
-        )
+        .ask(&http, &headers, request, |a| match a {
+            Answer::LeasesPage(page) => Some(page),
+            _ => None,
+        })
         .await?;
-    let (leases, more, refused) = match asked {
-        Ok(Answer::LeasesPage(page)) => (
-            page.leases
-                .into_iter()
-                .map(|l| LeaseLine {
-                    feature: l.feature,
-                    seats: l.seats,
-                    user: l.user,
-                    host: l.host,
-                    kind: match l.kind {
-                        LeaseKind::Online => "online",
-                        LeaseKind::Borrowed => "borrowed",
-                    },
-                    source: match l.source {
-                        LeaseSource::Floating => "floating".into(),
-                        LeaseSource::Assignment(id) => format!("assignment {id}"),
-                    },
-                    granted: format_time(l.granted_at),
-                    expires: format_time(l.expires_at),
-                })
-                .collect(),
-            page.next.is_some(),
-            None,
-        ),
-        Ok(_) => return Err(unexpected("LeasesPage")),
-        Err(err) => (Vec::new(), false, Some(refusal(&err))),
-    };
+    let more = asked.as_ref().is_ok_and(|page| page.next.is_some());
+    let (leases, refused) = shown(asked.map(|page| page.leases));
+    let leases = leases
+        .into_iter()
+        .map(|l| LeaseLine {
+            feature: l.feature,
+            seats: l.seats,
+            user: l.user,
+            host: l.host,
+            kind: match l.kind {
+                LeaseKind::Online => "online",
+                LeaseKind::Borrowed => "borrowed",
+            },
+            source: match l.source {
+                LeaseSource::Floating => "floating".into(),
+                LeaseSource::Assignment(id) => format!("assignment {id}"),
+            },
+            granted: format_time(l.granted_at),
+            expires: format_time(l.expires_at),
+        })
+        .collect();
     Ok(page(
         StatusCode::OK,
         &LeasesPageView {
@@ -607,30 +619,25 @@ struct QueuePage {
 /// The checkouts waiting for a seat (a member's own), by feature and place.
 pub async fn queue(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
     let viewer = viewer(&http, &headers)?;
+    let request = Request::Queue(QueueQuery { feature: None });
     let asked = viewer
-        .ask(
-            &http,
-            &headers,
-            Request::Queue(QueueQuery { feature: None }),
-        )
+        .ask(&http, &headers, request, |a| match a {
+            Answer::Queue(list) => Some(list),
+            _ => None,
+        })
         .await?;
-    let (entries, refused) = match asked {
-        Ok(Answer::Queue(list)) => (
-            list.into_iter()
-                .map(|q| QueueLine {
-                    feature: q.feature,
-                    position: q.position,
-                    seats: q.seats,
-                    user: q.user,
-                    host: q.host,
-                    since: format_time(q.since),
-                })
-                .collect(),
-            None,
-        ),
-        Ok(_) => return Err(unexpected("Queue")),
-        Err(err) => (Vec::new(), Some(refusal(&err))),
-    };
+    let (entries, refused) = shown(asked);
+    let entries = entries
+        .into_iter()
+        .map(|q| QueueLine {
+            feature: q.feature,
+            position: q.position,
+            seats: q.seats,
+            user: q.user,
+            host: q.host,
+            since: format_time(q.since),
+        })
+        .collect();
     Ok(page(
         StatusCode::OK,
         &QueuePage {
@@ -695,25 +702,14 @@ fn entitlement_line(e: Entitlement, now: i64) -> EntitlementLine {
 /// Every entitlement, soonest end first, with how long it has left.
 pub async fn entitlements(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
     let viewer = viewer(&http, &headers)?;
-    let asked = viewer
-        .ask(
-            &http,
-            &headers,
-            Request::EntitlementList(EntitlementQuery { feature: None }),
-        )
-        .await?;
+    let (mut list, refused) = shown(
+        viewer
+            .ask(&http, &headers, ENTITLEMENTS, entitlements_of)
+            .await?,
+    );
     let now = http.clock.now_millis();
-    let (entitlements, refused) = match asked {
-        Ok(Answer::Entitlements(mut list)) => {
-            list.sort_by_key(|e| (e.expires_at.unwrap_or(i64::MAX), e.id));
-            (
-                list.into_iter().map(|e| entitlement_line(e, now)).collect(),
-                None,
-            )
-        }
-        Ok(_) => return Err(unexpected("EntitlementList")),
-        Err(err) => (Vec::new(), Some(refusal(&err))),
-    };
+    list.sort_by_key(|e| (e.expires_at.unwrap_or(i64::MAX), e.id));
+    let entitlements = list.into_iter().map(|e| entitlement_line(e, now)).collect();
     Ok(page(
         StatusCode::OK,
         &EntitlementsPage {
@@ -755,11 +751,21 @@ fn role_name(role: NodeRole) -> &'static str {
 /// This server as `tally server info` shows it, and the nodes of its cluster (admins).
 pub async fn nodes(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
     let viewer = viewer(&http, &headers)?;
-    let info = viewer.ask(&http, &headers, Request::ServerInfo).await?;
-    let listed = viewer.ask(&http, &headers, Request::ServerNodes).await?;
+    let info = viewer
+        .ask(&http, &headers, Request::ServerInfo, |a| match a {
+            Answer::ServerInfo(info) => Some(info),
+            _ => None,
+        })
+        .await?;
+    let listed = viewer
+        .ask(&http, &headers, Request::ServerNodes, |a| match a {
+            Answer::Nodes(list) => Some(list),
+            _ => None,
+        })
+        .await?;
     let mut server = Vec::new();
     match info {
-        Ok(Answer::ServerInfo(info)) => {
+        Ok(info) => {
             server.push(("server id", info.id));
             server.push(("version", info.version));
             server.push(("store", info.store));
@@ -784,11 +790,10 @@ pub async fn nodes(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
                 ));
             }
         }
-        Ok(_) => return Err(unexpected("ServerInfo")),
         Err(err) => server.push(("refused", refusal(&err))),
     }
     let (nodes, no_nodes) = match listed {
-        Ok(Answer::Nodes(list)) => (
+        Ok(list) => (
             list.into_iter()
                 .map(|n| NodeLine {
                     id: n.id,
@@ -800,7 +805,6 @@ pub async fn nodes(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
                 .collect(),
             None,
         ),
-        Ok(_) => return Err(unexpected("ServerNodes")),
         Err(err) if err.code == ErrorCode::Invalid => (Vec::new(), Some(err.message)),
         Err(err) => (Vec::new(), Some(refusal(&err))),
     };
@@ -845,10 +849,14 @@ pub async fn usage(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
                 until: Some(until),
                 by: ReportPeriod::Hour,
             }),
+            |a| match a {
+                Answer::Usage(rows) => Some(rows),
+                _ => None,
+            },
         )
         .await?;
     let (charts, refused) = match asked {
-        Ok(Answer::Usage(rows)) => {
+        Ok(rows) => {
             let mut by_feature: BTreeMap<&str, Vec<&tally_protocol::UsageRow>> = BTreeMap::new();
             for row in &rows {
                 by_feature.entry(&row.feature).or_default().push(row);
@@ -861,7 +869,6 @@ pub async fn usage(State(http): State<Arc<Http>>, headers: HeaderMap) -> Page {
                 None,
             )
         }
-        Ok(_) => return Err(unexpected("ReportUsage")),
         Err(err) if err.code == ErrorCode::Forbidden => (
             Vec::new(),
             Some("Usage reports are for admins: ask one for `tally report usage`.".to_string()),
@@ -940,7 +947,7 @@ mod tests {
         let line = feature_line(figures(4, 0, 3, 0, 1), &[], now);
         assert_eq!((line.held_pct, line.reserved_pct), (75.0, 25.0));
         // A seat assigned by name and in use is not a floating seat held.
-        let mut assigned = figures(5, 1, 2, 0, 0);
+        let mut assigned = figures(6, 1, 2, 0, 0);
         assigned.status.available = 3;
         assert_eq!(feature_line(assigned, &[], now).held_pct, 40.0);
     }
