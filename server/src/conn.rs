@@ -363,22 +363,23 @@ fn dispatch(
 /// Answers one request of a signed-in session, a protocol connection's or the dashboard's:
 /// here (`ServerInfo`, `ServerNodes`, which a standby answers too) or by the engine, which
 /// checks the token, the account and its role as they are now. `None`: the engine dropped
-/// it unanswered.
+/// it unanswered. Not boxed: a connection boxes it once with the request's id.
 pub(crate) fn answer(
     shared: &Shared,
     session: &SignedIn,
     holder: &Holder,
     request: Request,
-) -> futures::future::BoxFuture<'static, Option<Outcome>> {
+) -> impl std::future::Future<Output = Option<Outcome>> + Send + 'static {
+    use futures::future::Either;
     let request = match route(request) {
         Route::Engine(request) => request,
         Route::ServerInfo => {
             let info = server_info(shared);
-            return Box::pin(async move { Some(info.await) });
+            return Either::Left(Either::Left(async move { Some(info.await) }));
         }
         Route::ServerNodes => {
             let nodes = server_nodes(shared, session);
-            return Box::pin(async move { Some(nodes.await) });
+            return Either::Left(Either::Right(async move { Some(nodes.await) }));
         }
     };
     let name = request.name;
@@ -390,7 +391,7 @@ pub(crate) fn answer(
         reply,
     });
     let engine = shared.engine.clone();
-    Box::pin(async move {
+    Either::Right(async move {
         let started = std::time::Instant::now();
         let outcome = match engine.send(job).await {
             Ok(()) => answer.await.ok(),

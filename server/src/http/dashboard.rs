@@ -97,7 +97,7 @@ fn shown<T>(asked: Result<Vec<T>, ErrorBody>) -> (Vec<T>, Option<String>) {
     }
 }
 
-/// A signed-in request: the session, and the page it is on.
+/// A signed-in request: its session.
 struct Viewer {
     session: Session,
 }
