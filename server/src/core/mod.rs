@@ -25,6 +25,8 @@
 //! - `queue` (R17): checkouts waiting for a seat, served in order as seats free up;
 //! - `notifications` (R20): the notifications time and refusals produce (entitlements
 //!   expiring and expired, a pool exhausted), with the marks that keep them from repeating;
+//! - `credits` (R21): metered credits, the purchases of each meter's pool, each user's
+//!   access, and consumptions applied once per request id (not yet held by [`Pool`]);
 //! - `gauges`: what the metrics read at scrape time ([`Pool::gauges`]: the figures of
 //!   [`Pool::figures`], entitlement ends, active users).
 
@@ -35,6 +37,7 @@ mod borrow;
 mod bulk;
 mod capacity;
 mod checks;
+pub mod credits;
 mod entitlements;
 mod gauges;
 pub mod history;
