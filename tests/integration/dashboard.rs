@@ -467,3 +467,126 @@ async fn the_dashboard_in_a_headless_browser() {
         client.clone().close().await.unwrap();
     }
 }
+
+/// What the dashboard promises over HTTP, checked without a browser: every page's headers
+/// (no caching, a policy with no script and no framing, no sniffing), the session cookie's
+/// attributes, a form posted from another site refused, an oversized form refused, a
+/// cookie the server never gave leading to the sign-in page, and the pages behind it.
+#[tokio::test]
+async fn the_dashboards_headers_cookie_and_forms_over_https() {
+    use reqwest::redirect::Policy;
+    let server = TestServer::start_with(|config| {
+        config.http = Some(HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_token: None,
+        });
+    })
+    .await;
+    let addr = server.http.unwrap();
+    let client = http::https_with(&server.ca_pem(), addr, Policy::none());
+    let origin = format!("https://localhost:{}", addr.port());
+
+    let page = client.get(http::url(addr, "/signin")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let headers = page.headers();
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    for part in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(policy.contains(part), "{policy}");
+    }
+    assert!(!policy.contains("script-src"), "{policy}");
+
+    let sign_in = |token: String, origin: &str| {
+        client
+            .post(http::url(addr, "/signin"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    // From another site: refused, and no session.
+    let refused = sign_in(server.owner_token(), "https://elsewhere.example")
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(refused.headers().get("set-cookie").is_none());
+    // A form larger than any token: refused before it is read.
+    let huge = sign_in("x".repeat(64 * 1024), &origin).await.unwrap();
+    assert_eq!(huge.status().as_u16(), 413);
+    // The owner's token: a session cookie only this server's pages get, over HTTPS only.
+    let signed_in = sign_in(server.owner_token(), &origin).await.unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    assert_eq!(signed_in.headers()["location"], "/");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (pair, attributes) = cookie.split_once("; ").unwrap();
+    assert_eq!(
+        attributes,
+        "Path=/; Max-Age=28800; HttpOnly; Secure; SameSite=Strict"
+    );
+    let value = pair.strip_prefix("tally_session=").unwrap();
+    assert_eq!(value.len(), 64);
+
+    let with = |path: &str, cookie: &str| {
+        client
+            .get(http::url(addr, path))
+            .header("cookie", cookie)
+            .send()
+    };
+    for path in [
+        "/",
+        "/leases",
+        "/queue",
+        "/usage",
+        "/entitlements",
+        "/nodes",
+    ] {
+        let page = with(path, pair).await.unwrap();
+        assert_eq!(page.status().as_u16(), 200, "{path}");
+        assert_eq!(page.headers()["cache-control"], "no-store", "{path}");
+        let body = page.text().await.unwrap();
+        assert!(body.contains(r#"id="who">owner@"#), "{path}: {body}");
+        assert!(!body.contains("<script"), "{path}");
+    }
+    // A cookie this server did not give: to the sign-in page, the cookie cleared.
+    let forged = with("/", &format!("tally_session={}", "0".repeat(64)))
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 303);
+    assert_eq!(forged.headers()["location"], "/signin");
+    assert!(forged.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    // Signing out from another site does nothing; from the dashboard it ends the session.
+    let sign_out = |origin: &str| {
+        client
+            .post(http::url(addr, "/signout"))
+            .header("origin", origin)
+            .header("cookie", pair)
+            .send()
+    };
+    assert_eq!(
+        sign_out("https://elsewhere.example")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(with("/", pair).await.unwrap().status().as_u16(), 200);
+    let out = sign_out(&origin).await.unwrap();
+    assert_eq!(out.headers()["location"], "/signin?ended=signed-out");
+    assert_eq!(
+        with("/", pair).await.unwrap().headers()["location"],
+        "/signin"
+    );
+    server.stop().await;
+}

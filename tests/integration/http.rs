@@ -20,6 +20,15 @@ use crate::policy::user_config;
 
 /// An HTTPS client trusting only `ca_pem`, reaching `localhost` at `addr`.
 fn https(ca_pem: &[u8], addr: SocketAddr) -> reqwest::Client {
+    https_with(ca_pem, addr, reqwest::redirect::Policy::default())
+}
+
+/// The same, following redirects as `redirects` says.
+pub fn https_with(
+    ca_pem: &[u8],
+    addr: SocketAddr,
+    redirects: reqwest::redirect::Policy,
+) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
         let cert: rustls_pki_types::CertificateDer = cert.expect("the CA is PEM");
@@ -34,12 +43,13 @@ fn https(ca_pem: &[u8], addr: SocketAddr) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .resolve("localhost", addr)
+        .redirect(redirects)
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
 }
 
-fn url(addr: SocketAddr, path: &str) -> String {
+pub fn url(addr: SocketAddr, path: &str) -> String {
     format!("https://localhost:{}{path}", addr.port())
 }
 
