@@ -471,7 +471,8 @@ async fn the_dashboard_in_a_headless_browser() {
 /// What the dashboard promises over HTTP, checked without a browser: every page's headers
 /// (no caching, a policy with no script and no framing, no sniffing), the session cookie's
 /// attributes, a form posted from another site refused, an oversized form refused, a
-/// cookie the server never gave leading to the sign-in page, and the pages behind it.
+/// cookie the server never gave leading to the sign-in page, and the pages behind it, whose
+/// reading changes nothing (the audit log stays as it was).
 #[tokio::test]
 async fn the_dashboards_headers_cookie_and_forms_over_https() {
     use reqwest::redirect::Policy;
@@ -540,6 +541,10 @@ async fn the_dashboards_headers_cookie_and_forms_over_https() {
             .header("cookie", cookie)
             .send()
     };
+    let owner = tally_client::Client::connect(server.client_config(&server.owner_token()))
+        .await
+        .unwrap();
+    let audited = audit(&owner).await;
     for path in [
         "/",
         "/leases",
@@ -555,6 +560,11 @@ async fn the_dashboards_headers_cookie_and_forms_over_https() {
         assert!(body.contains(r#"id="who">owner@"#), "{path}: {body}");
         assert!(!body.contains("<script"), "{path}");
     }
+    assert_eq!(
+        audit(&owner).await,
+        audited,
+        "reading the dashboard changed the audit log"
+    );
     // A cookie this server did not give: to the sign-in page, the cookie cleared.
     let forged = with("/", &format!("tally_session={}", "0".repeat(64)))
         .await

@@ -65,6 +65,7 @@ use tally_protocol::{EndReason, Entitlement, ErrorBody, ErrorCode, UserState};
 pub use batch::{Batch, Notification, SignOut, Snapshot, Tallies};
 pub use checks::require_admin;
 pub use gauges::Gauges;
+pub use notifications::EXPIRING_BEFORE;
 pub use queue::MAX_WAITS_PER_CLIENT;
 pub use tally_protocol::AuditEvent;
 pub use tokens::{token_id, SignedIn, Token};

@@ -36,7 +36,7 @@ use super::chart::{chart, Chart};
 use super::sessions::{clear_cookie, set_cookie, Lost, Session, SESSION_LIFETIME};
 use super::Http;
 use crate::conn::{answer, session_client, sign_in, truncate};
-use crate::core::{Holder, Peer};
+use crate::core::{Holder, Peer, EXPIRING_BEFORE};
 use crate::init::token_hash;
 use crate::limiter::{Prefix, FAILURE_PAUSE};
 
@@ -48,8 +48,9 @@ pub struct ClientAddr(pub SocketAddr);
 const MAX_TOKEN: usize = 512;
 /// Leases listed at most on the leases page.
 const LEASES_SHOWN: u32 = 500;
-/// An entitlement ending within this long is shown as expiring.
-const EXPIRING_WITHIN_MS: i64 = 14 * 24 * HOUR_MS;
+/// An entitlement ending within this long is shown as expiring: from R20's first notice
+/// (`entitlement_expiring`), so that the page and the notification agree.
+const EXPIRING_WITHIN_MS: i64 = EXPIRING_BEFORE[0].0;
 /// The range of the usage chart.
 const CHART_HOURS: i64 = 7 * 24;
 
