@@ -15,6 +15,7 @@
 mod borrow;
 mod bulk;
 mod connection;
+mod credits;
 mod error;
 mod ids;
 mod message;
@@ -35,6 +36,10 @@ pub use bulk::{
     MAX_BULK_REASON, MAX_BULK_ROWS,
 };
 pub use connection::{Connection, FrameError, MAX_RESPONSE_FRAME};
+pub use credits::{
+    validate_amount, Consume, Consumed, CreditsAdd, MeterInfo, MeterQuery, MeterUsageQuery,
+    MeterUsageRow, PurchaseInfo, QuotaInfo, QuotaRef, QuotaSet, MAX_CREDITS,
+};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ClientId, LeaseId, LeasePattern, ParseIdError, RequestId, MIN_PATTERN_DIGITS};
 pub use message::*;

@@ -10,6 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bulk::{Bulk, BulkOutcome, BulkRows, UserSeen};
+use crate::credits::{
+    Consume, Consumed, CreditsAdd, MeterInfo, MeterQuery, MeterUsageQuery, MeterUsageRow,
+    PurchaseInfo, QuotaInfo, QuotaRef, QuotaSet,
+};
 use crate::notify::{NotifyStatus, SinkOutcome};
 use crate::policy::{
     FeatureFigures, GroupAdd, GroupInfo, GroupMembers, GroupRef, PolicyAdd, PolicyCheck,
@@ -306,6 +310,25 @@ pub enum Request {
     /// Usage per user and feature (SPEC §10; admins); answered with
     /// [`Response::UserUsage`].
     ReportUsers(UsersQuery),
+    /// Credits bought into a meter's pool (SPEC §11; admins); answered with
+    /// [`Response::Purchase`].
+    CreditsAdd(CreditsAdd),
+    /// Each meter's figures; answered with [`Response::Meters`].
+    CreditsStatus(MeterQuery),
+    /// A user's quota of a meter, or unlimited access (admins); answered with
+    /// [`Response::Quota`].
+    QuotaSet(QuotaSet),
+    /// Takes a user's access to a meter away (admins); answered with [`Response::Quota`].
+    QuotaRemove(QuotaRef),
+    /// Users' access to meters: admins see everyone's, others their own; answered with
+    /// [`Response::Quotas`].
+    QuotaList(MeterQuery),
+    /// Consumes credits (R21): exactly once per request id, a retry answered with the first
+    /// answer; answered with [`Response::Consumed`].
+    Consume(Consume),
+    /// Credits consumed per meter, period and user (SPEC §10, §11; admins); answered with
+    /// [`Response::MeterUsage`].
+    ReportMeters(MeterUsageQuery),
 }
 
 impl Request {
@@ -376,6 +399,13 @@ impl Request {
             Request::UsersSeen => "user_list",
             Request::ReportUsage(_) => "report_usage",
             Request::ReportUsers(_) => "report_users",
+            Request::CreditsAdd(_) => "credits_add",
+            Request::CreditsStatus(_) => "credits_status",
+            Request::QuotaSet(_) => "quota_set",
+            Request::QuotaRemove(_) => "quota_remove",
+            Request::QuotaList(_) => "quota_list",
+            Request::Consume(_) => "consume",
+            Request::ReportMeters(_) => "report_usage",
         }
     }
 
@@ -407,6 +437,9 @@ impl Request {
                 | Request::NotifyStatus
                 | Request::ReportUsage(_)
                 | Request::ReportUsers(_)
+                | Request::CreditsStatus(_)
+                | Request::QuotaList(_)
+                | Request::ReportMeters(_)
         )
     }
 
@@ -437,6 +470,7 @@ impl Request {
                 | Request::PolicyRemove(_)
                 | Request::Bulk(_)
                 | Request::NotifyTest
+                | Request::CreditsAdd(_)
         )
     }
 }
@@ -527,6 +561,18 @@ pub enum Response {
     Usage(Vec<UsageRow>),
     /// The answer to `ReportUsers`: by user, then feature.
     UserUsage(Vec<UserUsageRow>),
+    /// The answer to `CreditsAdd`.
+    Purchase(PurchaseInfo),
+    /// The answer to `CreditsStatus`: meters by name.
+    Meters(Vec<MeterInfo>),
+    /// The answer to `QuotaSet` and `QuotaRemove`: the user's access after the change.
+    Quota(QuotaInfo),
+    /// The answer to `QuotaList`: by meter, then user.
+    Quotas(Vec<QuotaInfo>),
+    /// The answer to `Consume`.
+    Consumed(Consumed),
+    /// The answer to `ReportMeters`: by meter, period, then user.
+    MeterUsage(Vec<MeterUsageRow>),
 }
 
 /// Check out `seats` seats of `feature`.

@@ -1463,3 +1463,120 @@ fn golden_bytes_of_usage_reports() {
         format!("{USER_USAGE:02x}01017501660102000104")
     );
 }
+
+/// The wire indices of metered credits' requests and answers (SPEC §11).
+mod credits_index {
+    pub const CREDITS_ADD: u8 = 58;
+    pub const CREDITS_STATUS: u8 = 59;
+    pub const QUOTA_SET: u8 = 60;
+    pub const QUOTA_REMOVE: u8 = 61;
+    pub const QUOTA_LIST: u8 = 62;
+    pub const CONSUME: u8 = 63;
+    pub const REPORT_METERS: u8 = 64;
+    pub const PURCHASE: u8 = 51;
+    pub const METERS: u8 = 52;
+    pub const QUOTA: u8 = 53;
+    pub const QUOTAS: u8 = 54;
+    pub const CONSUMED: u8 = 55;
+    pub const METER_USAGE: u8 = 56;
+}
+
+/// Metered credits' requests and answers, byte for byte (each index from `credits_index`).
+#[test]
+fn golden_bytes_of_credits() {
+    use credits_index::*;
+    let add = Request::CreditsAdd(CreditsAdd {
+        meter: "m".into(),
+        amount: 300,
+        expires_at: Some(1),
+        reference: "r".into(),
+    });
+    // "m", 300 as a varint (ac 02), Some(1) zigzag 2, "r"
+    assert_eq!(encode(&add), format!("{CREDITS_ADD:02x}016dac0201020172"));
+    assert!(!add.is_idempotent() && !add.is_read_only());
+    let status = Request::CreditsStatus(MeterQuery { meter: None });
+    assert_eq!(encode(&status), format!("{CREDITS_STATUS:02x}00"));
+    assert!(status.is_read_only());
+    let set = Request::QuotaSet(QuotaSet {
+        username: "u".into(),
+        meter: "m".into(),
+        quota: Some(80),
+    });
+    assert_eq!(encode(&set), format!("{QUOTA_SET:02x}0175016d0150"));
+    assert!(set.is_idempotent() && !set.is_read_only());
+    let remove = Request::QuotaRemove(QuotaRef {
+        username: "u".into(),
+        meter: "m".into(),
+    });
+    assert_eq!(encode(&remove), format!("{QUOTA_REMOVE:02x}0175016d"));
+    let list = Request::QuotaList(MeterQuery {
+        meter: Some("m".into()),
+    });
+    assert_eq!(encode(&list), format!("{QUOTA_LIST:02x}01016d"));
+    assert!(list.is_read_only());
+    let consume = Request::Consume(Consume {
+        request_id: RequestId([7; 16]),
+        meter: "m".into(),
+        amount: 2,
+    });
+    assert_eq!(
+        encode(&consume),
+        format!("{CONSUME:02x}{}016d02", "07".repeat(16))
+    );
+    assert!(consume.is_idempotent() && !consume.is_read_only());
+    let report = Request::ReportMeters(UsageQuery {
+        feature: None,
+        since: None,
+        until: None,
+        by: ReportPeriod::Day,
+    });
+    assert_eq!(encode(&report), format!("{REPORT_METERS:02x}00000001"));
+    assert!(report.is_read_only());
+
+    let purchase = Response::Purchase(PurchaseInfo {
+        id: 1,
+        meter: "m".into(),
+        amount: 2,
+        expires_at: None,
+        reference: String::new(),
+    });
+    assert_eq!(encode(&purchase), format!("{PURCHASE:02x}01016d020000"));
+    let meters = Response::Meters(vec![MeterInfo {
+        meter: "m".into(),
+        purchased: 5,
+        consumed: 2,
+        expired: 1,
+        balance: 2,
+    }]);
+    assert_eq!(encode(&meters), format!("{METERS:02x}01016d05020102"));
+    let quota = QuotaInfo {
+        user: "u".into(),
+        meter: "m".into(),
+        quota: None,
+        unlimited: true,
+        used: 3,
+        remaining: None,
+    };
+    assert_eq!(
+        encode(&Response::Quota(quota.clone())),
+        format!("{QUOTA:02x}0175016d00010300")
+    );
+    assert_eq!(
+        encode(&Response::Quotas(vec![quota])),
+        format!("{QUOTAS:02x}010175016d00010300")
+    );
+    let consumed = Response::Consumed(Consumed {
+        consumed: 2,
+        balance: 1,
+        remaining: Some(0),
+    });
+    assert_eq!(encode(&consumed), format!("{CONSUMED:02x}02010100"));
+    let usage = Response::MeterUsage(vec![MeterUsageRow {
+        meter: "m".into(),
+        period_start: 1,
+        user: "u".into(),
+        consumed: 4,
+        consumptions: 1,
+    }]);
+    assert_eq!(encode(&usage), format!("{METER_USAGE:02x}01016d0201750401"));
+}

@@ -780,7 +780,15 @@ impl Engine {
                 q.until,
                 None,
             ),
+            ReportRead::Meters(q) => (
+                Action::ReportUsage,
+                q.feature.clone(),
+                q.since,
+                q.until,
+                Some(q.by),
+            ),
         };
+        let meters = matches!(read, ReportRead::Meters(_));
         let checked = require_admin(actor, "read usage reports")
             .and_then(|()| {
                 tally_protocol::validate_range(since, until).map_err(ErrorBody::invalid)
@@ -794,9 +802,10 @@ impl Engine {
                 let (Some(by), Some((since, until))) = (by, range) else {
                     return Ok(range);
                 };
-                let features = match feature {
-                    Some(_) => 1,
-                    None => self.pool.report_features().max(1) as u64,
+                let features = match (&feature, meters) {
+                    (Some(_), _) => 1,
+                    (None, false) => self.pool.report_features().max(1) as u64,
+                    (None, true) => self.pool.meter_count().max(1) as u64,
                 };
                 let rows = crate::core::report::period_count(since, until, by) * features;
                 if rows > tally_protocol::MAX_REPORT_ROWS {
@@ -812,7 +821,10 @@ impl Engine {
             });
         match checked {
             Ok(range) => {
-                let unknown = feature.as_deref().and_then(|f| self.pool.report_unknown(f));
+                let unknown = feature.as_deref().and_then(|f| match meters {
+                    true => self.pool.meter_unknown(f),
+                    false => self.pool.report_unknown(f),
+                });
                 replies.push(Reply::Report(
                     reply,
                     ReportJob {
@@ -1080,6 +1092,24 @@ impl Engine {
             PoolRequest::Queue(query) => pool
                 .queue_list(now, actor, &query, batch)
                 .map(Response::Queue),
+            PoolRequest::CreditsAdd(add) => pool
+                .credits_add(now, actor, &add, batch)
+                .map(Response::Purchase),
+            PoolRequest::CreditsStatus(query) => pool
+                .credits_status(now, actor, &query, batch)
+                .map(Response::Meters),
+            PoolRequest::QuotaSet(set) => {
+                pool.quota_set(now, actor, &set, batch).map(Response::Quota)
+            }
+            PoolRequest::QuotaRemove(quota) => pool
+                .quota_remove(now, actor, &quota, batch)
+                .map(Response::Quota),
+            PoolRequest::QuotaList(query) => pool
+                .quota_list(now, actor, &query, batch)
+                .map(Response::Quotas),
+            PoolRequest::Consume(consume) => pool
+                .consume(now, actor, &consume, batch)
+                .map(Response::Consumed),
         }
     }
 
@@ -1415,6 +1445,7 @@ async fn read_report(store: &dyn Store, clock: &Clock, job: ReportJob) -> Outcom
         return Outcome::Ok(match read {
             ReportRead::Usage(_) => Response::Usage(Vec::new()),
             ReportRead::Users(_) => Response::UserUsage(Vec::new()),
+            ReportRead::Meters(_) => Response::MeterUsage(Vec::new()),
         });
     };
     let feature = feature.as_deref();
@@ -1441,6 +1472,12 @@ async fn read_report(store: &dyn Store, clock: &Clock, job: ReportJob) -> Outcom
             (
                 known,
                 Response::UserUsage(report::users(&data, since, until, now)),
+            )
+        }),
+        ReportRead::Meters(query) => store.meter_hours(feature, since, until).await.map(|hours| {
+            (
+                !hours.is_empty(),
+                Response::MeterUsage(report::meter_usage(&hours, query.by)),
             )
         }),
     };

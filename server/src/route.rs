@@ -8,11 +8,11 @@
 use crate::core::Action;
 use tally_protocol::{
     Assign, AssignmentsQuery, AuditQuery, Borrow, BorrowOnce, Bulk, Checkin, Checkout,
-    CheckoutWait, EntitlementDelete, EntitlementQuery, EntitlementRemove, EntitlementUpdate,
-    FeatureRequirement, GroupAdd, GroupMembers, GroupRef, LeasesPageQuery, LeasesQuery,
-    NewEntitlement, PolicyAdd, PolicyCheck, PolicyQuery, QueueCancel, QueueQuery, Release,
-    ReleaseMatching, Request, Resume, Return, Revoke, RuleRef, StatusQuery, TokenMint, TokenRevoke,
-    UsageQuery, UserAdd, UserRef, UsersQuery,
+    CheckoutWait, Consume, CreditsAdd, EntitlementDelete, EntitlementQuery, EntitlementRemove,
+    EntitlementUpdate, FeatureRequirement, GroupAdd, GroupMembers, GroupRef, LeasesPageQuery,
+    LeasesQuery, MeterQuery, NewEntitlement, PolicyAdd, PolicyCheck, PolicyQuery, QueueCancel,
+    QueueQuery, QuotaRef, QuotaSet, Release, ReleaseMatching, Request, Resume, Return, Revoke,
+    RuleRef, StatusQuery, TokenMint, TokenRevoke, UsageQuery, UserAdd, UserRef, UsersQuery,
 };
 
 /// Who answers a request.
@@ -54,6 +54,8 @@ pub enum EngineKind {
 pub enum ReportRead {
     Usage(UsageQuery),
     Users(UsersQuery),
+    /// Credits consumed per meter, period and user (the query's `feature` names a meter).
+    Meters(UsageQuery),
 }
 
 /// What the notifier is asked, once an admin is.
@@ -129,6 +131,12 @@ pub enum PoolRequest {
     Queue(QueueQuery),
     Bulk(Bulk),
     UsersSeen,
+    CreditsAdd(CreditsAdd),
+    CreditsStatus(MeterQuery),
+    QuotaSet(QuotaSet),
+    QuotaRemove(QuotaRef),
+    QuotaList(MeterQuery),
+    Consume(Consume),
 }
 
 /// Decides who answers `request`.
@@ -173,6 +181,10 @@ pub fn route(request: Request) -> Route {
         }
         Request::ReportUsers(query) => {
             let kind = EngineKind::Report(ReportRead::Users(query));
+            return Route::Engine(EngineRequest { name, action, kind });
+        }
+        Request::ReportMeters(query) => {
+            let kind = EngineKind::Report(ReportRead::Meters(query));
             return Route::Engine(EngineRequest { name, action, kind });
         }
         Request::Heartbeat => PoolRequest::Heartbeat,
@@ -225,6 +237,12 @@ pub fn route(request: Request) -> Route {
         Request::Queue(body) => PoolRequest::Queue(body),
         Request::Bulk(body) => PoolRequest::Bulk(body),
         Request::UsersSeen => PoolRequest::UsersSeen,
+        Request::CreditsAdd(body) => PoolRequest::CreditsAdd(body),
+        Request::CreditsStatus(body) => PoolRequest::CreditsStatus(body),
+        Request::QuotaSet(body) => PoolRequest::QuotaSet(body),
+        Request::QuotaRemove(body) => PoolRequest::QuotaRemove(body),
+        Request::QuotaList(body) => PoolRequest::QuotaList(body),
+        Request::Consume(body) => PoolRequest::Consume(body),
     };
     Route::Engine(EngineRequest {
         name,

@@ -165,6 +165,15 @@ impl Store for Faulty {
         self.inner.user_history(feature, since, until).await
     }
 
+    async fn meter_hours(
+        &self,
+        meter: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<tally_server::core::report::MeterHour>, StoreError> {
+        self.inner.meter_hours(meter, since, until).await
+    }
+
     async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
         self.inner.prune_history(before, limit).await
     }

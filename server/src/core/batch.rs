@@ -8,6 +8,7 @@ use tally_protocol::{
     AuditEvent, ClientId, Entitlement, ErrorBody, ErrorCode, LeaseId, QueueNotice,
 };
 
+use super::credits::{ConsumptionRow, GrantRow, Purchase};
 use super::history::HistoryRows;
 use super::types::{Group, Rule};
 use super::{Action, Actor, Assignment, AuditOutcome, Lease, NotificationKind, Token, User};
@@ -90,6 +91,14 @@ pub struct Batch {
     pub tallies: Tallies,
     /// The hourly rollups of lease history (SPEC §10) this batch upserts, one per key.
     pub history: HistoryRows,
+    /// Credit purchases added or changed (SPEC §11): an upsert by id, with what is left.
+    pub purchases_upserted: Vec<Purchase>,
+    /// Users' access to meters added or changed: an upsert by (user, meter).
+    pub grants_upserted: Vec<GrantRow>,
+    /// Consumptions with their first answers (R21), inserted: a retry writes nothing.
+    pub consumptions: Vec<ConsumptionRow>,
+    /// The purchase id counter, so that purchase ids are never reused.
+    pub next_purchase_id: Option<u64>,
     /// Leases first written by this batch (a removal cancels them out).
     new_lease_ids: HashSet<LeaseId>,
     /// Leases already in the store that this batch rewrites (`leases_added` is an upsert).
@@ -127,6 +136,10 @@ impl Batch {
             && self.next_rule_id.is_none()
             && self.marks.is_empty()
             && self.history.is_empty()
+            && self.purchases_upserted.is_empty()
+            && self.grants_upserted.is_empty()
+            && self.consumptions.is_empty()
+            && self.next_purchase_id.is_none()
     }
 
     /// How many rows the batch writes.
@@ -152,6 +165,33 @@ impl Batch {
             + self.rules_removed.len()
             + self.marks.len()
             + self.history.len()
+            + self.purchases_upserted.len()
+            + self.grants_upserted.len()
+            + self.consumptions.len()
+    }
+
+    /// Writes a purchase as it stands now (the latest write of an id wins).
+    pub fn upsert_purchase(&mut self, purchase: Purchase) {
+        match self
+            .purchases_upserted
+            .iter_mut()
+            .find(|p| p.id == purchase.id)
+        {
+            Some(slot) => *slot = purchase,
+            None => self.purchases_upserted.push(purchase),
+        }
+    }
+
+    /// Writes a user's access to a meter as it stands now (the latest write wins).
+    pub fn upsert_grant(&mut self, grant: GrantRow) {
+        match self
+            .grants_upserted
+            .iter_mut()
+            .find(|g| g.user == grant.user && g.meter == grant.meter)
+        {
+            Some(slot) => *slot = grant,
+            None => self.grants_upserted.push(grant),
+        }
     }
 
     pub fn add_lease(&mut self, lease: Lease) {
@@ -428,6 +468,13 @@ pub struct Snapshot {
     /// Marks of notifications that must not repeat (R20), by key: how far entitlements'
     /// expiry has been looked at, and when each feature last sent `pool_exhausted`.
     pub marks: std::collections::BTreeMap<String, i64>,
+    /// Credit purchases (SPEC §11), by id, with what each has left.
+    pub purchases: Vec<Purchase>,
+    /// Users' access to meters, by user id then meter.
+    pub grants: Vec<GrantRow>,
+    /// Consumptions and their first answers (R21), by time, user and request id.
+    pub consumptions: Vec<ConsumptionRow>,
+    pub next_purchase_id: u64,
 }
 
 impl Snapshot {
@@ -518,6 +565,38 @@ impl Snapshot {
         }
         for (key, at) in &batch.marks {
             self.marks.insert(key.clone(), *at);
+        }
+        for purchase in &batch.purchases_upserted {
+            match self.purchases.iter_mut().find(|p| p.id == purchase.id) {
+                Some(slot) => *slot = purchase.clone(),
+                None => self.purchases.push(purchase.clone()),
+            }
+        }
+        self.purchases.sort_by_key(|p| p.id);
+        for grant in &batch.grants_upserted {
+            match self
+                .grants
+                .iter_mut()
+                .find(|g| g.user == grant.user && g.meter == grant.meter)
+            {
+                Some(slot) => *slot = grant.clone(),
+                None => self.grants.push(grant.clone()),
+            }
+        }
+        self.grants
+            .sort_by(|a, b| (a.user, &a.meter).cmp(&(b.user, &b.meter)));
+        for row in &batch.consumptions {
+            let known = self
+                .consumptions
+                .iter()
+                .any(|c| c.user == row.user && c.request == row.request);
+            if !known {
+                self.consumptions.push(row.clone());
+            }
+        }
+        self.consumptions.sort_by_key(|c| (c.at, c.user, c.request));
+        if let Some(next) = batch.next_purchase_id {
+            self.next_purchase_id = next;
         }
     }
 }

@@ -607,7 +607,7 @@ fn updated(
 }
 
 /// A reference (an order number) fit to store and show: bounded, plain text.
-fn check_reference(reference: &str) -> Result<(), ErrorBody> {
+pub(crate) fn check_reference(reference: &str) -> Result<(), ErrorBody> {
     if reference.len() > MAX_REFERENCE {
         return Err(ErrorBody::invalid(format!(
             "reference is longer than {MAX_REFERENCE} characters"

@@ -26,7 +26,7 @@
 //! - `notifications` (R20): the notifications time and refusals produce (entitlements
 //!   expiring and expired, a pool exhausted), with the marks that keep them from repeating;
 //! - `credits` (R21): metered credits, the purchases of each meter's pool, each user's
-//!   access, and consumptions applied once per request id (not yet held by [`Pool`]);
+//!   access, and consumptions applied once per request id, with the requests on them;
 //! - `gauges`: what the metrics read at scrape time ([`Pool::gauges`]: the figures of
 //!   [`Pool::figures`], entitlement ends, active users).
 
@@ -129,6 +129,10 @@ pub struct Pool {
     /// How far entitlements' starts and ends are recorded in the lease history (SPEC §10);
     /// `None` before history begins. Stored as the mark `history_through`.
     history_through: Option<i64>,
+    /// Metered credits (R21): purchases, users' access, answers by request id.
+    credits: credits::Credits,
+    /// The id the next purchase of credits gets; ids are never reused.
+    next_purchase_id: u64,
 }
 
 impl Pool {
@@ -156,6 +160,8 @@ impl Pool {
             marks: notifications::Marks::default(),
             next_boundary: i64::MAX,
             history_through: None,
+            credits: credits::Credits::default(),
+            next_purchase_id: 1,
         }
     }
 
@@ -200,6 +206,20 @@ impl Pool {
         for rule in snapshot.rules {
             pool.rules.insert(rule);
         }
+        pool.next_purchase_id = snapshot.next_purchase_id.max(1);
+        for purchase in snapshot.purchases {
+            pool.next_purchase_id = pool.next_purchase_id.max(purchase.id + 1);
+            pool.credits.add_purchase(purchase);
+        }
+        for grant in snapshot.grants {
+            pool.credits.restore_grant(grant);
+        }
+        let kept = now.saturating_sub(credits::ANSWER_KEEP_MS);
+        for row in snapshot.consumptions {
+            if row.at >= kept {
+                pool.credits.remember(row);
+            }
+        }
         // Whatever boundary passed while the store was not serving is due now.
         pool.next_boundary = i64::MIN;
         pool
@@ -231,6 +251,18 @@ impl Pool {
             rules: self.rules.rules.values().cloned().collect(),
             next_rule_id: self.rules.next_id,
             marks,
+            purchases: self.credits.purchases().cloned().collect(),
+            grants: {
+                let mut grants: Vec<_> = self.credits.grants().collect();
+                grants.sort_by(|a, b| (a.user, &a.meter).cmp(&(b.user, &b.meter)));
+                grants
+            },
+            consumptions: {
+                let mut rows: Vec<_> = self.credits.answers().cloned().collect();
+                rows.sort_by_key(|c| (c.at, c.user, c.request));
+                rows
+            },
+            next_purchase_id: self.next_purchase_id,
         }
     }
 
@@ -286,6 +318,8 @@ impl Pool {
         self.advance(now, batch);
         self.ledger.forget_stale_sessions(now);
         self.forget_ended_grants();
+        self.credits
+            .forget_answers(now.saturating_sub(credits::ANSWER_KEEP_MS));
     }
 
     /// The user a request comes from, by account id and token, as the pool knows them now:

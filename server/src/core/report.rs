@@ -398,3 +398,41 @@ mod tests {
         );
     }
 }
+
+/// Credits consumed of one meter by one user in one whole UTC hour (SPEC §11), as a store
+/// sums them: what [`meter_usage`] groups into periods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterHour {
+    pub meter: String,
+    pub user: String,
+    pub hour_start: i64,
+    pub consumed: u64,
+    pub consumptions: u64,
+}
+
+/// Credits consumed per meter, period of `by` and user, by meter, period, then user; only
+/// periods with a consumption have rows.
+pub fn meter_usage(hours: &[MeterHour], by: ReportPeriod) -> Vec<tally_protocol::MeterUsageRow> {
+    let mut sums: BTreeMap<(&str, i64, &str), (u64, u64)> = BTreeMap::new();
+    for hour in hours {
+        let key = (
+            hour.meter.as_str(),
+            period_start(hour.hour_start, by),
+            hour.user.as_str(),
+        );
+        let sum = sums.entry(key).or_default();
+        sum.0 += hour.consumed;
+        sum.1 += hour.consumptions;
+    }
+    sums.into_iter()
+        .map(|((meter, period_start, user), (consumed, consumptions))| {
+            tally_protocol::MeterUsageRow {
+                meter: meter.to_string(),
+                period_start,
+                user: user.to_string(),
+                consumed,
+                consumptions,
+            }
+        })
+        .collect()
+}

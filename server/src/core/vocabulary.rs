@@ -90,11 +90,23 @@ pub enum Action {
     ReportUsage,
     /// A report of usage by user read (SPEC §10).
     ReportUsers,
+    /// Credits bought into a meter's pool (SPEC §11).
+    CreditsAdd,
+    /// The meters' figures read.
+    CreditsStatus,
+    /// A user's quota of a meter set, or unlimited access given.
+    QuotaSet,
+    /// A user's access to a meter taken away.
+    QuotaRemove,
+    /// Users' access to meters listed.
+    QuotaList,
+    /// Credits consumed (R21).
+    Consume,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 49] = [
+    pub const ALL: [Action; 55] = [
         Self::Heartbeat,
         Self::Checkout,
         Self::Checkin,
@@ -144,6 +156,12 @@ impl Action {
         Self::NotifyTest,
         Self::ReportUsage,
         Self::ReportUsers,
+        Self::CreditsAdd,
+        Self::CreditsStatus,
+        Self::QuotaSet,
+        Self::QuotaRemove,
+        Self::QuotaList,
+        Self::Consume,
     ];
 
     /// The stored text.
@@ -198,6 +216,12 @@ impl Action {
             Self::NotifyTest => "notify_test",
             Self::ReportUsage => "report_usage",
             Self::ReportUsers => "report_users",
+            Self::CreditsAdd => "credits_add",
+            Self::CreditsStatus => "credits_status",
+            Self::QuotaSet => "quota_set",
+            Self::QuotaRemove => "quota_remove",
+            Self::QuotaList => "quota_list",
+            Self::Consume => "consume",
         }
     }
 
@@ -273,6 +297,13 @@ impl Action {
             Request::NotifyTest => Self::NotifyTest,
             Request::ReportUsage(_) => Self::ReportUsage,
             Request::ReportUsers(_) => Self::ReportUsers,
+            Request::CreditsAdd(_) => Self::CreditsAdd,
+            Request::CreditsStatus(_) => Self::CreditsStatus,
+            Request::QuotaSet(_) => Self::QuotaSet,
+            Request::QuotaRemove(_) => Self::QuotaRemove,
+            Request::QuotaList(_) => Self::QuotaList,
+            Request::Consume(_) => Self::Consume,
+            Request::ReportMeters(_) => Self::ReportUsage,
         }
     }
 
@@ -294,6 +325,9 @@ impl Action {
                 | Self::GroupRemove
                 | Self::PolicyAdd
                 | Self::PolicyRemove
+                | Self::CreditsAdd
+                | Self::QuotaSet
+                | Self::QuotaRemove
                 | Self::Assign
                 | Self::Revoke
                 | Self::AssignmentEnd
@@ -460,6 +494,12 @@ mod tests {
                 "notify_test",
                 "report_usage",
                 "report_users",
+                "credits_add",
+                "credits_status",
+                "quota_set",
+                "quota_remove",
+                "quota_list",
+                "consume",
             ]
         );
         for action in Action::ALL {

@@ -239,6 +239,16 @@ pub trait Store: Send + Sync + 'static {
         until: i64,
     ) -> Result<crate::core::report::UsersData, StoreError>;
 
+    /// The credits consumed in `[since, until)` (granted consumptions only), summed per
+    /// meter, user and whole UTC hour, of one meter or all: what `report usage` reads for
+    /// meters (SPEC §11).
+    async fn meter_hours(
+        &self,
+        meter: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<crate::core::report::MeterHour>, StoreError>;
+
     /// Deletes up to `limit` rollup rows per table from before `before` (`history.keep`),
     /// keeping each feature's last state before it; returns how many went.
     async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError>;

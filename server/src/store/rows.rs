@@ -11,6 +11,7 @@ use tally_protocol::{
 };
 
 use super::StoreError;
+use crate::core::credits::{Access, ConsumptionRow, GrantRow, Purchase};
 use crate::core::{Assignment, Group, Lease, Notification, Peer, Rule, Token, User};
 
 /// A row of `entitlements`.
@@ -397,6 +398,138 @@ pub struct LoadedRows {
     pub meta: std::collections::HashMap<String, String>,
     /// `notify_marks`: (key, time).
     pub marks: Vec<(String, i64)>,
+    /// Credit purchases (SPEC §11), by id.
+    pub purchases: Vec<PurchaseRow>,
+    /// Users' access to meters, by user id then meter.
+    pub grants: Vec<GrantDbRow>,
+    /// Consumptions with their first answers, by time, user and request id.
+    pub consumptions: Vec<ConsumptionDbRow>,
+}
+
+/// A row of `credit_purchases`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PurchaseRow {
+    pub id: i64,
+    pub meter: String,
+    pub amount: i64,
+    pub remaining: i64,
+    pub expires_at: Option<i64>,
+    pub reference: String,
+}
+
+impl TryFrom<PurchaseRow> for Purchase {
+    type Error = StoreError;
+
+    fn try_from(row: PurchaseRow) -> Result<Self, StoreError> {
+        let purchase = Purchase {
+            id: unsigned("credit_purchases.id", row.id)?,
+            meter: row.meter,
+            amount: unsigned("credit_purchases.amount", row.amount)?,
+            left: unsigned("credit_purchases.remaining", row.remaining)?,
+            expires_at: row.expires_at,
+            reference: row.reference,
+        };
+        if purchase.left > purchase.amount {
+            return Err(StoreError::Corrupt(format!(
+                "credit_purchases {} has {} left of {}",
+                purchase.id, purchase.left, purchase.amount
+            )));
+        }
+        Ok(purchase)
+    }
+}
+
+/// A row of `credit_grants`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct GrantDbRow {
+    pub user_id: i64,
+    pub meter: String,
+    pub access: String,
+    pub quota: Option<i64>,
+    pub used: i64,
+}
+
+impl TryFrom<GrantDbRow> for GrantRow {
+    type Error = StoreError;
+
+    fn try_from(row: GrantDbRow) -> Result<Self, StoreError> {
+        let access = match (row.access.as_str(), row.quota) {
+            ("none", _) => None,
+            ("unlimited", _) => Some(Access::Unlimited),
+            ("quota", Some(quota)) => Some(Access::Quota(unsigned("credit_grants.quota", quota)?)),
+            (access, quota) => {
+                return Err(StoreError::Corrupt(format!(
+                    "credit_grants.access {access:?} with quota {quota:?}"
+                )))
+            }
+        };
+        Ok(GrantRow {
+            user: unsigned("credit_grants.user_id", row.user_id)?,
+            meter: row.meter,
+            access,
+            used: unsigned("credit_grants.used", row.used)?,
+        })
+    }
+}
+
+/// How `credit_grants` keeps an access: its text and the quota.
+pub fn access_columns(access: Option<Access>) -> (&'static str, Option<i64>) {
+    match access {
+        None => ("none", None),
+        Some(Access::Unlimited) => ("unlimited", None),
+        Some(Access::Quota(quota)) => ("quota", Some(quota as i64)),
+    }
+}
+
+/// A row of `credit_consumptions`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ConsumptionDbRow {
+    pub user_id: i64,
+    pub request_id: Vec<u8>,
+    pub at: i64,
+    pub username: String,
+    pub meter: String,
+    pub amount: i64,
+    pub code: Option<String>,
+    pub message: String,
+    pub balance: i64,
+    pub remaining: Option<i64>,
+}
+
+impl TryFrom<ConsumptionDbRow> for ConsumptionRow {
+    type Error = StoreError;
+
+    fn try_from(row: ConsumptionDbRow) -> Result<Self, StoreError> {
+        let answer = match row.code {
+            None => Ok(tally_protocol::Consumed {
+                consumed: unsigned("credit_consumptions.amount", row.amount)?,
+                balance: unsigned("credit_consumptions.balance", row.balance)?,
+                remaining: row
+                    .remaining
+                    .map(|r| unsigned("credit_consumptions.remaining", r))
+                    .transpose()?,
+            }),
+            Some(code) => match crate::core::AuditOutcome::parse(&code) {
+                Some(crate::core::AuditOutcome::Refused(code)) => {
+                    Err(tally_protocol::ErrorBody::new(code, row.message))
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "credit_consumptions.code {code:?}"
+                    )))
+                }
+            },
+        };
+        Ok(ConsumptionRow {
+            user: unsigned("credit_consumptions.user_id", row.user_id)?,
+            username: row.username,
+            request: id16("credit_consumptions.request_id", row.request_id)?,
+            at: row.at,
+            meter: row.meter,
+            amount: unsigned("credit_consumptions.amount", row.amount)?,
+            answer,
+        })
+    }
 }
 
 /// A row of `policy_groups`: a group and its members, space-separated.
@@ -510,6 +643,10 @@ impl LoadedRows {
             rules: convert(self.rules)?,
             next_rule_id: counter("next_rule_id")?,
             marks: self.marks.into_iter().collect(),
+            purchases: convert(self.purchases)?,
+            grants: convert(self.grants)?,
+            consumptions: convert(self.consumptions)?,
+            next_purchase_id: counter("next_purchase_id")?,
         };
         Ok((snapshot, rows))
     }

@@ -15,8 +15,8 @@ use sqlx::{Encode, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
-    AssignmentRow, EntitlementRow, GroupRow, LoadedRows, NumberedLeaseRow, RequiresRow, RuleRow,
-    TokenRow, UserRow,
+    AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedRows,
+    NumberedLeaseRow, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
 use super::{Delivery, DeliverySummary, Fence, Identity, Store, StoreError};
@@ -238,6 +238,22 @@ impl Store for SqliteStore {
         let marks: Vec<(String, i64)> = sqlx::query_as("SELECT key, at FROM notify_marks")
             .fetch_all(&mut *conn)
             .await?;
+        let purchases: Vec<PurchaseRow> =
+            sqlx::query_as("SELECT * FROM credit_purchases ORDER BY id")
+                .fetch_all(&mut *conn)
+                .await?;
+        let grants: Vec<GrantDbRow> =
+            sqlx::query_as("SELECT * FROM credit_grants ORDER BY user_id, meter")
+                .fetch_all(&mut *conn)
+                .await?;
+        // The answers retries may still need: those of the last `ANSWER_KEEP_MS` before the
+        // latest consumption (the pool keeps those of the last `ANSWER_KEEP_MS` before now).
+        let consumptions: Vec<ConsumptionDbRow> = sqlx::query_as(&format!(
+            "SELECT * FROM credit_consumptions WHERE at >= (SELECT COALESCE(MAX(at), 0) FROM credit_consumptions) - {} ORDER BY at, user_id, request_id",
+            crate::core::credits::ANSWER_KEEP_MS
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
         let meta: HashMap<String, String> = sqlx::query_as("SELECT key, value FROM meta")
             .fetch_all(&mut *conn)
             .await?
@@ -254,6 +270,9 @@ impl Store for SqliteStore {
             rules,
             meta,
             marks,
+            purchases,
+            grants,
+            consumptions,
         }
         .into_snapshot()?;
         *self.rows.lock().expect("lease rows lock") = rows;
@@ -314,6 +333,16 @@ impl Store for SqliteStore {
         let data = read_users(&mut tx, feature, since, until).await?;
         tx.commit().await?;
         Ok(data)
+    }
+
+    async fn meter_hours(
+        &self,
+        meter: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<crate::core::report::MeterHour>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        read_meter_hours(&mut conn, meter, since, until).await
     }
 
     async fn prune_history(&self, before: i64, limit: u32) -> Result<u64, StoreError> {

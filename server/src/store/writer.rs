@@ -395,6 +395,7 @@ macro_rules! batch_writer {
             let removed_rules: Vec<i64> = batch.rules_removed.iter().map(|&id| id as i64).collect();
             delete_in(conn, "policy_rules", "id", &removed_rules).await?;
             set_counter(conn, "next_rule_id", batch.next_rule_id).await?;
+            write_credits(conn, batch).await?;
             insert_rows(
                 conn,
                 "feature_requires",
@@ -430,6 +431,107 @@ macro_rules! batch_writer {
             set_counter(conn, "next_entitlement_id", batch.next_entitlement_id).await?;
             write_history(conn, &batch.history).await?;
             Ok(())
+        }
+
+        /// Writes metered credits (SPEC §11): purchases as they stand (what each has left),
+        /// users' access, and each new consumption with its first answer. A consumption's
+        /// key is (user, request id); a retry writes nothing, so a conflict can only be the
+        /// same row again and is left as it is.
+        async fn write_credits(conn: &mut $conn, batch: &Batch) -> Result<(), StoreError> {
+            insert_rows(
+                conn,
+                "credit_purchases",
+                &["id", "meter", "amount", "remaining", "expires_at", "reference"],
+                &batch.purchases_upserted,
+                " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
+                |b, p| {
+                    b.push_bind(p.id as i64)
+                        .push_bind(&p.meter)
+                        .push_bind(p.amount as i64)
+                        .push_bind(p.left as i64)
+                        .push_bind(p.expires_at)
+                        .push_bind(&p.reference);
+                },
+            )
+            .await?;
+            set_counter(conn, "next_purchase_id", batch.next_purchase_id).await?;
+            insert_rows(
+                conn,
+                "credit_grants",
+                &["user_id", "meter", "access", "quota", "used"],
+                &batch.grants_upserted,
+                " ON CONFLICT (user_id, meter) DO UPDATE SET access = excluded.access, quota = excluded.quota, used = excluded.used",
+                |b, g| {
+                    let (access, quota) = super::rows::access_columns(g.access);
+                    b.push_bind(g.user as i64)
+                        .push_bind(&g.meter)
+                        .push_bind(access)
+                        .push_bind(quota)
+                        .push_bind(g.used as i64);
+                },
+            )
+            .await?;
+            insert_rows(
+                conn,
+                "credit_consumptions",
+                &[
+                    "user_id", "request_id", "at", "username", "meter", "amount", "code",
+                    "message", "balance", "remaining",
+                ],
+                &batch.consumptions,
+                " ON CONFLICT (user_id, request_id) DO NOTHING",
+                |b, c| {
+                    let (code, message, balance, remaining) = match &c.answer {
+                        Ok(done) => (None, String::new(), done.balance as i64, done.remaining.map(|r| r as i64)),
+                        Err(err) => (Some(err.code.as_str()), err.message.clone(), 0, None),
+                    };
+                    b.push_bind(c.user as i64)
+                        .push_bind(&c.request[..])
+                        .push_bind(c.at)
+                        .push_bind(&c.username)
+                        .push_bind(&c.meter)
+                        .push_bind(c.amount as i64)
+                        .push_bind(code)
+                        .push_bind(message)
+                        .push_bind(balance)
+                        .push_bind(remaining);
+                },
+            )
+            .await?;
+            Ok(())
+        }
+
+        /// The credits consumed in `[since, until)`, summed per meter, user and whole UTC
+        /// hour (only granted consumptions count): what `report usage` groups into its
+        /// periods.
+        async fn read_meter_hours(
+            conn: &mut $conn,
+            meter: Option<&str>,
+            since: i64,
+            until: i64,
+        ) -> Result<Vec<crate::core::report::MeterHour>, StoreError> {
+            let mut q = QueryBuilder::<$db>::new(
+                "SELECT meter, username, at - (at % 3600000) AS hour_start, CAST(SUM(amount) AS BIGINT) AS consumed, COUNT(*) AS consumptions FROM credit_consumptions WHERE code IS NULL AND at >= ",
+            );
+            q.push_bind(since).push(" AND at < ").push_bind(until);
+            if let Some(meter) = meter {
+                q.push(" AND meter = ").push_bind(meter);
+            }
+            q.push(" GROUP BY meter, username, at - (at % 3600000)");
+            let rows: Vec<(String, String, i64, i64, i64)> =
+                q.build_query_as().fetch_all(&mut *conn).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(meter, user, hour_start, consumed, consumptions)| {
+                    crate::core::report::MeterHour {
+                        meter,
+                        user,
+                        hour_start,
+                        consumed: consumed.max(0) as u64,
+                        consumptions: consumptions.max(0) as u64,
+                    }
+                })
+                .collect())
         }
 
         /// Upserts the hourly rollups of lease history, merged as `UsageHour::merge` and
@@ -725,6 +827,17 @@ macro_rules! batch_writer {
                 q.push_bind(before).push("))");
             }
             q.push(" LIMIT ").push_bind(limit).push(")");
+            deleted += q.build().execute(&mut *conn).await?.rows_affected();
+            // Consumptions go with the history, but never one whose answer a retry may
+            // still need (see `load`).
+            let mut q = QueryBuilder::<$db>::new(
+                "DELETE FROM credit_consumptions WHERE (user_id, request_id) IN (SELECT user_id, request_id FROM credit_consumptions WHERE at < ",
+            );
+            q.push_bind(before).push(format!(
+                " AND at < (SELECT MAX(at) FROM credit_consumptions) - {} LIMIT ",
+                crate::core::credits::ANSWER_KEEP_MS
+            ));
+            q.push_bind(limit).push(")");
             deleted += q.build().execute(&mut *conn).await?.rows_affected();
             Ok(deleted)
         }
