@@ -487,9 +487,6 @@ mod tests {
                 "group_list",
                 "policy_add",
                 "policy_remove",
-                "credits_add",
-                "quota_set",
-                "quota_remove",
                 "policy_list",
                 "policy_check",
                 "queue",
@@ -541,6 +538,9 @@ mod tests {
                 "group_remove",
                 "policy_add",
                 "policy_remove",
+                "credits_add",
+                "quota_set",
+                "quota_remove",
             ]
         );
     }
