@@ -291,6 +291,7 @@ pub enum Command {
         /// The meter, e.g. cloud-render.
         meter: String,
         /// How many credits, a whole number of at least 1.
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         /// The consumption's request id, 32 hex digits: run again with the same id (and the
         /// same meter and amount), it answers as the first run did and consumes nothing more,
@@ -676,6 +677,7 @@ pub enum CreditsCommand {
         /// The meter, named like a feature, e.g. cloud-render.
         meter: String,
         /// How many credits, a whole number of at least 1.
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         /// When what is left of them stops counting (RFC 3339, or YYYY-MM-DD: the end of
         /// that day, UTC); default never.
@@ -704,6 +706,7 @@ pub enum QuotaCommand {
         /// The meter, which must have had a purchase.
         meter: String,
         /// The quota: how many credits the user may consume in all.
+        #[arg(allow_negative_numbers = true)]
         amount: Option<String>,
         /// No quota: the user may consume whatever the pool holds.
         #[arg(long)]

@@ -293,17 +293,25 @@ fn remaining_text(remaining: Option<u64>) -> String {
     remaining.map_or("-".into(), |left| left.to_string())
 }
 
-/// `{"quota": {"user", "meter", "quota", "unlimited", "used", "remaining"}}`, or a line.
+/// `{"quota": {"user", "meter", "quota", "unlimited", "used", "remaining"}}`, or a line
+/// (`done`: `set` or `removed`).
 fn quota_changed(out: &Output, q: &QuotaInfo, done: &str) {
     if out.is_json() {
         return out.doc(json!({ "quota": quota_json(q) }));
+    }
+    if done == "removed" {
+        line(&format!(
+            "removed the access of {} to {}; {} used stays counted",
+            q.user, q.meter, q.used
+        ));
+        return;
     }
     let left = match q.remaining {
         Some(left) => format!(", {left} remaining"),
         None => String::new(),
     };
     line(&format!(
-        "{done} for {} on {}: {}, {} used{left}",
+        "{} on {}: {}, {} used{left}",
         q.user,
         q.meter,
         quota_text(q),
