@@ -7,6 +7,7 @@ use tally_protocol::{
     RuleRef, RuleSpec,
 };
 
+use super::credits::Access;
 use super::*;
 
 const TTL: i64 = 10_000;
@@ -238,6 +239,24 @@ enum Op {
     RemoveGroup {
         group: usize,
     },
+    /// `credits add cloud AMOUNT [--expires]` (R21), ending `lasts` ms from now if it does.
+    BuyCredits {
+        amount: u64,
+        lasts: Option<i64>,
+    },
+    /// `quota set USERS[user] cloud QUOTA`, `--unlimited` (`Some(None)`), or `quota remove`
+    /// (`None`).
+    SetQuota {
+        user: usize,
+        quota: Option<Option<u64>>,
+    },
+    /// `consume cloud AMOUNT` by `USERS[user]`, or a retry of their last consumption with
+    /// its request id (and what it asked).
+    Consume {
+        user: usize,
+        amount: u64,
+        retry: bool,
+    },
 }
 
 /// The kinds of rule random runs add, those that count seats more often.
@@ -335,7 +354,21 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(feature, kind, seats, group, each, dry_run)| Op::AddRule { feature, kind, seats, group, each, dry_run }),
         1 => any::<usize>().prop_map(|pick| Op::RemoveRule { pick }),
         1 => (0..3usize).prop_map(|group| Op::RemoveGroup { group }),
+        2 => (1..50u64, proptest::option::of(1..3 * TTL))
+            .prop_map(|(amount, lasts)| Op::BuyCredits { amount, lasts }),
+        2 => (0..3usize, proptest::option::of(proptest::option::of(0..40u64)))
+            .prop_map(|(user, quota)| Op::SetQuota { user, quota }),
+        4 => (0..3usize, 1..30u64, any::<bool>())
+            .prop_map(|(user, amount, retry)| Op::Consume { user, amount, retry }),
     ]
+}
+
+/// The request id of a user's `n`th consumption in a random run.
+fn consume_id(user: usize, n: u8) -> RequestId {
+    let mut bytes = [0u8; 16];
+    bytes[0] = 0x80 | user as u8;
+    bytes[1] = n;
+    RequestId(bytes)
 }
 
 /// A holder as the test's own policy checker sees it: user, host and address, with an
@@ -659,16 +692,27 @@ fn run(groups: &[Vec<usize>], ops: &[Op]) -> Result<(), TestCaseError> {
         next_entitlement_id: 1,
         next_assignment_id: 1,
         next_rule_id: 1,
+        next_purchase_id: 1,
         ..Snapshot::default()
     };
     store.apply(&seed);
     let mut last_request: Vec<u8> = vec![0; 6];
     let mut next_lease: u128 = 1;
+    // Metered credits (R21): each user's last consumption (id, amount); the first answer to
+    // every acknowledged (committed) request id; what acknowledged consumptions took, in
+    // all and per user.
+    let mut last_consume: Vec<Option<(u8, u64)>> = vec![None; 3];
+    let mut acknowledged: HashMap<(usize, u8), Result<tally_protocol::Consumed, ErrorBody>> =
+        HashMap::new();
+    let mut consumed_total = 0u64;
+    let mut consumed_by: [u64; 3] = [0; 3];
     // Set by `FailNextCommit`: the current step's commit fails.
     let mut commit_fails: Option<i64> = None;
     for op in ops {
         let failing = commit_fails.take();
         let mut batch = Batch::default();
+        // A consumption answered in this step: acknowledged only if its batch commits.
+        let mut answered: Option<(usize, u8, Result<tally_protocol::Consumed, ErrorBody>)> = None;
         let before = pool.snapshot();
         // A refused change must leave the pool exactly as it was (the marks of
         // notifications aside: a refusal for lack of seats is itself news, R20).
@@ -1180,6 +1224,105 @@ fn run(groups: &[Vec<usize>], ops: &[Op]) -> Result<(), TestCaseError> {
                 pool.advance(now, &mut batch);
             }
             Op::FailNextCommit { delay } => commit_fails = Some(delay),
+            Op::BuyCredits { amount, lasts } => {
+                let request = tally_protocol::CreditsAdd {
+                    meter: "cloud".into(),
+                    amount,
+                    expires_at: lasts.map(|l| now + l),
+                    reference: String::new(),
+                };
+                pool.credits_add(now, &admin(), &request, &mut batch)
+                    .map_err(|e| TestCaseError::fail(format!("credits add: {}", e.message)))?;
+            }
+            Op::SetQuota { user, quota } => {
+                let username = USERS[user].to_string();
+                let bought = pool.credits.purchases().next().is_some();
+                let had = pool
+                    .credits
+                    .grant(pool.users[&username].id, "cloud")
+                    .is_some();
+                let result = match quota {
+                    Some(quota) => {
+                        let request = tally_protocol::QuotaSet {
+                            username,
+                            meter: "cloud".into(),
+                            quota,
+                        };
+                        pool.quota_set(now, &admin(), &request, &mut batch)
+                            .map(|_| ())
+                    }
+                    None => {
+                        let request = tally_protocol::QuotaRef {
+                            username,
+                            meter: "cloud".into(),
+                        };
+                        pool.quota_remove(now, &admin(), &request, &mut batch)
+                            .map(|_| ())
+                    }
+                };
+                let expected = match quota {
+                    Some(_) => bought,
+                    None => had,
+                };
+                prop_assert_eq!(result.is_ok(), expected, "{:?}", result);
+                if result.is_err() {
+                    unchanged(&pool, "quota")?;
+                }
+            }
+            Op::Consume {
+                user,
+                amount,
+                retry,
+            } => {
+                let (n, amount) = match (retry, last_consume[user]) {
+                    (true, Some(last)) => last,
+                    _ => {
+                        let n = last_consume[user].map_or(1, |(n, _)| n.wrapping_add(1));
+                        last_consume[user] = Some((n, amount));
+                        (n, amount)
+                    }
+                };
+                let Ok(actor) = pool.authorize(USERS[user]) else {
+                    continue;
+                };
+                let id = pool.users[USERS[user]].id;
+                let grant = pool.credits.grant(id, "cloud");
+                let balance = pool.credits.figures("cloud", now).balance;
+                let request = tally_protocol::Consume {
+                    request_id: consume_id(user, n),
+                    meter: "cloud".into(),
+                    amount,
+                };
+                let answer = pool.consume(now, &actor, &request, &mut batch);
+                match acknowledged.get(&(user, n)) {
+                    // A retry of an acknowledged consumption: its first answer, nothing more.
+                    Some(first) => {
+                        prop_assert_eq!(&answer, first, "a retry got another answer");
+                        unchanged(&pool, "a retried consumption")?;
+                    }
+                    None => {
+                        match &answer {
+                            Ok(done) => {
+                                prop_assert!(amount <= balance, "consumed past the balance");
+                                prop_assert_eq!(done.consumed, amount);
+                                prop_assert_eq!(done.balance, balance - amount);
+                                let grant = grant.expect("consumed without access");
+                                if let Some(Access::Quota(quota)) = grant.access {
+                                    prop_assert!(grant.used + amount <= quota, "past the quota");
+                                }
+                            }
+                            Err(err) => {
+                                prop_assert_eq!(err.code, ErrorCode::NoCredit, "{}", err.message);
+                                let short = grant
+                                    .is_none_or(|g| g.remaining().is_some_and(|r| r < amount))
+                                    || balance < amount;
+                                prop_assert!(short, "refused with enough credit: {}", err.message);
+                            }
+                        }
+                        answered = Some((user, n, answer));
+                    }
+                }
+            }
             Op::Wait {
                 client,
                 feature,
@@ -1233,8 +1376,30 @@ fn run(groups: &[Vec<usize>], ops: &[Op]) -> Result<(), TestCaseError> {
             pool = Pool::restore(store.clone(), TTL, policy, now);
             batch = Batch::default();
             pool.advance(now, &mut batch);
+        } else if let Some((user, n, answer)) = answered {
+            if let Ok(done) = &answer {
+                consumed_total += done.consumed;
+                consumed_by[user] += done.consumed;
+            }
+            acknowledged.insert((user, n), answer);
         }
         store.apply(&batch);
+        // What the store holds of credits is exactly what acknowledged consumptions took.
+        let taken: u64 = store.purchases.iter().map(|p| p.amount - p.left).sum();
+        prop_assert_eq!(
+            taken,
+            consumed_total,
+            "consumed is not what was acknowledged"
+        );
+        for (user, name) in USERS.iter().enumerate() {
+            let id = pool.users[*name].id;
+            let used = store
+                .grants
+                .iter()
+                .find(|g| g.user == id)
+                .map_or(0, |g| g.used);
+            prop_assert_eq!(used, consumed_by[user], "{}'s use", name);
+        }
         if let Err(breach) = pool.check_invariants(now) {
             return Err(TestCaseError::fail(format!("after {op:?}: {breach}")));
         }
@@ -1255,7 +1420,10 @@ proptest! {
     /// heartbeat, check-in, release (by id, prefix and user), resume, expiry, entitlement
     /// add/update/remove (with and without force), assign (and moves), revoke, deactivate,
     /// activate, restart, and checkouts waiting in the queue (R17: none waits while its
-    /// checkout would succeed).
+    /// checkout would succeed); with metered credits bought, quotas set and removed, and
+    /// consumptions and their retries (R21: never past the balance or a quota, refused only
+    /// when short, a retry of an acknowledged id answered as first, and what the store holds
+    /// consumed equal to the acknowledged consumptions, through restarts and failed commits).
     #[test]
     fn r1_holds_under_random_interleavings(
         groups in proptest::collection::vec(proptest::collection::vec(0..MEMBERS.len(), 1..4), GROUPS.len()),

@@ -34,6 +34,143 @@ pub async fn contract(store: &dyn Store) {
     prerequisites_round_trip(store).await;
     policy_round_trip(store).await;
     history_rollups(store).await;
+    credits_round_trip(store).await;
+}
+
+/// On any store, after the steps before: metered credits (SPEC §11) round-trip: purchases
+/// with what they have left, users' access (a quota, unlimited, taken away with what was
+/// used kept), and consumptions with their first answers, granted or refused, so that a
+/// retry after a restart is answered as first and consumes nothing; ids are never reused;
+/// the report's sums per meter, user and hour count only what was granted.
+pub async fn credits_round_trip(store: &dyn Store) {
+    use tally_protocol::{Consume, CreditsAdd, ErrorCode, QuotaRef, QuotaSet, UserAdd};
+    let now = 50 * 3_600_000 + 1_234;
+    let mut pool = Pool::restore(store.load().await.unwrap(), 60_000, Policy::default(), now);
+    let mut batch = Batch::default();
+    for (n, name) in ["meter-a@studio", "meter-b@studio"].into_iter().enumerate() {
+        let add = UserAdd {
+            username: name.into(),
+            name: String::new(),
+            role: Role::Member,
+        };
+        let token = crate::core::NewToken {
+            token: format!("meter-token-{n}"),
+            hash: [0xc0 + n as u8; 32],
+        };
+        pool.add_user(now, &owner(), &add, token, &mut batch)
+            .unwrap();
+    }
+    let buy = |amount, expires_at, reference: &str| CreditsAdd {
+        meter: "cloud".into(),
+        amount,
+        expires_at,
+        reference: reference.into(),
+    };
+    let first = pool
+        .credits_add(now, &owner(), &buy(100, None, ""), &mut batch)
+        .unwrap();
+    pool.credits_add(
+        now,
+        &owner(),
+        &buy(10, Some(now + 1_000), "PO-7"),
+        &mut batch,
+    )
+    .unwrap();
+    let quota = |user: &str, quota| QuotaSet {
+        username: user.into(),
+        meter: "cloud".into(),
+        quota,
+    };
+    pool.quota_set(
+        now,
+        &owner(),
+        &quota("meter-a@studio", Some(80)),
+        &mut batch,
+    )
+    .unwrap();
+    pool.quota_set(now, &owner(), &quota("meter-b@studio", None), &mut batch)
+        .unwrap();
+    let actor = |name: &str| Actor {
+        username: name.into(),
+        role: Role::Member,
+    };
+    let consume = |n: u8, amount| Consume {
+        request_id: RequestId([n; 16]),
+        meter: "cloud".into(),
+        amount,
+    };
+    let granted = pool
+        .consume(now, &actor("meter-a@studio"), &consume(1, 30), &mut batch)
+        .unwrap();
+    // Drawn from the purchase that ends first: 10 from PO-7, 20 from the first.
+    assert_eq!((granted.balance, granted.remaining), (80, Some(50)));
+    let refused = pool
+        .consume(now, &actor("meter-b@studio"), &consume(2, 200), &mut batch)
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::NoCredit);
+    store.commit(&batch, Fence::Single).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert_eq!(loaded.purchases.len(), 2);
+    assert_eq!(loaded.consumptions.len(), 2);
+
+    // After a restart: both answers are the first ones, and nothing is written again.
+    let mut pool = Pool::restore(loaded, 60_000, Policy::default(), now + 1);
+    let mut batch = Batch::default();
+    pool.advance(now + 1, &mut batch);
+    let again = pool.consume(
+        now + 1,
+        &actor("meter-a@studio"),
+        &consume(1, 30),
+        &mut batch,
+    );
+    assert_eq!(again, Ok(granted));
+    let again = pool.consume(
+        now + 1,
+        &actor("meter-b@studio"),
+        &consume(2, 200),
+        &mut batch,
+    );
+    assert_eq!(again, Err(refused));
+    assert!(batch.consumptions.is_empty() && batch.purchases_upserted.is_empty());
+    let remove = QuotaRef {
+        username: "meter-b@studio".into(),
+        meter: "cloud".into(),
+    };
+    pool.quota_remove(now + 1, &owner(), &remove, &mut batch)
+        .unwrap();
+    let added = pool
+        .credits_add(now + 1, &owner(), &buy(5, None, ""), &mut batch)
+        .unwrap();
+    assert_eq!(added.id, first.id + 2, "purchase ids are never reused");
+    store.commit(&batch, Fence::Single).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, pool.snapshot());
+    assert!(loaded.grants.iter().any(|g| g.access.is_none()));
+
+    // Past PO-7's end its rest (none: it was drawn first) leaves nothing; the report sums
+    // only what was granted.
+    let later = now + 2_000;
+    let pool = Pool::restore(loaded, 60_000, Policy::default(), later);
+    let hours = store.meter_hours(None, 0, later + 3_600_000).await.unwrap();
+    assert_eq!(
+        hours,
+        [crate::core::report::MeterHour {
+            meter: "cloud".into(),
+            user: "meter-a@studio".into(),
+            hour_start: 50 * 3_600_000,
+            consumed: 30,
+            consumptions: 1,
+        }]
+    );
+    assert!(store
+        .meter_hours(Some("render"), 0, later)
+        .await
+        .unwrap()
+        .is_empty());
+    let status = pool.snapshot();
+    let left: u64 = status.purchases.iter().map(|p| p.left).sum();
+    assert_eq!(left, 85);
 }
 
 /// On any store: the rollups of lease history merge across commits as the core merges them
@@ -446,6 +583,7 @@ pub async fn lease_batches_round_trip(store: &dyn Store) {
             next_entitlement_id: 1,
             next_assignment_id: 1,
             next_rule_id: 1,
+            next_purchase_id: 1,
             ..Snapshot::default()
         },
         "an empty store loads an empty pool whose counters start at 1"
