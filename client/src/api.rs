@@ -7,14 +7,16 @@
 
 use tally_protocol::{
     Assign, AssignmentChange, AssignmentEntry, AssignmentInfo, AssignmentsPage, AssignmentsQuery,
-    AuditPage, AuditPageQuery, Bulk, BulkOutcome, Checkin, Entitlement, EntitlementDelete,
-    EntitlementDeleted, EntitlementQuery, EntitlementRemove, EntitlementUpdate, EntitlementUpdated,
-    FeatureFigures, FeatureRequirement, FeatureRequires, FeatureStatus, GroupAdd, GroupInfo,
-    GroupMembers, GroupRef, HeldLease, HoldersPage, IssuedToken, LeaseId, LeaseInfo, LeasesPage,
-    LeasesPageQuery, LeasesQuery, NewEntitlement, NodeInfo, NotifyStatus, PolicyAdd, PolicyCheck,
-    PolicyDecision, PolicyQuery, QueueEntry, QueueQuery, Release, ReleaseMatching, Request,
-    Response, Return, Revoke, RuleAdded, RuleInfo, RuleRef, RuleSpec, ServerInfo, SinkOutcome,
-    StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef, UserSeen, Whoami,
+    AuditPage, AuditPageQuery, Bulk, BulkOutcome, Checkin, CreditsAdd, Entitlement,
+    EntitlementDelete, EntitlementDeleted, EntitlementQuery, EntitlementRemove, EntitlementUpdate,
+    EntitlementUpdated, FeatureFigures, FeatureRequirement, FeatureRequires, FeatureStatus,
+    GroupAdd, GroupInfo, GroupMembers, GroupRef, HeldLease, HoldersPage, IssuedToken, LeaseId,
+    LeaseInfo, LeasesPage, LeasesPageQuery, LeasesQuery, MeterInfo, MeterQuery, MeterUsageRow,
+    NewEntitlement, NodeInfo, NotifyStatus, PolicyAdd, PolicyCheck, PolicyDecision, PolicyQuery,
+    PurchaseInfo, QueueEntry, QueueQuery, QuotaInfo, QuotaRef, QuotaSet, Release, ReleaseMatching,
+    Request, Response, Return, Revoke, RuleAdded, RuleInfo, RuleRef, RuleSpec, ServerInfo,
+    SinkOutcome, StatusQuery, TokenInfo, TokenMint, TokenRevoke, UserAdd, UserInfo, UserRef,
+    UserSeen, Whoami,
 };
 
 use crate::{Client, Error};
@@ -518,6 +520,64 @@ impl Client {
     /// Sends a test notification straight to every sink: the outcome at each.
     pub async fn notify_test(&self) -> Result<Vec<SinkOutcome>, Error> {
         ask!(self, Request::NotifyTest, Response::NotifyTested(outcomes) => outcomes)
+    }
+}
+
+/// Metered credits and quotas (SPEC §11, R21); [`Client::consume`] is beside `borrow`.
+impl Client {
+    /// Buys credits into a meter's pool (admins).
+    pub async fn add_credits(&self, add: CreditsAdd) -> Result<PurchaseInfo, Error> {
+        ask!(self, Request::CreditsAdd(add), Response::Purchase(purchase) => purchase)
+    }
+
+    /// Each meter's figures (purchased, consumed, expired, balance), or one meter's.
+    pub async fn credits_status(&self, meter: Option<&str>) -> Result<Vec<MeterInfo>, Error> {
+        let query = MeterQuery {
+            meter: meter.map(str::to_string),
+        };
+        ask!(self, Request::CreditsStatus(query), Response::Meters(meters) => meters)
+    }
+
+    /// Gives a user a quota of a meter (`Some`) or unlimited access (`None`) (admins).
+    pub async fn set_quota(
+        &self,
+        username: &str,
+        meter: &str,
+        quota: Option<u64>,
+    ) -> Result<QuotaInfo, Error> {
+        let set = QuotaSet {
+            username: username.to_string(),
+            meter: meter.to_string(),
+            quota,
+        };
+        ask!(self, Request::QuotaSet(set), Response::Quota(info) => info)
+    }
+
+    /// Takes a user's access to a meter away (admins); what they used stays counted.
+    pub async fn remove_quota(&self, username: &str, meter: &str) -> Result<QuotaInfo, Error> {
+        let quota = QuotaRef {
+            username: username.to_string(),
+            meter: meter.to_string(),
+        };
+        ask!(self, Request::QuotaRemove(quota), Response::Quota(info) => info)
+    }
+
+    /// Users' access to meters, by meter then user (admins see everyone's, others their
+    /// own).
+    pub async fn quotas(&self, meter: Option<&str>) -> Result<Vec<QuotaInfo>, Error> {
+        let query = MeterQuery {
+            meter: meter.map(str::to_string),
+        };
+        ask!(self, Request::QuotaList(query), Response::Quotas(quotas) => quotas)
+    }
+
+    /// Credits consumed per meter, period and user (admins, SPEC §10, §11); the query's
+    /// `feature` names a meter.
+    pub async fn report_meters(
+        &self,
+        query: tally_protocol::UsageQuery,
+    ) -> Result<Vec<MeterUsageRow>, Error> {
+        ask!(self, Request::ReportMeters(query), Response::MeterUsage(rows) => rows)
     }
 }
 

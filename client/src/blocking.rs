@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use tally_protocol::{EndReason, FeatureStatus, LeaseId, LeaseInfo, Request, Response};
+use tally_protocol::{
+    Consumed, EndReason, FeatureStatus, LeaseId, LeaseInfo, Request, RequestId, Response,
+};
 
 use crate::{ClientConfig, Error};
 
@@ -116,6 +118,24 @@ impl Client {
     /// An admin's forced check-in of a lease; see [`crate::Client::release`].
     pub fn release(&self, lease: LeaseId) -> Result<LeaseId, Error> {
         self.runtime.block_on(self.inner.release(lease))
+    }
+
+    /// Consumes credits of a meter under a random request id, reused on every resend;
+    /// see [`crate::Client::consume`].
+    pub fn consume(&self, meter: &str, amount: u64) -> Result<Consumed, Error> {
+        self.runtime.block_on(self.inner.consume(meter, amount))
+    }
+
+    /// Consumes credits under the caller's request id: a retry with the same id returns
+    /// the first answer; see [`crate::Client::consume_with_id`].
+    pub fn consume_with_id(
+        &self,
+        meter: &str,
+        amount: u64,
+        request_id: RequestId,
+    ) -> Result<Consumed, Error> {
+        self.runtime
+            .block_on(self.inner.consume_with_id(meter, amount, request_id))
     }
 
     /// The async client this one drives.

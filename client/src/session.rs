@@ -42,10 +42,10 @@ use std::path::PathBuf;
 
 use tally_protocol::{
     decode_token, Authenticate, BorrowOnce, Checkin, Checkout, CheckoutWait, ClientId, ClientInfo,
-    ClientMessage, Connection, EndReason, ErrorBody, ErrorCode, FrameError, Hello, LeaseId,
-    LeaseInfo, NotLeader, Outcome, QueueCancel, QueueNotice, QueueOutcome, QueuePlace, Request,
-    RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_BULK_FRAME,
-    MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    ClientMessage, Connection, Consume, Consumed, EndReason, ErrorBody, ErrorCode, FrameError,
+    Hello, LeaseId, LeaseInfo, NotLeader, Outcome, QueueCancel, QueueNotice, QueueOutcome,
+    QueuePlace, Request, RequestId, Response, Resume, ServerMessage, Welcome, DEFAULT_MAX_FRAME,
+    MAX_BULK_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -412,6 +412,45 @@ impl Client {
         }
         let path = store.save(&granted.token, &signed.claims)?;
         Ok((granted.lease, path))
+    }
+
+    /// Consumes `amount` credits of `meter` for the signed-in user (SPEC §11, R21): the
+    /// consumption, the meter's balance after it and what the user's quota has left
+    /// (`None` when unlimited). Refused whole with `no_credit` when the user has no access
+    /// to the meter, or when their remaining quota or the meter's balance is smaller than
+    /// `amount`; the message says which.
+    ///
+    /// One random request id is chosen for the call and kept on every send of it: a
+    /// `Consume` is idempotent ([`Request::is_idempotent`]), so when the connection drops
+    /// while it is in flight, the session task sends the very same request again after
+    /// reconnecting (at most [`MAX_SENDS`] times in all), and the server answers a request
+    /// id it has seen with its first answer instead of consuming again. A caller that
+    /// retries across calls, or across processes, keeps its own id with
+    /// [`consume_with_id`](Self::consume_with_id); each call of this method is a new
+    /// consumption.
+    pub async fn consume(&self, meter: &str, amount: u64) -> Result<Consumed, Error> {
+        self.consume_with_id(meter, amount, RequestId(rand::random()))
+            .await
+    }
+
+    /// Like [`consume`](Self::consume), under the caller's request id: called again with
+    /// the same id, meter and amount (a retry), it returns the first answer, a grant or a
+    /// refusal, and consumes nothing more. The same id with another meter or amount is
+    /// refused `invalid`: a new consumption needs a new id. The server keeps an id's
+    /// answer for 30 days.
+    pub async fn consume_with_id(
+        &self,
+        meter: &str,
+        amount: u64,
+        request_id: RequestId,
+    ) -> Result<Consumed, Error> {
+        let request = Request::Consume(Consume {
+            request_id,
+            meter: meter.to_string(),
+            amount,
+        });
+        let response = self.call(request).await?;
+        answer!("consume", response, Response::Consumed(consumed) => consumed)
     }
 
     /// The borrows of this client's user on this machine.

@@ -7,6 +7,7 @@ mod harness;
 mod borrow;
 mod bulk;
 mod cli;
+mod credits;
 mod daemon;
 mod dashboard;
 mod datadir;

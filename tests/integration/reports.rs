@@ -134,7 +134,7 @@ async fn usage_reports_count_a_scripted_history_exactly() {
             row(0, 2, 1.5, 2, 1, 2),
             row(1, 2, 1.5, 0, 0, 2),
             row(2, 1, 0.5, 0, 0, 1),
-        ]})
+        ], "meters": []})
     );
 
     let out = tally(

@@ -277,6 +277,28 @@ pub enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// Metered credits (admins buy them; everyone signed in sees the meters' figures).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Users' quotas of metered credits: set and remove them (admins), list them (members
+    /// see their own).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Consume credits of a meter for yourself; prints the amount, the meter's balance and
+    /// what your quota has left. Refused whole (exit 1, no_credit) when you have no access,
+    /// or your quota or the meter's balance is short.
+    Consume {
+        /// The meter, e.g. cloud-render.
+        meter: String,
+        /// How many credits, a whole number of at least 1.
+        #[arg(allow_negative_numbers = true)]
+        amount: String,
+        /// The consumption's request id, 32 hex digits: run again with the same id (and the
+        /// same meter and amount), it answers as the first run did and consumes nothing more,
+        /// so a script can retry safely. Default: a new random id.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+    },
     /// Usage reports from the server's lease history (admins). Reports count whole UTC
     /// hours: --since is rounded down and --until up to the hour. Default range: the last
     /// 7 days up to now.
@@ -599,10 +621,12 @@ pub enum PolicyCommand {
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
     /// Per feature and period: pool, peak seats held at once, seat-hours, utilisation,
-    /// checkouts, denials and distinct users. Reports count whole UTC hours; default range:
-    /// the last 7 days up to now.
+    /// checkouts, denials and distinct users; then, per meter, period and user, the credits
+    /// consumed (a second table, "Credits consumed"; `meters` in JSON). Reports count
+    /// whole UTC hours; default range: the last 7 days up to now.
     Usage {
-        /// Only this feature.
+        /// Only this feature, or this meter (a name that is only one of them leaves the
+        /// other's rows empty).
         #[arg(long)]
         feature: Option<String>,
         /// The start of the range (RFC 3339 or YYYY-MM-DD), rounded down to the hour;
@@ -616,9 +640,14 @@ pub enum ReportCommand {
         /// The length of a period: hour, day, week (ISO, from Monday) or month, in UTC.
         #[arg(long, value_name = "PERIOD", default_value = "day")]
         by: String,
-        /// Print CSV instead of a table or JSON.
+        /// Print CSV instead of a table or JSON: the features' rows, or with --meters the
+        /// meters' (meter,period_start,user,consumed,consumptions).
         #[arg(long)]
         csv: bool,
+        /// Only the credits consumed per meter, period and user: the table, the CSV, or
+        /// JSON `{"meters": [...]}`.
+        #[arg(long)]
+        meters: bool,
     },
     /// Per user and feature over the range: seat-hours, checkouts, denials and the last
     /// time they held a seat. Reports count whole UTC hours; default range: the last 7 days
@@ -638,6 +667,63 @@ pub enum ReportCommand {
         /// Print CSV instead of a table or JSON.
         #[arg(long)]
         csv: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Buy credits into a meter's pool (admins); the meter is made by its first purchase.
+    Add {
+        /// The meter, named like a feature, e.g. cloud-render.
+        meter: String,
+        /// How many credits, a whole number of at least 1.
+        #[arg(allow_negative_numbers = true)]
+        amount: String,
+        /// When what is left of them stops counting (RFC 3339, or YYYY-MM-DD: the end of
+        /// that day, UTC); default never.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+        /// Free text, e.g. the order number.
+        #[arg(long = "ref", value_name = "TEXT")]
+        reference: Option<String>,
+    },
+    /// Each meter's credits: purchased, consumed, expired (left in purchases that ended)
+    /// and the balance.
+    Status {
+        /// Only this meter.
+        meter: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Give a user a quota of a meter, or unlimited access (admins). What they consumed
+    /// before counts against it. A quota reserves nothing: it caps what the user may take
+    /// from the meter's pool.
+    Set {
+        /// The user (an e-mail address).
+        email: String,
+        /// The meter, which must have had a purchase.
+        meter: String,
+        /// The quota: how many credits the user may consume in all.
+        #[arg(allow_negative_numbers = true)]
+        amount: Option<String>,
+        /// No quota: the user may consume whatever the pool holds.
+        #[arg(long)]
+        unlimited: bool,
+    },
+    /// Take a user's access to a meter away (admins); what they consumed stays counted.
+    Remove {
+        /// The user (an e-mail address).
+        email: String,
+        /// The meter.
+        meter: String,
+    },
+    /// Users' access to meters: quota, used and remaining (admins see everyone's, others
+    /// their own).
+    List {
+        /// Only this meter.
+        meter: Option<String>,
     },
 }
 

@@ -70,7 +70,16 @@ mod tests {
             page.starts_with(".ie") || page.contains(".TH tally"),
             "{page}"
         );
-        for word in ["checkout", "borrow", "audit", "completions", "token\\-file"] {
+        for word in [
+            "checkout",
+            "borrow",
+            "audit",
+            "completions",
+            "token\\-file",
+            "credits",
+            "quota",
+            "consume",
+        ] {
             assert!(page.contains(word), "the man page lacks {word}");
         }
     }

@@ -87,6 +87,9 @@ impl From<Error> for Failure {
         let code = match &err {
             Error::Server(body) => match body.code {
                 ErrorCode::NoSeat | ErrorCode::QueueTimeout => exit::NO_SEAT,
+                // Not enough credit (SPEC §11) is a refusal like any other: exit 3 is for
+                // seats, which a script may wait for; credits come back only when bought.
+                ErrorCode::NoCredit => exit::FAILED,
                 ErrorCode::Unauthenticated | ErrorCode::Forbidden => exit::DENIED,
                 // Standbys only, and no leader served the request in time.
                 ErrorCode::NotLeader => exit::UNREACHABLE,

@@ -5,7 +5,8 @@
 //! A run reads the arguments (`args`), turns the command into its checked request once
 //! (`plan`, each family in its own module), so that a usage error exits 2 before any
 //! server is asked, then connects and runs it. Every family module (`leases`,
-//! `entitlements`, `users`, `assignments`, `borrow`, `audit`, `server`, `notify`, `docs`) holds both
+//! `entitlements`, `users`, `assignments`, `borrow`, `audit`, `server`, `notify`, `report`,
+//! `credits`, `docs`) holds both
 //! halves of its commands; `hold` runs the command of `checkout -- CMD`, `settings` merges
 //! the client file with flags, `values` reads times, durations and ids, `output` prints,
 //! `log` writes the library's log.
@@ -15,6 +16,7 @@ mod assignments;
 mod audit;
 mod borrow;
 mod bulk;
+mod credits;
 mod docs;
 mod entitlements;
 mod failure;
@@ -70,6 +72,7 @@ enum Remote {
     Server(server::Action),
     Notify(notify::Action),
     Report(report::Action),
+    Credits(credits::Action),
 }
 
 /// Checks a command's arguments and turns it into its action: arguments the server would
@@ -152,6 +155,13 @@ fn plan(command: Command, json: bool) -> Result<Action, Failure> {
         Command::Server(command) => R::Server(server::Action::new(command)),
         Command::Notify(command) => R::Notify(notify::Action::new(command)),
         Command::Report(command) => R::Report(report::Action::new(command, json)?),
+        Command::Credits(command) => R::Credits(credits::Action::credits(command)?),
+        Command::Quota(command) => R::Credits(credits::Action::quota(command)?),
+        Command::Consume {
+            meter,
+            amount,
+            request_id,
+        } => R::Credits(credits::Action::consume(meter, amount, request_id)?),
         Command::Completions { shell } => {
             return Ok(Action::Docs(docs::Action::Completions(shell)))
         }
@@ -173,6 +183,7 @@ impl Remote {
             Remote::Server(action) => action.run(client, out).await,
             Remote::Notify(action) => action.run(client, out).await,
             Remote::Report(action) => action.run(client, out).await,
+            Remote::Credits(action) => action.run(client, out).await,
         }
     }
 }
@@ -438,6 +449,36 @@ mod tests {
                 "--limit 100001 is past its maximum, 100000",
             ),
             (&["borrow", "vray", "--for", "3 months"], "not a unit"),
+            (&["credits", "add", "cloud", "0"], "at least 1"),
+            (
+                &["credits", "add", "cloud", "100", "--expires", "soon"],
+                "\"soon\" is not a time",
+            ),
+            (&["credits", "status", "Cloud"], "meter name"),
+            (
+                &[
+                    "quota",
+                    "set",
+                    "ann@example.com",
+                    "cloud",
+                    "5",
+                    "--unlimited",
+                ],
+                "not both",
+            ),
+            (&["quota", "set", "ann@example.com", "cloud"], "--unlimited"),
+            (
+                &["quota", "remove", "not an email", "cloud"],
+                "not an email",
+            ),
+            (
+                &["consume", "cloud", "ten"],
+                "\"ten\" is not a whole number",
+            ),
+            (
+                &["consume", "cloud", "1", "--request-id", "xyz"],
+                "32 hex digits",
+            ),
             (
                 &[
                     "entitlement",
@@ -513,6 +554,27 @@ mod tests {
             ],
             &["entitlement", "update", "3", "--no-borrowable"],
             &["entitlement", "remove", "3", "--force"],
+            &[
+                "credits",
+                "add",
+                "cloud",
+                "100",
+                "--expires",
+                "2027-01-31",
+                "--ref",
+                "PO-7",
+            ],
+            &["credits", "status"],
+            &["quota", "set", "ann@example.com", "cloud", "--unlimited"],
+            &["quota", "list", "cloud"],
+            &[
+                "consume",
+                "cloud",
+                "3",
+                "--request-id",
+                "0123456789abcdef0123456789abcdef",
+            ],
+            &["report", "usage", "--meters", "--csv"],
         ];
         for args in accepted {
             assert!(matches!(planned(args), Ok(Action::Remote(_))), "{args:?}");

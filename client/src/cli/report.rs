@@ -1,14 +1,20 @@
 //! Usage reports (SPEC §10): `report usage` and `report users`, as a table, CSV or JSON.
 //! The server computes them from its lease history; reports count whole UTC hours.
+//! `report usage` also reads the credits consumed per meter, period and user (§11) with the
+//! same query (`--feature` names a feature or a meter), shown after the features' rows, or
+//! alone with `--meters`.
 
 use serde_json::{json, Value};
-use tally_protocol::{ReportPeriod, UsageQuery, UsageRow, UserUsageRow, UsersQuery};
+use tally_protocol::{
+    ErrorBody, ErrorCode, MeterUsageRow, ReportPeriod, UsageQuery, UsageRow, UserUsageRow,
+    UsersQuery,
+};
 
 use super::args::ReportCommand;
 use super::failure::{exit, Failure};
 use super::output::{csv_cell, line, table, time, Output};
 use super::values;
-use crate::Client;
+use crate::{Client, Error};
 
 const USAGE_COLUMNS: [&str; 9] = [
     "feature",
@@ -21,6 +27,8 @@ const USAGE_COLUMNS: [&str; 9] = [
     "denials",
     "distinct_users",
 ];
+
+const METER_COLUMNS: [&str; 5] = ["meter", "period_start", "user", "consumed", "consumptions"];
 
 const USER_COLUMNS: [&str; 6] = [
     "user",
@@ -38,26 +46,31 @@ pub struct Action {
 }
 
 enum Query {
-    Usage(UsageQuery),
+    Usage {
+        query: UsageQuery,
+        /// `--meters`: only the credits consumed.
+        meters_only: bool,
+    },
     Users(UsersQuery),
 }
 
 impl Action {
     pub fn new(command: ReportCommand, json: bool) -> Result<Self, Failure> {
-        let (feature, since, until, by, csv) = match command {
+        let (feature, since, until, by, csv, meters_only) = match command {
             ReportCommand::Usage {
                 feature,
                 since,
                 until,
                 by,
                 csv,
-            } => (feature, since, until, Some(by), csv),
+                meters,
+            } => (feature, since, until, Some(by), csv, meters),
             ReportCommand::Users {
                 feature,
                 since,
                 until,
                 csv,
-            } => (feature, since, until, None, csv),
+            } => (feature, since, until, None, csv, false),
         };
         if csv && json {
             return Err(Failure::usage(
@@ -77,12 +90,15 @@ impl Action {
             }
         }
         let query = match by {
-            Some(by) => Query::Usage(UsageQuery {
-                feature,
-                since,
-                until,
-                by: period(&by)?,
-            }),
+            Some(by) => Query::Usage {
+                query: UsageQuery {
+                    feature,
+                    since,
+                    until,
+                    by: period(&by)?,
+                },
+                meters_only,
+            },
             None => Query::Users(UsersQuery {
                 feature,
                 since,
@@ -94,11 +110,62 @@ impl Action {
 
     pub async fn run(self, client: &Client, out: &Output) -> Result<u8, Failure> {
         match self.query {
-            Query::Usage(query) => usage(out, &client.report_usage(query).await?, self.csv),
+            Query::Usage {
+                query,
+                meters_only: true,
+            } => meters(out, &client.report_meters(query).await?, self.csv, true),
+            Query::Usage {
+                query,
+                meters_only: false,
+            } => {
+                let (features, metered) = usage_and_meters(client, query).await?;
+                usage(out, &features, &metered, self.csv)
+            }
             Query::Users(query) => users(out, &client.report_users(query).await?, self.csv),
         }
         .map_err(Failure::printing)?;
         Ok(exit::OK)
+    }
+}
+
+/// The features' usage and the meters' consumption for one query. `--feature` names a
+/// feature or a meter, so one side's `not_found` is an empty side when the other answered;
+/// when both say `not_found`, the report fails with both messages. Any other refusal of
+/// either side fails it. The meters are asked only once the features' report came back
+/// served or `not_found`, so that a refusal (`forbidden`) is asked and audited once.
+async fn usage_and_meters(
+    client: &Client,
+    query: UsageQuery,
+) -> Result<(Vec<UsageRow>, Vec<MeterUsageRow>), Error> {
+    // The features' rows, or the `not_found` that may be a meter's name.
+    let features = match client.report_usage(query.clone()).await {
+        Ok(rows) => Ok(rows),
+        Err(err) => match not_found(&err) {
+            Some(body) => Err(body.clone()),
+            None => return Err(err),
+        },
+    };
+    let metered = client.report_meters(query).await;
+    match (features, metered) {
+        (Ok(features), Ok(metered)) => Ok((features, metered)),
+        (Err(_), Ok(metered)) => Ok((Vec::new(), metered)),
+        (Ok(features), Err(err)) if not_found(&err).is_some() => Ok((features, Vec::new())),
+        (Err(features), Err(err)) => match not_found(&err) {
+            Some(meters) => Err(Error::Server(ErrorBody::not_found(format!(
+                "{}; nor is it a meter: {}",
+                features.message, meters.message
+            )))),
+            None => Err(err),
+        },
+        (Ok(_), Err(err)) => Err(err),
+    }
+}
+
+/// The server's `not_found`, if that is the error.
+fn not_found(err: &Error) -> Option<&ErrorBody> {
+    match err {
+        Error::Server(body) if body.code == ErrorCode::NotFound => Some(body),
+        _ => None,
     }
 }
 
@@ -154,9 +221,64 @@ fn write_csv(columns: &[&str], rows: impl Iterator<Item = Vec<String>>) -> std::
     writer.flush()
 }
 
+fn meter_cells(row: &MeterUsageRow) -> Vec<String> {
+    vec![
+        row.meter.clone(),
+        time(row.period_start),
+        row.user.clone(),
+        row.consumed.to_string(),
+        row.consumptions.to_string(),
+    ]
+}
+
+fn meter_json(r: &MeterUsageRow) -> Value {
+    json!({
+        "meter": r.meter,
+        "period_start": time(r.period_start),
+        "user": r.user,
+        "consumed": r.consumed,
+        "consumptions": r.consumptions,
+    })
+}
+
+/// The heading of the meters' table under the features'.
+const METERS_HEADING: &str = "Credits consumed";
+
+/// `report usage --meters`: `{"meters": [{"meter", "period_start", "user", "consumed",
+/// "consumptions"}]}`, CSV, or a table (`alone`: with nothing printed before it).
+fn meters(out: &Output, rows: &[MeterUsageRow], csv: bool, alone: bool) -> std::io::Result<()> {
+    if csv {
+        return write_csv(&METER_COLUMNS, rows.iter().map(meter_cells));
+    }
+    if out.is_json() {
+        let list: Vec<Value> = rows.iter().map(meter_json).collect();
+        out.doc(json!({ "meters": list }));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        if alone {
+            line("no credits consumed in that range");
+        }
+        return Ok(());
+    }
+    if !alone {
+        line("");
+    }
+    line(METERS_HEADING);
+    table(&METER_COLUMNS, rows.iter().map(meter_cells).collect());
+    Ok(())
+}
+
 /// `{"usage": [{"feature", "period_start", "pool", "peak_in_use", "seat_hours",
-/// "utilisation", "checkouts", "denials", "distinct_users"}]}`, CSV, or a table.
-fn usage(out: &Output, rows: &[UsageRow], csv: bool) -> std::io::Result<()> {
+/// "utilisation", "checkouts", "denials", "distinct_users"}], "meters": [...]}`, the
+/// features' CSV (unchanged by meters), or the features' table and, when credits were
+/// consumed, the meters' table under "Credits consumed".
+fn usage(
+    out: &Output,
+    rows: &[UsageRow],
+    metered: &[MeterUsageRow],
+    csv: bool,
+) -> std::io::Result<()> {
     if csv {
         return write_csv(&USAGE_COLUMNS, rows.iter().map(usage_cells));
     }
@@ -177,15 +299,16 @@ fn usage(out: &Output, rows: &[UsageRow], csv: bool) -> std::io::Result<()> {
                 })
             })
             .collect();
-        out.doc(json!({ "usage": list }));
+        let metered: Vec<Value> = metered.iter().map(meter_json).collect();
+        out.doc(json!({ "usage": list, "meters": metered }));
         return Ok(());
     }
     if rows.is_empty() {
         line("no usage in that range");
-        return Ok(());
+    } else {
+        table(&USAGE_COLUMNS, rows.iter().map(usage_cells).collect());
     }
-    table(&USAGE_COLUMNS, rows.iter().map(usage_cells).collect());
-    Ok(())
+    meters(out, metered, false, false)
 }
 
 /// `{"users": [{"user", "feature", "seat_hours", "checkouts", "denials", "last_used"}]}`,
