@@ -450,19 +450,19 @@ impl Pool {
             query.meter.as_deref(),
             meters,
         )?;
-        Ok(meters
-            .into_iter()
-            .map(|meter| {
-                let f = self.credits.figures(&meter, now);
-                MeterInfo {
-                    meter,
-                    purchased: f.purchased,
-                    consumed: f.consumed,
-                    expired: f.expired,
-                    balance: f.balance,
-                }
-            })
-            .collect())
+        Ok(meters.iter().map(|m| self.meter_info(m, now)).collect())
+    }
+
+    /// A meter's figures at `now`, as `credits status` and the metrics show them.
+    pub(super) fn meter_info(&self, meter: &str, now: i64) -> MeterInfo {
+        let f = self.credits.figures(meter, now);
+        MeterInfo {
+            meter: meter.to_string(),
+            purchased: f.purchased,
+            consumed: f.consumed,
+            expired: f.expired,
+            balance: f.balance,
+        }
     }
 
     /// Gives a user a quota of a meter, or unlimited access (admins). What they consumed

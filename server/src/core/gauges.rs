@@ -15,6 +15,8 @@ pub struct Gauges {
     pub expiries: Vec<(String, u64, i64)>,
     /// Accounts in state `active`, the owner included.
     pub users_active: u64,
+    /// Every meter's figures (SPEC §11), by name.
+    pub meters: Vec<tally_protocol::MeterInfo>,
 }
 
 impl Pool {
@@ -34,10 +36,17 @@ impl Pool {
             .values()
             .filter(|u| u.state == UserState::Active)
             .count() as u64;
+        let meters = self
+            .credits
+            .meters()
+            .into_iter()
+            .map(|meter| self.meter_info(meter, now))
+            .collect();
         Gauges {
             figures,
             expiries,
             users_active,
+            meters,
         }
     }
 }

@@ -25,6 +25,12 @@ struct FeatureLabel {
     feature: String,
 }
 
+/// A meter's series (SPEC §11).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MeterLabel {
+    meter: String,
+}
+
 /// A denial's series: the feature and the error code (`no_seat`, `denied`,
 /// `queue_timeout`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -220,6 +226,29 @@ fn register_pool(registry: &mut Registry, pool: &Gauges) {
     let users: Gauge = Gauge::default();
     users.set(pool.users_active as i64);
     registry.register("tally_users_active", "Accounts in state active", users);
+    let balances = Family::<MeterLabel, Gauge>::default();
+    // Taken from the purchases, what every consumption since the first left in them: it
+    // only grows, and a restart or failover does not reset it.
+    let consumed = Family::<MeterLabel, Counter>::default();
+    for meter in &pool.meters {
+        let labels = MeterLabel {
+            meter: meter.meter.clone(),
+        };
+        balances
+            .get_or_create(&labels)
+            .set(i64::try_from(meter.balance).unwrap_or(i64::MAX));
+        consumed.get_or_create(&labels).inc_by(meter.consumed);
+    }
+    registry.register(
+        "tally_credits_balance",
+        "Credits a meter's pool holds now (bought, less consumed and expired)",
+        balances,
+    );
+    registry.register(
+        "tally_credits_consumed",
+        "Credits consumed of a meter",
+        consumed,
+    );
 }
 
 #[cfg(test)]
@@ -254,6 +283,13 @@ mod tests {
             }],
             expiries: vec![("vray".into(), 7, 1_700_000_000_500)],
             users_active: 3,
+            meters: vec![tally_protocol::MeterInfo {
+                meter: "cloud".into(),
+                purchased: 100,
+                consumed: 80,
+                expired: 5,
+                balance: 15,
+            }],
         };
         let node = NodeFigures {
             connections: 6,
@@ -274,6 +310,8 @@ mod tests {
             "tally_queue_seats{feature=\"vray\"} 5",
             "tally_entitlement_expiry_timestamp_seconds{feature=\"vray\",entitlement=\"7\"} 1700000000.5",
             "tally_users_active 3",
+            "tally_credits_balance{meter=\"cloud\"} 15",
+            "tally_credits_consumed_total{meter=\"cloud\"} 80",
             "tally_connections 6",
             "tally_leader 1",
             "tally_epoch 4",
