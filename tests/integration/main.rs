@@ -7,6 +7,7 @@ mod harness;
 mod borrow;
 mod bulk;
 mod cli;
+mod credit_faults;
 mod credits;
 mod daemon;
 mod dashboard;
