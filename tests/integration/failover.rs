@@ -1,6 +1,7 @@
 //! A cluster on PostgreSQL losing its leader (SPEC §7): to SIGKILL, to a cut or reset
 //! database connection, and nodes starting together, standbys redirecting, borrows moving
-//! to a new leader. Each test has a database of its own and is skipped without
+//! to a new leader, a consumption of credits retried on a new leader. Each test has a
+//! database of its own and is skipped without
 //! `TALLY_TEST_POSTGRES`.
 //!
 //! The load tests keep a [`Ledger`] of what the clients were told, as they were told it: a
@@ -897,4 +898,62 @@ async fn server_info_and_server_nodes_tell_each_nodes_role() {
         Err(Error::Server(body)) => assert_eq!(body.code, ErrorCode::Forbidden, "{body:?}"),
         other => panic!("a member listed the nodes: {other:?}"),
     }
+}
+
+/// Metered credits across a failover (R21): a consumption acknowledged by the old leader,
+/// retried with its request id on the new one, is answered as first and taken once; the
+/// quota and the pool's balance carry over exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumption_retried_on_the_new_leader_is_taken_once() {
+    let Some(db) =
+        TestDatabase::create("a_consumption_retried_on_the_new_leader_is_taken_once").await
+    else {
+        return;
+    };
+    let mut cluster = Cluster::start(db, ClusterSpec::new(3)).await;
+    let owner = served_owner(&mut cluster).await;
+    owner
+        .add_credits(tally_protocol::CreditsAdd {
+            meter: "cloud".into(),
+            amount: 100,
+            expires_at: None,
+            reference: String::new(),
+        })
+        .await
+        .unwrap();
+    let token = new_user(&owner, "ana@studio.test", Role::Member).await;
+    owner
+        .set_quota("ana@studio.test", "cloud", Some(80))
+        .await
+        .unwrap();
+    let all: Vec<usize> = (0..3).collect();
+    let ana = Client::connect(cluster.client_config_of(&all, &token))
+        .await
+        .unwrap();
+    let id = tally_protocol::RequestId(rand::random());
+    let first = ana.consume_with_id("cloud", 30, id).await.unwrap();
+    assert_eq!((first.balance, first.remaining), (70, Some(50)));
+
+    let (leader, epoch) = cluster.wait_leadership(SETTLE_WITHIN).await;
+    cluster.kill9(leader);
+    let (next, _) = cluster.wait_leader_after(epoch, SETTLE_WITHIN).await;
+    let fresh = Client::connect(cluster.client_config_of(&[next], &token))
+        .await
+        .unwrap();
+    let again = until_ok("retry", || fresh.consume_with_id("cloud", 30, id)).await;
+    assert_eq!(again, first, "the new leader answered the retry otherwise");
+    let short = fresh.consume("cloud", 60).await.unwrap_err();
+    let Error::Server(err) = short else {
+        panic!("{short:?}");
+    };
+    assert_eq!(err.code, ErrorCode::NoCredit, "{}", err.message);
+    assert!(
+        err.message.contains("50 left of their quota"),
+        "{}",
+        err.message
+    );
+    let rest = fresh.consume("cloud", 50).await.unwrap();
+    assert_eq!((rest.balance, rest.remaining), (20, Some(0)));
+    let meter = until_ok("credits", || owner.credits_status(Some("cloud"))).await;
+    assert_eq!((meter[0].consumed, meter[0].balance), (80, 20));
 }
