@@ -1,8 +1,7 @@
 //! A cluster on PostgreSQL losing its leader (SPEC §7): to SIGKILL, to a cut or reset
 //! database connection, and nodes starting together, standbys redirecting, borrows moving
 //! to a new leader, a consumption of credits retried on a new leader. Each test has a
-//! database of its own and is skipped without
-//! `TALLY_TEST_POSTGRES`.
+//! database of its own and is skipped without `TALLY_TEST_POSTGRES`.
 //!
 //! The load tests keep a [`Ledger`] of what the clients were told, as they were told it: a
 //! lease counts as held from the moment its grant is acknowledged until its check-in is
