@@ -379,6 +379,29 @@ async fn metrics_agree_with_tally_status_and_count_checkouts_and_denials() {
     assert_eq!(denials(&scrape, "nuke", "denied"), 2.0);
     assert_eq!(denials(&scrape, "nuke", "queue_timeout"), 1.0);
     assert_eq!(checkouts(&scrape, "maya"), 0.0);
+
+    // Metered credits (SPEC §11): the balance and what was consumed, by meter, as
+    // `credits status` has them.
+    ok(&owner, &["credits", "add", "cloud", "100"]);
+    ok(&owner, &["quota", "set", "ana@studio", "cloud", "80"]);
+    ok(&ana, &["consume", "cloud", "30"]);
+    let (_, doc) = tally(&data, &ana, &["consume", "cloud", "60"]);
+    assert_eq!(doc["error"]["code"], "no_credit", "{doc}");
+    let status = ok(&owner, &["credits", "status", "cloud"]);
+    let scrape = Scrape::fetch(&client, http, None).await;
+    let cloud = [("meter", "cloud")];
+    assert_eq!(
+        (
+            scrape.value("tally_credits_balance", &cloud),
+            scrape.count("tally_credits_consumed_total", &cloud),
+        ),
+        (
+            status["meters"][0]["balance"].as_f64(),
+            status["meters"][0]["consumed"].as_f64().unwrap(),
+        ),
+        "{status}"
+    );
+    assert_eq!(scrape.value("tally_credits_balance", &cloud), Some(70.0));
 }
 
 /// `/metrics` with `http.metrics_token`: no header or a wrong token is 401, the right one
