@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tally_protocol::{
-    ClientMessage, Consume, Consumed, CreditsAdd, Outcome, Request, RequestId, Response,
-    ServerMessage,
+    ClientMessage, Consume, Consumed, Outcome, Request, RequestId, Response, ServerMessage,
 };
 
 use crate::harness::*;
@@ -86,15 +85,7 @@ async fn sigkill_while_consuming_takes_each_request_id_once() {
         .await
         .unwrap();
     let bought = 10_000_000;
-    owner
-        .add_credits(CreditsAdd {
-            meter: "cloud".into(),
-            amount: bought,
-            expires_at: None,
-            reference: String::new(),
-        })
-        .await
-        .unwrap();
+    buy_credits(&owner, "cloud", bought).await;
     let me = owner.username().to_string();
     owner.set_quota(&me, "cloud", None).await.unwrap();
     drop(owner);

@@ -5,7 +5,7 @@
 //! expiring out of the balance, the meters in `report usage` and the audit log; usage
 //! errors before connecting; and the library's `Client::consume` and `consume_with_id`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,42 +15,6 @@ use tally_protocol::{format_time, ErrorCode, RequestId, Role};
 use crate::harness::*;
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// A client file for `token`, beside the server's data directory.
-fn client_file(server: &TestServer, name: &str, token: &str) -> PathBuf {
-    let dir = server.dir.path();
-    let token_file = dir.join(format!("{name}.token"));
-    std::fs::write(&token_file, token).unwrap();
-    let ca = server.data_dir().join("tls/ca.pem");
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "servers = [\"localhost:{}\"]\nca = \"{}\"\ntoken_file = \"{}\"\n",
-            server.addr.port(),
-            ca.display(),
-            token_file.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    for file in [&token_file, &path] {
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    path
-}
-
-/// Runs `tally --config CONFIG ARGS...` off the runtime's threads.
-async fn tally(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = vec!["--config".into(), config.display().to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = all.iter().map(String::as_str).collect();
-        cli(&args)
-    })
-    .await
-    .unwrap()
-}
 
 /// `tally --json ARGS...`: the exit code and the JSON document.
 async fn json(config: &Path, args: &[&str]) -> (Option<i32>, Value) {
@@ -581,15 +545,7 @@ async fn the_library_consumes_once_per_request_id() {
     let owner = server.owner().await;
     let token = new_user(&owner, "ana@studio.com", Role::Member).await;
     let ana = Client::connect(server.client_config(&token)).await.unwrap();
-    owner
-        .add_credits(tally_protocol::CreditsAdd {
-            meter: "cloud".into(),
-            amount: 100,
-            expires_at: None,
-            reference: String::new(),
-        })
-        .await
-        .unwrap();
+    buy_credits(&owner, "cloud", 100).await;
     let info = owner
         .set_quota("ana@studio.com", "cloud", Some(60))
         .await

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{wait_ready, Cluster, ClusterSpec, TestDatabase};
-use crate::harness::{add_entitlement, new_user, DaemonProcess};
+use crate::harness::{add_entitlement, buy_credits, new_user, DaemonProcess};
 
 /// The feature the load checks out, with [`SEATS`] seats: fewer than the load wants at its
 /// peak (see [`keeps`]), so that the pool is often full and a seat granted twice would
@@ -911,15 +911,7 @@ async fn a_consumption_retried_on_the_new_leader_is_taken_once() {
     };
     let mut cluster = Cluster::start(db, ClusterSpec::new(3)).await;
     let owner = served_owner(&mut cluster).await;
-    owner
-        .add_credits(tally_protocol::CreditsAdd {
-            meter: "cloud".into(),
-            amount: 100,
-            expires_at: None,
-            reference: String::new(),
-        })
-        .await
-        .unwrap();
+    buy_credits(&owner, "cloud", 100).await;
     let token = new_user(&owner, "ana@studio.test", Role::Member).await;
     owner
         .set_quota("ana@studio.test", "cloud", Some(80))

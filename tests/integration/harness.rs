@@ -625,3 +625,52 @@ impl RawConn {
         Ok(raw)
     }
 }
+
+/// A client file for `token`, beside the server's data directory.
+pub fn client_file(server: &TestServer, name: &str, token: &str) -> PathBuf {
+    let dir = server.dir.path();
+    let token_file = dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, token).unwrap();
+    let ca = server.data_dir().join("tls/ca.pem");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "servers = [\"localhost:{}\"]\nca = \"{}\"\ntoken_file = \"{}\"\n",
+            server.addr.port(),
+            ca.display(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for file in [&token_file, &path] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    path
+}
+
+/// Runs `tally --config CONFIG ARGS...` off the runtime's threads.
+pub async fn tally(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = vec!["--config".into(), config.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        cli(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// Buys `amount` credits of `meter` with no end (SPEC §11), as an admin.
+pub async fn buy_credits(client: &Client, meter: &str, amount: u64) {
+    client
+        .add_credits(tally_protocol::CreditsAdd {
+            meter: meter.into(),
+            amount,
+            expires_at: None,
+            reference: String::new(),
+        })
+        .await
+        .unwrap();
+}

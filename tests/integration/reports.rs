@@ -4,7 +4,6 @@
 //! a member refused `forbidden`, an unknown feature `not_found` naming the nearest, and bad
 //! arguments refused before connecting.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -17,42 +16,6 @@ use crate::harness::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR_MS: i64 = 3_600_000;
-
-/// A client file for `token`, beside the server's data directory.
-fn client_file(server: &TestServer, name: &str, token: &str) -> PathBuf {
-    let dir = server.dir.path();
-    let token_file = dir.join(format!("{name}.token"));
-    std::fs::write(&token_file, token).unwrap();
-    let ca = server.data_dir().join("tls/ca.pem");
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "servers = [\"localhost:{}\"]\nca = \"{}\"\ntoken_file = \"{}\"\n",
-            server.addr.port(),
-            ca.display(),
-            token_file.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    for file in [&token_file, &path] {
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    path
-}
-
-/// Runs `tally --config CONFIG ARGS...` off the runtime's threads.
-async fn tally(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = vec!["--config".into(), config.display().to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = all.iter().map(String::as_str).collect();
-        cli(&args)
-    })
-    .await
-    .unwrap()
-}
 
 async fn checkout(client: &Client, n: u8) -> Result<LeaseId, tally_client::Error> {
     let request = Request::Checkout(Checkout {
