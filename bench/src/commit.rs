@@ -57,7 +57,7 @@ pub async fn measure(file: &Path, warmup: usize, samples: usize) -> Result<Commi
     .execute(&pool)
     .await?;
     // A row about the size of a lease's.
-    let body = vec![7u8; 64];
+    let body = [7u8; 64];
     let mut times = Vec::with_capacity(samples);
     for i in 0..warmup + samples {
         let started = Instant::now();
