@@ -7,9 +7,10 @@
 //! CPU time per answered request, see `cpu.rs`). `checkout --database postgres://...` runs
 //! the same load against a node serving from PostgreSQL (`pg.rs`); `failover` (`failover.rs`)
 //! kills the leader of a cluster and reports times to the first new lease and to every held
-//! lease resumed instead. `checkout` also times a durable single-row commit on the
-//! daemon's disk and prints the durable limit it sets (`commit.rs`). `bulk` (`bulk.rs`) times bulk CSV administration through the
-//! release `tally` binary; `report` (`report.rs`) times usage reports over a year of history.
+//! lease resumed instead. `checkout` also times a durable single-row commit on the daemon's
+//! disk and prints the durable limit it sets (`commit.rs`). `bulk` (`bulk.rs`) times bulk CSV
+//! administration through the release `tally` binary; `report` (`report.rs`) times usage
+//! reports over a year of history.
 
 mod bulk;
 mod commit;
