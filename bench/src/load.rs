@@ -251,6 +251,14 @@ impl Latencies {
     }
 
     /// The `q` quantile in milliseconds.
+    /// The mean, in milliseconds (0 when nothing was recorded).
+    pub fn mean_ms(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.iter().map(|&us| f64::from(us)).sum::<f64>() / self.0.len() as f64 / 1000.0
+    }
+
     pub fn quantile_ms(&mut self, q: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;

@@ -7,10 +7,13 @@
 //! CPU time per answered request, see `cpu.rs`). `checkout --database postgres://...` runs
 //! the same load against a node serving from PostgreSQL (`pg.rs`); `failover` (`failover.rs`)
 //! kills the leader of a cluster and reports times to the first new lease and to every held
-//! lease resumed instead. `bulk` (`bulk.rs`) times bulk CSV administration through the
-//! release `tally` binary; `report` (`report.rs`) times usage reports over a year of history.
+//! lease resumed instead. `checkout` also times a durable single-row commit on the daemon's
+//! disk and prints the durable limit it sets (`commit.rs`). `bulk` (`bulk.rs`) times bulk CSV
+//! administration through the release `tally` binary; `report` (`report.rs`) times usage
+//! reports over a year of history.
 
 mod bulk;
+mod commit;
 mod cpu;
 mod daemon;
 mod failover;
@@ -256,6 +259,9 @@ struct Baseline {
     latencies: Latencies,
     /// The echo server's CPU time per round trip.
     server_cpu_us_per_op: f64,
+    /// The mean of the round trips' times as each connection measured them, send to reply,
+    /// in milliseconds: the round trip of the durable limit.
+    mean_round_trip_ms: f64,
 }
 
 /// Round trips per second against the bare echo server.
@@ -291,6 +297,7 @@ async fn measure_baseline(conns: usize, secs: u64) -> Result<Baseline> {
     Ok(Baseline {
         ops_per_sec: all.0.len() as f64 / started.elapsed().as_secs_f64(),
         server_cpu_us_per_op: meter.us_per_op(all.0.len())?,
+        mean_round_trip_ms: all.mean_ms(),
         latencies: all,
     })
 }
@@ -345,6 +352,15 @@ async fn checkout(
     let target = daemon.target()?;
     let connector = load::connector(&target.ca_pem)?;
     setup(&target, &connector, conns as u32 * 2).await?;
+    // The durable limit: a commit on the disk of the daemon's data directory (a file beside
+    // it), timed while the daemon is idle.
+    let commit = commit::measure(
+        &daemon.dir.path().join("commit-probe.sqlite"),
+        commit::WARMUP,
+        commit::SAMPLES,
+    )
+    .await?;
+    let durable_limit = commit::durable_limit(conns, commit.median_ms, baseline.mean_round_trip_ms);
     let mut opened = Vec::new();
     for _ in 0..conns {
         opened.push(Session::open(&connector, &target).await?);
@@ -370,12 +386,23 @@ async fn checkout(
         "server_cpu_us_per_op": meter.us_per_op(all.0.len())?,
         "baseline_ops_per_sec": baseline.ops_per_sec.round(),
         "baseline_server_cpu_us_per_op": baseline.server_cpu_us_per_op,
-        "ratio_to_baseline": (ops / baseline.ops_per_sec * 1000.0).round() / 1000.0,
+        "ratio_to_baseline": round3(ops / baseline.ops_per_sec),
+        "baseline_mean_rtt_ms": round3(baseline.mean_round_trip_ms),
+        "commit_ms": round3(commit.median_ms),
+        "commit_p90_ms": round3(commit.p90_ms),
+        "commit_samples": commit.samples,
+        "durable_limit": durable_limit.round(),
+        "ratio_to_limit": round3(ops / baseline.ops_per_sec.min(durable_limit)),
     });
     if let Some(database_meter) = database_meter {
         report["database_cpu_us_per_op"] = json!(database_meter.us_per_op(all.0.len())?);
     }
     Ok(report)
+}
+
+/// `value` to three decimals.
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
 }
 
 /// Opens `count` sessions, `parallel` at a time.

@@ -49,15 +49,22 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database at `path` and migrates it.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")?
+    /// How the store opens the database at `path` (creating it if missing): WAL journal,
+    /// `synchronous = FULL`, foreign keys on. Public so that `tally-bench` can time a
+    /// commit on a database opened exactly this way.
+    pub fn connect_options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
+        Ok(SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10)))
+    }
+
+    /// Opens (creating if missing) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = Self::connect_options(path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
