@@ -123,6 +123,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// Encodes one message into the write buffer without flushing it: several answers that
+    /// are ready together go out in one write at the next [`flush`](Self::flush) (or
+    /// [`send`](Self::send)), not one write each. The buffer is written out on its own once
+    /// it passes the codec's backpressure boundary.
+    pub async fn feed<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
+        let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
+        if bytes.len() > self.max_write {
+            return Err(FrameError::TooLarge {
+                len: bytes.len(),
+                max: self.max_write,
+            });
+        }
+        self.framed.feed(Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Writes out what [`feed`](Self::feed) buffered.
+    pub async fn flush(&mut self) -> Result<(), FrameError> {
+        SinkExt::<Bytes>::flush(&mut self.framed).await?;
+        Ok(())
+    }
+
     /// Receives one message; `Ok(None)` when the peer closed the connection cleanly.
     ///
     /// Cancel-safe: a partly read frame stays buffered for the next call.

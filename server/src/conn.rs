@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tally_protocol::{
     Authenticated, ClientId, ClientMessage, ClusterInfo, Connection, ErrorBody, ErrorCode,
     FrameError, Hello, NodeInfo, NodeRole, Outcome, Request, Response, ServerInfo, ServerMessage,
@@ -242,23 +242,32 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = conn.close().await;
                 return Err("this node stopped leading; closing so that the client moves to the new leader".into());
             }
-            Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
-                // The engine dropped the request unanswered: it stopped serving with the
-                // request's commit in flight, whose outcome the new leader knows.
-                let Some(outcome) = outcome else {
-                    let _ = conn.close().await;
-                    return Err("this node stopped serving with a request in flight; closing unanswered".into());
-                };
-                // The account was deactivated or removed since it signed in: answer, then
-                // close, so the client stops using the connection.
-                let signed_out = match &outcome {
-                    Outcome::Err(err) if err.code == ErrorCode::Unauthenticated => Some(err.clone()),
-                    _ => None,
-                };
-                conn.send(&ServerMessage::Response { id, outcome }).await.map_err(|e| e.to_string())?;
-                if let Some(err) = signed_out {
-                    return Err(refuse(&mut conn, err).await);
+            Some(first) = pending.next(), if !pending.is_empty() => {
+                // Every answer ready now goes out in one write, in order: with many requests
+                // in flight, those of one group commit are usually ready together.
+                let mut ready = Some(first);
+                while let Some((id, outcome)) = ready.take() {
+                    // The engine dropped the request unanswered: it stopped serving with the
+                    // request's commit in flight, whose outcome the new leader knows.
+                    let Some(outcome) = outcome else {
+                        let _ = conn.close().await;
+                        return Err("this node stopped serving with a request in flight; closing unanswered".into());
+                    };
+                    // The account was deactivated or removed since it signed in: answer,
+                    // then close, so the client stops using the connection.
+                    let signed_out = match &outcome {
+                        Outcome::Err(err) if err.code == ErrorCode::Unauthenticated => Some(err.clone()),
+                        _ => None,
+                    };
+                    conn.feed(&ServerMessage::Response { id, outcome }).await.map_err(|e| e.to_string())?;
+                    if let Some(err) = signed_out {
+                        return Err(refuse(&mut conn, err).await);
+                    }
+                    // Polled without waiting: `FuturesOrdered` registers the loop's own waker
+                    // again at the next `select!`, so no wake-up is lost.
+                    ready = pending.next().now_or_never().flatten();
                 }
+                conn.flush().await.map_err(|e| e.to_string())?;
             }
             Some(notice) = notices.messages.recv() => {
                 conn.send(&notice).await.map_err(|e| e.to_string())?;
