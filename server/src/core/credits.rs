@@ -699,23 +699,26 @@ impl Pool {
     }
 
     fn quota_info(&self, user: u64, username: &str, meter: &str) -> QuotaInfo {
-        let grant = self.credits.grant_row(user, meter);
-        let used = grant.as_ref().map_or(0, |g| g.used);
-        let access = grant.and_then(|g| g.access);
+        let grant = self.credits.grant_row(user, meter).map_or(
+            Grant {
+                access: None,
+                used: 0,
+            },
+            |row| Grant {
+                access: row.access,
+                used: row.used,
+            },
+        );
         QuotaInfo {
             user: username.to_string(),
             meter: meter.to_string(),
-            quota: match access {
+            quota: match grant.access {
                 Some(Access::Quota(quota)) => Some(quota),
                 _ => None,
             },
-            unlimited: access == Some(Access::Unlimited),
-            used,
-            remaining: match access {
-                Some(Access::Quota(quota)) => Some(quota.saturating_sub(used)),
-                Some(Access::Unlimited) => None,
-                None => Some(0),
-            },
+            unlimited: grant.access == Some(Access::Unlimited),
+            used: grant.used,
+            remaining: grant.remaining(),
         }
     }
 }
