@@ -53,7 +53,11 @@ fn quota(user: &str, quota: Option<u64>, used: u64, remaining: Option<u64>) -> V
 async fn server_at_an_hour() -> (TestServer, i64, Client) {
     let server = TestServer::start_stepped(|_| {}).await;
     let now = server.now();
-    let h = (now / HOUR_MS + 1) * HOUR_MS;
+    let mut h = (now / HOUR_MS + 1) * HOUR_MS;
+    // The tests read h and the hour after it as one UTC day: never h at 23:00.
+    if (h / HOUR_MS) % 24 == 23 {
+        h += HOUR_MS;
+    }
     server.step(Duration::from_millis((h - now + 5 * 60_000) as u64));
     let owner = server.owner().await;
     (server, h, owner)
