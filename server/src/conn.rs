@@ -4,12 +4,13 @@
 //! writes the answers back in the order the requests came. Anything malformed closes this
 //! connection with an error naming what was wrong; it never affects anyone else.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tally_protocol::{
     Authenticated, ClientId, ClientMessage, ClusterInfo, Connection, ErrorBody, ErrorCode,
     FrameError, Hello, NodeInfo, NodeRole, Outcome, Request, Response, ServerInfo, ServerMessage,
@@ -164,7 +165,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     // Subscribed before signing in, so that a revocation committed meanwhile is seen.
-    let mut sign_outs = shared.sign_outs.subscribe();
+    let sign_outs = shared.sign_outs.subscribe();
     let peer = format!(
         "{ip} {} ({}, pid {})",
         truncate(&hello.client.host, 255),
@@ -172,7 +173,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         hello.client.pid
     );
     let session = match sign_in(shared, token_hash(&token), ip, peer).await {
-        Ok(session) => session,
+        Ok(session) => Arc::new(session),
         // A refused token (unknown, revoked, or its account deactivated) counts toward the
         // sign-in limit of its address; a valid one always signs in.
         Err(err) if err.code == ErrorCode::Unauthenticated => {
@@ -189,7 +190,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         "user",
         tracing::field::display(logtext::peer(&session.username)),
     );
-    let holder = Holder {
+    let holder = Arc::new(Holder {
         client: session_client(session.user_id, hello.client.instance),
         host: truncate(&hello.client.host, 255),
         peer: Peer {
@@ -197,7 +198,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             pid: hello.client.pid,
             address: ip.to_canonical().to_string(),
         },
-    };
+    });
     conn.send(&ServerMessage::Authenticated(Authenticated {
         username: session.username.clone(),
         role: session.role,
@@ -227,9 +228,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     // Queue notices (R17) for this client instance come from the engine through here.
     let mut notices = shared.notices.register(holder.client);
 
-    // Requests, pipelined; answers go back in order.
+    // What ends a connection from outside waits in futures made once, not at every turn of
+    // the loop: each turn (a request read, answers written) then costs no timer, lock or
+    // waiter list. The idle limit is one timer, moved on only when it fires.
+    let ended = serving_ended(&mut serving, serving_epoch);
+    let cancelled = shutdown.cancelled();
+    let signed_out = signed_out(sign_outs, &session);
     let idle = shared.ttl;
-    let mut pending = FuturesOrdered::new();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(ended, cancelled, signed_out, idle_timer);
+    let mut last_frame = Instant::now();
+    let mut signed_out_open = true;
+
+    // Requests, pipelined; answers go back in order.
+    let mut pending = VecDeque::new();
     let mut closing = false;
     loop {
         if closing && pending.is_empty() {
@@ -238,11 +250,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         tokio::select! {
             biased;
-            () = serving_ended(&mut serving, serving_epoch) => {
+            () = &mut ended => {
                 let _ = conn.close().await;
                 return Err("this node stopped leading; closing so that the client moves to the new leader".into());
             }
-            Some(first) = pending.next(), if !pending.is_empty() => {
+            first = oldest_answer(&mut pending), if !pending.is_empty() => {
                 // Every answer ready now goes out in one write, in order: with many requests
                 // in flight, those of one group commit are usually ready together.
                 let mut ready = Some(first);
@@ -263,49 +275,87 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some(err) = signed_out {
                         return Err(refuse(&mut conn, err).await);
                     }
-                    // Polled without waiting: `FuturesOrdered` registers the loop's own waker
-                    // again at the next `select!`, so no wake-up is lost.
-                    ready = pending.next().now_or_never().flatten();
+                    // Polled without waiting: the oldest is polled again with the loop's own
+                    // waker at the next `select!`, so no wake-up is lost.
+                    ready = oldest_answer(&mut pending).now_or_never();
                 }
                 conn.flush().await.map_err(|e| e.to_string())?;
             }
             Some(notice) = notices.messages.recv() => {
                 conn.send(&notice).await.map_err(|e| e.to_string())?;
             }
-            _ = shutdown.cancelled(), if !closing => closing = true,
-            ended = sign_outs.recv() => match ended {
-                Ok(SignOut::Token(id)) if id == session.token => {
-                    let err = ErrorBody::new(ErrorCode::Unauthenticated, "the token of this connection was revoked");
-                    return Err(refuse(&mut conn, err).await);
+            () = &mut cancelled, if !closing => closing = true,
+            ended = &mut signed_out, if signed_out_open => match ended {
+                Some(err) => return Err(refuse(&mut conn, err).await),
+                // No more sign-outs can come (the engine is gone): close once answered.
+                None => {
+                    signed_out_open = false;
+                    closing = true;
                 }
-                Ok(SignOut::User(id)) if id == session.user_id => {
-                    let err = ErrorBody::new(ErrorCode::Unauthenticated, format!("the account {} was deactivated or removed", session.username));
-                    return Err(refuse(&mut conn, err).await);
-                }
-                // Missed notices: every request is still checked against the pool.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => closing = true,
             },
-            message = conn.recv_timeout::<ClientMessage>(idle), if !closing && pending.len() < MAX_IN_FLIGHT => {
+            () = &mut idle_timer, if !closing => {
+                let due = last_frame + idle;
+                let now = Instant::now();
+                if due > now {
+                    idle_timer.as_mut().reset(due);
+                } else if !pending.is_empty() {
+                    // Waiting for its own answers is not idle.
+                    idle_timer.as_mut().reset(now + idle);
+                } else {
+                    let err = ErrorBody::invalid(format!("no heartbeat within {idle:?}; closing the idle connection"));
+                    return Err(refuse(&mut conn, err).await);
+                }
+            }
+            message = conn.recv::<ClientMessage>(), if !closing && pending.len() < MAX_IN_FLIGHT => {
+                last_frame = Instant::now();
                 match message {
                     Ok(Some(ClientMessage::Request { id, body })) => {
-                        pending.push_back(dispatch(shared, &session, &holder, id, body));
+                        let answer = answer(shared, &session, &holder, body).await;
+                        pending.push_back((id, answer));
                     }
                     Ok(Some(_)) => {
                         let err = ErrorBody::invalid("Hello and Authenticate are sent once, at the start");
                         return Err(refuse(&mut conn, err).await);
                     }
                     Ok(None) => closing = true,
-                    Err(FrameError::Timeout(_)) => {
-                        let err = ErrorBody::invalid(format!("no heartbeat within {idle:?}; closing the idle connection"));
-                        return Err(refuse(&mut conn, err).await);
-                    }
                     Err(err) => return Err(match frame_refusal(&err) {
                         Some(body) => refuse(&mut conn, body).await,
                         None => err.to_string(),
                     }),
                 }
             }
+        }
+    }
+}
+
+/// Resolves with the refusal to send when this connection's token is revoked or its account
+/// deactivated or removed (`None` once no sign-out can come any more). Made once per
+/// connection, so it stays registered with the channel instead of joining its waiters at
+/// every turn of the connection's loop.
+async fn signed_out(
+    mut sign_outs: broadcast::Receiver<SignOut>,
+    session: &SignedIn,
+) -> Option<ErrorBody> {
+    loop {
+        match sign_outs.recv().await {
+            Ok(SignOut::Token(id)) if id == session.token => {
+                return Some(ErrorBody::new(
+                    ErrorCode::Unauthenticated,
+                    "the token of this connection was revoked",
+                ));
+            }
+            Ok(SignOut::User(id)) if id == session.user_id => {
+                return Some(ErrorBody::new(
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "the account {} was deactivated or removed",
+                        session.username
+                    ),
+                ));
+            }
+            // Missed notices: every request is still checked against the pool.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return None,
         }
     }
 }
@@ -341,8 +391,7 @@ async fn sign_in_failed<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Resolves when the node no longer serves under `epoch` (or the engine is gone); never for
-/// a connection opened while it did not serve. Made anew at every turn of the connection's
-/// loop, so it only compares the channel's version until a change comes: no lock per frame.
+/// a connection opened while it did not serve. Made once per connection.
 async fn serving_ended(serving: &mut watch::Receiver<Serving>, epoch: Option<i64>) {
     let Some(epoch) = epoch else {
         return std::future::pending().await;
@@ -357,38 +406,81 @@ async fn serving_ended(serving: &mut watch::Receiver<Serving>, epoch: Option<i64
     }
 }
 
-/// Starts one request of a protocol connection, tagged with its id.
-fn dispatch(
-    shared: &Shared,
-    session: &SignedIn,
-    holder: &Holder,
-    id: u32,
-    request: Request,
-) -> futures::future::BoxFuture<'static, (u32, Option<Outcome>)> {
-    let answer = answer(shared, session, holder, request);
-    Box::pin(async move { (id, answer.await) })
+/// One request's answer to come: handed to the engine, whose answer comes through a
+/// oneshot, or answered here (`ServerInfo`, `ServerNodes`). A future (`None`: the engine
+/// dropped the request unanswered) that a connection keeps in its queue of requests in
+/// flight, in order, polling only the oldest; nothing is boxed or allocated for the
+/// engine's requests beyond the oneshot.
+pub(crate) struct Answer {
+    name: &'static str,
+    started: std::time::Instant,
+    waiting: Waiting,
 }
 
-/// Answers one request of a signed-in session, a protocol connection's or the dashboard's:
-/// here (`ServerInfo`, `ServerNodes`, which a standby answers too) or by the engine, which
-/// checks the token, the account and its role as they are now. `None`: the engine dropped
-/// it unanswered. Not boxed: a connection boxes it once with the request's id.
-pub(crate) fn answer(
+enum Waiting {
+    Engine(oneshot::Receiver<Outcome>),
+    Here(futures::future::BoxFuture<'static, Outcome>),
+    Ready(Option<Outcome>),
+}
+
+impl Future for Answer {
+    type Output = Option<Outcome>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let outcome = match &mut self.waiting {
+            Waiting::Engine(answer) => match std::pin::Pin::new(answer).poll(cx) {
+                Poll::Ready(outcome) => outcome.ok(),
+                Poll::Pending => return Poll::Pending,
+            },
+            Waiting::Here(answer) => match answer.as_mut().poll(cx) {
+                Poll::Ready(outcome) => Some(outcome),
+                Poll::Pending => return Poll::Pending,
+            },
+            Waiting::Ready(outcome) => outcome.take(),
+        };
+        tracing::debug!(
+            request = self.name,
+            elapsed_us = self.started.elapsed().as_micros() as u64,
+            ok = matches!(outcome, Some(Outcome::Ok(_))),
+            "request"
+        );
+        Poll::Ready(outcome)
+    }
+}
+
+/// Starts one request of a signed-in session, a protocol connection's or the dashboard's:
+/// answered here (`ServerInfo`, `ServerNodes`, which a standby answers too) or handed to
+/// the engine, which checks the token, the account and its role as they are now. Waits
+/// only while the engine's queue is full, so a connection's requests reach the engine in
+/// the order they came.
+pub(crate) async fn answer(
     shared: &Shared,
-    session: &SignedIn,
-    holder: &Holder,
+    session: &Arc<SignedIn>,
+    holder: &Arc<Holder>,
     request: Request,
-) -> impl std::future::Future<Output = Option<Outcome>> + Send + 'static {
-    use futures::future::Either;
+) -> Answer {
+    let started = std::time::Instant::now();
     let request = match route(request) {
         Route::Engine(request) => request,
         Route::ServerInfo => {
             let info = server_info(shared);
-            return Either::Left(Either::Left(async move { Some(info.await) }));
+            return Answer {
+                name: "server_info",
+                started,
+                waiting: Waiting::Here(Box::pin(info)),
+            };
         }
         Route::ServerNodes => {
             let nodes = server_nodes(shared, session);
-            return Either::Left(Either::Right(async move { Some(nodes.await) }));
+            return Answer {
+                name: "server_nodes",
+                started,
+                waiting: Waiting::Here(Box::pin(nodes)),
+            };
         }
     };
     let name = request.name;
@@ -399,21 +491,29 @@ pub(crate) fn answer(
         request,
         reply,
     });
-    let engine = shared.engine.clone();
-    Either::Right(async move {
-        let started = std::time::Instant::now();
-        let outcome = match engine.send(job).await {
-            Ok(()) => answer.await.ok(),
-            Err(_) => Some(Outcome::Err(shutting_down())),
+    let waiting = match shared.engine.send(job).await {
+        Ok(()) => Waiting::Engine(answer),
+        Err(_) => Waiting::Ready(Some(Outcome::Err(shutting_down()))),
+    };
+    Answer {
+        name,
+        started,
+        waiting,
+    }
+}
+
+/// The answer of the oldest request in flight, when it comes; answers go back in the
+/// order the requests came, so only the oldest is polled.
+async fn oldest_answer(pending: &mut VecDeque<(u32, Answer)>) -> (u32, Option<Outcome>) {
+    std::future::poll_fn(|cx| {
+        let Some((_, answer)) = pending.front_mut() else {
+            return std::task::Poll::Pending;
         };
-        tracing::debug!(
-            request = name,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            ok = matches!(outcome, Some(Outcome::Ok(_))),
-            "request"
-        );
-        outcome
+        let outcome = std::task::ready!(std::pin::Pin::new(answer).poll(cx));
+        let (id, _) = pending.pop_front().expect("the oldest was just polled");
+        std::task::Poll::Ready((id, outcome))
     })
+    .await
 }
 
 /// Signs a token in through the engine, asking the store about a hash the pool does not

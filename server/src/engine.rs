@@ -81,8 +81,8 @@ pub enum Job {
 pub struct RequestJob {
     /// Who the connection signed in as; the pool checks that the token and the account
     /// still stand, and what the role is now.
-    pub session: SignedIn,
-    pub holder: Holder,
+    pub session: Arc<SignedIn>,
+    pub holder: Arc<Holder>,
     /// The request, routed: `ServerInfo` never comes here (see `route.rs`).
     pub request: EngineRequest,
     pub reply: oneshot::Sender<Outcome>,
@@ -588,14 +588,20 @@ impl Engine {
             // few hundred microseconds; waiting that long for them (when there is already
             // work, so never on an idle server) lets them share this commit instead of
             // forming a second cohort that always waits a whole commit for the first.
-            let gather_until = tokio::time::Instant::now() + GATHER;
+            // One timer for the whole gathering, armed only if it has to wait at all.
+            let gather = tokio::time::sleep(GATHER);
+            tokio::pin!(gather);
             while replies.len() < MAX_BATCH {
                 match jobs.try_recv() {
                     Ok(job) => self.apply(job, &mut batch, &mut replies),
                     Err(_) if replies.len() < answered => {
-                        match tokio::time::timeout_at(gather_until, jobs.recv()).await {
-                            Ok(Some(job)) => self.apply(job, &mut batch, &mut replies),
-                            Ok(None) | Err(_) => break,
+                        tokio::select! {
+                            biased;
+                            job = jobs.recv() => match job {
+                                Some(job) => self.apply(job, &mut batch, &mut replies),
+                                None => break,
+                            },
+                            () = &mut gather => break,
                         }
                     }
                     Err(_) => break,
@@ -674,7 +680,7 @@ impl Engine {
             Ok(actor) => actor,
             Err(err) => {
                 let actor = Actor {
-                    username: session.username,
+                    username: session.username.clone(),
                     role: session.role,
                 };
                 batch.audit(

@@ -127,6 +127,7 @@ impl Viewer {
         let name = request.name();
         match answer(&http.shared, &session.signed_in, &session.holder, request)
             .await
+            .await
             .map(Outcome::into_result)
         {
             Some(Ok(answer)) => pick(answer).map(Ok).ok_or_else(|| unexpected(name)),
@@ -341,8 +342,8 @@ pub async fn sign_in_post(
             let value = http.sessions.open(
                 now,
                 Session {
-                    signed_in,
-                    holder,
+                    signed_in: Arc::new(signed_in),
+                    holder: Arc::new(holder),
                     expires_at: now.saturating_add(SESSION_LIFETIME.as_millis() as i64),
                 },
             );

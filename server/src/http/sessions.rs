@@ -4,7 +4,7 @@
 //! or a deactivated account ends it at the next page.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::header::COOKIE;
@@ -25,8 +25,8 @@ const MAX_SESSIONS: usize = 10_000;
 /// Who signed in, as every page asks the engine.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub signed_in: SignedIn,
-    pub holder: Holder,
+    pub signed_in: Arc<SignedIn>,
+    pub holder: Arc<Holder>,
     /// When it ends, in Unix milliseconds.
     pub expires_at: i64,
 }
@@ -131,17 +131,17 @@ mod tests {
 
     fn session(expires_at: i64) -> Session {
         Session {
-            signed_in: SignedIn {
+            signed_in: Arc::new(SignedIn {
                 user_id: 1,
                 username: "alice".into(),
                 role: Role::Member,
                 token: "t1".into(),
-            },
-            holder: Holder {
+            }),
+            holder: Arc::new(Holder {
                 client: ClientId([0; 16]),
                 host: "dashboard".into(),
                 peer: Peer::default(),
-            },
+            }),
             expires_at,
         }
     }

@@ -65,8 +65,11 @@ impl SqliteStore {
     /// Opens (creating if missing) the database at `path` and migrates it.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let options = Self::connect_options(path)?;
+        // A connection to a file in this process cannot go stale: no ping before each use,
+        // which would cost every commit one more trip to sqlx's worker thread.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         let migrated = match adopt_schema_version(&pool).await {

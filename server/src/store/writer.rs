@@ -72,7 +72,8 @@ macro_rules! batch_writer {
             Ok((username, revoked))
         }
 
-        /// Inserts `rows` into `table` with multi-row statements of at most [`CHUNK`] rows. `bind`
+        /// Inserts `rows` into `table` with multi-row statements of at most [`CHUNK`] rows, as
+        /// many as [`in_shapes`] makes. `bind`
         /// binds one row's values in the order of `columns`; `tail` ends every statement (an
         /// `ON CONFLICT` clause, or nothing).
         async fn insert_rows<'a, T>(
@@ -83,7 +84,7 @@ macro_rules! batch_writer {
             tail: &str,
             mut bind: impl FnMut(&mut Separated<'_, 'a, $db, &'static str>, &'a T),
         ) -> Result<(), StoreError> {
-            for chunk in rows.chunks(CHUNK) {
+            for chunk in $crate::store::writer::in_shapes(rows, CHUNK) {
                 let mut q =
                     QueryBuilder::<$db>::new(format!("INSERT INTO {table} ({}) ", columns.join(", ")));
                 q.push_values(chunk, |mut values, row| bind(&mut values, row));
@@ -108,7 +109,8 @@ macro_rules! batch_writer {
             where_in(conn, &head, values, ")").await
         }
 
-        /// Runs `head`, a list of `values`, `tail` as one statement per [`CHUNK`] of values.
+        /// Runs `head`, a list of `values`, `tail` as one statement per run of values that
+        /// [`in_shapes`] makes.
         async fn where_in<'a, V>(
             conn: &mut $conn,
             head: &str,
@@ -119,7 +121,7 @@ macro_rules! batch_writer {
             V: Sync,
             &'a V: Encode<'a, $db> + Type<$db>,
         {
-            for chunk in values.chunks(CHUNK) {
+            for chunk in $crate::store::writer::in_shapes(values, CHUNK) {
                 let mut q = QueryBuilder::<$db>::new(head);
                 let mut list = q.separated(", ");
                 for value in chunk {
@@ -1068,5 +1070,46 @@ impl LeaseRows {
             self.by_id.remove(id);
         }
         self.next = plan.next;
+    }
+}
+
+/// `rows` in consecutive runs whose lengths are powers of two, the longest first, none
+/// longer than `max`. A multi-row statement of a run then has one of a few shapes (about
+/// ten per table), which each connection prepares once and keeps in sqlx's statement
+/// cache; one statement per row count would be a new text to parse (and, on PostgreSQL, to
+/// prepare in a round trip) at nearly every commit.
+pub(crate) fn in_shapes<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let most = rows.len().min(max);
+        if most == 0 {
+            return None;
+        }
+        let len = 1 << (usize::BITS - 1 - most.leading_zeros());
+        let (run, rest) = rows.split_at(len);
+        rows = rest;
+        Some(run)
+    })
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::in_shapes;
+
+    #[test]
+    fn runs_are_powers_of_two_in_order_covering_every_row_once() {
+        for n in 0..2_100usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let runs: Vec<&[usize]> = in_shapes(&rows, 1000).collect();
+            let lens: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+            assert!(
+                lens.iter().all(|len| len.is_power_of_two() && *len <= 512),
+                "{n}: {lens:?}"
+            );
+            assert!(lens.windows(2).all(|w| w[0] >= w[1]), "{n}: {lens:?}");
+            let joined: Vec<usize> = runs.concat();
+            assert_eq!(joined, rows, "{n} rows come out in order, each once");
+        }
+        let lens: Vec<usize> = in_shapes(&[0u8; 37], 1000).map(<[u8]>::len).collect();
+        assert_eq!(lens, [32, 4, 1]);
     }
 }
