@@ -177,6 +177,12 @@ impl Pool {
         holder: &Holder,
         request: &Checkout,
     ) -> Result<Vec<(String, LeaseSource)>, ErrorBody> {
+        let prerequisites = self.prerequisites_of(&request.feature);
+        if prerequisites.is_empty() {
+            // Most features have none: no walk over the leases this instance holds, which
+            // would make every checkout cost as much as the instance's leases.
+            return Ok(Vec::new());
+        }
         let session = self
             .ledger
             .sessions
@@ -194,7 +200,7 @@ impl Pool {
             .unwrap_or_default();
         let count = session.map_or(0, |session| session.leases.len());
         let mut taken = Vec::new();
-        for requires in self.prerequisites_of(&request.feature) {
+        for requires in prerequisites {
             if held.contains(requires.as_str()) {
                 continue;
             }
