@@ -123,6 +123,15 @@ pub(super) struct Held {
     pub(super) floating: u32,
 }
 
+/// The entry of `feature` in a map keyed by feature, made (and its name copied) only when it
+/// is not there yet: most leases are of a feature that already has one.
+fn counter<'a, V: Default>(map: &'a mut HashMap<String, V>, feature: &str) -> &'a mut V {
+    if !map.contains_key(feature) {
+        map.insert(feature.to_string(), V::default());
+    }
+    map.get_mut(feature).expect("just made")
+}
+
 impl Ledger {
     pub(super) fn new(ttl_ms: i64) -> Self {
         Self {
@@ -175,10 +184,7 @@ impl Ledger {
     }
 
     fn hold(&mut self, lease: &Lease) {
-        let held = self
-            .held
-            .entry(lease.feature.clone())
-            .or_default()
+        let held = counter(&mut self.held, &lease.feature)
             .entry(HolderKey::of(lease))
             .or_default();
         held.all += lease.seats;
@@ -263,15 +269,21 @@ impl Ledger {
         }
     }
 
+    /// Makes room for `additional` more leases at once, before a restore inserts them.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.leases.reserve(additional);
+        self.by_request.reserve(additional);
+    }
+
     /// Records a lease; an online one joins its client's session, which lapses no earlier
     /// than `session_expires_at`.
     pub(super) fn insert(&mut self, lease: Lease, session_expires_at: i64) {
         let usage = match lease.source {
-            LeaseSource::Floating => self.usage.entry(lease.feature.clone()).or_default(),
+            LeaseSource::Floating => counter(&mut self.usage, &lease.feature),
             LeaseSource::Assignment(id) => self.assignment_use.entry(id).or_default(),
         };
         usage.take(lease.kind, lease.seats);
-        *self.in_use.entry(lease.feature.clone()).or_default() += lease.seats;
+        *counter(&mut self.in_use, &lease.feature) += lease.seats;
         self.by_request
             .insert((lease.client, lease.request_id), lease.id);
         if let Some(with) = lease.taken_with {
