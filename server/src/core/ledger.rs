@@ -9,6 +9,7 @@
 //! renews every lease of the session, so a session has a single expiry time and the sweep
 //! reclaims all its leases together when it passes.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -75,6 +76,9 @@ pub(super) struct Ledger {
     /// How long an online lease lives without a heartbeat.
     pub(super) ttl_ms: i64,
     pub(super) leases: HashMap<LeaseId, Lease>,
+    /// Every lease by newest grant first, then id: the order listings page through, so
+    /// that a page costs its own leases and not a sort of all of them.
+    pub(super) by_grant: BTreeSet<(Reverse<i64>, LeaseId)>,
     /// The lease each client's request got, so that a retry returns it (R4).
     pub(super) by_request: HashMap<(ClientId, RequestId), LeaseId>,
     pub(super) sessions: HashMap<ClientId, Session>,
@@ -137,6 +141,7 @@ impl Ledger {
         Self {
             ttl_ms,
             leases: HashMap::new(),
+            by_grant: BTreeSet::new(),
             by_request: HashMap::new(),
             sessions: HashMap::new(),
             expiry: BTreeSet::new(),
@@ -307,7 +312,12 @@ impl Ledger {
                 self.expiry.insert((session_expires_at, client));
             }
         }
-        self.leases.insert(lease.id, lease);
+        self.by_grant.insert((Reverse(lease.granted_at), lease.id));
+        if let Some(old) = self.leases.insert(lease.id, lease) {
+            if self.leases[&old.id].granted_at != old.granted_at {
+                self.by_grant.remove(&(Reverse(old.granted_at), old.id));
+            }
+        }
     }
 
     /// Takes a lease out of its session's set (and the expiry queue when it was the last).
@@ -407,6 +417,7 @@ impl Ledger {
         let Some(lease) = self.leases.remove(&id) else {
             return;
         };
+        self.by_grant.remove(&(Reverse(lease.granted_at), lease.id));
         self.unhold(&lease);
         if let Some(held) = self.in_use.get_mut(&lease.feature) {
             *held = held.saturating_sub(lease.seats);
