@@ -1320,13 +1320,25 @@ impl Engine {
     /// start or a reload) and makes that durable, before any request is served (R10).
     async fn catch_up(&mut self) {
         loop {
+            let started = std::time::Instant::now();
             let mut batch = Batch::default();
             self.pool.advance(self.clock.now_millis(), &mut batch);
+            let advanced = started.elapsed();
             if batch.is_empty() {
+                tracing::debug!(
+                    advance_ms = advanced.as_millis() as u64,
+                    "nothing passed while not serving"
+                );
                 return;
             }
             match self.store.commit(&batch, self.fence).await {
                 Ok(()) => {
+                    tracing::debug!(
+                        advance_ms = advanced.as_millis() as u64,
+                        commit_ms = (started.elapsed() - advanced).as_millis() as u64,
+                        leases_ended = batch.leases_removed.len(),
+                        "applied what passed while not serving"
+                    );
                     log_changes(&batch);
                     if !batch.notifications.is_empty() {
                         self.outbox.notify_one();

@@ -115,7 +115,13 @@ pub async fn run(
             .await
             .context("cannot load the pool from the store")?,
     };
+    let loaded = started.elapsed();
     let pool = Pool::restore(snapshot, ttl_ms, policy, control.clock.now_millis());
+    tracing::debug!(
+        load_ms = loaded.as_millis() as u64,
+        restore_ms = (started.elapsed() - loaded).as_millis() as u64,
+        "pool restored from the snapshot"
+    );
     if cluster.is_none() {
         tracing::info!(
             leases = pool.lease_count(),

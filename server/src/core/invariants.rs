@@ -43,6 +43,20 @@ impl Pool {
                 self.active_users
             ));
         }
+        let listed = self.ledger.by_grant.len() == self.ledger.leases.len()
+            && self.ledger.by_grant.iter().all(|(granted, id)| {
+                self.ledger
+                    .leases
+                    .get(id)
+                    .is_some_and(|l| l.granted_at == granted.0)
+            });
+        if !listed {
+            return Err(format!(
+                "{} leases, but the listing order holds {} entries, not one for each",
+                self.ledger.leases.len(),
+                self.ledger.by_grant.len()
+            ));
+        }
         let mut floating: HashMap<&str, Usage> = HashMap::new();
         let mut assigned: HashMap<u64, Usage> = HashMap::new();
         for lease in self.ledger.leases.values() {

@@ -177,6 +177,12 @@ impl Pool {
         holder: &Holder,
         request: &Checkout,
     ) -> Result<Vec<(String, LeaseSource)>, ErrorBody> {
+        let prerequisites = self.prerequisites_of(&request.feature);
+        if prerequisites.is_empty() {
+            // Most features have none: no walk over the leases this instance holds, which
+            // would make every checkout cost as much as the instance's leases.
+            return Ok(Vec::new());
+        }
         let session = self
             .ledger
             .sessions
@@ -194,7 +200,7 @@ impl Pool {
             .unwrap_or_default();
         let count = session.map_or(0, |session| session.leases.len());
         let mut taken = Vec::new();
-        for requires in self.prerequisites_of(&request.feature) {
+        for requires in prerequisites {
             if held.contains(requires.as_str()) {
                 continue;
             }
@@ -656,12 +662,16 @@ impl Pool {
         max_bytes: usize,
         extra: impl Fn(&Lease) -> usize,
     ) -> (Vec<&Lease>, Option<LeaseCursor>) {
-        let key = |l: &Lease| (std::cmp::Reverse(l.granted_at), l.id);
-        let after = after.map(|c| (std::cmp::Reverse(c.granted_at), c.id));
-        let mut leases: Vec<&Lease> = self
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = match after {
+            Some(c) => Excluded((std::cmp::Reverse(c.granted_at), c.id)),
+            None => Unbounded,
+        };
+        let mut matching = self
             .ledger
-            .leases
-            .values()
+            .by_grant
+            .range((from, Unbounded))
+            .map(|(_, id)| &self.ledger.leases[id])
             .filter(|l| actor.role.is_admin() || l.user.eq_ignore_ascii_case(&actor.username))
             .filter(|l| query.feature.as_deref().is_none_or(|f| l.feature == f))
             .filter(|l| {
@@ -670,21 +680,20 @@ impl Pool {
                     .as_deref()
                     .is_none_or(|u| l.user.eq_ignore_ascii_case(u))
             })
-            .filter(|l| after.is_none_or(|after| key(l) > after))
-            .collect();
-        leases.sort_by_key(|l| key(l));
+            .peekable();
         let limit = limit.max(1);
         let mut page = Vec::new();
         let mut bytes = 0;
-        for lease in &leases {
+        while let Some(lease) = matching.peek() {
             if page.len() == limit || (!page.is_empty() && bytes >= max_bytes) {
                 break;
             }
             bytes += 64 + lease.feature.len() + lease.user.len() + lease.host.len() + extra(lease);
             page.push(*lease);
+            matching.next();
         }
         let next = match page.last() {
-            Some(last) if page.len() < leases.len() => Some(LeaseCursor {
+            Some(last) if matching.peek().is_some() => Some(LeaseCursor {
                 granted_at: last.granted_at,
                 id: last.id,
             }),

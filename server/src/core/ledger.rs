@@ -9,6 +9,7 @@
 //! renews every lease of the session, so a session has a single expiry time and the sweep
 //! reclaims all its leases together when it passes.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -75,6 +76,9 @@ pub(super) struct Ledger {
     /// How long an online lease lives without a heartbeat.
     pub(super) ttl_ms: i64,
     pub(super) leases: HashMap<LeaseId, Lease>,
+    /// Every lease by newest grant first, then id: the order listings page through, so
+    /// that a page costs its own leases and not a sort of all of them.
+    pub(super) by_grant: BTreeSet<(Reverse<i64>, LeaseId)>,
     /// The lease each client's request got, so that a retry returns it (R4).
     pub(super) by_request: HashMap<(ClientId, RequestId), LeaseId>,
     pub(super) sessions: HashMap<ClientId, Session>,
@@ -123,11 +127,21 @@ pub(super) struct Held {
     pub(super) floating: u32,
 }
 
+/// The entry of `feature` in a map keyed by feature, made (and its name copied) only when it
+/// is not there yet: most leases are of a feature that already has one.
+fn counter<'a, V: Default>(map: &'a mut HashMap<String, V>, feature: &str) -> &'a mut V {
+    if !map.contains_key(feature) {
+        map.insert(feature.to_string(), V::default());
+    }
+    map.get_mut(feature).expect("just made")
+}
+
 impl Ledger {
     pub(super) fn new(ttl_ms: i64) -> Self {
         Self {
             ttl_ms,
             leases: HashMap::new(),
+            by_grant: BTreeSet::new(),
             by_request: HashMap::new(),
             sessions: HashMap::new(),
             expiry: BTreeSet::new(),
@@ -175,10 +189,7 @@ impl Ledger {
     }
 
     fn hold(&mut self, lease: &Lease) {
-        let held = self
-            .held
-            .entry(lease.feature.clone())
-            .or_default()
+        let held = counter(&mut self.held, &lease.feature)
             .entry(HolderKey::of(lease))
             .or_default();
         held.all += lease.seats;
@@ -263,15 +274,21 @@ impl Ledger {
         }
     }
 
+    /// Makes room for `additional` more leases at once, before a restore inserts them.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.leases.reserve(additional);
+        self.by_request.reserve(additional);
+    }
+
     /// Records a lease; an online one joins its client's session, which lapses no earlier
     /// than `session_expires_at`.
     pub(super) fn insert(&mut self, lease: Lease, session_expires_at: i64) {
         let usage = match lease.source {
-            LeaseSource::Floating => self.usage.entry(lease.feature.clone()).or_default(),
+            LeaseSource::Floating => counter(&mut self.usage, &lease.feature),
             LeaseSource::Assignment(id) => self.assignment_use.entry(id).or_default(),
         };
         usage.take(lease.kind, lease.seats);
-        *self.in_use.entry(lease.feature.clone()).or_default() += lease.seats;
+        *counter(&mut self.in_use, &lease.feature) += lease.seats;
         self.by_request
             .insert((lease.client, lease.request_id), lease.id);
         if let Some(with) = lease.taken_with {
@@ -295,7 +312,12 @@ impl Ledger {
                 self.expiry.insert((session_expires_at, client));
             }
         }
-        self.leases.insert(lease.id, lease);
+        self.by_grant.insert((Reverse(lease.granted_at), lease.id));
+        if let Some(old) = self.leases.insert(lease.id, lease) {
+            if self.leases[&old.id].granted_at != old.granted_at {
+                self.by_grant.remove(&(Reverse(old.granted_at), old.id));
+            }
+        }
     }
 
     /// Takes a lease out of its session's set (and the expiry queue when it was the last).
@@ -395,6 +417,7 @@ impl Ledger {
         let Some(lease) = self.leases.remove(&id) else {
             return;
         };
+        self.by_grant.remove(&(Reverse(lease.granted_at), lease.id));
         self.unhold(&lease);
         if let Some(held) = self.in_use.get_mut(&lease.feature) {
             *held = held.saturating_sub(lease.seats);

@@ -191,6 +191,7 @@ impl Pool {
             pool.track_assignment(&assignment, true);
             pool.assignments.insert(assignment.id, assignment);
         }
+        pool.ledger.reserve(snapshot.leases.len());
         for lease in snapshot.leases {
             pool.ledger.insert(lease, now + ttl_ms);
         }

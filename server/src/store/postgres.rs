@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::query_builder::Separated;
@@ -25,8 +26,8 @@ use sqlx::{Encode, PgConnection, PgPool, Postgres, QueryBuilder, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
-    AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedRows,
-    NumberedLeaseRow, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow,
+    AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedLeases,
+    LoadedRows, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow, SELECT_LEASES,
 };
 use super::writer::LeaseRows;
 use super::{
@@ -206,9 +207,20 @@ impl Store for PgStore {
             sqlx::query_as("SELECT * FROM entitlements ORDER BY id")
                 .fetch_all(&mut *tx)
                 .await?;
-        let numbered: Vec<NumberedLeaseRow> = sqlx::query_as("SELECT * FROM leases ORDER BY seq")
-            .fetch_all(&mut *tx)
-            .await?;
+        let started = std::time::Instant::now();
+        // A row at a time as the backend streams them: each converted while the next is read.
+        let mut leases = LoadedLeases::default();
+        {
+            let mut stream = sqlx::query(SELECT_LEASES).fetch(&mut *tx);
+            while let Some(row) = stream.try_next().await? {
+                leases.push(&row)?;
+            }
+        }
+        tracing::debug!(
+            leases = leases.leases.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "leases read"
+        );
         // Byte order, as the pool keeps its maps (and as SQLite's NOCASE orders the
         // lowercase names the core stores).
         let users: Vec<UserRow> =
@@ -265,7 +277,7 @@ impl Store for PgStore {
         tx.commit().await?;
         let (snapshot, rows) = LoadedRows {
             entitlements,
-            leases: numbered,
+            leases,
             users,
             assignments,
             tokens,

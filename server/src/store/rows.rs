@@ -47,17 +47,24 @@ impl TryFrom<EntitlementRow> for Entitlement {
     }
 }
 
-/// A row of `leases`, without the row number a backend may keep beside it.
-#[derive(Debug, sqlx::FromRow)]
-pub struct LeaseRow {
-    pub id: Vec<u8>,
-    pub feature: String,
+/// How a load reads `leases`: every column in the order [`LeaseRow::read`] takes them, in
+/// grant order (`seq`).
+pub const SELECT_LEASES: &str = "SELECT seq, id, feature, seats, username, host, client_id, request_id, kind, source_assignment, granted_at, expires_at, entitlement, program, pid, address, taken_with FROM leases ORDER BY seq";
+
+/// A row of `leases` with its row number (`seq`, in grant order), borrowed from the row the
+/// backend returned: decoded by column position, with the ids and the kind read in place,
+/// so that a load of a million leases allocates nothing per row but the lease's own text.
+#[derive(Debug)]
+pub struct LeaseRow<'r> {
+    pub seq: i64,
+    pub id: &'r [u8],
+    pub feature: &'r str,
     pub seats: i64,
-    pub username: String,
-    pub host: String,
-    pub client_id: Vec<u8>,
-    pub request_id: Vec<u8>,
-    pub kind: String,
+    pub username: &'r str,
+    pub host: &'r str,
+    pub client_id: &'r [u8],
+    pub request_id: &'r [u8],
+    pub kind: &'r str,
     /// The assignment the seats come from; none for floating seats.
     pub source_assignment: Option<i64>,
     pub granted_at: i64,
@@ -65,39 +72,63 @@ pub struct LeaseRow {
     pub entitlement: Option<i64>,
     /// What the holder said of itself, and where it connected from (empty and 0 in rows
     /// written before they were kept).
-    pub program: String,
+    pub program: &'r str,
     pub pid: i64,
-    pub address: String,
+    pub address: &'r str,
     /// For a seat of a prerequisite: the lease whose checkout took it (R18).
-    pub taken_with: Option<Vec<u8>>,
+    pub taken_with: Option<&'r [u8]>,
 }
 
-/// A row of `leases` with its row number (`seq`, in grant order).
-#[derive(Debug, sqlx::FromRow)]
-pub struct NumberedLeaseRow {
-    pub seq: i64,
-    #[sqlx(flatten)]
-    pub lease: LeaseRow,
+impl<'r> LeaseRow<'r> {
+    /// Reads a row of [`SELECT_LEASES`], column by position.
+    pub fn read<R>(row: &'r R) -> Result<Self, StoreError>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(LeaseRow {
+            seq: row.try_get(0)?,
+            id: row.try_get(1)?,
+            feature: row.try_get(2)?,
+            seats: row.try_get(3)?,
+            username: row.try_get(4)?,
+            host: row.try_get(5)?,
+            client_id: row.try_get(6)?,
+            request_id: row.try_get(7)?,
+            kind: row.try_get(8)?,
+            source_assignment: row.try_get(9)?,
+            granted_at: row.try_get(10)?,
+            expires_at: row.try_get(11)?,
+            entitlement: row.try_get(12)?,
+            program: row.try_get(13)?,
+            pid: row.try_get(14)?,
+            address: row.try_get(15)?,
+            taken_with: row.try_get(16)?,
+        })
+    }
 }
 
-impl TryFrom<LeaseRow> for Lease {
+impl TryFrom<LeaseRow<'_>> for Lease {
     type Error = StoreError;
 
-    fn try_from(row: LeaseRow) -> Result<Self, StoreError> {
+    fn try_from(row: LeaseRow<'_>) -> Result<Self, StoreError> {
         Ok(Lease {
             id: LeaseId(id16("leases.id", row.id)?),
-            feature: row.feature,
+            feature: row.feature.to_owned(),
             seats: unsigned("leases.seats", row.seats)?,
-            user: row.username,
-            host: row.host,
+            user: row.username.to_owned(),
+            host: row.host.to_owned(),
             peer: Peer {
-                program: row.program,
+                program: row.program.to_owned(),
                 pid: unsigned("leases.pid", row.pid)?,
-                address: row.address,
+                address: row.address.to_owned(),
             },
             client: ClientId(id16("leases.client_id", row.client_id)?),
             request_id: RequestId(id16("leases.request_id", row.request_id)?),
-            kind: LeaseKind::parse(&row.kind)
+            kind: LeaseKind::parse(row.kind)
                 .ok_or_else(|| StoreError::Corrupt(format!("lease kind {:?}", row.kind)))?,
             source: match row.source_assignment {
                 None => LeaseSource::Floating,
@@ -114,6 +145,33 @@ impl TryFrom<LeaseRow> for Lease {
                 .map(|id| id16("leases.taken_with", id).map(LeaseId))
                 .transpose()?,
         })
+    }
+}
+
+/// The leases a load read, in grant order, and the row number of each.
+#[derive(Debug, Default)]
+pub struct LoadedLeases {
+    pub leases: Vec<Lease>,
+    pub rows: super::writer::LeaseRows,
+}
+
+impl LoadedLeases {
+    /// Converts one row of [`SELECT_LEASES`] as the backend streams it, so that no row is
+    /// kept once read.
+    pub fn push<'r, R>(&mut self, row: &'r R) -> Result<(), StoreError>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let row = LeaseRow::read(row)?;
+        let seq = row.seq;
+        let lease = Lease::try_from(row)?;
+        self.rows.loaded(lease.id, seq);
+        self.leases.push(lease);
+        Ok(())
     }
 }
 
@@ -320,7 +378,7 @@ fn unsigned<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, StoreError> 
 }
 
 /// A stored 16-byte id.
-fn id16(column: &str, bytes: Vec<u8>) -> Result<[u8; 16], StoreError> {
+fn id16(column: &str, bytes: &[u8]) -> Result<[u8; 16], StoreError> {
     bytes
         .try_into()
         .map_err(|_| StoreError::Corrupt(format!("{column} is not 16 bytes")))
@@ -334,34 +392,46 @@ mod tests {
     #[test]
     fn unreadable_values_name_their_column() {
         let row = || LeaseRow {
+            seq: 1,
             taken_with: None,
-            id: vec![1; 16],
-            feature: "vray".into(),
+            id: &[1; 16],
+            feature: "vray",
             seats: 1,
-            username: "ann@x".into(),
-            host: "h".into(),
-            client_id: vec![2; 16],
-            request_id: vec![3; 16],
-            kind: "online".into(),
+            username: "ann@x",
+            host: "h",
+            client_id: &[2; 16],
+            request_id: &[3; 16],
+            kind: "online",
             source_assignment: None,
             granted_at: 0,
             expires_at: 1,
             entitlement: None,
-            program: String::new(),
+            program: "",
             pid: 0,
-            address: String::new(),
+            address: "",
         };
         let err = Lease::try_from(LeaseRow { seats: -1, ..row() })
             .unwrap_err()
             .to_string();
         assert!(err.contains("leases.seats -1"), "{err}");
         let bad = LeaseRow {
-            id: vec![1; 15],
-            kind: "leased".into(),
+            id: &[1; 15],
             ..row()
         };
         let err = Lease::try_from(bad).unwrap_err().to_string();
         assert!(err.contains("leases.id is not 16 bytes"), "{err}");
+        let bad = LeaseRow {
+            kind: "leased",
+            ..row()
+        };
+        let err = Lease::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("lease kind \"leased\""), "{err}");
+        let bad = LeaseRow {
+            taken_with: Some(&[4; 17]),
+            ..row()
+        };
+        let err = Lease::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("leases.taken_with is not 16 bytes"), "{err}");
         let err = counter("next_user_id", Some("x".into()))
             .unwrap_err()
             .to_string();
@@ -384,8 +454,8 @@ mod tests {
 #[derive(Debug)]
 pub struct LoadedRows {
     pub entitlements: Vec<EntitlementRow>,
-    /// In grant order (`seq`).
-    pub leases: Vec<NumberedLeaseRow>,
+    /// In grant order (`seq`), with their row numbers.
+    pub leases: LoadedLeases,
     pub users: Vec<UserRow>,
     pub assignments: Vec<AssignmentRow>,
     pub tokens: Vec<TokenRow>,
@@ -523,7 +593,7 @@ impl TryFrom<ConsumptionDbRow> for ConsumptionRow {
         Ok(ConsumptionRow {
             user: unsigned("credit_consumptions.user_id", row.user_id)?,
             username: row.username,
-            request: id16("credit_consumptions.request_id", row.request_id)?,
+            request: id16("credit_consumptions.request_id", &row.request_id)?,
             at: row.at,
             meter: row.meter,
             amount: unsigned("credit_consumptions.amount", row.amount)?,
@@ -618,13 +688,7 @@ impl LoadedRows {
     ) -> Result<(crate::core::Snapshot, super::writer::LeaseRows), StoreError> {
         let meta = self.meta;
         let counter = |key: &str| counter(key, meta.get(key).cloned());
-        let mut rows = super::writer::LeaseRows::default();
-        let mut leases = Vec::with_capacity(self.leases.len());
-        for row in self.leases {
-            let lease = crate::core::Lease::try_from(row.lease)?;
-            rows.loaded(lease.id, row.seq);
-            leases.push(lease);
-        }
+        let LoadedLeases { leases, rows } = self.leases;
         let snapshot = crate::core::Snapshot {
             entitlements: convert(self.entitlements)?,
             leases,

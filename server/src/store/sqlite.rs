@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -15,8 +16,8 @@ use sqlx::{Encode, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Type};
 use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
-    AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedRows,
-    NumberedLeaseRow, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow,
+    AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedLeases,
+    LoadedRows, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow, SELECT_LEASES,
 };
 use super::writer::LeaseRows;
 use super::{Delivery, DeliverySummary, Fence, Identity, Store, StoreError};
@@ -218,9 +219,20 @@ impl Store for SqliteStore {
             sqlx::query_as("SELECT * FROM entitlements ORDER BY id")
                 .fetch_all(&mut *conn)
                 .await?;
-        let numbered: Vec<NumberedLeaseRow> = sqlx::query_as("SELECT * FROM leases ORDER BY seq")
-            .fetch_all(&mut *conn)
-            .await?;
+        let started = std::time::Instant::now();
+        // A row at a time as the backend streams them: each converted while the next is read.
+        let mut leases = LoadedLeases::default();
+        {
+            let mut stream = sqlx::query(SELECT_LEASES).fetch(&mut *conn);
+            while let Some(row) = stream.try_next().await? {
+                leases.push(&row)?;
+            }
+        }
+        tracing::debug!(
+            leases = leases.leases.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "leases read"
+        );
         let users: Vec<UserRow> = sqlx::query_as("SELECT * FROM users ORDER BY username")
             .fetch_all(&mut *conn)
             .await?;
@@ -271,7 +283,7 @@ impl Store for SqliteStore {
             .collect();
         let (snapshot, rows) = LoadedRows {
             entitlements,
-            leases: numbered,
+            leases,
             users,
             assignments,
             tokens,
