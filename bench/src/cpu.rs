@@ -27,6 +27,9 @@ pub enum Server {
     Processes(Vec<u32>),
     /// The threads of this process named [`ECHO_THREAD`].
     EchoThreads,
+    /// The other threads of this process: the load generator, the clients' side of every
+    /// request, which shares the machine's cores with the server it measures.
+    Generator,
 }
 
 impl Server {
@@ -48,20 +51,8 @@ impl Server {
                 }
                 total
             }
-            Server::EchoThreads => {
-                let mut total = 0;
-                for task in std::fs::read_dir("/proc/self/task")? {
-                    // A thread that ended meanwhile has no stat any more.
-                    let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
-                        continue;
-                    };
-                    let (name, ticks) = stat_ticks(&stat)?;
-                    if name == ECHO_THREAD {
-                        total += ticks;
-                    }
-                }
-                total
-            }
+            Server::EchoThreads => own_threads(true)?,
+            Server::Generator => own_threads(false)?,
         };
         Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()?))
     }
@@ -93,6 +84,22 @@ impl Meter {
 /// `used` spread over `ops`, in microseconds to one decimal.
 pub fn per_op(used: Duration, ops: usize) -> f64 {
     (used.as_secs_f64() * 1e6 / ops.max(1) as f64 * 10.0).round() / 10.0
+}
+
+/// `utime + stime` of this process's threads named [`ECHO_THREAD`] (`echo`) or of all the
+/// others. A thread that ended meanwhile no longer counts.
+fn own_threads(echo: bool) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue;
+        };
+        let (name, ticks) = stat_ticks(&stat)?;
+        if (name == ECHO_THREAD) == echo {
+            total += ticks;
+        }
+    }
+    Ok(total)
 }
 
 /// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`).

@@ -259,6 +259,8 @@ struct Baseline {
     latencies: Latencies,
     /// The echo server's CPU time per round trip.
     server_cpu_us_per_op: f64,
+    /// The load generator's CPU time per round trip.
+    client_cpu_us_per_op: f64,
     /// The mean of the round trips' times as each connection measured them, send to reply,
     /// in milliseconds: the round trip of the durable limit.
     mean_round_trip_ms: f64,
@@ -275,6 +277,7 @@ async fn measure_baseline(conns: usize, secs: u64) -> Result<Baseline> {
         opened.push(server.open().await?);
     }
     let meter = cpu::Server::EchoThreads.meter()?;
+    let client_meter = cpu::Server::Generator.meter()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for mut framed in opened {
@@ -297,6 +300,7 @@ async fn measure_baseline(conns: usize, secs: u64) -> Result<Baseline> {
     Ok(Baseline {
         ops_per_sec: all.0.len() as f64 / started.elapsed().as_secs_f64(),
         server_cpu_us_per_op: meter.us_per_op(all.0.len())?,
+        client_cpu_us_per_op: client_meter.us_per_op(all.0.len())?,
         mean_round_trip_ms: all.mean_ms(),
         latencies: all,
     })
@@ -371,6 +375,7 @@ async fn checkout(
         None => None,
     };
     let meter = daemon.cpu().meter()?;
+    let client_meter = cpu::Server::Generator.meter()?;
     let (mut all, _, ops) = load::checkout_loops(opened, secs).await?;
     println!(
         "checkout: {conns} connections looping checkout + check-in for {secs} s ({store_text})"
@@ -384,8 +389,10 @@ async fn checkout(
         "p50_ms": all.quantile_ms(0.5),
         "p99_ms": all.quantile_ms(0.99),
         "server_cpu_us_per_op": meter.us_per_op(all.0.len())?,
+        "client_cpu_us_per_op": client_meter.us_per_op(all.0.len())?,
         "baseline_ops_per_sec": baseline.ops_per_sec.round(),
         "baseline_server_cpu_us_per_op": baseline.server_cpu_us_per_op,
+        "baseline_client_cpu_us_per_op": baseline.client_cpu_us_per_op,
         "ratio_to_baseline": round3(ops / baseline.ops_per_sec),
         "baseline_mean_rtt_ms": round3(baseline.mean_round_trip_ms),
         "commit_ms": round3(commit.median_ms),

@@ -36,6 +36,13 @@ pub enum FrameError {
 /// `max_frame` (64 KiB by default) from clients.
 pub const MAX_RESPONSE_FRAME: usize = 16 * 1024 * 1024;
 
+/// What the read and the write buffer of a connection start with, and how much written
+/// data is buffered before `feed` writes it out. Most frames are well under it, and a
+/// server holds thousands of connections that mostly sit idle between heartbeats, so each
+/// starts small (tokio-util's default is 8 KiB each); a buffer grows when a larger frame
+/// comes or goes.
+const BUFFER: usize = 1024;
+
 /// Length-delimited framing with separate limits for what is read and what is written.
 struct FrameCodec {
     read: LengthDelimitedCodec,
@@ -88,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             write: codec(max_write),
         };
         Self {
-            framed: Framed::new(stream, codec),
+            framed: Framed::with_capacity(stream, codec, BUFFER),
             max_read,
             max_write,
         }
