@@ -282,7 +282,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 conn.flush().await.map_err(|e| e.to_string())?;
             }
             Some(notice) = notices.messages.recv() => {
-                conn.send(&notice).await.map_err(|e| e.to_string())?;
+                conn.send(&*notice).await.map_err(|e| e.to_string())?;
             }
             () = &mut cancelled, if !closing => closing = true,
             ended = &mut signed_out, if signed_out_open => match ended {
@@ -417,10 +417,11 @@ pub(crate) struct Answer {
     waiting: Waiting,
 }
 
+/// Small, as a connection's queue keeps room for several: what is not the engine's oneshot
+/// is boxed.
 enum Waiting {
     Engine(oneshot::Receiver<Outcome>),
     Here(futures::future::BoxFuture<'static, Outcome>),
-    Ready(Option<Outcome>),
 }
 
 impl Future for Answer {
@@ -440,7 +441,6 @@ impl Future for Answer {
                 Poll::Ready(outcome) => Some(outcome),
                 Poll::Pending => return Poll::Pending,
             },
-            Waiting::Ready(outcome) => outcome.take(),
         };
         tracing::debug!(
             request = self.name,
@@ -493,7 +493,7 @@ pub(crate) async fn answer(
     });
     let waiting = match shared.engine.send(job).await {
         Ok(()) => Waiting::Engine(answer),
-        Err(_) => Waiting::Ready(Some(Outcome::Err(shutting_down()))),
+        Err(_) => Waiting::Here(Box::pin(std::future::ready(Outcome::Err(shutting_down())))),
     };
     Answer {
         name,

@@ -17,10 +17,14 @@ use tokio::sync::mpsc;
 #[derive(Debug, Default)]
 pub struct Notices {
     /// The connection registered last for each instance: its number and its sender.
-    live: Mutex<HashMap<ClientId, (u64, mpsc::UnboundedSender<ServerMessage>)>>,
+    live: Mutex<HashMap<ClientId, (u64, mpsc::UnboundedSender<Notice>)>>,
     /// Numbers connections, so that one ending never removes a newer one's place.
     next: AtomicU64,
 }
+
+/// A message on its way to a connection, boxed: a channel allocates room for 32 of what it
+/// carries when it is made, and every connection holds one, while notices are rare.
+pub type Notice = Box<ServerMessage>;
 
 /// A connection's place in [`Notices`]: its messages arrive on `messages`, and dropping it
 /// gives the place up (unless a newer connection of the instance took it).
@@ -28,7 +32,7 @@ pub struct Registration {
     notices: Arc<Notices>,
     client: ClientId,
     number: u64,
-    pub messages: mpsc::UnboundedReceiver<ServerMessage>,
+    pub messages: mpsc::UnboundedReceiver<Notice>,
 }
 
 impl Notices {
@@ -54,7 +58,7 @@ impl Notices {
     pub fn send(&self, client: ClientId, message: ServerMessage) {
         let live = self.live.lock().expect("notices lock");
         if let Some((_, sender)) = live.get(&client) {
-            let _ = sender.send(message);
+            let _ = sender.send(Box::new(message));
         }
     }
 }
