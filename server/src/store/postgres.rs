@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::query_builder::Separated;
@@ -27,7 +26,7 @@ use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
     AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedLeases,
-    LoadedRows, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow, SELECT_LEASES,
+    LoadedRows, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
 use super::{
@@ -207,20 +206,7 @@ impl Store for PgStore {
             sqlx::query_as("SELECT * FROM entitlements ORDER BY id")
                 .fetch_all(&mut *tx)
                 .await?;
-        let started = std::time::Instant::now();
-        // A row at a time as the backend streams them: each converted while the next is read.
-        let mut leases = LoadedLeases::default();
-        {
-            let mut stream = sqlx::query(SELECT_LEASES).fetch(&mut *tx);
-            while let Some(row) = stream.try_next().await? {
-                leases.push(&row)?;
-            }
-        }
-        tracing::debug!(
-            leases = leases.leases.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "leases read"
-        );
+        let leases = LoadedLeases::read(&mut *tx).await?;
         // Byte order, as the pool keeps its maps (and as SQLite's NOCASE orders the
         // lowercase names the core stores).
         let users: Vec<UserRow> =

@@ -156,6 +156,34 @@ pub struct LoadedLeases {
 }
 
 impl LoadedLeases {
+    /// Reads every lease, a row at a time as the backend streams them: each converted while
+    /// the next is read, none kept once converted. One reading for every backend.
+    pub async fn read<'c, DB, E>(executor: E) -> Result<Self, StoreError>
+    where
+        DB: sqlx::Database,
+        E: sqlx::Executor<'c, Database = DB>,
+        for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        usize: sqlx::ColumnIndex<DB::Row>,
+        for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+        for<'r> &'r str: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+        for<'r> &'r [u8]: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    {
+        use futures::TryStreamExt;
+        let started = std::time::Instant::now();
+        let mut leases = Self::default();
+        let mut stream = sqlx::query::<DB>(SELECT_LEASES).fetch(executor);
+        while let Some(row) = stream.try_next().await? {
+            leases.push(&row)?;
+        }
+        drop(stream);
+        tracing::debug!(
+            leases = leases.leases.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "leases read"
+        );
+        Ok(leases)
+    }
+
     /// Converts one row of [`SELECT_LEASES`] as the backend streams it, so that no row is
     /// kept once read.
     pub fn push<'r, R>(&mut self, row: &'r R) -> Result<(), StoreError>

@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -17,7 +16,7 @@ use tally_protocol::{AuditPage, AuditQuery, LeaseSource};
 
 use super::rows::{
     AssignmentRow, ConsumptionDbRow, EntitlementRow, GrantDbRow, GroupRow, LoadedLeases,
-    LoadedRows, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow, SELECT_LEASES,
+    LoadedRows, PurchaseRow, RequiresRow, RuleRow, TokenRow, UserRow,
 };
 use super::writer::LeaseRows;
 use super::{Delivery, DeliverySummary, Fence, Identity, Store, StoreError};
@@ -219,20 +218,7 @@ impl Store for SqliteStore {
             sqlx::query_as("SELECT * FROM entitlements ORDER BY id")
                 .fetch_all(&mut *conn)
                 .await?;
-        let started = std::time::Instant::now();
-        // A row at a time as the backend streams them: each converted while the next is read.
-        let mut leases = LoadedLeases::default();
-        {
-            let mut stream = sqlx::query(SELECT_LEASES).fetch(&mut *conn);
-            while let Some(row) = stream.try_next().await? {
-                leases.push(&row)?;
-            }
-        }
-        tracing::debug!(
-            leases = leases.leases.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "leases read"
-        );
+        let leases = LoadedLeases::read(&mut *conn).await?;
         let users: Vec<UserRow> = sqlx::query_as("SELECT * FROM users ORDER BY username")
             .fetch_all(&mut *conn)
             .await?;
