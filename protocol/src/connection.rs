@@ -119,6 +119,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Encodes and sends one message.
     pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
+        let frame = self.encode(message)?;
+        self.framed.send(frame).await?;
+        Ok(())
+    }
+
+    /// A message as one frame's bytes, refused when larger than the write limit.
+    fn encode<M: Serialize>(&self, message: &M) -> Result<Bytes, FrameError> {
         let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
         if bytes.len() > self.max_write {
             return Err(FrameError::TooLarge {
@@ -126,8 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 max: self.max_write,
             });
         }
-        self.framed.send(Bytes::from(bytes)).await?;
-        Ok(())
+        Ok(Bytes::from(bytes))
     }
 
     /// Encodes one message into the write buffer without flushing it: several answers that
@@ -135,14 +141,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// [`send`](Self::send)), not one write each. The buffer is written out on its own once
     /// it passes the codec's backpressure boundary.
     pub async fn feed<M: Serialize>(&mut self, message: &M) -> Result<(), FrameError> {
-        let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
-        if bytes.len() > self.max_write {
-            return Err(FrameError::TooLarge {
-                len: bytes.len(),
-                max: self.max_write,
-            });
-        }
-        self.framed.feed(Bytes::from(bytes)).await?;
+        let frame = self.encode(message)?;
+        self.framed.feed(frame).await?;
         Ok(())
     }
 
