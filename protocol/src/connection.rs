@@ -3,7 +3,6 @@
 //! No other code reads or writes protocol bytes.
 
 use std::io;
-use std::time::Duration;
 
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -25,8 +24,6 @@ pub enum FrameError {
     Decode(postcard::Error),
     #[error("message could not be encoded: {0}")]
     Encode(postcard::Error),
-    #[error("no message within {0:?}")]
-    Timeout(Duration),
     #[error("connection error: {0}")]
     Io(#[from] io::Error),
 }
@@ -169,17 +166,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Err(FrameError::Oversize { max: self.max_read })
             }
             Some(Err(err)) => Err(FrameError::Io(err)),
-        }
-    }
-
-    /// Like [`recv`](Self::recv), giving up after `limit`.
-    pub async fn recv_timeout<M: DeserializeOwned>(
-        &mut self,
-        limit: Duration,
-    ) -> Result<Option<M>, FrameError> {
-        match tokio::time::timeout(limit, self.recv()).await {
-            Ok(result) => result,
-            Err(_) => Err(FrameError::Timeout(limit)),
         }
     }
 

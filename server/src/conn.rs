@@ -92,9 +92,6 @@ fn frame_refusal(err: &FrameError) -> Option<ErrorBody> {
             "frame larger than the limit of {max} bytes"
         ))),
         FrameError::Decode(why) => Some(ErrorBody::invalid(format!("malformed message: {why}"))),
-        FrameError::Timeout(limit) => Some(ErrorBody::invalid(format!(
-            "nothing received within {limit:?}"
-        ))),
         _ => None,
     }
 }

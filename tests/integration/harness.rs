@@ -538,10 +538,10 @@ impl RawConn {
 
     /// The next message, or `None` when the server closed the connection.
     pub async fn recv(&mut self) -> Option<ServerMessage> {
-        self.conn
-            .recv_timeout(Duration::from_secs(10))
+        tokio::time::timeout(Duration::from_secs(10), self.conn.recv())
             .await
             .ok()
+            .and_then(Result::ok)
             .flatten()
     }
 
